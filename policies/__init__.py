@@ -1,0 +1,1 @@
+"""Routing policies: built-ins and the kfrouter.policies entry-point loader."""

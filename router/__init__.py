@@ -1,0 +1,3 @@
+"""kfrouter: agent routing and session assignment for WeChat Official Account customer service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,49 @@
+"""The pure routing core: events in, commands out.
+
+Rules for everything under ``router.core``: no asyncio, no sockets, no sqlite, no wall clock, no global
+random, no logging I/O. Time is the ``now`` argument; randomness, if ever needed, is an injected
+``random.Random``. The same Engine runs in the daemon, the simulator and the tests.
+"""
+
+from router.core.commands import CloseSession, Command, CreateSession, SendText
+from router.core.errors import ConfigError, CoreError, UnknownAgentError, UnknownCustomerError
+from router.core.events import (
+    AgentConfigured,
+    AgentRemoved,
+    AgentSessionsSeen,
+    AgentsSeen,
+    CreateFailed,
+    CustomerLeft,
+    CustomerRequested,
+    Event,
+    SessionClosed,
+    SessionCreated,
+    SessionSwitched,
+)
+from router.core.model import AgentRow, AgentView, CustomerState, WaitingView
+
+__all__ = [
+    "AgentConfigured",
+    "AgentRemoved",
+    "AgentRow",
+    "AgentSessionsSeen",
+    "AgentView",
+    "AgentsSeen",
+    "CloseSession",
+    "Command",
+    "ConfigError",
+    "CoreError",
+    "CreateFailed",
+    "CreateSession",
+    "CustomerLeft",
+    "CustomerRequested",
+    "CustomerState",
+    "Event",
+    "SendText",
+    "SessionClosed",
+    "SessionCreated",
+    "SessionSwitched",
+    "UnknownAgentError",
+    "UnknownCustomerError",
+    "WaitingView",
+]

@@ -1,0 +1,95 @@
+"""Values the core exchanges with the outside: agent rows from WeChat, read-only views for policies.
+
+Everything here is an attrs ``@frozen`` value; the engine's own mutable bookkeeping lives in
+``pool.py`` and ``engine.py`` and is never handed out.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from attrs import field, frozen
+
+from router.core.errors import CoreError
+
+
+def _non_negative(name: str):  # type: ignore[no-untyped-def]
+    def check(_inst: object, _attr: object, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise CoreError(f"{name} must be an integer >= 0, got {value!r}")
+
+    return check
+
+
+def _account(_inst: object, _attr: object, value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise CoreError(f"kf_account must be a non-empty string, got {value!r}")
+
+
+@frozen(kw_only=True)
+class AgentRow:
+    """One row of ``getonlinekflist`` (validated), optionally enriched from ``getkflist``.
+
+    ``status``: WeChat's online status; 0 is offline, any non-zero value (new style 1, legacy bitmask
+    1/2/3) is online. ``auto_accept``: WeChat's per-agent auto-accept limit, 0 when not reported.
+    """
+
+    kf_account: str = field(validator=_account)
+    status: int = field(validator=_non_negative("status"))
+    accepted_case: int = field(default=0, validator=_non_negative("accepted_case"))
+    auto_accept: int = field(default=0, validator=_non_negative("auto_accept"))
+    kf_id: str = ""
+    nickname: str = ""
+
+    @property
+    def online(self) -> bool:
+        return self.status != 0
+
+
+@frozen(kw_only=True)
+class AgentView:
+    """A read-only snapshot of one agent as the engine sees it."""
+
+    kf_account: str
+    nickname: str
+    online: bool
+    status: int
+    paused: bool
+    groups: frozenset[str]
+    tags: frozenset[str]
+    capacity: int
+    sessions: int  # open sessions (WeChat's accepted_case, adjusted by events since)
+    reserved: int  # pending reservations
+    last_assigned_at: float  # -inf when never assigned
+
+    @property
+    def load(self) -> int:
+        return self.sessions + self.reserved
+
+    @property
+    def free(self) -> bool:
+        return self.online and not self.paused and self.load < self.capacity
+
+
+class CustomerState(enum.Enum):
+    WAITING = "waiting"  # in the queue
+    RESERVED = "reserved"  # a CreateSession is in flight
+    IN_SESSION = "in_session"  # WeChat confirmed a session
+    GONE = "gone"  # served and closed, or left; see Engine.gone_reason()
+    UNKNOWN = "unknown"
+
+
+@frozen(kw_only=True)
+class WaitingView:
+    """What a policy may know about the customer it routes."""
+
+    openid: str
+    group: str | None
+    priority: int
+    arrived_at: float
+    preferred_agent: str | None
+    avoid: frozenset[str]  # agents this customer must not be offered to right now
+    tags: frozenset[str]
+    last_agent: str | None  # who served this customer last (customer history), if anyone
+    last_served_at: float | None
+    scope: tuple[str | None, ...]  # groups allowed now, in order; (None,) means any agent

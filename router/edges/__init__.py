@@ -1,0 +1,1 @@
+"""I/O edges: WeChat API client, push receiver, SQLite store."""

@@ -1,0 +1,1 @@
+"""Pure WeChat wire codecs: XML pushes, replies, signatures, AES safe mode."""

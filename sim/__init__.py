@@ -1,0 +1,1 @@
+"""Offline simulator, WeChat model and fake WeChat server."""
