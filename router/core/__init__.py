@@ -6,6 +6,7 @@ random, no logging I/O. Time is the ``now`` argument; randomness, if ever needed
 """
 
 from router.core.commands import CloseSession, Command, CreateSession, SendText
+from router.core.engine import Engine, EngineConfig, Route
 from router.core.errors import ConfigError, CoreError, UnknownAgentError, UnknownCustomerError
 from router.core.events import (
     AgentConfigured,
@@ -38,7 +39,10 @@ __all__ = [
     "CustomerLeft",
     "CustomerRequested",
     "CustomerState",
+    "Engine",
+    "EngineConfig",
     "Event",
+    "Route",
     "SendText",
     "SessionClosed",
     "SessionCreated",

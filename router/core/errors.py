@@ -7,8 +7,10 @@ class CoreError(ValueError):
 
 class UnknownAgentError(CoreError):
     def __init__(self, kf_account: str, where: str) -> None:
-        super().__init__(f"{where}: unknown agent {kf_account!r} (expected an agent seen in a snapshot "
-                         "or configured with AgentConfigured)")
+        super().__init__(
+            f"{where}: unknown agent {kf_account!r} (expected an agent seen in a snapshot "
+            "or configured with AgentConfigured)"
+        )
         self.kf_account = kf_account
 
 

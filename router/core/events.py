@@ -6,6 +6,8 @@ made, with a message naming the field. ``Engine.handle(event, now)`` consumes th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from attrs import field, frozen
 
 from router.core.errors import CoreError
@@ -113,12 +115,12 @@ class CustomerLeft:
     reason: str = "gave_up"
 
 
-def _opt_groups(value: object) -> frozenset[str] | None:
+def _opt_groups(value: Iterable[str] | None) -> frozenset[str] | None:
     if value is None:
         return None
-    if isinstance(value, str) or not all(isinstance(g, str) and g for g in value):  # type: ignore[attr-defined]
+    if isinstance(value, str) or not all(isinstance(g, str) and g for g in value):
         raise CoreError(f"groups must be a collection of non-empty strings, got {value!r}")
-    return frozenset(value)  # type: ignore[arg-type]
+    return frozenset(value)
 
 
 def _opt_capacity(_inst: object, _attr: object, value: int | None) -> None:

@@ -1,0 +1,98 @@
+"""The built-in routing policies. Each picks from the pool's sorted indices of free agents, never a scan.
+
+- ``least-load``: lowest load/capacity, then lowest load, then longest since last assignment, then id;
+  across every group of the customer's current scope.
+- ``group-affinity``: the scope's groups in order (own group first, then overflow groups once their wait
+  has passed): the least-loaded free agent of the first group that has one.
+- ``sticky``: the agent who served this customer last (within the engine's sticky window), if free;
+  otherwise the fallback policy (least-load by default).
+- ``round-robin``: the free agent longest since their last assignment.
+- ``wechat-native``: the simulator's baseline imitating WeChat's own auto-accept: no groups, no priorities,
+  the first agent (by account) with room under their auto_accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from router.core.model import WaitingView
+from router.core.policy import Order, Policy, PoolView
+
+
+def _best(pool: PoolView, scope: Iterable[str | None], order: Order, exclude: frozenset[str]) -> str | None:
+    """The best free agent across ``scope`` by ``order``: the head of each group's index, compared by key."""
+    best: tuple[tuple[object, ...], str] | None = None
+    for group in scope:
+        kf = next(pool.free_agents(group, order, exclude), None)
+        if kf is None:
+            continue
+        key = _sort_key(pool, kf, order)
+        if best is None or key < best[0]:
+            best = (key, kf)
+    return None if best is None else best[1]
+
+
+def _sort_key(pool: PoolView, kf: str, order: Order) -> tuple[object, ...]:
+    a = pool.agent(kf)
+    assert a is not None
+    if order == "load":
+        return (a.load / a.capacity, a.load, a.last_assigned_at, kf)
+    if order == "idle":
+        return (a.last_assigned_at, kf)
+    return (kf,)
+
+
+class LeastLoad:
+    name = "least-load"
+
+    def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
+        if len(customer.scope) == 1:
+            return next(pool.free_agents(customer.scope[0], "load", customer.avoid), None)
+        return _best(pool, customer.scope, "load", customer.avoid)
+
+
+class GroupAffinity:
+    name = "group-affinity"
+
+    def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
+        for group in customer.scope:
+            kf = next(pool.free_agents(group, "load", customer.avoid), None)
+            if kf is not None:
+                return kf
+        return None
+
+
+class Sticky:
+    name = "sticky"
+
+    def __init__(self, fallback: Policy | None = None) -> None:
+        self.fallback: Policy = fallback if fallback is not None else LeastLoad()
+
+    def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
+        last = customer.last_agent
+        if last is not None and last not in customer.avoid and pool.is_free(last):
+            return last
+        return self.fallback.pick(pool, customer, now)
+
+
+class RoundRobin:
+    name = "round-robin"
+
+    def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
+        if len(customer.scope) == 1:
+            return next(pool.free_agents(customer.scope[0], "idle", customer.avoid), None)
+        return _best(pool, customer.scope, "idle", customer.avoid)
+
+
+class WeChatNative:
+    name = "wechat-native"
+    ignores_groups = True
+    honours_priority = False
+
+    def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
+        return next(pool.free_agents(None, "name", customer.avoid), None)
+
+
+BUILTINS: dict[str, type] = {
+    cls.name: cls for cls in (LeastLoad, GroupAffinity, Sticky, RoundRobin, WeChatNative)
+}

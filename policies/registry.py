@@ -1,0 +1,91 @@
+"""Finding policies by name: the built-ins plus plug-ins published under the entry-point group
+``kfrouter.policies``.
+
+A plug-in entry point names a class (or factory) that takes no arguments and returns an object with a
+``name`` attribute equal to the entry point's name and a ``pick(pool, customer, now)`` method. Loading
+checks both and fails with a message naming the plug-in and its distribution.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from importlib.metadata import EntryPoint, entry_points
+
+from policies.builtin import BUILTINS
+from router.core.errors import ConfigError
+from router.core.policy import Policy
+
+GROUP = "kfrouter.policies"
+
+
+class PluginError(ConfigError):
+    """A plug-in policy could not be loaded; the message names it and its distribution."""
+
+
+def _entry_points() -> list[EntryPoint]:
+    return sorted(entry_points(group=GROUP), key=lambda e: e.name)
+
+
+def _origin(ep: EntryPoint) -> str:
+    dist = ep.dist
+    return f"{dist.name} {dist.version}" if dist is not None else "unknown distribution"
+
+
+def available_policies() -> list[tuple[str, str]]:
+    """(name, origin) of every installed policy: ``built-in`` or the providing distribution."""
+    found = [(name, "built-in") for name in sorted(BUILTINS)]
+    found += [(ep.name, _origin(ep)) for ep in _entry_points() if ep.name not in BUILTINS]
+    return found
+
+
+def _validate(obj: object, name: str, origin: str) -> Policy:
+    if getattr(obj, "name", None) != name:
+        raise PluginError(
+            f"policy plug-in {name!r} from {origin}: its object's name is {getattr(obj, 'name', None)!r}, "
+            f"expected {name!r}"
+        )
+    pick = getattr(obj, "pick", None)
+    if not callable(pick):
+        raise PluginError(
+            f"policy plug-in {name!r} from {origin}: it has no callable pick(pool, customer, now)"
+        )
+    try:
+        inspect.signature(pick).bind(None, None, 0.0)
+    except TypeError as exc:
+        raise PluginError(
+            f"policy plug-in {name!r} from {origin}: pick must accept (pool, customer, now): {exc}"
+        ) from exc
+    return obj  # type: ignore[return-value]
+
+
+def load_policy(name: str) -> Policy:
+    """A fresh instance of the policy called ``name``."""
+    if name in BUILTINS:
+        obj: object = BUILTINS[name]()
+        return _validate(obj, name, "built-in")
+    for ep in _entry_points():
+        if ep.name != name:
+            continue
+        origin = _origin(ep)
+        try:
+            factory = ep.load()
+            obj = factory()
+        except Exception as exc:
+            raise PluginError(
+                f"policy plug-in {name!r} from {origin} ({ep.value}) failed to load: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return _validate(obj, name, origin)
+    known = ", ".join(n for n, _ in available_policies())
+    raise ConfigError(f"unknown policy {name!r} (installed: {known})")
+
+
+def load_policies(names: Mapping[str, object] | list[str] | set[str] | tuple[str, ...]) -> dict[str, Policy]:
+    """Instances for each name (e.g. every policy a config's routes use)."""
+    return {n: load_policy(n) for n in names}
+
+
+def load_all() -> dict[str, Policy]:
+    """Every installed policy, by name."""
+    return {n: load_policy(n) for n, _ in available_policies()}

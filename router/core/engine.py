@@ -1,0 +1,568 @@
+"""The routing engine: ``handle(event, now) -> commands``, ``tick(now)``, ``next_deadline()``.
+
+Sans-I/O. The caller owns the clock, the sockets and the loop; the engine owns the decisions:
+
+- waiting customers sit in one queue ordered by (highest priority, oldest); a customer is never queued twice;
+- the policy of the customer's route ranks, the engine commits a *reservation* (one unit of the agent's
+  capacity) and emits ``CreateSession``;
+- a reservation ends exactly once: confirmed (``SessionCreated``), released (``CreateFailed``, agent offline,
+  timeout, agent removed, customer left) or superseded (another agent serves the customer, 65414 or a
+  ``SessionCreated`` with another agent). A released customer goes back to its old place in the queue and
+  avoids the agent that failed for ``avoid_s`` seconds;
+- after every event and tick the queue is drained while any agent is free, so no free eligible agent is
+  left idle while an eligible customer waits.
+
+Routing scope: a customer of group ``g`` may be served by agents of ``g``, then, once they have waited
+``after_s``, by the overflow groups of ``g``'s route in order. A customer without a group may be served by
+any agent. A customer who named a preferred agent waits for that agent alone for ``preferred_wait_s``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import ClassVar
+
+from attrs import field, frozen
+from sortedcontainers import SortedList
+
+from router.core import events as ev
+from router.core.commands import Command, CreateSession
+from router.core.errors import ConfigError, CoreError, UnknownAgentError, UnknownCustomerError
+from router.core.model import AgentView, CustomerState, WaitingView
+from router.core.policy import Policy
+from router.core.pool import Pool
+
+# WeChat errcodes with a meaning for the engine (spec §3).
+ERR_SERVED_BY_OTHER = 65414
+ERR_AGENT_UNAVAILABLE = frozenset({65401, 65402, 65415})  # unknown account, not bound, not online
+
+_GONE_MEMORY = 100_000  # how many departed customers' reasons the engine remembers
+
+
+def _check_overflow(_inst: object, _attr: object, value: tuple[tuple[str, float], ...]) -> None:
+    for i, item in enumerate(value):
+        if (
+            not isinstance(item, tuple)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not item[0]
+            or not isinstance(item[1], int | float)
+            or item[1] < 0
+        ):
+            raise ConfigError(f"overflow[{i}] must be (group name, seconds >= 0), got {item!r}")
+
+
+def _overflow_tuple(value: Iterable[Iterable[object]]) -> tuple[tuple[str, float], ...]:
+    return tuple(tuple(x) for x in value)  # type: ignore[misc]
+
+
+@frozen(kw_only=True)
+class Route:
+    """How customers of one group are routed: a policy name and ordered overflow targets."""
+
+    policy: str = "least-load"
+    overflow: tuple[tuple[str, float], ...] = field(
+        default=(), converter=_overflow_tuple, validator=_check_overflow
+    )
+
+
+def _positive(name: str) -> Callable[[object, object, float], None]:
+    def check(_inst: object, _attr: object, value: float) -> None:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+            raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+
+    return check
+
+
+def _capacity(_inst: object, _attr: object, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"default_capacity must be an integer >= 1, got {value!r}")
+
+
+@frozen(kw_only=True)
+class EngineConfig:
+    default_capacity: int = field(default=3, validator=_capacity)
+    reservation_timeout_s: float = field(default=30.0, validator=_positive("reservation_timeout_s"))
+    avoid_s: float = field(default=60.0, validator=_positive("avoid_s"))
+    routes: Mapping[str, Route] = field(factory=dict)
+    default_route: Route = Route()
+    sticky_window_s: float = field(default=7 * 86400.0, validator=_positive("sticky_window_s"))
+    preferred_wait_s: float = field(default=120.0, validator=_positive("preferred_wait_s"))
+    priorities: bool = True
+
+
+class _Customer:
+    __slots__ = (
+        "arrived_at",
+        "avoid",
+        "group",
+        "key",
+        "openid",
+        "preferred_agent",
+        "priority",
+        "reservation_deadline",
+        "state",
+        "tags",
+        "text",
+        "with_agent",
+    )
+
+    def __init__(self, openid: str) -> None:
+        self.openid = openid
+        self.group: str | None = None
+        self.priority = 0
+        self.arrived_at = 0.0
+        self.key: tuple[int, int] = (0, 0)  # queue key: (-priority or 0, arrival sequence)
+        self.text = ""
+        self.preferred_agent: str | None = None
+        self.tags: frozenset[str] = frozenset()
+        self.avoid: dict[str, float] = {}  # kf_account -> until
+        self.state = CustomerState.WAITING
+        self.with_agent: str | None = None  # reserved with, or in session with
+        self.reservation_deadline = math.inf
+
+
+class Engine:
+    """One Official Account's routing state. Not thread-safe: drive it from one task or thread."""
+
+    def __init__(self, config: EngineConfig, policies: Mapping[str, Policy]) -> None:
+        self.config = config
+        self._policies = dict(policies)
+        for group, route in [("default_route", config.default_route), *config.routes.items()]:
+            if route.policy not in self._policies:
+                raise ConfigError(
+                    f"route {group!r}: unknown policy {route.policy!r} (expected one of "
+                    f"{sorted(self._policies)})"
+                )
+            for target, _after in route.overflow:
+                if target == group:
+                    raise ConfigError(f"route {group!r}: overflow to itself")
+        self._pool = Pool(config.default_capacity)
+        self._customers: dict[str, _Customer] = {}
+        self._queue: SortedList = SortedList()  # of (key, openid)
+        self._reservations: SortedList = SortedList()  # of (deadline, openid)
+        self._wakeups: SortedList = SortedList()  # times when a waiting customer's scope may widen
+        self._history: dict[str, tuple[str, float]] = {}  # openid -> (last agent, when)
+        self._gone: OrderedDict[str, str] = OrderedDict()
+        self._seq = 0
+
+    # ================================================================= inputs
+
+    def handle(self, event: ev.Event, now: float) -> list[Command]:
+        out: list[Command] = []
+        handler = self._HANDLERS.get(type(event))
+        if handler is None:
+            raise CoreError(f"handle: unsupported event {event!r}")
+        handler(self, event, now, out)
+        self._drain(now, out)
+        return out
+
+    def tick(self, now: float) -> list[Command]:
+        """Expire reservations whose deadline passed, then drain (overflow or avoid periods may have ended)."""
+        out: list[Command] = []
+        while self._reservations and self._reservations[0][0] <= now:
+            _deadline, openid = self._reservations[0]
+            c = self._customers[openid]
+            self._release(c, now, avoid=True)
+        while self._wakeups and self._wakeups[0] <= now:
+            self._wakeups.pop(0)
+        self._drain(now, out)
+        return out
+
+    def next_deadline(self) -> float:
+        """The earliest time at which ``tick`` has work to do; ``inf`` when none."""
+        t = math.inf
+        if self._reservations:
+            t = self._reservations[0][0]
+        if self._wakeups:
+            t = min(t, self._wakeups[0])
+        return t
+
+    def remember(self, openid: str, kf_account: str, at: float) -> None:
+        """Load customer history (who served ``openid`` last), e.g. from the store after a restart."""
+        prev = self._history.get(openid)
+        if prev is None or prev[1] <= at:
+            self._history[openid] = (kf_account, at)
+
+    # ================================================================= reading
+
+    def agents(self) -> list[AgentView]:
+        return self._pool.views()
+
+    def agent(self, kf_account: str) -> AgentView | None:
+        return self._pool.agent(kf_account)
+
+    @property
+    def pool(self) -> Pool:
+        return self._pool
+
+    def waiting(self, now: float | None = None) -> list[WaitingView]:
+        """Waiting customers in queue order (scope computed at ``now``, default: arrival time)."""
+        return [
+            self._waiting_view(self._customers[o], now if now is not None else self._customers[o].arrived_at)
+            for _k, o in self._queue
+        ]
+
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    def position(self, openid: str) -> int | None:
+        """0-based place in the queue, or None when not waiting. O(log n)."""
+        c = self._customers.get(openid)
+        if c is None or c.state is not CustomerState.WAITING:
+            return None
+        return int(self._queue.index((c.key, openid)))
+
+    def reservations(self) -> list[tuple[str, str, float]]:
+        """(openid, kf_account, deadline) of pending reservations, earliest deadline first."""
+        out = []
+        for deadline, openid in self._reservations:
+            c = self._customers[openid]
+            assert c.with_agent is not None
+            out.append((openid, c.with_agent, deadline))
+        return out
+
+    def sessions(self) -> dict[str, str]:
+        """openid -> kf_account for the sessions the engine knows of."""
+        return {
+            o: c.with_agent
+            for o, c in self._customers.items()
+            if c.state is CustomerState.IN_SESSION and c.with_agent is not None
+        }
+
+    def state(self, openid: str) -> CustomerState:
+        c = self._customers.get(openid)
+        if c is not None:
+            return c.state
+        return CustomerState.GONE if openid in self._gone else CustomerState.UNKNOWN
+
+    def gone_reason(self, openid: str) -> str | None:
+        return self._gone.get(openid)
+
+    def with_agent(self, openid: str) -> str | None:
+        c = self._customers.get(openid)
+        return None if c is None else c.with_agent
+
+    def history(self, openid: str) -> tuple[str, float] | None:
+        return self._history.get(openid)
+
+    # ================================================================= event handlers
+
+    def _on_requested(self, e: ev.CustomerRequested, now: float, out: list[Command]) -> None:
+        c = self._customers.get(e.openid)
+        if c is not None:
+            return  # already waiting, reserved or in session: never queued twice
+        c = _Customer(e.openid)
+        c.group = e.group
+        c.priority = e.priority
+        c.arrived_at = now if e.arrived_at is None else e.arrived_at
+        c.text = e.text
+        c.preferred_agent = e.preferred_agent
+        c.tags = e.tags
+        self._seq += 1
+        c.key = (-e.priority if self.config.priorities else 0, self._seq)
+        self._customers[e.openid] = c
+        self._gone.pop(e.openid, None)
+        self._enqueue(c)
+        route = self._route(c)
+        for _group, after in route.overflow:
+            if c.arrived_at + after > now:
+                self._wakeups.add(c.arrived_at + after)
+        if c.preferred_agent is not None:
+            self._wakeups.add(c.arrived_at + self.config.preferred_wait_s)
+
+    def _on_agents_seen(self, e: ev.AgentsSeen, now: float, out: list[Command]) -> None:
+        seen: set[str] = set()
+        for row in e.rows:
+            seen.add(row.kf_account)
+            self._pool.ensure(row.kf_account)
+            self._pool.update_from_wechat(row.kf_account, row.status, row.accepted_case, row.auto_accept)
+            if row.nickname:
+                self._pool.configure(row.kf_account, nickname=row.nickname)
+            if not row.online:
+                self._release_agent(row.kf_account, now)
+        if e.complete:
+            for kf in self._pool.accounts():
+                if kf not in seen:
+                    self._pool.set_status(kf, 0)
+                    self._release_agent(kf, now)
+
+    def _on_agent_sessions(self, e: ev.AgentSessionsSeen, now: float, out: list[Command]) -> None:
+        kf = self._need_agent(e.kf_account, "AgentSessionsSeen")
+        listed = set(e.openids)
+        for openid in e.openids:
+            self._absorb_session(openid, kf, now, count=False)
+        for openid, c in list(self._customers.items()):
+            if c.state is CustomerState.IN_SESSION and c.with_agent == kf and openid not in listed:
+                self._finish(c, "served", now)  # closed while we were not looking
+        self._pool.set_sessions(kf, len(listed))
+
+    def _on_created(self, e: ev.SessionCreated, now: float, out: list[Command]) -> None:
+        kf = self._need_agent(e.kf_account, "SessionCreated")
+        self._absorb_session(e.openid, kf, now, count=True)
+
+    def _on_closed(self, e: ev.SessionClosed, now: float, out: list[Command]) -> None:
+        kf = self._need_agent(e.kf_account, "SessionClosed")
+        c = self._customers.get(e.openid)
+        if c is not None and c.state is CustomerState.IN_SESSION and c.with_agent == kf:
+            self._pool.add_sessions(kf, -1)
+            self._history[e.openid] = (kf, now)
+            self._finish(c, "served", now)
+        elif c is None or c.with_agent != kf:
+            # A session we never saw open (started before we did): WeChat's count still drops.
+            self._pool.add_sessions(kf, -1)
+
+    def _on_switched(self, e: ev.SessionSwitched, now: float, out: list[Command]) -> None:
+        src = self._need_agent(e.from_account, "SessionSwitched")
+        dst = self._need_agent(e.to_account, "SessionSwitched")
+        c = self._customers.get(e.openid)
+        if c is not None and c.state is CustomerState.IN_SESSION and c.with_agent == src:
+            self._pool.add_sessions(src, -1)
+            c.with_agent = None
+            c.state = CustomerState.GONE  # re-absorbed just below with the new agent
+            del self._customers[e.openid]
+        else:
+            self._pool.add_sessions(src, -1)
+        self._absorb_session(e.openid, dst, now, count=True)
+
+    def _on_create_failed(self, e: ev.CreateFailed, now: float, out: list[Command]) -> None:
+        self._need_agent(e.kf_account, "CreateFailed")
+        c = self._customers.get(e.openid)
+        if c is None or c.state is not CustomerState.RESERVED or c.with_agent != e.kf_account:
+            return  # stale: the reservation already ended (superseded, timed out, customer left)
+        if e.errcode == ERR_SERVED_BY_OTHER:
+            self._end_reservation(c, confirmed=False)
+            self._finish(c, "served_elsewhere", now)
+            return
+        if e.errcode in ERR_AGENT_UNAVAILABLE:
+            self._pool.set_status(e.kf_account, 0)  # until the next snapshot says otherwise
+            self._release_agent(e.kf_account, now)
+            return
+        self._release(c, now, avoid=True)
+
+    def _on_left(self, e: ev.CustomerLeft, now: float, out: list[Command]) -> None:
+        c = self._customers.get(e.openid)
+        if c is None:
+            if e.openid in self._gone:
+                return
+            raise UnknownCustomerError(e.openid, "CustomerLeft")
+        if c.state is CustomerState.WAITING:
+            self._dequeue(c)
+        elif c.state is CustomerState.RESERVED:
+            self._end_reservation(c, confirmed=False)
+        else:
+            return  # already in a session: leaving the queue means nothing now
+        self._finish(c, f"left:{e.reason}", now)
+
+    def _on_configured(self, e: ev.AgentConfigured, now: float, out: list[Command]) -> None:
+        self._pool.ensure(e.kf_account)
+        self._pool.configure(
+            e.kf_account,
+            groups=e.groups,
+            max_sessions=e.max_sessions,
+            clear_max_sessions=e.clear_max_sessions,
+            paused=e.paused,
+            nickname=e.nickname,
+            tags=e.tags,
+        )
+
+    def _on_removed(self, e: ev.AgentRemoved, now: float, out: list[Command]) -> None:
+        kf = self._need_agent(e.kf_account, "AgentRemoved")
+        self._release_agent(kf, now)
+        self._pool.remove(kf)
+
+    _HANDLERS: ClassVar[dict[type, Callable[[Engine, ev.Event, float, list[Command]], None]]] = {
+        ev.CustomerRequested: _on_requested,  # type: ignore[dict-item]
+        ev.AgentsSeen: _on_agents_seen,  # type: ignore[dict-item]
+        ev.AgentSessionsSeen: _on_agent_sessions,  # type: ignore[dict-item]
+        ev.SessionCreated: _on_created,  # type: ignore[dict-item]
+        ev.SessionClosed: _on_closed,  # type: ignore[dict-item]
+        ev.SessionSwitched: _on_switched,  # type: ignore[dict-item]
+        ev.CreateFailed: _on_create_failed,  # type: ignore[dict-item]
+        ev.CustomerLeft: _on_left,  # type: ignore[dict-item]
+        ev.AgentConfigured: _on_configured,  # type: ignore[dict-item]
+        ev.AgentRemoved: _on_removed,  # type: ignore[dict-item]
+    }
+
+    # ================================================================= state changes
+
+    def _need_agent(self, kf_account: str, where: str) -> str:
+        if kf_account not in self._pool:
+            raise UnknownAgentError(kf_account, where)
+        return kf_account
+
+    def _absorb_session(self, openid: str, kf: str, now: float, *, count: bool) -> None:
+        """WeChat says ``openid`` is in a session with ``kf``: confirm, supersede or adopt it."""
+        c = self._customers.get(openid)
+        if c is not None and c.state is CustomerState.IN_SESSION:
+            if c.with_agent == kf:
+                return  # the API answer and the push both confirm the same session
+            old = c.with_agent
+            if count and old is not None and old in self._pool:
+                self._pool.add_sessions(old, -1)
+            c.with_agent = kf
+            if count:
+                self._pool.add_sessions(kf, 1)
+            self._history[openid] = (kf, now)
+            return
+        if c is None:
+            c = _Customer(openid)
+            c.arrived_at = now
+            self._customers[openid] = c
+            self._gone.pop(openid, None)
+        elif c.state is CustomerState.WAITING:
+            self._dequeue(c)
+        elif c.state is CustomerState.RESERVED:
+            confirmed = c.with_agent == kf
+            self._end_reservation(c, confirmed=confirmed)
+            if confirmed:
+                count = False  # the reservation became the session
+        c.state = CustomerState.IN_SESSION
+        c.with_agent = kf
+        if count:
+            self._pool.add_sessions(kf, 1)
+        self._history[openid] = (kf, now)
+
+    def _enqueue(self, c: _Customer) -> None:
+        c.state = CustomerState.WAITING
+        c.with_agent = None
+        self._queue.add((c.key, c.openid))
+
+    def _dequeue(self, c: _Customer) -> None:
+        self._queue.remove((c.key, c.openid))
+
+    def _reserve(self, c: _Customer, kf: str, now: float, out: list[Command]) -> None:
+        self._dequeue(c)
+        self._pool.reserve(kf, now)
+        c.state = CustomerState.RESERVED
+        c.with_agent = kf
+        c.reservation_deadline = now + self.config.reservation_timeout_s
+        self._reservations.add((c.reservation_deadline, c.openid))
+        out.append(CreateSession(openid=c.openid, kf_account=kf))
+
+    def _end_reservation(self, c: _Customer, *, confirmed: bool) -> None:
+        assert c.state is CustomerState.RESERVED and c.with_agent is not None
+        self._reservations.remove((c.reservation_deadline, c.openid))
+        self._pool.unreserve(c.with_agent, confirmed=confirmed)
+        c.reservation_deadline = math.inf
+        c.with_agent = None
+
+    def _release(self, c: _Customer, now: float, *, avoid: bool) -> None:
+        """Release a reservation and put the customer back in its old place in the queue."""
+        kf = c.with_agent
+        assert kf is not None
+        self._end_reservation(c, confirmed=False)
+        if avoid:
+            until = now + self.config.avoid_s
+            c.avoid[kf] = until
+            self._wakeups.add(until)
+        self._enqueue(c)
+
+    def _release_agent(self, kf: str, now: float) -> None:
+        """Release every reservation held with ``kf`` (agent went offline or was removed)."""
+        held = [o for _d, o in self._reservations if self._customers[o].with_agent == kf]
+        for openid in held:
+            self._release(self._customers[openid], now, avoid=True)
+
+    def _finish(self, c: _Customer, reason: str, now: float) -> None:
+        c.state = CustomerState.GONE
+        c.with_agent = None
+        del self._customers[c.openid]
+        self._gone[c.openid] = reason
+        self._gone.move_to_end(c.openid)
+        while len(self._gone) > _GONE_MEMORY:
+            self._gone.popitem(last=False)
+
+    # ================================================================= routing
+
+    def _route(self, c: _Customer) -> Route:
+        if c.group is None:
+            return self.config.default_route
+        return self.config.routes.get(c.group, self.config.default_route)
+
+    def _scope(self, c: _Customer, policy: Policy, now: float) -> tuple[str | None, ...]:
+        if c.group is None or getattr(policy, "ignores_groups", False):
+            return (None,)
+        waited = now - c.arrived_at
+        return (c.group, *(g for g, after in self._route(c).overflow if waited >= after))
+
+    def _avoid_now(self, c: _Customer, now: float) -> frozenset[str]:
+        if not c.avoid:
+            return frozenset()
+        for kf in [k for k, until in c.avoid.items() if until <= now]:
+            del c.avoid[kf]
+        return frozenset(c.avoid)
+
+    def _waiting_view(self, c: _Customer, now: float) -> WaitingView:
+        policy = self._policies[self._route(c).policy]
+        hist = self._history.get(c.openid)
+        if hist is not None and now - hist[1] > self.config.sticky_window_s:
+            hist = None
+        return WaitingView(
+            openid=c.openid,
+            group=c.group,
+            priority=c.priority,
+            arrived_at=c.arrived_at,
+            preferred_agent=c.preferred_agent,
+            avoid=frozenset(k for k, until in c.avoid.items() if until > now),
+            tags=c.tags,
+            last_agent=None if hist is None else hist[0],
+            last_served_at=None if hist is None else hist[1],
+            scope=self._scope(c, policy, now),
+        )
+
+    def _pick(self, c: _Customer, now: float) -> str | None:
+        route = self._route(c)
+        policy = self._policies[route.policy]
+        avoid = self._avoid_now(c, now)
+        if c.preferred_agent is not None and now - c.arrived_at < self.config.preferred_wait_s:
+            wanted = c.preferred_agent
+            return wanted if wanted not in avoid and self._pool.is_free(wanted) else None
+        scope = self._scope(c, policy, now)
+        if not any(self._pool.free_count(g) for g in scope):
+            return None  # cheap skip: nobody in scope is free, so no policy could pick
+        view = self._waiting_view(c, now)
+        kf = policy.pick(self._pool, view, now)
+        if kf is None:
+            return None
+        if not self._pool.is_free(kf) or kf in avoid:
+            raise CoreError(
+                f"policy {policy.name!r} picked {kf!r} for {c.openid!r}, but that agent is not free "
+                "or is avoided by this customer (a policy must pick a free agent or None)"
+            )
+        return kf
+
+    def _drain(self, now: float, out: list[Command]) -> None:
+        """Offer waiting customers, best first, to free agents until nobody is free or the queue ends."""
+        i = 0
+        while i < len(self._queue) and self._pool.free_count(None) > 0:
+            _key, openid = self._queue[i]
+            c = self._customers[openid]
+            kf = self._pick(c, now)
+            if kf is None:
+                i += 1
+                continue
+            self._reserve(c, kf, now, out)
+
+    # ================================================================= invariants (for tests)
+
+    def check(self) -> None:
+        """Assert internal invariants; O(n). Tests call it after every step."""
+        self._pool.check()
+        queued = [o for _k, o in self._queue]
+        assert len(queued) == len(set(queued)), "customer queued twice"
+        reserved: dict[str, int] = {}
+        for o, c in self._customers.items():
+            if c.state is CustomerState.WAITING:
+                assert (c.key, o) in self._queue, o
+            else:
+                assert (c.key, o) not in self._queue, o
+            if c.state is CustomerState.RESERVED:
+                assert c.with_agent is not None and (c.reservation_deadline, o) in self._reservations
+                reserved[c.with_agent] = reserved.get(c.with_agent, 0) + 1
+        assert len(self._reservations) == sum(reserved.values())
+        for view in self._pool.views():
+            assert view.reserved == reserved.get(view.kf_account, 0), view.kf_account
+            assert view.sessions >= 0 and view.reserved >= 0

@@ -1,0 +1,287 @@
+"""The agent pool: every agent the engine knows, its capacity accounting, and sorted indices of free agents.
+
+Rules:
+- load = open sessions + pending reservations, never a running total of assignments;
+- capacity: a locally set ``max_sessions`` wins; else WeChat's ``auto_accept`` when > 0; else the default;
+- an agent is *free* when online, not paused and ``load < capacity``; only free agents are indexed;
+- every group an agent belongs to (plus ``None``, meaning "all agents") has one sorted index per order, so
+  a policy's pick is O(log n) plus the agents it skips, never a scan of all agents.
+
+Index entries are plain tuples (sort key..., kf_account). Each agent remembers the tuples it was indexed
+under, so removal never depends on the agent's current (already changed) fields.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+from sortedcontainers import SortedList
+
+from router.core.errors import ConfigError, UnknownAgentError
+from router.core.model import AgentView
+
+Order = Literal["load", "idle", "name"]
+ORDERS: tuple[Order, ...] = ("load", "idle", "name")
+
+IndexKey = tuple[float | int | str, ...]
+
+
+class _Agent:
+    """Mutable bookkeeping for one agent; never leaves the pool (policies get AgentView)."""
+
+    __slots__ = (
+        "auto_accept",
+        "groups",
+        "indexed",
+        "kf_account",
+        "last_assigned_at",
+        "local_max",
+        "nickname",
+        "paused",
+        "reserved",
+        "sessions",
+        "status",
+        "tags",
+    )
+
+    def __init__(self, kf_account: str) -> None:
+        self.kf_account = kf_account
+        self.nickname = ""
+        self.status = 0
+        self.auto_accept = 0
+        self.local_max: int | None = None
+        self.paused = False
+        self.groups: frozenset[str] = frozenset()
+        self.tags: frozenset[str] = frozenset()
+        self.sessions = 0
+        self.reserved = 0
+        self.last_assigned_at = -math.inf
+        self.indexed: dict[Order, IndexKey] | None = None
+
+
+class Pool:
+    """All agents, keyed by kf_account. Mutated only by the engine; read by policies via PoolView."""
+
+    def __init__(self, default_capacity: int) -> None:
+        if (
+            not isinstance(default_capacity, int)
+            or isinstance(default_capacity, bool)
+            or default_capacity < 1
+        ):
+            raise ConfigError(f"default_capacity must be an integer >= 1, got {default_capacity!r}")
+        self._default_capacity = default_capacity
+        self._agents: dict[str, _Agent] = {}
+        self._index: dict[str | None, dict[Order, SortedList]] = {}
+
+    # ----------------------------------------------------------------- reading (the PoolView protocol)
+
+    def __contains__(self, kf_account: object) -> bool:
+        return kf_account in self._agents
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    def accounts(self) -> list[str]:
+        return sorted(self._agents)
+
+    def capacity(self, kf_account: str) -> int:
+        return self._capacity(self._require(kf_account, "capacity"))
+
+    def agent(self, kf_account: str) -> AgentView | None:
+        a = self._agents.get(kf_account)
+        return None if a is None else self._view(a)
+
+    def views(self) -> list[AgentView]:
+        return [self._view(self._agents[k]) for k in sorted(self._agents)]
+
+    def is_free(self, kf_account: str) -> bool:
+        a = self._agents.get(kf_account)
+        return a is not None and self._is_free(a)
+
+    def free_count(self, group: str | None = None) -> int:
+        """Number of free agents in ``group`` (``None``: all groups). O(1)."""
+        idx = self._index.get(group)
+        return 0 if idx is None else len(idx["name"])
+
+    def free_agents(
+        self, group: str | None = None, order: Order = "load", exclude: frozenset[str] = frozenset()
+    ) -> Iterator[str]:
+        """Free agents of ``group`` (``None``: any), best first by ``order``, skipping ``exclude``. Lazy:
+        taking the first costs O(log n + len(exclude))."""
+        idx = self._index.get(group)
+        if idx is None:
+            return
+        for entry in idx[order]:
+            kf = entry[-1]
+            assert isinstance(kf, str)
+            if kf not in exclude:
+                yield kf
+
+    # ----------------------------------------------------------------- mutation (engine only)
+
+    def ensure(self, kf_account: str) -> bool:
+        """Create the agent (offline) if unknown; return True when it was created."""
+        if kf_account in self._agents:
+            return False
+        self._agents[kf_account] = _Agent(kf_account)
+        return True
+
+    def update_from_wechat(self, kf_account: str, status: int, accepted_case: int, auto_accept: int) -> None:
+        a = self._agents[kf_account]
+        self._unindex(a)
+        a.status = status
+        a.sessions = accepted_case
+        a.auto_accept = auto_accept
+        self._reindex(a)
+
+    def set_status(self, kf_account: str, status: int) -> None:
+        a = self._require(kf_account, "set_status")
+        self._unindex(a)
+        a.status = status
+        self._reindex(a)
+
+    def configure(
+        self,
+        kf_account: str,
+        *,
+        groups: frozenset[str] | None = None,
+        max_sessions: int | None = None,
+        clear_max_sessions: bool = False,
+        paused: bool | None = None,
+        nickname: str | None = None,
+        tags: frozenset[str] | None = None,
+    ) -> None:
+        a = self._require(kf_account, "configure")
+        self._unindex(a)
+        if groups is not None:
+            a.groups = groups
+        if clear_max_sessions:
+            a.local_max = None
+        if max_sessions is not None:
+            a.local_max = max_sessions
+        if paused is not None:
+            a.paused = paused
+        if nickname is not None:
+            a.nickname = nickname
+        if tags is not None:
+            a.tags = tags
+        self._reindex(a)
+
+    def add_sessions(self, kf_account: str, delta: int) -> None:
+        a = self._require(kf_account, "add_sessions")
+        self._unindex(a)
+        a.sessions = max(0, a.sessions + delta)
+        self._reindex(a)
+
+    def set_sessions(self, kf_account: str, count: int) -> None:
+        a = self._require(kf_account, "set_sessions")
+        self._unindex(a)
+        a.sessions = max(0, count)
+        self._reindex(a)
+
+    def reserve(self, kf_account: str, now: float) -> None:
+        a = self._require(kf_account, "reserve")
+        self._unindex(a)
+        a.reserved += 1
+        a.last_assigned_at = now
+        self._reindex(a)
+
+    def unreserve(self, kf_account: str, *, confirmed: bool) -> None:
+        """End one reservation; when ``confirmed`` it turns into an open session."""
+        a = self._agents.get(kf_account)
+        if a is None:  # the agent was removed while the reservation was pending
+            return
+        self._unindex(a)
+        a.reserved = max(0, a.reserved - 1)
+        if confirmed:
+            a.sessions += 1
+        self._reindex(a)
+
+    def remove(self, kf_account: str) -> None:
+        a = self._require(kf_account, "remove")
+        self._unindex(a)
+        del self._agents[kf_account]
+
+    # ----------------------------------------------------------------- internals
+
+    def _require(self, kf_account: str, where: str) -> _Agent:
+        a = self._agents.get(kf_account)
+        if a is None:
+            raise UnknownAgentError(kf_account, where)
+        return a
+
+    def _capacity(self, a: _Agent) -> int:
+        if a.local_max is not None:
+            return a.local_max
+        if a.auto_accept > 0:
+            return a.auto_accept
+        return self._default_capacity
+
+    def _is_free(self, a: _Agent) -> bool:
+        return a.status != 0 and not a.paused and a.sessions + a.reserved < self._capacity(a)
+
+    def _keys(self, a: _Agent) -> dict[Order, IndexKey]:
+        load = a.sessions + a.reserved
+        return {
+            "load": (load / self._capacity(a), load, a.last_assigned_at, a.kf_account),
+            "idle": (a.last_assigned_at, a.kf_account),
+            "name": (a.kf_account,),
+        }
+
+    def _unindex(self, a: _Agent) -> None:
+        if a.indexed is None:
+            return
+        for group in (None, *a.groups):
+            idx = self._index[group]
+            for order in ORDERS:
+                idx[order].remove(a.indexed[order])
+        a.indexed = None
+
+    def _reindex(self, a: _Agent) -> None:
+        if not self._is_free(a):
+            return
+        keys = self._keys(a)
+        for group in (None, *a.groups):
+            idx = self._index.get(group)
+            if idx is None:
+                idx = self._index[group] = {order: SortedList() for order in ORDERS}
+            for order in ORDERS:
+                idx[order].add(keys[order])
+        a.indexed = keys
+
+    def _view(self, a: _Agent) -> AgentView:
+        return AgentView(
+            kf_account=a.kf_account,
+            nickname=a.nickname,
+            online=a.status != 0,
+            status=a.status,
+            paused=a.paused,
+            groups=a.groups,
+            tags=a.tags,
+            capacity=self._capacity(a),
+            sessions=a.sessions,
+            reserved=a.reserved,
+            last_assigned_at=a.last_assigned_at,
+        )
+
+    def check(self) -> None:
+        """Assert the index invariants (for tests): exactly the free agents are indexed, with current keys."""
+        for a in self._agents.values():
+            free = self._is_free(a)
+            assert (a.indexed is not None) == free, a.kf_account
+            if free:
+                assert a.indexed == self._keys(a), a.kf_account
+                for group in (None, *a.groups):
+                    for order in ORDERS:
+                        assert a.indexed[order] in self._index[group][order]
+        for group, idx in self._index.items():
+            for order in ORDERS:
+                assert len(idx[order]) == len(idx["name"]), (group, order)
+                for entry in idx[order]:
+                    kf = entry[-1]
+                    assert isinstance(kf, str)
+                    a = self._agents[kf]
+                    assert a.indexed is not None and a.indexed[order] == entry
+                    assert group is None or group in a.groups
