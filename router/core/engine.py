@@ -142,6 +142,7 @@ class Engine:
         self._pool = Pool(config.default_capacity)
         self._customers: dict[str, _Customer] = {}
         self._queue: SortedList = SortedList()  # of (key, openid)
+        self._group_queues: dict[str | None, SortedList] = {}  # the same entries, per customer group
         self._reservations: SortedList = SortedList()  # of (deadline, openid)
         self._wakeups: SortedList = SortedList()  # times when a waiting customer's scope may widen
         self._history: dict[str, tuple[str, float]] = {}  # openid -> (last agent, when)
@@ -214,6 +215,17 @@ class Engine:
         if c is None or c.state is not CustomerState.WAITING:
             return None
         return int(self._queue.index((c.key, openid)))
+
+    def ahead_in_group(self, openid: str) -> int | None:
+        """How many customers of the same group are ahead of ``openid`` (priority-aware). O(log n)."""
+        c = self._customers.get(openid)
+        if c is None or c.state is not CustomerState.WAITING:
+            return None
+        return int(self._group_queues[c.group].index((c.key, openid)))
+
+    def waiting_in_group(self, group: str | None) -> int:
+        q = self._group_queues.get(group)
+        return 0 if q is None else len(q)
 
     def reservations(self) -> list[tuple[str, str, float]]:
         """(openid, kf_account, deadline) of pending reservations, earliest deadline first."""
@@ -429,9 +441,14 @@ class Engine:
         c.state = CustomerState.WAITING
         c.with_agent = None
         self._queue.add((c.key, c.openid))
+        q = self._group_queues.get(c.group)
+        if q is None:
+            q = self._group_queues[c.group] = SortedList()
+        q.add((c.key, c.openid))
 
     def _dequeue(self, c: _Customer) -> None:
         self._queue.remove((c.key, c.openid))
+        self._group_queues[c.group].remove((c.key, c.openid))
 
     def _reserve(self, c: _Customer, kf: str, now: float, out: list[Command]) -> None:
         self._dequeue(c)
@@ -553,6 +570,7 @@ class Engine:
         self._pool.check()
         queued = [o for _k, o in self._queue]
         assert len(queued) == len(set(queued)), "customer queued twice"
+        assert sum(len(q) for q in self._group_queues.values()) == len(queued)
         reserved: dict[str, int] = {}
         for o, c in self._customers.items():
             if c.state is CustomerState.WAITING:
