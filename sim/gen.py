@@ -1,0 +1,406 @@
+"""Synthetic trace generator: agents, shifts, Poisson arrivals (optionally with a daily rate profile),
+service and patience times, groups, returning customers and preferred agents.
+
+Deterministic: everything random comes from one ``random.Random(seed)``, drawn in a fixed order per
+arrival, so the same parameters give the same trace byte for byte. Records are produced lazily in
+time order, so 200,000 customers never sit in memory at once. Spec strings (``--groups``,
+``--arrival-profile``, ``--shifts``, ``--priorities``) are documented in docs/simulator.md.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record
+
+DAY_S = 86400.0
+SERVICE_DISTS = ("exp", "lognormal", "const")
+
+
+class GenError(ValueError):
+    """A generator parameter is invalid; the message names the option."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    start_h: float
+    end_h: float  # may be <= start_h for a window wrapping past midnight (shifts only)
+    value: float
+
+
+@dataclass(frozen=True)
+class GenParams:
+    agents: int = 10
+    max_sessions: int = 1
+    customers: int = 1000
+    arrival_rate: float | None = 0.1  # per second; ignored when arrival_profile is set
+    arrival_profile: tuple[Segment, ...] = ()
+    service_mean: float = 60.0
+    service_dist: str = "exp"
+    service_cv: float = 1.0  # lognormal only
+    patience_mean: float | None = None
+    groups: tuple[tuple[str, float], ...] = ()
+    priorities: tuple[tuple[int, float], ...] = ()
+    returning: float = 0.0
+    return_gap: float = 3600.0
+    preferred: float = 0.0
+    shifts: tuple[Segment, ...] = ()
+    seed: int = 0
+    name: str = "synthetic"
+    agent_domain: str = "sim"
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.agents < 1:
+            raise GenError(f"--agents must be >= 1, got {self.agents}")
+        if self.max_sessions < 1:
+            raise GenError(f"--max-sessions must be >= 1, got {self.max_sessions}")
+        if self.customers < 0:
+            raise GenError(f"--customers must be >= 0, got {self.customers}")
+        if not self.arrival_profile and (self.arrival_rate is None or not self.arrival_rate > 0):
+            raise GenError(f"--arrival-rate must be > 0 (per second), got {self.arrival_rate}")
+        if self.arrival_profile and not any(s.value > 0 for s in self.arrival_profile):
+            raise GenError("--arrival-profile: at least one window needs a rate > 0")
+        if not self.service_mean > 0 or not math.isfinite(self.service_mean):
+            raise GenError(f"--service-mean must be > 0, got {self.service_mean}")
+        if self.service_dist not in SERVICE_DISTS:
+            raise GenError(f"--service-dist must be one of {SERVICE_DISTS}, got {self.service_dist!r}")
+        if not self.service_cv > 0:
+            raise GenError(f"--service-cv must be > 0, got {self.service_cv}")
+        if self.patience_mean is not None and not self.patience_mean > 0:
+            raise GenError(f"--patience-mean must be > 0, got {self.patience_mean}")
+        for opt, p in (("--returning", self.returning), ("--preferred", self.preferred)):
+            if not 0.0 <= p <= 1.0:
+                raise GenError(f"{opt} must be a share between 0 and 1, got {p}")
+        if self.return_gap < 0:
+            raise GenError(f"--return-gap must be >= 0, got {self.return_gap}")
+        if self.groups and len(self.groups) > self.agents:
+            raise GenError(
+                f"--groups names {len(self.groups)} groups but there are only {self.agents} agents"
+            )
+        if self.shifts and len(self.shifts) > self.agents:
+            raise GenError(
+                f"--shifts names {len(self.shifts)} shifts but there are only {self.agents} agents"
+            )
+        if sum(p for _, p in self.priorities) > 1.0 + 1e-9:
+            raise GenError("--priorities: the shares add up to more than 1")
+
+
+# ---------------------------------------------------------------------------------------------- specs
+
+
+def _num(text: str, opt: str, what: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise GenError(f"{opt}: {what} {text!r} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise GenError(f"{opt}: {what} {text!r} must be a finite number >= 0")
+    return v
+
+
+def parse_shares(spec: str, opt: str = "--groups") -> tuple[tuple[str, float], ...]:
+    """``"sales:0.7,support:0.3"`` → normalised ((name, share), ...); a bare name counts 1."""
+    out: list[tuple[str, float]] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, w = part.partition(":")
+        name = name.strip()
+        if not name:
+            raise GenError(f"{opt}: empty name in {part!r}")
+        if any(n == name for n, _ in out):
+            raise GenError(f"{opt}: {name!r} appears twice")
+        out.append((name, _num(w, opt, f"share of {name!r}") if w else 1.0))
+    total = sum(w for _, w in out)
+    if not out or total <= 0:
+        raise GenError(f"{opt}: expected NAME:SHARE,... with a positive total, got {spec!r}")
+    return tuple((n, w / total) for n, w in out)
+
+
+def parse_priorities(spec: str) -> tuple[tuple[int, float], ...]:
+    """``"1:0.1,2:0.01"`` → ((priority, share), ...); the rest of the arrivals get priority 0."""
+    out: list[tuple[int, float]] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        p, sep, w = part.partition(":")
+        try:
+            prio = int(p)
+        except ValueError:
+            raise GenError(f"--priorities: priority {p!r} is not an integer") from None
+        if not sep:
+            raise GenError(f"--priorities: expected PRIORITY:SHARE, got {part!r}")
+        out.append((prio, _num(w, "--priorities", f"share of priority {prio}")))
+    if sum(w for _, w in out) > 1.0 + 1e-9:
+        raise GenError(f"--priorities: shares add up to more than 1 in {spec!r}")
+    return tuple(out)
+
+
+def _hours(text: str, opt: str) -> float:
+    h = _num(text, opt, "hour")
+    if h > 24:
+        raise GenError(f"{opt}: hour {text!r} is past 24")
+    return h
+
+
+def parse_windows(spec: str, opt: str, *, wrap: bool, default: float | None) -> tuple[Segment, ...]:
+    """``"0-8:0.2,8-12:1.5"``: daily windows START-END (hours, 0..24) with a value after the colon.
+    ``wrap`` allows END <= START (past midnight); ``default`` is the value when none is given."""
+    out: list[Segment] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        rng, sep, val = part.partition(":")
+        a, dash, b = rng.partition("-")
+        if not dash:
+            raise GenError(f"{opt}: expected START-END[:VALUE] in hours, got {part!r}")
+        start, end = _hours(a, opt), _hours(b, opt)
+        if sep:
+            value = _num(val, opt, "value")
+        elif default is not None:
+            value = default
+        else:
+            raise GenError(f"{opt}: window {part!r} needs a value after ':'")
+        if start == end or (end < start and not wrap):
+            raise GenError(f"{opt}: window {part!r} is empty or runs backwards")
+        out.append(Segment(start, end, value))
+    if not out:
+        raise GenError(f"{opt}: no windows in {spec!r}")
+    if not wrap:
+        spans = sorted((s.start_h, s.end_h) for s in out)
+        for (_, e1), (s2, _) in zip(spans, spans[1:], strict=False):
+            if s2 < e1:
+                raise GenError(f"{opt}: windows overlap in {spec!r}")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _quota(n: int, shares: list[float]) -> list[int]:
+    """Split ``n`` items by ``shares`` (largest remainder), each share getting at least one item
+    when n allows."""
+    total = sum(shares)
+    raw = [n * s / total for s in shares]
+    counts = [int(r) for r in raw]
+    order = sorted(range(len(shares)), key=lambda i: (-(raw[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    for i, c in enumerate(counts):  # no empty group/shift while another has spare agents
+        if c == 0:
+            donor = max(range(len(counts)), key=lambda j: (counts[j], -j))
+            if counts[donor] > 1:
+                counts[donor] -= 1
+                counts[i] = 1
+    return counts
+
+
+class _ArrivalClock:
+    """Arrival times of a Poisson process whose rate is piecewise constant over the day (exact:
+    an Exp(1) amount of integrated rate is spent across window boundaries)."""
+
+    def __init__(self, rng: random.Random, rate: float | None, profile: tuple[Segment, ...]) -> None:
+        self._rng = rng
+        self.t = 0.0
+        if profile:
+            edges = sorted({0.0, 24.0, *(s.start_h for s in profile), *(s.end_h for s in profile)})
+            pieces: list[tuple[float, float, float]] = []
+            for a, b in zip(edges, edges[1:], strict=False):
+                r = next((s.value for s in profile if s.start_h <= a and b <= s.end_h), 0.0)
+                pieces.append((a * 3600.0, b * 3600.0, r))
+            self._pieces = pieces
+        else:
+            self._pieces = [(0.0, DAY_S, float(rate or 0.0))]
+
+    def next(self) -> float:
+        need = self._rng.expovariate(1.0)
+        t = self.t
+        while True:
+            day = math.floor(t / DAY_S)
+            tod = t - day * DAY_S
+            for a, b, r in self._pieces:
+                if tod < b:
+                    break
+            end = day * DAY_S + b
+            have = (end - t) * r
+            if have >= need and r > 0:
+                t += need / r
+                break
+            need -= have
+            t = end if end > t else math.nextafter(t, math.inf)
+        self.t = t
+        return t
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def agent_names(params: GenParams) -> list[str]:
+    width = max(3, len(str(params.agents)))
+    return [f"a{i:0{width}d}@{params.agent_domain}" for i in range(1, params.agents + 1)]
+
+
+def header_for(params: GenParams) -> Header:
+    meta = asdict(params)
+    meta.pop("seed")
+    meta.pop("name")
+    meta.pop("extra")
+    meta["arrival_profile"] = [[s.start_h, s.end_h, s.value] for s in params.arrival_profile]
+    meta["shifts"] = [[s.start_h, s.end_h, s.value] for s in params.shifts]
+    meta["groups"] = [list(g) for g in params.groups]
+    meta["priorities"] = [list(p) for p in params.priorities]
+    return Header(
+        name=params.name,
+        seed=params.seed,
+        created_by="kfrouter sim gen",
+        meta={"params": meta, **params.extra},
+    )
+
+
+def generate(params: GenParams) -> Iterator[Record]:
+    """Yield the records of the trace in time order (the header is :func:`header_for`)."""
+    rng = random.Random(params.seed)
+    names = agent_names(params)
+
+    # agents → groups (blocks by quota) and, within each group, → shifts (by quota)
+    group_of: list[str | None] = [None] * len(names)
+    members: dict[str | None, list[str]] = {}
+    idx = 0
+    if params.groups:
+        for (g, _), n in zip(params.groups, _quota(len(names), [s for _, s in params.groups]), strict=True):
+            for _ in range(n):
+                group_of[idx] = g
+                idx += 1
+    for name, g in zip(names, group_of, strict=True):
+        members.setdefault(g, []).append(name)
+    shift_of: dict[str, Segment] = {}
+    if params.shifts:
+        shares = [s.value for s in params.shifts]
+        for group_members in members.values():
+            k = 0
+            for seg, n in zip(params.shifts, _quota(len(group_members), shares), strict=True):
+                for name in group_members[k : k + n]:
+                    shift_of[name] = seg
+                k += n
+    everyone = names
+    grouped = {g: m for g, m in members.items() if g is not None}
+
+    # agent timeline: a heap of (t, order, record); order keeps "online" before "offline" at one t
+    agent_heap: list[tuple[float, int, int, Record]] = []
+    seq = 0
+
+    def agent_online(t: float, i: int) -> AgentOnline:
+        g = group_of[i]
+        return AgentOnline(t=t, agent=names[i], groups=(g,) if g else (), max_sessions=params.max_sessions)
+
+    def push_day(i: int, day: int) -> None:
+        nonlocal seq
+        seg = shift_of[names[i]]
+        on = day * DAY_S + seg.start_h * 3600.0
+        end_h = seg.end_h if seg.end_h > seg.start_h else seg.end_h + 24.0
+        off = day * DAY_S + end_h * 3600.0
+        if off > 0:
+            heapq.heappush(agent_heap, (max(on, 0.0), 0, seq, agent_online(max(on, 0.0), i)))
+            heapq.heappush(agent_heap, (off, 1, seq + 1, AgentOffline(t=off, agent=names[i])))
+            seq += 2
+
+    next_day = 0
+    if params.shifts:
+        for i in range(len(names)):
+            push_day(i, -1)  # a window wrapping past midnight is already on at t=0
+            push_day(i, 0)
+        next_day = 1
+    else:
+        for i in range(len(names)):
+            yield agent_online(0.0, i)
+
+    def drain_agents(until: float) -> Iterator[Record]:
+        nonlocal next_day
+        while params.shifts:
+            while next_day * DAY_S <= until + DAY_S:  # keep a day of shifts ahead of the arrivals
+                for i in range(len(names)):
+                    push_day(i, next_day)
+                next_day += 1
+            if not agent_heap or agent_heap[0][0] > until:
+                return
+            yield heapq.heappop(agent_heap)[3]
+
+    clock = _ArrivalClock(rng, params.arrival_rate, params.arrival_profile)
+    group_cum: list[tuple[float, str]] = []
+    acc = 0.0
+    for g, s in params.groups:
+        acc += s
+        group_cum.append((acc, g))
+    prio_cum: list[tuple[float, int]] = []
+    acc = 0.0
+    for p, s in params.priorities:
+        acc += s
+        prio_cum.append((acc, p))
+    if params.service_dist == "lognormal":
+        sigma = math.sqrt(math.log1p(params.service_cv**2))
+        mu = math.log(params.service_mean) - sigma * sigma / 2.0
+    recent: deque[tuple[float, str]] = deque()  # (last arrival, customer), waiting out return_gap
+    eligible: list[str] = []  # customers who may come back now
+    new_ids = 0
+    width = max(6, len(str(params.customers)))
+    last_t = 0.0
+
+    for _ in range(params.customers):
+        t_exact = clock.next()
+        t = round(t_exact, 6)
+        yield from drain_agents(t)
+        group: str | None = None
+        if group_cum:
+            u = rng.random()
+            group = next((g for c, g in group_cum if u < c), group_cum[-1][1])
+        priority = 0
+        if prio_cum:
+            u = rng.random()
+            priority = next((p for c, p in prio_cum if u < c), 0)
+        if params.service_dist == "exp":
+            service = rng.expovariate(1.0 / params.service_mean)
+        elif params.service_dist == "lognormal":
+            service = rng.lognormvariate(mu, sigma)
+        else:
+            service = params.service_mean
+        patience = None
+        if params.patience_mean is not None:
+            patience = max(round(rng.expovariate(1.0 / params.patience_mean), 6), 1e-6)
+        customer = ""
+        if params.returning > 0:
+            while recent and recent[0][0] <= t - params.return_gap:
+                eligible.append(recent.popleft()[1])
+            if rng.random() < params.returning and eligible:
+                j = rng.randrange(len(eligible))
+                eligible[j], eligible[-1] = eligible[-1], eligible[j]
+                customer = eligible.pop()
+        if not customer:
+            new_ids += 1
+            customer = f"u{new_ids:0{width}d}"
+        if params.returning > 0:
+            recent.append((t, customer))
+        preferred = None
+        if params.preferred > 0 and rng.random() < params.preferred:
+            pool = grouped.get(group, everyone) if group else everyone
+            preferred = pool[rng.randrange(len(pool))]
+        last_t = t
+        yield Arrival(
+            t=t,
+            customer=customer,
+            service_s=max(round(service, 6), 1e-6),
+            group=group,
+            priority=priority,
+            patience_s=patience,
+            preferred_agent=preferred,
+        )
+    # shifts go on for one more day so that customers still waiting at the end can be served
+    yield from drain_agents(last_t + DAY_S)
