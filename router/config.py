@@ -1,0 +1,1012 @@
+"""Load and validate ``kfrouter.toml`` into frozen values (every key is documented in docs/config.md).
+
+Rules of this module:
+
+- Everything from outside is checked: unknown keys are errors (a typo must not pass silently), types are
+  exact (``true`` is not a number, ``inf``/``nan`` are refused), ranges and cross references are checked
+  (an overflow target, a rule's group, a policy name must exist).
+- Every problem is reported, not just the first: :class:`ConfigError` carries the list, and each line names
+  the file and the key path, e.g. ``kfrouter.toml: groups[1].overflow[0].after_s: must be >= 0, got -5``.
+  Array indices in paths are 0-based, as in TOML libraries and JSON paths.
+- Secrets may come from the environment (``KFROUTER_APPID``, ``KFROUTER_SECRET``, ``KFROUTER_TOKEN``,
+  ``KFROUTER_AES_KEY``, ``KFROUTER_ADMIN_TOKEN``). **A non-empty environment variable wins over the file**:
+  the file is usually committed with development values and the deployment injects production ones; the
+  origin of every secret is kept in :attr:`Config.secret_sources` (names only, never values). Secret
+  fields are left out of ``repr`` so a logged config never shows them.
+- The value classes are plain frozen data; :func:`load_config` / :meth:`Config.from_dict` is the checked way in.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import string
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from attrs import field, frozen
+
+from router.core import errors as core_errors
+from router.core.events import AgentConfigured
+
+if TYPE_CHECKING:
+    from router.core.engine import EngineConfig
+
+T = TypeVar("T")
+
+ENV_VARS: Mapping[str, str] = MappingProxyType(
+    {
+        "wechat.appid": "KFROUTER_APPID",
+        "wechat.secret": "KFROUTER_SECRET",
+        "wechat.token": "KFROUTER_TOKEN",
+        "wechat.aes_key": "KFROUTER_AES_KEY",
+        "server.admin_token": "KFROUTER_ADMIN_TOKEN",
+    }
+)
+"""Config key -> environment variable that can provide (and then overrides) it."""
+
+# WeChat: Token 3-32 letters/digits; EncodingAESKey 43 letters/digits (base64 of 32 bytes without "=").
+_TOKEN_RE = re.compile(r"[A-Za-z0-9]{3,32}")
+_AES_KEY_RE = re.compile(r"[A-Za-z0-9]{43}")
+_APPID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# kf_account is "prefix@wechat_id"; WeChat's own limits are prefix <= 10 [A-Za-z0-9_], id <= 30 (spec §1.7).
+# The suffix is checked leniently: WeChat IDs have had several character rules over the years.
+_KF_ACCOUNT_RE = re.compile(r"[A-Za-z0-9_]{1,10}@[^\s@]{1,30}")
+_GROUP_RE = re.compile(r"[^\s.\[\]\"]{1,64}")
+_ADMIN_TOKEN_MIN = 16  # characters; an admin token guards pausing agents and closing sessions
+_MAX_UPSTREAM_TIMEOUT_S = 4.5  # WeChat gives up after 5 s; keep time to answer it ourselves
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+_LEVELS = ("debug", "info", "warning", "error")
+
+DEFAULT_CANCEL_KEYWORDS = ("取消", "不等了", "cancel")
+
+NOTIFY_KINDS = ("queued", "eta", "assigned", "cancelled")
+_PLACEHOLDERS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "queued": frozenset({"position", "eta_min", "group", "cancel"}),
+        "eta": frozenset({"position", "eta_min", "group", "cancel"}),
+        "assigned": frozenset({"agent", "group"}),
+        "cancelled": frozenset({"group"}),
+    }
+)
+DEFAULT_TEMPLATES: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        "zh": MappingProxyType(
+            {
+                "queued": "您好，正在为您转接人工客服。前面还有 {position} 位，预计等待约 {eta_min} 分钟。"
+                "回复“{cancel}”可退出排队。",
+                "eta": "您前面还有 {position} 位，预计还需等待约 {eta_min} 分钟。",
+                "assigned": "客服 {agent} 正在为您服务。",
+                "cancelled": "已为您取消排队。如需人工服务，请再次发送消息。",
+            }
+        ),
+        "en": MappingProxyType(
+            {
+                "queued": "You are in the queue for a human agent: {position} ahead of you, about "
+                '{eta_min} min to wait. Reply "{cancel}" to leave the queue.',
+                "eta": "Update: {position} ahead of you, about {eta_min} min to wait.",
+                "assigned": "Agent {agent} is now serving you.",
+                "cancelled": "You have left the queue. Send a message any time to ask for an agent again.",
+            }
+        ),
+    }
+)
+
+
+class ConfigError(core_errors.ConfigError):
+    """The configuration is invalid. ``problems`` lists ``(key path, reason)``; ``file`` names the source.
+
+    ``str(err)`` has one line per problem: ``FILE: KEY: REASON``.
+    """
+
+    def __init__(self, file: str, problems: Iterable[tuple[str, str]]) -> None:
+        self.file = file
+        self.problems: tuple[tuple[str, str], ...] = tuple(problems)
+        lines = [f"{file}: {key}: {reason}" if key else f"{file}: {reason}" for key, reason in self.problems]
+        super().__init__("\n".join(lines))
+
+
+# ============================================================================================ values
+
+
+@frozen(kw_only=True)
+class WechatConfig:
+    appid: str
+    secret: str = field(repr=False)
+    token: str = field(repr=False)
+    aes_key: str | None = field(default=None, repr=False)
+    previous_aes_key: str | None = field(default=None, repr=False)
+    api_base: str = "https://api.weixin.qq.com"
+    token_mode: str = "stable"  # stable | classic
+    callback_path: str = "/wechat"
+    encoding: str = "plain"  # plain | compatible | safe
+
+
+@frozen(kw_only=True)
+class ServerConfig:
+    admin_token: str = field(repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    upstream_url: str | None = None
+    upstream_timeout_s: float = 3.0
+
+
+@frozen(kw_only=True)
+class EngineSection:
+    default_capacity: int = 3
+    reservation_timeout_s: float = 30.0
+    avoid_s: float = 60.0
+    sticky_window_s: float = 7 * 86400.0
+    preferred_wait_s: float = 120.0
+    default_policy: str = "least-load"
+    priorities: bool = True
+
+
+@frozen(kw_only=True)
+class Overflow:
+    group: str
+    after_s: float
+
+
+@frozen(kw_only=True)
+class GroupConfig:
+    name: str
+    policy: str  # resolved: the group's own or engine.default_policy
+    agents: tuple[str, ...] = ()
+    capacity: Mapping[str, int] = field(factory=lambda: MappingProxyType({}))
+    overflow: tuple[Overflow, ...] = ()
+    on_agent_offline: str = "keep"  # keep | reassign
+    offline_grace_s: float = 120.0
+    priority: int = 0
+
+
+@frozen(kw_only=True)
+class RoutingRule:
+    """Matches a text containing one of ``keywords`` or a menu click on one of ``menu_keys``."""
+
+    keywords: tuple[str, ...] = ()
+    menu_keys: tuple[str, ...] = ()
+    group: str | None = None
+    priority: int | None = None
+    tags: frozenset[str] = frozenset()
+
+
+@frozen(kw_only=True)
+class CustomerEntry:
+    openids: tuple[str, ...]
+    group: str | None = None
+    priority: int | None = None
+    tags: frozenset[str] = frozenset()
+
+
+@frozen(kw_only=True)
+class RoutingConfig:
+    mode: str = "always"  # always | keywords
+    match: str = "contains"  # contains | exact (for `keywords` and rule keywords)
+    keywords: tuple[str, ...] = ("人工", "客服", "human", "agent")
+    menu_keys: tuple[str, ...] = ()
+    rules: tuple[RoutingRule, ...] = ()
+    customers: Mapping[str, CustomerEntry] = field(factory=lambda: MappingProxyType({}))  # openid -> entry
+    default_group: str | None = None
+    cancel_keywords: tuple[str, ...] = DEFAULT_CANCEL_KEYWORDS
+    cancel_menu_keys: tuple[str, ...] = ()
+    choose_agent_keywords: tuple[str, ...] = ()
+    choose_agent_menu_keys: tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(factory=lambda: MappingProxyType({}))  # alias -> kf_account
+    group_priorities: Mapping[str, int] = field(factory=lambda: MappingProxyType({}))  # derived from groups
+
+
+@frozen(kw_only=True)
+class PollingConfig:
+    online_fast_s: float = 2.0
+    online_slow_s: float = 15.0
+    waitcase_fast_s: float = 2.0
+    waitcase_slow_s: float = 30.0
+    max_backoff_s: float = 300.0
+    jitter: float = 0.1
+
+
+@frozen(kw_only=True)
+class NotifyConfig:
+    enabled: bool = True
+    language: str = "zh"
+    max_per_customer: int = 3
+    eta_change_min_s: float = 120.0
+    templates: Mapping[str, Mapping[str, str]] = DEFAULT_TEMPLATES  # language -> kind -> text
+
+    def template(self, kind: str, language: str | None = None) -> str:
+        """The template for ``kind`` in ``language`` (default: the configured one)."""
+        return self.templates[language or self.language][kind]
+
+
+@frozen(kw_only=True)
+class StoreConfig:
+    path: Path = Path("kfrouter.db")
+    dedup_keep_s: float = 600.0
+
+
+@frozen(kw_only=True)
+class LogConfig:
+    level: str = "info"
+    json: bool = False
+
+
+@frozen(kw_only=True)
+class AgentPlan:
+    """What the config says about one agent: its groups and an optional capacity override."""
+
+    kf_account: str
+    groups: frozenset[str]
+    max_sessions: int | None = None
+
+
+@frozen(kw_only=True)
+class Config:
+    source: str
+    wechat: WechatConfig
+    server: ServerConfig
+    engine: EngineSection = EngineSection()
+    groups: tuple[GroupConfig, ...] = ()
+    routing: RoutingConfig = RoutingConfig()
+    polling: PollingConfig = PollingConfig()
+    notify: NotifyConfig = NotifyConfig()
+    store: StoreConfig = StoreConfig()
+    log: LogConfig = LogConfig()
+    secret_sources: Mapping[str, str] = field(factory=lambda: MappingProxyType({}))  # key -> "file" | env var
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        source: str = "<config>",
+        base_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Config:
+        """Validate an already parsed TOML document. ``env`` defaults to ``os.environ``; relative paths
+        resolve against ``base_dir`` (default: the current directory)."""
+        return _Loader(source, os.environ if env is None else env, base_dir or Path.cwd()).load(data)
+
+    def group(self, name: str) -> GroupConfig | None:
+        return next((g for g in self.groups if g.name == name), None)
+
+    @property
+    def agents(self) -> Mapping[str, AgentPlan]:
+        """Every agent named in a group: its groups and its capacity override (if any group gives one)."""
+        groups: dict[str, set[str]] = {}
+        caps: dict[str, int] = {}
+        for g in self.groups:
+            for kf in g.agents:
+                groups.setdefault(kf, set()).add(g.name)
+            caps.update(g.capacity)
+        return MappingProxyType(
+            {
+                kf: AgentPlan(kf_account=kf, groups=frozenset(gs), max_sessions=caps.get(kf))
+                for kf, gs in sorted(groups.items())
+            }
+        )
+
+    def agent_events(self) -> list[AgentConfigured]:
+        """``AgentConfigured`` events that teach the engine the configured groups and capacities."""
+        return [
+            AgentConfigured(kf_account=p.kf_account, groups=p.groups, max_sessions=p.max_sessions)
+            for p in self.agents.values()
+        ]
+
+    def engine_config(self) -> EngineConfig:
+        """The routing engine's configuration: one route per group, the default policy for the rest."""
+        from router.core.engine import EngineConfig, Route
+
+        e = self.engine
+        return EngineConfig(
+            default_capacity=e.default_capacity,
+            reservation_timeout_s=e.reservation_timeout_s,
+            avoid_s=e.avoid_s,
+            routes={
+                g.name: Route(policy=g.policy, overflow=tuple((o.group, o.after_s) for o in g.overflow))
+                for g in self.groups
+            },
+            default_route=Route(policy=e.default_policy),
+            sticky_window_s=e.sticky_window_s,
+            preferred_wait_s=e.preferred_wait_s,
+            priorities=e.priorities,
+        )
+
+    def policy_names(self) -> frozenset[str]:
+        return frozenset({self.engine.default_policy, *(g.policy for g in self.groups)})
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a ``kfrouter.toml``; relative paths inside it resolve against its directory."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(p), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(p), [("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), [("", f"invalid TOML: {exc}")]) from None
+    return Config.from_dict(data, source=str(p), base_dir=p.resolve().parent, env=env)
+
+
+def known_policies() -> frozenset[str] | None:
+    """Names of the installed policies, or ``None`` when the registry cannot be imported (then names are
+    checked when the engine starts)."""
+    try:
+        from policies.registry import available_policies
+    except ImportError:
+        return None
+    return frozenset(name for name, _origin in available_policies())
+
+
+# ============================================================================================ loader
+
+_MISSING: Any = object()
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+class _Section:
+    """One TOML table at ``path``: typed getters that record problems and return a fallback, and a check
+    for keys nobody asked for."""
+
+    def __init__(self, loader: _Loader, path: str, data: object) -> None:
+        self.loader = loader
+        self.path = path
+        self.used: set[str] = set()
+        if data is _MISSING:
+            data = {}
+        if not isinstance(data, dict):
+            loader.problem(path, f"must be a table, got {_describe(data)}")
+            data = {}
+        self.data: dict[str, Any] = data
+
+    def key(self, name: str) -> str:
+        shown = name if _GROUP_RE.fullmatch(name) and "@" not in name else f'"{name}"'
+        return f"{self.path}.{shown}" if self.path else shown
+
+    def problem(self, name: str, reason: str) -> None:
+        self.loader.problem(self.key(name), reason)
+
+    def raw(self, name: str) -> Any:
+        self.used.add(name)
+        return self.data.get(name, _MISSING)
+
+    def done(self) -> None:
+        for name in self.data:
+            if name not in self.used:
+                self.problem(name, "unknown key (check the spelling; see docs/config.md)")
+
+    # ---------------------------------------------------------------- scalars
+
+    def _get(
+        self,
+        name: str,
+        default: T,
+        check: Callable[[Any], str | None],
+        convert: Callable[[Any], T],
+        *,
+        required: bool = False,
+    ) -> T:
+        value = self.raw(name)
+        if value is _MISSING:
+            if required:
+                self.problem(name, "is required")
+            return default
+        reason = check(value)
+        if reason is not None:
+            self.problem(name, reason)
+            return default
+        return convert(value)
+
+    def get_str(
+        self,
+        name: str,
+        default: str = "",
+        *,
+        required: bool = False,
+        choices: Iterable[str] = (),
+        pattern: re.Pattern[str] | None = None,
+        what: str = "",
+    ) -> str:
+        opts = tuple(choices)
+
+        def check(v: Any) -> str | None:
+            if not isinstance(v, str):
+                return f"must be a string, got {_describe(v)}"
+            if opts and v not in opts:
+                return f"must be one of {', '.join(repr(o) for o in opts)}, got {v!r}"
+            if pattern is not None and not pattern.fullmatch(v):
+                return f"must be {what or 'valid'}, got {_redact(name, v)}"
+            return None
+
+        return self._get(name, default, check, str, required=required)
+
+    def get_opt_str(self, name: str, **kw: Any) -> str | None:
+        if self.raw(name) is _MISSING:
+            return None
+        return self.get_str(name, **kw)
+
+    def get_int(
+        self,
+        name: str,
+        default: int = 0,
+        *,
+        lo: int | None = None,
+        hi: int | None = None,
+        required: bool = False,
+    ) -> int:
+        def check(v: Any) -> str | None:
+            if not isinstance(v, int) or isinstance(v, bool):
+                return f"must be an integer, got {_describe(v)}"
+            return _range(v, lo, hi)
+
+        return self._get(name, default, check, int, required=required)
+
+    def get_opt_int(self, name: str, **kw: Any) -> int | None:
+        if self.raw(name) is _MISSING:
+            return None
+        return self.get_int(name, **kw)
+
+    def get_float(
+        self,
+        name: str,
+        default: float,
+        *,
+        lo: float | None = None,
+        hi: float | None = None,
+        gt: float | None = None,
+        lt: float | None = None,
+    ) -> float:
+        def check(v: Any) -> str | None:
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                return f"must be a number, got {_describe(v)}"
+            if not math.isfinite(v):
+                return f"must be a finite number, got {v!r}"
+            if gt is not None and not v > gt:
+                return f"must be > {gt:g}, got {v!r}"
+            if lt is not None and not v < lt:
+                return f"must be < {lt:g}, got {v!r}"
+            return _range(v, lo, hi)
+
+        return self._get(name, default, check, float)
+
+    def get_bool(self, name: str, default: bool) -> bool:
+        def check(v: Any) -> str | None:
+            return None if isinstance(v, bool) else f"must be true or false, got {_describe(v)}"
+
+        return self._get(name, default, check, bool)
+
+    def get_str_list(
+        self,
+        name: str,
+        default: Iterable[str] = (),
+        *,
+        non_empty_items: bool = True,
+        pattern: re.Pattern[str] | None = None,
+        what: str = "",
+    ) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is _MISSING:
+            return tuple(default)
+        if not isinstance(value, list):
+            self.problem(name, f"must be an array of strings, got {_describe(value)}")
+            return tuple(default)
+        out: list[str] = []
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            key = f"{self.key(name)}[{i}]"
+            if not isinstance(item, str):
+                self.loader.problem(key, f"must be a string, got {_describe(item)}")
+            elif non_empty_items and not item.strip():
+                self.loader.problem(key, "must not be empty")
+            elif pattern is not None and not pattern.fullmatch(item):
+                self.loader.problem(key, f"must be {what or 'valid'}, got {item!r}")
+            elif item in seen:
+                self.loader.problem(key, f"{item!r} is listed twice")
+            else:
+                seen.add(item)
+                out.append(item)
+        return tuple(out)
+
+    # ---------------------------------------------------------------- nesting
+
+    def table(self, name: str) -> _Section:
+        return _Section(self.loader, self.key(name), self.raw(name))
+
+    def tables(self, name: str) -> list[_Section]:
+        value = self.raw(name)
+        if value is _MISSING:
+            return []
+        if not isinstance(value, list):
+            self.problem(name, f"must be an array of tables ([[{self.key(name)}]]), got {_describe(value)}")
+            return []
+        return [_Section(self.loader, f"{self.key(name)}[{i}]", item) for i, item in enumerate(value)]
+
+
+def _range(v: float, lo: float | None, hi: float | None) -> str | None:
+    if lo is not None and v < lo:
+        return f"must be >= {lo:g}, got {v!r}"
+    if hi is not None and v > hi:
+        return f"must be <= {hi:g}, got {v!r}"
+    return None
+
+
+def _redact(name: str, value: str) -> str:
+    """Describe a bad value without printing a secret: its length only."""
+    if name in ("secret", "token", "aes_key", "previous_aes_key", "admin_token"):
+        return f"a value of {len(value)} characters"
+    return repr(value)
+
+
+def _url_problem(value: str, *, https_only: bool) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as exc:
+        return f"must be a URL, got {value!r} ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http(s) URL with a host, got {value!r}"
+    if https_only and parts.scheme != "https" and parts.hostname not in _LOOPBACK_HOSTS:
+        return f"must use https (WeChat refuses plain http, errcode 43003) unless the host is loopback, got {value!r}"
+    if parts.query or parts.fragment:
+        return f"must not have a query or fragment, got {value!r}"
+    return None
+
+
+class _Loader:
+    def __init__(self, source: str, env: Mapping[str, str], base_dir: Path) -> None:
+        self.source = source
+        self.env = env
+        self.base_dir = base_dir
+        self.problems: list[tuple[str, str]] = []
+        self.secret_sources: dict[str, str] = {}
+
+    def problem(self, key: str, reason: str) -> None:
+        self.problems.append((key, reason))
+
+    def load(self, data: Mapping[str, Any]) -> Config:
+        root = _Section(self, "", dict(data))
+        wechat = self._wechat(root.table("wechat"))
+        server = self._server(root.table("server"))
+        engine = self._engine(root.table("engine"))
+        groups = self._groups(root.tables("groups"), engine)
+        routing = self._routing(root.table("routing"), groups)
+        polling = self._polling(root.table("polling"))
+        notify = self._notify(root.table("notify"))
+        store = self._store(root.table("store"))
+        log = self._log(root.table("log"))
+        root.done()
+        self._check_policies(engine, groups)
+        if self.problems:
+            raise ConfigError(self.source, self.problems)
+        return Config(
+            source=self.source,
+            wechat=wechat,
+            server=server,
+            engine=engine,
+            groups=groups,
+            routing=routing,
+            polling=polling,
+            notify=notify,
+            store=store,
+            log=log,
+            secret_sources=MappingProxyType(dict(self.secret_sources)),
+        )
+
+    # ---------------------------------------------------------------- secrets
+
+    def _secret(
+        self,
+        sec: _Section,
+        name: str,
+        *,
+        required: bool,
+        pattern: re.Pattern[str] | None = None,
+        what: str = "",
+        min_len: int = 1,
+    ) -> str | None:
+        key = sec.key(name)
+        var = ENV_VARS[key]
+        from_env = self.env.get(var, "")
+        in_file = sec.raw(name)
+        if from_env:
+            value: Any = from_env
+            origin = var
+        elif in_file is not _MISSING:
+            value, origin = in_file, "file"
+        else:
+            if required:
+                self.problem(key, f"is required: set it in the file or in the environment variable {var}")
+            return None
+        where = f" (from {var})" if origin == var else ""
+        if not isinstance(value, str) or not value:
+            got = "an empty string" if value == "" else f"a {type(value).__name__}"
+            self.problem(key, f"must be a non-empty string (in the file or in {var}), got {got}")
+            return None
+        if pattern is not None and not pattern.fullmatch(value):
+            self.problem(key, f"must be {what}{where}, got {_redact(name, value)}")
+            return None
+        if len(value) < min_len:
+            self.problem(key, f"must be at least {min_len} characters{where}, got {len(value)}")
+            return None
+        self.secret_sources[key] = origin
+        return value
+
+    # ---------------------------------------------------------------- sections
+
+    def _wechat(self, s: _Section) -> WechatConfig:
+        appid = self._secret(
+            s, "appid", required=True, pattern=_APPID_RE, what="an appid (letters, digits, '_' or '-')"
+        )
+        secret = self._secret(s, "secret", required=True)
+        token = self._secret(s, "token", required=True, pattern=_TOKEN_RE, what="3-32 letters or digits")
+        encoding = s.get_str("encoding", "plain", choices=("plain", "compatible", "safe"))
+        aes_key = self._secret(
+            s,
+            "aes_key",
+            required=encoding != "plain",
+            pattern=_AES_KEY_RE,
+            what="43 letters or digits (the EncodingAESKey)",
+        )
+        previous = s.get_opt_str("previous_aes_key", pattern=_AES_KEY_RE, what="43 letters or digits")
+        if previous is not None and aes_key is not None and previous == aes_key:
+            s.problem("previous_aes_key", "must differ from aes_key (it is the key before the last rotation)")
+        if previous is not None and encoding == "plain":
+            s.problem("previous_aes_key", "is only used when encoding is 'compatible' or 'safe'")
+        api_base = s.get_str("api_base", "https://api.weixin.qq.com").rstrip("/")
+        if (reason := _url_problem(api_base, https_only=True)) is not None:
+            s.problem("api_base", reason)
+        token_mode = s.get_str("token_mode", "stable", choices=("stable", "classic"))
+        path = s.get_str("callback_path", "/wechat")
+        if not path.startswith("/") or any(c.isspace() for c in path) or "?" in path or "#" in path:
+            s.problem("callback_path", f"must be an absolute URL path such as '/wechat', got {path!r}")
+        s.done()
+        return WechatConfig(
+            appid=appid or "",
+            secret=secret or "",
+            token=token or "",
+            aes_key=aes_key,
+            previous_aes_key=previous,
+            api_base=api_base,
+            token_mode=token_mode,
+            callback_path=path,
+            encoding=encoding,
+        )
+
+    def _server(self, s: _Section) -> ServerConfig:
+        admin = self._secret(s, "admin_token", required=True, min_len=_ADMIN_TOKEN_MIN)
+        host = s.get_str("host", "127.0.0.1")
+        if not host:
+            s.problem("host", "must not be empty")
+        port = s.get_int("port", 8080, lo=0, hi=65535)
+        upstream = s.get_opt_str("upstream_url")
+        if upstream is not None and (reason := _url_problem(upstream, https_only=False)) is not None:
+            s.problem("upstream_url", reason)
+        timeout = s.get_float("upstream_timeout_s", 3.0, gt=0, hi=_MAX_UPSTREAM_TIMEOUT_S)
+        s.done()
+        return ServerConfig(
+            admin_token=admin or "", host=host, port=port, upstream_url=upstream, upstream_timeout_s=timeout
+        )
+
+    def _engine(self, s: _Section) -> EngineSection:
+        d = EngineSection()
+        out = EngineSection(
+            default_capacity=s.get_int("default_capacity", d.default_capacity, lo=1, hi=1000),
+            reservation_timeout_s=s.get_float("reservation_timeout_s", d.reservation_timeout_s, gt=0),
+            avoid_s=s.get_float("avoid_s", d.avoid_s, gt=0),
+            sticky_window_s=s.get_float("sticky_window_s", d.sticky_window_s, gt=0),
+            preferred_wait_s=s.get_float("preferred_wait_s", d.preferred_wait_s, gt=0),
+            default_policy=s.get_str("default_policy", d.default_policy),
+            priorities=s.get_bool("priorities", d.priorities),
+        )
+        if not out.default_policy:
+            s.problem("default_policy", "must not be empty")
+        s.done()
+        return out
+
+    def _groups(self, sections: list[_Section], engine: EngineSection) -> tuple[GroupConfig, ...]:
+        names: dict[str, str] = {}  # name -> key path of its definition
+        own_names: list[str] = []
+        for s in sections:
+            name = s.get_str(
+                "name",
+                required=True,
+                pattern=_GROUP_RE,
+                what="1-64 characters without spaces, '.', '[', ']' or '\"'",
+            )
+            if name in names:
+                s.problem("name", f"group {name!r} is already defined at {names[name]}")
+            elif name:
+                names[name] = s.key("name")
+            own_names.append(name)
+        groups: list[GroupConfig] = []
+        capacity_seen: dict[str, tuple[int, str]] = {}  # kf -> (capacity, key path)
+        for s, name in zip(sections, own_names, strict=True):
+            policy = s.get_str("policy", engine.default_policy)
+            if not policy:
+                s.problem("policy", "must not be empty")
+            agents = s.get_str_list(
+                "agents", pattern=_KF_ACCOUNT_RE, what="a kf_account such as 'alice@shop'"
+            )
+            capacity = self._capacity(s.table("capacity"), agents, capacity_seen)
+            overflow = self._overflow(s.tables("overflow"), name, names)
+            on_offline = s.get_str("on_agent_offline", "keep", choices=("keep", "reassign"))
+            grace = s.get_float("offline_grace_s", 120.0, lo=0)
+            if s.raw("offline_grace_s") is not _MISSING and on_offline != "reassign":
+                s.problem("offline_grace_s", "only applies when on_agent_offline = 'reassign'")
+            priority = s.get_int("priority", 0, lo=-1000, hi=1000)
+            s.done()
+            groups.append(
+                GroupConfig(
+                    name=name,
+                    policy=policy,
+                    agents=agents,
+                    capacity=MappingProxyType(capacity),
+                    overflow=overflow,
+                    on_agent_offline=on_offline,
+                    offline_grace_s=grace,
+                    priority=priority,
+                )
+            )
+        return tuple(groups)
+
+    def _capacity(
+        self, s: _Section, agents: tuple[str, ...], seen: dict[str, tuple[int, str]]
+    ) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for kf in list(s.data):
+            n = s.get_int(kf, lo=1, hi=1000)
+            if kf not in agents:
+                s.problem(kf, f"{kf!r} is not in this group's agents")
+                continue
+            if kf in seen and seen[kf][0] != n and n:
+                s.problem(kf, f"capacity {n} contradicts {seen[kf][0]} given at {seen[kf][1]}")
+                continue
+            if n:
+                seen.setdefault(kf, (n, s.key(kf)))
+                out[kf] = n
+        s.done()
+        return out
+
+    def _overflow(
+        self, sections: list[_Section], group: str, names: Mapping[str, str]
+    ) -> tuple[Overflow, ...]:
+        out: list[Overflow] = []
+        last = -1.0
+        for s in sections:
+            target = s.get_str("group", required=True)
+            after = s.get_float("after_s", 0.0, lo=0)
+            if s.raw("after_s") is _MISSING:
+                s.problem("after_s", "is required (seconds a customer waits before this group may serve)")
+            if target and target not in names:
+                s.problem("group", f"unknown group {target!r} (known: {', '.join(sorted(names)) or 'none'})")
+            elif target and target == group:
+                s.problem("group", "a group cannot overflow to itself")
+            elif any(o.group == target for o in out):
+                s.problem("group", f"{target!r} is listed twice")
+            if after < last:
+                s.problem(
+                    "after_s", f"must not be smaller than the previous entry's {last:g} (list in order)"
+                )
+            last = max(last, after)
+            s.done()
+            out.append(Overflow(group=target, after_s=after))
+        return tuple(out)
+
+    def _group_ref(self, s: _Section, name: str, groups: tuple[GroupConfig, ...]) -> str | None:
+        value = s.get_opt_str(name)
+        if value is not None and not any(g.name == value for g in groups):
+            known = ", ".join(g.name for g in groups) or "none defined"
+            s.problem(name, f"unknown group {value!r} (known: {known})")
+        return value
+
+    def _routing(self, s: _Section, groups: tuple[GroupConfig, ...]) -> RoutingConfig:
+        d = RoutingConfig()
+        mode = s.get_str("mode", d.mode, choices=("always", "keywords"))
+        match = s.get_str("match", d.match, choices=("contains", "exact"))
+        keywords = s.get_str_list("keywords", d.keywords)
+        menu_keys = s.get_str_list("menu_keys")
+        default_group = self._group_ref(s, "default_group", groups)
+        cancel = s.get_str_list("cancel_keywords", d.cancel_keywords)
+        cancel_menu = s.get_str_list("cancel_menu_keys")
+        choose = s.get_str_list("choose_agent_keywords")
+        choose_menu = s.get_str_list("choose_agent_menu_keys")
+        rules: list[RoutingRule] = []
+        for r in s.tables("rules"):
+            rule = RoutingRule(
+                keywords=r.get_str_list("keywords"),
+                menu_keys=r.get_str_list("menu_keys"),
+                group=self._group_ref(r, "group", groups),
+                priority=r.get_opt_int("priority", lo=-1000, hi=1000),
+                tags=frozenset(r.get_str_list("tags")),
+            )
+            if not rule.keywords and not rule.menu_keys:
+                self.problem(r.path, "needs keywords or menu_keys to match on")
+            if rule.group is None and rule.priority is None and not rule.tags:
+                self.problem(r.path, "does nothing: give it a group, a priority or tags")
+            r.done()
+            rules.append(rule)
+        customers: dict[str, CustomerEntry] = {}
+        where: dict[str, str] = {}
+        for c in s.tables("customers"):
+            entry = CustomerEntry(
+                openids=c.get_str_list("openids"),
+                group=self._group_ref(c, "group", groups),
+                priority=c.get_opt_int("priority", lo=-1000, hi=1000),
+                tags=frozenset(c.get_str_list("tags")),
+            )
+            if c.raw("openids") is _MISSING:
+                c.problem("openids", "is required")
+            for i, openid in enumerate(entry.openids):
+                if openid in where:
+                    self.problem(
+                        f"{c.key('openids')}[{i}]", f"{openid!r} is already listed at {where[openid]}"
+                    )
+                else:
+                    where[openid] = f"{c.key('openids')}[{i}]"
+                    customers[openid] = entry
+            c.done()
+        aliases = self._aliases(s.table("aliases"), groups)
+        # Cancel is checked first; a word that is both would make asking for a human impossible.
+        for name, words in (("keywords", keywords), ("choose_agent_keywords", choose)):
+            for w in words:
+                if w.casefold() in {c.casefold() for c in cancel}:
+                    s.problem(name, f"{w!r} is also a cancel keyword")
+        for name, keys in (("menu_keys", menu_keys), ("choose_agent_menu_keys", choose_menu)):
+            for k in keys:
+                if k in cancel_menu:
+                    s.problem(name, f"{k!r} is also a cancel menu key")
+        if mode == "keywords" and not (keywords or menu_keys or rules or choose or choose_menu):
+            s.problem(
+                "mode",
+                "is 'keywords' but no keywords, menu_keys, rules or choose-agent triggers are set: "
+                "nobody could reach a human",
+            )
+        s.done()
+        return RoutingConfig(
+            mode=mode,
+            match=match,
+            keywords=keywords,
+            menu_keys=menu_keys,
+            rules=tuple(rules),
+            customers=MappingProxyType(customers),
+            default_group=default_group,
+            cancel_keywords=cancel,
+            cancel_menu_keys=cancel_menu,
+            choose_agent_keywords=choose,
+            choose_agent_menu_keys=choose_menu,
+            aliases=MappingProxyType(aliases),
+            group_priorities=MappingProxyType({g.name: g.priority for g in groups}),
+        )
+
+    def _aliases(self, s: _Section, groups: tuple[GroupConfig, ...]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        folded: dict[str, str] = {}
+        for alias in list(s.data):
+            kf = s.get_str(alias, pattern=_KF_ACCOUNT_RE, what="a kf_account such as 'alice@shop'")
+            if not alias.strip():
+                s.problem(alias, "an alias must not be empty")
+            elif alias.casefold() in folded:
+                s.problem(alias, f"is the same alias as {folded[alias.casefold()]!r} (aliases ignore case)")
+            elif kf:
+                folded[alias.casefold()] = alias
+                out[alias] = kf
+        s.done()
+        return out
+
+    def _polling(self, s: _Section) -> PollingConfig:
+        d = PollingConfig()
+        # spec §7: no documented rate limits on the kf read APIs; poll getwaitcase no faster than 1 s.
+        out = PollingConfig(
+            online_fast_s=s.get_float("online_fast_s", d.online_fast_s, lo=1),
+            online_slow_s=s.get_float("online_slow_s", d.online_slow_s, lo=1),
+            waitcase_fast_s=s.get_float("waitcase_fast_s", d.waitcase_fast_s, lo=1),
+            waitcase_slow_s=s.get_float("waitcase_slow_s", d.waitcase_slow_s, lo=1),
+            max_backoff_s=s.get_float("max_backoff_s", d.max_backoff_s, lo=1),
+            jitter=s.get_float("jitter", d.jitter, lo=0, hi=0.5),
+        )
+        for kind in ("online", "waitcase"):
+            fast, slow = getattr(out, f"{kind}_fast_s"), getattr(out, f"{kind}_slow_s")
+            if fast > slow:
+                s.problem(f"{kind}_fast_s", f"must be <= {kind}_slow_s ({slow:g}), got {fast:g}")
+            if slow > out.max_backoff_s:
+                s.problem("max_backoff_s", f"must be >= {kind}_slow_s ({slow:g}), got {out.max_backoff_s:g}")
+        s.done()
+        return out
+
+    def _notify(self, s: _Section) -> NotifyConfig:
+        d = NotifyConfig()
+        enabled = s.get_bool("enabled", d.enabled)
+        language = s.get_str("language", d.language)
+        # WeChat allows 5 customer-service messages per 48 h after a user message (spec §6.1).
+        max_per = s.get_int("max_per_customer", d.max_per_customer, lo=1, hi=5)
+        eta_change = s.get_float("eta_change_min_s", d.eta_change_min_s, lo=0)
+        templates = {lang: dict(t) for lang, t in DEFAULT_TEMPLATES.items()}
+        t = s.table("templates")
+        for lang in list(t.data):
+            lt = t.table(lang)
+            base = templates.setdefault(lang, {})
+            for kind in NOTIFY_KINDS:
+                text = lt.get_opt_str(kind)
+                if text is None:
+                    continue
+                reason = _template_problem(text, _PLACEHOLDERS[kind])
+                if reason is not None:
+                    lt.problem(kind, reason)
+                else:
+                    base[kind] = text
+            lt.done()
+            missing = [k for k in NOTIFY_KINDS if k not in base]
+            if missing:
+                t.problem(lang, f"a new language needs every template; missing {', '.join(missing)}")
+        t.done()
+        if language not in templates:
+            s.problem("language", f"no templates for {language!r} (have: {', '.join(sorted(templates))})")
+        s.done()
+        return NotifyConfig(
+            enabled=enabled,
+            language=language,
+            max_per_customer=max_per,
+            eta_change_min_s=eta_change,
+            templates=MappingProxyType({k: MappingProxyType(v) for k, v in templates.items()}),
+        )
+
+    def _store(self, s: _Section) -> StoreConfig:
+        raw = s.get_str("path", "kfrouter.db")
+        if not raw:
+            s.problem("path", "must not be empty")
+        path = Path(raw)
+        if raw != ":memory:" and not path.is_absolute():
+            path = self.base_dir / path
+        keep = s.get_float("dedup_keep_s", 600.0, lo=20)  # WeChat retries for ~15 s (3 x 5 s); keep more
+        s.done()
+        return StoreConfig(path=path, dedup_keep_s=keep)
+
+    def _log(self, s: _Section) -> LogConfig:
+        out = LogConfig(level=s.get_str("level", "info", choices=_LEVELS), json=s.get_bool("json", False))
+        s.done()
+        return out
+
+    def _check_policies(self, engine: EngineSection, groups: tuple[GroupConfig, ...]) -> None:
+        known = known_policies()
+        if known is None:
+            return
+        listing = ", ".join(sorted(known))
+        if engine.default_policy and engine.default_policy not in known:
+            self.problem(
+                "engine.default_policy", f"unknown policy {engine.default_policy!r} (installed: {listing})"
+            )
+        for i, g in enumerate(groups):
+            if g.policy and g.policy != engine.default_policy and g.policy not in known:
+                self.problem(f"groups[{i}].policy", f"unknown policy {g.policy!r} (installed: {listing})")
+
+
+def _template_problem(text: str, allowed: frozenset[str]) -> str | None:
+    try:
+        fields = [f for _lit, f, _spec, _conv in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        return f"is not a valid template ({exc}); write a literal brace as '{{{{' or '}}}}'"
+    for f in fields:
+        if f not in allowed:
+            return (
+                f"unknown placeholder {{{f}}} (allowed: {', '.join('{' + a + '}' for a in sorted(allowed))})"
+            )
+    return None
