@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 _COMMAND_MODULES: tuple[str, ...] = (
     "policies.cli",
+    "router.config_cli",
+    "sim.fake_cli",
 )
 
 
