@@ -14,7 +14,6 @@ from collections.abc import Sequence
 _COMMAND_MODULES: tuple[str, ...] = (
     "policies.cli",
     "router.config_cli",
-    "sim.fake_cli",
 )
 
 
