@@ -1,0 +1,95 @@
+"""``kfrouter fake-wechat``: run the fake WeChat server in the foreground until SIGINT/SIGTERM.
+
+Prints the base URL (one line, flushed) so scripts can read it, then serves until a signal arrives and
+exits 0. Options map to ``FakeOptions`` switches with ``--option NAME=JSON`` (repeatable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+from sim.fake_options import FakeOptions
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "fake-wechat",
+        help="run a fake WeChat kf API server (for tests and demos)",
+        description="Serve the WeChat customer-service API, token endpoints and a /_fake/ control API.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (default 0 = any free port)")
+    p.add_argument("--appid", required=True, help="the Official Account's appid")
+    p.add_argument("--secret", required=True, help="the AppSecret the token endpoints accept")
+    p.add_argument("--wxid", default="test", help="the account's WeChat ID, suffix of kf accounts")
+    p.add_argument("--webhook", help="the developer's callback URL to push messages and events to")
+    p.add_argument("--token", help="callback token used to sign pushes (required with --webhook)")
+    p.add_argument("--aes-key", help="43-character EncodingAESKey: pushes are encrypted (safe mode)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fake's random draws")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="set a FakeOptions switch, e.g. --option wechat_auto_accept=true (repeatable)",
+    )
+    p.set_defaults(func=run)
+
+
+def _options(pairs: list[str]) -> FakeOptions:
+    options = FakeOptions()
+    changes: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--option {pair!r}: expected NAME=JSON")
+        try:
+            changes[name.strip()] = json.loads(raw)
+        except ValueError:
+            changes[name.strip()] = raw  # a bare word such as legacy
+    options.update(changes)
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.webhook and not args.token:
+        print("fake-wechat: --webhook needs --token (pushes are signed with it)", file=sys.stderr)
+        return 2
+    try:
+        options = _options(args.option)
+    except ValueError as exc:
+        print(f"fake-wechat: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(args, options))
+    except (ValueError, OSError) as exc:
+        print(f"fake-wechat: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(args: argparse.Namespace, options: FakeOptions) -> None:
+    from sim.fake_server import running_fake
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_fake(
+        args.appid,
+        args.secret,
+        webhook=args.webhook,
+        token=args.token,
+        aes_key=args.aes_key,
+        options=options,
+        host=args.host,
+        port=args.port,
+        seed=args.seed,
+        wxid=args.wxid,
+    ) as fake:
+        print(fake.base_url, flush=True)
+        await stop.wait()

@@ -1,0 +1,287 @@
+"""Push delivery of the fake WeChat server: what WeChat does with the developer's callback URL.
+
+Each ``Push`` from the model is rendered as XML (``router.wechat.replies``), signed (``signature``,
+``timestamp``, ``nonce``, ``openid`` in the query), encrypted in safe mode (``encrypt_type=aes``,
+``msg_signature``) and POSTed. A delivery is retried with the *identical* body and query when the
+webhook does not answer within ``webhook_timeout_s``, fails at the HTTP level or answers something
+that is not a valid reply — ``delivery_attempts`` deliveries in total (spec §5.5, §11 #7). The reply is
+then applied: ``success`` / empty = handled, ``transfer_customer_service`` = the customer joins the
+wait list (pinned with TransInfo), another message = delivered to the customer.
+
+Deliveries for one customer run one after another (so a customer's events arrive in order); different
+customers are delivered concurrently. Every attempt is logged in ``Deliverer.log``. Tasks are owned by
+the ``Deliverer``: ``settle()`` waits for them and ``close()`` cancels what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import string
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from router.wechat import replies, signature
+from router.wechat.crypto import SafeModeCrypto
+from router.wechat.errors import WeChatCodecError
+from router.wechat.reply_parser import parse_reply
+from router.wechat.xml import element
+from sim.wechat_model import Push, WeChatModel
+
+_ALNUM = string.ascii_letters + string.digits
+MAX_LOG = 10_000  # attempts kept in the log (oldest dropped)
+
+
+def render_push(model: WeChatModel, push: Push) -> str:
+    """The plaintext XML WeChat would send for ``push``."""
+    to, frm, t = model.original_id, push.openid, push.create_time
+    if push.msg_type == "text":
+        return replies.build_text_message(to, frm, t, push.content, push.msg_id)
+    if push.msg_type != "event":
+        return _media_message(model, push)
+    fields: dict[str, str | int] = {}
+    if push.kf_account:
+        fields["KfAccount"] = push.kf_account
+    if push.from_kf_account:
+        fields["FromKfAccount"] = push.from_kf_account
+    if push.to_kf_account:
+        fields["ToKfAccount"] = push.to_kf_account
+    if push.event == "CLICK" or push.event_key:
+        fields["EventKey"] = push.event_key
+    return replies.build_event(to, frm, t, push.event, **fields)
+
+
+def _media_message(model: WeChatModel, push: Push) -> str:
+    """A non-text user message (image, voice, ...) with a made-up MediaId."""
+    lines = [
+        "<xml>",
+        element("ToUserName", model.original_id),
+        element("FromUserName", push.openid),
+        element("CreateTime", push.create_time),
+        element("MsgType", push.msg_type),
+        element("MediaId", f"media_{push.msg_id}"),
+        element("MsgId", push.msg_id),
+        "</xml>",
+    ]
+    return "\n".join(lines)
+
+
+class Deliverer:
+    """Delivers pushes to ``webhook`` for the fake server (see module docstring).
+
+    ``token`` signs; with ``aes_key`` pushes are encrypted per appid. ``now`` is the server clock.
+    ``on_change(model)`` is called after a reply changed the model (so new pushes get scheduled).
+    """
+
+    def __init__(
+        self,
+        webhook: str | None,
+        token: str | None,
+        aes_key: str | None,
+        now: Callable[[], float],
+        on_change: Callable[[WeChatModel], None],
+    ) -> None:
+        if webhook is not None and not token:
+            raise ValueError("a webhook needs the callback token (token=...) to sign pushes")
+        self.webhook = webhook
+        self.token = token
+        self.aes_key = aes_key
+        self._now = now
+        self._on_change = on_change
+        self._crypto: dict[str, SafeModeCrypto] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.log: list[dict[str, Any]] = []
+        self.failures = 0  # pushes that exhausted their attempts ("该公众号暂时无法提供服务")
+        if aes_key is not None and token:
+            SafeModeCrypto(token, aes_key, "check")  # fail early on a malformed key
+
+    def crypto_for(self, model: WeChatModel) -> SafeModeCrypto | None:
+        if self.aes_key is None or not self.token:
+            return None
+        c = self._crypto.get(model.appid)
+        if c is None:
+            c = self._crypto[model.appid] = SafeModeCrypto(self.token, self.aes_key, model.appid)
+        return c
+
+    async def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    def submit(self, model: WeChatModel, push: Push) -> None:
+        """Schedule delivery of ``push`` after the previous delivery to the same customer."""
+        if self.webhook is None:
+            self._append(
+                {"openid": push.openid, "push": push.to_json(), "outcome": "no_webhook", "attempt": 0}
+            )
+            return
+        key = (model.appid, push.openid)
+        prev = self._last.get(key)
+        task = asyncio.get_running_loop().create_task(self._deliver(model, push, prev))
+        self._tasks.add(task)
+        self._last[key] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if self._last.get(key) is t:
+                del self._last[key]
+
+        task.add_done_callback(done)
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    async def settle(self, timeout: float = 30.0) -> bool:
+        """Wait until no delivery is in flight (including ones started meanwhile); False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.wait(set(self._tasks), timeout=left)
+        return True
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def reset(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        self.log.clear()
+        self.failures = 0
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        self.log.append(entry)
+        if len(self.log) > MAX_LOG:
+            del self.log[: len(self.log) - MAX_LOG]
+
+    async def verify_url(self, model: WeChatModel, echostr: str = "") -> dict[str, Any]:
+        """WeChat's GET check of the callback URL (spec §5.1): the answer must be the raw echostr."""
+        if self.webhook is None or not self.token:
+            return {"ok": False, "error": "no webhook configured"}
+        echostr = echostr or str(model.rng.randint(10**17, 10**19))
+        ts = str(int(self._now()))
+        nonce = str(model.rng.randint(10**8, 10**10 - 1))
+        query = {
+            "signature": signature.sign(self.token, ts, nonce),
+            "timestamp": ts,
+            "nonce": nonce,
+            "echostr": echostr,
+        }
+        session = await self._client()
+        timeout = aiohttp.ClientTimeout(total=model.options.webhook_timeout_s)
+        try:
+            async with session.get(self.webhook, params=query, timeout=timeout) as resp:
+                body = (await resp.read()).decode("utf-8", "replace")
+                return {
+                    "ok": resp.status == 200 and body == echostr,
+                    "status": resp.status,
+                    "body": body[:200],
+                }
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    def _prepare(self, model: WeChatModel, push: Push) -> tuple[dict[str, str], bytes]:
+        assert self.token is not None
+        xml = render_push(model, push)
+        ts = str(int(self._now()))
+        nonce = str(model.rng.randint(10**8, 10**10 - 1))
+        query = {"signature": signature.sign(self.token, ts, nonce), "timestamp": ts, "nonce": nonce}
+        if model.options.push_include_openid:
+            query["openid"] = push.openid
+        crypto = self.crypto_for(model)
+        if crypto is None:
+            return query, xml.encode("utf-8")
+        random16 = "".join(model.rng.choice(_ALNUM) for _ in range(16)).encode("ascii")
+        body, msg_sig = crypto.encrypt_push(xml, ts, nonce, random16, to_user=model.original_id)
+        query["encrypt_type"] = "aes"
+        query["msg_signature"] = msg_sig
+        return query, body.encode("utf-8")
+
+    async def _deliver(self, model: WeChatModel, push: Push, prev: asyncio.Task[None] | None) -> None:
+        if prev is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(prev)
+        assert self.webhook is not None
+        query, body = self._prepare(model, push)
+        opts = model.options
+        attempts = opts.delivery_attempts
+        for attempt in range(1, attempts + 1):
+            entry: dict[str, Any] = {"openid": push.openid, "push": push.to_json(), "attempt": attempt}
+            try:
+                session = await self._client()
+                timeout = aiohttp.ClientTimeout(total=opts.webhook_timeout_s)
+                async with session.post(
+                    self.webhook,
+                    params=query,
+                    data=body,
+                    headers={"Content-Type": "text/xml"},
+                    timeout=timeout,
+                ) as resp:
+                    status = resp.status
+                    answer = await resp.read()
+            except TimeoutError:
+                entry.update(outcome="timeout")
+            except aiohttp.ClientError as exc:
+                entry.update(outcome="connection_error", error=f"{type(exc).__name__}: {exc}")
+            else:
+                entry["status"] = status
+                if status != 200:
+                    entry.update(outcome="http_error")
+                else:
+                    entry.update(self._apply_reply(model, push, answer))
+            self._append(entry)
+            if entry["outcome"] in ("handled", "transfer", "reply", "transfer_ignored"):
+                return
+            if attempt < attempts and opts.retry_interval_s > 0:
+                await asyncio.sleep(opts.retry_interval_s)
+        self.failures += 1
+        self._append(
+            {"openid": push.openid, "push": push.to_json(), "outcome": "failed", "attempt": attempts}
+        )
+
+    def _apply_reply(self, model: WeChatModel, push: Push, answer: bytes) -> dict[str, Any]:
+        crypto = self.crypto_for(model)
+        plain_ok = answer.strip() in (b"", b"success")
+        try:
+            if crypto is not None and not plain_ok:
+                if b"<Encrypt>" not in answer:
+                    return {"outcome": "invalid_reply", "error": "safe mode: the reply is not encrypted"}
+                xml: bytes | str = crypto.decrypt_reply(answer).text
+            elif crypto is not None and plain_ok and not model.options.safe_mode_accept_plain_success:
+                return {"outcome": "invalid_reply", "error": "safe mode: plaintext success refused (option)"}
+            else:
+                xml = answer
+            reply = parse_reply(xml)
+        except WeChatCodecError as exc:
+            return {"outcome": "invalid_reply", "error": str(exc)[:300]}
+        if reply is None:
+            return {"outcome": "handled"}
+        if reply.to_user != push.openid or reply.from_user != model.original_id:
+            return {
+                "outcome": "invalid_reply",
+                "error": f"reply addressed {reply.from_user!r} -> {reply.to_user!r}, expected "
+                f"{model.original_id!r} -> {push.openid!r}",
+            }
+        now = self._now()
+        if reply.is_transfer:
+            if push.msg_type == "event":
+                return {"outcome": "transfer_ignored", "error": "transfer in reply to an event"}
+            result = model.transfer(push.openid, now, reply.kf_account)
+            self._on_change(model)
+            return {"outcome": "transfer", "kf_account": reply.kf_account, "result": result["result"]}
+        model.record_passive_reply(push.openid, reply.msg_type, reply.content or "", now)
+        return {"outcome": "reply", "msg_type": reply.msg_type}

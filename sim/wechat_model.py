@@ -1,0 +1,980 @@
+"""A pure model of WeChat's side of customer service (kf) for one Official Account (one appid).
+
+Rules: no I/O, no asyncio, no clock and no global randomness — every call that depends on time takes
+``now`` (unix seconds, float) and every random draw uses the injected ``random.Random``. Methods answer
+with plain dicts exactly as the HTTP API would (``{"errcode": N, "errmsg": ...}`` or the data keys), so
+the fake HTTP server stays thin and the offline simulator can drive the same object. Pushes that WeChat
+would send to the developer's URL (kf events, customer messages) are appended to ``outbox`` as ``Push``
+values; the caller drains them with ``drain_outbox()``.
+
+Behaviour follows spec §10 (emulation guidance); every uncertain point is a ``FakeOptions`` switch.
+The hot paths used by the simulator (``create_session``, ``close_session``, ``customer_message``,
+``set_agent``, ``transfer``) are O(1) apart from WeChat's own auto-accept (off by default), which scans
+the wait list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import random
+import string
+from collections import Counter, OrderedDict
+from typing import Any
+
+import attrs
+from attrs import define, field, frozen
+
+from sim import fake_options as fo
+from sim.fake_options import FakeOptions, Fault
+
+Json = dict[str, Any]
+
+MAX_ACCOUNTS = 100  # spec §2.1
+MAX_WAITCASE = 100  # spec §2.12
+MAX_MSGLIST = 10_000  # spec §2.13
+MAX_MSGLIST_WINDOW_S = 86_400
+MAX_NICKNAME = 16  # spec §1.7
+MAX_HEADIMG_BYTES = 5 * 1024 * 1024  # spec §2.4
+INVITE_TTL_S = 7 * 86_400  # [INF] how long an invitation stays "waiting"
+TYPING_INTERACTION_S = 30.0  # spec §6.2
+TYPING_LASTS_S = 15.0
+MSG_TYPES = frozenset(
+    {
+        "text",
+        "image",
+        "voice",
+        "video",
+        "music",
+        "news",
+        "mpnews",
+        "msgmenu",
+        "wxcard",
+        "miniprogrampage",
+        "link",
+    }
+)
+_TOKEN_ALPHABET = string.ascii_letters + string.digits + "_-"
+_RETIRED_TOKENS_KEPT = 256
+
+
+@frozen
+class Push:
+    """One push WeChat would POST to the developer's URL. ``msg_type`` is ``text`` or ``event``."""
+
+    openid: str
+    create_time: int
+    msg_type: str
+    event: str = ""
+    content: str = ""
+    msg_id: int = 0
+    kf_account: str = ""
+    from_kf_account: str = ""
+    to_kf_account: str = ""
+    event_key: str = ""
+
+    def to_json(self) -> Json:
+        return {k: v for k, v in attrs.asdict(self).items() if v not in ("", 0) or k == "create_time"}
+
+
+@define(slots=True)
+class _Agent:
+    kf_account: str
+    kf_id: int
+    nickname: str
+    headimgurl: str = ""
+    kf_wx: str | None = None
+    invite_wx: str | None = None
+    invite_expire: int = 0
+    invite_status: str = ""
+    status: int = 0  # bitmask: 1 = web/PC, 2 = mobile (legacy); 0 = offline
+    auto_accept: int = 0
+    sessions: dict[str, None] = field(factory=dict)  # openids in acceptance order
+
+
+@define(slots=True)
+class _Session:
+    kf_account: str
+    createtime: int
+    last_activity: float
+
+
+@define(slots=True)
+class _Waiting:
+    arrived: float
+    pinned: str | None = None
+
+
+@define(slots=True)
+class _Customer:
+    followed: bool = True
+    last_msg_at: float | None = None
+    window_start: float = -math.inf
+    window_used: int = 0
+    event_at: float = -math.inf
+    event_used: int = 0
+    last_interaction: float = -math.inf
+    typing_until: float = -math.inf
+
+
+@define(slots=True)
+class _Token:
+    value: str
+    kind: str  # "token" | "stable"
+    expires_at: float
+    revoked_at: float = math.inf
+
+
+class WeChatModel:
+    """WeChat's state for one Official Account: tokens, kf accounts, sessions, wait list, windows.
+
+    ``appid``/``secret``: credentials the token endpoints accept; ``wxid``: the account's WeChat ID,
+    the required suffix of kf accounts; ``original_id``: the ``gh_...`` id used as ``ToUserName`` in
+    pushes. ``options`` may be shared with a server and changed at run time.
+    """
+
+    def __init__(
+        self,
+        appid: str,
+        secret: str,
+        *,
+        wxid: str = "test",
+        original_id: str | None = None,
+        options: FakeOptions | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        for name, value in (("appid", appid), ("secret", secret), ("wxid", wxid)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"WeChatModel: {name} must be a non-empty string, got {value!r}")
+        self.appid = appid
+        self.secret = secret
+        self.wxid = wxid
+        self.original_id = original_id or "gh_" + hashlib.sha1(appid.encode()).hexdigest()[:12]
+        self.options = options if options is not None else FakeOptions()
+        self.rng = rng if rng is not None else random.Random(0)
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.agents: dict[str, _Agent] = {}
+        self.sessions: dict[str, _Session] = {}
+        self.waiting: dict[str, _Waiting] = {}  # arrival order
+        self.customers: dict[str, _Customer] = {}
+        self.records: list[Json] = []  # getmsglist records; msgid = index + 1
+        self.sent: dict[str, list[Json]] = {}  # custom/send and passive replies per openid
+        self.create_log: list[Json] = []  # every kfsession/create call and its errcode
+        self.calls: Counter[str] = Counter()
+        self.faults: dict[str, Fault] = {}
+        self.outbox: list[Push] = []
+        self._next_kf_id = 1001
+        self._next_msg_id = 24_000_000_000_000_001
+        self._tokens: dict[str, _Token] = {}
+        self._retired: OrderedDict[str, None] = OrderedDict()
+        self._token_cur: _Token | None = None
+        self._token_prev: _Token | None = None
+        self._stable_cur: _Token | None = None
+        self._stable_prev: _Token | None = None
+        self._stable_forced: list[float] = []
+        self._rate: dict[str, tuple[int, int, int, int]] = {}  # ep -> (minute, n, day, n)
+
+    def reset(self) -> None:
+        """Forget everything (accounts, sessions, tokens, counters, faults); keep options and credentials."""
+        self._reset_state()
+
+    # ------------------------------------------------------------------ envelopes
+    def err(self, code: int, hint: str = "") -> Json:
+        """``{"errcode", "errmsg"}`` with WeChat's text, an optional hint and a random ``rid``."""
+        text = self.options.errmsg(code)
+        if hint:
+            text = f"{text} hint: [{hint}]"
+        if self.options.errmsg_rid:
+            r = self.rng.getrandbits(96)
+            text = f"{text} rid: {r >> 64:08x}-{(r >> 32) & 0xFFFFFFFF:08x}-{r & 0xFFFFFFFF:08x}"
+        return {"errcode": code, "errmsg": text}
+
+    @staticmethod
+    def ok() -> Json:
+        return {"errcode": 0, "errmsg": "ok"}
+
+    def drain_outbox(self) -> list[Push]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def _push_event(
+        self,
+        openid: str,
+        now: float,
+        event: str,
+        *,
+        kf_account: str = "",
+        from_kf_account: str = "",
+        to_kf_account: str = "",
+        event_key: str = "",
+    ) -> None:
+        self.outbox.append(
+            Push(
+                openid=openid,
+                create_time=int(now),
+                msg_type="event",
+                event=event,
+                kf_account=kf_account,
+                from_kf_account=from_kf_account,
+                to_kf_account=to_kf_account,
+                event_key=event_key,
+            )
+        )
+
+    # ------------------------------------------------------------------ tokens (spec §4)
+    def _new_token(self, kind: str, now: float) -> _Token:
+        value = "".join(self.rng.choice(_TOKEN_ALPHABET) for _ in range(64))
+        tok = _Token(value=value, kind=kind, expires_at=now + self.options.token_expires_in)
+        self._tokens[value] = tok
+        return tok
+
+    def _retire(self, tok: _Token | None) -> None:
+        if tok is None:
+            return
+        self._tokens.pop(tok.value, None)
+        self._retired[tok.value] = None
+        while len(self._retired) > _RETIRED_TOKENS_KEPT:
+            self._retired.popitem(last=False)
+
+    def _credentials_error(
+        self, grant_type: object, appid: object, secret: object, *, stable: bool
+    ) -> Json | None:
+        if grant_type != "client_credential":
+            return self.err(40002, f"grant_type {grant_type!r}")
+        if not appid:
+            return self.err(41002)
+        if appid != self.appid:
+            return self.err(40013)
+        if not secret:
+            return self.err(41004)
+        if self.options.reject_secret or secret != self.secret:
+            return self.err(self.options.code("stable_wrong_secret" if stable else "token_wrong_secret"))
+        if not self.options.ip_whitelisted:
+            return self.err(40164)
+        return None
+
+    def fetch_token(self, *, grant_type: object, appid: object, secret: object, now: float) -> Json:
+        """``GET /cgi-bin/token``: a new token; the previous one stays valid ``token_grace_s`` more."""
+        bad = self._credentials_error(grant_type, appid, secret, stable=False)
+        if bad is not None:
+            return bad
+        new = self._new_token("token", now)
+        self._retire(self._token_prev)
+        prev = self._token_cur
+        if prev is not None:
+            prev.revoked_at = min(prev.revoked_at, now + self.options.token_grace_s)
+        self._token_prev, self._token_cur = prev, new
+        return {"access_token": new.value, "expires_in": self.options.token_expires_in}
+
+    def fetch_stable_token(
+        self, *, grant_type: object, appid: object, secret: object, force_refresh: object, now: float
+    ) -> Json:
+        """``POST /cgi-bin/stable_token``: the same token until ``stable_renew_before_s`` before expiry;
+        ``force_refresh`` issues a new one and revokes the old at once (≤ 20/day, ≥ 30 s apart)."""
+        bad = self._credentials_error(grant_type, appid, secret, stable=True)
+        if bad is not None:
+            return bad
+        if not isinstance(force_refresh, bool):
+            return self.err(47001, "force_refresh must be a boolean")
+        cur = self._stable_cur
+        opts = self.options
+        if force_refresh:
+            day = math.floor(now / 86_400)
+            self._stable_forced = [t for t in self._stable_forced if math.floor(t / 86_400) == day]
+            if len(self._stable_forced) >= opts.stable_force_per_day:
+                return self.err(45009, "force_refresh daily limit")
+            if self._stable_forced and now - self._stable_forced[-1] < opts.stable_force_min_interval_s:
+                return self.err(45011, "force_refresh too frequent")
+            self._stable_forced.append(now)
+            self._retire(self._stable_prev)
+            self._retire(cur)
+            self._stable_prev, cur = None, None
+        elif cur is not None and now >= cur.expires_at - opts.stable_renew_before_s:
+            self._retire(self._stable_prev)
+            self._stable_prev, cur = cur, None
+        if cur is None or now >= cur.expires_at:
+            cur = self._new_token("stable", now)
+        self._stable_cur = cur
+        return {"access_token": cur.value, "expires_in": max(1, int(cur.expires_at - now))}
+
+    def check_access_token(self, token: object, now: float) -> Json | None:
+        """None when ``token`` is usable at ``now``; else 41001 missing, 40014 never issued,
+        40001 superseded (after the grace), 42001 expired."""
+        if not token:
+            return self.err(41001)
+        if self.options.token_always_invalid:
+            return self.err(40001)
+        tok = self._tokens.get(token) if isinstance(token, str) else None
+        if tok is None:
+            return self.err(40001 if token in self._retired else 40014)
+        if now >= tok.expires_at:
+            return self.err(42001)
+        if now >= tok.revoked_at:
+            return self.err(40001)
+        return None
+
+    def owns_token(self, token: str) -> bool:
+        return token in self._tokens or token in self._retired
+
+    # ------------------------------------------------------------------ gate: counts, faults, limits
+    def check_call(self, endpoint: str, access_token: object, now: float) -> Json | None:
+        """Common checks for an API call, in WeChat's order: token, 65400, rate limit. Returns the
+        error to answer, or None to go on. Token endpoints skip the token check. (Counting the call in
+        ``calls`` is the caller's job, so that refused and faulted calls count too.)"""
+        if endpoint not in fo.TOKEN_ENDPOINTS:
+            bad = self.check_access_token(access_token, now)
+            if bad is not None:
+                return bad
+        if endpoint in fo.KF_ENDPOINTS and not self.options.kf_api_enabled:
+            return self.err(65400)
+        if endpoint == fo.TOKEN and self.options.token_daily_quota is not None:
+            limit = fo.RateLimit(per_day=self.options.token_daily_quota)
+            bad = self._rate_check(endpoint + "#quota", limit, now)
+            if bad is not None:
+                return bad
+        rl = self.options.rate_limits.get(endpoint)
+        return self._rate_check(endpoint, rl, now) if rl is not None else None
+
+    def _rate_check(self, key: str, rl: fo.RateLimit, now: float) -> Json | None:
+        minute, day = math.floor(now / 60), math.floor(now / 86_400)
+        m0, mn, d0, dn = self._rate.get(key, (minute, 0, day, 0))
+        mn = mn if m0 == minute else 0
+        dn = dn if d0 == day else 0
+        if rl.per_day is not None and dn >= rl.per_day:
+            return self.err(45009)
+        if rl.per_minute is not None and mn >= rl.per_minute:
+            return self.err(45011)
+        self._rate[key] = (minute, mn + 1, day, dn + 1)
+        return None
+
+    def set_fault(self, endpoint: str, fault: Fault | None) -> str:
+        """Install (or with None remove) the fault rule of ``endpoint`` (a canonical name or suffix)."""
+        ep = fo.resolve_endpoint(endpoint)
+        if fault is None:
+            self.faults.pop(ep, None)
+        else:
+            self.faults[ep] = fault
+        return ep
+
+    def draw_fault(self, endpoint: str) -> Fault | None:
+        """The fault to apply to this call of ``endpoint``, if the draw says so."""
+        rule = self.faults.get(endpoint)
+        if rule is None or rule.times == 0:
+            return None
+        if rule.rate < 1.0 and self.rng.random() >= rule.rate:
+            return None
+        if rule.times is not None:
+            rule.times -= 1
+        return rule
+
+    # ------------------------------------------------------------------ kf accounts (spec §2.1-2.7)
+    def _bad_account_format(self, kf_account: object) -> bool:
+        if not isinstance(kf_account, str) or kf_account.count("@") != 1:
+            return True
+        prefix, suffix = kf_account.split("@")
+        return not fo.KF_ACCOUNT_PREFIX.fullmatch(prefix) or suffix != self.wxid
+
+    @staticmethod
+    def _bad_nickname(nickname: object) -> bool:
+        return not isinstance(nickname, str) or not nickname.strip() or len(nickname) > MAX_NICKNAME
+
+    def _bound(self, agent: _Agent) -> bool:
+        return agent.kf_wx is not None and not self.options.agents_unbound
+
+    def _kf_id(self, agent: _Agent) -> int | str:
+        return agent.kf_id if self.options.kf_id_type == "int" else str(agent.kf_id)
+
+    def _new_agent(self, kf_account: str, nickname: str) -> _Agent:
+        agent = _Agent(kf_account=kf_account, kf_id=self._next_kf_id, nickname=nickname)
+        self._next_kf_id += 1
+        self.agents[kf_account] = agent
+        return agent
+
+    def add_account(self, kf_account: object, nickname: object) -> Json:
+        if self._bad_account_format(kf_account):
+            return self.err(65404, f"kf_account {kf_account!r}: expected prefix@{self.wxid}")
+        if self._bad_nickname(nickname):
+            return self.err(65403)
+        assert isinstance(kf_account, str) and isinstance(nickname, str)
+        if kf_account in self.agents:
+            return self.err(65406)
+        if len(self.agents) >= MAX_ACCOUNTS:
+            return self.err(65405)
+        self._new_agent(kf_account, nickname)
+        return self.ok()
+
+    def update_account(self, kf_account: object, nickname: object) -> Json:
+        agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
+        if agent is None:
+            return self.err(65401)
+        if self._bad_nickname(nickname):
+            return self.err(self.options.code("update_bad_nickname"))
+        assert isinstance(nickname, str)
+        agent.nickname = nickname
+        return self.ok()
+
+    def delete_account(self, kf_account: object, now: float) -> Json:
+        """Delete; the agent's sessions end (kf_close_session pushed) and pins to it are dropped."""
+        agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
+        if agent is None:
+            return self.err(self.options.code("del_unknown"))
+        for openid in list(agent.sessions):
+            self._end_session(openid, now, push=True)
+        del self.agents[agent.kf_account]
+        for w in self.waiting.values():
+            if w.pinned == agent.kf_account:
+                w.pinned = None
+        return self.ok()
+
+    def upload_headimg(
+        self, kf_account: object, filename: str | None, content_type: str | None, size: int
+    ) -> Json:
+        agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
+        if agent is None:
+            return self.err(65401)
+        if filename is None and content_type is None and size == 0:
+            return self.err(41005, "form field media")
+        name = (filename or "").lower()
+        ctype = (content_type or "").lower()
+        if not (name.endswith((".jpg", ".jpeg")) or ctype in ("image/jpeg", "image/jpg")):
+            return self.err(40005, "jpg only")
+        if size <= 0 or size > MAX_HEADIMG_BYTES:
+            return self.err(40009, f"{size} bytes")
+        digest = hashlib.sha1(f"{agent.kf_account}:{size}:{self._next_msg_id}".encode()).hexdigest()
+        agent.headimgurl = f"http://mmbiz.qpic.cn/mmbiz/{digest}/0"
+        return self.ok()
+
+    def invite_worker(self, kf_account: object, invite_wx: object, now: float) -> Json:
+        agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
+        if agent is None:
+            return self.err(65401)
+        if not isinstance(invite_wx, str) or not fo.WECHAT_ID.fullmatch(invite_wx):
+            return self.err(65409)
+        self._expire_invite(agent, now)
+        if agent.kf_wx is not None:
+            return self.err(65412)
+        if agent.invite_status == "waiting":
+            return self.err(65411)
+        for other in self.agents.values():
+            if other.kf_wx == invite_wx:
+                return self.err(65407)
+            self._expire_invite(other, now)
+            if other.invite_wx == invite_wx and other.invite_status == "waiting":
+                return self.err(65408)
+        agent.invite_wx = invite_wx
+        agent.invite_expire = int(now + INVITE_TTL_S)
+        agent.invite_status = "waiting"
+        return self.ok()
+
+    @staticmethod
+    def _expire_invite(agent: _Agent, now: float) -> None:
+        if agent.invite_status == "waiting" and now >= agent.invite_expire:
+            agent.invite_status = "expired"
+
+    def answer_invite(self, kf_account: str, accept: bool, now: float) -> Json:
+        """The invited WeChat user accepts (binds) or rejects the invitation (control/test hook)."""
+        agent = self.agents.get(kf_account)
+        if agent is None:
+            return self.err(65401)
+        self._expire_invite(agent, now)
+        if agent.invite_status != "waiting":
+            return self.err(65409, "no pending invitation")
+        if accept:
+            agent.kf_wx, agent.invite_wx, agent.invite_status, agent.invite_expire = (
+                agent.invite_wx,
+                None,
+                "",
+                0,
+            )
+        else:
+            agent.invite_status = "rejected"
+        return self.ok()
+
+    def get_kf_list(self, now: float) -> Json:
+        rows: list[Json] = []
+        for a in self.agents.values():
+            self._expire_invite(a, now)
+            row: Json = {
+                "kf_account": a.kf_account,
+                "kf_headimgurl": a.headimgurl,
+                "kf_id": self._kf_id(a),
+                "kf_nick": a.nickname,
+            }
+            if a.kf_wx is not None and not self.options.agents_unbound:
+                row["kf_wx"] = a.kf_wx
+            elif a.invite_wx is not None:
+                row.update(
+                    invite_wx=a.invite_wx, invite_expire_time=a.invite_expire, invite_status=a.invite_status
+                )
+            rows.append(row)
+        return {"kf_list": rows}
+
+    def get_online_kf_list(self) -> Json:
+        opts = self.options
+        rows: list[Json] = []
+        for a in self.agents.values():
+            if a.status == 0:
+                continue
+            row: Json = {
+                "kf_account": a.kf_account,
+                "status": 1 if opts.online_status_style == "new" else a.status,
+                "kf_id": self._kf_id(a),
+            }
+            if opts.emit_auto_accept:
+                row["auto_accept"] = a.auto_accept
+            row["accepted_case"] = len(a.sessions)
+            if opts.online_status_style == "new":
+                row["kf_openid"] = f"kfopenid{a.kf_id}"
+            rows.append(row)
+        return {"kf_online_list": rows}
+
+    # ------------------------------------------------------------------ sessions (spec §2.8-2.12)
+    def _unknown_openid(self, openid: object) -> bool:
+        if not isinstance(openid, str) or not openid:
+            return True
+        return self.options.check_openid and openid not in self.customers
+
+    def _log_create(self, kf_account: object, openid: object, result: Json, now: float) -> Json:
+        self.create_log.append(
+            {"time": now, "kf_account": kf_account, "openid": openid, "errcode": result.get("errcode", 0)}
+        )
+        return result
+
+    def create_session(self, kf_account: object, openid: object, now: float, *, via: str = "api") -> Json:
+        """``kfsession/create`` (``via='api'``, logged in ``create_log``) or an agent accepting in
+        their own client (``via='agent'``, always pushes kf_create_session)."""
+        result = self._create(kf_account, openid, now, via)
+        return self._log_create(kf_account, openid, result, now) if via == "api" else result
+
+    def _create(self, kf_account: object, openid: object, now: float, via: str) -> Json:
+        if self._unknown_openid(openid):
+            return self.err(40003)
+        agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
+        if agent is None:
+            return self.err(65401)
+        if not self._bound(agent):
+            return self.err(65402)
+        if agent.status == 0 and self.options.create_offline_error:
+            return self.err(self.options.create_offline_error)
+        assert isinstance(openid, str)
+        current = self.sessions.get(openid)
+        if current is not None:
+            if current.kf_account == agent.kf_account:
+                return self.ok()
+            return self.err(65414)
+        self._start_session(agent, openid, now, push=via != "api" or self.options.push_events_on_api_actions)
+        return self.ok()
+
+    def _start_session(self, agent: _Agent, openid: str, now: float, *, push: bool) -> None:
+        self.waiting.pop(openid, None)
+        self.sessions[openid] = _Session(kf_account=agent.kf_account, createtime=int(now), last_activity=now)
+        agent.sessions[openid] = None
+        if push:
+            self._push_event(openid, now, "kf_create_session", kf_account=agent.kf_account)
+
+    def _end_session(self, openid: str, now: float, *, push: bool) -> None:
+        sess = self.sessions.pop(openid)
+        agent = self.agents.get(sess.kf_account)
+        if agent is not None:
+            agent.sessions.pop(openid, None)
+        if push:
+            self._push_event(openid, now, "kf_close_session", kf_account=sess.kf_account)
+
+    def close_session(self, kf_account: object, openid: object, now: float, *, via: str = "api") -> Json:
+        """``kfsession/close`` or (``via='agent'``) the agent closing it in their client."""
+        if self._unknown_openid(openid):
+            return self.err(40003)
+        agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
+        if agent is None:
+            return self.err(65401)
+        assert isinstance(openid, str)
+        sess = self.sessions.get(openid)
+        if sess is None:
+            return self.err(65413)
+        if sess.kf_account != agent.kf_account:
+            return self.err(65414)
+        self._end_session(openid, now, push=via != "api" or self.options.push_events_on_api_actions)
+        self._auto_assign(now)
+        return self.ok()
+
+    def switch_session(self, openid: str, to_kf_account: str, now: float) -> Json:
+        """An agent hands the customer to another agent in their client: kf_switch_session."""
+        sess = self.sessions.get(openid)
+        if sess is None:
+            return self.err(65413)
+        target = self.agents.get(to_kf_account)
+        if target is None:
+            return self.err(65401)
+        if not self._bound(target):
+            return self.err(65402)
+        if sess.kf_account == to_kf_account:
+            return self.err(65414, "already served by this agent")
+        src = self.agents.get(sess.kf_account)
+        if src is not None:
+            src.sessions.pop(openid, None)
+        from_kf = sess.kf_account
+        sess.kf_account, sess.createtime, sess.last_activity = to_kf_account, int(now), now
+        target.sessions[openid] = None
+        self._push_event(
+            openid, now, "kf_switch_session", from_kf_account=from_kf, to_kf_account=to_kf_account
+        )
+        self._auto_assign(now)
+        return self.ok()
+
+    def get_session(self, openid: object) -> Json:
+        if self._unknown_openid(openid):
+            return self.err(40003)
+        assert isinstance(openid, str)
+        sess = self.sessions.get(openid)
+        out: Json = (
+            {"createtime": sess.createtime, "kf_account": sess.kf_account}
+            if sess is not None
+            else {"createtime": self.options.no_session_createtime, "kf_account": ""}
+        )
+        if self.options.getsession_include_errcode:
+            out = {**self.ok(), **out}
+        return out
+
+    def get_session_list(self, kf_account: object) -> Json:
+        agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
+        if agent is None:
+            return self.err(65401)
+        if not self._bound(agent):
+            return self.err(65402)
+        return {
+            "sessionlist": [
+                {"createtime": self.sessions[o].createtime, "openid": o}
+                for o in agent.sessions
+                if o in self.sessions
+            ]
+        }
+
+    def get_wait_case(self) -> Json:
+        rows: list[Json] = []
+        legacy = self.options.waitcase_style == "legacy"
+        for openid, w in itertools.islice(self.waiting.items(), MAX_WAITCASE):
+            cust = self.customers.get(openid)
+            latest = cust.last_msg_at if cust is not None and cust.last_msg_at is not None else w.arrived
+            if legacy:
+                rows.append({"createtime": int(w.arrived), "kf_account": w.pinned or "", "openid": openid})
+            else:
+                rows.append({"latest_time": int(latest), "openid": openid})
+        return {"count": len(self.waiting), "waitcaselist": rows}
+
+    def get_msg_list(self, starttime: object, endtime: object, msgid: object, number: object) -> Json:
+        for name, v in (("starttime", starttime), ("endtime", endtime), ("msgid", msgid), ("number", number)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                return self.err(65416, f"{name} must be an integer")
+        assert isinstance(starttime, int) and isinstance(endtime, int)
+        assert isinstance(msgid, int) and isinstance(number, int)
+        if endtime <= starttime:
+            return self.err(65416, "endtime must be after starttime")
+        if endtime - starttime > MAX_MSGLIST_WINDOW_S:
+            return self.err(self.options.code("msglist_window"))
+        if not 1 <= number <= MAX_MSGLIST or msgid < 1:
+            return self.err(65416, "number 1..10000, msgid >= 1")
+        out: list[Json] = []
+        last = msgid
+        for idx in range(msgid - 1, len(self.records)):
+            rec = self.records[idx]
+            if starttime <= rec["time"] <= endtime:
+                out.append(rec)
+                last = idx + 1
+                if len(out) >= number:
+                    break
+        cursor = last + 1 if self.options.msgid_cursor == "next_to_request" and out else last
+        return {"recordlist": out, "number": len(out), "msgid": cursor}
+
+    def _record(self, openid: str, opercode: int, text: str, worker: str, now: float) -> None:
+        self.records.append(
+            {"openid": openid, "opercode": opercode, "text": text, "time": int(now), "worker": worker}
+        )
+
+    # ------------------------------------------------------------------ outbound messages (spec §6)
+    def _window_error(self, cust: _Customer | None, now: float, consume: bool) -> Json | None:
+        """45015 outside every window or unfollowed; 45047 when the open window's quota is used up."""
+        opts = self.options
+        if cust is None or not cust.followed:
+            return self.err(45015)
+        user_open = now - cust.window_start <= opts.window_hours * 3600
+        event_open = now - cust.event_at <= opts.event_window_s
+        if user_open and cust.window_used < opts.window_quota:
+            if consume:
+                cust.window_used += 1
+            return None
+        if event_open and cust.event_used < opts.event_window_quota:
+            if consume:
+                cust.event_used += 1
+            return None
+        return self.err(45047 if user_open or event_open else 45015)
+
+    def send_custom(
+        self, touser: object, msgtype: object, payload: object, kf_account: object, now: float
+    ) -> Json:
+        """``message/custom/send``: check the window, record the message in ``sent[touser]``."""
+        if not isinstance(touser, str) or not touser:
+            return self.err(40003, "touser")
+        if msgtype not in MSG_TYPES:
+            return self.err(40008, f"msgtype {msgtype!r}")
+        if not isinstance(payload, dict):
+            return self.err(47001, f"{msgtype} must be an object")
+        if msgtype == "text" and (not isinstance(payload.get("content"), str) or not payload["content"]):
+            return self.err(47001, "text.content must be a non-empty string")
+        if kf_account is not None and (not isinstance(kf_account, str) or kf_account not in self.agents):
+            return self.err(self.options.code("send_unknown_kf"))
+        cust = self.customers.get(touser)
+        bad = self._window_error(cust, now, consume=True)
+        if bad is not None:
+            return bad
+        assert cust is not None
+        cust.typing_until = -math.inf
+        content = str(payload.get("content", f"[{msgtype}]"))
+        self.sent.setdefault(touser, []).append(
+            {
+                "time": now,
+                "msgtype": msgtype,
+                "content": content,
+                "kf_account": kf_account,
+                "via": "custom_send",
+            }
+        )
+        sess = self.sessions.get(touser)
+        worker = kf_account if isinstance(kf_account, str) else (sess.kf_account if sess is not None else "")
+        if worker:
+            self._record(touser, 2002, content, worker, now)
+        return self.ok()
+
+    def typing(self, touser: object, command: object, now: float) -> Json:
+        if not isinstance(touser, str) or not touser:
+            return self.err(40003, "touser")
+        if command not in ("Typing", "CancelTyping"):
+            return self.err(45072)
+        cust = self.customers.get(touser)
+        bad = self._window_error(cust, now, consume=False)
+        if bad is not None and bad["errcode"] == 45015:
+            return bad
+        assert cust is not None
+        if now - cust.last_interaction > TYPING_INTERACTION_S:
+            return self.err(45080)
+        if command == "Typing":
+            if now < cust.typing_until:
+                return self.err(45081)
+            cust.typing_until = now + TYPING_LASTS_S
+        else:
+            cust.typing_until = -math.inf
+        return self.ok()
+
+    def record_passive_reply(self, openid: str, msgtype: str, content: str, now: float) -> None:
+        """A synchronous reply to a push (not a transfer) reached the user."""
+        self.sent.setdefault(openid, []).append(
+            {"time": now, "msgtype": msgtype, "content": content, "kf_account": None, "via": "passive_reply"}
+        )
+
+    # ------------------------------------------------------------------ the customer's side
+    def _customer(self, openid: str) -> _Customer:
+        cust = self.customers.get(openid)
+        if cust is None:
+            cust = self.customers[openid] = _Customer()
+        return cust
+
+    def follow(self, openid: str, now: float) -> Json:
+        """The user follows the account: 3 messages / 60 s window and a ``subscribe`` event push."""
+        cust = self._customer(openid)
+        cust.followed = True
+        self._open_event_window(cust, now)
+        self._push_event(openid, now, "subscribe")
+        return {"routed": "webhook"}
+
+    def unfollow(self, openid: str, now: float) -> Json:
+        cust = self._customer(openid)
+        cust.followed = False
+        self.waiting.pop(openid, None)
+        self._push_event(openid, now, "unsubscribe")
+        return {"routed": "webhook"}
+
+    def _open_event_window(self, cust: _Customer, now: float) -> None:
+        cust.event_at, cust.event_used = now, 0
+        cust.last_interaction = now
+
+    def menu_click(self, openid: str, key: str, now: float) -> Json:
+        """A CLICK menu event: 3 messages / 60 s window; events are always pushed (never forwarded)."""
+        cust = self._customer(openid)
+        self._open_event_window(cust, now)
+        self._push_event(openid, now, "CLICK", event_key=key)
+        return {"routed": "webhook"}
+
+    def customer_message(self, openid: str, now: float, text: str = "", *, msgtype: str = "text") -> Json:
+        """The user sends a message. In a session (not idle past ``forward_idle_s``) it goes to the
+        agent; otherwise (waiting or unassigned) it is pushed to the developer's URL."""
+        if not isinstance(openid, str) or not openid:
+            raise ValueError(f"customer_message: openid must be a non-empty string, got {openid!r}")
+        cust = self._customer(openid)
+        opts = self.options
+        cust.followed = True
+        cust.last_msg_at = now
+        cust.last_interaction = now
+        if opts.reopen_on_user_message or now - cust.window_start > opts.window_hours * 3600:
+            cust.window_start, cust.window_used = now, 0
+        msg_id = self._next_msg_id
+        self._next_msg_id += 1
+        sess = self.sessions.get(openid)
+        if sess is not None:
+            idle = opts.forward_idle_s
+            if idle is None or now - sess.last_activity <= idle:
+                sess.last_activity = now
+                self._record(
+                    openid, 2003, text if msgtype == "text" else f"[{msgtype}]", sess.kf_account, now
+                )
+                return {"routed": "agent", "kf_account": sess.kf_account, "msg_id": msg_id}
+            self._end_session(openid, now, push=True)  # [INF] forwarding lapsed: the session is over
+            self._auto_assign(now)
+        self.outbox.append(
+            Push(openid=openid, create_time=int(now), msg_type=msgtype, content=text, msg_id=msg_id)
+        )
+        return {"routed": "webhook", "msg_id": msg_id}
+
+    def transfer(self, openid: str, now: float, kf_account: str | None = None) -> Json:
+        """The developer replied ``transfer_customer_service`` (pinned to ``kf_account`` with TransInfo):
+        the user joins the wait list (arrival kept if already waiting). Ignored while in a session."""
+        if openid in self.sessions:
+            return {"result": "in_session"}
+        self._customer(openid)
+        w = self.waiting.get(openid)
+        if w is None:
+            self.waiting[openid] = _Waiting(arrived=now, pinned=kf_account)
+        elif kf_account is not None:
+            w.pinned = kf_account
+        self._auto_assign(now)
+        return {"result": "in_session" if openid in self.sessions else "waiting"}
+
+    def leave_queue(self, openid: str) -> Json:
+        return {"result": "left" if self.waiting.pop(openid, None) is not None else "not_waiting"}
+
+    # ------------------------------------------------------------------ the agents' side
+    def set_agent(
+        self,
+        kf_account: str,
+        now: float,
+        *,
+        nickname: str | None = None,
+        bound: bool | str | None = None,
+        status: int | None = None,
+        auto_accept: int | None = None,
+    ) -> Json:
+        """Create (if new) and configure an agent directly, as the MP console and the agent's own client
+        would: ``bound`` True/False or a WeChat ID, ``status`` 0 offline / 1 web / 2 mobile / 3 both,
+        ``auto_accept`` the agent's auto-accept limit. New agents are bound and offline."""
+        if not isinstance(kf_account, str) or kf_account.count("@") != 1 or not all(kf_account.split("@")):
+            raise ValueError(f"set_agent: kf_account must look like prefix@wxid, got {kf_account!r}")
+        if status is not None and (isinstance(status, bool) or status not in (0, 1, 2, 3)):
+            raise ValueError(f"set_agent({kf_account}): status must be 0, 1, 2 or 3, got {status!r}")
+        if auto_accept is not None and (
+            isinstance(auto_accept, bool) or not isinstance(auto_accept, int) or auto_accept < 0
+        ):
+            raise ValueError(
+                f"set_agent({kf_account}): auto_accept must be an integer >= 0, got {auto_accept!r}"
+            )
+        agent = self.agents.get(kf_account)
+        if agent is None:
+            agent = self._new_agent(kf_account, nickname or kf_account.split("@")[0])
+            agent.kf_wx = "wx_" + kf_account.split("@")[0]
+        if nickname is not None:
+            agent.nickname = nickname
+        if bound is not None:
+            if bound is True:
+                agent.kf_wx = agent.kf_wx or "wx_" + kf_account.split("@")[0]
+            elif bound is False:
+                agent.kf_wx = None
+            else:
+                agent.kf_wx = str(bound)
+            agent.invite_wx, agent.invite_status, agent.invite_expire = None, "", 0
+        if status is not None:
+            agent.status = status
+        if auto_accept is not None:
+            agent.auto_accept = auto_accept
+        self._auto_assign(now)
+        return self.agent_json(agent)
+
+    def agent_json(self, agent: _Agent) -> Json:
+        return {
+            "kf_account": agent.kf_account,
+            "kf_id": agent.kf_id,
+            "nickname": agent.nickname,
+            "bound": self._bound(agent),
+            "kf_wx": agent.kf_wx,
+            "status": agent.status,
+            "auto_accept": agent.auto_accept,
+            "accepted_case": len(agent.sessions),
+        }
+
+    def agent_accept(self, kf_account: str, now: float, openid: str | None = None) -> Json:
+        """The agent takes a customer from the wait list in their client (the oldest one not pinned to
+        someone else, or ``openid``); pushes kf_create_session. Ignores the auto-accept limit."""
+        agent = self.agents.get(kf_account)
+        if agent is None:
+            return self.err(65401)
+        if not self._bound(agent):
+            return self.err(65402)
+        if agent.status == 0:
+            return self.err(65415)
+        if openid is None:
+            openid = next((o for o, w in self.waiting.items() if w.pinned in (None, kf_account)), None)
+            if openid is None:
+                return self.err(65413, "nobody waiting for this agent")
+        w = self.waiting.get(openid)
+        if w is None:
+            return self.err(65413, "customer is not waiting")
+        if w.pinned not in (None, kf_account):
+            return self.err(65414, "customer is pinned to another agent")
+        self._start_session(agent, openid, now, push=True)
+        return {**self.ok(), "openid": openid}
+
+    def _auto_assign(self, now: float) -> None:
+        """WeChat's own auto-accept (``wechat_auto_accept``): the oldest waiting customers go to online,
+        bound agents below their ``auto_accept`` limit (pinned ones only to their agent), least loaded
+        first. O(waiting × agents) when on; a no-op when off."""
+        if not self.options.wechat_auto_accept or not self.waiting:
+            return
+
+        def room(a: _Agent) -> bool:
+            return a.status != 0 and self._bound(a) and len(a.sessions) < a.auto_accept
+
+        for openid, w in list(self.waiting.items()):
+            if w.pinned is not None:
+                pinned = self.agents.get(w.pinned)
+                target = pinned if pinned is not None and room(pinned) else None
+            else:
+                free = [a for a in self.agents.values() if room(a)]
+                if not free:
+                    if not any(w2.pinned for w2 in self.waiting.values()):
+                        return
+                    continue
+                target = min(free, key=lambda a: (len(a.sessions), a.kf_id))
+            if target is not None:
+                self._start_session(target, openid, now, push=True)
+
+    # ------------------------------------------------------------------ inspection
+    def snapshot(self, now: float) -> Json:
+        """Everything a test wants to assert on, as JSON-ready data."""
+        return {
+            "appid": self.appid,
+            "wxid": self.wxid,
+            "original_id": self.original_id,
+            "now": now,
+            "agents": [self.agent_json(a) for a in self.agents.values()],
+            "sessions": [
+                {"openid": o, "kf_account": s.kf_account, "createtime": s.createtime}
+                for o, s in self.sessions.items()
+            ],
+            "waiting": [
+                {"openid": o, "arrived": w.arrived, "pinned": w.pinned} for o, w in self.waiting.items()
+            ],
+            "calls": dict(self.calls),
+            "create_log": list(self.create_log),
+            "sent": {o: list(v) for o, v in self.sent.items()},
+            "faults": {ep: attrs.asdict(f) for ep, f in self.faults.items()},
+            "records": len(self.records),
+        }
