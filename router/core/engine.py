@@ -502,8 +502,8 @@ class Engine:
     def _scope(self, c: _Customer, policy: Policy, now: float) -> tuple[str | None, ...]:
         if c.group is None or getattr(policy, "ignores_groups", False):
             return (None,)
-        waited = now - c.arrived_at
-        return (c.group, *(g for g, after in self._route(c).overflow if waited >= after))
+        # compare with the wake-up time itself (arrived + after), so float rounding cannot skip a wake-up
+        return (c.group, *(g for g, after in self._route(c).overflow if now >= c.arrived_at + after))
 
     def _avoid_now(self, c: _Customer, now: float) -> frozenset[str]:
         if not c.avoid:
@@ -534,7 +534,7 @@ class Engine:
         route = self._route(c)
         policy = self._policies[route.policy]
         avoid = self._avoid_now(c, now)
-        if c.preferred_agent is not None and now - c.arrived_at < self.config.preferred_wait_s:
+        if c.preferred_agent is not None and now < c.arrived_at + self.config.preferred_wait_s:
             wanted = c.preferred_agent
             return wanted if wanted not in avoid and self._pool.is_free(wanted) else None
         scope = self._scope(c, policy, now)

@@ -1,0 +1,289 @@
+"""Table-style tests of the Engine's flows: reservations, releases, supersession, queue order, overflow,
+capacity rules and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from policies.registry import load_all, load_policy
+from router.core import (
+    AgentConfigured,
+    AgentRemoved,
+    AgentSessionsSeen,
+    AgentsSeen,
+    ConfigError,
+    CoreError,
+    CreateFailed,
+    CreateSession,
+    CustomerLeft,
+    CustomerRequested,
+    CustomerState,
+    Engine,
+    EngineConfig,
+    Route,
+    SessionClosed,
+    SessionCreated,
+    SessionSwitched,
+    UnknownAgentError,
+    UnknownCustomerError,
+)
+from router.core.model import AgentRow
+
+
+def make_engine(**kw: object) -> Engine:
+    return Engine(EngineConfig(**kw), load_all())  # type: ignore[arg-type]
+
+
+def online(engine: Engine, *agents: str, accepted: int = 0, auto: int = 0, now: float = 0.0) -> list[object]:
+    rows = [AgentRow(kf_account=a, status=1, accepted_case=accepted, auto_accept=auto) for a in agents]
+    return engine.handle(AgentsSeen(rows=rows, complete=False), now)  # type: ignore[return-value]
+
+
+def creates(cmds: list[object]) -> list[tuple[str, str]]:
+    return [(c.openid, c.kf_account) for c in cmds if isinstance(c, CreateSession)]
+
+
+def test_request_reserves_and_confirmation_turns_into_session() -> None:
+    e = make_engine()
+    online(e, "a@x")
+    assert creates(e.handle(CustomerRequested(openid="o1"), 1.0)) == [("o1", "a@x")]
+    assert e.state("o1") is CustomerState.RESERVED
+    view = e.agent("a@x")
+    assert view is not None and (view.sessions, view.reserved) == (0, 1)
+    e.handle(SessionCreated(openid="o1", kf_account="a@x", source="api"), 2.0)
+    e.handle(SessionCreated(openid="o1", kf_account="a@x", source="push"), 2.1)  # the push confirms again
+    view = e.agent("a@x")
+    assert view is not None and (view.sessions, view.reserved) == (1, 0)
+    assert e.state("o1") is CustomerState.IN_SESSION
+    e.handle(SessionClosed(openid="o1", kf_account="a@x"), 3.0)
+    assert e.state("o1") is CustomerState.GONE and e.gone_reason("o1") == "served"
+    assert e.history("o1") == ("a@x", 3.0)
+    e.check()
+
+
+def test_customer_is_never_queued_twice() -> None:
+    e = make_engine()
+    e.handle(CustomerRequested(openid="o1"), 0.0)
+    e.handle(CustomerRequested(openid="o1", source="waitlist"), 1.0)
+    assert [w.openid for w in e.waiting()] == ["o1"]
+    online(e, "a@x", now=2.0)
+    assert e.state("o1") is CustomerState.RESERVED
+    assert e.handle(CustomerRequested(openid="o1"), 3.0) == []
+
+
+def test_failed_create_keeps_place_and_avoids_the_agent() -> None:
+    e = make_engine(default_capacity=1, avoid_s=50.0)
+    online(e, "a@x")
+    e.handle(CustomerRequested(openid="first"), 1.0)
+    e.handle(CustomerRequested(openid="second"), 2.0)
+    online(e, "b@x", now=3.0)  # b takes "second"
+    assert e.with_agent("second") == "b@x"
+    out = e.handle(CreateFailed(openid="first", kf_account="a@x", errcode=-1), 4.0)
+    # "first" must not go back to a@x; b@x is busy, so "first" waits at the head of the queue
+    assert creates(out) == []
+    assert [w.openid for w in e.waiting()] == ["first"]
+    # a newcomer behind "first" gets a@x, which "first" avoids
+    assert creates(e.handle(CustomerRequested(openid="third"), 5.0)) == [("third", "a@x")]
+    e.handle(SessionCreated(openid="second", kf_account="b@x", source="api"), 5.5)
+    e.handle(SessionCreated(openid="third", kf_account="a@x", source="api"), 6.0)
+    assert e.next_deadline() == 4.0 + 50.0
+    e.handle(SessionClosed(openid="third", kf_account="a@x"), 7.0)
+    assert e.state("first") is CustomerState.WAITING  # a@x is free but still avoided
+    assert creates(e.tick(54.0)) == [("first", "a@x")]  # the avoid period is over
+
+
+def test_released_customer_goes_back_to_its_old_place() -> None:
+    e = make_engine(default_capacity=1)
+    online(e, "a@x")
+    e.handle(CustomerRequested(openid="early"), 1.0)  # reserved with a
+    e.handle(CustomerRequested(openid="late"), 2.0)  # waits
+    e.handle(AgentsSeen(rows=[AgentRow(kf_account="a@x", status=0)], complete=True), 3.0)
+    assert [w.openid for w in e.waiting()] == ["early", "late"]
+    out = online(e, "b@x", now=4.0)
+    assert creates(out) == [("early", "b@x")]
+
+
+def test_65414_supersedes_the_reservation() -> None:
+    e = make_engine()
+    online(e, "a@x")
+    e.handle(CustomerRequested(openid="o1"), 0.0)
+    e.handle(CreateFailed(openid="o1", kf_account="a@x", errcode=65414), 1.0)
+    assert e.state("o1") is CustomerState.GONE and e.gone_reason("o1") == "served_elsewhere"
+    view = e.agent("a@x")
+    assert view is not None and view.load == 0
+
+
+def test_session_with_another_agent_supersedes_and_stale_failure_is_ignored() -> None:
+    e = make_engine()
+    online(e, "a@x", "b@x")
+    e.handle(CustomerRequested(openid="o1"), 0.0)
+    reserved_with = e.with_agent("o1")
+    other = "b@x" if reserved_with == "a@x" else "a@x"
+    e.handle(SessionCreated(openid="o1", kf_account=other, source="push"), 1.0)
+    assert e.with_agent("o1") == other and e.state("o1") is CustomerState.IN_SESSION
+    assert e.handle(CreateFailed(openid="o1", kf_account=reserved_with, errcode=65414), 2.0) == []
+    loads = {v.kf_account: (v.sessions, v.reserved) for v in e.agents()}
+    assert loads == {reserved_with: (0, 0), other: (1, 0)}
+
+
+def test_reservation_times_out_and_is_released() -> None:
+    e = make_engine(reservation_timeout_s=10.0)
+    online(e, "a@x")
+    e.handle(CustomerRequested(openid="o1"), 0.0)
+    assert e.next_deadline() == 10.0
+    assert e.tick(9.9) == []
+    out = e.tick(10.0)
+    assert creates(out) == []  # the only agent is avoided now
+    assert e.state("o1") is CustomerState.WAITING
+    view = e.agent("a@x")
+    assert view is not None and view.reserved == 0
+
+
+def test_priority_then_age() -> None:
+    e = make_engine()
+    for i, prio in enumerate([0, 2, 1, 2]):
+        e.handle(CustomerRequested(openid=f"o{i}", priority=prio), float(i))
+    assert [w.openid for w in e.waiting()] == ["o1", "o3", "o2", "o0"]
+    assert e.position("o2") == 2 and e.position("nobody") is None
+
+
+def test_overflow_after_wait() -> None:
+    routes = {"vip": Route(policy="group-affinity", overflow=(("sales", 30.0),))}
+    e = make_engine(routes=routes)
+    e.handle(AgentConfigured(kf_account="s@x", groups=frozenset({"sales"})), 0.0)
+    online(e, "s@x")
+    e.handle(CustomerRequested(openid="v1", group="vip"), 0.0)
+    assert e.state("v1") is CustomerState.WAITING
+    assert e.next_deadline() == 30.0
+    assert creates(e.tick(29.0)) == []
+    assert creates(e.tick(30.0)) == [("v1", "s@x")]
+
+
+def test_capacity_rules_local_then_auto_accept_then_default() -> None:
+    e = make_engine(default_capacity=4)
+    online(e, "a@x", auto=0)
+    assert e.pool.capacity("a@x") == 4
+    online(e, "a@x", auto=2)
+    assert e.pool.capacity("a@x") == 2
+    e.handle(AgentConfigured(kf_account="a@x", max_sessions=7), 0.0)
+    assert e.pool.capacity("a@x") == 7
+    e.handle(AgentConfigured(kf_account="a@x", clear_max_sessions=True), 0.0)
+    assert e.pool.capacity("a@x") == 2
+
+
+def test_snapshot_reconciles_load_with_accepted_case() -> None:
+    e = make_engine(default_capacity=3)
+    online(e, "a@x")
+    e.handle(CustomerRequested(openid="o1"), 0.0)  # reserved
+    online(e, "a@x", accepted=2)  # the agent accepted two customers in their own client
+    view = e.agent("a@x")
+    assert view is not None and (view.sessions, view.reserved, view.load) == (2, 1, 3)
+    assert not view.free
+
+
+def test_sessions_seen_adopts_and_closes() -> None:
+    e = make_engine()
+    online(e, "a@x")
+    e.handle(SessionCreated(openid="known", kf_account="a@x"), 0.0)
+    e.handle(AgentSessionsSeen(kf_account="a@x", openids=("manual",)), 1.0)
+    assert e.sessions() == {"manual": "a@x"}
+    assert e.gone_reason("known") == "served"
+    view = e.agent("a@x")
+    assert view is not None and view.sessions == 1
+
+
+def test_switch_moves_the_session() -> None:
+    e = make_engine()
+    online(e, "a@x", "b@x")
+    e.handle(SessionCreated(openid="o1", kf_account="a@x"), 0.0)
+    e.handle(SessionSwitched(openid="o1", from_account="a@x", to_account="b@x"), 1.0)
+    assert e.sessions() == {"o1": "b@x"}
+    assert {v.kf_account: v.sessions for v in e.agents()} == {"a@x": 0, "b@x": 1}
+    assert e.history("o1") == ("b@x", 1.0)
+
+
+def test_customer_left_releases_capacity() -> None:
+    e = make_engine(default_capacity=1)
+    online(e, "a@x")
+    e.handle(CustomerRequested(openid="o1"), 0.0)
+    e.handle(CustomerRequested(openid="o2"), 0.0)
+    out = e.handle(CustomerLeft(openid="o1", reason="cancelled"), 1.0)
+    assert creates(out) == [("o2", "a@x")]
+    assert e.gone_reason("o1") == "left:cancelled"
+
+
+def test_agent_removed_releases_reservations() -> None:
+    e = make_engine()
+    online(e, "a@x")
+    e.handle(CustomerRequested(openid="o1"), 0.0)
+    e.handle(AgentRemoved(kf_account="a@x"), 1.0)
+    assert e.agent("a@x") is None and e.state("o1") is CustomerState.WAITING
+
+
+def test_preferred_agent_is_waited_for_then_falls_back() -> None:
+    e = make_engine(default_capacity=1, preferred_wait_s=60.0)
+    online(e, "a@x", "b@x", accepted=0)
+    e.handle(SessionCreated(openid="busy", kf_account="b@x"), 0.0)
+    out = e.handle(CustomerRequested(openid="o1", preferred_agent="b@x"), 1.0)
+    assert creates(out) == []  # a@x is free, but o1 wants b@x
+    assert e.next_deadline() == 61.0
+    assert creates(e.tick(61.0)) == [("o1", "a@x")]
+
+
+def test_sticky_returns_customer_to_last_agent() -> None:
+    e = Engine(EngineConfig(default_route=Route(policy="sticky")), {"sticky": load_policy("sticky")})
+    online(e, "a@x", "b@x")
+    e.remember("o1", "b@x", 0.0)
+    e.handle(AgentConfigured(kf_account="a@x"), 0.0)
+    assert creates(e.handle(CustomerRequested(openid="o1"), 10.0)) == [("o1", "b@x")]
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: CustomerRequested(openid=""), "openid"),
+        (lambda: AgentConfigured(kf_account="a@x", max_sessions=-1), "max_sessions"),
+        (lambda: AgentConfigured(kf_account="a@x", max_sessions=0), "max_sessions"),
+        (lambda: AgentRow(kf_account="a@x", status=-1), "status"),
+        (lambda: AgentRow(kf_account="a@x", status=1, accepted_case=-3), "accepted_case"),
+        (lambda: AgentConfigured(kf_account="a@x", groups="sales"), "groups"),
+        (lambda: EngineConfig(default_capacity=-2), "default_capacity"),
+        (lambda: EngineConfig(reservation_timeout_s=0), "reservation_timeout_s"),
+        (lambda: Route(overflow=(("sales", -5),)), r"overflow\[0\]"),
+    ],
+)
+def test_bad_values_are_named(make: object, expected: str) -> None:
+    with pytest.raises(CoreError, match=expected):
+        make()  # type: ignore[operator]
+
+
+def test_unknown_agent_and_customer_and_policy_are_named() -> None:
+    e = make_engine()
+    with pytest.raises(UnknownAgentError, match=r"'ghost@x'.*expected an agent"):
+        e.handle(SessionClosed(openid="o1", kf_account="ghost@x"), 0.0)
+    with pytest.raises(UnknownCustomerError, match="'nobody'"):
+        e.handle(CustomerLeft(openid="nobody"), 0.0)
+    with pytest.raises(ConfigError, match=r"unknown policy 'fastest'.*expected one of"):
+        Engine(EngineConfig(default_route=Route(policy="fastest")), load_all())
+    with pytest.raises(ConfigError, match=r"unknown policy 'fastest' \(installed: .*least-load"):
+        load_policy("fastest")
+
+
+def test_policy_picking_a_busy_agent_is_a_named_bug() -> None:
+    class Greedy:
+        name = "greedy"
+
+        def pick(self, pool: object, customer: object, now: float) -> str:
+            return "a@x"
+
+    e = Engine(EngineConfig(default_route=Route(policy="greedy"), default_capacity=1), {"greedy": Greedy()})
+    online(e, "a@x", "b@x")
+    e.handle(CustomerRequested(openid="o1"), 0.0)
+    with pytest.raises(CoreError, match="policy 'greedy' picked 'a@x'"):
+        e.handle(CustomerRequested(openid="o2"), 0.0)
+
+
+def test_idle_engine_has_no_deadline() -> None:
+    assert make_engine().next_deadline() == math.inf

@@ -1,0 +1,226 @@
+"""Hypothesis state machine over the Engine, beside a naive model of WeChat's truth.
+
+The machine plays WeChat: it answers the engine's CreateSession commands (success or failure), closes
+sessions, flips agents on and off line, and lets customers arrive and give up, while time moves on.
+After every step the invariants of the routing core are checked.
+"""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from policies.registry import load_all
+from router.core import (
+    AgentConfigured,
+    AgentsSeen,
+    CreateFailed,
+    CreateSession,
+    CustomerLeft,
+    CustomerRequested,
+    CustomerState,
+    Engine,
+    EngineConfig,
+    Route,
+    SessionClosed,
+    SessionCreated,
+)
+from router.core.model import AgentRow
+
+AGENTS = [f"a{i}@shop" for i in range(5)]
+AGENT_GROUPS = {
+    "a0@shop": {"sales"},
+    "a1@shop": {"sales"},
+    "a2@shop": {"support"},
+    "a3@shop": {"support", "sales"},
+    "a4@shop": {"vip"},
+}
+CUSTOMERS = [f"c{i}" for i in range(25)]
+GROUPS = [None, "sales", "support", "vip"]
+FAIL_CODES = [-1, -2, 65415, 45009]
+
+
+class EngineMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.truth: dict[str, set[str]] = {a: set() for a in AGENTS}  # WeChat's sessions per agent
+        self.online: dict[str, bool] = dict.fromkeys(AGENTS, True)
+        self.pending: list[CreateSession] = []
+        self.requested: set[str] = set()
+        self.policy_name = "least-load"
+        self.engine: Engine | None = None
+        self.last_commands: list[object] = []
+
+    @rule(policy=st.sampled_from(["least-load", "group-affinity", "round-robin", "sticky"]))
+    @precondition(lambda self: self.engine is None)
+    def start(self, policy: str) -> None:
+        self.policy_name = policy
+        routes = {
+            "sales": Route(policy=policy, overflow=(("support", 30.0),)),
+            "support": Route(policy=policy),
+            "vip": Route(policy=policy, overflow=(("sales", 10.0), ("support", 20.0))),
+        }
+        self.engine = Engine(
+            EngineConfig(default_capacity=2, routes=routes, default_route=Route(policy=policy)),
+            load_all(),
+        )
+        for a in AGENTS:
+            self.apply(AgentConfigured(kf_account=a, groups=frozenset(AGENT_GROUPS[a])))
+        self.apply(self.snapshot())
+
+    # -------------------------------------------------------------- helpers
+
+    def snapshot(self) -> AgentsSeen:
+        rows = [
+            AgentRow(kf_account=a, status=1, accepted_case=len(self.truth[a]), auto_accept=0)
+            for a in AGENTS
+            if self.online[a]
+        ]
+        return AgentsSeen(rows=rows, complete=True)
+
+    def apply(self, event: object) -> None:
+        assert self.engine is not None
+        out = self.engine.handle(event, self.now)  # type: ignore[arg-type]
+        self.record(out)
+
+    def record(self, out: list[object]) -> None:
+        assert self.engine is not None
+        self.last_commands = out
+        for c in out:
+            if isinstance(c, CreateSession):
+                view = self.engine.agent(c.kf_account)
+                assert view is not None
+                # the engine only ever assigns within capacity (the reservation is already counted)
+                assert 0 <= view.load <= view.capacity, view
+                assert view.online and not view.paused
+                self.pending.append(c)
+
+    def who_serves(self, openid: str) -> str | None:
+        for a, s in self.truth.items():
+            if openid in s:
+                return a
+        return None
+
+    # -------------------------------------------------------------- rules
+
+    @rule(
+        customer=st.sampled_from(CUSTOMERS),
+        group=st.sampled_from(GROUPS),
+        priority=st.integers(0, 2),
+    )
+    @precondition(lambda self: self.engine is not None)
+    def arrive(self, customer: str, group: str | None, priority: int) -> None:
+        if self.who_serves(customer) is not None:
+            return  # in a session: their messages go to the agent, not to us
+        self.requested.add(customer)
+        self.apply(CustomerRequested(openid=customer, group=group, priority=priority))
+
+    @rule(data=st.data(), ok=st.booleans(), code=st.sampled_from(FAIL_CODES))
+    @precondition(lambda self: self.engine is not None and self.pending)
+    def answer_create(self, data: st.DataObject, ok: bool, code: int) -> None:
+        i = data.draw(st.integers(0, len(self.pending) - 1))
+        cmd = self.pending.pop(i)
+        serving = self.who_serves(cmd.openid)
+        if ok and self.online[cmd.kf_account] and serving in (None, cmd.kf_account):
+            self.truth[cmd.kf_account].add(cmd.openid)
+            self.apply(SessionCreated(openid=cmd.openid, kf_account=cmd.kf_account, source="api"))
+        elif serving not in (None, cmd.kf_account):
+            self.apply(CreateFailed(openid=cmd.openid, kf_account=cmd.kf_account, errcode=65414))
+        else:
+            if not self.online[cmd.kf_account]:
+                code = 65415
+            self.apply(CreateFailed(openid=cmd.openid, kf_account=cmd.kf_account, errcode=code))
+
+    @rule(data=st.data())
+    @precondition(lambda self: self.engine is not None and any(self.truth.values()))
+    def close_session(self, data: st.DataObject) -> None:
+        pairs = sorted((a, o) for a, s in self.truth.items() for o in s)
+        a, o = data.draw(st.sampled_from(pairs))
+        self.truth[a].discard(o)
+        self.apply(SessionClosed(openid=o, kf_account=a))
+
+    @rule(customer=st.sampled_from(CUSTOMERS))
+    @precondition(lambda self: self.engine is not None)
+    def give_up(self, customer: str) -> None:
+        assert self.engine is not None
+        if self.engine.state(customer) in (CustomerState.WAITING, CustomerState.RESERVED):
+            self.apply(CustomerLeft(openid=customer, reason="patience"))
+
+    @rule(agent=st.sampled_from(AGENTS))
+    @precondition(lambda self: self.engine is not None)
+    def toggle_online(self, agent: str) -> None:
+        self.online[agent] = not self.online[agent]
+        self.apply(self.snapshot())
+
+    @rule(agent=st.sampled_from(AGENTS), paused=st.booleans(), cap=st.one_of(st.none(), st.integers(1, 3)))
+    @precondition(lambda self: self.engine is not None)
+    def configure(self, agent: str, paused: bool, cap: int | None) -> None:
+        self.apply(AgentConfigured(kf_account=agent, paused=paused, max_sessions=cap))
+
+    @rule(dt=st.sampled_from([0.5, 5.0, 15.0, 40.0]))
+    @precondition(lambda self: self.engine is not None)
+    def advance(self, dt: float) -> None:
+        assert self.engine is not None
+        self.now += dt
+        self.record(self.engine.tick(self.now))
+        # answers to creates that the engine timed out are now stale; WeChat may still answer them
+        assert self.engine.next_deadline() > self.now
+
+    @rule()
+    @precondition(lambda self: self.engine is not None)
+    def poll(self) -> None:
+        self.apply(self.snapshot())
+
+    # -------------------------------------------------------------- invariants
+
+    @invariant()
+    def internal_consistency(self) -> None:
+        if self.engine is not None:
+            self.engine.check()
+
+    @invariant()
+    def nobody_twice(self) -> None:
+        if self.engine is None:
+            return
+        reserved = [o for o, _a, _d in self.engine.reservations()]
+        in_session = list(self.engine.sessions())
+        both = reserved + in_session
+        assert len(both) == len(set(both)), both
+        for o in CUSTOMERS:
+            assert sum(o in s for s in self.truth.values()) <= 1
+
+    @invariant()
+    def no_idle_agent_while_eligible_customer_waits(self) -> None:
+        if self.engine is None:
+            return
+        pool = self.engine.pool
+        for w in self.engine.waiting(self.now):
+            if w.preferred_agent is not None:
+                continue
+            eligible = set()
+            for group in w.scope:
+                eligible |= set(pool.free_agents(group, "name", w.avoid))
+            assert not eligible, (w, eligible)
+
+    @invariant()
+    def queue_order(self) -> None:
+        if self.engine is None:
+            return
+        keys = [(-w.priority, w.arrived_at) for w in self.engine.waiting()]
+        assert keys == sorted(keys)
+
+    @invariant()
+    def every_customer_accounted_for(self) -> None:
+        if self.engine is None:
+            return
+        for o in self.requested:
+            state = self.engine.state(o)
+            assert state is not CustomerState.UNKNOWN, o
+            if state is CustomerState.GONE:
+                assert self.engine.gone_reason(o)
+
+
+EngineMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+TestEngineMachine = EngineMachine.TestCase
