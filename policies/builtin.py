@@ -4,8 +4,8 @@
   across every group of the customer's current scope.
 - ``group-affinity``: the scope's groups in order (own group first, then overflow groups once their wait
   has passed): the least-loaded free agent of the first group that has one.
-- ``sticky``: the agent who served this customer last (within the engine's sticky window), if free;
-  otherwise the fallback policy (least-load by default).
+- ``sticky``: the agent who served this customer last (within the engine's sticky window), if free and
+  in the customer's current scope; otherwise the fallback policy (least-load by default).
 - ``round-robin``: the free agent longest since their last assignment.
 - ``wechat-native``: the simulator's baseline imitating WeChat's own auto-accept: no groups, no priorities,
   the first agent (by account) with room under their auto_accept.
@@ -71,7 +71,10 @@ class Sticky:
     def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
         last = customer.last_agent
         if last is not None and last not in customer.avoid and pool.is_free(last):
-            return last
+            agent = pool.agent(last)
+            assert agent is not None
+            if None in customer.scope or agent.groups.intersection(customer.scope):
+                return last
         return self.fallback.pick(pool, customer, now)
 
 

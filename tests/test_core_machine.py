@@ -109,13 +109,16 @@ class EngineMachine(RuleBasedStateMachine):
         customer=st.sampled_from(CUSTOMERS),
         group=st.sampled_from(GROUPS),
         priority=st.integers(0, 2),
+        preferred=st.one_of(st.none(), st.none(), st.sampled_from(AGENTS)),
     )
     @precondition(lambda self: self.engine is not None)
-    def arrive(self, customer: str, group: str | None, priority: int) -> None:
+    def arrive(self, customer: str, group: str | None, priority: int, preferred: str | None) -> None:
         if self.who_serves(customer) is not None:
             return  # in a session: their messages go to the agent, not to us
         self.requested.add(customer)
-        self.apply(CustomerRequested(openid=customer, group=group, priority=priority))
+        self.apply(
+            CustomerRequested(openid=customer, group=group, priority=priority, preferred_agent=preferred)
+        )
 
     @rule(data=st.data(), ok=st.booleans(), code=st.sampled_from(FAIL_CODES))
     @precondition(lambda self: self.engine is not None and self.pending)
@@ -197,7 +200,11 @@ class EngineMachine(RuleBasedStateMachine):
             return
         pool = self.engine.pool
         for w in self.engine.waiting(self.now):
-            if w.preferred_agent is not None:
+            if (
+                w.preferred_agent is not None
+                and self.now < w.arrived_at + self.engine.config.preferred_wait_s
+            ):
+                assert w.preferred_agent in w.avoid or not pool.is_free(w.preferred_agent), w
                 continue
             eligible = set()
             for group in w.scope:

@@ -19,6 +19,7 @@ any agent. A customer who named a preferred agent waits for that agent alone for
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -143,6 +144,7 @@ class Engine:
         self._customers: dict[str, _Customer] = {}
         self._queue: SortedList = SortedList()  # of (key, openid)
         self._group_queues: dict[str | None, SortedList] = {}  # the same entries, per customer group
+        self._preferring: dict[str, set[str]] = {}  # preferred agent -> waiting customers who asked for them
         self._reservations: SortedList = SortedList()  # of (deadline, openid)
         self._wakeups: SortedList = SortedList()  # times when a waiting customer's scope may widen
         self._history: dict[str, tuple[str, float]] = {}  # openid -> (last agent, when)
@@ -445,10 +447,17 @@ class Engine:
         if q is None:
             q = self._group_queues[c.group] = SortedList()
         q.add((c.key, c.openid))
+        if c.preferred_agent is not None:
+            self._preferring.setdefault(c.preferred_agent, set()).add(c.openid)
 
     def _dequeue(self, c: _Customer) -> None:
         self._queue.remove((c.key, c.openid))
         self._group_queues[c.group].remove((c.key, c.openid))
+        if c.preferred_agent is not None:
+            waiting = self._preferring[c.preferred_agent]
+            waiting.discard(c.openid)
+            if not waiting:
+                del self._preferring[c.preferred_agent]
 
     def _reserve(self, c: _Customer, kf: str, now: float, out: list[Command]) -> None:
         self._dequeue(c)
@@ -552,16 +561,47 @@ class Engine:
         return kf
 
     def _drain(self, now: float, out: list[Command]) -> None:
-        """Offer waiting customers, best first, to free agents until nobody is free or the queue ends."""
-        i = 0
-        while i < len(self._queue) and self._pool.free_count(None) > 0:
-            _key, openid = self._queue[i]
-            c = self._customers[openid]
-            kf = self._pick(c, now)
-            if kf is None:
-                i += 1
+        """Offer waiting customers, best first, to free agents until nobody is free or nobody fits.
+
+        Only the queues of customer groups that could reach a free agent are scanned (merged in queue
+        order), so a freed agent of one group does not cost a walk past every other group's customers.
+        """
+        while self._pool.free_count(None) > 0:
+            queues = self._reachable_queues()
+            if not queues:
+                return
+            merged = queues[0] if len(queues) == 1 else heapq.merge(*queues)
+            for _key, openid in merged:
+                c = self._customers[openid]
+                kf = self._pick(c, now)
+                if kf is not None:
+                    self._reserve(c, kf, now, out)
+                    break  # the queues changed: look again from the top
+            else:
+                return
+
+    def _reachable_queues(self) -> list[SortedList]:
+        """Queues of customer groups with a free agent in reach (own group, overflow groups, or a free
+        preferred agent of one of their customers)."""
+        wanted: set[str | None] = set()
+        for kf, openids in self._preferring.items():
+            if openids and self._pool.is_free(kf):
+                wanted.update(self._customers[o].group for o in openids)
+        found = []
+        for group, q in self._group_queues.items():
+            if not q:
                 continue
-            self._reserve(c, kf, now, out)
+            if group is None or group in wanted:
+                found.append(q)
+                continue
+            route = self.config.routes.get(group, self.config.default_route)
+            if (
+                self._pool.free_count(group)
+                or getattr(self._policies[route.policy], "ignores_groups", False)
+                or any(self._pool.free_count(t) for t, _after in route.overflow)
+            ):
+                found.append(q)
+        return found
 
     # ================================================================= invariants (for tests)
 
