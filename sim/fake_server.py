@@ -65,9 +65,6 @@ class _ControlError(Exception):
     """A bad control-API request: answered with HTTP 400 and ``{"error": message}``."""
 
 
-Handler = Callable[[WeChatModel, web.Request, float], Awaitable[Json]]
-
-
 class FakeWeChat:
     """One fake WeChat: models per appid (``model`` is the first), the aiohttp ``app``, the pusher."""
 
@@ -106,7 +103,7 @@ class FakeWeChat:
 
     def _build_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
-        app["fake"] = self
+        app[FAKE_KEY] = self
         control: dict[str, Callable[[web.Request], Awaitable[Json]]] = {
             "GET state": self._c_state,
             "POST reset": self._c_reset,
@@ -559,6 +556,9 @@ class FakeWeChat:
         if not isinstance(echostr, str):
             raise _ControlError("echostr must be a string")
         return await self.pusher.verify_url(self._cmodel(body, request), echostr)
+
+
+FAKE_KEY = web.AppKey("fake", FakeWeChat)
 
 
 # ---------------------------------------------------------------------- helpers
