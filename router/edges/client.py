@@ -20,6 +20,7 @@ legacy and current field names) but their shape is validated; a malformed answer
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -645,7 +646,7 @@ class WeChatClient:
             body_factory = form
         elif json_body is not None:
             encoded = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
-            body_factory = lambda: encoded  # noqa: E731
+            body_factory = functools.partial(bytes, encoded)
             content_type = "application/json; charset=utf-8"
         else:
             body_factory = None
