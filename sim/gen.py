@@ -10,6 +10,7 @@ time order, so 200,000 customers never sit in memory at once. Spec strings (``--
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import random
 from collections import deque
@@ -177,7 +178,7 @@ def parse_windows(spec: str, opt: str, *, wrap: bool, default: float | None) -> 
         raise GenError(f"{opt}: no windows in {spec!r}")
     if not wrap:
         spans = sorted((s.start_h, s.end_h) for s in out)
-        for (_, e1), (s2, _) in zip(spans, spans[1:], strict=False):
+        for (_, e1), (s2, _) in itertools.pairwise(spans):
             if s2 < e1:
                 raise GenError(f"{opt}: windows overlap in {spec!r}")
     return tuple(out)
@@ -214,7 +215,7 @@ class _ArrivalClock:
         if profile:
             edges = sorted({0.0, 24.0, *(s.start_h for s in profile), *(s.end_h for s in profile)})
             pieces: list[tuple[float, float, float]] = []
-            for a, b in zip(edges, edges[1:], strict=False):
+            for a, b in itertools.pairwise(edges):
                 r = next((s.value for s in profile if s.start_h <= a and b <= s.end_h), 0.0)
                 pieces.append((a * 3600.0, b * 3600.0, r))
             self._pieces = pieces
@@ -227,9 +228,7 @@ class _ArrivalClock:
         while True:
             day = math.floor(t / DAY_S)
             tod = t - day * DAY_S
-            for a, b, r in self._pieces:
-                if tod < b:
-                    break
+            b, r = next((b, r) for _a, b, r in self._pieces if tod < b)
             end = day * DAY_S + b
             have = (end - t) * r
             if have >= need and r > 0:
@@ -262,7 +261,7 @@ def header_for(params: GenParams) -> Header:
         name=params.name,
         seed=params.seed,
         created_by="kfrouter sim gen",
-        meta={"params": meta, **params.extra},
+        meta={"params": meta, "groups": [g for g, _ in params.groups], **params.extra},
     )
 
 
@@ -280,8 +279,8 @@ def generate(params: GenParams) -> Iterator[Record]:
             for _ in range(n):
                 group_of[idx] = g
                 idx += 1
-    for name, g in zip(names, group_of, strict=True):
-        members.setdefault(g, []).append(name)
+    for name, grp in zip(names, group_of, strict=True):
+        members.setdefault(grp, []).append(name)
     shift_of: dict[str, Segment] = {}
     if params.shifts:
         shares = [s.value for s in params.shifts]
@@ -375,7 +374,7 @@ def generate(params: GenParams) -> Iterator[Record]:
         patience = None
         if params.patience_mean is not None:
             patience = max(round(rng.expovariate(1.0 / params.patience_mean), 6), 1e-6)
-        customer = ""
+        customer: str | None = None
         if params.returning > 0:
             while recent and recent[0][0] <= t - params.return_gap:
                 eligible.append(recent.popleft()[1])
@@ -383,7 +382,7 @@ def generate(params: GenParams) -> Iterator[Record]:
                 j = rng.randrange(len(eligible))
                 eligible[j], eligible[-1] = eligible[-1], eligible[j]
                 customer = eligible.pop()
-        if not customer:
+        if customer is None:
             new_ids += 1
             customer = f"u{new_ids:0{width}d}"
         if params.returning > 0:

@@ -162,6 +162,8 @@ def parse_record(obj: object, last_t: float) -> Record | str:
     kind = obj.get("kind")
     if not isinstance(kind, str):
         raise _Bad(f"'kind' must be a string, got {kind!r}")
+    if kind == "header":
+        raise _Bad("a second header line (the header must be the first line only)")
     if "t" not in obj:
         raise _Bad(f"{kind} line has no 't'")
     t = obj["t"]
@@ -173,8 +175,6 @@ def parse_record(obj: object, last_t: float) -> Record | str:
     if kind.startswith("x-"):
         return kind
     if kind not in _KINDS:
-        if kind == "header":
-            raise _Bad("a second header line (the header must be the first line only)")
         raise _Bad(f"unknown kind {kind!r} (expected one of {sorted(_KINDS)} or an 'x-' extension)")
     _check_keys(obj, kind)
     if kind == "arrival":
@@ -268,7 +268,7 @@ def header_to_dict(header: Header) -> dict[str, Any]:
 
 def _open_binary(path: Path) -> IO[bytes]:
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     return path.open("rb")
 
 
@@ -287,12 +287,14 @@ class TraceReader:
             self.name = name or str(path)
             try:
                 self._fp = _open_binary(path)
+                self._size = path.stat().st_size
             except OSError as exc:
                 raise TraceError(self.name, 0, f"cannot open: {exc.strerror or exc}") from exc
             self._lines: Iterator[bytes | str] = iter(self._fp)
         else:
             self.name = name or "<memory>"
             self._lines = iter(source)
+            self._size = 0
         self.lines = 0
         self.skipped: dict[str, int] = {}
         self._last_t = 0.0
@@ -326,9 +328,10 @@ class TraceReader:
         if not text.strip():
             raise TraceError(self.name, self.lines, "empty line")
         try:
-            return json.loads(text)
+            obj: object = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TraceError(self.name, self.lines, f"not JSON: {exc.msg} at column {exc.colno}") from None
+        return obj
 
     def __iter__(self) -> Iterator[Record]:
         while True:
@@ -345,6 +348,17 @@ class TraceReader:
                 continue
             self._last_t = rec.t
             yield rec
+
+    def fraction(self) -> float:
+        """Share of the file read so far (0..1; compressed bytes for .gz; 0 for in-memory sources)."""
+        fp = self._fp
+        if fp is None or not self._size:
+            return 0.0
+        raw = getattr(fp, "fileobj", fp)
+        try:
+            return min(1.0, raw.tell() / self._size)
+        except (OSError, ValueError):
+            return 0.0
 
     def close(self) -> None:
         if self._fp is not None:
@@ -368,8 +382,15 @@ def read_trace(source: str | Path | Iterable[bytes | str]) -> tuple[Header, list
 # ---------------------------------------------------------------------------------------------- writer
 
 
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _dumps(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(", ", ": "))
+    # UTF-8 as is, except the Unicode line breaks that line-oriented tools (str.splitlines, JavaScript)
+    # would cut a line at; JSON only ever has them inside strings, where the escape means the same.
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(", ", ": ")).translate(
+        _LINE_BREAKS
+    )
 
 
 class TraceWriter:

@@ -1,0 +1,250 @@
+"""``kfrouter sim gen | run | erlang``: make a synthetic trace, replay a trace under policies, print the
+Erlang closed forms. Bad input exits 2 with a message naming the option, or the file and line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sim.gen import SERVICE_DISTS, GenError, GenParams, parse_priorities, parse_shares, parse_windows
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("sim", help="offline simulator: generate traces, replay them under policies")
+    simsub = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
+    p.set_defaults(func=lambda _a: (p.print_help(sys.stderr), EXIT_USAGE)[1])
+
+    g = simsub.add_parser("gen", help="write a synthetic trace (JSON Lines, version 1)")
+    g.add_argument("--agents", type=int, default=10, help="number of agents (default 10)")
+    g.add_argument("--max-sessions", type=int, default=1, help="sessions per agent at once (default 1)")
+    g.add_argument("--customers", type=int, default=1000, help="number of arrivals (default 1000)")
+    g.add_argument("--arrival-rate", type=float, default=None, help="arrivals per second (default 0.1)")
+    g.add_argument(
+        "--arrival-profile",
+        default=None,
+        metavar="SPEC",
+        help="daily rate profile 'H1-H2:RATE,...' in hours and arrivals per second, e.g. "
+        "'0-8:0.02,8-12:0.3,12-18:0.2,18-24:0.05' (hours not covered have rate 0)",
+    )
+    g.add_argument("--service-mean", type=float, default=60.0, help="mean service time in s (default 60)")
+    g.add_argument("--service-dist", choices=SERVICE_DISTS, default="exp", help="service distribution")
+    g.add_argument("--service-cv", type=float, default=1.0, help="coefficient of variation (lognormal)")
+    g.add_argument(
+        "--patience-mean",
+        type=float,
+        default=None,
+        help="mean patience in s (exponential; default: nobody leaves)",
+    )
+    g.add_argument(
+        "--groups",
+        default=None,
+        metavar="SPEC",
+        help="'sales:0.7,support:0.3': arrival shares; agents are split across the groups in the same shares",
+    )
+    g.add_argument(
+        "--priorities",
+        default=None,
+        metavar="SPEC",
+        help="'1:0.1,2:0.01': shares of arrivals with these priorities (the rest 0)",
+    )
+    g.add_argument(
+        "--returning", type=float, default=0.0, help="share of arrivals that are returning customers"
+    )
+    g.add_argument(
+        "--return-gap",
+        type=float,
+        default=3600.0,
+        help="a customer returns no sooner than this "
+        "many seconds after their previous arrival (default 3600)",
+    )
+    g.add_argument("--preferred", type=float, default=0.0, help="share of arrivals naming a preferred agent")
+    g.add_argument(
+        "--shifts",
+        default=None,
+        metavar="SPEC",
+        help="daily shifts 'H1-H2[:SHARE],...', e.g. "
+        "'8-16,12-20,20-8:0.5'; agents of each group are split across the shifts by share",
+    )
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--name", default="synthetic", help="trace name in the header")
+    g.add_argument("--out", default="-", help="output file ('-' = stdout; '.gz' = compressed)")
+    g.set_defaults(func=_gen)
+
+    r = simsub.add_parser("run", help="replay a trace under one or more policies and report")
+    r.add_argument("trace", help="trace file (JSON Lines; .gz accepted)")
+    r.add_argument(
+        "--policy",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="policy to run (repeat; default: every installed policy)",
+    )
+    r.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="do not add the wechat-native baseline when it is not among --policy",
+    )
+    r.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    r.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots into DIR (needs matplotlib)")
+    r.add_argument("--seed", type=int, default=None, help="seed for injected failures (default: the trace's)")
+    r.add_argument(
+        "--overflow-after",
+        type=float,
+        default=60.0,
+        help="seconds before a customer may go to another group's agents (default 60)",
+    )
+    r.add_argument("--no-overflow", action="store_true", help="customers stay with their own group")
+    r.add_argument("--default-capacity", type=int, default=3)
+    r.add_argument("--reservation-timeout", type=float, default=30.0)
+    r.add_argument(
+        "--preferred-wait",
+        type=float,
+        default=120.0,
+        help="seconds a customer waits for the agent they named (default 120)",
+    )
+    r.add_argument("--create-latency", type=float, default=0.0, help="seconds before a create is answered")
+    r.add_argument("--create-failure-rate", type=float, default=0.0, help="share of creates that fail")
+    r.add_argument("--create-failure-errcode", type=int, default=-1, help="errcode of injected failures")
+    r.set_defaults(func=_run)
+
+    e = simsub.add_parser("erlang", help="Erlang C (M/M/c) and, with --patience-mean, Erlang A (M/M/c+M)")
+    e.add_argument("--agents", type=int, required=True, help="servers c")
+    e.add_argument("--arrival-rate", type=float, required=True, help="arrivals per second")
+    e.add_argument("--service-mean", type=float, required=True, help="mean service time in s")
+    e.add_argument("--patience-mean", type=float, default=None, help="mean patience in s")
+    e.set_defaults(func=_erlang)
+
+
+def _fail(cmd: str, msg: str, code: int = EXIT_USAGE) -> int:
+    print(f"kfrouter sim {cmd}: error: {msg}", file=sys.stderr)
+    return code
+
+
+def gen_params(args: argparse.Namespace) -> GenParams:
+    """GenParams from parsed ``sim gen`` arguments (GenError on a bad spec)."""
+    if args.arrival_rate is not None and args.arrival_profile is not None:
+        raise GenError("give --arrival-rate or --arrival-profile, not both")
+    return GenParams(
+        agents=args.agents,
+        max_sessions=args.max_sessions,
+        customers=args.customers,
+        arrival_rate=0.1 if args.arrival_rate is None else args.arrival_rate,
+        arrival_profile=(
+            parse_windows(args.arrival_profile, "--arrival-profile", wrap=False, default=None)
+            if args.arrival_profile
+            else ()
+        ),
+        service_mean=args.service_mean,
+        service_dist=args.service_dist,
+        service_cv=args.service_cv,
+        patience_mean=args.patience_mean,
+        groups=parse_shares(args.groups) if args.groups else (),
+        priorities=parse_priorities(args.priorities) if args.priorities else (),
+        returning=args.returning,
+        return_gap=args.return_gap,
+        preferred=args.preferred,
+        shifts=parse_windows(args.shifts, "--shifts", wrap=True, default=1.0) if args.shifts else (),
+        seed=args.seed,
+        name=args.name,
+    )
+
+
+def _gen(args: argparse.Namespace) -> int:
+    from sim.gen import generate, header_for
+    from sim.trace import TraceWriter, write_trace
+
+    try:
+        params = gen_params(args)
+    except GenError as exc:
+        return _fail("gen", str(exc))
+    if args.out == "-":
+        n = TraceWriter(sys.stdout, header_for(params)).write_all(generate(params))
+    else:
+        try:
+            n = write_trace(args.out, header_for(params), generate(params))
+        except OSError as exc:
+            return _fail("gen", f"cannot write {args.out}: {exc.strerror or exc}")
+        print(f"wrote {n} records to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from policies.registry import available_policies
+    from router.core.errors import ConfigError
+    from sim.plot import PlotUnavailable, require_matplotlib, write_plots
+    from sim.progress import Progress
+    from sim.report import BASELINE, build_report, to_json, to_text
+    from sim.runner import RunConfig, RunResult, SimError, run_trace
+    from sim.trace import TraceError, TraceReader
+
+    if args.plot is not None:
+        try:
+            require_matplotlib()
+        except PlotUnavailable as exc:
+            return _fail("run", str(exc))
+    installed = [n for n, _ in available_policies()]
+    names: list[str] = list(dict.fromkeys(args.policy or installed))
+    for n in names:
+        if n not in installed:
+            return _fail("run", f"unknown policy {n!r} (installed: {', '.join(installed)})")
+    if not args.no_baseline and BASELINE not in names and BASELINE in installed:
+        names.append(BASELINE)
+    if not Path(args.trace).is_file():
+        return _fail("run", f"{args.trace}: no such file")
+    try:
+        with TraceReader(args.trace) as reader:
+            seed = args.seed if args.seed is not None else (reader.header.seed or 0)
+        results: list[RunResult] = []
+        for name in names:
+            cfg = RunConfig(
+                policy=name,
+                seed=seed,
+                default_capacity=args.default_capacity,
+                reservation_timeout_s=args.reservation_timeout,
+                overflow_after_s=None if args.no_overflow else args.overflow_after,
+                preferred_wait_s=args.preferred_wait,
+                create_latency_s=args.create_latency,
+                create_failure_rate=args.create_failure_rate,
+                create_failure_errcode=args.create_failure_errcode,
+                timeline=args.plot is not None,
+            )
+            with Progress(f"{name:>14}") as bar:
+                results.append(run_trace(args.trace, cfg, progress=bar.update))
+    except TraceError as exc:
+        return _fail("run", str(exc))
+    except (ConfigError, ValueError) as exc:
+        return _fail("run", str(exc))
+    except SimError as exc:
+        return _fail("run", str(exc), EXIT_FAILED)
+    report = build_report(results, file=args.trace)
+    print(to_json(report) if args.json else to_text(report))
+    if args.plot is not None:
+        for path in write_plots(results, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _erlang(args: argparse.Namespace) -> int:
+    from sim.erlang import erlang_a, erlang_c
+
+    try:
+        lam, mu = args.arrival_rate, 1.0 / args.service_mean
+        if args.patience_mean is None:
+            c = erlang_c(lam, mu, args.agents)
+            print(
+                f"M/M/{args.agents}: utilization {c.utilization:.4f}, P(wait>0) {c.p_wait:.6f}, "
+                f"mean wait {c.mean_wait:.6f} s"
+            )
+        else:
+            a = erlang_a(lam, mu, args.agents, 1.0 / args.patience_mean)
+            print(
+                f"M/M/{args.agents}+M: P(wait>0) {a.p_wait:.6f}, P(abandon) {a.p_abandon:.6f}, "
+                f"mean wait {a.mean_wait:.6f} s, utilization {a.utilization:.4f}"
+            )
+    except (ValueError, ZeroDivisionError) as exc:
+        return _fail("erlang", str(exc))
+    return 0

@@ -1,0 +1,257 @@
+"""Metrics of simulator runs, and the report: a text table (one column per policy) or one JSON object.
+
+Definitions (docs/simulator.md has the long form):
+
+- waits are measured from arrival to session creation, over *served* customers; percentiles use the
+  nearest-rank method on the sorted waits;
+- ``service_level_20s``: share of all arrivals served within 20 s;
+- ``utilization``: session-seconds / (max_sessions × online seconds), agents' online time clipped to the
+  last customer event;
+- ``load_fairness``: Jain's index (Σx)² / (n Σx²) of per-agent session-seconds over the agents that were
+  online before the last customer event (agents whose shift starts later do not count);
+- hit rates are shares of *served* customers: ``affinity_hit_rate`` among those with a group,
+  ``sticky_hit_rate`` among returning customers, ``preference_hit_rate`` among those naming an agent.
+
+Everything except ``wall_s`` and ``customers_per_s`` is a function of the trace, the policy and the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sim.runner import ABANDONED, SERVED, UNSERVED, RunResult
+
+BASELINE = "wechat-native"
+SERVICE_LEVEL_S = 20.0
+_NONDETERMINISTIC = ("wall_s", "customers_per_s")
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of already sorted values."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def jain(values: Sequence[float]) -> float | None:
+    """Jain's fairness index: 1 when all equal, 1/n when one takes everything; None when all zero."""
+    total = sum(values)
+    squares = sum(v * v for v in values)
+    if not values or squares == 0:
+        return None
+    return total * total / (len(values) * squares)
+
+
+def _share(hits: Sequence[bool | None], served_mask: Sequence[bool]) -> float | None:
+    n = k = 0
+    for h, s in zip(hits, served_mask, strict=True):
+        if h is not None and s:
+            n += 1
+            k += h
+    return k / n if n else None
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+def metrics(res: RunResult) -> dict[str, Any]:
+    """The report row of one run."""
+    n = res.customers
+    served_mask = [o == SERVED for o in res.outcome]
+    waits = sorted(w for w, s in zip(res.wait, served_mask, strict=True) if s)
+    served = len(waits)
+    abandoned = sum(1 for o in res.outcome if o == ABANDONED)
+    unserved = sum(1 for o in res.outcome if o == UNSERVED)
+    end = res.end_t
+    capacity_s = 0.0
+    busy: list[float] = []  # per agent online at some time before the end
+    for st in res.agents.values():
+        online_s = sum(max(0.0, min(off, end) - on) for on, off, _cap in st.intervals)
+        capacity_s += sum(max(0.0, min(off, end) - on) * cap for on, off, cap in st.intervals)
+        if online_s > 0 or st.busy_s > 0:
+            busy.append(st.busy_s)
+    row: dict[str, Any] = {
+        "policy": res.policy,
+        "customers": n,
+        "served": served,
+        "abandoned": abandoned,
+        "unserved": unserved,
+        "abandon_rate": _r(abandoned / n) if n else None,
+        "wait_mean_s": _r(math.fsum(waits) / served) if served else None,
+        "wait_p50_s": _r(percentile(waits, 50)) if served else None,
+        "wait_p90_s": _r(percentile(waits, 90)) if served else None,
+        "wait_p95_s": _r(percentile(waits, 95)) if served else None,
+        "wait_p99_s": _r(percentile(waits, 99)) if served else None,
+        "p_wait": _r(sum(1 for w in waits if w > 0) / served) if served else None,
+        "service_level_20s": _r(sum(1 for w in waits if w <= SERVICE_LEVEL_S) / n) if n else None,
+        "utilization": _r(math.fsum(busy) / capacity_s) if capacity_s > 0 else None,
+        "load_fairness": _r(jain(busy)),
+        "affinity_hit_rate": _r(_share(res.own_group, served_mask)),
+        "sticky_hit_rate": _r(_share(res.sticky, served_mask)),
+        "preference_hit_rate": _r(_share(res.preferred, served_mask)),
+        "capacity_violations": res.capacity_violations,
+        "double_assignments": res.double_assignments,
+        "absorbed_arrivals": res.absorbed_arrivals,
+        "ghost_sessions": res.ghost_sessions,
+        "api_calls": res.api_calls,
+        "api_failures": res.api_failures,
+        "texts_sent": res.texts_sent,
+        "events": res.events + res.ticks,
+        "end_s": _r(end),
+        "wall_s": round(res.wall_s, 3),
+        "customers_per_s": round(n / res.wall_s, 1) if res.wall_s > 0 else None,
+    }
+    if res.unrouted_groups:
+        row["unrouted_groups"] = sorted(res.unrouted_groups)
+    return row
+
+
+def compare(rows: list[dict[str, Any]], baseline: str = BASELINE) -> None:
+    """Add ``vs_<baseline>`` to every other row: ratios of mean wait, p90 wait and abandonment
+    (policy / baseline: below 1 is better) and the service-level gain in points."""
+    base = next((r for r in rows if r["policy"] == baseline), None)
+    if base is None:
+        return
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        if a is None or b is None:
+            return None
+        if b == 0:
+            return 1.0 if a == 0 else None
+        return round(a / b, 4)
+
+    for r in rows:
+        if r is base:
+            continue
+        sl = r["service_level_20s"]
+        bsl = base["service_level_20s"]
+        r[f"vs_{baseline}"] = {
+            "wait_mean_ratio": ratio(r["wait_mean_s"], base["wait_mean_s"]),
+            "wait_p90_ratio": ratio(r["wait_p90_s"], base["wait_p90_s"]),
+            "abandon_ratio": ratio(r["abandon_rate"], base["abandon_rate"]),
+            "service_level_gain": None if sl is None or bsl is None else round(sl - bsl, 6),
+        }
+
+
+def trace_summary(res: RunResult, file: str | None) -> dict[str, Any]:
+    h = res.header
+    return {
+        "file": file,
+        "name": h.name,
+        "version": h.version,
+        "seed": h.seed,
+        "created_by": h.created_by,
+        "customers": res.customers + res.absorbed_arrivals,
+        "agents": len(res.agents),
+        "skipped": dict(sorted(res.skipped.items())),
+    }
+
+
+def build_report(
+    results: list[RunResult], file: str | None = None, baseline: str = BASELINE
+) -> dict[str, Any]:
+    if not results:
+        raise ValueError("no runs to report")
+    rows = [metrics(r) for r in results]
+    compare(rows, baseline)
+    cfg = results[0].config
+    return {
+        "trace": trace_summary(results[0], file),
+        "run": {
+            "seed": cfg.seed,
+            "overflow_after_s": cfg.overflow_after_s,
+            "create_latency_s": cfg.create_latency_s,
+            "create_failure_rate": cfg.create_failure_rate,
+            "baseline": baseline if any(r["policy"] == baseline for r in rows) else None,
+        },
+        "policies": rows,
+    }
+
+
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, ensure_ascii=False, sort_keys=False, allow_nan=False)
+
+
+def strip_nondeterministic(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without the wall-clock fields (for comparing runs)."""
+    return {
+        **report,
+        "policies": [
+            {k: v for k, v in row.items() if k not in _NONDETERMINISTIC} for row in report["policies"]
+        ],
+    }
+
+
+_TABLE_ROWS = (
+    "customers",
+    "served",
+    "abandoned",
+    "unserved",
+    "wait_mean_s",
+    "wait_p50_s",
+    "wait_p90_s",
+    "wait_p95_s",
+    "wait_p99_s",
+    "p_wait",
+    "service_level_20s",
+    "utilization",
+    "load_fairness",
+    "affinity_hit_rate",
+    "sticky_hit_rate",
+    "preference_hit_rate",
+    "capacity_violations",
+    "double_assignments",
+    "api_calls",
+    "events",
+    "wall_s",
+    "customers_per_s",
+)
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.0f}"
+    return str(v)
+
+
+def to_text(report: dict[str, Any]) -> str:
+    """A fixed-width table, metrics down, policies across, then the comparison with the baseline."""
+    rows = report["policies"]
+    t = report["trace"]
+    lines = [
+        f"trace {t['name'] or '-'} ({t['file'] or 'in memory'}): {t['customers']} arrivals, {t['agents']} agents"
+        + (f", skipped {t['skipped']}" if t["skipped"] else "")
+    ]
+    names = [r["policy"] for r in rows]
+    width = max(12, *(len(n) + 2 for n in names))
+    head = f"{'':<22}" + "".join(f"{n:>{width}}" for n in names)
+    lines += [head, "-" * len(head)]
+    for key in _TABLE_ROWS:
+        lines.append(f"{key:<22}" + "".join(f"{_cell(r.get(key)):>{width}}" for r in rows))
+    baseline = report["run"]["baseline"]
+    if baseline:
+        lines.append("")
+        lines.append(f"compared with {baseline} (ratio = policy / {baseline}; below 1 is better):")
+        for r in rows:
+            vs = r.get(f"vs_{baseline}")
+            if not vs:
+                continue
+            lines.append(
+                f"  {r['policy']:<20} mean wait x{_cell(vs['wait_mean_ratio'])}, p90 wait x{_cell(vs['wait_p90_ratio'])},"
+                f" abandonment x{_cell(vs['abandon_ratio'])}, service level {_signed(vs['service_level_gain'])}"
+            )
+    for r in rows:
+        if r.get("unrouted_groups"):
+            lines.append(f"note: {r['policy']}: groups without a route (no overflow): {r['unrouted_groups']}")
+    return "\n".join(lines)
+
+
+def _signed(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:+.1f} points"

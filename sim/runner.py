@@ -1,0 +1,575 @@
+"""Discrete-event replay of a trace through the real routing Engine and the pure WeChat model.
+
+The clock is virtual. Trace records are streamed and merged with a heap of ``(t, priority, seq, item)``
+holding what the replay itself schedules: create answers (when a latency is injected), session ends
+(``service_s`` after the session is created), patience expiries and the engine's own deadlines
+(``Engine.next_deadline()`` → ``Engine.tick``). At equal times the order is: create answers, session ends,
+trace records, patience expiries, engine ticks. Everything the engine asks for is applied to
+``sim.wechat_model.WeChatModel`` (the same model the fake HTTP server wraps), whose answers and pushes
+become the engine's next events; with no latency a create is answered at once, before the next item.
+
+Resources and errors: the run owns nothing but memory; a record the engine refuses (``CoreError``) or a
+model refusal the replay cannot explain raises :class:`SimError` naming the virtual time and the item.
+Metrics are kept per arrival (index = order in the trace) and checked as the run goes:
+``capacity_violations`` (an agent holding more sessions than its ``max_sessions``) and
+``double_assignments`` (a create for an arrival that already has a session).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import cast
+
+from policies.registry import load_policy
+from router.core import events as ev
+from router.core.commands import CloseSession, Command, CreateSession, SendText
+from router.core.engine import Engine, EngineConfig, Route
+from router.core.errors import CoreError
+from router.core.model import AgentRow
+from sim import fake_options as fo
+from sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader
+from sim.wechat_model import WeChatModel
+
+# heap priorities at equal times
+P_ANSWER, P_END, P_TRACE, P_PATIENCE, P_TICK = 0, 1, 2, 3, 4
+
+# outcome per arrival
+UNSERVED, SERVED, ABANDONED = 0, 1, 2
+
+_MODEL_WXID = "sim"
+_CREATE_LOG_KEEP = 4096  # the model logs every create; the replay trims the log to bound memory
+
+
+class SimError(RuntimeError):
+    """The replay cannot go on; the message names the virtual time and what was being processed."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How one replay runs. ``policy`` is a policy name (``load_policy``). ``overflow_after_s``: a
+    customer of a group may be served by agents of every other group once they have waited this long
+    (None: never). ``create_latency_s``: virtual seconds before a ``kfsession/create`` answer arrives;
+    ``create_failure_rate``: share of creates answered with ``create_failure_errcode`` (drawn with the
+    model's Random, seeded with ``seed``). ``check_engine``: call ``Engine.check()`` after every step
+    (slow, for tests). ``timeline``: record (t, waiting customers) for plots."""
+
+    policy: str
+    seed: int = 0
+    default_capacity: int = 3
+    reservation_timeout_s: float = 30.0
+    overflow_after_s: float | None = 60.0
+    preferred_wait_s: float = 120.0
+    create_latency_s: float = 0.0
+    create_failure_rate: float = 0.0
+    create_failure_errcode: int = -1
+    check_engine: bool = False
+    timeline: bool = False
+
+    def __post_init__(self) -> None:
+        if self.create_latency_s < 0 or not math.isfinite(self.create_latency_s):
+            raise ValueError(f"create_latency_s must be >= 0, got {self.create_latency_s!r}")
+        if not 0.0 <= self.create_failure_rate <= 1.0:
+            raise ValueError(f"create_failure_rate must be in [0, 1], got {self.create_failure_rate!r}")
+        if self.overflow_after_s is not None and self.overflow_after_s < 0:
+            raise ValueError(f"overflow_after_s must be >= 0 or None, got {self.overflow_after_s!r}")
+
+
+@dataclass
+class AgentStats:
+    groups: tuple[str, ...] = ()
+    max_sessions: int = 1
+    online_since: float | None = None
+    intervals: list[tuple[float, float, int]] = field(default_factory=list)  # (on, off, max_sessions)
+    sessions: int = 0
+    busy_s: float = 0.0  # session-seconds
+    served: int = 0
+
+
+@dataclass
+class RunResult:
+    """Raw outcome of one replay; ``sim.report`` turns it into metrics."""
+
+    policy: str
+    config: RunConfig
+    header: Header
+    # per arrival, in trace order
+    arrival_t: list[float] = field(default_factory=list)
+    wait: list[float] = field(default_factory=list)  # served: until the session; abandoned: until leaving
+    outcome: bytearray = field(default_factory=bytearray)
+    agent: list[str | None] = field(default_factory=list)
+    group: list[str | None] = field(default_factory=list)
+    own_group: list[bool | None] = field(default_factory=list)  # served by an agent of its group
+    sticky: list[bool | None] = field(default_factory=list)  # returning: served by the previous agent
+    preferred: list[bool | None] = field(default_factory=list)  # named an agent: served by that agent
+    agents: dict[str, AgentStats] = field(default_factory=dict)
+    absorbed_arrivals: int = 0  # arrivals of customers still in the system (the engine absorbs them)
+    ghost_sessions: int = 0  # sessions created for customers who had already left
+    capacity_violations: int = 0
+    double_assignments: int = 0
+    api_calls: int = 0
+    api_failures: int = 0
+    texts_sent: int = 0
+    events: int = 0
+    ticks: int = 0
+    end_t: float = 0.0  # last customer event (arrival, session end, abandonment)
+    wall_s: float = 0.0
+    skipped: dict[str, int] = field(default_factory=dict)
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+    unrouted_groups: set[str] = field(default_factory=set)  # arrival groups missing from ``groups``
+
+    @property
+    def customers(self) -> int:
+        return len(self.arrival_t)
+
+
+def engine_config(policy_obj: object, cfg: RunConfig, groups: Iterable[str]) -> EngineConfig:
+    """One route per group, all using the run's policy; overflow to every other group after
+    ``cfg.overflow_after_s``. Queue priorities follow the policy's ``honours_priority``."""
+    name = getattr(policy_obj, "name", cfg.policy)
+    all_groups = sorted(set(groups))
+    routes: dict[str, Route] = {}
+    for g in all_groups:
+        overflow: tuple[tuple[str, float], ...] = ()
+        if cfg.overflow_after_s is not None:
+            overflow = tuple((o, float(cfg.overflow_after_s)) for o in all_groups if o != g)
+        routes[g] = Route(policy=name, overflow=overflow)
+    return EngineConfig(
+        default_capacity=cfg.default_capacity,
+        reservation_timeout_s=cfg.reservation_timeout_s,
+        preferred_wait_s=cfg.preferred_wait_s,
+        routes=routes,
+        default_route=Route(policy=name),
+        priorities=bool(getattr(policy_obj, "honours_priority", True)),
+    )
+
+
+class _WeChat:
+    """Thin adapter over ``WeChatModel``: agent names of any shape, options for replay, outbox → events."""
+
+    def __init__(self, rng: random.Random, cfg: RunConfig) -> None:
+        opts = fo.FakeOptions(push_events_on_api_actions=False, errmsg_rid=False, forward_idle_s=None)
+        self.model = WeChatModel("wxsimulator", "simulator-secret", wxid=_MODEL_WXID, options=opts, rng=rng)
+        if cfg.create_failure_rate > 0:
+            self.model.set_fault(
+                fo.SESSION_CREATE, fo.Fault(errcode=cfg.create_failure_errcode, rate=cfg.create_failure_rate)
+            )
+        self._names: dict[str, str] = {}
+
+    def account(self, agent: str) -> str:
+        acc = self._names.get(agent)
+        if acc is None:
+            parts = agent.split("@")
+            ok = len(parts) == 2 and all(parts)
+            acc = agent if ok else f"x{len(self._names)}@{_MODEL_WXID}"
+            self._names[agent] = acc
+        return acc
+
+    def set_agent(self, agent: str, now: float, status: int, auto_accept: int) -> None:
+        self.model.set_agent(self.account(agent), now, status=status, auto_accept=auto_accept)
+
+    def create(self, agent: str, openid: str, now: float) -> int:
+        fault = self.model.draw_fault(fo.SESSION_CREATE)
+        if fault is not None and fault.errcode is not None:
+            return fault.errcode
+        res = self.model.create_session(self.account(agent), openid, now)
+        log = self.model.create_log
+        if len(log) > _CREATE_LOG_KEEP:
+            del log[: len(log) - _CREATE_LOG_KEEP // 2]
+        return int(res.get("errcode", 0))
+
+    def close(self, agent: str, openid: str, now: float, via: str) -> int:
+        res = self.model.close_session(self.account(agent), openid, now, via=via)
+        self.model.outbox.clear()  # the close push is turned into SessionClosed by the replay itself
+        return int(res.get("errcode", 0))
+
+
+class Simulation:
+    """One replay of one trace under one policy. ``run()`` consumes the records and returns the result."""
+
+    def __init__(
+        self,
+        header: Header,
+        records: Iterable[Record],
+        cfg: RunConfig,
+        *,
+        groups: Iterable[str] = (),
+        progress: Callable[[], None] | None = None,
+        skipped: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._records = iter(records)
+        self._skipped = skipped
+        self._progress = progress
+        self.policy = load_policy(cfg.policy)
+        self._groups = set(groups)
+        self._rng = random.Random(cfg.seed)
+        self.wechat = _WeChat(self._rng, cfg)
+        self.res = RunResult(policy=cfg.policy, config=cfg, header=header)
+        self.engine: Engine | None = None
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self._ticks_at: set[float] = set()
+        # per customer (openid): index of the current arrival; per arrival: session bookkeeping
+        self._active: dict[str, int] = {}
+        self._session: dict[str, tuple[int, str, float, int]] = {}  # openid -> (sid, agent, start, idx)
+        self._sid = 0
+        self._started: bytearray = bytearray()  # 1 once an arrival got a session
+        self._service: list[float] = []
+        self._last_agent: dict[str, str] = {}  # customer -> agent who served them last (this run)
+        self._waiting = 0
+        self._preferred: dict[int, str] = {}
+        self.now = 0.0
+
+    # ------------------------------------------------------------------------------------ engine
+
+    def _make_engine(self) -> Engine:
+        return Engine(engine_config(self.policy, self.cfg, self._groups), {self.policy.name: self.policy})
+
+    def _feed(self, event: ev.Event, now: float, what: str) -> None:
+        assert self.engine is not None
+        try:
+            cmds = self.engine.handle(event, now)
+        except CoreError as exc:
+            raise SimError(f"t={now:.6f}: the engine refused {what}: {exc}") from exc
+        self.res.events += 1
+        if cmds:
+            self._apply(cmds, now)
+        if self.cfg.check_engine:
+            self.engine.check()
+
+    def _apply(self, cmds: list[Command], now: float) -> None:
+        """Carry out commands; instant create answers feed back until nothing is left to do."""
+        pending = list(cmds)
+        i = 0
+        latency = self.cfg.create_latency_s
+        while i < len(pending):
+            cmd = pending[i]
+            i += 1
+            self.res.api_calls += 1
+            event: ev.Event | None
+            if type(cmd) is CreateSession:
+                idx = self._active.get(cmd.openid)
+                if idx is not None and self._started[idx]:
+                    self.res.double_assignments += 1
+                if latency > 0:
+                    self._push(now + latency, P_ANSWER, (cmd.openid, cmd.kf_account))
+                    continue
+                event = self._answer_create(cmd.openid, cmd.kf_account, now)
+            elif type(cmd) is CloseSession:
+                event = self._close_by_api(cmd.openid, cmd.kf_account, now)
+                if event is None:
+                    continue
+            elif type(cmd) is SendText:
+                self.res.texts_sent += 1
+                continue
+            else:  # pragma: no cover - the Command union is closed
+                raise SimError(f"t={now:.6f}: unknown command {cmd!r}")
+            assert self.engine is not None
+            try:
+                more = self.engine.handle(event, now)
+            except CoreError as exc:
+                raise SimError(f"t={now:.6f}: the engine refused {event!r}: {exc}") from exc
+            self.res.events += 1
+            if more:
+                pending.extend(more)
+
+    def _answer_create(self, openid: str, agent: str, now: float) -> ev.Event:
+        code = self.wechat.create(agent, openid, now)
+        if code != 0:
+            self.res.api_failures += 1
+            return ev.CreateFailed(openid=openid, kf_account=agent, errcode=code)
+        if openid not in self._session:
+            self._start_session(openid, agent, now)
+        return ev.SessionCreated(openid=openid, kf_account=agent, source="api")
+
+    def _close_by_api(self, openid: str, agent: str, now: float) -> ev.Event | None:
+        code = self.wechat.close(agent, openid, now, via="api")
+        if code != 0:
+            self.res.api_failures += 1
+            return None
+        self._end_session(openid, now)
+        return ev.SessionClosed(openid=openid, kf_account=agent)
+
+    # ------------------------------------------------------------------------------------ sessions
+
+    def _start_session(self, openid: str, agent: str, now: float) -> None:
+        st = self.res.agents.get(agent)
+        if st is None:
+            raise SimError(
+                f"t={now:.6f}: WeChat accepted a session with {agent!r}, an agent the trace never had"
+            )
+        st.sessions += 1
+        if st.sessions > st.max_sessions:
+            self.res.capacity_violations += 1
+        self._sid += 1
+        idx = self._active.get(openid)
+        if idx is None or self._started[idx] or self.res.outcome[idx] == ABANDONED:
+            # the customer had already left (a create answer arrived after their patience ran out)
+            self.res.ghost_sessions += 1
+            self._session[openid] = (self._sid, agent, now, -1)
+            self._push(now, P_END, (self._sid, openid))
+            return
+        self._session[openid] = (self._sid, agent, now, idx)
+        self._started[idx] = 1
+        res = self.res
+        res.outcome[idx] = SERVED
+        res.wait[idx] = now - res.arrival_t[idx]
+        res.agent[idx] = agent
+        g = res.group[idx]
+        res.own_group[idx] = None if g is None else g in st.groups
+        if res.sticky[idx] is not None:
+            res.sticky[idx] = self._last_agent.get(openid) == agent
+        self._waiting -= 1
+        self._mark_timeline(now)
+        self._push(now + self._service[idx], P_END, (self._sid, openid))
+
+    def _end_session(self, openid: str, now: float) -> tuple[str, int] | None:
+        sess = self._session.pop(openid, None)
+        if sess is None:
+            return None
+        _sid, agent, start, idx = sess
+        st = self.res.agents[agent]
+        st.sessions -= 1
+        st.busy_s += now - start
+        if idx >= 0:
+            st.served += 1
+            self._last_agent[openid] = agent
+            if self._active.get(openid) == idx:
+                del self._active[openid]
+            self.res.end_t = max(self.res.end_t, now)
+        return agent, idx
+
+    def _on_session_end(self, sid: int, openid: str, now: float) -> None:
+        sess = self._session.get(openid)
+        if sess is None or sess[0] != sid:
+            return  # closed earlier through the API
+        agent = sess[1]
+        code = self.wechat.close(agent, openid, now, via="agent")
+        if code != 0:
+            raise SimError(f"t={now:.6f}: WeChat refused to close {openid!r} with {agent!r} (errcode {code})")
+        self._end_session(openid, now)
+        self._feed(ev.SessionClosed(openid=openid, kf_account=agent), now, f"the end of {openid}'s session")
+
+    # ------------------------------------------------------------------------------------ trace records
+
+    def _on_arrival(self, rec: Arrival, now: float) -> None:
+        res = self.res
+        if rec.customer in self._active:
+            res.absorbed_arrivals += 1
+            return
+        idx = len(res.arrival_t)
+        res.arrival_t.append(now)
+        res.wait.append(math.nan)
+        res.outcome.append(UNSERVED)
+        res.agent.append(None)
+        res.group.append(rec.group)
+        res.own_group.append(None)
+        res.sticky.append(False if rec.customer in self._last_agent else None)
+        res.preferred.append(None)
+        self._started.append(0)
+        self._service.append(rec.service_s)
+        self._active[rec.customer] = idx
+        self._waiting += 1
+        self._mark_timeline(now)
+        res.end_t = max(res.end_t, now)
+        if rec.preferred_agent is not None:
+            res.preferred[idx] = False
+            self._preferred[idx] = rec.preferred_agent
+        if rec.group is not None and rec.group not in self._groups:
+            res.unrouted_groups.add(rec.group)
+        if rec.patience_s is not None:
+            self._push(now + rec.patience_s, P_PATIENCE, (idx, rec.customer))
+        self.wechat.model.transfer(rec.customer, now)
+        event = ev.CustomerRequested(
+            openid=rec.customer,
+            group=rec.group,
+            priority=rec.priority,
+            text=rec.text,
+            source="trace",
+            preferred_agent=rec.preferred_agent,
+            tags=frozenset(rec.tags),  # type: ignore[arg-type]
+        )
+        self._feed(event, now, f"the arrival of {rec.customer!r}")
+
+    def _on_patience(self, idx: int, openid: str, now: float) -> None:
+        if self._started[idx] or self._active.get(openid) != idx:
+            return
+        res = self.res
+        res.outcome[idx] = ABANDONED
+        res.wait[idx] = now - res.arrival_t[idx]
+        res.end_t = max(res.end_t, now)
+        del self._active[openid]
+        self._waiting -= 1
+        self._mark_timeline(now)
+        self.wechat.model.leave_queue(openid)
+        self._feed(ev.CustomerLeft(openid=openid, reason="patience"), now, f"{openid!r} leaving")
+
+    def _on_agent_online(self, rec: AgentOnline, now: float) -> None:
+        st = self.res.agents.get(rec.agent)
+        if st is None:
+            st = self.res.agents[rec.agent] = AgentStats()
+        st.groups = rec.groups
+        if st.online_since is not None and st.max_sessions != rec.max_sessions:
+            st.intervals.append((st.online_since, now, st.max_sessions))
+            st.online_since = now
+        st.max_sessions = rec.max_sessions
+        if st.online_since is None:
+            st.online_since = now
+        self.wechat.set_agent(rec.agent, now, status=1, auto_accept=rec.max_sessions)
+        assert self.engine is not None
+        self._feed(
+            ev.AgentConfigured(kf_account=rec.agent, groups=rec.groups, max_sessions=rec.max_sessions),
+            now,
+            f"agent {rec.agent!r} coming online",
+        )
+        row = AgentRow(
+            kf_account=rec.agent, status=1, accepted_case=st.sessions, auto_accept=rec.max_sessions
+        )
+        seen = ev.AgentsSeen(rows=[row], complete=False)  # type: ignore[list-item]
+        self._feed(seen, now, f"agent {rec.agent!r} coming online")
+
+    def _on_agent_offline(self, rec: AgentOffline, now: float) -> None:
+        st = self.res.agents.get(rec.agent)
+        if st is None:
+            raise SimError(f"t={now:.6f}: agent_offline for {rec.agent!r}, who never came online")
+        if st.online_since is not None:
+            st.intervals.append((st.online_since, now, st.max_sessions))
+            st.online_since = None
+        self.wechat.set_agent(rec.agent, now, status=0, auto_accept=st.max_sessions)
+        row = AgentRow(kf_account=rec.agent, status=0, accepted_case=st.sessions, auto_accept=st.max_sessions)
+        seen = ev.AgentsSeen(rows=[row], complete=False)  # type: ignore[list-item]
+        self._feed(seen, now, f"agent {rec.agent!r} going offline")
+
+    # ------------------------------------------------------------------------------------ the loop
+
+    def _push(self, t: float, prio: int, item: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, prio, self._seq, item))
+
+    def _schedule_tick(self) -> None:
+        assert self.engine is not None
+        nd = self.engine.next_deadline()
+        if nd != math.inf and nd not in self._ticks_at:
+            self._ticks_at.add(nd)
+            self._push(nd, P_TICK, None)
+
+    def _mark_timeline(self, now: float) -> None:
+        if self.cfg.timeline:
+            self.res.timeline.append((now, self._waiting))
+
+    def run(self) -> RunResult:
+        wall0 = time.perf_counter()
+        self.engine = self._make_engine()
+        heap = self._heap
+        records = self._records
+        rec: Record | None = next(records, None)
+        progress = self._progress
+        step = 0
+        while rec is not None or heap:
+            if rec is not None and (not heap or (rec.t, P_TRACE) <= heap[0][:2]):
+                now = rec.t
+                self.now = now
+                if type(rec) is Arrival:
+                    self._on_arrival(rec, now)
+                elif type(rec) is AgentOnline:
+                    self._on_agent_online(rec, now)
+                else:
+                    assert type(rec) is AgentOffline
+                    self._on_agent_offline(rec, now)
+                rec = next(records, None)
+            else:
+                now, prio, _seq, item = heapq.heappop(heap)
+                self.now = now
+                if prio == P_END:
+                    sid, who = cast(tuple[int, str], item)
+                    self._on_session_end(sid, who, now)
+                elif prio == P_PATIENCE:
+                    idx, who = cast(tuple[int, str], item)
+                    self._on_patience(idx, who, now)
+                elif prio == P_ANSWER:
+                    who, agent = cast(tuple[str, str], item)
+                    event = self._answer_create(who, agent, now)
+                    self._feed(event, now, f"the create answer for {who!r}")
+                else:
+                    self._ticks_at.discard(now)
+                    assert self.engine is not None
+                    if self.engine.next_deadline() <= now:
+                        cmds = self.engine.tick(now)
+                        self.res.ticks += 1
+                        if cmds:
+                            self._apply(cmds, now)
+            self._schedule_tick()
+            if progress is not None:
+                step += 1
+                if step & 4095 == 0:
+                    progress()
+        self._finish()
+        self.res.wall_s = time.perf_counter() - wall0
+        return self.res
+
+    def _finish(self) -> None:
+        res = self.res
+        for idx, agent in self._preferred.items():
+            res.preferred[idx] = res.agent[idx] == agent
+        end = res.end_t
+        for st in res.agents.values():
+            if st.online_since is not None:
+                st.intervals.append((st.online_since, max(end, st.online_since), st.max_sessions))
+                st.online_since = None
+        if self._skipped is not None:
+            res.skipped = dict(self._skipped())
+
+
+def run_records(
+    header: Header,
+    records: Iterable[Record],
+    cfg: RunConfig,
+    *,
+    groups: Iterable[str] = (),
+    progress: Callable[[], None] | None = None,
+) -> RunResult:
+    """Replay ``records`` (in time order) under ``cfg``. ``groups``: groups known up front (the engine
+    gets one route per group; groups first seen later fall back to the default route)."""
+    return Simulation(header, records, cfg, groups=groups, progress=progress).run()
+
+
+def groups_of(header: Header, records: Iterable[Record] | None = None) -> set[str]:
+    """The groups a trace uses: the header's ``groups`` list when present (written by ``sim gen``),
+    else every group named by an ``agent_online`` or ``arrival`` in ``records``."""
+    listed = header.meta.get("groups")
+    if isinstance(listed, list) and all(isinstance(g, str) and g for g in listed):
+        return set(listed)
+    found: set[str] = set()
+    for rec in records or ():
+        if type(rec) is Arrival:
+            if rec.group is not None:
+                found.add(rec.group)
+        elif type(rec) is AgentOnline:
+            found.update(rec.groups)
+    return found
+
+
+def run_trace(
+    path: str,
+    cfg: RunConfig,
+    *,
+    progress: Callable[[float], None] | None = None,
+) -> RunResult:
+    """Replay the trace file at ``path`` (streamed; scanned once first for its groups when the header
+    does not list them). ``progress`` receives the share of the file read so far, 0..1."""
+    with TraceReader(path) as reader:
+        header = reader.header
+        groups = None if "groups" in header.meta else groups_of(header, reader)
+    with TraceReader(path) as reader:
+        if groups is None:
+            groups = groups_of(header)
+        tick = None if progress is None else (lambda: progress(reader.fraction()))
+        sim = Simulation(
+            reader.header, reader, cfg, groups=groups, progress=tick, skipped=lambda: reader.skipped
+        )
+        return sim.run()
