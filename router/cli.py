@@ -14,6 +14,7 @@ from collections.abc import Sequence
 _COMMAND_MODULES: tuple[str, ...] = (
     "policies.cli",
     "router.config_cli",
+    "sim.cli",
 )
 
 
