@@ -143,6 +143,7 @@ class WeChatModel:
         original_id: str | None = None,
         options: FakeOptions | None = None,
         rng: random.Random | None = None,
+        history: bool = True,
     ) -> None:
         for name, value in (("appid", appid), ("secret", secret), ("wxid", wxid)):
             if not isinstance(value, str) or not value:
@@ -153,6 +154,7 @@ class WeChatModel:
         self.original_id = original_id or "gh_" + hashlib.sha1(appid.encode()).hexdigest()[:12]
         self.options = options if options is not None else FakeOptions()
         self.rng = rng if rng is not None else random.Random(0)
+        self.history = history  # False: keep no create_log / records / sent (long simulations)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -538,6 +540,8 @@ class WeChatModel:
         return self.options.check_openid and openid not in self.customers
 
     def _log_create(self, kf_account: object, openid: object, result: Json, now: float) -> Json:
+        if not self.history:
+            return result
         self.create_log.append(
             {"time": now, "kf_account": kf_account, "openid": openid, "errcode": result.get("errcode", 0)}
         )
@@ -689,6 +693,8 @@ class WeChatModel:
         return {"recordlist": out, "number": len(out), "msgid": cursor}
 
     def _record(self, openid: str, opercode: int, text: str, worker: str, now: float) -> None:
+        if not self.history:
+            return
         self.records.append(
             {"openid": openid, "opercode": opercode, "text": text, "time": int(now), "worker": worker}
         )
@@ -732,15 +738,9 @@ class WeChatModel:
         assert cust is not None
         cust.typing_until = -math.inf
         content = str(payload.get("content", f"[{msgtype}]"))
-        self.sent.setdefault(touser, []).append(
-            {
-                "time": now,
-                "msgtype": msgtype,
-                "content": content,
-                "kf_account": kf_account,
-                "via": "custom_send",
-            }
-        )
+        if self.history:
+            entry = {"time": now, "msgtype": msgtype, "content": content, "kf_account": kf_account}
+            self.sent.setdefault(touser, []).append({**entry, "via": "custom_send"})
         sess = self.sessions.get(touser)
         worker = kf_account if isinstance(kf_account, str) else (sess.kf_account if sess is not None else "")
         if worker:
