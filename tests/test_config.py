@@ -123,8 +123,8 @@ def test_engine_config_runs_a_real_engine() -> None:
     engine = Engine(ec, {name: load_policy(name) for name in cfg.policy_names()})
     for e in cfg.agent_events():
         engine.handle(e, 0.0)
-    rows = [AgentRow(kf_account=kf, status=1) for kf in cfg.agents]
-    engine.handle(AgentsSeen(rows=rows), 0.0)
+    rows = tuple(AgentRow(kf_account=kf, status=1) for kf in cfg.agents)
+    engine.handle(AgentsSeen(rows=rows), 0.0)  # type: ignore[arg-type]  # attrs converter=tuple
     carol = engine.agent("carol@shop")
     assert carol is not None and carol.capacity == 5 and carol.groups == {"general"}
 
@@ -133,7 +133,10 @@ def test_agent_events_carry_groups_and_capacity() -> None:
     cfg = load_config(EXAMPLE, env={})
     by_kf = {e.kf_account: e for e in cfg.agent_events()}
     assert by_kf["carol@shop"] == AgentConfigured(kf_account="carol@shop", groups={"general"}, max_sessions=5)
-    assert by_kf["alice@shop"].groups == {"general", "billing"} and by_kf["alice@shop"].max_sessions is None
+    assert (
+        by_kf["alice@shop"].groups == frozenset({"general", "billing"})
+        and by_kf["alice@shop"].max_sessions is None
+    )
 
 
 # ---------------------------------------------------------------------------------------------- errors

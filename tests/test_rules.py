@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from router.config import Config, RoutingConfig
 from router.rules import AskHuman, Cancel, ChooseAgent, Decision, Inbound, NotForUs, classify, make_directory
 
-SECRETS = {
+SECRETS: dict[str, Any] = {
     "wechat": {"appid": "wx1", "secret": "s", "token": "tok"},
     "server": {"admin_token": "a" * 16},
 }
