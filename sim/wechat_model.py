@@ -19,8 +19,7 @@ import hashlib
 import itertools
 import math
 import random
-import string
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any
 
 import attrs
@@ -28,6 +27,7 @@ from attrs import define, field, frozen
 
 from sim import fake_options as fo
 from sim.fake_options import FakeOptions, Fault
+from sim.wechat_tokens import TokenBook
 
 Json = dict[str, Any]
 
@@ -55,8 +55,6 @@ MSG_TYPES = frozenset(
         "link",
     }
 )
-_TOKEN_ALPHABET = string.ascii_letters + string.digits + "_-"
-_RETIRED_TOKENS_KEPT = 256
 
 
 @frozen
@@ -118,14 +116,6 @@ class _Customer:
     typing_until: float = -math.inf
 
 
-@define(slots=True)
-class _Token:
-    value: str
-    kind: str  # "token" | "stable"
-    expires_at: float
-    revoked_at: float = math.inf
-
-
 class WeChatModel:
     """WeChat's state for one Official Account: tokens, kf accounts, sessions, wait list, windows.
 
@@ -170,13 +160,7 @@ class WeChatModel:
         self.outbox: list[Push] = []
         self._next_kf_id = 1001
         self._next_msg_id = 24_000_000_000_000_001
-        self._tokens: dict[str, _Token] = {}
-        self._retired: OrderedDict[str, None] = OrderedDict()
-        self._token_cur: _Token | None = None
-        self._token_prev: _Token | None = None
-        self._stable_cur: _Token | None = None
-        self._stable_prev: _Token | None = None
-        self._stable_forced: list[float] = []
+        self.tokens = TokenBook(self.options, self.rng, self.err)
         self._rate: dict[str, tuple[int, int, int, int]] = {}  # ep -> (minute, n, day, n)
 
     def reset(self) -> None:
@@ -227,20 +211,6 @@ class WeChatModel:
         )
 
     # ------------------------------------------------------------------ tokens (spec §4)
-    def _new_token(self, kind: str, now: float) -> _Token:
-        value = "".join(self.rng.choice(_TOKEN_ALPHABET) for _ in range(64))
-        tok = _Token(value=value, kind=kind, expires_at=now + self.options.token_expires_in)
-        self._tokens[value] = tok
-        return tok
-
-    def _retire(self, tok: _Token | None) -> None:
-        if tok is None:
-            return
-        self._tokens.pop(tok.value, None)
-        self._retired[tok.value] = None
-        while len(self._retired) > _RETIRED_TOKENS_KEPT:
-            self._retired.popitem(last=False)
-
     def _credentials_error(
         self, grant_type: object, appid: object, secret: object, *, stable: bool
     ) -> Json | None:
@@ -261,65 +231,27 @@ class WeChatModel:
     def fetch_token(self, *, grant_type: object, appid: object, secret: object, now: float) -> Json:
         """``GET /cgi-bin/token``: a new token; the previous one stays valid ``token_grace_s`` more."""
         bad = self._credentials_error(grant_type, appid, secret, stable=False)
-        if bad is not None:
-            return bad
-        new = self._new_token("token", now)
-        self._retire(self._token_prev)
-        prev = self._token_cur
-        if prev is not None:
-            prev.revoked_at = min(prev.revoked_at, now + self.options.token_grace_s)
-        self._token_prev, self._token_cur = prev, new
-        return {"access_token": new.value, "expires_in": self.options.token_expires_in}
+        return bad if bad is not None else self.tokens.fetch(now)
 
     def fetch_stable_token(
         self, *, grant_type: object, appid: object, secret: object, force_refresh: object, now: float
     ) -> Json:
-        """``POST /cgi-bin/stable_token``: the same token until ``stable_renew_before_s`` before expiry;
-        ``force_refresh`` issues a new one and revokes the old at once (≤ 20/day, ≥ 30 s apart)."""
+        """``POST /cgi-bin/stable_token``: the same token until shortly before expiry; ``force_refresh``
+        issues a new one and revokes the old at once (see ``sim.wechat_tokens``)."""
         bad = self._credentials_error(grant_type, appid, secret, stable=True)
         if bad is not None:
             return bad
         if not isinstance(force_refresh, bool):
             return self.err(47001, "force_refresh must be a boolean")
-        cur = self._stable_cur
-        opts = self.options
-        if force_refresh:
-            day = math.floor(now / 86_400)
-            self._stable_forced = [t for t in self._stable_forced if math.floor(t / 86_400) == day]
-            if len(self._stable_forced) >= opts.stable_force_per_day:
-                return self.err(45009, "force_refresh daily limit")
-            if self._stable_forced and now - self._stable_forced[-1] < opts.stable_force_min_interval_s:
-                return self.err(45011, "force_refresh too frequent")
-            self._stable_forced.append(now)
-            self._retire(self._stable_prev)
-            self._retire(cur)
-            self._stable_prev, cur = None, None
-        elif cur is not None and now >= cur.expires_at - opts.stable_renew_before_s:
-            self._retire(self._stable_prev)
-            self._stable_prev, cur = cur, None
-        if cur is None or now >= cur.expires_at:
-            cur = self._new_token("stable", now)
-        self._stable_cur = cur
-        return {"access_token": cur.value, "expires_in": max(1, int(cur.expires_at - now))}
+        return self.tokens.fetch_stable(force_refresh, now)
 
     def check_access_token(self, token: object, now: float) -> Json | None:
         """None when ``token`` is usable at ``now``; else 41001 missing, 40014 never issued,
         40001 superseded (after the grace), 42001 expired."""
-        if not token:
-            return self.err(41001)
-        if self.options.token_always_invalid:
-            return self.err(40001)
-        tok = self._tokens.get(token) if isinstance(token, str) else None
-        if tok is None:
-            return self.err(40001 if token in self._retired else 40014)
-        if now >= tok.expires_at:
-            return self.err(42001)
-        if now >= tok.revoked_at:
-            return self.err(40001)
-        return None
+        return self.tokens.check(token, now)
 
     def owns_token(self, token: str) -> bool:
-        return token in self._tokens or token in self._retired
+        return self.tokens.owns(token)
 
     # ------------------------------------------------------------------ gate: counts, faults, limits
     def check_call(self, endpoint: str, access_token: object, now: float) -> Json | None:
