@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
@@ -555,8 +556,6 @@ def _redact(name: str, value: str) -> str:
 
 
 def _url_problem(value: str, *, https_only: bool) -> str | None:
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  (raises ValueError on a bad port)

@@ -422,3 +422,12 @@ def test_export_refuses_a_malformed_agent_event(db: Path) -> None:
         seq = s.append_event(1.0, "agent_online", {"agent": "a@x", "groups": "general"})
         with pytest.raises(StoreError, match=f"event {seq} \\(agent_online\\): 'groups'"):
             s.export_trace(io.StringIO())
+
+
+def test_unusable_files_are_store_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot open the database"):
+        Store(tmp_path / "missing-dir" / "kf.db")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database" * 200)
+    with pytest.raises(StoreError, match="not a usable kfrouter database"):
+        Store(junk)

@@ -235,9 +235,15 @@ class Store:
         self._lock = threading.RLock()
         self._depth = 0
         # isolation_level=None: no implicit transactions, this class issues BEGIN/COMMIT itself.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
         try:
             self._setup(synchronous)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"{self.path}: not a usable kfrouter database: {exc}") from None
         except BaseException:
             self._db.close()
             raise
