@@ -14,6 +14,7 @@ from collections.abc import Sequence
 _COMMAND_MODULES: tuple[str, ...] = (
     "policies.cli",
     "router.config_cli",
+    "router.doctor_cli",
     "sim.cli",
 )
 
