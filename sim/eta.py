@@ -1,0 +1,171 @@
+"""Accuracy of wait-time estimates in the simulator: ``EtaTracker`` and a replay helper.
+
+For every customer who had to wait (still waiting right after the engine handled their arrival) the
+tracker asks ``router.core.estimate.WaitEstimator`` for an estimate, exactly as the daemon would; the
+estimator remembers the selected prediction and every baseline (``qlen``: n ahead over s*mu, ignoring
+abandonment; ``les``; ``hol``) and, when the wait is over, hands back an ``Outcome`` (its listener).
+
+Abandoned customers: their own wait is censored (they left before service). Their *potential* wait -
+what they would have waited had they stayed, which is what an estimate promises - is bounded by the
+moment a customer behind them in the same group's queue entered service; that bound (exact while the
+queue does not empty in between) is used. Abandoners with no later customer served before the run ended
+are left out and counted in ``eta_censored``. See docs/estimates.md.
+
+Metrics (``summary()``): ``eta_rrmse`` = RMSE / mean actual wait of the selected estimate,
+``eta_bias_s`` = mean(estimate - actual), ``eta_rrmse_qlen`` / ``_les`` / ``_hol`` for the baselines
+(and ``_queue`` for the model alone), all over the same customers: those with every predictor finite,
+arrived after ``warmup_s``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from router.core import events as ev
+from router.core.engine import Engine
+from router.core.estimate import EstimatorConfig, Outcome, WaitEstimator
+from router.core.model import CustomerState
+
+BASELINES = ("qlen", "les", "hol", "queue")
+
+
+class EtaTracker:
+    """Feeds a ``WaitEstimator`` from the engine's inputs and scores its arrival estimates.
+
+    Call ``observe(event, now, engine)`` right after every ``engine.handle(event, now)``.
+    """
+
+    def __init__(
+        self,
+        estimator: WaitEstimator | None = None,
+        *,
+        config: EstimatorConfig | None = None,
+        warmup_s: float = 0.0,
+    ) -> None:
+        if estimator is not None and config is not None:
+            raise ValueError("EtaTracker: pass an estimator or a config, not both")
+        if not (isinstance(warmup_s, int | float) and math.isfinite(warmup_s) and warmup_s >= 0):
+            raise ValueError(f"EtaTracker: warmup_s must be a number >= 0, got {warmup_s!r}")
+        self.estimator = estimator if estimator is not None else WaitEstimator(config)
+        self._chained = self.estimator.listener
+        self.estimator.listener = self._on_outcome
+        self.warmup_s = float(warmup_s)
+        self.outcomes: list[Outcome] = []
+        self.waited = 0  # customers who had to wait and got an estimate on arrival
+        self.abandoned = 0  # of those, how many left
+        self._tracked: set[str] = set()
+
+    def observe(self, event: ev.Event, now: float, engine: Engine) -> None:
+        self.estimator.observe_event(event, now)
+        if isinstance(event, ev.CustomerRequested):
+            openid = event.openid
+            if openid not in self._tracked and engine.state(openid) is CustomerState.WAITING:
+                self._tracked.add(openid)
+                self.waited += 1
+                self.estimator.estimate(engine, openid, now)
+        elif isinstance(event, ev.CustomerLeft):
+            if event.openid in self._tracked:
+                self._tracked.discard(event.openid)
+                self.abandoned += 1
+        elif isinstance(event, ev.SessionCreated | ev.SessionSwitched):
+            self._tracked.discard(event.openid)
+        elif isinstance(event, ev.AgentSessionsSeen):
+            self._tracked.difference_update(event.openids)
+        elif isinstance(event, ev.CreateFailed) and event.errcode == 65414:
+            self._tracked.discard(event.openid)
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        if self._chained is not None:
+            self._chained(outcome)
+
+    def summary(self) -> dict[str, Any]:
+        """The accuracy metrics (see the module docstring), rounded to 6 decimals; None where there
+        were no customers to measure (JSON has no NaN)."""
+        used = [
+            o
+            for o in self.outcomes
+            if o.arrived_at >= self.warmup_s
+            and math.isfinite(o.seconds)
+            and all(math.isfinite(o.predictions.get(p, math.inf)) for p in BASELINES)
+        ]
+        after = [o for o in self.outcomes if o.arrived_at >= self.warmup_s]
+        resolved_abandoners = sum(1 for o in self.outcomes if o.abandoned)
+        out: dict[str, Any] = {
+            "eta_customers": len(used),
+            "eta_excluded": len(after) - len(used),
+            "eta_abandoned_scored": sum(1 for o in used if o.abandoned),
+            "eta_censored": max(0, self.abandoned - resolved_abandoners),
+            "eta_mean_wait_s": _r(_mean([o.actual for o in used])),
+            "eta_rrmse": _r(rrmse([(o.seconds, o.actual) for o in used])),
+            "eta_bias_s": _r(_mean([o.seconds - o.actual for o in used])),
+        }
+        for p in BASELINES:
+            out[f"eta_rrmse_{p}"] = _r(rrmse([(o.predictions[p], o.actual) for o in used]))
+        methods: dict[str, int] = {}
+        for o in used:
+            methods[o.method] = methods.get(o.method, 0) + 1
+        out["eta_methods"] = dict(sorted(methods.items()))
+        return out
+
+
+def rrmse(pairs: Iterable[tuple[float, float]]) -> float:
+    """Root mean squared error of (predicted, actual) pairs over the mean actual value; NaN when empty."""
+    sq = 0.0
+    total = 0.0
+    n = 0
+    for predicted, actual in pairs:
+        sq += (predicted - actual) ** 2
+        total += actual
+        n += 1
+    if n == 0 or total <= 0:
+        return math.nan
+    return math.sqrt(sq / n) / (total / n)
+
+
+def _r(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 6)
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values) if values else math.nan
+
+
+class _ObservedEngine(Engine):
+    """The real Engine, reporting every handled event to an observer (the tracker)."""
+
+    def __init__(
+        self,
+        config: Any,
+        policies: Mapping[str, Any],
+        observer: Callable[[ev.Event, float, Engine], None],
+    ) -> None:
+        super().__init__(config, policies)
+        self._observer = observer
+
+    def handle(self, event: ev.Event, now: float) -> list[Any]:
+        out = super().handle(event, now)
+        self._observer(event, now, self)
+        return out
+
+
+def run_with_eta(
+    header: Any,
+    records: Iterable[Any],
+    cfg: Any,
+    tracker: EtaTracker,
+    *,
+    groups: Iterable[str] = (),
+) -> Any:
+    """Replay ``records`` with ``sim.runner`` under ``cfg`` while ``tracker`` observes every event the
+    engine handles; returns the runner's ``RunResult``."""
+    from sim.runner import Simulation
+
+    class _Sim(Simulation):
+        def _make_engine(self) -> Engine:
+            plain = super()._make_engine()
+            return _ObservedEngine(plain.config, {self.policy.name: self.policy}, tracker.observe)
+
+    return _Sim(header, records, cfg, groups=groups).run()
