@@ -20,6 +20,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import re
@@ -277,10 +278,13 @@ def ip_from_errmsg(errmsg: str) -> str | None:
     m = _IP_IN_ERRMSG.search(errmsg)
     if m is None:
         return None
-    try:
-        return str(ipaddress.ip_address(m.group(1).rstrip(".:,")))
-    except ValueError:
-        return None
+    raw = m.group(1)
+    for candidate in (raw, raw.rstrip(".:")):  # "invalid ip 1.2.3.4." : a sentence's full stop
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
+    return None
 
 
 # ============================================================================ shared answers
@@ -302,12 +306,20 @@ class Probe:
         self._online: list[AgentRow] | WeChatError | None = None
 
     async def token_error(self) -> WeChatError | None:
-        """None when an access token could be had; otherwise the error that stopped it."""
+        """None when an access token could be had; otherwise the error that stopped it. A busy answer
+        or a network error is tried again like any API call (``client.retries`` times, backing off)."""
         if not self._token_done:
-            try:
-                await self.client.tokens.get()
-            except WeChatError as exc:
-                self._token_error = exc
+            c = self.client
+            for attempt in range(c.retries + 1):
+                try:
+                    await c.tokens.get()
+                    self._token_error = None
+                    break
+                except WeChatError as exc:
+                    self._token_error = exc
+                    if not exc.retryable or attempt >= c.retries:
+                        break
+                    await asyncio.sleep(min(c.backoff_cap, c.backoff_base * 2**attempt))
             self._token_done = True
         return self._token_error
 
@@ -336,13 +348,8 @@ Check = Callable[[Probe], Awaitable[CheckResult]]
 
 
 def _skipped(name: str, because: str) -> CheckResult:
-    return CheckResult(
-        name=name,
-        status="warning",
-        title=f"not checked: {because}",
-        detail="This check needs an answer that an earlier check could not get.",
-        fix="Fix the problem reported above and run `kfrouter doctor` again.",
-    )
+    """A check whose input an earlier check could not get: a warning whose title says which."""
+    return CheckResult(name=name, status="warning", title=f"not checked: {because}")
 
 
 def _from_error(name: str, exc: WeChatError, *, token_request: bool = False) -> CheckResult:
@@ -469,8 +476,10 @@ async def check_kf_api(p: Probe) -> CheckResult:
 async def check_agents_listed(p: Probe) -> CheckResult:
     """3a. There is at least one agent account."""
     name = "agents"
+    if await p.token_error() is not None:
+        return _skipped(name, "no access token (see credentials)")
     listed = await p.kf_list()
-    if await p.token_error() is not None or isinstance(listed, WeChatError):
+    if isinstance(listed, WeChatError):
         return _skipped(name, "the account list could not be read (see kf-api)")
     if not listed:
         return CheckResult(
@@ -504,8 +513,10 @@ def _binding_state(a: KfAccountInfo) -> str:
 async def check_agents_bound(p: Probe) -> CheckResult:
     """3b. Every agent account is bound to a WeChat user (``kf_wx`` present)."""
     name = "agents-bound"
+    if await p.token_error() is not None:
+        return _skipped(name, "no access token (see credentials)")
     listed = await p.kf_list()
-    if await p.token_error() is not None or isinstance(listed, WeChatError):
+    if isinstance(listed, WeChatError):
         return _skipped(name, "the account list could not be read (see kf-api)")
     if not listed:
         return CheckResult(name=name, status="ok", title="no agent accounts to check (see agents)")
@@ -521,7 +532,7 @@ async def check_agents_bound(p: Probe) -> CheckResult:
         title=(
             f"{len(unbound)} of {len(listed)} agent accounts are not bound to a WeChat user: {_accounts(states)}"
         ),
-        detail=ADVICE[65402].meaning,
+        detail=f"{ADVICE[65402].meaning} WeChat answers errcode 65402 for them.",
         fix=_BIND_FIX,
     )
 
@@ -529,10 +540,12 @@ async def check_agents_bound(p: Probe) -> CheckResult:
 async def check_agents_online(p: Probe) -> CheckResult:
     """3c. Somebody is online now (getonlinekflist); none online is a warning, not a problem."""
     name = "agents-online"
-    if await p.token_error() is not None or isinstance(await p.kf_list(), WeChatError):
-        return _skipped(name, "the customer-service API is not available (see kf-api)")
+    if await p.token_error() is not None:
+        return _skipped(name, "no access token (see credentials)")
     online = await p.online()
     if isinstance(online, WeChatError):
+        if isinstance(await p.kf_list(), WeChatError):  # already reported by kf-api
+            return _skipped(name, "the customer-service API is not available (see kf-api)")
         return _from_error(name, online)
     up = [r.kf_account for r in online if r.online]
     if not up:
@@ -558,8 +571,10 @@ async def check_group_agents(p: Probe) -> CheckResult:
         return CheckResult(
             name=name, status="ok", title="the config names no agents (every agent serves every customer)"
         )
+    if await p.token_error() is not None:
+        return _skipped(name, "no access token (see credentials)")
     listed = await p.kf_list()
-    if await p.token_error() is not None or isinstance(listed, WeChatError):
+    if isinstance(listed, WeChatError):
         return _skipped(name, "the account list could not be read (see kf-api)")
     existing = {a.kf_account for a in listed}
     missing: dict[str, list[str]] = {}
