@@ -13,6 +13,8 @@ from router.core import (
     AgentRemoved,
     AgentSessionsSeen,
     AgentsSeen,
+    CloseFailed,
+    CloseSession,
     ConfigError,
     CoreError,
     CreateFailed,
@@ -22,7 +24,9 @@ from router.core import (
     CustomerState,
     Engine,
     EngineConfig,
+    ReassignRequested,
     Route,
+    SendText,
     SessionClosed,
     SessionCreated,
     SessionSwitched,
@@ -287,3 +291,65 @@ def test_policy_picking_a_busy_agent_is_a_named_bug() -> None:
 
 def test_idle_engine_has_no_deadline() -> None:
     assert make_engine().next_deadline() == math.inf
+
+
+def closes(cmds: list[object]) -> list[tuple[str, str]]:
+    return [(c.openid, c.kf_account) for c in cmds if isinstance(c, CloseSession)]
+
+
+def test_agent_offline_reassigns_after_grace_close_first_then_create() -> None:
+    routes = {"sales": Route(on_agent_offline="reassign", offline_grace_s=60.0)}
+    e = make_engine(routes=routes, default_capacity=5)
+    for kf in ("a@x", "b@x"):
+        e.handle(AgentConfigured(kf_account=kf, groups=frozenset({"sales"})), 0.0)
+    online(e, "a@x")
+    for o in ("o1", "o2", "o3"):
+        e.handle(CustomerRequested(openid=o, group="sales"), 1.0)
+        e.handle(SessionCreated(openid=o, kf_account="a@x", source="api"), 1.0)
+    e.handle(AgentsSeen(rows=[AgentRow(kf_account="b@x", status=1)], complete=True), 10.0)  # a@x offline
+    assert e.next_deadline() == 70.0
+    assert closes(e.tick(69.0)) == []
+    out = e.tick(70.0)
+    assert sorted(closes(out)) == [("o1", "a@x"), ("o2", "a@x"), ("o3", "a@x")]
+    assert creates(out) == []  # nothing is created before WeChat confirms the close
+    assert closes(e.tick(71.0)) == []  # asked once, not in a loop
+    out = e.handle(SessionClosed(openid="o1", kf_account="a@x"), 72.0)
+    assert creates(out) == [("o1", "b@x")]
+    # a@x comes back in the middle: the remaining closes still go through, nobody gets two sessions
+    online(e, "a@x", accepted=2, now=73.0)
+    out = e.handle(CloseFailed(openid="o2", kf_account="a@x", errcode=65413), 74.0)  # already closed
+    assert creates(out) == [("o2", "b@x")]
+    e.handle(SessionClosed(openid="o3", kf_account="a@x"), 75.0)
+    assert e.state("o3") is CustomerState.RESERVED
+    e.check()
+
+
+def test_keep_is_the_default_when_an_agent_goes_offline() -> None:
+    e = make_engine()
+    online(e, "a@x")
+    e.handle(SessionCreated(openid="o1", kf_account="a@x"), 0.0)
+    e.handle(AgentsSeen(rows=[], complete=True), 1.0)
+    assert e.tick(1000.0) == [] and e.sessions() == {"o1": "a@x"}
+
+
+def test_manual_reassign_to_a_named_agent() -> None:
+    e = make_engine()
+    online(e, "a@x", "b@x")
+    e.handle(SessionCreated(openid="o1", kf_account="a@x"), 0.0)
+    assert closes(e.handle(ReassignRequested(openid="o1", to_account="b@x"), 1.0)) == [("o1", "a@x")]
+    assert creates(e.handle(SessionClosed(openid="o1", kf_account="a@x"), 2.0)) == [("o1", "b@x")]
+    with pytest.raises(UnknownCustomerError, match="not in a session"):
+        e.handle(ReassignRequested(openid="nobody"), 3.0)
+
+
+def test_failed_close_is_retried_only_on_the_next_sweep() -> None:
+    e = make_engine(stale_session_s=600.0, stale_message="closing", avoid_s=30.0)
+    online(e, "a@x")
+    e.handle(SessionCreated(openid="o1", kf_account="a@x"), 0.0)
+    out = e.tick(600.0)
+    assert closes(out) == [("o1", "a@x")]
+    assert [c.text for c in out if isinstance(c, SendText)] == ["closing"]
+    assert closes(e.handle(CloseFailed(openid="o1", kf_account="a@x", errcode=-1), 601.0)) == []
+    assert closes(e.tick(631.0)) == [("o1", "a@x")]
+    e.handle(SessionClosed(openid="o1", kf_account="a@x"), 632.0)
+    assert e.gone_reason("o1") == "closed_stale"

@@ -15,6 +15,8 @@ from policies.registry import load_all
 from router.core import (
     AgentConfigured,
     AgentsSeen,
+    CloseFailed,
+    CloseSession,
     CreateFailed,
     CreateSession,
     CustomerLeft,
@@ -22,6 +24,7 @@ from router.core import (
     CustomerState,
     Engine,
     EngineConfig,
+    ReassignRequested,
     Route,
     SessionClosed,
     SessionCreated,
@@ -48,6 +51,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.truth: dict[str, set[str]] = {a: set() for a in AGENTS}  # WeChat's sessions per agent
         self.online: dict[str, bool] = dict.fromkeys(AGENTS, True)
         self.pending: list[CreateSession] = []
+        self.closing: list[CloseSession] = []
         self.requested: set[str] = set()
         self.policy_name = "least-load"
         self.engine: Engine | None = None
@@ -59,7 +63,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.policy_name = policy
         routes = {
             "sales": Route(policy=policy, overflow=(("support", 30.0),)),
-            "support": Route(policy=policy),
+            "support": Route(policy=policy, on_agent_offline="reassign", offline_grace_s=15.0),
             "vip": Route(policy=policy, overflow=(("sales", 10.0), ("support", 20.0))),
         }
         self.engine = Engine(
@@ -96,6 +100,8 @@ class EngineMachine(RuleBasedStateMachine):
                 assert 0 <= view.load <= view.capacity, view
                 assert view.online and not view.paused
                 self.pending.append(c)
+            elif isinstance(c, CloseSession):
+                self.closing.append(c)
 
     def who_serves(self, openid: str) -> str | None:
         for a, s in self.truth.items():
@@ -135,6 +141,25 @@ class EngineMachine(RuleBasedStateMachine):
             if not self.online[cmd.kf_account]:
                 code = 65415
             self.apply(CreateFailed(openid=cmd.openid, kf_account=cmd.kf_account, errcode=code))
+
+    @rule(data=st.data(), ok=st.booleans())
+    @precondition(lambda self: self.engine is not None and self.closing)
+    def answer_close(self, data: st.DataObject, ok: bool) -> None:
+        cmd = self.closing.pop(data.draw(st.integers(0, len(self.closing) - 1)))
+        if cmd.openid not in self.truth[cmd.kf_account]:
+            self.apply(CloseFailed(openid=cmd.openid, kf_account=cmd.kf_account, errcode=65413))
+        elif ok:
+            self.truth[cmd.kf_account].discard(cmd.openid)
+            self.apply(SessionClosed(openid=cmd.openid, kf_account=cmd.kf_account))
+        else:
+            self.apply(CloseFailed(openid=cmd.openid, kf_account=cmd.kf_account, errcode=-1))
+
+    @rule(data=st.data(), to=st.one_of(st.none(), st.sampled_from(AGENTS)))
+    @precondition(lambda self: self.engine is not None and self.engine.sessions())
+    def reassign(self, data: st.DataObject, to: str | None) -> None:
+        assert self.engine is not None
+        openid = data.draw(st.sampled_from(sorted(self.engine.sessions())))
+        self.apply(ReassignRequested(openid=openid, to_account=to))
 
     @rule(data=st.data())
     @precondition(lambda self: self.engine is not None and any(self.truth.values()))

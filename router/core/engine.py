@@ -12,6 +12,11 @@ Sans-I/O. The caller owns the clock, the sockets and the loop; the engine owns t
 - after every event and tick the queue is drained while any agent is free, so no free eligible agent is
   left idle while an eligible customer waits.
 
+Moving a customer (a manual ``ReassignRequested``, or their agent offline past the group's grace with
+``on_agent_offline="reassign"``): the engine emits ``CloseSession`` and routes the customer again only when
+WeChat confirms the close (``SessionClosed``, or ``CloseFailed`` 65413), so a customer never holds two
+sessions. Sessions open longer than ``stale_session_s`` are closed the same way, without re-routing.
+
 Routing scope: a customer of group ``g`` may be served by agents of ``g``, then, once they have waited
 ``after_s``, by the overflow groups of ``g``'s route in order. A customer without a group may be served by
 any agent. A customer who named a preferred agent waits for that agent alone for ``preferred_wait_s``.
@@ -29,7 +34,7 @@ from attrs import field, frozen
 from sortedcontainers import SortedList
 
 from router.core import events as ev
-from router.core.commands import Command, CreateSession
+from router.core.commands import CloseSession, Command, CreateSession, SendText
 from router.core.errors import ConfigError, CoreError, UnknownAgentError, UnknownCustomerError
 from router.core.model import AgentView, CustomerState, WaitingView
 from router.core.policy import Policy
@@ -37,6 +42,7 @@ from router.core.pool import Pool
 
 # WeChat errcodes with a meaning for the engine (spec §3).
 ERR_SERVED_BY_OTHER = 65414
+ERR_NO_SESSION = 65413
 ERR_AGENT_UNAVAILABLE = frozenset({65401, 65402, 65415})  # unknown account, not bound, not online
 
 _GONE_MEMORY = 100_000  # how many departed customers' reasons the engine remembers
@@ -55,6 +61,22 @@ def _check_overflow(_inst: object, _attr: object, value: tuple[tuple[str, float]
             raise ConfigError(f"overflow[{i}] must be (group name, seconds >= 0), got {item!r}")
 
 
+def _one_of(name: str, allowed: tuple[str, ...]) -> Callable[[object, object, str], None]:
+    def check(_inst: object, _attr: object, value: str) -> None:
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+    return check
+
+
+def _non_negative_number(name: str) -> Callable[[object, object, float], None]:
+    def check(_inst: object, _attr: object, value: float) -> None:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+            raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+
+    return check
+
+
 def _overflow_tuple(value: Iterable[Iterable[object]]) -> tuple[tuple[str, float], ...]:
     return tuple(tuple(x) for x in value)  # type: ignore[misc]
 
@@ -67,6 +89,10 @@ class Route:
     overflow: tuple[tuple[str, float], ...] = field(
         default=(), converter=_overflow_tuple, validator=_check_overflow
     )
+    # What happens to this group's open sessions when their agent goes offline: "keep" them (WeChat's
+    # default), or "reassign" them after ``offline_grace_s``: close, then create with another agent.
+    on_agent_offline: str = field(default="keep", validator=_one_of("on_agent_offline", ("keep", "reassign")))
+    offline_grace_s: float = field(default=120.0, validator=_non_negative_number("offline_grace_s"))
 
 
 def _positive(name: str) -> Callable[[object, object, float], None]:
@@ -92,18 +118,28 @@ class EngineConfig:
     sticky_window_s: float = field(default=7 * 86400.0, validator=_positive("sticky_window_s"))
     preferred_wait_s: float = field(default=120.0, validator=_positive("preferred_wait_s"))
     priorities: bool = True
+    # Close sessions open longer than this (None: never), sending ``stale_message`` first if set.
+    stale_session_s: float | None = field(default=None)
+    stale_message: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.stale_session_s is not None:
+            _positive("stale_session_s")(self, None, self.stale_session_s)
 
 
 class _Customer:
     __slots__ = (
         "arrived_at",
         "avoid",
+        "closing",
         "group",
         "key",
         "openid",
         "preferred_agent",
         "priority",
+        "reroute_to",
         "reservation_deadline",
+        "session_started_at",
         "state",
         "tags",
         "text",
@@ -123,6 +159,10 @@ class _Customer:
         self.state = CustomerState.WAITING
         self.with_agent: str | None = None  # reserved with, or in session with
         self.reservation_deadline = math.inf
+        self.session_started_at = math.nan
+        # why we sent a CloseSession, if we did: "reroute" (route again once closed) or "stale"
+        self.closing: str | None = None
+        self.reroute_to: str | None = None  # ...to this agent (a manual reassignment), if given
 
 
 class Engine:
@@ -148,6 +188,9 @@ class Engine:
         self._reservations: SortedList = SortedList()  # of (deadline, openid)
         self._wakeups: SortedList = SortedList()  # times when a waiting customer's scope may widen
         self._history: dict[str, tuple[str, float]] = {}  # openid -> (last agent, when)
+        self._sessions_by_agent: dict[str, set[str]] = {}  # kf_account -> openids in session with them
+        self._session_starts: SortedList = SortedList()  # (started_at, openid), kept for stale sessions
+        self._offline_since: dict[str, float] = {}  # agents that went offline with sessions open
         self._gone: OrderedDict[str, str] = OrderedDict()
         self._seq = 0
 
@@ -159,6 +202,8 @@ class Engine:
         if handler is None:
             raise CoreError(f"handle: unsupported event {event!r}")
         handler(self, event, now, out)
+        if self._offline_since:
+            self._sweep_sessions(now, out)
         self._drain(now, out)
         return out
 
@@ -171,6 +216,7 @@ class Engine:
             self._release(c, now, avoid=True)
         while self._wakeups and self._wakeups[0] <= now:
             self._wakeups.pop(0)
+        self._sweep_sessions(now, out)
         self._drain(now, out)
         return out
 
@@ -295,22 +341,32 @@ class Engine:
             self._pool.update_from_wechat(row.kf_account, row.status, row.accepted_case, row.auto_accept)
             if row.nickname:
                 self._pool.configure(row.kf_account, nickname=row.nickname)
-            if not row.online:
-                self._release_agent(row.kf_account, now)
+            if row.online:
+                self._offline_since.pop(row.kf_account, None)
+            else:
+                self._agent_offline(row.kf_account, now)
         if e.complete:
             for kf in self._pool.accounts():
                 if kf not in seen:
                     self._pool.set_status(kf, 0)
-                    self._release_agent(kf, now)
+                    self._agent_offline(kf, now)
+
+    def _agent_offline(self, kf: str, now: float) -> None:
+        self._release_agent(kf, now)
+        if kf not in self._offline_since and self._sessions_by_agent.get(kf):
+            self._offline_since[kf] = now
+            for route in {self.config.default_route, *self.config.routes.values()}:
+                if route.on_agent_offline == "reassign":
+                    self._wakeups.add(now + route.offline_grace_s)
 
     def _on_agent_sessions(self, e: ev.AgentSessionsSeen, now: float, out: list[Command]) -> None:
         kf = self._need_agent(e.kf_account, "AgentSessionsSeen")
         listed = set(e.openids)
         for openid in e.openids:
             self._absorb_session(openid, kf, now, count=False)
-        for openid, c in list(self._customers.items()):
-            if c.state is CustomerState.IN_SESSION and c.with_agent == kf and openid not in listed:
-                self._finish(c, "served", now)  # closed while we were not looking
+        for openid in list(self._sessions_by_agent.get(kf, ())):
+            if openid not in listed:  # closed while we were not looking
+                self._session_ended(self._customers[openid], kf, now, count=False)
         self._pool.set_sessions(kf, len(listed))
 
     def _on_created(self, e: ev.SessionCreated, now: float, out: list[Command]) -> None:
@@ -321,9 +377,7 @@ class Engine:
         kf = self._need_agent(e.kf_account, "SessionClosed")
         c = self._customers.get(e.openid)
         if c is not None and c.state is CustomerState.IN_SESSION and c.with_agent == kf:
-            self._pool.add_sessions(kf, -1)
-            self._history[e.openid] = (kf, now)
-            self._finish(c, "served", now)
+            self._session_ended(c, kf, now, count=True)
         elif c is None or c.with_agent != kf:
             # A session we never saw open (started before we did): WeChat's count still drops.
             self._pool.add_sessions(kf, -1)
@@ -333,13 +387,12 @@ class Engine:
         dst = self._need_agent(e.to_account, "SessionSwitched")
         c = self._customers.get(e.openid)
         if c is not None and c.state is CustomerState.IN_SESSION and c.with_agent == src:
-            self._pool.add_sessions(src, -1)
-            c.with_agent = None
-            c.state = CustomerState.GONE  # re-absorbed just below with the new agent
-            del self._customers[e.openid]
+            self._leave_session(c)
+            self._enter_session(c, dst, now)
+            self._pool.add_sessions(dst, 1)
         else:
-            self._pool.add_sessions(src, -1)
-        self._absorb_session(e.openid, dst, now, count=True)
+            self._absorb_session(e.openid, dst, now, count=True)
+        self._pool.add_sessions(src, -1)
 
     def _on_create_failed(self, e: ev.CreateFailed, now: float, out: list[Command]) -> None:
         self._need_agent(e.kf_account, "CreateFailed")
@@ -370,6 +423,28 @@ class Engine:
             return  # already in a session: leaving the queue means nothing now
         self._finish(c, f"left:{e.reason}", now)
 
+    def _on_close_failed(self, e: ev.CloseFailed, now: float, out: list[Command]) -> None:
+        kf = self._need_agent(e.kf_account, "CloseFailed")
+        c = self._customers.get(e.openid)
+        if c is None or c.state is not CustomerState.IN_SESSION or c.with_agent != kf:
+            return
+        if e.errcode == ERR_NO_SESSION:  # it was already closed: same as a close
+            self._session_ended(c, kf, now, count=True)
+            return
+        c.closing = None  # try again at the next check (stale or offline agent), not in a loop
+        c.reroute_to = None
+        self._wakeups.add(now + self.config.avoid_s)
+
+    def _on_reassign(self, e: ev.ReassignRequested, now: float, out: list[Command]) -> None:
+        c = self._customers.get(e.openid)
+        if c is None or c.state is not CustomerState.IN_SESSION or c.with_agent is None:
+            raise UnknownCustomerError(e.openid, "ReassignRequested (not in a session)")
+        if e.to_account is not None:
+            self._need_agent(e.to_account, "ReassignRequested")
+            if e.to_account == c.with_agent:
+                return
+        self._close_for_reroute(c, out, to=e.to_account)
+
     def _on_configured(self, e: ev.AgentConfigured, now: float, out: list[Command]) -> None:
         self._pool.ensure(e.kf_account)
         self._pool.configure(
@@ -398,6 +473,8 @@ class Engine:
         ev.CustomerLeft: _on_left,  # type: ignore[dict-item]
         ev.AgentConfigured: _on_configured,  # type: ignore[dict-item]
         ev.AgentRemoved: _on_removed,  # type: ignore[dict-item]
+        ev.CloseFailed: _on_close_failed,  # type: ignore[dict-item]
+        ev.ReassignRequested: _on_reassign,  # type: ignore[dict-item]
     }
 
     # ================================================================= state changes
@@ -416,10 +493,10 @@ class Engine:
             old = c.with_agent
             if count and old is not None and old in self._pool:
                 self._pool.add_sessions(old, -1)
-            c.with_agent = kf
+            self._leave_session(c)
+            self._enter_session(c, kf, now)
             if count:
                 self._pool.add_sessions(kf, 1)
-            self._history[openid] = (kf, now)
             return
         if c is None:
             c = _Customer(openid)
@@ -433,11 +510,85 @@ class Engine:
             self._end_reservation(c, confirmed=confirmed)
             if confirmed:
                 count = False  # the reservation became the session
-        c.state = CustomerState.IN_SESSION
-        c.with_agent = kf
+        self._enter_session(c, kf, now)
         if count:
             self._pool.add_sessions(kf, 1)
-        self._history[openid] = (kf, now)
+
+    def _enter_session(self, c: _Customer, kf: str, now: float) -> None:
+        c.state = CustomerState.IN_SESSION
+        c.with_agent = kf
+        c.session_started_at = now
+        self._sessions_by_agent.setdefault(kf, set()).add(c.openid)
+        self._history[c.openid] = (kf, now)
+        if self.config.stale_session_s is not None:
+            self._session_starts.add((now, c.openid))
+            self._wakeups.add(now + self.config.stale_session_s)
+
+    def _leave_session(self, c: _Customer) -> None:
+        kf = c.with_agent
+        assert c.state is CustomerState.IN_SESSION and kf is not None
+        held = self._sessions_by_agent[kf]
+        held.discard(c.openid)
+        if not held:
+            del self._sessions_by_agent[kf]
+            self._offline_since.pop(kf, None)
+        if self.config.stale_session_s is not None:
+            self._session_starts.discard((c.session_started_at, c.openid))
+        c.with_agent = None
+        c.session_started_at = math.nan
+
+    def _session_ended(self, c: _Customer, kf: str, now: float, *, count: bool) -> None:
+        """The session of ``c`` with ``kf`` is closed: the customer leaves, or is routed again."""
+        if count:
+            self._pool.add_sessions(kf, -1)
+        self._leave_session(c)
+        self._history[c.openid] = (kf, now)
+        if c.closing != "reroute":
+            self._finish(c, "closed_stale" if c.closing == "stale" else "served", now)
+            return
+        # routed again: back to its old place, away from the agent it leaves, towards the one asked for
+        c.closing = None
+        c.preferred_agent = c.reroute_to
+        c.reroute_to = None
+        c.arrived_at = now  # overflow and preference waits count from now
+        until = now + self.config.avoid_s
+        c.avoid[kf] = until
+        self._wakeups.add(until)
+        if c.preferred_agent is not None:
+            self._wakeups.add(now + self.config.preferred_wait_s)
+        for _group, after in self._route(c).overflow:
+            self._wakeups.add(now + after)
+        self._enqueue(c)
+
+    def _close_for_reroute(self, c: _Customer, out: list[Command], *, to: str | None = None) -> None:
+        assert c.with_agent is not None
+        if c.closing is not None:
+            return
+        c.closing = "reroute"
+        c.reroute_to = to
+        out.append(CloseSession(openid=c.openid, kf_account=c.with_agent))
+
+    def _sweep_sessions(self, now: float, out: list[Command]) -> None:
+        """Reassign sessions of agents offline past their group's grace; close stale sessions."""
+        for kf, since in list(self._offline_since.items()):
+            for openid in sorted(self._sessions_by_agent.get(kf, ())):
+                c = self._customers[openid]
+                route = self._route(c)
+                if route.on_agent_offline == "reassign" and now >= since + route.offline_grace_s:
+                    self._close_for_reroute(c, out)
+        limit = self.config.stale_session_s
+        if limit is None:
+            return
+        for started, openid in self._session_starts:
+            if started + limit > now:
+                break
+            c = self._customers[openid]
+            if c.closing is not None or c.with_agent is None:
+                continue
+            if self.config.stale_message:
+                out.append(SendText(openid=openid, text=self.config.stale_message, kind="stale"))
+            c.closing = "stale"
+            out.append(CloseSession(openid=openid, kf_account=c.with_agent))
 
     def _enqueue(self, c: _Customer) -> None:
         c.state = CustomerState.WAITING
@@ -493,6 +644,8 @@ class Engine:
             self._release(self._customers[openid], now, avoid=True)
 
     def _finish(self, c: _Customer, reason: str, now: float) -> None:
+        if c.state is CustomerState.IN_SESSION and c.with_agent is not None:
+            self._leave_session(c)
         c.state = CustomerState.GONE
         c.with_agent = None
         del self._customers[c.openid]
@@ -621,6 +774,12 @@ class Engine:
                 assert c.with_agent is not None and (c.reservation_deadline, o) in self._reservations
                 reserved[c.with_agent] = reserved.get(c.with_agent, 0) + 1
         assert len(self._reservations) == sum(reserved.values())
+        in_session = [o for o, c in self._customers.items() if c.state is CustomerState.IN_SESSION]
+        assert len(in_session) == sum(len(held) for held in self._sessions_by_agent.values())
+        for kf, held in self._sessions_by_agent.items():
+            assert held, kf
+            for o in held:
+                assert self._customers[o].with_agent == kf, o
         for view in self._pool.views():
             assert view.reserved == reserved.get(view.kf_account, 0), view.kf_account
             assert view.sessions >= 0 and view.reserved >= 0

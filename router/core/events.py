@@ -144,6 +144,26 @@ class AgentConfigured:
 
 
 @frozen(kw_only=True)
+class CloseFailed:
+    """``kfsession/close`` failed with WeChat's ``errcode`` (65413: there was no session any more)."""
+
+    openid: str = field(validator=_openid)
+    kf_account: str = field(validator=_account)
+    errcode: int = field(validator=_int)
+    errmsg: str = ""
+
+
+@frozen(kw_only=True)
+class ReassignRequested:
+    """Move a customer in session to another agent (``to_account``, or whoever the policy picks): the
+    engine closes the session first and routes the customer again only once WeChat confirms the close,
+    so a customer never has two sessions."""
+
+    openid: str = field(validator=_openid)
+    to_account: str | None = field(default=None, validator=_opt_account)
+
+
+@frozen(kw_only=True)
 class AgentRemoved:
     """The kf account was deleted. Its reservations are released; the agent is forgotten."""
 
@@ -161,4 +181,6 @@ Event = (
     | CustomerLeft
     | AgentConfigured
     | AgentRemoved
+    | CloseFailed
+    | ReassignRequested
 )

@@ -196,15 +196,13 @@ class Notifier:
 
     def on_queued(self, openid: str, position: int, estimate: Estimate, now: float) -> list[SendText]:
         """The customer joined the queue at 1-based ``position``. Starts a waiting spell (a customer put
-        back in the queue while already waiting is treated as an estimate update). When no user message
-        was seen yet, the request itself is taken as one (the window opens now)."""
+        back in the queue while already waiting is treated as an estimate update). Texts go out only
+        inside a window opened by ``on_user_message``: call it for every inbound message, before this."""
         if not isinstance(position, int) or isinstance(position, bool) or position < 1:
             raise CoreError(f"on_queued: position must be an integer >= 1, got {position!r}")
         c = self._touch(openid, now)
         if c.in_spell:
             return self.on_estimate(openid, estimate, now)
-        if c.window_start is None:
-            c.window_start = now
         c.in_spell = True
         c.spell_sent = 0
         c.told_s = c.told_at = math.nan
@@ -270,11 +268,9 @@ class Notifier:
     # ================================================================= reading
 
     def remaining(self, openid: str, now: float) -> int:
-        """How many more texts kfrouter may send this customer now."""
+        """How many more texts kfrouter may send this customer now (0 without an open window)."""
         c = self._customers.get(openid)
-        if c is None:
-            return min(self.config.per_window, self.config.max_per_customer)
-        return self._allowance(c, now)
+        return 0 if c is None else self._allowance(c, now)
 
     def __len__(self) -> int:
         return len(self._customers)
