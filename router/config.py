@@ -145,6 +145,8 @@ class EngineSection:
     preferred_wait_s: float = 120.0
     default_policy: str = "least-load"
     priorities: bool = True
+    stale_session_s: float | None = None  # close sessions open longer than this (None: never)
+    stale_message: str | None = None  # sent to the customer before such a close
 
 
 @frozen(kw_only=True)
@@ -308,13 +310,20 @@ class Config:
             reservation_timeout_s=e.reservation_timeout_s,
             avoid_s=e.avoid_s,
             routes={
-                g.name: Route(policy=g.policy, overflow=tuple((o.group, o.after_s) for o in g.overflow))
+                g.name: Route(
+                    policy=g.policy,
+                    overflow=tuple((o.group, o.after_s) for o in g.overflow),
+                    on_agent_offline=g.on_agent_offline,
+                    offline_grace_s=g.offline_grace_s,
+                )
                 for g in self.groups
             },
             default_route=Route(policy=e.default_policy),
             sticky_window_s=e.sticky_window_s,
             preferred_wait_s=e.preferred_wait_s,
             priorities=e.priorities,
+            stale_session_s=e.stale_session_s,
+            stale_message=e.stale_message,
         )
 
     def policy_names(self) -> frozenset[str]:
@@ -715,7 +724,15 @@ class _Loader:
             preferred_wait_s=s.get_float("preferred_wait_s", d.preferred_wait_s, gt=0),
             default_policy=s.get_str("default_policy", d.default_policy),
             priorities=s.get_bool("priorities", d.priorities),
+            stale_session_s=(
+                None
+                if s.raw("stale_session_s") is _MISSING
+                else s.get_float("stale_session_s", 0.0, gt=0)
+            ),
+            stale_message=s.get_opt_str("stale_message"),
         )
+        if out.stale_message is not None and out.stale_session_s is None:
+            s.problem("stale_message", "only applies when stale_session_s is set")
         if not out.default_policy:
             s.problem("default_policy", "must not be empty")
         s.done()
