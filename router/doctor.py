@@ -27,6 +27,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -113,7 +114,7 @@ _KF_ENABLE_FIX = (
 )
 _BIND_FIX = (
     f"In {KF_FEATURE}, invite each agent's WeChat ID to their account (the API call is "
-    "kfaccount/inviteworker); the agent accepts the invitation in WeChat within 7 days. A 'waiting' "
+    "kfaccount/inviteworker); the agent accepts the invitation in WeChat before it expires. A 'waiting' "
     "invitation only needs accepting; a 'rejected' or 'expired' one needs a new invitation."
 )
 
@@ -391,6 +392,10 @@ def _from_error(name: str, exc: WeChatError, *, token_request: bool = False) -> 
     )
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _accounts(names: Sequence[str], limit: int = 10) -> str:
     shown = ", ".join(names[:limit])
     return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
@@ -502,7 +507,11 @@ async def check_agents_listed(p: Probe) -> CheckResult:
 def _binding_state(a: KfAccountInfo) -> str:
     if a.invite_status == "waiting":
         who = f" for {a.invite_wx}" if a.invite_wx else ""
-        return f"invitation{who} waiting to be accepted"
+        until = ""
+        if a.invite_expire_time:
+            when = datetime.fromtimestamp(a.invite_expire_time, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            until = f" until {when}"
+        return f"invitation{who} waiting to be accepted{until}"
     if a.invite_status in ("rejected", "expired"):
         return f"invitation {a.invite_status}"
     if a.invite_status:
@@ -530,7 +539,8 @@ async def check_agents_bound(p: Probe) -> CheckResult:
         name=name,
         status="problem",
         title=(
-            f"{len(unbound)} of {len(listed)} agent accounts are not bound to a WeChat user: {_accounts(states)}"
+            f"{len(unbound)} of {len(listed)} agent accounts {'is' if len(unbound) == 1 else 'are'} not bound "
+            f"to a WeChat user: {_accounts(states)}"
         ),
         detail=f"{ADVICE[65402].meaning} WeChat answers errcode 65402 for them.",
         fix=_BIND_FIX,
@@ -556,7 +566,7 @@ async def check_agents_online(p: Probe) -> CheckResult:
             detail="Customers who ask for a human will wait in the queue until an agent logs in.",
             fix=f"Agents log in to {KF_CLIENT}. Nothing to change if this is outside working hours.",
         )
-    return CheckResult(name=name, status="ok", title=f"{len(up)} agents online: {_accounts(up)}")
+    return CheckResult(name=name, status="ok", title=f"{_count(len(up), 'agent')} online: {_accounts(up)}")
 
 
 async def check_group_agents(p: Probe) -> CheckResult:
@@ -592,7 +602,10 @@ async def check_group_agents(p: Probe) -> CheckResult:
     return CheckResult(
         name=name,
         status="problem",
-        title=f"{len(missing)} agents named in the config do not exist in WeChat: {_accounts(list(missing))}",
+        title=(
+            f"{_count(len(missing), 'agent')} named in the config "
+            f"{'does' if len(missing) == 1 else 'do'} not exist in WeChat: {_accounts(list(missing))}"
+        ),
         detail=f"Customers routed to them could never be served: {listing}.{hint}",
         fix=(
             f"Correct the names in {cfg.source}, or create the accounts in {KF_FEATURE} "

@@ -14,6 +14,7 @@ import json
 import re
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,7 @@ async def test_clean_run_exits_0_with_every_check(
     ]
     for name in names:
         assert status(out, name) == "ok", line(out, name)
-    assert "1 agents online: alice@test" in line(out, "agents-online")
+    assert "1 agent online: alice@test" in line(out, "agents-online")
     assert "round-trips a test message" in line(out, "aes-key")
     assert out.rstrip().endswith("all checks passed")
 
@@ -317,7 +318,9 @@ async def test_unbound_agents(fake: FakeWeChat, tmp_path: Path, capsys: pytest.C
     assert code == 1 and text.startswith("problem")
     assert "2 of 4 agent accounts are not bound" in text
     assert "carol@test (never invited)" in text
-    assert "dave@test (invitation for dave_wechat waiting to be accepted)" in text
+    expires = datetime.fromtimestamp(fake.model.agents["dave@test"].invite_expire, UTC)
+    until = expires.strftime("%Y-%m-%d %H:%M UTC")
+    assert f"dave@test (invitation for dave_wechat waiting to be accepted until {until})" in text
     assert "65402" in text and "inviteworker" in text and "accepts the invitation" in text
 
 
