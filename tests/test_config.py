@@ -376,3 +376,15 @@ def test_bad_env_value_names_the_variable() -> None:
 def test_uses_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KFROUTER_SECRET", "process-env")
     assert Config.from_dict(MINIMAL).wechat.secret == "process-env"
+
+
+def test_offline_and_stale_settings_reach_the_engine() -> None:
+    doc = base()
+    doc["engine"] = {"stale_session_s": 3600, "stale_message": "bye"}
+    doc["groups"] = [{"name": "g", "agents": ["a@x"], "on_agent_offline": "reassign", "offline_grace_s": 30}]
+    doc["routing"] = {"default_group": "g"}
+    ec = Config.from_dict(doc, env={}).engine_config()
+    assert (ec.stale_session_s, ec.stale_message) == (3600.0, "bye")
+    assert (ec.routes["g"].on_agent_offline, ec.routes["g"].offline_grace_s) == ("reassign", 30.0)
+    doc["engine"] = {"stale_message": "bye"}
+    assert ("engine.stale_message", "only applies when stale_session_s is set") in problems(doc)
