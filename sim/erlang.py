@@ -54,21 +54,32 @@ def erlang_c(lam: float, mu: float, c: int) -> ErlangC:
     )
 
 
-def _a_series(x: float, y: float) -> float:
-    """``A(x, y) = x e^y y^-x γ(x, y) = Σ_{k>=0} y^k / ((x+1)(x+2)…(x+k))`` (γ = lower incomplete
-    gamma; from the series γ(x, y) = y^x e^-y Σ y^k / (x(x+1)…(x+k))). Every term is positive and the
-    ratio between terms, y / (x + k), falls below 1, so plain summation is stable."""
+_BIG = 1e200  # rescale running sums past this, so that heavy overload cannot overflow a float
+
+
+def _log_a_series(x: float, y: float) -> float:
+    """``log A(x, y)`` where ``A(x, y) = x e^y y^-x γ(x, y) = Σ_{k>=0} y^k / ((x+1)(x+2)…(x+k))``
+    (γ = lower incomplete gamma; from the series γ(x, y) = y^x e^-y Σ y^k / (x(x+1)…(x+k))).
+    Every term is positive; they grow while y > x + k and then fall geometrically, so plain summation
+    is stable. The sum is rescaled whenever it passes 1e200 and the scale kept as a logarithm; the
+    loop stops when the tail bound ``term · r / (1 - r)``, r = y / (x + k + 1), is below 1e-17 of the sum."""
     total = 1.0
     term = 1.0
+    log_scale = 0.0
     k = 0
     while True:
         k += 1
         term *= y / (x + k)
         total += term
-        if term < total * 1e-17 and y / (x + k) < 0.5:
-            return total
-        if k > 10_000_000:  # pragma: no cover - y would have to be astronomically large
-            raise ArithmeticError("Erlang A series did not converge")
+        if total > _BIG:
+            total /= _BIG
+            term /= _BIG
+            log_scale += math.log(_BIG)
+        r = y / (x + k + 1)
+        if r < 1.0 and term * r / (1.0 - r) < total * 1e-17:
+            return math.log(total) + log_scale
+        if k > 100_000_000:  # pragma: no cover - y would have to be astronomically large
+            raise ArithmeticError(f"Erlang A series did not converge for x={x!r}, y={y!r}")
 
 
 @dataclass(frozen=True)
@@ -99,9 +110,11 @@ def erlang_a(lam: float, mu: float, c: int, theta: float) -> ErlangA:
         raise ValueError(f"theta must be finite and > 0, got {theta!r}")
     rho = lam / (c * mu)
     e = erlang_b(lam / mu, c)
-    big_a = _a_series(c * mu / theta, lam / theta)
-    p_wait = big_a * e / (1.0 + (big_a - 1.0) * e)
-    p_ab_w = 1.0 / (rho * big_a) + 1.0 - 1.0 / rho
+    log_a = _log_a_series(c * mu / theta, lam / theta)
+    inv_a = math.exp(-log_a)  # 1/A, in (0, 1]
+    # P(W>0) = A E / (1 + (A - 1) E) = 1 / (1 + (1 - E) / (A E)), written with 1/A so A may be huge
+    p_wait = 1.0 / (1.0 + (1.0 - e) * inv_a / e) if e > 0 else 0.0
+    p_ab_w = 1.0 - (1.0 - inv_a) / rho  # = 1/(rho A) + 1 - 1/rho
     p_ab = p_ab_w * p_wait
     return ErlangA(
         p_wait=p_wait,
@@ -119,23 +132,31 @@ def birth_death(lam: float, mu: float, c: int, theta: float = 0.0, *, tol: float
     _check(lam, mu, c)
     if theta == 0 and lam >= c * mu:
         raise ValueError("unstable without abandonment")
-    # work with ratios p_k / p_c to avoid overflow; sum below and above c separately
-    below = [1.0]  # p_{c-1}/p_c, p_{c-2}/p_c, ...
+    # weights relative to p_c: below c by the downward recursion, above c upward; every running sum is
+    # rescaled together past 1e200 so heavy overload cannot overflow
+    below_sum = 0.0  # Σ_{k<c} p_k / p_c
+    w = 1.0
     for k in range(c, 0, -1):
-        below.append(below[-1] * (k * mu) / lam)
-    above_sum = 0.0
-    above_q = 0.0  # Σ (k - c) p_k / p_c
+        w *= (k * mu) / lam
+        below_sum += w
+    at_c = 1.0
+    above_sum = 0.0  # Σ_{k>c} p_k / p_c
+    above_q = 0.0  # Σ_{k>c} (k - c) p_k / p_c
     term = 1.0
     k = c
     while True:
         k += 1
-        term *= lam / (c * mu + (k - c) * theta)
+        r = lam / (c * mu + (k - c) * theta)
+        term *= r
         above_sum += term
         above_q += (k - c) * term
-        if term < tol * (1.0 + above_sum) and lam / (c * mu + (k - c) * theta) < 0.99:
+        if term > _BIG:
+            term, above_sum, above_q = term / _BIG, above_sum / _BIG, above_q / _BIG
+            below_sum, at_c = below_sum / _BIG, at_c / _BIG
+        if r < 0.99 and term * (k - c + 1) < tol * (at_c + above_sum) * (1 - r) ** 2:
             break
-    norm = sum(below) + above_sum
-    p_wait = (1.0 + above_sum) / norm  # states k >= c
+    norm = below_sum + at_c + above_sum
+    p_wait = (at_c + above_sum) / norm  # states k >= c
     mean_q = above_q / norm
     p_ab = theta * mean_q / lam
     mean_wait = mean_q / lam  # Little's law on the queue
