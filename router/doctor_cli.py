@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,10 @@ def _doctor(args: argparse.Namespace) -> int:
             )
             print(json.dumps(as_json([failed]), ensure_ascii=False, indent=2))
         return 2
+    # The client logs each refused call; the report below explains them, so keep stderr quiet unless
+    # the caller configured logging (a NullHandler stops Python's last-resort handler, nothing else).
+    if not logging.getLogger().handlers:
+        logging.getLogger("kfrouter").addHandler(logging.NullHandler())
     results = asyncio.run(_run(cfg))
     if args.json:
         print(json.dumps(as_json(results), ensure_ascii=False, indent=2))
