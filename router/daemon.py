@@ -1,0 +1,1205 @@
+"""The daemon: the one place where the edges (webhook, API client, store, pollers) meet the engine.
+
+Structure (docs/daemon.md has the full picture and the public surface):
+
+- ``Daemon.run()`` owns everything under one ``asyncio.TaskGroup``: the aiohttp web server (the
+  WeChat callback at ``[wechat] callback_path``, ``/healthz``), the engine task, the pollers, the
+  command executor and housekeeping. Every background task has an owner; ``CancelledError`` is always
+  re-raised.
+- The engine is driven from ONE task (``router.inbox.drive``): pushes, API outcomes, poll snapshots and
+  ``submit()`` calls all go through the inbox and are applied in order by ``_apply``.
+- What a customer told us is committed to SQLite *before* the webhook answers WeChat (a request for a
+  human, a cancel, a kf session event, each with its push key), then handed to the inbox.
+- Start-up recovery (``_startup``) rebuilds the engine from the store and WeChat before routing: agents
+  from the config and stored settings, customer history, WeChat's online agents and each agent's
+  sessions, the outcome of every reservation a previous process left in flight (``getsession``, once the
+  calls it may still have had in flight have timed out), WeChat's wait list, then the waiting customers.
+  Nobody is created twice, nobody is lost — that is what makes ``kill -9`` safe.
+- Shutdown (``stop()``, SIGTERM/SIGINT in ``kfrouter run``): the webhook answers 503 (WeChat retries
+  later), callbacks in flight finish, pollers stop, API calls already started finish under
+  ``shutdown_timeout_s`` (queued ones are dropped: their reservations stay in the store for the next
+  start), the web server and the store are closed.
+
+Logging: ``kfrouter.daemon``, one line per input event and per command; openids yes, tokens never.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import aiohttp
+import attrs
+from aiohttp import web
+from attrs import field, frozen
+
+from policies.registry import load_policies
+from router import rules
+from router.config import Config
+from router.core import events as ev
+from router.core import notify as core_notify
+from router.core.commands import CloseSession, Command, CreateSession, SendText
+from router.core.engine import Engine
+from router.core.errors import CoreError, UnknownAgentError
+from router.core.estimate import WaitEstimator
+from router.core.model import AgentRow, CustomerState
+from router.edges.client import SessionInfo, WaitEntry, WeChatClient
+from router.edges.errors import WeChatError
+from router.edges.store import Reservation, Store, StoredState, WaitingRow
+from router.edges.token import TokenMode
+from router.edges.upstream import Upstream, build_forward
+from router.edges.webhook import PushReceiver, WebhookConfig
+from router.executor import Executor
+from router.inbox import Inbox, Item, drive
+from router.pollers import AgentPoller, PollSchedule, SnapshotGuard, WaitlistPoller, waitlist_request
+from router.wechat import replies
+from router.wechat.crypto import SafeModeCrypto
+from router.wechat.errors import WeChatCodecError
+from router.wechat.push import (
+    GenericEvent,
+    KfCloseSession,
+    KfCreateSession,
+    KfSwitchSession,
+    MenuClick,
+    Push,
+    UserMessage,
+)
+
+log = logging.getLogger("kfrouter.daemon")
+
+Listener = Callable[[str, Mapping[str, Any]], None]
+"""``listener(kind, payload)``: kinds 'event', 'command', 'assigned', 'api_call', 'push', 'state'."""
+
+_REQUEST_QUERY: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "kfrouter_request_query", default=None
+)
+_MAX_TEXT = 500  # characters of a customer's text kept in the store and the engine
+_CLOSE_MEMORY_S = 120.0  # a second SessionClosed for the same pair within this is a duplicate
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class LoopClock:
+    """Unix seconds that never jump: the event loop's monotonic clock, anchored once to wall time."""
+
+    def __init__(self) -> None:
+        self._offset: float | None = None
+
+    def now(self) -> float:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return time.time() if self._offset is None else time.monotonic() + self._offset
+        if self._offset is None:
+            self._offset = time.time() - loop.time()
+        return loop.time() + self._offset
+
+
+def _positive(_inst: object, attr: Any, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"DaemonOptions.{attr.name} must be a number > 0, got {value!r}")
+
+
+def _count(_inst: object, attr: Any, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"DaemonOptions.{attr.name} must be an integer >= 1, got {value!r}")
+
+
+def _non_negative_int(_inst: object, attr: Any, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"DaemonOptions.{attr.name} must be an integer >= 0, got {value!r}")
+
+
+@frozen(kw_only=True)
+class DaemonOptions:
+    """Operational knobs not in ``kfrouter.toml`` (``kfrouter run`` exposes the timeouts as flags)."""
+
+    api_timeout_s: float = field(default=10.0, validator=_positive)  # one HTTP attempt, read APIs
+    api_retries: int = field(default=3, validator=_non_negative_int)  # extra attempts, read APIs
+    create_timeout_s: float = field(default=10.0, validator=_positive)  # kfsession/create, one attempt
+    create_concurrency: int = field(default=8, validator=_count)
+    shutdown_timeout_s: float = field(default=10.0, validator=_positive)
+    sweep_s: float = field(default=5.0, validator=_positive)  # engine tick at least this often
+    eta_every_s: float = field(default=30.0, validator=_positive)  # wait estimates refreshed
+    housekeeping_s: float = field(default=60.0, validator=_positive)
+    nickname_refresh_s: float = field(default=600.0, validator=_positive)
+    choice_ttl_s: float = field(default=300.0, validator=_positive)  # after we listed the agents
+    startup_backoff_max_s: float = field(default=30.0, validator=_positive)
+    seed: int | None = None  # poll jitter
+
+
+@frozen
+class _Snapshot:
+    """An agents poll on its way to the engine: rows and the input counter when the poll started."""
+
+    rows: tuple[AgentRow, ...]
+    mark: int | None  # None: trusted as is (start-up)
+
+
+@frozen
+class _EtaSweep:
+    """Refresh the wait estimates of waiting customers (and notify those whose estimate moved)."""
+
+
+def _plain(_inst: Any, _field: Any, value: Any) -> Any:
+    if isinstance(value, frozenset | set):
+        return sorted(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _jsonable(value: Any) -> dict[str, Any]:
+    """An event or command as JSON-ready data: ``{"type": class name, **fields}``."""
+    return {"type": type(value).__name__, **attrs.asdict(value, value_serializer=_plain)}
+
+
+def notify_config(config: Config) -> core_notify.NotifyConfig | None:
+    """The notification planner's settings from ``[notify]`` (``None`` when disabled).
+
+    ``[notify.templates]`` use the config's placeholders; those the planner knows are renamed
+    (``{eta_min}`` → ``{wait}``, ``{agent}`` → ``{nickname}``), ``{cancel}`` becomes the first cancel
+    keyword; an override using ``{group}`` cannot be rendered by the planner and is left out (logged)."""
+    n = config.notify
+    if not n.enabled:
+        return None
+    language = n.language if n.language in core_notify.TEMPLATES else "zh"
+    cancel = config.routing.cancel_keywords[0] if config.routing.cancel_keywords else ""
+    from router.config import DEFAULT_TEMPLATES
+
+    templates: dict[str, str] = {}
+    defaults = DEFAULT_TEMPLATES.get(n.language, {})
+    for kind, text in n.templates.get(n.language, {}).items():
+        if kind not in core_notify.KINDS or text == defaults.get(kind):
+            continue
+        if "{group}" in text:
+            log.warning(
+                "notify.templates.%s.%s uses {group}, which cannot be rendered; built-in used",
+                n.language,
+                kind,
+            )
+            continue
+        text = text.replace("{eta_min}", "{wait}").replace("{agent}", "{nickname}")
+        text = text.replace("{cancel}", cancel.replace("{", "{{").replace("}", "}}"))
+        templates[kind] = text
+    try:
+        return core_notify.NotifyConfig(
+            language=language,
+            templates=templates,
+            max_per_customer=n.max_per_customer,
+            eta_change_s=n.eta_change_min_s,
+        )
+    except CoreError as exc:
+        log.warning("notify: %s; built-in templates used", exc)
+        return core_notify.NotifyConfig(
+            language=language, max_per_customer=n.max_per_customer, eta_change_s=n.eta_change_min_s
+        )
+
+
+class Daemon:
+    """kfrouter for one Official Account. See the module docstring and docs/daemon.md.
+
+    Public surface: ``engine``, ``config``, ``app`` (add routes before ``run()``), ``listeners``,
+    ``started``, ``submit()``, ``stop()``, ``clock``; after start: ``store``, ``client``, ``port``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        http_session: aiohttp.ClientSession | None = None,
+        options: DaemonOptions | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.config = config
+        self.options = options if options is not None else DaemonOptions()
+        self.clock: Clock = clock if clock is not None else LoopClock()
+        self.engine = Engine(config.engine_config(), load_policies(sorted(config.policy_names())))
+        self.estimator: WaitEstimator | None = WaitEstimator()
+        ncfg = notify_config(config)
+        self.notifier: core_notify.Notifier | None = core_notify.Notifier(ncfg) if ncfg is not None else None
+        self.listeners: list[Listener] = []
+        self.started = asyncio.Event()
+        self.listening = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.port: int | None = None
+        self.store: Store | None = store
+        self._own_store = store is None
+        self.client: WeChatClient | None = None
+        self.upstream: Upstream | None = None
+        self._http = http_session
+        self._inbox = Inbox()
+        self._stop_event = asyncio.Event()
+        self._stopping = False
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._engine_running = False
+        self._epoch = 0
+        self._touched: dict[str, int] = {}
+        self._recent_closes: dict[tuple[str, str], float] = {}
+        self._choices: dict[str, float] = {}  # openid -> until: we sent them the list of agents
+        self._guard = SnapshotGuard()
+        self._rng = random.Random(self.options.seed)
+        self._started_at = time.time()
+        self.stats: dict[str, int] = {}
+        w = config.wechat
+        encrypted = w.encoding != "plain" and w.aes_key is not None
+        self._crypto = (
+            SafeModeCrypto(w.token, w.aes_key, w.appid, w.previous_aes_key)
+            if encrypted and w.aes_key is not None
+            else None
+        )
+        self.receiver = PushReceiver(
+            WebhookConfig(
+                token=w.token,
+                appid=w.appid,
+                encoding_aes_key=w.aes_key if encrypted else None,
+                previous_aes_key=w.previous_aes_key if encrypted else None,
+                accept_plaintext=w.encoding != "safe",
+            ),
+            self._on_push,
+        )
+        self.app = web.Application(middlewares=[self._intake_gate])
+        self.app.add_routes(self.receiver.routes(w.callback_path))
+        self.app.router.add_get("/healthz", self._healthz)
+        self._executor: Executor | None = None
+        self._agents: AgentPoller | None = None
+        self._waitlist: WaitlistPoller | None = None
+
+    # ============================================================ public surface
+
+    async def submit(self, event: ev.Event) -> list[Command]:
+        """Apply ``event`` through the inbox (after everything queued before it) and return the commands
+        the engine emitted (they are executed as usual). Raises what the engine raised."""
+        fut: asyncio.Future[list[Command]] = asyncio.get_running_loop().create_future()
+        self._inbox.put(event, future=fut)
+        return await fut
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (idempotent; safe from a signal handler)."""
+        self._stop_event.set()
+
+    def wake(self) -> None:
+        """Make the engine task check its timers now (after a test moved the clock)."""
+        self._inbox.wake()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` answers."""
+        agents = self.engine.agents()
+        ap = self._agents
+        return {
+            "status": "stopping" if self._stopping else ("running" if self.started.is_set() else "starting"),
+            "inbox": len(self._inbox),
+            "queue": self.engine.queue_length(),
+            "reservations": len(self.engine.reservations()),
+            "sessions": len(self.engine.sessions()),
+            "agents_online": sum(1 for a in agents if a.online),
+            "agents_free": sum(1 for a in agents if a.free),
+            "last_poll_ok": None if ap is None else ap.last_ok,
+            "last_poll_at": None if ap is None else ap.last_at,
+            "commands_pending": 0 if self._executor is None else self._executor.pending,
+            "uptime_s": round(time.time() - self._started_at, 3),
+        }
+
+    # ============================================================ run
+
+    async def run(self) -> None:
+        """Serve until ``stop()``; returns after a clean shutdown."""
+        own_http = self._http is None
+        http = self._http if self._http is not None else aiohttp.ClientSession()
+        runner: web.AppRunner | None = None
+        try:
+            if self.store is None:
+                self.store = Store(self.config.store.path)
+            self._build_edges(http)
+            runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, self.config.server.host, self.config.server.port)
+            await site.start()
+            sockets = getattr(site._server, "sockets", None) or []
+            self.port = sockets[0].getsockname()[1] if sockets else self.config.server.port
+            self.listening.set()
+            log.info(
+                "listening on http://%s:%s%s (appid %s)",
+                self.config.server.host,
+                self.port,
+                self.config.wechat.callback_path,
+                self.config.wechat.appid,
+            )
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                assert self._executor is not None
+                self._spawn(self._executor.run(), "executor")
+                self._spawn(self._startup(), "startup")
+                tg.create_task(self._shutdown_when_asked(), name="kfrouter-shutdown")
+        finally:
+            self._tg = None
+            for item in self._inbox.drain_pending():
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(RuntimeError("kfrouter is shutting down"))
+            if runner is not None:
+                await runner.cleanup()
+            if own_http:
+                await http.close()
+            if self.store is not None and self._own_store:
+                self.store.close()
+            self.stopped.set()
+            log.info("stopped")
+
+    def _build_edges(self, http: aiohttp.ClientSession) -> None:
+        w = self.config.wechat
+        o = self.options
+        mode: TokenMode = "stable" if w.token_mode == "stable" else "basic"
+        self.client = WeChatClient(
+            http, w.appid, w.secret, w.api_base, mode, retries=o.api_retries, timeout_s=o.api_timeout_s
+        )
+        create_client = WeChatClient(
+            http,
+            w.appid,
+            w.secret,
+            w.api_base,
+            mode,
+            retries=0,
+            timeout_s=o.create_timeout_s,
+            tokens=self.client.tokens,
+        )
+        self.upstream = Upstream(
+            http, self.config.server.upstream_url, self.config.server.upstream_timeout_s, crypto=self._crypto
+        )
+        self._executor = Executor(
+            self.client,
+            create_client,
+            outcome=self._on_outcome,
+            on_call=self._on_api_call,
+            concurrency=o.create_concurrency,
+            create_timeout_s=o.create_timeout_s,
+        )
+        polling = self.config.polling
+        self._agents = AgentPoller(
+            self.client,
+            PollSchedule.from_config(polling, "online", self._rng),
+            publish=self._publish_agents,
+            busy=self._busy,
+            mark=lambda: self._epoch,
+            nickname_refresh_s=o.nickname_refresh_s,
+        )
+        self._waitlist = WaitlistPoller(
+            self.client,
+            PollSchedule.from_config(polling, "waitcase", self._rng),
+            known=self._known,
+            on_waiting=self._on_waitlisted,
+            busy=self._busy,
+        )
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        assert self._tg is not None, "background tasks are only started while run() is running"
+        task = self._tg.create_task(coro, name=f"kfrouter-{name}")
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        return task
+
+    async def _shutdown_when_asked(self) -> None:
+        await self._stop_event.wait()
+        self._stopping = True
+        timeout = self.options.shutdown_timeout_s
+        log.info("stopping: webhook answers 503 from now on; finishing work in flight (up to %gs)", timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.receiver.drain()  # pushes being persisted finish first
+        except TimeoutError:
+            log.warning("stopping: webhook callbacks still running after %gs", timeout)
+        for task in list(self._tasks):
+            if task.get_name() in (
+                "kfrouter-startup",
+                "kfrouter-agents",
+                "kfrouter-waitcase",
+                "kfrouter-housekeeping",
+            ):
+                task.cancel()
+        assert self._executor is not None
+        self._executor.stop()
+        if not await self._executor.drain(timeout):
+            log.warning(
+                "stopping: %d API call(s) still running after %gs; their reservations stay in the store",
+                self._executor.pending,
+                timeout,
+            )
+        if self._engine_running:
+            try:
+                async with asyncio.timeout(max(1.0, timeout / 4)):
+                    await self._barrier()  # outcomes already queued reach the engine (and the store)
+            except TimeoutError:
+                log.warning("stopping: the engine did not drain its inbox in time")
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _barrier(self) -> None:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inbox.put(None, future=fut)
+        await fut
+
+    # ============================================================ start-up recovery
+
+    async def _startup(self) -> None:
+        store = self.store
+        assert store is not None and self._agents is not None and self._waitlist is not None
+        now = self.clock.now()
+        state = store.load_state(history_since=now - self.engine.config.sticky_window_s)
+        log.info(
+            "start-up: store has %d waiting, %d reservations, %d open sessions, %d agents with local settings",
+            len(state.waiting),
+            len(state.reservations),
+            len(state.in_session),
+            len(state.agents),
+        )
+        for event in self.config.agent_events():
+            self._apply_direct(event)
+        for s in state.agents.values():
+            self._apply_direct(
+                ev.AgentConfigured(
+                    kf_account=s.kf_account,
+                    groups=frozenset(s.groups) if s.groups is not None else None,
+                    max_sessions=s.max_sessions,
+                    paused=s.paused,
+                    nickname=s.nickname,
+                    tags=frozenset(s.tags) if s.tags is not None else None,
+                )
+            )
+        for h in state.history.values():
+            self.engine.remember(h.openid, h.kf_account, h.at)
+        await self._until_ok(self._agents.poll_once, "getonlinekflist")
+        listed = await self._restore_sessions(state)
+        await self._restore_reservations(state.reservations, listed)
+        if not await self._waitlist.poll_once():
+            log.warning("start-up: getwaitcase failed; WeChat's wait list is read at the next poll")
+        restored = self._restore_waiting(state)
+        self._engine_running = True
+        self._spawn(
+            drive(
+                self._inbox,
+                step=self._step,
+                tick=self._tick,
+                next_deadline=self.engine.next_deadline,
+                now=self.clock.now,
+                on_error=self._on_step_error,
+                sweep_s=self.options.sweep_s,
+            ),
+            "engine",
+        )
+        polling = self.config.polling
+        self._spawn(self._agents.run(first_delay=polling.online_fast_s), "agents")
+        self._spawn(self._waitlist.run(first_delay=polling.waitcase_fast_s), "waitcase")
+        self._spawn(self._housekeeping(), "housekeeping")
+        self.started.set()
+        log.info(
+            "routing: %d waiting restored, %d agents online, %d sessions known",
+            restored,
+            sum(1 for a in self.engine.agents() if a.online),
+            len(self.engine.sessions()),
+        )
+
+    async def _until_ok(self, attempt: Callable[[], Any], what: str) -> None:
+        delay = 0.5
+        while not await attempt():
+            log.warning("start-up: %s failed; retrying in %.1fs before routing starts", what, delay)
+            await asyncio.sleep(delay)
+            delay = min(self.options.startup_backoff_max_s, delay * 2)
+
+    async def _restore_sessions(self, state: StoredState) -> dict[str, str]:
+        """``getsessionlist`` for every agent the engine knows: who is in a session right now."""
+        assert self.client is not None and self.store is not None
+        listed: dict[str, str] = {}
+        polled: set[str] = set()
+        for view in self.engine.agents():
+            kf = view.kf_account
+            try:
+                entries = await self.client.get_session_list(kf)
+            except WeChatError as exc:
+                log.info("start-up: getsessionlist %s failed (%s); its sessions are learnt later", kf, exc)
+                continue
+            polled.add(kf)
+            openids = [e.openid for e in entries]
+            self._apply_direct(ev.AgentSessionsSeen(kf_account=kf, openids=openids))  # type: ignore[arg-type]
+            now = self.clock.now()
+            for openid in openids:
+                listed[openid] = kf
+                if state.in_session.get(openid, ("",))[0] != kf:
+                    self.store.record_session_start(openid, kf, now)
+        now = self.clock.now()
+        for openid, (kf, _started) in state.in_session.items():
+            if openid not in listed and kf in polled:
+                self.store.record_session_end(openid, kf, now)  # closed while we were away
+        return listed
+
+    async def _restore_reservations(self, reservations: list[Reservation], listed: Mapping[str, str]) -> None:
+        """The outcome of each ``kfsession/create`` a previous process left in flight."""
+        assert self.client is not None and self.store is not None
+        open_ = [r for r in reservations if r.openid not in listed]
+        for r in reservations:
+            if r.openid in listed:
+                self.store.end_reservation(r.openid)
+        if not open_:
+            return
+        # A call the previous process made may still land: wait until it would have timed out.
+        latest = max(r.created_at for r in open_)
+        margin = self.options.create_timeout_s + 1.0
+        wait = min(margin, latest + margin - self.clock.now())
+        if wait > 0:
+            log.info(
+                "start-up: %d reservation(s) of the previous run; waiting %.1fs for their calls",
+                len(open_),
+                wait,
+            )
+            await asyncio.sleep(wait)
+        for r in open_:
+            info = await self._get_session(r.openid)
+            now = self.clock.now()
+            if info is None:
+                log.warning(
+                    "start-up: outcome of the reservation %s -> %s unknown; the customer waits again",
+                    r.openid,
+                    r.kf_account,
+                )
+                self.store.end_reservation(r.openid)
+            elif info.kf_account:
+                kf = info.kf_account
+                if kf not in self.engine.pool:
+                    self._apply_direct(
+                        ev.AgentsSeen(rows=[AgentRow(kf_account=kf, status=0)], complete=False)  # type: ignore[list-item]
+                    )
+                self.store.record_session_start(r.openid, kf, now)
+                self._apply_direct(ev.SessionCreated(openid=r.openid, kf_account=kf, source="poll"))
+                log.info("start-up: reservation %s -> %s had succeeded (with %s)", r.openid, r.kf_account, kf)
+            else:
+                self.store.end_reservation(r.openid)
+                log.info(
+                    "start-up: reservation %s -> %s had not succeeded; waiting again", r.openid, r.kf_account
+                )
+
+    async def _get_session(self, openid: str) -> SessionInfo | None:
+        assert self.client is not None
+        for attempt in range(3):
+            try:
+                return await self.client.get_session(openid)
+            except WeChatError as exc:
+                log.info("start-up: getsession %s failed (%s), attempt %d/3", openid, exc, attempt + 1)
+                await asyncio.sleep(0.5 * 2**attempt)
+        return None
+
+    def _restore_waiting(self, state: StoredState) -> int:
+        groups = {g.name for g in self.config.groups}
+        n = 0
+        for row in state.waiting:
+            if self.engine.state(row.openid) not in (CustomerState.UNKNOWN, CustomerState.GONE):
+                continue
+            group = row.group
+            if group is not None and group not in groups:
+                log.warning(
+                    "start-up: %s waited for group %r, which is no longer configured; default group used",
+                    row.openid,
+                    group,
+                )
+                group = self.config.routing.default_group
+            preferred = row.preferred if row.preferred and row.preferred in self.engine.pool else None
+            self._apply_direct(
+                ev.CustomerRequested(
+                    openid=row.openid,
+                    group=group,
+                    priority=row.priority,
+                    text=row.text,
+                    source="restore",
+                    preferred_agent=preferred,
+                    tags=frozenset(row.tags),  # type: ignore[arg-type]
+                    arrived_at=row.arrived_at,
+                )
+            )
+            n += 1
+        return n
+
+    # ============================================================ the engine task
+
+    def _apply_direct(self, event: ev.Event) -> list[Command]:
+        """Apply an event from the start-up task (before the engine task runs)."""
+        assert not self._engine_running
+        try:
+            return self._apply(event, self.clock.now())
+        except CoreError as exc:
+            log.error("start-up: %s refused: %s", type(event).__name__, exc)
+            return []
+
+    def _step(self, item: Item, now: float) -> Any:
+        payload = item.payload
+        if payload is None:
+            return None  # a barrier
+        if isinstance(payload, _Snapshot):
+            rows = payload.rows
+            if payload.mark is not None:
+                views = {v.kf_account: v for v in self.engine.agents()}
+                mark = payload.mark
+                rows = self._guard.apply(rows, views, lambda kf: self._touched.get(kf, -1) > mark)
+            return self._apply(ev.AgentsSeen(rows=rows, complete=True), now)  # type: ignore[arg-type]
+        if isinstance(payload, _EtaSweep):
+            self._dispatch(self._eta_sweep(now), now)
+            return None
+        return self._apply(payload, now)
+
+    def _tick(self, now: float) -> None:
+        commands = self.engine.tick(now)
+        if commands:
+            self._dispatch(self._after(None, commands, now, {}), now)
+
+    def _apply(self, event: ev.Event, now: float) -> list[Command]:
+        """Apply one input to the engine, keep the store and the listeners in step, run the commands."""
+        self._epoch += 1
+        if isinstance(event, ev.SessionClosed) and self._duplicate_close(event, now):
+            log.info(
+                "event SessionClosed %s (%s): duplicate of a close already applied",
+                event.openid,
+                event.kf_account,
+            )
+            return []
+        before = self._before(event)
+        commands = self.engine.handle(event, now)
+        self._log_event(event)
+        self._touch(event)
+        self._emit("event", _jsonable(event))
+        commands = self._after(event, commands, now, before)
+        self._dispatch(commands, now)
+        return commands
+
+    def _duplicate_close(self, e: ev.SessionClosed, now: float) -> bool:
+        key = (e.openid, e.kf_account)
+        for k, t in list(self._recent_closes.items()):
+            if now - t > _CLOSE_MEMORY_S:
+                del self._recent_closes[k]
+        in_session = (
+            self.engine.state(e.openid) is CustomerState.IN_SESSION
+            and self.engine.with_agent(e.openid) == e.kf_account
+        )
+        if in_session:
+            self._recent_closes[key] = now
+            return False
+        return key in self._recent_closes
+
+    def _before(self, event: ev.Event) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if isinstance(event, ev.AgentsSeen | ev.AgentConfigured | ev.AgentRemoved | ev.CreateFailed):
+            out["online"] = {a.kf_account for a in self.engine.agents() if a.online}
+        openid = getattr(event, "openid", None)
+        if openid is not None:
+            out["state"] = self.engine.state(openid)
+            out["agent"] = self.engine.with_agent(openid)
+        return out
+
+    def _after(
+        self, event: ev.Event | None, commands: list[Command], now: float, before: Mapping[str, Any]
+    ) -> list[Command]:
+        """Bookkeeping after an engine step: store, estimates, notifications, listeners."""
+        out = list(commands)
+        if "online" in before:
+            self._log_agent_changes(before["online"], now)
+        if self.estimator is not None and event is not None:
+            try:
+                self.estimator.observe_event(event, now)
+            except CoreError as exc:
+                log.debug("estimator: %s", exc)
+            except Exception:
+                log.exception("estimator failed on %s; routing goes on", type(event).__name__)
+        openid = getattr(event, "openid", None)
+        if openid is None:
+            return out
+        state = self.engine.state(openid)
+        agent = self.engine.with_agent(openid)
+        if (
+            state is CustomerState.IN_SESSION
+            and agent is not None
+            and (before.get("state") is not CustomerState.IN_SESSION or before.get("agent") != agent)
+        ):
+            self._emit(
+                "assigned", {"openid": openid, "kf_account": agent, "source": getattr(event, "source", "")}
+            )
+            log.info("assigned %s -> %s", openid, agent)
+            if self.notifier is not None:
+                view = self.engine.agent(agent)
+                out += self.notifier.on_assigned(openid, view.nickname if view else "", now, kf_account=agent)
+        elif state is CustomerState.WAITING and before.get("state") is not CustomerState.WAITING:
+            if isinstance(event, ev.SessionClosed | ev.CloseFailed):
+                self._persist_requeued(openid, now)
+            if self.notifier is not None and isinstance(event, ev.CustomerRequested):
+                out += self._notify_queued(openid, now)
+        elif state is CustomerState.GONE and isinstance(event, ev.CustomerLeft) and self.notifier is not None:
+            self.notifier.on_left(openid, now)
+        return out
+
+    def _notify_queued(self, openid: str, now: float) -> list[Command]:
+        assert self.notifier is not None
+        ahead = self.engine.ahead_in_group(openid)
+        if ahead is None or self.estimator is None:
+            return []
+        try:
+            estimate = self.estimator.estimate(self.engine, openid, now)
+        except CoreError as exc:
+            log.debug("estimate for %s: %s", openid, exc)
+            return []
+        return list(self.notifier.on_queued(openid, ahead + 1, estimate, now))
+
+    def _eta_sweep(self, now: float) -> list[Command]:
+        if self.notifier is None or self.estimator is None:
+            return []
+        out: list[Command] = []
+        for view in self.engine.waiting(now):
+            try:
+                estimate = self.estimator.estimate(self.engine, view.openid, now)
+            except CoreError:
+                continue
+            out += self.notifier.on_estimate(view.openid, estimate, now)
+        return out
+
+    def _persist_requeued(self, openid: str, now: float) -> None:
+        """A customer routed again after their session was closed for them: waiting again in the store."""
+        view = next((w for w in self.engine.waiting(now) if w.openid == openid), None)
+        if view is None or self.store is None:
+            return
+        try:
+            self.store.add_waiting(
+                WaitingRow(
+                    openid,
+                    view.group,
+                    view.priority,
+                    view.arrived_at,
+                    preferred=view.preferred_agent,
+                    tags=tuple(sorted(view.tags)),
+                )
+            )
+        except Exception:
+            log.exception("store: could not record %s as waiting again", openid)
+
+    def _touch(self, event: ev.Event) -> None:
+        for name in ("kf_account", "from_account", "to_account"):
+            kf = getattr(event, name, None)
+            if isinstance(kf, str):
+                self._touched[kf] = self._epoch
+
+    def _log_agent_changes(self, before: set[str], now: float) -> None:
+        after = {a.kf_account: a for a in self.engine.agents() if a.online}
+        changes: list[tuple[str, dict[str, Any]]] = []
+        for kf in sorted(set(after) - before):
+            a = after[kf]
+            changes.append(
+                ("agent_online", {"agent": kf, "groups": sorted(a.groups), "max_sessions": a.capacity})
+            )
+            log.info("agent %s online (groups %s, capacity %d)", kf, sorted(a.groups), a.capacity)
+        for kf in sorted(before - set(after)):
+            changes.append(("agent_offline", {"agent": kf}))
+            log.info("agent %s offline", kf)
+        if changes and self.store is not None:
+            try:
+                with self.store.transaction():
+                    for kind, payload in changes:
+                        self.store.append_event(now, kind, payload)
+            except Exception:
+                log.exception("store: could not log agent changes")
+
+    def _log_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.AgentsSeen):
+            log.debug("event AgentsSeen: %d online", sum(1 for r in event.rows if r.online))
+            return
+        parts = [f"{k}={v}" for k, v in _summary(event).items()]
+        log.info("event %s %s", type(event).__name__, " ".join(parts))
+
+    def _dispatch(self, commands: Iterable[Command], now: float) -> None:
+        assert self._executor is not None
+        for cmd in commands:
+            self._emit("command", _jsonable(cmd))
+            if isinstance(cmd, CreateSession):
+                if self._stopping:
+                    log.info(
+                        "command CreateSession %s -> %s not started: shutting down",
+                        cmd.openid,
+                        cmd.kf_account,
+                    )
+                    continue
+                if self.store is not None:
+                    try:
+                        self.store.add_reservation(cmd.openid, cmd.kf_account, now)
+                    except Exception:
+                        log.exception("store: reservation %s -> %s not recorded", cmd.openid, cmd.kf_account)
+                log.info("command CreateSession %s -> %s", cmd.openid, cmd.kf_account)
+            elif isinstance(cmd, CloseSession):
+                log.info("command CloseSession %s (%s)", cmd.openid, cmd.kf_account)
+            elif isinstance(cmd, SendText):
+                log.info("command SendText %s (%s)", cmd.openid, cmd.kind)
+            if not self._executor.submit(cmd):
+                log.info("command %s for %s dropped: shutting down", type(cmd).__name__, cmd.openid)
+
+    def _on_step_error(self, item: Item, exc: Exception) -> None:
+        name = type(item.payload).__name__
+        if isinstance(exc, UnknownAgentError) and item.attempt == 0 and not self._stopping and self._agents:
+            log.info(
+                "event %s names unknown agent %s: polling agents, then retrying once", name, exc.kf_account
+            )
+            item.attempt = 1
+            self._spawn(self._retry_after_poll(item), "unknown-agent")
+            return
+        if isinstance(exc, CoreError):
+            log.error("event %s refused: %s", name, exc)
+        else:
+            log.error("event %s failed", name, exc_info=exc)
+        if item.future is not None and not item.future.done():
+            item.future.set_exception(exc)
+
+    async def _retry_after_poll(self, item: Item) -> None:
+        assert self._agents is not None
+        await self._agents.poll_once()
+        self._inbox.requeue(item)
+
+    # ============================================================ outcomes, pollers, listeners
+
+    def _on_outcome(self, event: ev.Event) -> None:
+        """An API result from the executor: persist it, then hand it to the engine."""
+        now = self.clock.now()
+        store = self.store
+        try:
+            if store is not None:
+                if isinstance(event, ev.SessionCreated):
+                    store.record_session_start(event.openid, event.kf_account, now)
+                elif isinstance(event, ev.CreateFailed):
+                    store.end_reservation(event.openid)
+                elif isinstance(event, ev.SessionClosed):
+                    store.record_session_end(event.openid, event.kf_account, now)
+        except Exception:
+            log.exception("store: outcome %s not recorded", type(event).__name__)
+        self._inbox.put(event)
+
+    def _on_api_call(self, info: Mapping[str, Any]) -> None:
+        self._emit("api_call", info)
+        if (
+            self.notifier is not None
+            and info.get("endpoint") == "message/custom/send"
+            and not info.get("ok")
+            and isinstance(info.get("openid"), str)
+        ):
+            self.notifier.on_send_failed(info["openid"], int(info.get("errcode", 0)))
+
+    async def _publish_agents(self, rows: tuple[AgentRow, ...], mark: object) -> None:
+        if not self._engine_running:
+            self._apply_direct(ev.AgentsSeen(rows=rows, complete=True))  # type: ignore[arg-type]
+            return
+        snapshot = _Snapshot(rows, mark if isinstance(mark, int) else None)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inbox.put(snapshot, future=fut)
+        await fut
+
+    def _busy(self) -> bool:
+        return self.engine.queue_length() > 0 or bool(self.engine.reservations())
+
+    def _known(self, openid: str) -> bool:
+        return self.engine.state(openid) in (
+            CustomerState.WAITING,
+            CustomerState.RESERVED,
+            CustomerState.IN_SESSION,
+        )
+
+    def _on_waitlisted(self, entry: WaitEntry) -> None:
+        """A customer in WeChat's own wait list that the engine does not know: route them."""
+        now = self.clock.now()
+        req = waitlist_request(self.config.routing, entry.openid)
+        preferred = entry.kf_account if entry.kf_account and entry.kf_account in self.engine.pool else None
+        arrived = float(entry.latest_time) if entry.latest_time > 0 else now
+        arrived = min(arrived, now)
+        if self.store is not None:
+            with self.store.transaction():
+                self.store.add_waiting(
+                    WaitingRow(
+                        entry.openid,
+                        req.group,
+                        req.priority,
+                        arrived,
+                        preferred=preferred,
+                        tags=tuple(sorted(req.tags)),
+                    )
+                )
+                self.store.append_event(
+                    now,
+                    "waitlist",
+                    {"openid": entry.openid, "group": req.group, "latest_time": entry.latest_time},
+                )
+        event = ev.CustomerRequested(
+            openid=entry.openid,
+            group=req.group,
+            priority=req.priority,
+            source="waitlist",
+            preferred_agent=preferred,
+            tags=req.tags,  # type: ignore[arg-type]
+            arrived_at=arrived,
+        )
+        log.info("waitlist: %s found in WeChat's queue (group %s)", entry.openid, req.group)
+        if self._engine_running:
+            self._inbox.put(event)
+        else:
+            self._apply_direct(event)
+
+    def _emit(self, kind: str, payload: Mapping[str, Any]) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(kind, payload)
+            except Exception:
+                log.exception("listener %r failed on %s", listener, kind)
+
+    async def _housekeeping(self) -> None:
+        every = self.options.housekeeping_s
+        eta_every = self.options.eta_every_s
+        last_house = last_eta = time.monotonic()
+        while True:
+            await asyncio.sleep(min(every, eta_every))
+            t = time.monotonic()
+            if t - last_eta >= eta_every and self.notifier is not None:
+                last_eta = t
+                self._inbox.put(_EtaSweep())
+            if t - last_house >= every:
+                last_house = t
+                now = self.clock.now()
+                for openid, until in list(self._choices.items()):
+                    if until <= now:
+                        del self._choices[openid]
+                if self.store is not None:
+                    try:
+                        pruned = self.store.prune_processed(now - self.config.store.dedup_keep_s)
+                    except Exception:
+                        log.exception("store: pruning processed push keys failed")
+                    else:
+                        if pruned:
+                            log.debug("store: forgot %d processed push keys", pruned)
+
+    # ============================================================ webhook
+
+    @web.middleware
+    async def _intake_gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path != self.config.wechat.callback_path:
+            return await handler(request)  # type: ignore[no-any-return]
+        if self._stopping:
+            return web.Response(status=503, text="kfrouter is shutting down; retry later")
+        token = _REQUEST_QUERY.set(MappingProxyType(dict(request.query)))
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            _REQUEST_QUERY.reset(token)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        body = self.health()
+        return web.json_response(body, status=503 if self._stopping else 200)
+
+    async def _on_push(self, push: Push, raw: str) -> str | None:
+        """The webhook callback: decide, persist, hand on; the return value is the reply body."""
+        now = self.clock.now()
+        self._count(f"push:{type(push).__name__}")
+        self._emit("push", {"type": type(push).__name__, "openid": push.openid})
+        if isinstance(push, KfCreateSession):
+            event: ev.Event = ev.SessionCreated(openid=push.openid, kf_account=push.kf_account, source="push")
+            return self._kf_event(push, event, now)
+        if isinstance(push, KfCloseSession):
+            return self._kf_event(push, ev.SessionClosed(openid=push.openid, kf_account=push.kf_account), now)
+        if isinstance(push, KfSwitchSession):
+            event = ev.SessionSwitched(
+                openid=push.openid, from_account=push.from_kf_account, to_account=push.to_kf_account
+            )
+            return self._kf_event(push, event, now)
+        if isinstance(push, UserMessage | MenuClick):
+            return await self._user_push(push, raw, now)
+        assert isinstance(push, GenericEvent)
+        return await self._forward(push, raw)
+
+    def _kf_event(
+        self, push: KfCreateSession | KfCloseSession | KfSwitchSession, event: ev.Event, now: float
+    ) -> str | None:
+        store = self.store
+        assert store is not None
+        with store.transaction():
+            if not store.claim_push(push.dedup_key, now):
+                log.info("push %s already handled before a restart", push.dedup_key)
+                return None
+            store.append_event(now, push.event, _summary(event))
+            if isinstance(event, ev.SessionCreated):
+                store.record_session_start(event.openid, event.kf_account, now)
+            elif isinstance(event, ev.SessionClosed):
+                store.record_session_end(event.openid, event.kf_account, now)
+            elif isinstance(event, ev.SessionSwitched):
+                store.record_session_switch(event.openid, event.to_account, now)
+        self._inbox.put(event)
+        return None
+
+    async def _user_push(self, push: UserMessage | MenuClick, raw: str, now: float) -> str | None:
+        openid = push.openid
+        if isinstance(push, UserMessage) and self.notifier is not None:
+            self.notifier.on_user_message(openid, now)
+        state = self.engine.state(openid)
+        if state is CustomerState.IN_SESSION:
+            log.info(
+                "push from %s, who is in a session with %s: forwarded upstream",
+                openid,
+                self.engine.with_agent(openid),
+            )
+            return await self._forward(push, raw)
+        if isinstance(push, UserMessage):
+            inbound = rules.Inbound(openid=openid, msg_type=push.msg_type, text=push.content)
+        else:
+            inbound = rules.Inbound(openid=openid, msg_type="event", event="CLICK", event_key=push.key)
+        choosing = self._choices.get(openid, -math.inf) > now
+        decision = rules.classify(
+            self.config.routing, inbound, directory=self._directory(), awaiting_choice=choosing
+        )
+        if isinstance(decision, rules.AskHuman):
+            self._choices.pop(openid, None)
+            if state in (CustomerState.WAITING, CustomerState.RESERVED):
+                log.info("push from %s: already %s; nothing to do", openid, state.value)
+                return None
+            self._request_human(push, decision, inbound.text, now)
+            return None
+        if isinstance(decision, rules.Cancel) and state in (CustomerState.WAITING, CustomerState.RESERVED):
+            return self._cancel(push, decision, now)
+        if isinstance(decision, rules.ChooseAgent):
+            return self._agent_list(push, decision, now)
+        reason = (
+            decision.reason
+            if isinstance(decision, rules.NotForUs)
+            else f"{type(decision).__name__} while not waiting"
+        )
+        log.info("push from %s not for kfrouter (%s): forwarded upstream", openid, reason)
+        return await self._forward(push, raw)
+
+    def _request_human(self, push: UserMessage | MenuClick, d: rules.AskHuman, text: str, now: float) -> None:
+        store = self.store
+        assert store is not None
+        text = text[:_MAX_TEXT]
+        tags = tuple(sorted(d.tags))
+        with store.transaction():
+            if not store.claim_push(push.dedup_key, now):
+                log.info("push %s already handled before a restart", push.dedup_key)
+                return
+            store.add_waiting(
+                WaitingRow(push.openid, d.group, d.priority, now, text, d.preferred_agent, tags)
+            )
+            store.append_event(
+                now,
+                "customer_requested",
+                {"openid": push.openid, "group": d.group, "priority": d.priority, "matched": d.matched},
+            )
+        log.info(
+            "push from %s asks for a human (%s): group %s, priority %d",
+            push.openid,
+            d.matched,
+            d.group,
+            d.priority,
+        )
+        self._inbox.put(
+            ev.CustomerRequested(
+                openid=push.openid,
+                group=d.group,
+                priority=d.priority,
+                text=text,
+                source="push",
+                preferred_agent=d.preferred_agent,
+                tags=d.tags,  # type: ignore[arg-type]
+                arrived_at=now,
+            )
+        )
+
+    def _cancel(self, push: UserMessage | MenuClick, d: rules.Cancel, now: float) -> str | None:
+        store = self.store
+        assert store is not None
+        with store.transaction():
+            if not store.claim_push(push.dedup_key, now):
+                return None
+            store.remove_waiting(push.openid, now, "cancelled")
+            store.append_event(now, "cancel", {"openid": push.openid, "matched": d.matched})
+        log.info("push from %s cancels their wait (%s)", push.openid, d.matched)
+        self._inbox.put(ev.CustomerLeft(openid=push.openid, reason="cancelled"))
+        if self.notifier is None:
+            return None
+        return self._text_reply(push, self.notifier.config.template("cancelled"))
+
+    def _agent_list(self, push: UserMessage | MenuClick, d: rules.ChooseAgent, now: float) -> str | None:
+        online = [a for a in self.engine.agents() if a.online and not a.paused]
+        zh = self.config.notify.language == "zh"
+        names = [
+            f"{a.nickname or a.kf_account.partition('@')[0]}"
+            for a in sorted(online, key=lambda a: a.kf_account)
+        ]
+        if not names:
+            text = (
+                "暂时没有在线客服，请稍后再试。"
+                if zh
+                else "No agent is online right now; please try again later."
+            )
+        else:
+            listing = "、".join(names) if zh else ", ".join(names)
+            text = (
+                f"在线客服：{listing}。回复客服名字即可指定。"
+                if zh
+                else f"Agents online: {listing}. Reply with a name to choose."
+            )
+        if d.query:
+            text = (f"没有找到“{d.query}”。" if zh else f"No agent called {d.query!r}. ") + text
+        self._choices[push.openid] = now + self.options.choice_ttl_s
+        return self._text_reply(push, text)
+
+    def _text_reply(self, push: UserMessage | MenuClick, text: str) -> str | None:
+        try:
+            return replies.text_reply(push.openid, push.to_user, push.create_time, text)
+        except WeChatCodecError as exc:
+            log.warning("reply to %s not built: %s", push.openid, exc)
+            return None
+
+    def _directory(self) -> dict[str, str]:
+        views = self.engine.agents()
+        names = {a.nickname: a.kf_account for a in views if a.nickname}
+        return rules.make_directory(self.config.routing, [a.kf_account for a in views], names)
+
+    async def _forward(self, push: Push, raw: str) -> str | None:
+        if self.upstream is None:
+            return None
+        try:
+            request = build_forward(_REQUEST_QUERY.get(), raw, crypto=self._crypto)
+        except WeChatCodecError as exc:
+            log.warning("push from %s not forwarded: %s", push.openid, exc)
+            return None
+        return await self.upstream.forward(request, openid=push.openid)
+
+    def _count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+
+def _summary(event: ev.Event) -> dict[str, Any]:
+    """The loggable fields of an event (ids and codes; never texts)."""
+    out: dict[str, Any] = {}
+    for name in (
+        "openid",
+        "kf_account",
+        "from_account",
+        "to_account",
+        "group",
+        "priority",
+        "source",
+        "errcode",
+        "reason",
+    ):
+        value = getattr(event, name, None)
+        if value is not None:
+            out[name] = value
+    if isinstance(event, ev.AgentSessionsSeen):
+        out["sessions"] = len(event.openids)
+    return out

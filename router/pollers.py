@@ -1,0 +1,301 @@
+"""Pollers: reconcile the engine with WeChat's truth (who is online, who waits in WeChat's own queue).
+
+- ``AgentPoller``: ``getonlinekflist`` → ``AgentsSeen(complete=True)``, with nicknames from
+  ``getkflist`` refreshed every ``nickname_refresh_s``. ``poll_once()`` can be called at any time (the
+  daemon does when a kf event names an agent the engine has never seen); calls are serialised.
+- ``WaitlistPoller``: ``getwaitcase`` → a request for every listed customer the engine does not know
+  (``waitlist_request`` gives their group and priority from the routing config), arrival =
+  ``latest_time``.
+- ``PollSchedule`` (pure): the interval is ``fast`` while customers wait or reservations are pending,
+  ``slow`` when idle; after an error (45009 / 45011 rate limits included) it doubles each time up to
+  ``max_backoff``, and one success brings it back to normal. Every interval gets ±``jitter``.
+
+Each poller's ``run()`` loops until cancelled: poll, sleep the scheduled interval (or until
+``trigger()``), repeat. A failed poll is logged and never ends the loop; cancellation is re-raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import attrs
+
+from router.config import PollingConfig, RoutingConfig
+from router.core.model import AgentRow, AgentView
+from router.edges.client import WaitEntry, WeChatClient
+from router.edges.errors import RateLimited, WeChatError
+
+log = logging.getLogger("kfrouter.daemon")
+
+
+class PollSchedule:
+    """The next poll interval from the last outcome (see the module docstring). Pure but for ``rng``."""
+
+    def __init__(
+        self,
+        fast_s: float,
+        slow_s: float,
+        max_backoff_s: float,
+        jitter: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not (0 < fast_s <= slow_s <= max_backoff_s):
+            raise ValueError(
+                f"need 0 < fast_s <= slow_s <= max_backoff_s, got {fast_s!r}, {slow_s!r}, {max_backoff_s!r}"
+            )
+        if not 0 <= jitter < 1:
+            raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+        self.fast_s = fast_s
+        self.slow_s = slow_s
+        self.max_backoff_s = max_backoff_s
+        self.jitter = jitter
+        self._rng = rng if rng is not None else random.Random()
+        self.failures = 0
+
+    @classmethod
+    def from_config(cls, polling: PollingConfig, kind: str, rng: random.Random | None = None) -> PollSchedule:
+        """``kind``: 'online' or 'waitcase' (the ``[polling]`` keys ``<kind>_fast_s`` / ``<kind>_slow_s``)."""
+        return cls(
+            getattr(polling, f"{kind}_fast_s"),
+            getattr(polling, f"{kind}_slow_s"),
+            polling.max_backoff_s,
+            polling.jitter,
+            rng,
+        )
+
+    def base(self, busy: bool) -> float:
+        return self.fast_s if busy else self.slow_s
+
+    def next_delay(self, *, ok: bool, busy: bool) -> float:
+        """Record the outcome of the poll just made and return the wait before the next one."""
+        if ok:
+            self.failures = 0
+            delay = self.base(busy)
+        else:
+            self.failures += 1
+            delay = min(self.max_backoff_s, self.fast_s * 2.0 ** min(self.failures, 60))
+        if self.jitter:
+            delay *= self._rng.uniform(1 - self.jitter, 1 + self.jitter)
+        return min(delay, self.max_backoff_s)
+
+
+class _Loop:
+    """Shared run loop: poll, then sleep the scheduled interval or until ``trigger()``."""
+
+    name = "poll"
+
+    def __init__(self, schedule: PollSchedule, busy: Callable[[], bool]) -> None:
+        self.schedule = schedule
+        self._busy = busy
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.last_ok: bool | None = None
+        self.last_at: float | None = None  # wall time of the last completed poll
+        self.last_error: str | None = None
+        self.polls = 0
+
+    def trigger(self) -> None:
+        """Poll now instead of waiting for the interval to pass."""
+        self._wake.set()
+
+    async def poll_once(self) -> bool:
+        """One poll; ``True`` on success. Never raises a WeChat error (it is logged and recorded)."""
+        async with self._lock:
+            try:
+                await self._poll()
+            except WeChatError as exc:
+                self._record(False, f"errcode {exc.errcode}")
+                level = logging.WARNING if not isinstance(exc, RateLimited) else logging.INFO
+                log.log(level, "%s poll failed: %s", self.name, exc)
+                return False
+            self._record(True, None)
+            return True
+
+    def _record(self, ok: bool, error: str | None) -> None:
+        self.polls += 1
+        self.last_ok = ok
+        self.last_at = time.time()
+        self.last_error = error
+
+    async def _poll(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def run(self, *, first_delay: float = 0.0) -> None:
+        """Poll forever (until cancelled); see the module docstring."""
+        delay = first_delay
+        while True:
+            if delay > 0:
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            ok = await self.poll_once()
+            delay = self.schedule.next_delay(ok=ok, busy=self._busy())
+
+
+class AgentPoller(_Loop):
+    """``getonlinekflist`` (+ ``getkflist`` nicknames) → ``publish(rows, mark)``.
+
+    ``publish`` is awaited with the rows (status, accepted_case, auto_accept, nickname) and the value
+    ``mark()`` returned just before the request (the daemon's event counter, so it can tell which
+    engine inputs the snapshot may have missed); it is expected to hand an ``AgentsSeen(complete=True)``
+    to the engine. ``clock`` is monotonic seconds (nickname refresh timing).
+    """
+
+    name = "agents"
+
+    def __init__(
+        self,
+        client: WeChatClient,
+        schedule: PollSchedule,
+        *,
+        publish: Callable[[tuple[AgentRow, ...], object], Awaitable[object]],
+        busy: Callable[[], bool],
+        mark: Callable[[], object] = lambda: None,
+        nickname_refresh_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(schedule, busy)
+        self._client = client
+        self._publish = publish
+        self._mark = mark
+        self._nickname_refresh_s = nickname_refresh_s
+        self._clock = clock
+        self._nicknames: dict[str, str] = {}
+        self._nicknames_at = -math.inf
+        self.rows: tuple[AgentRow, ...] = ()
+
+    @property
+    def nicknames(self) -> Mapping[str, str]:
+        """kf_account -> nickname, as of the last ``getkflist``."""
+        return self._nicknames
+
+    async def _poll(self) -> None:
+        mark = self._mark()
+        rows = await self._client.get_online_kf_list()
+        if self._clock() - self._nicknames_at >= self._nickname_refresh_s:
+            try:
+                accounts = await self._client.get_kf_list()
+            except WeChatError as exc:
+                log.info("getkflist failed (%s); nicknames kept as they were", exc)
+            else:
+                self._nicknames = {a.kf_account: a.nickname for a in accounts if a.nickname}
+                self._nicknames_at = self._clock()
+        named = tuple(
+            attrs.evolve(r, nickname=self._nicknames[r.kf_account])
+            if not r.nickname and r.kf_account in self._nicknames
+            else r
+            for r in rows
+        )
+        self.rows = named
+        await self._publish(named, mark)
+
+
+class WaitlistPoller(_Loop):
+    """``getwaitcase`` → ``on_waiting(entry)`` for each listed customer ``known(openid)`` denies."""
+
+    name = "waitcase"
+
+    def __init__(
+        self,
+        client: WeChatClient,
+        schedule: PollSchedule,
+        *,
+        known: Callable[[str], bool],
+        on_waiting: Callable[[WaitEntry], object],
+        busy: Callable[[], bool],
+    ) -> None:
+        super().__init__(schedule, busy)
+        self._client = client
+        self._known = known
+        self._on_waiting = on_waiting
+        self.count = 0  # WeChat's own queue length at the last poll
+
+    async def _poll(self) -> None:
+        case = await self._client.get_wait_case()
+        self.count = case.count
+        for entry in case.entries:
+            if not self._known(entry.openid):
+                self._on_waiting(entry)
+
+
+@attrs.frozen
+class WaitlistRequest:
+    group: str | None
+    priority: int
+    tags: frozenset[str]
+
+
+def waitlist_request(routing: RoutingConfig, openid: str) -> WaitlistRequest:
+    """Group, priority and tags of a customer found in WeChat's wait list: their customer entry's group
+    (else ``default_group``), the larger of the group's and the entry's priority, the entry's tags —
+    the same as ``router.rules.classify`` gives a request without a matching rule."""
+    entry = routing.customers.get(openid)
+    group = (entry.group if entry is not None else None) or routing.default_group
+    priority = routing.group_priorities.get(group, 0) if group is not None else 0
+    if entry is not None and entry.priority is not None:
+        priority = max(priority, entry.priority)
+    return WaitlistRequest(
+        group=group, priority=priority, tags=entry.tags if entry is not None else frozenset()
+    )
+
+
+class SnapshotGuard:
+    """Guards periodic ``getonlinekflist`` snapshots against the races of their own flight time.
+
+    ``accepted_case`` is WeChat's session count when it answered, while pushes and API answers keep
+    moving the engine's own count. Taken blindly, a snapshot answered just before a close push is
+    processed makes the agent look one session freer than they are (an over-booking), and one taken
+    while a create is landing counts that session twice. So for an agent whose count differs from the
+    engine's:
+
+    - with reservations pending, or touched by an input applied since the poll started
+      (``touched_after``), the engine's count is kept: the snapshot cannot be trusted;
+    - otherwise the difference must be seen in two consecutive snapshots (same WeChat count, same
+      engine count) before WeChat's count is taken: real drift (a session closed in the agent's own
+      client while a push was lost) heals one poll later, a race never gets in.
+
+    Status, auto_accept and nickname are always taken. Agents the engine does not know pass unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._suspect: dict[str, tuple[int, int]] = {}  # kf_account -> (WeChat count, engine count)
+
+    def apply(
+        self,
+        rows: tuple[AgentRow, ...],
+        views: Mapping[str, AgentView],
+        touched_after: Callable[[str], bool],
+    ) -> tuple[AgentRow, ...]:
+        out = []
+        for row in rows:
+            kf = row.kf_account
+            view = views.get(kf)
+            if view is None or row.accepted_case == view.sessions:
+                self._suspect.pop(kf, None)
+                out.append(row)
+                continue
+            seen = (row.accepted_case, view.sessions)
+            if view.reserved > 0 or touched_after(kf):
+                self._suspect.pop(kf, None)
+            elif self._suspect.get(kf) == seen:
+                del self._suspect[kf]
+                log.info(
+                    "agent %s: WeChat counts %d sessions, kfrouter %d, in two polls: taking WeChat's",
+                    kf,
+                    row.accepted_case,
+                    view.sessions,
+                )
+                out.append(row)
+                continue
+            else:
+                self._suspect[kf] = seen
+            out.append(attrs.evolve(row, accepted_case=view.sessions))
+        return tuple(out)
