@@ -1,0 +1,453 @@
+"""The daemon in-process against the fake WeChat (real HTTP both ways, 127.0.0.1, port 0): the webhook
+intake (persisted before the answer, cancel, choose-agent, upstream forwarding), API outcomes as engine
+events, unknown agents, WeChat's wait list, start-up recovery from the store, shutdown, ``/healthz``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import AES_KEY, CB_TOKEN, FakeControl, config_dict, successful_creates, wait_until
+
+from router.config import Config
+from router.core import events as ev
+from router.core.model import CustomerState
+from router.daemon import Daemon, DaemonOptions
+from router.edges.store import Store, WaitingRow
+from router.wechat import replies, signature
+from router.wechat.crypto import SafeModeCrypto
+from router.wechat.push import parse_push
+from sim.fake_options import FakeOptions
+from sim.fake_server import FakeWeChat, running_fake
+
+APPID = "wx_test_app"
+SECRET = "test_secret"
+
+
+class Env:
+    """One fake WeChat and one daemon, both in this process, talking HTTP to each other."""
+
+    def __init__(
+        self, fake: FakeWeChat, daemon: Daemon, http: aiohttp.ClientSession, task: asyncio.Task[None]
+    ) -> None:
+        self.fake = fake
+        self.daemon = daemon
+        self.http = http
+        self.task = task
+        self.ctl = FakeControl(fake.base_url, http)
+        self.events: list[dict[str, Any]] = []
+        daemon.listeners.append(lambda kind, payload: self.events.append({"kind": kind, **payload}))
+
+    @property
+    def webhook(self) -> str:
+        return f"http://127.0.0.1:{self.daemon.port}{self.daemon.config.wechat.callback_path}"
+
+    async def assigned(self, openid: str, timeout: float = 10.0, *, to: str | None = None) -> str:
+        """Wait until the fake has ``openid`` in a session (with ``to``, if given) and the daemon has
+        applied it."""
+
+        async def check() -> str | None:
+            kf = (await self.ctl.sessions()).get(openid)
+            ok = kf is not None and kf == (to or kf) and self.daemon.engine.with_agent(openid) == kf
+            return kf if ok and not self.daemon.engine.reservations() else None
+
+        result: str = await wait_until(check, timeout=timeout, message=f"{openid} assigned")
+        return result
+
+    def of_type(self, kind: str, type_name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["kind"] == kind and e.get("type") == type_name]
+
+
+EnvFactory = Callable[..., Awaitable[Env]]
+
+
+@pytest.fixture
+async def make_env(tmp_path: Path) -> AsyncIterator[EnvFactory]:
+    stack: list[tuple[Any, Env]] = []
+
+    async def factory(
+        *,
+        agents: tuple[str, ...] = ("a1@test", "a2@test"),
+        fake_options: dict[str, Any] | None = None,
+        aes_key: str | None = None,
+        options: DaemonOptions | None = None,
+        store: Store | None = None,
+        before_start: Callable[[FakeWeChat], Awaitable[None]] | None = None,
+        **config: Any,
+    ) -> Env:
+        opts = FakeOptions()
+        opts.update({"check_openid": False, **(fake_options or {})})
+        cm = running_fake(APPID, SECRET, token=CB_TOKEN, aes_key=aes_key, options=opts)
+        fake = await cm.__aenter__()
+        http = aiohttp.ClientSession()
+        ctl = FakeControl(fake.base_url, http)
+        if agents:
+            await ctl.agents(*agents)
+        if before_start is not None:
+            await before_start(fake)
+        if aes_key is not None:
+            config.setdefault("aes_key", aes_key)
+            config.setdefault("encoding", "safe")
+        cfg = Config.from_dict(
+            config_dict(api_base=fake.base_url, store=tmp_path / "kfrouter.db", **config), env={}
+        )
+        daemon = Daemon(
+            cfg, options=options or DaemonOptions(create_timeout_s=2.0, api_timeout_s=2.0), store=store
+        )
+        task = asyncio.create_task(daemon.run())
+        await asyncio.wait_for(daemon.listening.wait(), 10)
+        fake.pusher.webhook = f"http://127.0.0.1:{daemon.port}/wechat"
+        await asyncio.wait_for(daemon.started.wait(), 15)
+        env = Env(fake, daemon, http, task)
+        stack.append((cm, env))
+        return env
+
+    yield factory
+    for cm, env in reversed(stack):
+        env.daemon.stop()
+        try:
+            await asyncio.wait_for(env.task, 15)
+        finally:
+            await env.http.close()
+            await cm.__aexit__(None, None, None)
+
+
+def signed_push(xml: str, *, openid: str) -> dict[str, str]:
+    ts = str(int(time.time()))
+    nonce = "12345"
+    return {
+        "signature": signature.sign(CB_TOKEN, ts, nonce),
+        "timestamp": ts,
+        "nonce": nonce,
+        "openid": openid,
+    }
+
+
+# ------------------------------------------------------------------------------------------ intake
+
+
+async def test_request_is_committed_before_the_webhook_answers(make_env: EnvFactory) -> None:
+    env = await make_env(agents=())  # nobody online: the customer stays waiting
+    xml = replies.build_text_message("gh_x", "o_first", int(time.time()), "human please", 42)
+    async with env.http.post(env.webhook, params=signed_push(xml, openid="o_first"), data=xml) as resp:
+        assert resp.status == 200
+        assert await resp.text() == "success"
+    # Read straight after the answer, from a second connection to the same file.
+    with Store(env.daemon.config.store.path) as other:
+        cases = other.session_log()
+        assert [(c.openid, c.group, c.outcome) for c in cases] == [("o_first", "general", None)]
+        assert [w.openid for w in other.load_state().waiting] == ["o_first"]
+        assert [e[2] for e in other.events()].count("customer_requested") == 1
+    await wait_until(lambda: env.daemon.engine.state("o_first") is CustomerState.WAITING, message="queued")
+    # WeChat's retry of the same MsgId changes nothing.
+    async with env.http.post(env.webhook, params=signed_push(xml, openid="o_first"), data=xml) as resp:
+        assert await resp.text() == "success"
+    with Store(env.daemon.config.store.path) as other:
+        assert len(other.session_log()) == 1
+
+
+async def test_customers_are_assigned_by_group_and_least_load(make_env: EnvFactory) -> None:
+    env = await make_env(
+        agents=("a1@test", "a2@test", "b1@test"),
+        groups=[
+            {"name": "general", "agents": ["a1@test", "a2@test"]},
+            {"name": "billing", "agents": ["b1@test"]},
+        ],
+        routing={"rules": [{"keywords": ["invoice"], "group": "billing"}]},
+    )
+    await env.ctl.say("c1", "human please")
+    first = await env.assigned("c1")
+    await env.ctl.say("c2", "human please")
+    second = await env.assigned("c2")
+    assert {first, second} == {"a1@test", "a2@test"}  # spread, not stacked
+    await env.ctl.say("c3", "I need an invoice")
+    assert await env.assigned("c3") == "b1@test"
+    state = await env.ctl.state()
+    assert all(len(v) == 1 for v in successful_creates(state).values())
+    assigned = env.of_type("event", "SessionCreated")
+    assert {e["openid"] for e in assigned if e["source"] == "api"} == {"c1", "c2", "c3"}
+
+
+async def test_cancel_takes_a_waiting_customer_out_and_replies(make_env: EnvFactory) -> None:
+    env = await make_env(agents=(), notify={"enabled": True, "language": "en"})
+    await env.ctl.say("w1", "human")
+    await wait_until(lambda: env.daemon.engine.state("w1") is CustomerState.WAITING, message="w1 waiting")
+    await env.ctl.say("w1", "cancel")
+    await wait_until(lambda: env.daemon.engine.state("w1") is CustomerState.GONE, message="w1 gone")
+    assert env.daemon.engine.gone_reason("w1") == "left:cancelled"
+    sent = (await env.ctl.state())["sent"]["w1"]
+    assert sent[-1]["via"] == "passive_reply" and "cancelled" in sent[-1]["content"]
+    with Store(env.daemon.config.store.path) as other:
+        assert [c.outcome for c in other.session_log()] == ["cancelled"]
+        assert other.load_state().waiting == []
+    # "cancel" from someone who is not waiting is just a message (no upstream configured: success)
+    await env.ctl.say("w2", "cancel")
+    assert env.daemon.engine.state("w2") is CustomerState.UNKNOWN
+
+
+async def test_choose_agent_lists_agents_then_takes_the_choice(make_env: EnvFactory) -> None:
+    env = await make_env(
+        agents=("a1@test", "a2@test"),
+        routing={"choose_agent_keywords": ["choose agent"]},
+        notify={"language": "en"},
+    )
+    await env.ctl.say("p1", "choose agent")
+    sent = (await env.ctl.state())["sent"]["p1"]
+    assert "a1" in sent[-1]["content"] and "a2" in sent[-1]["content"]
+    await env.ctl.say("p1", "a2")  # the answer names an agent: a request pinned to a2
+    assert await env.assigned("p1") == "a2@test"
+
+
+# ------------------------------------------------------------------------------------------ upstream
+
+
+class Upstream:
+    """A small WeChat handler standing in for the developer's existing one."""
+
+    def __init__(self, crypto: SafeModeCrypto | None = None) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.crypto = crypto
+        self.mode = "reply"  # reply | hang | transfer
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append((dict(request.query), body))
+        if self.mode == "hang":
+            await self.release.wait()
+            return web.Response(text="success")
+        q = request.query
+        assert signature.verify(q["signature"], CB_TOKEN, q["timestamp"], q["nonce"])
+        if self.crypto is not None:
+            xml = self.crypto.decrypt_push(body, q["msg_signature"], q["timestamp"], q["nonce"])
+        else:
+            xml = body.decode()
+        push = parse_push(xml)
+        if self.mode == "transfer":
+            reply = replies.transfer_customer_service(push.openid, push.to_user, push.create_time)
+        else:
+            reply = replies.text_reply(push.openid, push.to_user, push.create_time, f"bot: {push.content}")
+        if self.crypto is not None:
+            reply = self.crypto.encrypt_reply(reply, q["timestamp"], q["nonce"], b"0123456789abcdef")
+        return web.Response(text=reply, content_type="application/xml")
+
+
+@pytest.fixture
+async def upstream_server() -> AsyncIterator[Callable[..., Awaitable[tuple[Upstream, str]]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(crypto: SafeModeCrypto | None = None) -> tuple[Upstream, str]:
+        up = Upstream(crypto)
+        app = web.Application()
+        app.router.add_post("/legacy", up.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return up, f"http://127.0.0.1:{port}/legacy"
+
+    yield start
+    for r in runners:
+        await r.cleanup()
+
+
+async def test_other_messages_reach_the_upstream_and_its_reply_comes_back(
+    make_env: EnvFactory, upstream_server: Callable[..., Awaitable[tuple[Upstream, str]]]
+) -> None:
+    up, url = await upstream_server()
+    env = await make_env(upstream_url=url)
+    await env.ctl.say("u1", "what are your opening hours?")
+    query, body = up.requests[-1]
+    assert query["openid"] == "u1" and {"signature", "timestamp", "nonce"} <= set(query)
+    assert b"what are your opening hours?" in body
+    sent = (await env.ctl.state())["sent"]["u1"]
+    assert sent[-1] == {**sent[-1], "via": "passive_reply", "content": "bot: what are your opening hours?"}
+    assert env.daemon.engine.state("u1") is CustomerState.UNKNOWN  # never queued
+
+
+async def test_upstream_in_safe_mode_gets_a_verifiable_encrypted_push(
+    make_env: EnvFactory, upstream_server: Callable[..., Awaitable[tuple[Upstream, str]]]
+) -> None:
+    up, url = await upstream_server(SafeModeCrypto(CB_TOKEN, AES_KEY, APPID))
+    env = await make_env(upstream_url=url, aes_key=AES_KEY)
+    await env.ctl.say("u2", "hello")
+    query, body = up.requests[-1]
+    assert query["encrypt_type"] == "aes" and b"<Encrypt>" in body and b"hello" not in body
+    sent = (await env.ctl.state())["sent"]["u2"]
+    assert sent[-1]["content"] == "bot: hello"
+    failures = [d for d in (await env.ctl.state())["deliveries"] if d["outcome"] != "reply"]
+    assert failures == []
+
+
+async def test_a_slow_upstream_is_answered_success_within_the_deadline(
+    make_env: EnvFactory, upstream_server: Callable[..., Awaitable[tuple[Upstream, str]]]
+) -> None:
+    up, url = await upstream_server()
+    up.mode = "hang"
+    env = await make_env(upstream_url=url, upstream_timeout_s=0.3)
+    xml = replies.build_text_message("gh_x", "slow1", int(time.time()), "hi", 7)
+    started = time.monotonic()
+    async with env.http.post(env.webhook, params=signed_push(xml, openid="slow1"), data=xml) as resp:
+        assert (resp.status, await resp.text()) == (200, "success")
+    assert time.monotonic() - started < 2.0
+    up.release.set()
+    assert env.daemon.upstream is not None and env.daemon.upstream.stats.get("timeout") == 1
+
+
+async def test_an_unreachable_upstream_is_answered_success(make_env: EnvFactory) -> None:
+    env = await make_env(upstream_url="http://127.0.0.1:9/closed")  # discard port: refused
+    xml = replies.build_text_message("gh_x", "down1", int(time.time()), "hi", 8)
+    async with env.http.post(env.webhook, params=signed_push(xml, openid="down1"), data=xml) as resp:
+        assert (resp.status, await resp.text()) == (200, "success")
+    assert env.daemon.upstream is not None and env.daemon.upstream.stats.get("error") == 1
+
+
+async def test_wechat_wait_list_customers_are_picked_up(
+    make_env: EnvFactory, upstream_server: Callable[..., Awaitable[tuple[Upstream, str]]]
+) -> None:
+    up, url = await upstream_server()
+    up.mode = "transfer"  # the legacy handler sends people to WeChat's own queue
+    env = await make_env(upstream_url=url)
+    await env.ctl.say("q1", "hello")
+    assert [w["openid"] for w in (await env.ctl.state())["waiting"]] == ["q1"]
+    assert await env.assigned("q1") in ("a1@test", "a2@test")
+    requested = env.of_type("event", "CustomerRequested")
+    assert [(e["openid"], e["source"]) for e in requested] == [("q1", "waitlist")]
+
+
+# ------------------------------------------------------------------------------------------ outcomes
+
+
+async def test_create_failures_become_events_and_the_customer_is_routed_again(make_env: EnvFactory) -> None:
+    env = await make_env()
+    await env.ctl.fault("kfsession/create", errcode=65415, times=1)
+    await env.ctl.say("f1", "human")
+    kf = await env.assigned("f1")
+    failed = env.of_type("event", "CreateFailed")
+    assert [(e["openid"], e["errcode"]) for e in failed] == [("f1", 65415)]
+    assert failed[0]["kf_account"] != kf  # re-routed to the other agent
+    # A create that answers after the timeout counts as -2; the late session is adopted, never doubled.
+    await env.ctl.fault("kfsession/create", delay_s=3.0, times=1)
+    await env.ctl.say("f2", "human")
+    await wait_until(lambda: env.of_type("event", "CreateFailed")[1:], message="a timeout reported")
+    assert env.of_type("event", "CreateFailed")[1]["errcode"] == -2
+    await env.assigned("f2")
+    await env.ctl.fault("kfsession/create", clear=True)
+    state = await env.ctl.state()
+    for openid, agents in successful_creates(state).items():
+        assert len(set(agents)) == 1, (openid, agents)
+
+
+async def test_an_event_naming_an_unknown_agent_polls_and_retries(make_env: EnvFactory) -> None:
+    env = await make_env(
+        agents=(), polling={"online_fast_s": 60.0, "online_slow_s": 60.0, "max_backoff_s": 60.0}
+    )
+    await env.ctl.agents("late@test")  # WeChat has it; kfrouter polls only once a minute
+    assert env.daemon.engine.agent("late@test") is None
+    commands = await env.daemon.submit(ev.SessionCreated(openid="s1", kf_account="late@test", source="push"))
+    assert commands == []
+    assert env.daemon.engine.with_agent("s1") == "late@test"
+    # still unknown after the poll: the event is refused once, loudly, and routing goes on
+    with pytest.raises(Exception, match="ghost@test"):
+        await env.daemon.submit(ev.SessionClosed(openid="s9", kf_account="ghost@test"))
+    assert env.daemon.health()["status"] == "running"
+
+
+async def test_a_session_moved_by_kfrouter_is_closed_once_and_counted_once(make_env: EnvFactory) -> None:
+    env = await make_env()
+    await env.ctl.say("m1", "human")
+    first = await env.assigned("m1")
+    other = "a2@test" if first == "a1@test" else "a1@test"
+    await env.daemon.submit(ev.ReassignRequested(openid="m1", to_account=other))
+    assert await env.assigned("m1", to=other) == other
+
+    async def counts_agree() -> bool:
+        wechat = {a["kf_account"]: a["accepted_case"] for a in (await env.ctl.state())["agents"]}
+        mine = {a.kf_account: a.sessions for a in env.daemon.engine.agents()}
+        return wechat == mine == {first: 0, other: 1}
+
+    await wait_until(counts_agree, message="session counts of kfrouter and WeChat agree")
+    with Store(env.daemon.config.store.path) as other_store:
+        assert other_store.load_state().in_session == {"m1": (other, pytest.approx(time.time(), abs=60))}
+
+
+# ------------------------------------------------------------------------------------------ restart
+
+
+async def test_start_up_recovers_waiting_customers_and_reservations(
+    make_env: EnvFactory, tmp_path: Path
+) -> None:
+    t0 = time.time() - 300
+    with Store(tmp_path / "kfrouter.db") as store:
+        for i, openid in enumerate(["w1", "w2", "r_done", "r_lost"]):
+            store.add_waiting(WaitingRow(openid, "general", 0, t0 + i))
+        store.add_reservation("r_done", "a1@test", t0 + 10)  # the create had landed before the crash
+        store.add_reservation("r_lost", "a2@test", t0 + 11)  # it had not
+        store.add_waiting(WaitingRow("gone", "general", 0, t0))
+        store.record_session_start("gone", "a2@test", t0 + 1)  # closed while kfrouter was down
+
+    async def wechat_side(fake: FakeWeChat) -> None:
+        fake.model.create_session("a1@test", "r_done", time.time())
+        fake.model.create_log.clear()
+
+    env = await make_env(before_start=wechat_side)
+    assert env.daemon.engine.with_agent("r_done") == "a1@test"  # adopted at start-up, no new create
+    for openid in ("w1", "w2", "r_lost"):
+        await env.assigned(openid)
+    state = await env.ctl.state()
+    creates = successful_creates(state)
+    assert sorted(creates) == ["r_lost", "w1", "w2"]
+    assert all(len(v) == 1 for v in creates.values())
+    with Store(tmp_path / "kfrouter.db") as store:
+        outcomes = {c.openid: c.outcome for c in store.session_log()}
+        assert outcomes["gone"] == "served"
+        assert store.load_state().reservations == []
+
+
+# ------------------------------------------------------------------------------------------ lifecycle
+
+
+async def test_healthz_reports_the_engine(make_env: EnvFactory) -> None:
+    env = await make_env()
+    async with env.http.get(f"http://127.0.0.1:{env.daemon.port}/healthz") as resp:
+        body = await resp.json()
+    assert resp.status == 200
+    assert body["status"] == "running" and body["agents_online"] == 2 and body["last_poll_ok"] is True
+    assert {"queue", "inbox", "reservations", "sessions"} <= set(body)
+
+
+async def test_shutdown_refuses_new_pushes_and_keeps_calls_in_flight_for_next_start(
+    make_env: EnvFactory, tmp_path: Path
+) -> None:
+    env = await make_env(options=DaemonOptions(create_timeout_s=5.0, shutdown_timeout_s=0.5))
+    await env.ctl.fault("kfsession/create", delay_s=2.0)
+    await env.ctl.say("z1", "human")
+    await wait_until(lambda: env.daemon.engine.reservations(), message="a create in flight")
+    env.daemon.stop()
+    await wait_until(lambda: env.daemon.stopping, message="stopping")
+    xml = replies.build_text_message("gh_x", "z2", int(time.time()), "human", 99)
+    async with env.http.post(env.webhook, params=signed_push(xml, openid="z2"), data=xml) as resp:
+        assert resp.status == 503
+    await asyncio.wait_for(env.task, 10)
+    assert env.daemon.stopped.is_set()
+    with Store(tmp_path / "kfrouter.db") as store:
+        state = store.load_state()
+        assert [r.openid for r in state.reservations] == ["z1"]  # resolved by the next start
+        assert [w.openid for w in state.waiting] == ["z1"]
+
+
+async def test_submit_returns_the_commands_and_listeners_see_them(make_env: EnvFactory) -> None:
+    env = await make_env(agents=())
+    await env.daemon.submit(ev.AgentsSeen(rows=[], complete=True))
+    commands = await env.daemon.submit(ev.CustomerRequested(openid="x1", group="general"))
+    assert commands == []  # nobody online
+    seen = [e for e in env.events if e["kind"] == "event" and e["type"] == "CustomerRequested"]
+    assert seen and seen[-1]["openid"] == "x1" and seen[-1]["tags"] == []
