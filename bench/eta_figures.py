@@ -55,7 +55,9 @@ def scenarios() -> list[Scenario]:
     return [
         Scenario(
             "M/M/10 rho=0.8",
-            lambda n, s: GenParams(agents=5, max_sessions=2, customers=n, arrival_rate=lam_mmc, service_mean=SVC, seed=s),
+            lambda n, s: GenParams(
+                agents=5, max_sessions=2, customers=n, arrival_rate=lam_mmc, service_mean=SVC, seed=s
+            ),
             lambda n: 0.05 * n / lam_mmc,
             floor=math.sqrt(1 - 0.8),
         ),

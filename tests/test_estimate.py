@@ -31,8 +31,8 @@ def engine_with(*agents: tuple[str, tuple[str, ...], int], online: bool = True) 
     e = Engine(EngineConfig(), load_all())
     for kf, groups, cap in agents:
         e.handle(AgentConfigured(kf_account=kf, groups=frozenset(groups), max_sessions=cap), 0.0)
-    rows = [AgentRow(kf_account=kf, status=1 if online else 0) for kf, _g, _c in agents]
-    e.handle(AgentsSeen(rows=rows, complete=False), 0.0)
+    rows = tuple(AgentRow(kf_account=kf, status=1 if online else 0) for kf, _g, _c in agents)
+    e.handle(AgentsSeen(rows=rows, complete=False), 0.0)  # type: ignore[arg-type]  # attrs converter=tuple
     return e
 
 
@@ -226,7 +226,7 @@ def test_abandonment_shortens_the_queue_estimate() -> None:
     for i in range(5):
         request(e, est, f"c{i}", 0.0)
     before = est.estimate(e, "c4", 0.0)
-    for i in range(20):
+    for _ in range(20):
         est.observe_abandon(None, 50.0, 1.0)
     after = est.estimate(e, "c4", 1.0)
     assert after.candidates["qlen"] == pytest.approx(before.seconds)

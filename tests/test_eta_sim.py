@@ -54,7 +54,9 @@ def test_mmc_estimates_reach_the_queue_length_floor() -> None:
     assert floor == pytest.approx(math.sqrt(1 - rho), rel=1e-9)  # the closed form in docs/estimates.md
     outcomes: list[Outcome] = []
     for seed in (1, 2, 3):  # independent replications, pooled
-        p = GenParams(agents=agents, max_sessions=sessions, customers=n, arrival_rate=lam, service_mean=SVC, seed=seed)
+        p = GenParams(
+            agents=agents, max_sessions=sessions, customers=n, arrival_rate=lam, service_mean=SVC, seed=seed
+        )
         tracker = replay(p, warmup_s=0.05 * n / lam)
         outcomes += used(tracker)
         assert tracker.summary()["eta_censored"] == 0

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from router.core import ConfigError, CoreError, SendText
 from router.core.estimate import Estimate
-from router.core.notify import NotifyConfig, Notifier, format_wait
+from router.core.notify import Notifier, NotifyConfig, format_wait
 
 H = 3600.0
 
@@ -79,7 +79,10 @@ def test_format_wait(seconds: float, zh: str, en: str) -> None:
     ("kwargs", "match"),
     [
         ({"language": "fr"}, "notify.language"),
-        ({"templates": {"queued": "排在第 {pos} 位"}}, r"notify.templates.queued: unknown field\(s\) \['pos'\]"),
+        (
+            {"templates": {"queued": "排在第 {pos} 位"}},
+            r"notify.templates.queued: unknown field\(s\) \['pos'\]",
+        ),
         ({"templates": {"assigned": "{nickname"}}, "notify.templates.assigned: bad template"),
         ({"templates": {"bye": "再见"}}, "notify.templates.bye: unknown message kind"),
         ({"templates": {"eta": "  "}}, "notify.templates.eta must be a non-empty string"),
