@@ -109,6 +109,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--create-latency", type=float, default=0.0, help="seconds before a create is answered")
     r.add_argument("--create-failure-rate", type=float, default=0.0, help="share of creates that fail")
     r.add_argument("--create-failure-errcode", type=int, default=-1, help="errcode of injected failures")
+    r.add_argument(
+        "--eta",
+        action="store_true",
+        help="score the wait estimates customers would be given (eta_* columns; about 2x slower)",
+    )
     r.set_defaults(func=_run)
 
     e = simsub.add_parser("erlang", help="Erlang C (M/M/c) and, with --patience-mean, Erlang A (M/M/c+M)")
@@ -211,6 +216,7 @@ def _run(args: argparse.Namespace) -> int:
                 create_failure_rate=args.create_failure_rate,
                 create_failure_errcode=args.create_failure_errcode,
                 timeline=args.plot is not None,
+                eta=args.eta,
             )
             with Progress(f"{name:>14}") as bar:
                 results.append(run_trace(args.trace, cfg, progress=bar.update))

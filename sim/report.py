@@ -10,7 +10,9 @@ Definitions (docs/simulator.md has the long form):
 - ``load_fairness``: Jain's index (Σx)² / (n Σx²) of per-agent session-seconds over the agents that were
   online before the last customer event (agents whose shift starts later do not count);
 - hit rates are shares of *served* customers: ``affinity_hit_rate`` among those with a group,
-  ``sticky_hit_rate`` among returning customers, ``preference_hit_rate`` among those naming an agent.
+  ``sticky_hit_rate`` among returning customers, ``preference_hit_rate`` among those naming an agent;
+- ``eta_*``: accuracy of the wait estimates given to customers who had to wait (``sim.eta``,
+  docs/estimates.md): ``eta_rrmse`` = RMSE / mean actual wait, ``eta_bias_s``, and the baselines.
 
 Everything except ``wall_s`` and ``customers_per_s`` is a function of the trace, the policy and the seed.
 """
@@ -108,6 +110,8 @@ def metrics(res: RunResult) -> dict[str, Any]:
     }
     if res.unrouted_groups:
         row["unrouted_groups"] = sorted(res.unrouted_groups)
+    if res.eta is not None:
+        row.update(res.eta)
     return row
 
 
@@ -204,6 +208,11 @@ _TABLE_ROWS = (
     "affinity_hit_rate",
     "sticky_hit_rate",
     "preference_hit_rate",
+    "eta_rrmse",
+    "eta_bias_s",
+    "eta_rrmse_qlen",
+    "eta_rrmse_les",
+    "eta_rrmse_hol",
     "capacity_violations",
     "double_assignments",
     "api_calls",
@@ -234,6 +243,8 @@ def to_text(report: dict[str, Any]) -> str:
     head = f"{'':<22}" + "".join(f"{n:>{width}}" for n in names)
     lines += [head, "-" * len(head)]
     for key in _TABLE_ROWS:
+        if key.startswith("eta_") and all(r.get(key) is None for r in rows):
+            continue  # wait estimates were not scored in this run (sim run --eta)
         lines.append(f"{key:<22}" + "".join(f"{_cell(r.get(key)):>{width}}" for r in rows))
     baseline = report["run"]["baseline"]
     if baseline:

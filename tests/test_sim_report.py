@@ -221,3 +221,15 @@ def test_progress_only_on_a_tty() -> None:
     assert "50.0%" in tty.getvalue() and "[" in tty.getvalue()
     bar.close()
     assert tty.getvalue().endswith("\r")
+
+
+def test_cli_run_eta_columns(trace_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["sim", "run", str(trace_file), "--policy", "least-load", "--no-baseline"]) == 0
+    assert "eta_rrmse" not in capsys.readouterr().out
+    assert (
+        main(["sim", "run", str(trace_file), "--policy", "least-load", "--no-baseline", "--eta", "--json"])
+        == 0
+    )
+    row = json.loads(capsys.readouterr().out)["policies"][0]
+    assert "eta_rrmse" in row and row["served"] > 0

@@ -276,9 +276,8 @@ class GreedyEngine:
 
 
 def test_checkers_catch_a_broken_engine() -> None:
-    records: list[Record] = [agent("a1@x"), agent("a2@x")] + [
-        Arrival(t=float(i), customer=f"c{i}", service_s=100.0) for i in range(3)
-    ]
+    records: list[Record] = [agent("a1@x"), agent("a2@x")]
+    records += [Arrival(t=float(i), customer=f"c{i}", service_s=100.0) for i in range(3)]
     header = Header()
     sim = Simulation(header, records, RunConfig(policy="least-load"))
     sim._make_engine = GreedyEngine  # type: ignore[assignment,method-assign]

@@ -22,7 +22,7 @@ def student_t_quantile(p: float, df: int) -> float:
     const = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
 
     def density(t: float) -> float:
-        return const * (1 + t * t / df) ** (-(df + 1) / 2)
+        return float(const * (1 + t * t / df) ** (-(df + 1) / 2))
 
     def cdf(x: float, n: int = 2000) -> float:
         h = x / n
@@ -33,7 +33,7 @@ def student_t_quantile(p: float, df: int) -> float:
     for _ in range(60):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return (lo + hi) / 2
+    return float((lo + hi) / 2)
 
 
 def test_t_quantile_is_right() -> None:
