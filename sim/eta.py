@@ -19,8 +19,9 @@ arrived after ``warmup_s``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from router.core import events as ev
@@ -133,24 +134,6 @@ def _mean(values: list[float]) -> float:
     return math.fsum(values) / len(values) if values else math.nan
 
 
-class _ObservedEngine(Engine):
-    """The real Engine, reporting every handled event to an observer (the tracker)."""
-
-    def __init__(
-        self,
-        config: Any,
-        policies: Mapping[str, Any],
-        observer: Callable[[ev.Event, float, Engine], None],
-    ) -> None:
-        super().__init__(config, policies)
-        self._observer = observer
-
-    def handle(self, event: ev.Event, now: float) -> list[Any]:
-        out = super().handle(event, now)
-        self._observer(event, now, self)
-        return out
-
-
 def run_with_eta(
     header: Any,
     records: Iterable[Any],
@@ -159,13 +142,11 @@ def run_with_eta(
     *,
     groups: Iterable[str] = (),
 ) -> Any:
-    """Replay ``records`` with ``sim.runner`` under ``cfg`` while ``tracker`` observes every event the
-    engine handles; returns the runner's ``RunResult``."""
+    """Replay ``records`` with ``sim.runner`` under ``cfg`` with ``tracker`` (e.g. one with a warm-up or
+    its own estimator config) observing every event the engine handles; returns the ``RunResult``, whose
+    ``eta`` is ``tracker.summary()``."""
     from sim.runner import Simulation
 
-    class _Sim(Simulation):
-        def _make_engine(self) -> Engine:
-            plain = super()._make_engine()
-            return _ObservedEngine(plain.config, {self.policy.name: self.policy}, tracker.observe)
-
-    return _Sim(header, records, cfg, groups=groups).run()
+    sim = Simulation(header, records, dataclasses.replace(cfg, eta=True), groups=groups)
+    sim.eta = tracker
+    return sim.run()
