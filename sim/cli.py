@@ -106,6 +106,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=120.0,
         help="seconds a customer waits for the agent they named (default 120)",
     )
+    r.add_argument(
+        "--on-agent-offline",
+        choices=("keep", "reassign"),
+        default="keep",
+        help="an offline agent's open sessions: kept until they end (default) or moved",
+    )
+    r.add_argument(
+        "--offline-grace",
+        type=float,
+        default=120.0,
+        help="seconds before an offline agent's sessions are moved (with reassign)",
+    )
+    r.add_argument(
+        "--stale-session",
+        type=float,
+        default=None,
+        help="the engine closes sessions open longer than this many seconds",
+    )
     r.add_argument("--create-latency", type=float, default=0.0, help="seconds before a create is answered")
     r.add_argument("--create-failure-rate", type=float, default=0.0, help="share of creates that fail")
     r.add_argument("--create-failure-errcode", type=int, default=-1, help="errcode of injected failures")
@@ -212,6 +230,9 @@ def _run(args: argparse.Namespace) -> int:
                 reservation_timeout_s=args.reservation_timeout,
                 overflow_after_s=None if args.no_overflow else args.overflow_after,
                 preferred_wait_s=args.preferred_wait,
+                on_agent_offline=args.on_agent_offline,
+                offline_grace_s=args.offline_grace,
+                stale_session_s=args.stale_session,
                 create_latency_s=args.create_latency,
                 create_failure_rate=args.create_failure_rate,
                 create_failure_errcode=args.create_failure_errcode,

@@ -100,6 +100,8 @@ def metrics(res: RunResult) -> dict[str, Any]:
         "double_assignments": res.double_assignments,
         "absorbed_arrivals": res.absorbed_arrivals,
         "ghost_sessions": res.ghost_sessions,
+        "reassignments": res.reassignments,
+        "sessions_cut": res.sessions_cut,
         "api_calls": res.api_calls,
         "api_failures": res.api_failures,
         "texts_sent": res.texts_sent,

@@ -31,7 +31,7 @@ from router.core import events as ev
 from router.core.commands import CloseSession, Command, CreateSession, SendText
 from router.core.engine import Engine, EngineConfig, Route
 from router.core.errors import CoreError
-from router.core.model import AgentRow
+from router.core.model import AgentRow, CustomerState
 from sim import fake_options as fo
 from sim.eta import EtaTracker
 from sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader
@@ -57,7 +57,8 @@ class RunConfig:
     customer of a group may be served by agents of every other group once they have waited this long
     (None: never). ``create_latency_s``: virtual seconds before a ``kfsession/create`` answer arrives;
     ``create_failure_rate``: share of creates answered with ``create_failure_errcode`` (drawn with the
-    model's Random, seeded with ``seed``). ``check_engine``: call ``Engine.check()`` after every step
+    model's Random, seeded with ``seed``). ``on_agent_offline`` / ``offline_grace_s`` (every group's route)
+    and ``stale_session_s`` are the engine's settings of the same names. ``check_engine``: call ``Engine.check()`` after every step
     (slow, for tests). ``timeline``: record (t, waiting customers) for plots. ``eta``: estimate the wait of
     every customer who has to wait and score it (``sim.eta.EtaTracker``; ``RunResult.eta``); off by
     default because it doubles the cost of a replay."""
@@ -71,6 +72,9 @@ class RunConfig:
     create_latency_s: float = 0.0
     create_failure_rate: float = 0.0
     create_failure_errcode: int = -1
+    on_agent_offline: str = "keep"
+    offline_grace_s: float = 120.0
+    stale_session_s: float | None = None
     check_engine: bool = False
     timeline: bool = False
     eta: bool = False
@@ -80,6 +84,8 @@ class RunConfig:
             raise ValueError(f"create_latency_s must be >= 0, got {self.create_latency_s!r}")
         if not 0.0 <= self.create_failure_rate <= 1.0:
             raise ValueError(f"create_failure_rate must be in [0, 1], got {self.create_failure_rate!r}")
+        if self.on_agent_offline not in ("keep", "reassign"):
+            raise ValueError(f"on_agent_offline must be 'keep' or 'reassign', got {self.on_agent_offline!r}")
         if self.overflow_after_s is not None and self.overflow_after_s < 0:
             raise ValueError(f"overflow_after_s must be >= 0 or None, got {self.overflow_after_s!r}")
 
@@ -114,6 +120,8 @@ class RunResult:
     agents: dict[str, AgentStats] = field(default_factory=dict)
     absorbed_arrivals: int = 0  # arrivals of customers still in the system (the engine absorbs them)
     ghost_sessions: int = 0  # sessions created for customers who had already left
+    reassignments: int = 0  # sessions after the first for one arrival (the engine moved the customer)
+    sessions_cut: int = 0  # sessions the engine closed before the service was over, not resumed
     capacity_violations: int = 0
     double_assignments: int = 0
     api_calls: int = 0
@@ -143,13 +151,21 @@ def engine_config(policy_obj: object, cfg: RunConfig, groups: Iterable[str]) -> 
         overflow: tuple[tuple[str, float], ...] = ()
         if cfg.overflow_after_s is not None:
             overflow = tuple((o, float(cfg.overflow_after_s)) for o in all_groups if o != g)
-        routes[g] = Route(policy=name, overflow=overflow)
+        routes[g] = Route(
+            policy=name,
+            overflow=overflow,
+            on_agent_offline=cfg.on_agent_offline,
+            offline_grace_s=cfg.offline_grace_s,
+        )
     return EngineConfig(
         default_capacity=cfg.default_capacity,
         reservation_timeout_s=cfg.reservation_timeout_s,
         preferred_wait_s=cfg.preferred_wait_s,
+        stale_session_s=cfg.stale_session_s,
         routes=routes,
-        default_route=Route(policy=name),
+        default_route=Route(
+            policy=name, on_agent_offline=cfg.on_agent_offline, offline_grace_s=cfg.offline_grace_s
+        ),
         priorities=bool(getattr(policy_obj, "honours_priority", True)),
     )
 
@@ -229,7 +245,8 @@ class Simulation:
         self._session: dict[str, tuple[int, str, float, int]] = {}  # openid -> (sid, agent, start, idx)
         self._sid = 0
         self._started: bytearray = bytearray()  # 1 once an arrival got a session
-        self._service: list[float] = []
+        self._remaining: list[float] = []  # service still owed to each arrival
+        self._last_outcome: dict[str, int] = {}  # customer -> outcome of their last finished arrival
         self._last_agent: dict[str, str] = {}  # customer -> agent who served them last (this run)
         self._waiting = 0
         self._preferred: dict[int, str] = {}
@@ -266,8 +283,12 @@ class Simulation:
             self.res.api_calls += 1
             event: ev.Event | None
             if type(cmd) is CreateSession:
-                idx = self._active.get(cmd.openid)
-                if idx is not None and self._started[idx]:
+                openid = cmd.openid
+                if openid in self._session or (
+                    openid not in self._active and self._last_outcome.get(openid) != ABANDONED
+                ):
+                    # a second session at once, or one for an arrival already served (or never seen);
+                    # a create for a customer who just left is a race, answered and counted as a ghost
                     self.res.double_assignments += 1
                 if latency > 0:
                     self._push(now + latency, P_ANSWER, (cmd.openid, cmd.kf_account))
@@ -275,8 +296,6 @@ class Simulation:
                 event = self._answer_create(cmd.openid, cmd.kf_account, now)
             elif type(cmd) is CloseSession:
                 event = self._close_by_api(cmd.openid, cmd.kf_account, now)
-                if event is None:
-                    continue
             elif type(cmd) is SendText:
                 self.res.texts_sent += 1
                 continue
@@ -290,6 +309,8 @@ class Simulation:
             except CoreError as exc:
                 raise SimError(f"t={now:.6f}: the engine refused {event!r}: {exc}") from exc
             self.res.events += 1
+            if type(event) is ev.SessionClosed:
+                self._after_api_close(event.openid, now)
             if more:
                 pending.extend(more)
 
@@ -302,13 +323,30 @@ class Simulation:
             self._start_session(openid, agent, now)
         return ev.SessionCreated(openid=openid, kf_account=agent, source="api")
 
-    def _close_by_api(self, openid: str, agent: str, now: float) -> ev.Event | None:
+    def _close_by_api(self, openid: str, agent: str, now: float) -> ev.Event:
         code = self.wechat.close(agent, openid, now)
         if code != 0:
             self.res.api_failures += 1
-            return None
+            return ev.CloseFailed(openid=openid, kf_account=agent, errcode=code)
         self._end_session(openid, now)
         return ev.SessionClosed(openid=openid, kf_account=agent)
+
+    def _after_api_close(self, openid: str, now: float) -> None:
+        """The engine closed a session itself: if it routes the customer again (reassignment) the arrival
+        stays in the system and keeps the service it is still owed; otherwise (a stale session) it ends."""
+        idx = self._active.get(openid)
+        if idx is None or openid in self._session:
+            return
+        state = getattr(self.engine, "state", None)
+        if state is not None and state(openid) in (
+            CustomerState.WAITING,
+            CustomerState.RESERVED,
+            CustomerState.IN_SESSION,
+        ):
+            return
+        if self._remaining[idx] > 1e-9:
+            self.res.sessions_cut += 1
+        self._finish_arrival(openid, idx, SERVED)
 
     # ------------------------------------------------------------------------------------ sessions
 
@@ -323,13 +361,18 @@ class Simulation:
             self.res.capacity_violations += 1
         self._sid += 1
         idx = self._active.get(openid)
-        if idx is None or self._started[idx] or self.res.outcome[idx] == ABANDONED:
-            # the customer had already left (a create answer arrived after their patience ran out)
+        if idx is None:
+            # the customer is no longer here (a create answer arrived after their patience ran out):
+            # the agent finds nobody and the session ends at once
             self.res.ghost_sessions += 1
             self._session[openid] = (self._sid, agent, now, -1)
             self._push(now, P_END, (self._sid, openid))
             return
         self._session[openid] = (self._sid, agent, now, idx)
+        self._push(now + self._remaining[idx], P_END, (self._sid, openid))
+        if self._started[idx]:
+            self.res.reassignments += 1  # moved by the engine: the service goes on with this agent
+            return
         self._started[idx] = 1
         res = self.res
         res.outcome[idx] = SERVED
@@ -341,23 +384,24 @@ class Simulation:
             res.sticky[idx] = self._last_agent.get(openid) == agent
         self._waiting -= 1
         self._mark_timeline(now)
-        self._push(now + self._service[idx], P_END, (self._sid, openid))
 
-    def _end_session(self, openid: str, now: float) -> tuple[str, int] | None:
-        sess = self._session.pop(openid, None)
-        if sess is None:
-            return None
-        _sid, agent, start, idx = sess
+    def _end_session(self, openid: str, now: float) -> int:
+        """Close the sim's record of ``openid``'s session; returns the arrival index (-1: a ghost)."""
+        _sid, agent, start, idx = self._session.pop(openid)
         st = self.res.agents[agent]
         st.sessions -= 1
         st.busy_s += now - start
         if idx >= 0:
             st.served += 1
             self._last_agent[openid] = agent
-            if self._active.get(openid) == idx:
-                del self._active[openid]
+            self._remaining[idx] -= now - start
             self.res.end_t = max(self.res.end_t, now)
-        return agent, idx
+        return idx
+
+    def _finish_arrival(self, openid: str, idx: int, outcome: int) -> None:
+        if self._active.get(openid) == idx:
+            del self._active[openid]
+        self._last_outcome[openid] = outcome
 
     def _on_session_end(self, sid: int, openid: str, now: float) -> None:
         sess = self._session.get(openid)
@@ -367,7 +411,10 @@ class Simulation:
         code = self.wechat.close(agent, openid, now)
         if code != 0:
             raise SimError(f"t={now:.6f}: WeChat refused to close {openid!r} with {agent!r} (errcode {code})")
-        self._end_session(openid, now)
+        idx = self._end_session(openid, now)
+        if idx >= 0:
+            self._remaining[idx] = 0.0
+            self._finish_arrival(openid, idx, SERVED)
         self._feed(ev.SessionClosed(openid=openid, kf_account=agent), now, f"the end of {openid}'s session")
 
     # ------------------------------------------------------------------------------------ trace records
@@ -387,7 +434,7 @@ class Simulation:
         res.sticky.append(False if rec.customer in self._last_agent else None)
         res.preferred.append(None)
         self._started.append(0)
-        self._service.append(rec.service_s)
+        self._remaining.append(rec.service_s)
         self._active[rec.customer] = idx
         self._waiting += 1
         self._mark_timeline(now)
@@ -418,7 +465,7 @@ class Simulation:
         res.outcome[idx] = ABANDONED
         res.wait[idx] = now - res.arrival_t[idx]
         res.end_t = max(res.end_t, now)
-        del self._active[openid]
+        self._finish_arrival(openid, idx, ABANDONED)
         self._waiting -= 1
         self._mark_timeline(now)
         self.wechat.model.leave_queue(openid)

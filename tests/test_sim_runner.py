@@ -285,3 +285,36 @@ def test_checkers_catch_a_broken_engine() -> None:
     assert res.double_assignments == 1
     assert res.capacity_violations == 2  # a1 holds 3 sessions with max_sessions 1
     assert res.outcome.count(SERVED) == 3
+
+
+def test_offline_agent_keeps_or_hands_over_sessions() -> None:
+    records: list[Record] = [
+        agent("a1@x"),
+        agent("a2@x", t=5.0),
+        Arrival(t=0, customer="c1", service_s=1000),
+        AgentOffline(t=10.0, agent="a1@x"),
+    ]
+    res, sim = run(records)  # keep: a1 finishes the session although offline
+    assert res.reassignments == 0 and res.agents["a1@x"].busy_s == 1000.0
+    assert_clean(res, sim)
+    res, sim = run(records, on_agent_offline="reassign", offline_grace_s=30.0)
+    assert res.reassignments == 1 and res.double_assignments == 0
+    assert res.agent == ["a1@x"] and list(res.outcome) == [SERVED]
+    assert res.agents["a1@x"].busy_s == 40.0  # offline at 10 + 30 s grace
+    assert res.agents["a2@x"].busy_s == 960.0  # the rest of the service
+    assert res.end_t == 1000.0
+    assert_clean(res, sim)
+
+
+def test_stale_sessions_are_cut() -> None:
+    res, sim = run(
+        [
+            agent("a1@x"),
+            Arrival(t=0, customer="c1", service_s=1000),
+            Arrival(t=1, customer="c2", service_s=5),
+        ],
+        stale_session_s=100.0,
+    )
+    assert res.sessions_cut == 1 and res.agents["a1@x"].busy_s == 105.0
+    assert res.wait == [0.0, 99.0]
+    assert_clean(res, sim)
