@@ -26,14 +26,11 @@ Logging: ``kfrouter.daemon``, one line per input event and per command; openids 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import attrs
@@ -41,7 +38,6 @@ from aiohttp import web
 from attrs import field, frozen
 
 from policies.registry import load_policies
-from router import rules
 from router.config import Config
 from router.core import events as ev
 from router.core import notify as core_notify
@@ -50,42 +46,29 @@ from router.core.engine import Engine
 from router.core.errors import CoreError, UnknownAgentError
 from router.core.estimate import WaitEstimator
 from router.core.model import AgentRow, CustomerState
-from router.edges.client import SessionInfo, WaitEntry, WeChatClient
-from router.edges.errors import WeChatError
-from router.edges.store import Reservation, Store, StoredState, WaitingRow
+from router.edges.client import WaitEntry, WeChatClient
+from router.edges.store import Store, WaitingRow
 from router.edges.token import TokenMode
-from router.edges.upstream import Upstream, build_forward
+from router.edges.upstream import Upstream
 from router.edges.webhook import PushReceiver, WebhookConfig
 from router.executor import Executor
-from router.inbox import Inbox, Item, drive
-from router.pollers import AgentPoller, PollSchedule, SnapshotGuard, WaitlistPoller, waitlist_request
-from router.wechat import replies
-from router.wechat.crypto import SafeModeCrypto
-from router.wechat.errors import WeChatCodecError
-from router.wechat.push import (
-    GenericEvent,
-    KfCloseSession,
-    KfCreateSession,
-    KfSwitchSession,
-    MenuClick,
-    Push,
-    UserMessage,
+from router.inbox import Clock, Inbox, Intake, Item, drive, summarize
+from router.pollers import (
+    AgentPoller,
+    PollSchedule,
+    Recovery,
+    SnapshotGuard,
+    WaitlistPoller,
+    waitlist_request,
 )
+from router.wechat.crypto import SafeModeCrypto
 
 log = logging.getLogger("kfrouter.daemon")
 
 Listener = Callable[[str, Mapping[str, Any]], None]
 """``listener(kind, payload)``: kinds 'event', 'command', 'assigned', 'api_call', 'push', 'state'."""
 
-_REQUEST_QUERY: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
-    "kfrouter_request_query", default=None
-)
-_MAX_TEXT = 500  # characters of a customer's text kept in the store and the engine
 _CLOSE_MEMORY_S = 120.0  # a second SessionClosed for the same pair within this is a duplicate
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
 
 
 class LoopClock:
@@ -247,17 +230,25 @@ class Daemon:
         self._epoch = 0
         self._touched: dict[str, int] = {}
         self._recent_closes: dict[tuple[str, str], float] = {}
-        self._choices: dict[str, float] = {}  # openid -> until: we sent them the list of agents
         self._guard = SnapshotGuard()
         self._rng = random.Random(self.options.seed)
         self._started_at = time.time()
-        self.stats: dict[str, int] = {}
         w = config.wechat
         encrypted = w.encoding != "plain" and w.aes_key is not None
         self._crypto = (
             SafeModeCrypto(w.token, w.aes_key, w.appid, w.previous_aes_key)
             if encrypted and w.aes_key is not None
             else None
+        )
+        self.intake = Intake(
+            config,
+            self.engine,
+            self._inbox,
+            self.clock,
+            crypto=self._crypto,
+            notifier=self.notifier,
+            emit=self._emit,
+            choice_ttl_s=self.options.choice_ttl_s,
         )
         self.receiver = PushReceiver(
             WebhookConfig(
@@ -267,9 +258,9 @@ class Daemon:
                 previous_aes_key=w.previous_aes_key if encrypted else None,
                 accept_plaintext=w.encoding != "safe",
             ),
-            self._on_push,
+            self.intake.on_push,
         )
-        self.app = web.Application(middlewares=[self._intake_gate])
+        self.app = web.Application(middlewares=[self.intake.gate])
         self.app.add_routes(self.receiver.routes(w.callback_path))
         self.app.router.add_get("/healthz", self._healthz)
         self._executor: Executor | None = None
@@ -325,6 +316,7 @@ class Daemon:
         try:
             if self.store is None:
                 self.store = Store(self.config.store.path)
+            self.intake.store = self.store
             self._build_edges(http)
             runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
             await runner.setup()
@@ -380,6 +372,7 @@ class Daemon:
         self.upstream = Upstream(
             http, self.config.server.upstream_url, self.config.server.upstream_timeout_s, crypto=self._crypto
         )
+        self.intake.upstream = self.upstream
         self._executor = Executor(
             self.client,
             create_client,
@@ -415,6 +408,7 @@ class Daemon:
     async def _shutdown_when_asked(self) -> None:
         await self._stop_event.wait()
         self._stopping = True
+        self.intake.closed = True
         timeout = self.options.shutdown_timeout_s
         log.info("stopping: webhook answers 503 from now on; finishing work in flight (up to %gs)", timeout)
         try:
@@ -482,11 +476,21 @@ class Daemon:
         for h in state.history.values():
             self.engine.remember(h.openid, h.kf_account, h.at)
         await self._until_ok(self._agents.poll_once, "getonlinekflist")
-        listed = await self._restore_sessions(state)
-        await self._restore_reservations(state.reservations, listed)
+        assert self.client is not None
+        recovery = Recovery(
+            engine=self.engine,
+            client=self.client,
+            store=store,
+            config=self.config,
+            clock=self.clock.now,
+            apply=self._apply_direct,
+            create_timeout_s=self.options.create_timeout_s,
+        )
+        listed = await recovery.sessions(state)
+        await recovery.reservations(state.reservations, listed)
         if not await self._waitlist.poll_once():
             log.warning("start-up: getwaitcase failed; WeChat's wait list is read at the next poll")
-        restored = self._restore_waiting(state)
+        restored = recovery.waiting(state)
         self._engine_running = True
         self._spawn(
             drive(
@@ -518,117 +522,6 @@ class Daemon:
             log.warning("start-up: %s failed; retrying in %.1fs before routing starts", what, delay)
             await asyncio.sleep(delay)
             delay = min(self.options.startup_backoff_max_s, delay * 2)
-
-    async def _restore_sessions(self, state: StoredState) -> dict[str, str]:
-        """``getsessionlist`` for every agent the engine knows: who is in a session right now."""
-        assert self.client is not None and self.store is not None
-        listed: dict[str, str] = {}
-        polled: set[str] = set()
-        for view in self.engine.agents():
-            kf = view.kf_account
-            try:
-                entries = await self.client.get_session_list(kf)
-            except WeChatError as exc:
-                log.info("start-up: getsessionlist %s failed (%s); its sessions are learnt later", kf, exc)
-                continue
-            polled.add(kf)
-            openids = [e.openid for e in entries]
-            self._apply_direct(ev.AgentSessionsSeen(kf_account=kf, openids=openids))  # type: ignore[arg-type]
-            now = self.clock.now()
-            for openid in openids:
-                listed[openid] = kf
-                if state.in_session.get(openid, ("",))[0] != kf:
-                    self.store.record_session_start(openid, kf, now)
-        now = self.clock.now()
-        for openid, (kf, _started) in state.in_session.items():
-            if openid not in listed and kf in polled:
-                self.store.record_session_end(openid, kf, now)  # closed while we were away
-        return listed
-
-    async def _restore_reservations(self, reservations: list[Reservation], listed: Mapping[str, str]) -> None:
-        """The outcome of each ``kfsession/create`` a previous process left in flight."""
-        assert self.client is not None and self.store is not None
-        open_ = [r for r in reservations if r.openid not in listed]
-        for r in reservations:
-            if r.openid in listed:
-                self.store.end_reservation(r.openid)
-        if not open_:
-            return
-        # A call the previous process made may still land: wait until it would have timed out.
-        latest = max(r.created_at for r in open_)
-        margin = self.options.create_timeout_s + 1.0
-        wait = min(margin, latest + margin - self.clock.now())
-        if wait > 0:
-            log.info(
-                "start-up: %d reservation(s) of the previous run; waiting %.1fs for their calls",
-                len(open_),
-                wait,
-            )
-            await asyncio.sleep(wait)
-        for r in open_:
-            info = await self._get_session(r.openid)
-            now = self.clock.now()
-            if info is None:
-                log.warning(
-                    "start-up: outcome of the reservation %s -> %s unknown; the customer waits again",
-                    r.openid,
-                    r.kf_account,
-                )
-                self.store.end_reservation(r.openid)
-            elif info.kf_account:
-                kf = info.kf_account
-                if kf not in self.engine.pool:
-                    self._apply_direct(
-                        ev.AgentsSeen(rows=[AgentRow(kf_account=kf, status=0)], complete=False)  # type: ignore[list-item]
-                    )
-                self.store.record_session_start(r.openid, kf, now)
-                self._apply_direct(ev.SessionCreated(openid=r.openid, kf_account=kf, source="poll"))
-                log.info("start-up: reservation %s -> %s had succeeded (with %s)", r.openid, r.kf_account, kf)
-            else:
-                self.store.end_reservation(r.openid)
-                log.info(
-                    "start-up: reservation %s -> %s had not succeeded; waiting again", r.openid, r.kf_account
-                )
-
-    async def _get_session(self, openid: str) -> SessionInfo | None:
-        assert self.client is not None
-        for attempt in range(3):
-            try:
-                return await self.client.get_session(openid)
-            except WeChatError as exc:
-                log.info("start-up: getsession %s failed (%s), attempt %d/3", openid, exc, attempt + 1)
-                await asyncio.sleep(0.5 * 2**attempt)
-        return None
-
-    def _restore_waiting(self, state: StoredState) -> int:
-        groups = {g.name for g in self.config.groups}
-        n = 0
-        for row in state.waiting:
-            if self.engine.state(row.openid) not in (CustomerState.UNKNOWN, CustomerState.GONE):
-                continue
-            group = row.group
-            if group is not None and group not in groups:
-                log.warning(
-                    "start-up: %s waited for group %r, which is no longer configured; default group used",
-                    row.openid,
-                    group,
-                )
-                group = self.config.routing.default_group
-            preferred = row.preferred if row.preferred and row.preferred in self.engine.pool else None
-            self._apply_direct(
-                ev.CustomerRequested(
-                    openid=row.openid,
-                    group=group,
-                    priority=row.priority,
-                    text=row.text,
-                    source="restore",
-                    preferred_agent=preferred,
-                    tags=frozenset(row.tags),  # type: ignore[arg-type]
-                    arrived_at=row.arrived_at,
-                )
-            )
-            n += 1
-        return n
 
     # ============================================================ the engine task
 
@@ -818,7 +711,7 @@ class Daemon:
         if isinstance(event, ev.AgentsSeen):
             log.debug("event AgentsSeen: %d online", sum(1 for r in event.rows if r.online))
             return
-        parts = [f"{k}={v}" for k, v in _summary(event).items()]
+        parts = [f"{k}={v}" for k, v in summarize(event).items()]
         log.info("event %s %s", type(event).__name__, " ".join(parts))
 
     def _dispatch(self, commands: Iterable[Command], now: float) -> None:
@@ -973,9 +866,7 @@ class Daemon:
             if t - last_house >= every:
                 last_house = t
                 now = self.clock.now()
-                for openid, until in list(self._choices.items()):
-                    if until <= now:
-                        del self._choices[openid]
+                self.intake.expire_choices(now)
                 if self.store is not None:
                     try:
                         pruned = self.store.prune_processed(now - self.config.store.dedup_keep_s)
@@ -985,221 +876,8 @@ class Daemon:
                         if pruned:
                             log.debug("store: forgot %d processed push keys", pruned)
 
-    # ============================================================ webhook
-
-    @web.middleware
-    async def _intake_gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path != self.config.wechat.callback_path:
-            return await handler(request)  # type: ignore[no-any-return]
-        if self._stopping:
-            return web.Response(status=503, text="kfrouter is shutting down; retry later")
-        token = _REQUEST_QUERY.set(MappingProxyType(dict(request.query)))
-        try:
-            return await handler(request)  # type: ignore[no-any-return]
-        finally:
-            _REQUEST_QUERY.reset(token)
+    # ============================================================ web
 
     async def _healthz(self, request: web.Request) -> web.Response:
         body = self.health()
         return web.json_response(body, status=503 if self._stopping else 200)
-
-    async def _on_push(self, push: Push, raw: str) -> str | None:
-        """The webhook callback: decide, persist, hand on; the return value is the reply body."""
-        now = self.clock.now()
-        self._count(f"push:{type(push).__name__}")
-        self._emit("push", {"type": type(push).__name__, "openid": push.openid})
-        if isinstance(push, KfCreateSession):
-            event: ev.Event = ev.SessionCreated(openid=push.openid, kf_account=push.kf_account, source="push")
-            return self._kf_event(push, event, now)
-        if isinstance(push, KfCloseSession):
-            return self._kf_event(push, ev.SessionClosed(openid=push.openid, kf_account=push.kf_account), now)
-        if isinstance(push, KfSwitchSession):
-            event = ev.SessionSwitched(
-                openid=push.openid, from_account=push.from_kf_account, to_account=push.to_kf_account
-            )
-            return self._kf_event(push, event, now)
-        if isinstance(push, UserMessage | MenuClick):
-            return await self._user_push(push, raw, now)
-        assert isinstance(push, GenericEvent)
-        return await self._forward(push, raw)
-
-    def _kf_event(
-        self, push: KfCreateSession | KfCloseSession | KfSwitchSession, event: ev.Event, now: float
-    ) -> str | None:
-        store = self.store
-        assert store is not None
-        with store.transaction():
-            if not store.claim_push(push.dedup_key, now):
-                log.info("push %s already handled before a restart", push.dedup_key)
-                return None
-            store.append_event(now, push.event, _summary(event))
-            if isinstance(event, ev.SessionCreated):
-                store.record_session_start(event.openid, event.kf_account, now)
-            elif isinstance(event, ev.SessionClosed):
-                store.record_session_end(event.openid, event.kf_account, now)
-            elif isinstance(event, ev.SessionSwitched):
-                store.record_session_switch(event.openid, event.to_account, now)
-        self._inbox.put(event)
-        return None
-
-    async def _user_push(self, push: UserMessage | MenuClick, raw: str, now: float) -> str | None:
-        openid = push.openid
-        if isinstance(push, UserMessage) and self.notifier is not None:
-            self.notifier.on_user_message(openid, now)
-        state = self.engine.state(openid)
-        if state is CustomerState.IN_SESSION:
-            log.info(
-                "push from %s, who is in a session with %s: forwarded upstream",
-                openid,
-                self.engine.with_agent(openid),
-            )
-            return await self._forward(push, raw)
-        if isinstance(push, UserMessage):
-            inbound = rules.Inbound(openid=openid, msg_type=push.msg_type, text=push.content)
-        else:
-            inbound = rules.Inbound(openid=openid, msg_type="event", event="CLICK", event_key=push.key)
-        choosing = self._choices.get(openid, -math.inf) > now
-        decision = rules.classify(
-            self.config.routing, inbound, directory=self._directory(), awaiting_choice=choosing
-        )
-        if isinstance(decision, rules.AskHuman):
-            self._choices.pop(openid, None)
-            if state in (CustomerState.WAITING, CustomerState.RESERVED):
-                log.info("push from %s: already %s; nothing to do", openid, state.value)
-                return None
-            self._request_human(push, decision, inbound.text, now)
-            return None
-        if isinstance(decision, rules.Cancel) and state in (CustomerState.WAITING, CustomerState.RESERVED):
-            return self._cancel(push, decision, now)
-        if isinstance(decision, rules.ChooseAgent):
-            return self._agent_list(push, decision, now)
-        reason = (
-            decision.reason
-            if isinstance(decision, rules.NotForUs)
-            else f"{type(decision).__name__} while not waiting"
-        )
-        log.info("push from %s not for kfrouter (%s): forwarded upstream", openid, reason)
-        return await self._forward(push, raw)
-
-    def _request_human(self, push: UserMessage | MenuClick, d: rules.AskHuman, text: str, now: float) -> None:
-        store = self.store
-        assert store is not None
-        text = text[:_MAX_TEXT]
-        tags = tuple(sorted(d.tags))
-        with store.transaction():
-            if not store.claim_push(push.dedup_key, now):
-                log.info("push %s already handled before a restart", push.dedup_key)
-                return
-            store.add_waiting(
-                WaitingRow(push.openid, d.group, d.priority, now, text, d.preferred_agent, tags)
-            )
-            store.append_event(
-                now,
-                "customer_requested",
-                {"openid": push.openid, "group": d.group, "priority": d.priority, "matched": d.matched},
-            )
-        log.info(
-            "push from %s asks for a human (%s): group %s, priority %d",
-            push.openid,
-            d.matched,
-            d.group,
-            d.priority,
-        )
-        self._inbox.put(
-            ev.CustomerRequested(
-                openid=push.openid,
-                group=d.group,
-                priority=d.priority,
-                text=text,
-                source="push",
-                preferred_agent=d.preferred_agent,
-                tags=d.tags,  # type: ignore[arg-type]
-                arrived_at=now,
-            )
-        )
-
-    def _cancel(self, push: UserMessage | MenuClick, d: rules.Cancel, now: float) -> str | None:
-        store = self.store
-        assert store is not None
-        with store.transaction():
-            if not store.claim_push(push.dedup_key, now):
-                return None
-            store.remove_waiting(push.openid, now, "cancelled")
-            store.append_event(now, "cancel", {"openid": push.openid, "matched": d.matched})
-        log.info("push from %s cancels their wait (%s)", push.openid, d.matched)
-        self._inbox.put(ev.CustomerLeft(openid=push.openid, reason="cancelled"))
-        if self.notifier is None:
-            return None
-        return self._text_reply(push, self.notifier.config.template("cancelled"))
-
-    def _agent_list(self, push: UserMessage | MenuClick, d: rules.ChooseAgent, now: float) -> str | None:
-        online = [a for a in self.engine.agents() if a.online and not a.paused]
-        zh = self.config.notify.language == "zh"
-        names = [
-            f"{a.nickname or a.kf_account.partition('@')[0]}"
-            for a in sorted(online, key=lambda a: a.kf_account)
-        ]
-        if not names:
-            text = (
-                "暂时没有在线客服，请稍后再试。"
-                if zh
-                else "No agent is online right now; please try again later."
-            )
-        else:
-            listing = "、".join(names) if zh else ", ".join(names)
-            text = (
-                f"在线客服：{listing}。回复客服名字即可指定。"
-                if zh
-                else f"Agents online: {listing}. Reply with a name to choose."
-            )
-        if d.query:
-            text = (f"没有找到“{d.query}”。" if zh else f"No agent called {d.query!r}. ") + text
-        self._choices[push.openid] = now + self.options.choice_ttl_s
-        return self._text_reply(push, text)
-
-    def _text_reply(self, push: UserMessage | MenuClick, text: str) -> str | None:
-        try:
-            return replies.text_reply(push.openid, push.to_user, push.create_time, text)
-        except WeChatCodecError as exc:
-            log.warning("reply to %s not built: %s", push.openid, exc)
-            return None
-
-    def _directory(self) -> dict[str, str]:
-        views = self.engine.agents()
-        names = {a.nickname: a.kf_account for a in views if a.nickname}
-        return rules.make_directory(self.config.routing, [a.kf_account for a in views], names)
-
-    async def _forward(self, push: Push, raw: str) -> str | None:
-        if self.upstream is None:
-            return None
-        try:
-            request = build_forward(_REQUEST_QUERY.get(), raw, crypto=self._crypto)
-        except WeChatCodecError as exc:
-            log.warning("push from %s not forwarded: %s", push.openid, exc)
-            return None
-        return await self.upstream.forward(request, openid=push.openid)
-
-    def _count(self, key: str) -> None:
-        self.stats[key] = self.stats.get(key, 0) + 1
-
-
-def _summary(event: ev.Event) -> dict[str, Any]:
-    """The loggable fields of an event (ids and codes; never texts)."""
-    out: dict[str, Any] = {}
-    for name in (
-        "openid",
-        "kf_account",
-        "from_account",
-        "to_account",
-        "group",
-        "priority",
-        "source",
-        "errcode",
-        "reason",
-    ):
-        value = getattr(event, name, None)
-        if value is not None:
-            out[name] = value
-    if isinstance(event, ev.AgentSessionsSeen):
-        out["sessions"] = len(event.openids)
-    return out

@@ -1,6 +1,6 @@
-"""The engine's inbox and the one task that drives the engine.
+"""Inputs in: the webhook intake, the engine's inbox, and the one task that drives the engine.
 
-Everything that happens to the routing state — pushes, API outcomes, poll snapshots, admin actions —
+``Intake`` turns WeChat's pushes into persisted inputs (see its docstring). Everything that happens to the routing state — pushes, API outcomes, poll snapshots, admin actions —
 is put into one ``asyncio.Queue`` and applied by one task, so the engine (which is not thread-safe and
 not re-entrant) has a single thread of control and every input is applied in arrival order.
 
@@ -14,14 +14,49 @@ comes first; after every item, and whenever the wait times out or the deadline h
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Protocol
 
+from aiohttp import web
 from attrs import define, field
 
+from router import rules
+from router.config import Config
+from router.core import events as ev
+from router.core.engine import Engine
+from router.core.model import CustomerState
+from router.core.notify import Notifier
+from router.edges.store import Store, WaitingRow
+from router.edges.upstream import Upstream, build_forward
+from router.wechat import replies
+from router.wechat.crypto import SafeModeCrypto
+from router.wechat.errors import WeChatCodecError
+from router.wechat.push import (
+    GenericEvent,
+    KfCloseSession,
+    KfCreateSession,
+    KfSwitchSession,
+    MenuClick,
+    Push,
+    UserMessage,
+)
+
 log = logging.getLogger("kfrouter.daemon")
+
+_REQUEST_QUERY: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "kfrouter_request_query", default=None
+)
+_MAX_TEXT = 500  # characters of a customer's text kept in the store and the engine
+
+
+class Clock(Protocol):
+    """Unix seconds; the daemon's is ``router.daemon.LoopClock``, tests inject their own."""
+
+    def now(self) -> float: ...
 
 
 @define
@@ -112,3 +147,269 @@ async def drive(
                 raise
             except Exception:
                 log.exception("engine tick failed; routing goes on")
+
+
+class Intake:
+    """WeChat's pushes in: decide (``router.rules``), persist, hand to the inbox, answer.
+
+    ``on_push`` is the push receiver's callback (its return value is the reply body); ``gate`` is an
+    aiohttp middleware for the callback path that answers 503 once ``closed`` (shutdown: WeChat retries
+    later) and remembers the request's query string for forwarding. ``store`` and ``upstream`` are set
+    by the daemon when it starts. The engine is only read here (``state``, ``with_agent``, ``agents``):
+    it is driven by the engine task alone.
+
+    What is committed before the answer, each in one transaction with the push's dedup key (so a push
+    WeChat delivers again after a restart is not applied twice):
+
+    - a request for a human: the waiting customer (and their case in the session log) + the input;
+    - a cancel: the customer leaves the queue, their case is closed 'cancelled';
+    - ``kf_create_session`` / ``kf_close_session`` / ``kf_switch_session``: the session log + the input.
+
+    Pushes that are not for kfrouter (and messages of customers in a session, which WeChat normally
+    sends to the agent) go to the upstream handler, whose reply is passed back.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        inbox: Inbox,
+        clock: Clock,
+        *,
+        crypto: SafeModeCrypto | None = None,
+        notifier: Notifier | None = None,
+        emit: Callable[[str, Mapping[str, Any]], None] = lambda kind, payload: None,
+        choice_ttl_s: float = 300.0,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.inbox = inbox
+        self.clock = clock
+        self.path = config.wechat.callback_path
+        self._crypto = crypto
+        self.notifier = notifier
+        self._emit = emit
+        self.choice_ttl_s = choice_ttl_s
+        self.store: Store | None = None
+        self.upstream: Upstream | None = None
+        self.closed = False
+        self.choices: dict[str, float] = {}  # openid -> until: we sent them the list of agents
+        self.stats: dict[str, int] = {}
+
+    def expire_choices(self, now: float) -> None:
+        for openid, until in list(self.choices.items()):
+            if until <= now:
+                del self.choices[openid]
+
+    def _count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+    @web.middleware
+    async def gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path != self.path:
+            return await handler(request)  # type: ignore[no-any-return]
+        if self.closed:
+            return web.Response(status=503, text="kfrouter is shutting down; retry later")
+        token = _REQUEST_QUERY.set(MappingProxyType(dict(request.query)))
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            _REQUEST_QUERY.reset(token)
+
+    async def on_push(self, push: Push, raw: str) -> str | None:
+        """The webhook callback: decide, persist, hand on; the return value is the reply body."""
+        now = self.clock.now()
+        self._count(f"push:{type(push).__name__}")
+        self._emit("push", {"type": type(push).__name__, "openid": push.openid})
+        if isinstance(push, KfCreateSession):
+            event: ev.Event = ev.SessionCreated(openid=push.openid, kf_account=push.kf_account, source="push")
+            return self._kf_event(push, event, now)
+        if isinstance(push, KfCloseSession):
+            return self._kf_event(push, ev.SessionClosed(openid=push.openid, kf_account=push.kf_account), now)
+        if isinstance(push, KfSwitchSession):
+            event = ev.SessionSwitched(
+                openid=push.openid, from_account=push.from_kf_account, to_account=push.to_kf_account
+            )
+            return self._kf_event(push, event, now)
+        if isinstance(push, UserMessage | MenuClick):
+            return await self._user_push(push, raw, now)
+        assert isinstance(push, GenericEvent)
+        return await self._forward(push, raw)
+
+    def _kf_event(
+        self, push: KfCreateSession | KfCloseSession | KfSwitchSession, event: ev.Event, now: float
+    ) -> str | None:
+        store = self.store
+        assert store is not None
+        with store.transaction():
+            if not store.claim_push(push.dedup_key, now):
+                log.info("push %s already handled before a restart", push.dedup_key)
+                return None
+            store.append_event(now, push.event, summarize(event))
+            if isinstance(event, ev.SessionCreated):
+                store.record_session_start(event.openid, event.kf_account, now)
+            elif isinstance(event, ev.SessionClosed):
+                store.record_session_end(event.openid, event.kf_account, now)
+            elif isinstance(event, ev.SessionSwitched):
+                store.record_session_switch(event.openid, event.to_account, now)
+        self.inbox.put(event)
+        return None
+
+    async def _user_push(self, push: UserMessage | MenuClick, raw: str, now: float) -> str | None:
+        openid = push.openid
+        if isinstance(push, UserMessage) and self.notifier is not None:
+            self.notifier.on_user_message(openid, now)
+        state = self.engine.state(openid)
+        if state is CustomerState.IN_SESSION:
+            log.info(
+                "push from %s, who is in a session with %s: forwarded upstream",
+                openid,
+                self.engine.with_agent(openid),
+            )
+            return await self._forward(push, raw)
+        if isinstance(push, UserMessage):
+            inbound = rules.Inbound(openid=openid, msg_type=push.msg_type, text=push.content)
+        else:
+            inbound = rules.Inbound(openid=openid, msg_type="event", event="CLICK", event_key=push.key)
+        choosing = self.choices.get(openid, -math.inf) > now
+        decision = rules.classify(
+            self.config.routing, inbound, directory=self._directory(), awaiting_choice=choosing
+        )
+        if isinstance(decision, rules.AskHuman):
+            self.choices.pop(openid, None)
+            if state in (CustomerState.WAITING, CustomerState.RESERVED):
+                log.info("push from %s: already %s; nothing to do", openid, state.value)
+                return None
+            self._request_human(push, decision, inbound.text, now)
+            return None
+        if isinstance(decision, rules.Cancel) and state in (CustomerState.WAITING, CustomerState.RESERVED):
+            return self._cancel(push, decision, now)
+        if isinstance(decision, rules.ChooseAgent):
+            return self._agent_list(push, decision, now)
+        reason = (
+            decision.reason
+            if isinstance(decision, rules.NotForUs)
+            else f"{type(decision).__name__} while not waiting"
+        )
+        log.info("push from %s not for kfrouter (%s): forwarded upstream", openid, reason)
+        return await self._forward(push, raw)
+
+    def _request_human(self, push: UserMessage | MenuClick, d: rules.AskHuman, text: str, now: float) -> None:
+        store = self.store
+        assert store is not None
+        text = text[:_MAX_TEXT]
+        tags = tuple(sorted(d.tags))
+        with store.transaction():
+            if not store.claim_push(push.dedup_key, now):
+                log.info("push %s already handled before a restart", push.dedup_key)
+                return
+            store.add_waiting(
+                WaitingRow(push.openid, d.group, d.priority, now, text, d.preferred_agent, tags)
+            )
+            store.append_event(
+                now,
+                "customer_requested",
+                {"openid": push.openid, "group": d.group, "priority": d.priority, "matched": d.matched},
+            )
+        log.info(
+            "push from %s asks for a human (%s): group %s, priority %d",
+            push.openid,
+            d.matched,
+            d.group,
+            d.priority,
+        )
+        self.inbox.put(
+            ev.CustomerRequested(
+                openid=push.openid,
+                group=d.group,
+                priority=d.priority,
+                text=text,
+                source="push",
+                preferred_agent=d.preferred_agent,
+                tags=d.tags,  # type: ignore[arg-type]
+                arrived_at=now,
+            )
+        )
+
+    def _cancel(self, push: UserMessage | MenuClick, d: rules.Cancel, now: float) -> str | None:
+        store = self.store
+        assert store is not None
+        with store.transaction():
+            if not store.claim_push(push.dedup_key, now):
+                return None
+            store.remove_waiting(push.openid, now, "cancelled")
+            store.append_event(now, "cancel", {"openid": push.openid, "matched": d.matched})
+        log.info("push from %s cancels their wait (%s)", push.openid, d.matched)
+        self.inbox.put(ev.CustomerLeft(openid=push.openid, reason="cancelled"))
+        if self.notifier is None:
+            return None
+        return self._text_reply(push, self.notifier.config.template("cancelled"))
+
+    def _agent_list(self, push: UserMessage | MenuClick, d: rules.ChooseAgent, now: float) -> str | None:
+        online = [a for a in self.engine.agents() if a.online and not a.paused]
+        zh = self.config.notify.language == "zh"
+        names = [
+            f"{a.nickname or a.kf_account.partition('@')[0]}"
+            for a in sorted(online, key=lambda a: a.kf_account)
+        ]
+        if not names:
+            text = (
+                "暂时没有在线客服，请稍后再试。"
+                if zh
+                else "No agent is online right now; please try again later."
+            )
+        else:
+            listing = "、".join(names) if zh else ", ".join(names)
+            text = (
+                f"在线客服：{listing}。回复客服名字即可指定。"
+                if zh
+                else f"Agents online: {listing}. Reply with a name to choose."
+            )
+        if d.query:
+            text = (f"没有找到“{d.query}”。" if zh else f"No agent called {d.query!r}. ") + text
+        self.choices[push.openid] = now + self.choice_ttl_s
+        return self._text_reply(push, text)
+
+    def _text_reply(self, push: UserMessage | MenuClick, text: str) -> str | None:
+        try:
+            return replies.text_reply(push.openid, push.to_user, push.create_time, text)
+        except WeChatCodecError as exc:
+            log.warning("reply to %s not built: %s", push.openid, exc)
+            return None
+
+    def _directory(self) -> dict[str, str]:
+        views = self.engine.agents()
+        names = {a.nickname: a.kf_account for a in views if a.nickname}
+        return rules.make_directory(self.config.routing, [a.kf_account for a in views], names)
+
+    async def _forward(self, push: Push, raw: str) -> str | None:
+        if self.upstream is None:
+            return None
+        try:
+            request = build_forward(_REQUEST_QUERY.get(), raw, crypto=self._crypto)
+        except WeChatCodecError as exc:
+            log.warning("push from %s not forwarded: %s", push.openid, exc)
+            return None
+        return await self.upstream.forward(request, openid=push.openid)
+
+
+def summarize(event: ev.Event) -> dict[str, Any]:
+    """The loggable fields of an event (ids and codes; never texts)."""
+    out: dict[str, Any] = {}
+    for name in (
+        "openid",
+        "kf_account",
+        "from_account",
+        "to_account",
+        "group",
+        "priority",
+        "source",
+        "errcode",
+        "reason",
+    ):
+        value = getattr(event, name, None)
+        if value is not None:
+            out[name] = value
+    if isinstance(event, ev.AgentSessionsSeen):
+        out["sessions"] = len(event.openids)
+    return out

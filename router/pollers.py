@@ -1,4 +1,5 @@
-"""Pollers: reconcile the engine with WeChat's truth (who is online, who waits in WeChat's own queue).
+"""Pollers: reconcile the engine with WeChat's truth (who is online, who waits in WeChat's own queue,
+and — once, at start-up — what a previous process left unfinished).
 
 - ``AgentPoller``: ``getonlinekflist`` → ``AgentsSeen(complete=True)``, with nicknames from
   ``getkflist`` refreshed every ``nickname_refresh_s``. ``poll_once()`` can be called at any time (the
@@ -9,6 +10,8 @@
 - ``PollSchedule`` (pure): the interval is ``fast`` while customers wait or reservations are pending,
   ``slow`` when idle; after an error (45009 / 45011 rate limits included) it doubles each time up to
   ``max_backoff``, and one success brings it back to normal. Every interval gets ±``jitter``.
+- ``SnapshotGuard``: keeps a snapshot's session counts from undoing inputs applied while it was in flight.
+- ``Recovery``: the start-up steps (sessions, reservations in flight, stored waiting customers).
 
 Each poller's ``run()`` loops until cancelled: poll, sleep the scheduled interval (or until
 ``trigger()``), repeat. A failed poll is logged and never ends the loop; cancellation is re-raised.
@@ -25,10 +28,13 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 
-from router.config import PollingConfig, RoutingConfig
-from router.core.model import AgentRow, AgentView
-from router.edges.client import WaitEntry, WeChatClient
+from router.config import Config, PollingConfig, RoutingConfig
+from router.core import events as ev
+from router.core.engine import Engine
+from router.core.model import AgentRow, AgentView, CustomerState
+from router.edges.client import SessionInfo, WaitEntry, WeChatClient
 from router.edges.errors import RateLimited, WeChatError
+from router.edges.store import Reservation, Store, StoredState
 
 log = logging.getLogger("kfrouter.daemon")
 
@@ -299,3 +305,151 @@ class SnapshotGuard:
                 self._suspect[kf] = seen
             out.append(attrs.evolve(row, accepted_case=view.sessions))
         return tuple(out)
+
+
+class Recovery:
+    """Start-up reconciliation: what a previous process left in the store, checked against WeChat.
+
+    The daemon calls the steps in this order, after the agents are known (configured and polled):
+
+    1. ``sessions(state)``: ``getsessionlist`` for every agent the engine knows → ``AgentSessionsSeen``;
+       the store's session log follows (sessions started or closed while kfrouter was away).
+    2. ``reservations(...)``: for each ``kfsession/create`` the previous process left in flight, wait
+       until that call would have timed out (``create_timeout_s`` after it started, at most that long
+       from now), then ask ``getsession``: in a session → ``SessionCreated(source='poll')``, else the
+       customer waits again. A create is never re-issued blindly, so nobody is created twice.
+    3. ``waiting(state)``: every stored waiting customer the engine does not know yet →
+       ``CustomerRequested(source='restore', arrived_at=stored)`` (their place in the queue is kept).
+
+    ``apply(event)`` hands an event to the engine (the daemon applies it directly: the engine task
+    starts after recovery). WeChat errors are logged; a step never raises them.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        client: WeChatClient,
+        store: Store,
+        config: Config,
+        clock: Callable[[], float],
+        apply: Callable[[ev.Event], object],
+        create_timeout_s: float,
+    ) -> None:
+        self._engine = engine
+        self._client = client
+        self._store = store
+        self._groups_config = config.groups
+        self._default_group = config.routing.default_group
+        self._now = clock
+        self._apply = apply
+        self.create_timeout_s = create_timeout_s
+
+    async def sessions(self, state: StoredState) -> dict[str, str]:
+        """``getsessionlist`` for every agent the engine knows: who is in a session right now."""
+        listed: dict[str, str] = {}
+        polled: set[str] = set()
+        for view in self._engine.agents():
+            kf = view.kf_account
+            try:
+                entries = await self._client.get_session_list(kf)
+            except WeChatError as exc:
+                log.info("start-up: getsessionlist %s failed (%s); its sessions are learnt later", kf, exc)
+                continue
+            polled.add(kf)
+            openids = [e.openid for e in entries]
+            self._apply(ev.AgentSessionsSeen(kf_account=kf, openids=openids))  # type: ignore[arg-type]
+            now = self._now()
+            for openid in openids:
+                listed[openid] = kf
+                if state.in_session.get(openid, ("",))[0] != kf:
+                    self._store.record_session_start(openid, kf, now)
+        now = self._now()
+        for openid, (kf, _started) in state.in_session.items():
+            if openid not in listed and kf in polled:
+                self._store.record_session_end(openid, kf, now)  # closed while we were away
+        return listed
+
+    async def reservations(self, reservations: list[Reservation], listed: Mapping[str, str]) -> None:
+        """The outcome of each ``kfsession/create`` a previous process left in flight."""
+        open_ = [r for r in reservations if r.openid not in listed]
+        for r in reservations:
+            if r.openid in listed:
+                self._store.end_reservation(r.openid)
+        if not open_:
+            return
+        # A call the previous process made may still land: wait until it would have timed out.
+        latest = max(r.created_at for r in open_)
+        margin = self.create_timeout_s + 1.0
+        wait = min(margin, latest + margin - self._now())
+        if wait > 0:
+            log.info(
+                "start-up: %d reservation(s) of the previous run; waiting %.1fs for their calls",
+                len(open_),
+                wait,
+            )
+            await asyncio.sleep(wait)
+        for r in open_:
+            info = await self._get_session(r.openid)
+            now = self._now()
+            if info is None:
+                log.warning(
+                    "start-up: outcome of the reservation %s -> %s unknown; the customer waits again",
+                    r.openid,
+                    r.kf_account,
+                )
+                self._store.end_reservation(r.openid)
+            elif info.kf_account:
+                kf = info.kf_account
+                if kf not in self._engine.pool:
+                    self._apply(
+                        ev.AgentsSeen(rows=[AgentRow(kf_account=kf, status=0)], complete=False)  # type: ignore[list-item]
+                    )
+                self._store.record_session_start(r.openid, kf, now)
+                self._apply(ev.SessionCreated(openid=r.openid, kf_account=kf, source="poll"))
+                log.info("start-up: reservation %s -> %s had succeeded (with %s)", r.openid, r.kf_account, kf)
+            else:
+                self._store.end_reservation(r.openid)
+                log.info(
+                    "start-up: reservation %s -> %s had not succeeded; waiting again", r.openid, r.kf_account
+                )
+
+    async def _get_session(self, openid: str) -> SessionInfo | None:
+        assert self._client is not None
+        for attempt in range(3):
+            try:
+                return await self._client.get_session(openid)
+            except WeChatError as exc:
+                log.info("start-up: getsession %s failed (%s), attempt %d/3", openid, exc, attempt + 1)
+                await asyncio.sleep(0.5 * 2**attempt)
+        return None
+
+    def waiting(self, state: StoredState) -> int:
+        groups = {g.name for g in self._groups_config}
+        n = 0
+        for row in state.waiting:
+            if self._engine.state(row.openid) not in (CustomerState.UNKNOWN, CustomerState.GONE):
+                continue
+            group = row.group
+            if group is not None and group not in groups:
+                log.warning(
+                    "start-up: %s waited for group %r, which is no longer configured; default group used",
+                    row.openid,
+                    group,
+                )
+                group = self._default_group
+            preferred = row.preferred if row.preferred and row.preferred in self._engine.pool else None
+            self._apply(
+                ev.CustomerRequested(
+                    openid=row.openid,
+                    group=group,
+                    priority=row.priority,
+                    text=row.text,
+                    source="restore",
+                    preferred_agent=preferred,
+                    tags=frozenset(row.tags),  # type: ignore[arg-type]
+                    arrived_at=row.arrived_at,
+                )
+            )
+            n += 1
+        return n
