@@ -38,7 +38,7 @@ from aiohttp import web
 from attrs import field, frozen
 
 from policies.registry import load_policies
-from router.config import Config
+from router.config import DEFAULT_TEMPLATES, Config
 from router.core import events as ev
 from router.core import notify as core_notify
 from router.core.commands import CloseSession, Command, CreateSession, SendText
@@ -157,8 +157,6 @@ def notify_config(config: Config) -> core_notify.NotifyConfig | None:
         return None
     language = n.language if n.language in core_notify.TEMPLATES else "zh"
     cancel = config.routing.cancel_keywords[0] if config.routing.cancel_keywords else ""
-    from router.config import DEFAULT_TEMPLATES
-
     templates: dict[str, str] = {}
     defaults = DEFAULT_TEMPLATES.get(n.language, {})
     for kind, text in n.templates.get(n.language, {}).items():
@@ -286,7 +284,27 @@ class Daemon:
 
     @property
     def stopping(self) -> bool:
+        """True from the moment a shutdown began."""
         return self._stopping
+
+    @property
+    def executor(self) -> Executor | None:
+        """The command executor (``pending``, ``stats``), once ``run()`` started."""
+        return self._executor
+
+    @property
+    def agent_poller(self) -> AgentPoller | None:
+        """The ``getonlinekflist`` poller (``last_ok``, ``last_at``, ``nicknames``), once started."""
+        return self._agents
+
+    @property
+    def waitlist_poller(self) -> WaitlistPoller | None:
+        """The ``getwaitcase`` poller (``count``: WeChat's own queue length), once started."""
+        return self._waitlist
+
+    def inbox_length(self) -> int:
+        """Inputs queued for the engine task."""
+        return len(self._inbox)
 
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` answers."""

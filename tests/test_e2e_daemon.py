@@ -28,7 +28,7 @@ from conftest import (
 )
 
 from router.wechat import replies, signature
-from router.wechat.push import parse_push
+from router.wechat.push import UserMessage, parse_push
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +113,7 @@ async def upstream() -> AsyncIterator[tuple[list[bytes], str]]:
         body = await request.read()
         seen.append(body)
         push = parse_push(body)
+        assert isinstance(push, UserMessage)
         return web.Response(
             text=replies.text_reply(push.openid, push.to_user, push.create_time, f"echo: {push.content}"),
             content_type="application/xml",
