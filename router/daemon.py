@@ -228,6 +228,7 @@ class Daemon:
         self._epoch = 0
         self._touched: dict[str, int] = {}
         self._recent_closes: dict[tuple[str, str], float] = {}
+        self._requests: dict[str, ev.CustomerRequested] = {}  # active customers' requests (to re-persist)
         self._guard = SnapshotGuard()
         self._rng = random.Random(self.options.seed)
         self._started_at = time.time()
@@ -647,13 +648,24 @@ class Daemon:
             if self.notifier is not None:
                 view = self.engine.agent(agent)
                 out += self.notifier.on_assigned(openid, view.nickname if view else "", now, kf_account=agent)
-        elif state is CustomerState.WAITING and before.get("state") is not CustomerState.WAITING:
-            if isinstance(event, ev.SessionClosed | ev.CloseFailed):
-                self._persist_requeued(openid, now)
-            if self.notifier is not None and isinstance(event, ev.CustomerRequested):
-                out += self._notify_queued(openid, now)
-        elif state is CustomerState.GONE and isinstance(event, ev.CustomerLeft) and self.notifier is not None:
-            self.notifier.on_left(openid, now)
+        elif (
+            state in (CustomerState.WAITING, CustomerState.RESERVED)
+            and before.get("state") is CustomerState.IN_SESSION
+        ):
+            self._persist_requeued(openid, now)  # moved by kfrouter: closed, then routed again
+        elif (
+            state is CustomerState.WAITING
+            and isinstance(event, ev.CustomerRequested)
+            and before.get("state") is not CustomerState.WAITING
+            and self.notifier is not None
+        ):
+            out += self._notify_queued(openid, now)
+        if isinstance(event, ev.CustomerRequested) and state is not CustomerState.GONE:
+            self._requests.setdefault(openid, event)
+        elif state in (CustomerState.GONE, CustomerState.UNKNOWN):
+            self._requests.pop(openid, None)
+            if isinstance(event, ev.CustomerLeft) and self.notifier is not None:
+                self.notifier.on_left(openid, now)
         return out
 
     def _notify_queued(self, openid: str, now: float) -> list[Command]:
@@ -681,19 +693,20 @@ class Daemon:
         return out
 
     def _persist_requeued(self, openid: str, now: float) -> None:
-        """A customer routed again after their session was closed for them: waiting again in the store."""
-        view = next((w for w in self.engine.waiting(now) if w.openid == openid), None)
-        if view is None or self.store is None:
+        """A customer routed again after kfrouter closed their session: waiting again in the store (with
+        the group and priority of their request), so a crash now does not lose them."""
+        if self.store is None:
             return
+        req = self._requests.get(openid)
         try:
             self.store.add_waiting(
                 WaitingRow(
                     openid,
-                    view.group,
-                    view.priority,
-                    view.arrived_at,
-                    preferred=view.preferred_agent,
-                    tags=tuple(sorted(view.tags)),
+                    req.group if req is not None else None,
+                    req.priority if req is not None else 0,
+                    now,
+                    req.text[:500] if req is not None else "",
+                    tags=tuple(sorted(req.tags)) if req is not None else (),
                 )
             )
         except Exception:

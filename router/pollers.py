@@ -110,7 +110,8 @@ class _Loop:
         self._wake.set()
 
     async def poll_once(self) -> bool:
-        """One poll; ``True`` on success. Never raises a WeChat error (it is logged and recorded)."""
+        """One poll; ``True`` on success. Never raises (but ``CancelledError``): failures are logged
+        and recorded in ``last_ok`` / ``last_error``."""
         async with self._lock:
             try:
                 await self._poll()
@@ -118,6 +119,10 @@ class _Loop:
                 self._record(False, f"errcode {exc.errcode}")
                 level = logging.WARNING if not isinstance(exc, RateLimited) else logging.INFO
                 log.log(level, "%s poll failed: %s", self.name, exc)
+                return False
+            except Exception as exc:  # a bug or a store failure must not end the poller (nor the daemon)
+                self._record(False, type(exc).__name__)
+                log.exception("%s poll failed unexpectedly", self.name)
                 return False
             self._record(True, None)
             return True

@@ -393,7 +393,15 @@ async def test_a_session_moved_by_kfrouter_is_closed_once_and_counted_once(make_
     await env.ctl.say("m1", "human")
     first = await env.assigned("m1")
     other = "a2@test" if first == "a1@test" else "a1@test"
+    await env.ctl.fault("kfsession/create", delay_s=0.5, times=1)  # keep the move observable
     await env.daemon.submit(ev.ReassignRequested(openid="m1", to_account=other))
+    await wait_until(
+        lambda: env.daemon.engine.state("m1") is CustomerState.RESERVED, message="m1 re-reserved"
+    )
+    with Store(env.daemon.config.store.path) as mid:  # a crash now would not lose m1
+        state = mid.load_state()
+        assert [(w.openid, w.group) for w in state.waiting] == [("m1", "general")]
+        assert [(r.openid, r.kf_account) for r in state.reservations] == [("m1", other)]
     assert await env.assigned("m1", to=other) == other
 
     async def counts_agree() -> bool:

@@ -292,3 +292,24 @@ def test_run_refuses_a_bad_option(tmp_path: Path, capsys: pytest.CaptureFixture[
     good.write_text(toml_text(config_dict(api_base="https://api.weixin.qq.com", store=tmp_path / "x.db")))
     assert main(["run", "--config", str(good), "--create-timeout", "-1"]) == 2
     assert "create_timeout_s" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ pollers
+
+
+async def test_a_poll_failing_outside_wechat_is_recorded_not_raised() -> None:
+    from router.pollers import AgentPoller
+
+    class Client:
+        async def get_online_kf_list(self) -> list[AgentRow]:
+            return [_row("a@x", 0)]
+
+        async def get_kf_list(self) -> list[Any]:
+            return []
+
+    async def publish(rows: tuple[AgentRow, ...], mark: object) -> None:
+        raise OSError("disk full")
+
+    poller = AgentPoller(Client(), PollSchedule(1.0, 1.0, 2.0), publish=publish, busy=lambda: False)  # type: ignore[arg-type]
+    assert await poller.poll_once() is False
+    assert (poller.last_ok, poller.last_error, poller.polls) == (False, "OSError", 1)
