@@ -38,6 +38,7 @@ from aiohttp import web
 from attrs import field, frozen
 
 from policies.registry import load_policies
+from router.admin import admin_routes
 from router.config import DEFAULT_TEMPLATES, Config
 from router.core import events as ev
 from router.core import notify as core_notify
@@ -262,6 +263,7 @@ class Daemon:
         self.app = web.Application(middlewares=[self.intake.gate])
         self.app.add_routes(self.receiver.routes(w.callback_path))
         self.app.router.add_get("/healthz", self._healthz)
+        self.app.add_routes(admin_routes(self))  # /api/ (docs/admin-api.md)
         self._executor: Executor | None = None
         self._agents: AgentPoller | None = None
         self._waitlist: WaitlistPoller | None = None
