@@ -9,13 +9,14 @@ per-customer waits, and excludes interpreter start-up and imports. kfrouter gene
 in the same process (``--via-file`` also times writing and reading a trace file). Best of ``--repeat``.
 
     python bench/bench_sim.py                     # 10 agents, 9/min, 1/min, 200,000 customers
-    python bench/bench_sim.py --customers 50000 --profile
+    python bench/bench_sim.py --customers 50000 --breakdown --profile
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import json
 import pstats
 import statistics
@@ -161,6 +162,76 @@ def profile_kfrouter(c: int, lam: float, mu: float, n: int, seed: int, policy: s
     stats.sort_stats("tottime").print_stats(15)
 
 
+def breakdown(c: int, lam: float, mu: float, n: int, seed: int, policy: str) -> dict[str, float]:
+    """Wall-clock split of one kfrouter replay (no profiler, whose per-call cost distorts small
+    functions): the engine alone is timed by feeding a fresh engine the exact calls the replay made;
+    the WeChat model alone by the same sequence of transfer/create/close calls on a fresh model."""
+    import random
+
+    from router.core.engine import Engine
+    from sim.runner import Simulation, _WeChat
+
+    params = GenParams(
+        agents=c, max_sessions=1, customers=n, arrival_rate=lam, service_mean=1 / mu, seed=seed
+    )
+    header = header_for(params)
+    t0 = time.perf_counter()
+    records = list(generate(params))
+    gen_s = time.perf_counter() - t0
+    cfg = RunConfig(policy=policy, seed=seed)
+    t0 = time.perf_counter()
+    run_records(header, records, cfg, groups=groups_of(header))
+    run_s = time.perf_counter() - t0
+
+    calls: list[tuple[str, Any, float]] = []
+    handle, tick = Engine.handle, Engine.tick
+
+    def rec_handle(self: Engine, event: Any, now: float) -> Any:
+        calls.append(("h", event, now))
+        return handle(self, event, now)
+
+    def rec_tick(self: Engine, now: float) -> Any:
+        calls.append(("t", None, now))
+        return tick(self, now)
+
+    Engine.handle, Engine.tick = rec_handle, rec_tick  # type: ignore[method-assign]
+    try:
+        run_records(header, records, cfg, groups=groups_of(header))
+    finally:
+        Engine.handle, Engine.tick = handle, tick  # type: ignore[method-assign]
+    engine = Simulation(header, [], cfg, groups=groups_of(header))._make_engine()
+    old = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 100)  # as Simulation.run does
+    try:
+        t0 = time.perf_counter()
+        for kind, event, now in calls:
+            if kind == "h":
+                engine.handle(event, now)
+            else:
+                engine.tick(now)
+        engine_s = time.perf_counter() - t0
+    finally:
+        gc.set_threshold(*old)
+
+    wechat = _WeChat(random.Random(seed), cfg)
+    for i in range(c):
+        wechat.set_agent(f"a{i}@sim", 0.0, status=1, auto_accept=1)
+    t0 = time.perf_counter()
+    for i in range(n):
+        openid = f"u{i}"
+        wechat.model.transfer(openid, float(i))
+        wechat.create(f"a{i % c}@sim", openid, float(i))
+        wechat.close(f"a{i % c}@sim", openid, float(i))
+    model_s = time.perf_counter() - t0
+    return {
+        "generate": gen_s,
+        "replay (excluding generation)": run_s,
+        "engine.handle/tick": engine_s,
+        "WeChat model": model_s,
+        "replay itself (events, heap, bookkeeping)": run_s - engine_s - model_s,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", type=int, default=10)
@@ -172,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="best of this many runs per tool")
     ap.add_argument("--via-file", action="store_true", help="kfrouter also writes and reads a trace file")
     ap.add_argument("--profile", action="store_true", help="profile kfrouter's run and group the time")
+    ap.add_argument("--breakdown", action="store_true", help="wall-clock split of kfrouter's time")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     c, lam, mu, n = args.agents, args.arrivals_per_min / 60.0, args.services_per_min / 60.0, args.customers
@@ -233,6 +305,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['mean_wait']:>13.2f}{r['p_wait']:>11.4f}"
             )
         print("(kfrouter x = kfrouter's customers/s divided by the tool's; above 1 means kfrouter is faster)")
+    if args.breakdown:
+        split = breakdown(c, lam, mu, n, args.seed, args.policy)
+        run_s = split["replay (excluding generation)"]
+        print(
+            f"\nwall-clock split of kfrouter ({n} customers; engine and model timed apart, see breakdown()):"
+        )
+        for label, secs in split.items():
+            share = (
+                ""
+                if label in ("generate", "replay (excluding generation)")
+                else f" {secs / run_s * 100:5.1f}%"
+            )
+            print(f"  {label:<44}{secs:7.2f} s  {secs / n * 1e6:6.1f} us/customer{share}")
     if args.profile:
         profile_kfrouter(c, lam, mu, min(n, 50_000), args.seed, args.policy)
     return 0
