@@ -1,0 +1,355 @@
+"""Load bench: how many pushes per second the daemon's webhook answers, and where p99 crosses 1 s.
+
+Method (docs/reliability.md has the reasoning):
+
+- Three processes besides this one, all on 127.0.0.1: the fake WeChat (``kfrouter fake-wechat``, agents
+  online, ``check_openid=false`` so it accepts customers it has not seen), the daemon (``kfrouter run``,
+  SQLite on disk with ``synchronous=FULL`` as in production, ``encoding = "compatible"`` so one daemon
+  takes plaintext *and* AES pushes) and the reference (``bench/_harness.py reference``: a bare aiohttp
+  handler answering ``success``). This process only generates load, so it never shares an event loop
+  with what it measures.
+- Every push is a distinct customer whose text asks for a human: the daemon commits the request to
+  SQLite before it answers, then routes it (reservation, ``kfsession/create`` at the fake, the fake's
+  ``kf_create_session`` push back). Plaintext and AES pushes alternate.
+- Open loop: request *i* of a step is due at ``t0 + i / rate`` whatever happened to the others
+  (aiohttp client, at most ``--connections`` connections; a request waiting for a connection is late,
+  and that lateness counts). Latency is measured from the due time to the end of the answer, so a
+  server that falls behind is not flattered (no coordinated omission).
+- Steps of ``--step-s`` seconds at rising rates (``--rates``, then doubling up to ``--cap``) until p99
+  crosses 1 s, more than 1 % of requests fail, or the cap. Between daemon steps the daemon is given
+  time to route its backlog (``/healthz`` settled), and that drain time is reported.
+- Sustained rate: the highest achieved rate of a step with p99 <= 1 s, no error and at least 95 % of the
+  offered rate achieved. The same ladder runs against the reference first; the ratio is printed.
+
+Run:  python bench/load_webhook.py [--quick] [--rates 50,100,200,400,800] [--step-s 4] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _harness as h
+
+from router.wechat import replies
+from router.wechat.crypto import SafeModeCrypto
+
+LATENCY_LIMIT_S = 1.0
+MAX_ERROR_RATE = 0.01
+WECHAT_TIMEOUT_S = 5.0  # WeChat gives up on an answer after 5 s and retries
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+def build_requests(prefix: str, n: int, ts: int, rng: random.Random) -> list[tuple[dict[str, str], bytes]]:
+    """``n`` pushes of distinct customers asking for a human; even ones plaintext, odd ones AES."""
+    crypto = SafeModeCrypto(h.CB_TOKEN, h.AES_KEY, h.APPID)
+    out = []
+    for i in range(n):
+        openid = f"{prefix}_{i}"
+        msg_id = rng.getrandbits(62)
+        xml = replies.build_text_message("gh_bench", openid, ts, "human please", msg_id)
+        nonce = str(rng.randrange(10**9, 10**10))
+        if i % 2:
+            out.append(h.signed_safe(crypto, xml, ts, nonce, openid, rng.randbytes(16)))
+        else:
+            out.append(h.signed_plain(xml, ts, nonce, openid))
+    return out
+
+
+async def run_step(
+    http: aiohttp.ClientSession,
+    url: str,
+    requests: Sequence[tuple[dict[str, str], bytes]],
+    rate: float,
+    *,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Fire ``requests`` open-loop at ``rate`` per second; latencies and outcomes."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    client_timeout = aiohttp.ClientTimeout(total=timeout_s)
+    last_done = 0.0
+
+    async def one(due: float, params: dict[str, str], body: bytes) -> None:
+        nonlocal last_done
+        try:
+            async with http.post(url, params=params, data=body, timeout=client_timeout) as resp:
+                text = await resp.read()
+                if resp.status != 200 or text.strip() not in (b"success", b""):
+                    key = f"http_{resp.status}"
+                    errors[key] = errors.get(key, 0) + 1
+                    return
+        except TimeoutError:
+            errors["timeout"] = errors.get("timeout", 0) + 1
+            return
+        except aiohttp.ClientError as exc:
+            key = type(exc).__name__
+            errors[key] = errors.get(key, 0) + 1
+            return
+        done = loop.time()
+        last_done = max(last_done, done)
+        latencies.append(done - due)
+
+    cpu0 = os.times()
+    t0 = loop.time() + 0.05
+    tasks: list[asyncio.Task[None]] = []
+    i = 0
+    n = len(requests)
+    while i < n:
+        now = loop.time()
+        while i < n and t0 + i / rate <= now:
+            params, body = requests[i]
+            tasks.append(asyncio.ensure_future(one(t0 + i / rate, params, body)))
+            i += 1
+        if i < n:
+            await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
+    await asyncio.gather(*tasks)
+    cpu1 = os.times()
+    duration = max(n / rate, (last_done - t0) if latencies else n / rate)
+    ok = len(latencies)
+    return {
+        "offered_rps": rate,
+        "sent": n,
+        "ok": ok,
+        "achieved_rps": round(ok / duration, 1),
+        "p50_ms": round(h.percentile(latencies, 50) * 1000, 1),
+        "p99_ms": round(h.percentile(latencies, 99) * 1000, 1),
+        "max_ms": round(max(latencies, default=math.nan) * 1000, 1),
+        "over_5s": sum(1 for x in latencies if x > WECHAT_TIMEOUT_S),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "generator_cpu_s": round((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), 2),
+    }
+
+
+def step_ok(step: dict[str, Any]) -> bool:
+    """Sustained: p99 within the limit, no error, 95 % of the offered rate achieved."""
+    return bool(
+        step["errors"] == 0
+        and step["p99_ms"] <= LATENCY_LIMIT_S * 1000
+        and step["achieved_rps"] >= 0.95 * step["offered_rps"]
+    )
+
+
+def ladder_rates(rates: Sequence[float], cap: float) -> list[float]:
+    out = [r for r in rates if r <= cap]
+    while out and out[-1] * 2 <= cap:
+        out.append(out[-1] * 2)
+    return out
+
+
+async def run_ladder(
+    name: str,
+    http: aiohttp.ClientSession,
+    url: str,
+    rates: Sequence[float],
+    step_s: float,
+    *,
+    rng: random.Random,
+    daemon: h.Child | None = None,
+    settle_s: float = 120.0,
+) -> list[dict[str, Any]]:
+    """Steps at rising rates until p99 > 1 s, errors > 1 % or the last rate."""
+    steps: list[dict[str, Any]] = []
+    for k, rate in enumerate(rates):
+        n = max(1, round(rate * step_s))
+        requests = build_requests(f"{name}{k}", n, int(time.time()), rng)
+        cpu_before = h.cpu_seconds(daemon.pid) if daemon else None
+        step = await run_step(http, url, requests, rate, timeout_s=15.0)
+        if daemon is not None:
+            base = daemon.url
+            t = time.monotonic()
+            settled = await h.wait_for(http, base, h.settled, timeout=settle_s, interval=0.2)
+            step["drain_s"] = round(time.monotonic() - t, 1) if settled else None
+            cpu_after = h.cpu_seconds(daemon.pid)
+            if cpu_before is not None and cpu_after is not None:
+                step["daemon_cpu_s"] = round(cpu_after - cpu_before, 2)
+            step["daemon_rss_mib"] = h.mib(h.rss_bytes(daemon.pid) or 0)
+        steps.append(step)
+        print(f"  {name:9} {_row(step)}", flush=True)
+        if step["p99_ms"] > LATENCY_LIMIT_S * 1000 or step["errors"] > MAX_ERROR_RATE * step["sent"]:
+            break
+        if daemon is not None and step.get("drain_s") is None:
+            print(f"  {name}: backlog not routed within {settle_s:g}s; stopping the ladder", flush=True)
+            break
+    return steps
+
+
+def _row(s: dict[str, Any]) -> str:
+    extra = ""
+    if "drain_s" in s:
+        extra = f"  drain {s['drain_s']}s  daemon cpu {s.get('daemon_cpu_s')}s  rss {s['daemon_rss_mib']} MiB"
+    return (
+        f"offered {s['offered_rps']:>6g}/s  achieved {s['achieved_rps']:>7.1f}/s  "
+        f"p50 {s['p50_ms']:>7.1f} ms  p99 {s['p99_ms']:>7.1f} ms  errors {s['errors']}" + extra
+    )
+
+
+def summarize(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    good = [s for s in steps if step_ok(s)]
+    crossed = next((s for s in steps if s["p99_ms"] > LATENCY_LIMIT_S * 1000), None)
+    return {
+        "sustained_rps": max((s["achieved_rps"] for s in good), default=0.0),
+        "p99_crosses_1s_at_offered_rps": crossed["offered_rps"] if crossed else None,
+        "steps": list(steps),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kfr-load-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    rates = ladder_rates([float(r) for r in args.rates.split(",")], args.cap)
+    rng = random.Random(args.seed)
+    daemon_port = _free_port()
+    children: list[h.Child] = []
+    result: dict[str, Any] = {"workdir": str(workdir), "cores": os.cpu_count()}
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=args.connections, force_close=False)
+    ) as http:
+        try:
+            fake = await h.Child.start(
+                "fake",
+                [
+                    "-m",
+                    "router.cli",
+                    "fake-wechat",
+                    "--appid",
+                    h.APPID,
+                    "--secret",
+                    h.SECRET,
+                    "--wxid",
+                    h.WXID,
+                    "--webhook",
+                    f"http://{h.HOST}:{daemon_port}/wechat",
+                    "--token",
+                    h.CB_TOKEN,
+                    "--option",
+                    "check_openid=false",
+                ],
+                ready_prefix="http://",
+                log_path=workdir / "fake.log",
+            )
+            fake.url = "http://" + fake.url
+            children.append(fake)
+            agents = h.agent_names(args.agents)
+            async with http.post(
+                f"{fake.url}/_fake/agents",
+                json={"agents": [{"kf_account": a, "online": True} for a in agents]},
+            ) as resp:
+                resp.raise_for_status()
+            config = workdir / "kfrouter.toml"
+            config.write_text(
+                h.config_toml(
+                    api_base=fake.url,
+                    store=workdir / "kfrouter.db",
+                    port=daemon_port,
+                    agents=agents,
+                    capacity=args.capacity,
+                    encoding="compatible",
+                    polling_s=2.0,
+                    log_level=args.log_level,
+                )
+            )
+            reference = await h.start_reference(workdir / "reference.log")
+            children.append(reference)
+            print(f"reference: bare aiohttp 'success' handler at {reference.url}", flush=True)
+            ref_steps = await run_ladder(
+                "reference", http, f"{reference.url}/wechat", rates, args.step_s, rng=rng
+            )
+            await reference.terminate()
+            daemon = await h.start_daemon(config, workdir / "daemon.log")
+            children.append(daemon)
+            if await h.wait_for(http, daemon.url, lambda x: x.get("status") == "running", timeout=30) is None:
+                raise RuntimeError(f"daemon not routing within 30 s:\n{daemon.log_tail()}")
+            print(f"daemon: kfrouter run at {daemon.url} ({args.agents} agents online)", flush=True)
+            daemon_steps = await run_ladder(
+                "daemon", http, f"{daemon.url}/wechat", rates, args.step_s, rng=rng, daemon=daemon
+            )
+            async with http.get(f"{fake.url}/_fake/state") as resp:
+                state = await resp.json()
+            created = sum(1 for c in state["create_log"] if c["errcode"] == 0)
+            answered = sum(s["ok"] for s in daemon_steps)
+            result["routed"] = {"answered_success": answered, "sessions_created": created}
+            result["reference"] = summarize(ref_steps)
+            result["daemon"] = summarize(daemon_steps)
+            result["daemon_exit"] = await daemon.terminate()
+        finally:
+            for child in reversed(children):
+                await child.terminate(timeout=10)
+    ref = result["reference"]["sustained_rps"]
+    dae = result["daemon"]["sustained_rps"]
+    result["ratio_sustained"] = round(dae / ref, 3) if ref else None
+    p50s = [
+        (d["p50_ms"], r["p50_ms"])
+        for d, r in zip(result["daemon"]["steps"], result["reference"]["steps"], strict=False)
+    ]
+    result["p50_ratio_first_step"] = round(p50s[0][0] / p50s[0][1], 1) if p50s and p50s[0][1] else None
+    return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((h.HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--rates", default="50,100,200,400,800", help="comma-separated req/s of the first steps")
+    p.add_argument("--cap", type=float, default=3200.0, help="highest rate tried (the ladder doubles to it)")
+    p.add_argument("--step-s", type=float, default=4.0, help="seconds per step")
+    p.add_argument("--agents", type=int, default=20, help="agents online at the fake")
+    p.add_argument("--capacity", type=int, default=1000, help="sessions per agent (1..1000)")
+    p.add_argument("--connections", type=int, default=512, help="client connection limit")
+    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--workdir", help="where the store and logs go (default: a new temp dir)")
+    p.add_argument("--json", help="also write the result as JSON to this file")
+    p.add_argument("--quick", action="store_true", help="rates 50,100,200 for 2 s each")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rates, args.cap, args.step_s = "50,100,200", 200.0, 2.0
+    result = asyncio.run(main_async(args))
+    print()
+    print(
+        f"reference: sustained {result['reference']['sustained_rps']}/s; p99 > 1 s at "
+        f"{result['reference']['p99_crosses_1s_at_offered_rps']} offered/s"
+    )
+    print(
+        f"daemon:    sustained {result['daemon']['sustained_rps']}/s; p99 > 1 s at "
+        f"{result['daemon']['p99_crosses_1s_at_offered_rps']} offered/s"
+    )
+    print(
+        f"ratio daemon/reference (sustained): {result['ratio_sustained']}; "
+        f"p50 ratio at the first step: {result['p50_ratio_first_step']}x"
+    )
+    print(f"routed: {result['routed']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
