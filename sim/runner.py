@@ -5,8 +5,9 @@ holding what the replay itself schedules: create answers (when a latency is inje
 (``service_s`` after the session is created), patience expiries and the engine's own deadlines
 (``Engine.next_deadline()`` → ``Engine.tick``). At equal times the order is: create answers, session ends,
 trace records, patience expiries, engine ticks. Everything the engine asks for is applied to
-``sim.wechat_model.WeChatModel`` (the same model the fake HTTP server wraps), whose answers and pushes
-become the engine's next events; with no latency a create is answered at once, before the next item.
+``sim.wechat_model.WeChatModel`` (the same model the fake HTTP server wraps), whose answers become the
+engine's next events (``SessionCreated``/``CreateFailed``, ``SessionClosed``/``CloseFailed``); with no
+latency a create is answered at once, before the next item. docs/simulator.md describes the semantics.
 
 Resources and errors: the run owns nothing but memory; a record the engine refuses (``CoreError``) or a
 model refusal the replay cannot explain raises :class:`SimError` naming the virtual time and the item.
