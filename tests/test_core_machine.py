@@ -225,10 +225,7 @@ class EngineMachine(RuleBasedStateMachine):
             return
         pool = self.engine.pool
         for w in self.engine.waiting(self.now):
-            if (
-                w.preferred_agent is not None
-                and self.now < w.arrived_at + self.engine.config.preferred_wait_s
-            ):
+            if w.preferred_agent is not None and self.now < w.preferred_until:
                 assert w.preferred_agent in w.avoid or not pool.is_free(w.preferred_agent), w
                 continue
             eligible = set()

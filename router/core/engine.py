@@ -136,6 +136,7 @@ class _Customer:
         "key",
         "openid",
         "preferred_agent",
+        "preferred_until",
         "priority",
         "reroute_to",
         "reservation_deadline",
@@ -154,6 +155,7 @@ class _Customer:
         self.key: tuple[int, int] = (0, 0)  # queue key: (-priority or 0, arrival sequence)
         self.text = ""
         self.preferred_agent: str | None = None
+        self.preferred_until = -math.inf  # waits for preferred_agent alone until then
         self.tags: frozenset[str] = frozenset()
         self.avoid: dict[str, float] = {}  # kf_account -> until
         self.state = CustomerState.WAITING
@@ -271,6 +273,17 @@ class Engine:
             return None
         return int(self._group_queues[c.group].index((c.key, openid)))
 
+    def group_capacity(self, group: str | None) -> tuple[int, int]:
+        """(capacity, free capacity) in sessions of the online unpaused agents of ``group`` (``None``: all). O(1)."""
+        return self._pool.capacity_of(group)
+
+    def waiting_view(self, openid: str, now: float) -> WaitingView | None:
+        """The waiting customer ``openid`` as a policy would see it at ``now``, or None. O(1)."""
+        c = self._customers.get(openid)
+        if c is None or c.state is not CustomerState.WAITING:
+            return None
+        return self._waiting_view(c, now)
+
     def waiting_in_group(self, group: str | None) -> int:
         q = self._group_queues.get(group)
         return 0 if q is None else len(q)
@@ -331,7 +344,8 @@ class Engine:
             if c.arrived_at + after > now:
                 self._wakeups.add(c.arrived_at + after)
         if c.preferred_agent is not None:
-            self._wakeups.add(c.arrived_at + self.config.preferred_wait_s)
+            c.preferred_until = c.arrived_at + self.config.preferred_wait_s
+            self._wakeups.add(c.preferred_until)
 
     def _on_agents_seen(self, e: ev.AgentsSeen, now: float, out: list[Command]) -> None:
         seen: set[str] = set()
@@ -501,6 +515,8 @@ class Engine:
         if c is None:
             c = _Customer(openid)
             c.arrived_at = now
+            self._seq += 1
+            c.key = (0, self._seq)
             self._customers[openid] = c
             self._gone.pop(openid, None)
         elif c.state is CustomerState.WAITING:
@@ -546,18 +562,17 @@ class Engine:
         if c.closing != "reroute":
             self._finish(c, "closed_stale" if c.closing == "stale" else "served", now)
             return
-        # routed again: back to its old place, away from the agent it leaves, towards the one asked for
+        # routed again: back to its old place (so overflow is open at once), away from the agent it leaves,
+        # towards the one asked for
         c.closing = None
         c.preferred_agent = c.reroute_to
         c.reroute_to = None
-        c.arrived_at = now  # overflow and preference waits count from now
         until = now + self.config.avoid_s
         c.avoid[kf] = until
         self._wakeups.add(until)
         if c.preferred_agent is not None:
-            self._wakeups.add(now + self.config.preferred_wait_s)
-        for _group, after in self._route(c).overflow:
-            self._wakeups.add(now + after)
+            c.preferred_until = now + self.config.preferred_wait_s
+            self._wakeups.add(c.preferred_until)
         self._enqueue(c)
 
     def _close_for_reroute(self, c: _Customer, out: list[Command], *, to: str | None = None) -> None:
@@ -685,6 +700,7 @@ class Engine:
             priority=c.priority,
             arrived_at=c.arrived_at,
             preferred_agent=c.preferred_agent,
+            preferred_until=c.preferred_until,
             avoid=frozenset(k for k, until in c.avoid.items() if until > now),
             tags=c.tags,
             last_agent=None if hist is None else hist[0],
@@ -696,7 +712,7 @@ class Engine:
         route = self._route(c)
         policy = self._policies[route.policy]
         avoid = self._avoid_now(c, now)
-        if c.preferred_agent is not None and now < c.arrived_at + self.config.preferred_wait_s:
+        if c.preferred_agent is not None and now < c.preferred_until:
             wanted = c.preferred_agent
             return wanted if wanted not in avoid and self._pool.is_free(wanted) else None
         scope = self._scope(c, policy, now)

@@ -23,14 +23,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from attrs import field, frozen
 
 from router.core import events as ev
 from router.core.errors import ConfigError, CoreError, UnknownCustomerError
-from router.core.model import AgentView, CustomerState, WaitingView
+from router.core.model import CustomerState, WaitingView
 
 PREDICTORS = ("queue", "qlen", "les", "hol")
 _EXACT_TERMS = 4096  # beyond this many customers ahead the sum's tail is integrated (error < 1e-6 rel.)
@@ -41,11 +41,11 @@ class EngineReader(Protocol):
 
     def ahead_in_group(self, openid: str) -> int | None: ...
 
-    def agents(self) -> list[AgentView]: ...
+    def group_capacity(self, group: str | None) -> tuple[int, int]: ...
 
     def state(self, openid: str) -> CustomerState: ...
 
-    def waiting(self, now: float | None = None) -> list[WaitingView]: ...
+    def waiting_view(self, openid: str, now: float) -> WaitingView | None: ...
 
 
 def _number(name: str, *, low: float, strict: bool) -> Callable[[object, object, float], None]:
@@ -387,7 +387,7 @@ class WaitEstimator:
         if spell is None:
             spell = self._adopt(engine, openid, now)
         group = spell.group
-        servers, free = _capacity(engine.agents(), group)
+        servers, free = engine.group_capacity(group)
         elapsed = max(0.0, now - spell.arrived_at)
         mu = 1.0 / max(self.service_mean(group), 1e-9)
         theta = self.abandon_rate(group)
@@ -434,12 +434,11 @@ class WaitEstimator:
         return spell
 
     def _adopt(self, engine: EngineReader, openid: str, now: float) -> _Spell:
-        """A waiting customer we were not told about: read group, priority and arrival from the engine
-        (an O(queue) scan; feeding ``observe_event`` avoids it)."""
-        for view in engine.waiting(now):
-            if view.openid == openid:
-                return self._start_spell(openid, view.group, view.priority, view.arrived_at)
-        raise UnknownCustomerError(openid, "estimate (not found in the engine's queue)")
+        """A waiting customer we were not told about: read group, priority and arrival from the engine."""
+        view = engine.waiting_view(openid, now)
+        if view is None:
+            raise UnknownCustomerError(openid, "estimate (not found in the engine's queue)")
+        return self._start_spell(openid, view.group, view.priority, view.arrived_at)
 
     def _session_started(self, openid: str, now: float) -> None:
         spell = self._spells.get(openid)
@@ -537,15 +536,3 @@ def _non_negative(name: str, value: float) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise CoreError(f"{name} must be a finite number of seconds, got {value!r}")
     return max(0.0, float(value))
-
-
-def _capacity(agents: Iterable[AgentView], group: str | None) -> tuple[int, int]:
-    """(capacity, free capacity) in sessions of the online, unpaused agents able to serve ``group``
-    (any agent for a customer without a group)."""
-    total = free = 0
-    for a in agents:
-        if not a.online or a.paused or (group is not None and group not in a.groups):
-            continue
-        total += a.capacity
-        free += max(0, a.capacity - a.load)
-    return total, free

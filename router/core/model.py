@@ -93,3 +93,4 @@ class WaitingView:
     last_agent: str | None  # who served this customer last (customer history), if anyone
     last_served_at: float | None
     scope: tuple[str | None, ...]  # groups allowed now, in order; (None,) means any agent
+    preferred_until: float = float("-inf")  # the customer waits for preferred_agent alone until then

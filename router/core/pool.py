@@ -33,6 +33,7 @@ class _Agent:
 
     __slots__ = (
         "auto_accept",
+        "contrib",
         "groups",
         "indexed",
         "kf_account",
@@ -59,6 +60,7 @@ class _Agent:
         self.reserved = 0
         self.last_assigned_at = -math.inf
         self.indexed: dict[Order, IndexKey] | None = None
+        self.contrib = (0, 0)  # (capacity, free capacity) this agent adds to its groups' totals
 
 
 class Pool:
@@ -74,6 +76,7 @@ class Pool:
         self._default_capacity = default_capacity
         self._agents: dict[str, _Agent] = {}
         self._index: dict[str | None, dict[Order, SortedList]] = {}
+        self._totals: dict[str | None, list[int]] = {}  # group -> [capacity, free capacity] of serving agents
 
     # ----------------------------------------------------------------- reading (the PoolView protocol)
 
@@ -104,6 +107,12 @@ class Pool:
         """Number of free agents in ``group`` (``None``: all groups). O(1)."""
         idx = self._index.get(group)
         return 0 if idx is None else len(idx["name"])
+
+    def capacity_of(self, group: str | None = None) -> tuple[int, int]:
+        """(capacity, free capacity), in sessions, of the online unpaused agents of ``group`` (``None``:
+        all agents). Kept up to date on every change, so O(1)."""
+        t = self._totals.get(group)
+        return (0, 0) if t is None else (t[0], t[1])
 
     def free_agents(
         self, group: str | None = None, order: Order = "load", exclude: frozenset[str] = frozenset()
@@ -231,6 +240,13 @@ class Pool:
         }
 
     def _unindex(self, a: _Agent) -> None:
+        cap, free = a.contrib
+        if cap:
+            for group in (None, *a.groups):
+                t = self._totals[group]
+                t[0] -= cap
+                t[1] -= free
+            a.contrib = (0, 0)
         if a.indexed is None:
             return
         for group in (None, *a.groups):
@@ -240,6 +256,13 @@ class Pool:
         a.indexed = None
 
     def _reindex(self, a: _Agent) -> None:
+        if a.status != 0 and not a.paused:
+            cap = self._capacity(a)
+            a.contrib = (cap, max(0, cap - a.sessions - a.reserved))
+            for group in (None, *a.groups):
+                t = self._totals.setdefault(group, [0, 0])
+                t[0] += cap
+                t[1] += a.contrib[1]
         if not self._is_free(a):
             return
         keys = self._keys(a)
@@ -276,6 +299,16 @@ class Pool:
                 for group in (None, *a.groups):
                     for order in ORDERS:
                         assert a.indexed[order] in self._index[group][order]
+        totals: dict[str | None, list[int]] = {}
+        for a in self._agents.values():
+            if a.status != 0 and not a.paused:
+                cap = self._capacity(a)
+                for group in (None, *a.groups):
+                    t = totals.setdefault(group, [0, 0])
+                    t[0] += cap
+                    t[1] += max(0, cap - a.sessions - a.reserved)
+        for group, t in self._totals.items():
+            assert t == totals.get(group, [0, 0]), (group, t, totals.get(group))
         for group, idx in self._index.items():
             for order in ORDERS:
                 assert len(idx[order]) == len(idx["name"]), (group, order)
