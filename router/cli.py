@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 _COMMAND_MODULES: tuple[str, ...] = (
     "policies.cli",
+    "router.admin_cli",
     "router.config_cli",
     "router.doctor_cli",
     "router.run_cli",
