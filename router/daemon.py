@@ -70,6 +70,7 @@ Listener = Callable[[str, Mapping[str, Any]], None]
 """``listener(kind, payload)``: kinds 'event', 'command', 'assigned', 'api_call', 'push', 'state'."""
 
 _CLOSE_MEMORY_S = 120.0  # a second SessionClosed for the same pair within this is a duplicate
+_CANCEL_MEMORY_S = 3600.0  # WeChat's wait-list entry of a customer who cancelled is ignored this long
 
 
 class LoopClock:
@@ -230,6 +231,7 @@ class Daemon:
         self._touched: dict[str, int] = {}
         self._recent_closes: dict[tuple[str, str], float] = {}
         self._requests: dict[str, ev.CustomerRequested] = {}  # active customers' requests (to re-persist)
+        self._cancelled: dict[str, float] = {}  # openid -> when they cancelled (WeChat's wait list lags)
         self._guard = SnapshotGuard()
         self._rng = random.Random(self.options.seed)
         self._started_at = time.time()
@@ -666,8 +668,11 @@ class Daemon:
             self._requests.setdefault(openid, event)
         elif state in (CustomerState.GONE, CustomerState.UNKNOWN):
             self._requests.pop(openid, None)
-            if isinstance(event, ev.CustomerLeft) and self.notifier is not None:
-                self.notifier.on_left(openid, now)
+            if isinstance(event, ev.CustomerLeft):
+                if event.reason == "cancelled":
+                    self._cancelled[openid] = now
+                if self.notifier is not None:
+                    self.notifier.on_left(openid, now)
         return out
 
     def _notify_queued(self, openid: str, now: float) -> list[Command]:
@@ -841,8 +846,15 @@ class Daemon:
         )
 
     def _on_waitlisted(self, entry: WaitEntry) -> None:
-        """A customer in WeChat's own wait list that the engine does not know: route them."""
+        """A customer in WeChat's own wait list that the engine does not know: route them — unless they
+        cancelled with kfrouter and have not written since (no API removes a wait-list entry)."""
         now = self.clock.now()
+        cancelled_at = self._cancelled.get(entry.openid)
+        if cancelled_at is not None:
+            if entry.latest_time <= cancelled_at + 1:
+                log.debug("waitlist: %s cancelled; WeChat's entry ignored", entry.openid)
+                return
+            del self._cancelled[entry.openid]
         req = waitlist_request(self.config.routing, entry.openid)
         preferred = entry.kf_account if entry.kf_account and entry.kf_account in self.engine.pool else None
         arrived = float(entry.latest_time) if entry.latest_time > 0 else now
@@ -900,6 +912,9 @@ class Daemon:
                 last_house = t
                 now = self.clock.now()
                 self.intake.expire_choices(now)
+                for openid, at in list(self._cancelled.items()):
+                    if now - at > _CANCEL_MEMORY_S:
+                        del self._cancelled[openid]
                 if self.store is not None:
                     try:
                         pruned = self.store.prune_processed(now - self.config.store.dedup_keep_s)

@@ -346,6 +346,26 @@ async def test_wechat_wait_list_customers_are_picked_up(
     assert [(e["openid"], e["source"]) for e in requested] == [("q1", "waitlist")]
 
 
+async def test_a_cancel_is_final_even_while_wechat_still_lists_the_customer(
+    make_env: EnvFactory, upstream_server: Callable[..., Awaitable[tuple[Upstream, str]]]
+) -> None:
+    up, url = await upstream_server()
+    up.mode = "transfer"
+    env = await make_env(agents=(), upstream_url=url)
+    await env.ctl.say("q2", "hello")  # the old handler puts q2 in WeChat's queue; nobody is online
+    await wait_until(lambda: env.daemon.engine.state("q2") is CustomerState.WAITING, message="q2 picked up")
+    await env.ctl.say("q2", "取消")
+    await wait_until(lambda: env.daemon.engine.state("q2") is CustomerState.GONE, message="q2 cancelled")
+    assert [w["openid"] for w in (await env.ctl.state())["waiting"]] == ["q2"]  # WeChat still lists q2
+    poller = env.daemon.waitlist_poller
+    assert poller is not None
+    polls = poller.polls
+    await wait_until(lambda: poller.polls >= polls + 2, message="two more wait-list polls")
+    assert env.daemon.engine.state("q2") is CustomerState.GONE
+    requested = [e["source"] for e in env.of_type("event", "CustomerRequested") if e["openid"] == "q2"]
+    assert requested == ["waitlist"]
+
+
 # ------------------------------------------------------------------------------------------ outcomes
 
 
