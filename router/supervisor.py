@@ -1,0 +1,523 @@
+"""The live supervisor page (``/supervisor``), ``/metrics``, and ``attach_observability(daemon)``, the one hook
+the daemon calls to get both plus the structured event log.
+
+Routes (docs/observability.md has the details):
+
+- ``GET /metrics`` — Prometheus text; needs ``Authorization: Bearer <server.admin_token>`` (or the
+  supervisor cookie), because the callback port usually faces the internet.
+- ``GET /supervisor`` — the page (router/static/supervisor.html), or a login form answered with 401.
+  ``GET /supervisor?token=<admin token>`` and ``POST /supervisor/login`` (form field ``token``) check
+  the token and set a cookie, then redirect to ``/supervisor`` so the token leaves the address bar.
+- ``GET /supervisor/state`` — the snapshot the page renders, as JSON.
+- ``GET /supervisor/events`` — server-sent events: one ``snapshot`` event at once, then one after every
+  change (coalesced over ``debounce_s``) and at least every ``refresh_s`` (which doubles as keep-alive).
+- ``POST /supervisor/logout``; ``GET /supervisor/static/{supervisor.css,supervisor.js}`` (no data, no
+  token needed).
+
+Auth: ``Authorization: Bearer <admin token>``, or the cookie ``kfrouter_supervisor`` =
+``<expiry>.<HMAC-SHA256(admin token, expiry)>`` (HttpOnly, SameSite=Strict, 12 h). The cookie is not the
+token, expires on its own and stops working when the token changes. Anything else answers 401.
+
+The snapshot is built from the engine's read methods on the daemon's loop (no locking needed: one
+thread). Listeners never block: they bump a version and wake the event streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import json
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Mapping
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from router.core.errors import CoreError
+from router.core.model import CustomerState
+from router.logs import EventLog
+from router.metrics import NO_GROUP, Assignment, CustomerTracker, Metrics, group_label
+
+if TYPE_CHECKING:
+    from router.daemon import Daemon
+
+log = logging.getLogger("kfrouter.supervisor")
+
+COOKIE = "kfrouter_supervisor"
+COOKIE_TTL_S = 12 * 3600
+MAX_TOKEN_LEN = 512
+STATIC_TYPES = {"supervisor.css": "text/css", "supervisor.js": "application/javascript"}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def _static(name: str) -> str:
+    return resources.files("router").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def _num(value: float | None, digits: int = 3) -> float | None:
+    """JSON has no inf/nan: those become null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, digits)
+
+
+# ============================================================================ auth
+
+
+def session_cookie(token: str, expires: int) -> str:
+    mac = hmac.new(token.encode(), f"kfrouter-supervisor:{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"{expires}.{mac}"
+
+
+def _cookie_ok(value: str, token: str, now: float) -> bool:
+    expires, _, _mac = value.partition(".")
+    if not expires.isdigit() or len(expires) > 12 or int(expires) <= now:
+        return False
+    return hmac.compare_digest(value.encode(), session_cookie(token, int(expires)).encode())
+
+
+def token_ok(given: str, token: str) -> bool:
+    """Constant-time comparison of a presented admin token."""
+    given = given.strip()
+    return bool(given) and len(given) <= MAX_TOKEN_LEN and hmac.compare_digest(given.encode(), token.encode())
+
+
+def authorized(request: web.Request, token: str, now: float | None = None) -> bool:
+    """A valid ``Authorization: Bearer`` header or a valid, unexpired supervisor cookie."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and given.strip():
+        return token_ok(given, token)
+    cookie = request.cookies.get(COOKIE)
+    return cookie is not None and _cookie_ok(cookie, token, time.time() if now is None else now)
+
+
+def _unauthorized_json() -> web.Response:
+    return web.json_response(
+        {
+            "error": "admin token required: 'Authorization: Bearer <server.admin_token>' or log in at /supervisor"
+        },
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="kfrouter"', "Cache-Control": "no-store"},
+    )
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+# ============================================================================ the snapshot
+
+
+def _agent_status(a: Any) -> str:
+    if not a.online:
+        return "offline"
+    if a.paused:
+        return "paused"
+    return "full" if a.load >= a.capacity else "available"
+
+
+def build_snapshot(
+    daemon: Daemon,
+    recent: deque[Assignment],
+    assigned: Counter[str],
+    *,
+    max_customers: int = 50,
+) -> dict[str, Any]:
+    """What the page shows, JSON-ready. Times are the daemon's clock (unix seconds); ``now`` lets the page
+    tick waits locally between snapshots."""
+    now = daemon.clock.now()
+    engine = daemon.engine
+    estimator = daemon.estimator
+    agents = engine.agents()
+    nick = {a.kf_account: a.nickname for a in agents}
+    groups: dict[str, dict[str, Any]] = {}
+
+    def group_entry(name: str) -> dict[str, Any]:
+        entry = groups.get(name)
+        if entry is None:
+            entry = groups[name] = {
+                "name": name,
+                "waiting": 0,
+                "agents_online": 0,
+                "free_slots": 0,
+                "oldest_wait_s": 0.0,
+                "customers": [],
+            }
+        return entry
+
+    for g in daemon.config.groups:
+        group_entry(g.name)
+    longest = 0.0
+    waiting = engine.waiting(now)
+    for view in waiting:
+        entry = group_entry(group_label(view.group))
+        waited = max(0.0, now - view.arrived_at)
+        longest = max(longest, waited)
+        entry["oldest_wait_s"] = max(entry["oldest_wait_s"], round(waited, 3))
+        position = entry["waiting"]
+        entry["waiting"] += 1
+        if len(entry["customers"]) >= max_customers:
+            continue
+        estimate: dict[str, Any] | None = None
+        if estimator is not None:
+            try:
+                est = estimator.estimate(engine, view.openid, now)
+            except CoreError:
+                est = None
+            except Exception:  # an estimator bug must not take the page down
+                log.debug("estimate for %s failed", view.openid, exc_info=True)
+                est = None
+            if est is not None:
+                estimate = {"seconds": _num(est.seconds, 1), "method": est.method, "ahead": est.ahead}
+        entry["customers"].append(
+            {
+                "openid": view.openid,
+                "position": position,
+                "priority": view.priority,
+                "arrived_at": _num(view.arrived_at),
+                "preferred_agent": view.preferred_agent,
+                "estimate": estimate,
+            }
+        )
+    online = [a for a in agents if a.online]
+    for a in online:
+        for name in a.groups:
+            if name in groups:
+                groups[name]["agents_online"] += 1
+                if not a.paused:
+                    groups[name]["free_slots"] += max(0, a.capacity - a.load)
+    agent_rows = [
+        {
+            "kf_account": a.kf_account,
+            "nickname": a.nickname,
+            "online": a.online,
+            "paused": a.paused,
+            "status": _agent_status(a),
+            "wechat_status": a.status,
+            "groups": sorted(a.groups),
+            "load": a.load,
+            "sessions": a.sessions,
+            "reserved": a.reserved,
+            "capacity": a.capacity,
+            "last_assigned_at": _num(a.last_assigned_at),
+            "assigned": assigned.get(a.kf_account, 0),
+        }
+        for a in sorted(agents, key=lambda a: (not a.online, a.kf_account))
+    ]
+    wl = daemon.waitlist_poller
+    status = "stopping" if daemon.stopping else ("running" if daemon.started.is_set() else "starting")
+    return {
+        "now": _num(now),
+        "appid": daemon.config.wechat.appid,
+        "status": status,
+        "totals": {
+            "waiting": len(waiting),
+            "longest_wait_s": round(longest, 3),
+            "agents": len(agents),
+            "agents_online": len(online),
+            "agents_free": sum(1 for a in agents if a.free),
+            "load": sum(a.load for a in online),
+            "capacity": sum(a.capacity for a in online if not a.paused),
+            "sessions": len(engine.sessions()),
+            "reservations": len(engine.reservations()),
+            "assigned": sum(assigned.values()),
+            "wechat_waitlist": 0 if wl is None else wl.count,
+        },
+        "agents": agent_rows,
+        "groups": [
+            {**g, "label": g["name"] if g["name"] != NO_GROUP else "(no group)"} for g in groups.values()
+        ],
+        "recent": [
+            {
+                "at": _num(r.at),
+                "openid": r.openid,
+                "kf_account": r.kf_account,
+                "nickname": nick.get(r.kf_account, ""),
+                "group": r.group,
+                "waited_s": _num(r.waited_s, 1),
+                "source": r.source,
+            }
+            for r in reversed(recent)
+        ],
+    }
+
+
+# ============================================================================ the hub
+
+
+class SupervisorHub:
+    """Recent assignments and the event streams. ``feed`` is called from the daemon's listener."""
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        *,
+        recent_size: int = 30,
+        max_customers: int = 50,
+        refresh_s: float = 5.0,
+        debounce_s: float = 0.15,
+    ) -> None:
+        if not (refresh_s > 0 and debounce_s >= 0 and recent_size >= 1 and max_customers >= 1):
+            raise ValueError("SupervisorHub: refresh_s > 0, debounce_s >= 0, sizes >= 1 required")
+        self.daemon = daemon
+        self.recent: deque[Assignment] = deque(maxlen=recent_size)
+        self.assigned: Counter[str] = Counter()
+        self.max_customers = max_customers
+        self.refresh_s = refresh_s
+        self.debounce_s = debounce_s
+        self.version = 0
+        self.closed = False
+        self._streams: set[asyncio.Event] = set()
+        self._cache: tuple[int, float, bytes] | None = None
+
+    @property
+    def streams(self) -> int:
+        return len(self._streams)
+
+    def feed(self, kind: str, payload: Mapping[str, Any], happened: tuple[Any, ...] | None) -> None:
+        if happened is not None and happened[0] == "assigned":
+            a: Assignment = happened[1]
+            self.recent.append(a)
+            self.assigned[a.kf_account] += 1
+        if kind in ("event", "assigned"):
+            self.changed()
+
+    def changed(self) -> None:
+        self.version += 1
+        for wake in self._streams:
+            wake.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        return build_snapshot(self.daemon, self.recent, self.assigned, max_customers=self.max_customers)
+
+    def snapshot_bytes(self) -> bytes:
+        """The snapshot as JSON, shared by every stream for the same version (for up to a second)."""
+        t = time.monotonic()
+        if self._cache is not None and self._cache[0] == self.version and t - self._cache[1] < 1.0:
+            return self._cache[2]
+        data = json.dumps(self.snapshot(), ensure_ascii=False, separators=(",", ":")).encode()
+        self._cache = (self.version, t, data)
+        return data
+
+    def close(self) -> None:
+        """End every event stream (the web server is shutting down)."""
+        self.closed = True
+        for wake in self._streams:
+            wake.set()
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+            }
+        )
+        await resp.prepare(request)
+        wake = asyncio.Event()
+        self._streams.add(wake)
+        try:
+            await resp.write(b"retry: 3000\n\n")
+            while not self.closed:
+                await resp.write(b"event: snapshot\ndata: " + self.snapshot_bytes() + b"\n\n")
+                try:
+                    async with asyncio.timeout(self.refresh_s):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
+                if self.closed:
+                    break
+                if self.debounce_s:
+                    await asyncio.sleep(self.debounce_s)  # let a burst of changes settle into one snapshot
+                wake.clear()
+        except ConnectionError:
+            pass  # the browser went away
+        finally:
+            self._streams.discard(wake)
+        return resp
+
+
+# ============================================================================ wiring
+
+
+class Observability:
+    """Metrics, the supervisor hub and the event log of one daemon (``attach_observability`` builds it)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.tracker = CustomerTracker(daemon)
+        self.metrics = Metrics(daemon)
+        self.hub = SupervisorHub(daemon)
+        self.event_log: EventLog | None = EventLog() if daemon.config.log.json else None
+
+    @property
+    def token(self) -> str:
+        return self.daemon.config.server.admin_token
+
+    def listener(self, kind: str, payload: Mapping[str, Any]) -> None:
+        happened = self.tracker.feed(kind, payload)
+        self.metrics.feed(kind, payload, happened)
+        self.hub.feed(kind, payload, happened)
+        if self.event_log is not None:
+            self.event_log(kind, payload)
+        if kind == "event" and payload.get("type") == "CustomerRequested":
+            self._estimate_at_arrival(payload)
+
+    def _estimate_at_arrival(self, payload: Mapping[str, Any]) -> None:
+        """Without the notification planner nobody estimates at arrival; the estimator scores its first
+        estimate of a spell, so take it now rather than whenever someone opens the page."""
+        d = self.daemon
+        openid = payload.get("openid")
+        if d.notifier is not None or d.estimator is None or not isinstance(openid, str):
+            return
+        if d.engine.state(openid) is not CustomerState.WAITING:
+            return
+        try:
+            d.estimator.estimate(d.engine, openid, d.clock.now())
+        except Exception:
+            log.debug("arrival estimate for %s failed", openid, exc_info=True)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/metrics", self.metrics_page, allow_head=False),
+            web.get("/supervisor", self.page, allow_head=False),
+            web.post("/supervisor/login", self.login),
+            web.post("/supervisor/logout", self.logout),
+            web.get("/supervisor/state", self.state, allow_head=False),
+            web.get("/supervisor/events", self.events, allow_head=False),
+            web.get("/supervisor/static/{name}", self.static, allow_head=False),
+        ]
+
+    async def on_shutdown(self, _app: web.Application) -> None:
+        self.hub.close()
+
+    # ------------------------------------------------------------------ handlers
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        if not authorized(request, self.token):
+            return _unauthorized_json()
+        return web.Response(
+            body=self.metrics.render(),
+            headers={"Content-Type": self.metrics.content_type, "Cache-Control": "no-store"},
+        )
+
+    async def page(self, request: web.Request) -> web.Response:
+        given = request.query.get("token")
+        if given is not None:
+            if not token_ok(given, self.token):
+                log.warning("supervisor: wrong admin token in the URL from %s", request.remote)
+                return self._login_page("That token is not the admin token.")
+            return self._logged_in(request)
+        if not authorized(request, self.token):
+            return self._login_page(None)
+        return web.Response(
+            text=_static("supervisor.html"),
+            content_type="text/html",
+            charset="utf-8",
+            headers=SECURITY_HEADERS,
+        )
+
+    async def login(self, request: web.Request) -> web.Response:
+        try:
+            form = await request.post()
+        except Exception:
+            return self._login_page("The login form could not be read.")
+        given = form.get("token")
+        if not isinstance(given, str) or not token_ok(given, self.token):
+            log.warning("supervisor: failed login from %s", request.remote)
+            return self._login_page("That token is not the admin token.")
+        return self._logged_in(request)
+
+    async def logout(self, request: web.Request) -> web.Response:
+        resp = _see_other("/supervisor")
+        resp.del_cookie(COOKIE, path="/")
+        return resp
+
+    async def state(self, request: web.Request) -> web.Response:
+        if not authorized(request, self.token):
+            return _unauthorized_json()
+        return web.Response(
+            body=self.hub.snapshot_bytes(),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        if not authorized(request, self.token):
+            return _unauthorized_json()
+        return await self.hub.stream(request)
+
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        ctype = STATIC_TYPES.get(name)
+        if ctype is None:
+            raise web.HTTPNotFound(text="no such file")
+        return web.Response(
+            text=_static(name),
+            content_type=ctype,
+            charset="utf-8",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _logged_in(self, request: web.Request) -> web.Response:
+        resp = _see_other("/supervisor")
+        expires = int(time.time()) + COOKIE_TTL_S
+        resp.set_cookie(
+            COOKIE,
+            session_cookie(self.token, expires),
+            max_age=COOKIE_TTL_S,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
+        return resp
+
+    def _login_page(self, error: str | None) -> web.Response:
+        message = "" if error is None else f'<p class="login-error" role="alert">{html.escape(error)}</p>'
+        body = _static("login.html").replace("<!--MESSAGE-->", message)
+        return web.Response(
+            text=body,
+            status=401,
+            content_type="text/html",
+            charset="utf-8",
+            headers={**SECURITY_HEADERS, "WWW-Authenticate": 'Bearer realm="kfrouter"'},
+        )
+
+
+OBSERVABILITY_KEY: web.AppKey[Observability] = web.AppKey("kfrouter_observability", Observability)
+
+
+def attach_observability(daemon: Daemon) -> Observability:
+    """Add ``/metrics`` and ``/supervisor*`` to ``daemon.app`` and subscribe to the daemon's listeners.
+    Call before ``daemon.run()``; calling again returns the same object (idempotent)."""
+    existing = daemon.app.get(OBSERVABILITY_KEY)
+    if existing is not None:
+        return existing
+    obs = Observability(daemon)
+    daemon.app[OBSERVABILITY_KEY] = obs
+    daemon.app.add_routes(obs.routes())
+    daemon.app.on_shutdown.append(obs.on_shutdown)
+    daemon.listeners.append(obs.listener)
+    return obs
+
+
+def observability_of(daemon: Daemon) -> Observability | None:
+    """The ``Observability`` attached to ``daemon``, if any."""
+    return daemon.app.get(OBSERVABILITY_KEY)
