@@ -62,6 +62,7 @@ from router.pollers import (
     WaitlistPoller,
     waitlist_request,
 )
+from router.supervisor import attach_observability
 from router.wechat.crypto import SafeModeCrypto
 
 log = logging.getLogger("kfrouter.daemon")
@@ -266,6 +267,7 @@ class Daemon:
         self.app.add_routes(self.receiver.routes(w.callback_path))
         self.app.router.add_get("/healthz", self._healthz)
         self.app.add_routes(admin_routes(self))  # /api/ (docs/admin-api.md)
+        attach_observability(self)  # /metrics, /supervisor (docs/observability.md)
         self._executor: Executor | None = None
         self._agents: AgentPoller | None = None
         self._waitlist: WaitlistPoller | None = None
