@@ -45,6 +45,7 @@ ERR_SERVED_BY_OTHER = 65414
 ERR_NO_SESSION = 65413
 ERR_AGENT_UNAVAILABLE = frozenset({65401, 65402, 65415})  # unknown account, not bound, not online
 
+_NOBODY: frozenset[str] = frozenset()
 _GONE_MEMORY = 100_000  # how many departed customers' reasons the engine remembers
 
 
@@ -184,8 +185,10 @@ class Engine:
                     raise ConfigError(f"route {group!r}: overflow to itself")
         self._pool = Pool(config.default_capacity)
         self._customers: dict[str, _Customer] = {}
-        self._queue: SortedList = SortedList()  # of (key, openid)
-        self._group_queues: dict[str | None, SortedList] = {}  # the same entries, per customer group
+        # Waiting customers, one queue per customer group, entries (key, openid); the global queue order
+        # is the merge of these (keys are unique across groups).
+        self._group_queues: dict[str | None, SortedList] = {}
+        self._waiting_count = 0
         self._preferring: dict[str, set[str]] = {}  # preferred agent -> waiting customers who asked for them
         self._reservations: SortedList = SortedList()  # of (deadline, openid)
         self._wakeups: SortedList = SortedList()  # times when a waiting customer's scope may widen
@@ -253,18 +256,19 @@ class Engine:
         """Waiting customers in queue order (scope computed at ``now``, default: arrival time)."""
         return [
             self._waiting_view(self._customers[o], now if now is not None else self._customers[o].arrived_at)
-            for _k, o in self._queue
+            for _k, o in heapq.merge(*self._group_queues.values())
         ]
 
     def queue_length(self) -> int:
-        return len(self._queue)
+        return self._waiting_count
 
     def position(self, openid: str) -> int | None:
         """0-based place in the queue, or None when not waiting. O(log n)."""
         c = self._customers.get(openid)
         if c is None or c.state is not CustomerState.WAITING:
             return None
-        return int(self._queue.index((c.key, openid)))
+        entry = (c.key, openid)
+        return sum(int(q.bisect_left(entry)) for q in self._group_queues.values())
 
     def ahead_in_group(self, openid: str) -> int | None:
         """How many customers of the same group are ahead of ``openid`` (priority-aware). O(log n)."""
@@ -608,7 +612,7 @@ class Engine:
     def _enqueue(self, c: _Customer) -> None:
         c.state = CustomerState.WAITING
         c.with_agent = None
-        self._queue.add((c.key, c.openid))
+        self._waiting_count += 1
         q = self._group_queues.get(c.group)
         if q is None:
             q = self._group_queues[c.group] = SortedList()
@@ -617,7 +621,7 @@ class Engine:
             self._preferring.setdefault(c.preferred_agent, set()).add(c.openid)
 
     def _dequeue(self, c: _Customer) -> None:
-        self._queue.remove((c.key, c.openid))
+        self._waiting_count -= 1
         self._group_queues[c.group].remove((c.key, c.openid))
         if c.preferred_agent is not None:
             waiting = self._preferring[c.preferred_agent]
@@ -684,13 +688,16 @@ class Engine:
 
     def _avoid_now(self, c: _Customer, now: float) -> frozenset[str]:
         if not c.avoid:
-            return frozenset()
+            return _NOBODY
         for kf in [k for k, until in c.avoid.items() if until <= now]:
             del c.avoid[kf]
         return frozenset(c.avoid)
 
-    def _waiting_view(self, c: _Customer, now: float) -> WaitingView:
-        policy = self._policies[self._route(c).policy]
+    def _waiting_view(
+        self, c: _Customer, now: float, scope: tuple[str | None, ...] | None = None
+    ) -> WaitingView:
+        if scope is None:
+            scope = self._scope(c, self._policies[self._route(c).policy], now)
         hist = self._history.get(c.openid)
         if hist is not None and now - hist[1] > self.config.sticky_window_s:
             hist = None
@@ -701,11 +708,11 @@ class Engine:
             arrived_at=c.arrived_at,
             preferred_agent=c.preferred_agent,
             preferred_until=c.preferred_until,
-            avoid=frozenset(k for k, until in c.avoid.items() if until > now),
+            avoid=frozenset(k for k, until in c.avoid.items() if until > now) if c.avoid else _NOBODY,
             tags=c.tags,
             last_agent=None if hist is None else hist[0],
             last_served_at=None if hist is None else hist[1],
-            scope=self._scope(c, policy, now),
+            scope=scope,
         )
 
     def _pick(self, c: _Customer, now: float) -> str | None:
@@ -718,8 +725,7 @@ class Engine:
         scope = self._scope(c, policy, now)
         if not any(self._pool.free_count(g) for g in scope):
             return None  # cheap skip: nobody in scope is free, so no policy could pick
-        view = self._waiting_view(c, now)
-        kf = policy.pick(self._pool, view, now)
+        kf = policy.pick(self._pool, self._waiting_view(c, now, scope), now)
         if kf is None:
             return None
         if not self._pool.is_free(kf) or kf in avoid:
@@ -777,15 +783,13 @@ class Engine:
     def check(self) -> None:
         """Assert internal invariants; O(n). Tests call it after every step."""
         self._pool.check()
-        queued = [o for _k, o in self._queue]
+        queued = [o for q in self._group_queues.values() for _k, o in q]
         assert len(queued) == len(set(queued)), "customer queued twice"
-        assert sum(len(q) for q in self._group_queues.values()) == len(queued)
+        assert self._waiting_count == len(queued)
         reserved: dict[str, int] = {}
         for o, c in self._customers.items():
-            if c.state is CustomerState.WAITING:
-                assert (c.key, o) in self._queue, o
-            else:
-                assert (c.key, o) not in self._queue, o
+            in_queue = (c.key, o) in self._group_queues.get(c.group, ())
+            assert in_queue == (c.state is CustomerState.WAITING), o
             if c.state is CustomerState.RESERVED:
                 assert c.with_agent is not None and (c.reservation_deadline, o) in self._reservations
                 reserved[c.with_agent] = reserved.get(c.with_agent, 0) + 1

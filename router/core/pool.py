@@ -8,13 +8,16 @@ Rules:
   a policy's pick is O(log n) plus the agents it skips, never a scan of all agents.
 
 Index entries are plain tuples (sort key..., kf_account). Each agent remembers the tuples it was indexed
-under, so removal never depends on the agent's current (already changed) fields.
+under and the groups it was counted in, so removal never depends on the agent's current (already changed)
+fields, and a change that leaves every key as it was (a reservation confirmed into a session) costs no
+index work at all. An order's indices are built the first time a policy asks for that order, so a
+deployment that only uses least-load keeps one sorted list per group, not three.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 from sortedcontainers import SortedList
@@ -41,6 +44,7 @@ class _Agent:
         "local_max",
         "nickname",
         "paused",
+        "placed",
         "reserved",
         "sessions",
         "status",
@@ -59,8 +63,9 @@ class _Agent:
         self.sessions = 0
         self.reserved = 0
         self.last_assigned_at = -math.inf
-        self.indexed: dict[Order, IndexKey] | None = None
+        self.indexed: dict[Order, IndexKey] | None = None  # keys it is indexed under, when free
         self.contrib = (0, 0)  # (capacity, free capacity) this agent adds to its groups' totals
+        self.placed: frozenset[str] = frozenset()  # the groups ``indexed`` and ``contrib`` were applied to
 
 
 class Pool:
@@ -75,7 +80,9 @@ class Pool:
             raise ConfigError(f"default_capacity must be an integer >= 1, got {default_capacity!r}")
         self._default_capacity = default_capacity
         self._agents: dict[str, _Agent] = {}
+        self._orders: list[Order] = []  # the orders some policy has asked for (their indices are kept)
         self._index: dict[str | None, dict[Order, SortedList]] = {}
+        self._free: dict[str | None, int] = {}  # group -> number of free agents
         self._totals: dict[str | None, list[int]] = {}  # group -> [capacity, free capacity] of serving agents
 
     # ----------------------------------------------------------------- reading (the PoolView protocol)
@@ -105,8 +112,7 @@ class Pool:
 
     def free_count(self, group: str | None = None) -> int:
         """Number of free agents in ``group`` (``None``: all groups). O(1)."""
-        idx = self._index.get(group)
-        return 0 if idx is None else len(idx["name"])
+        return self._free.get(group, 0)
 
     def capacity_of(self, group: str | None = None) -> tuple[int, int]:
         """(capacity, free capacity), in sessions, of the online unpaused agents of ``group`` (``None``:
@@ -119,6 +125,8 @@ class Pool:
     ) -> Iterator[str]:
         """Free agents of ``group`` (``None``: any), best first by ``order``, skipping ``exclude``. Lazy:
         taking the first costs O(log n + len(exclude))."""
+        if order not in self._orders:
+            self._add_order(order)
         idx = self._index.get(group)
         if idx is None:
             return
@@ -139,17 +147,15 @@ class Pool:
 
     def update_from_wechat(self, kf_account: str, status: int, accepted_case: int, auto_accept: int) -> None:
         a = self._agents[kf_account]
-        self._unindex(a)
         a.status = status
         a.sessions = accepted_case
         a.auto_accept = auto_accept
-        self._reindex(a)
+        self._update(a)
 
     def set_status(self, kf_account: str, status: int) -> None:
         a = self._require(kf_account, "set_status")
-        self._unindex(a)
         a.status = status
-        self._reindex(a)
+        self._update(a)
 
     def configure(
         self,
@@ -163,7 +169,6 @@ class Pool:
         tags: frozenset[str] | None = None,
     ) -> None:
         a = self._require(kf_account, "configure")
-        self._unindex(a)
         if groups is not None:
             a.groups = groups
         if clear_max_sessions:
@@ -176,41 +181,37 @@ class Pool:
             a.nickname = nickname
         if tags is not None:
             a.tags = tags
-        self._reindex(a)
+        self._update(a)
 
     def add_sessions(self, kf_account: str, delta: int) -> None:
         a = self._require(kf_account, "add_sessions")
-        self._unindex(a)
         a.sessions = max(0, a.sessions + delta)
-        self._reindex(a)
+        self._update(a)
 
     def set_sessions(self, kf_account: str, count: int) -> None:
         a = self._require(kf_account, "set_sessions")
-        self._unindex(a)
         a.sessions = max(0, count)
-        self._reindex(a)
+        self._update(a)
 
     def reserve(self, kf_account: str, now: float) -> None:
         a = self._require(kf_account, "reserve")
-        self._unindex(a)
         a.reserved += 1
         a.last_assigned_at = now
-        self._reindex(a)
+        self._update(a)
 
     def unreserve(self, kf_account: str, *, confirmed: bool) -> None:
         """End one reservation; when ``confirmed`` it turns into an open session."""
         a = self._agents.get(kf_account)
         if a is None:  # the agent was removed while the reservation was pending
             return
-        self._unindex(a)
         a.reserved = max(0, a.reserved - 1)
         if confirmed:
             a.sessions += 1
-        self._reindex(a)
+        self._update(a)
 
     def remove(self, kf_account: str) -> None:
         a = self._require(kf_account, "remove")
-        self._unindex(a)
+        self._take_out(a)
         del self._agents[kf_account]
 
     # ----------------------------------------------------------------- internals
@@ -231,48 +232,72 @@ class Pool:
     def _is_free(self, a: _Agent) -> bool:
         return a.status != 0 and not a.paused and a.sessions + a.reserved < self._capacity(a)
 
-    def _keys(self, a: _Agent) -> dict[Order, IndexKey]:
-        load = a.sessions + a.reserved
-        return {
-            "load": (load / self._capacity(a), load, a.last_assigned_at, a.kf_account),
-            "idle": (a.last_assigned_at, a.kf_account),
-            "name": (a.kf_account,),
-        }
+    def _keys(self, a: _Agent, orders: Iterable[Order]) -> dict[Order, IndexKey]:
+        keys: dict[Order, IndexKey] = {}
+        for order in orders:
+            if order == "load":
+                load = a.sessions + a.reserved
+                keys[order] = (load / self._capacity(a), load, a.last_assigned_at, a.kf_account)
+            elif order == "idle":
+                keys[order] = (a.last_assigned_at, a.kf_account)
+            else:
+                keys[order] = (a.kf_account,)
+        return keys
 
-    def _unindex(self, a: _Agent) -> None:
-        cap, free = a.contrib
-        if cap:
-            for group in (None, *a.groups):
-                t = self._totals[group]
-                t[0] -= cap
-                t[1] -= free
-            a.contrib = (0, 0)
-        if a.indexed is None:
+    def _add_order(self, order: Order) -> None:
+        """Start keeping the indices of ``order``: built once from the free agents, O(n log n)."""
+        self._orders.append(order)
+        for idx in self._index.values():
+            idx[order] = SortedList()
+        for a in self._agents.values():
+            if a.indexed is not None:
+                key = self._keys(a, (order,))[order]
+                a.indexed[order] = key
+                for group in (None, *a.placed):
+                    self._index[group][order].add(key)
+
+    def _update(self, a: _Agent) -> None:
+        """Bring the indices and totals in line with ``a``'s current fields, touching only what changed."""
+        serving = a.status != 0 and not a.paused
+        cap = self._capacity(a) if serving else 0
+        contrib = (cap, max(0, cap - a.sessions - a.reserved)) if serving else (0, 0)
+        keys = self._keys(a, self._orders) if self._is_free(a) else None
+        if a.placed == a.groups and contrib == a.contrib and keys == a.indexed:
             return
-        for group in (None, *a.groups):
-            idx = self._index[group]
-            for order in ORDERS:
-                idx[order].remove(a.indexed[order])
-        a.indexed = None
-
-    def _reindex(self, a: _Agent) -> None:
-        if a.status != 0 and not a.paused:
-            cap = self._capacity(a)
-            a.contrib = (cap, max(0, cap - a.sessions - a.reserved))
+        self._take_out(a)
+        a.placed = a.groups
+        a.contrib = contrib
+        if contrib != (0, 0):
             for group in (None, *a.groups):
                 t = self._totals.setdefault(group, [0, 0])
-                t[0] += cap
-                t[1] += a.contrib[1]
-        if not self._is_free(a):
-            return
-        keys = self._keys(a)
-        for group in (None, *a.groups):
-            idx = self._index.get(group)
-            if idx is None:
-                idx = self._index[group] = {order: SortedList() for order in ORDERS}
-            for order in ORDERS:
-                idx[order].add(keys[order])
-        a.indexed = keys
+                t[0] += contrib[0]
+                t[1] += contrib[1]
+        if keys is not None:
+            a.indexed = keys
+            for group in (None, *a.groups):
+                self._free[group] = self._free.get(group, 0) + 1
+                idx = self._index.get(group)
+                if idx is None:
+                    idx = self._index[group] = {order: SortedList() for order in self._orders}
+                for order, key in keys.items():
+                    idx[order].add(key)
+
+    def _take_out(self, a: _Agent) -> None:
+        """Remove what ``a`` added to the indices and totals (as recorded when it was added)."""
+        groups = (None, *a.placed)
+        if a.contrib != (0, 0):
+            for group in groups:
+                t = self._totals[group]
+                t[0] -= a.contrib[0]
+                t[1] -= a.contrib[1]
+            a.contrib = (0, 0)
+        if a.indexed is not None:
+            for group in groups:
+                self._free[group] -= 1
+                idx = self._index[group]
+                for order, key in a.indexed.items():
+                    idx[order].remove(key)
+            a.indexed = None
 
     def _view(self, a: _Agent) -> AgentView:
         return AgentView(
@@ -290,17 +315,20 @@ class Pool:
         )
 
     def check(self) -> None:
-        """Assert the index invariants (for tests): exactly the free agents are indexed, with current keys."""
+        """Assert the index invariants (for tests): exactly the free agents are indexed, with current keys
+        for every kept order, in every group they belong to; counts and totals match a recount."""
+        free_count: dict[str | None, int] = {}
+        totals: dict[str | None, list[int]] = {}
         for a in self._agents.values():
             free = self._is_free(a)
             assert (a.indexed is not None) == free, a.kf_account
+            assert a.placed == a.groups, a.kf_account
             if free:
-                assert a.indexed == self._keys(a), a.kf_account
+                assert a.indexed == self._keys(a, self._orders), a.kf_account
                 for group in (None, *a.groups):
-                    for order in ORDERS:
+                    free_count[group] = free_count.get(group, 0) + 1
+                    for order in self._orders:
                         assert a.indexed[order] in self._index[group][order]
-        totals: dict[str | None, list[int]] = {}
-        for a in self._agents.values():
             if a.status != 0 and not a.paused:
                 cap = self._capacity(a)
                 for group in (None, *a.groups):
@@ -309,10 +337,13 @@ class Pool:
                     t[1] += max(0, cap - a.sessions - a.reserved)
         for group, t in self._totals.items():
             assert t == totals.get(group, [0, 0]), (group, t, totals.get(group))
+        for group, n in self._free.items():
+            assert n == free_count.get(group, 0), (group, n)
         for group, idx in self._index.items():
-            for order in ORDERS:
-                assert len(idx[order]) == len(idx["name"]), (group, order)
-                for entry in idx[order]:
+            assert set(idx) == set(self._orders), group
+            for order, entries in idx.items():
+                assert len(entries) == self._free.get(group, 0), (group, order)
+                for entry in entries:
                     kf = entry[-1]
                     assert isinstance(kf, str)
                     a = self._agents[kf]
