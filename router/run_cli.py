@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
-import time
 from typing import Any
 
 import attrs
@@ -45,39 +43,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="seconds to finish API calls in flight on SIGTERM (default 10)",
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override [log] level")
+    p.add_argument(
+        "--log-json",
+        action="store_true",
+        help="one JSON object per log line (like [log] json = true); see docs/observability.md",
+    )
     p.set_defaults(func=run)
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "t": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
-
-
-def setup_logging(level: str, as_json: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if as_json:
-        handler.setFormatter(_JsonFormatter())
-    else:
-        fmt = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-        fmt.converter = time.gmtime
-        handler.setFormatter(fmt)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def run(args: argparse.Namespace) -> int:
     from router.config import ConfigError, load_config
     from router.daemon import DaemonOptions
+    from router.logs import config_secrets, setup_logging
 
     try:
         config = load_config(args.config)
@@ -107,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(str(exc).replace("DaemonOptions.", "option "), file=sys.stderr)
         return 2
-    setup_logging(args.log_level or config.log.level, config.log.json)
+    if args.log_json:
+        config = attrs.evolve(config, log=attrs.evolve(config.log, json=True))
+    setup_logging(args.log_level or config.log.level, config.log.json, secrets=config_secrets(config))
     try:
         return asyncio.run(_serve(config, options))
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
