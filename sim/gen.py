@@ -293,13 +293,15 @@ def generate(params: GenParams) -> Iterator[Record]:
     everyone = names
     grouped = {g: m for g, m in members.items() if g is not None}
 
-    # agent timeline: a heap of (t, order, record); order keeps "online" before "offline" at one t
+    # agent timeline: a heap of (t, order, seq, record); see push_day for the order at one instant
     agent_heap: list[tuple[float, int, int, Record]] = []
     seq = 0
 
     def agent_online(t: float, i: int) -> AgentOnline:
         g = group_of[i]
         return AgentOnline(t=t, agent=names[i], groups=(g,) if g else (), max_sessions=params.max_sessions)
+
+    last_off: dict[int, float] = {}
 
     def push_day(i: int, day: int) -> None:
         nonlocal seq
@@ -308,8 +310,12 @@ def generate(params: GenParams) -> Iterator[Record]:
         end_h = seg.end_h if seg.end_h > seg.start_h else seg.end_h + 24.0
         off = day * DAY_S + end_h * 3600.0
         if off > 0:
-            heapq.heappush(agent_heap, (max(on, 0.0), 0, seq, agent_online(max(on, 0.0), i)))
+            # at one instant, other agents' "online" comes before "offline" (no gap in coverage), but an
+            # agent whose shift ends exactly when their next one starts goes offline first, then online
+            on_order = 2 if last_off.get(i) == on else 0
+            heapq.heappush(agent_heap, (max(on, 0.0), on_order, seq, agent_online(max(on, 0.0), i)))
             heapq.heappush(agent_heap, (off, 1, seq + 1, AgentOffline(t=off, agent=names[i])))
+            last_off[i] = off
             seq += 2
 
     next_day = 0

@@ -209,3 +209,20 @@ def test_cli_gen_bad_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--groups" in capsys.readouterr().err
     assert main(["sim", "gen", "--arrival-rate", "1", "--arrival-profile", "0-24:1"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_round_the_clock_shift_stays_online_across_midnight() -> None:
+    p = GenParams(
+        agents=1,
+        customers=400,
+        arrival_rate=0.002,  # about 2.3 days of arrivals
+        shifts=parse_windows("0-24", "s", wrap=True, default=1.0),
+    )
+    online = False
+    for r in generate(p):
+        if isinstance(r, AgentOnline):
+            online = True
+        elif isinstance(r, AgentOffline):
+            online = False
+        else:
+            assert online, f"arrival at {r.t / 3600:.1f} h with the only (0-24) agent offline"
