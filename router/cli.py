@@ -15,6 +15,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "policies.cli",
     "router.admin_cli",
     "router.config_cli",
+    "router.demo_cli",
     "router.doctor_cli",
     "router.run_cli",
     "sim.cli",
