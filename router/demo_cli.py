@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = logging.getLogger("kfrouter")
     level = quiet.level
     if args.verbose:
-        from router.run_cli import setup_logging
+        from router.logs import setup_logging
 
         setup_logging("info", False)
     else:
