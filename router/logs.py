@@ -157,12 +157,12 @@ def setup_logging(
     if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ValueError(f"log level must be debug, info, warning or error, got {level!r}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.addFilter(RedactFilter(secrets))
     if as_json:
-        handler.addFilter(DuplicateFilter())
+        handler.addFilter(DuplicateFilter())  # first: it matches the unformatted message
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(_text_formatter())
+    handler.addFilter(RedactFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -32,7 +32,6 @@ from prometheus_client.core import (
     Metric,
     SummaryMetricFamily,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 import router
@@ -224,7 +223,8 @@ class Metrics:
     Feed it with ``feed(kind, payload, happened)`` from the daemon's listener, where ``happened`` is what
     ``CustomerTracker.feed`` returned for the same payload."""
 
-    content_type = CONTENT_TYPE_LATEST
+    # The classic text format: every name here is a legacy (ASCII) name, so Prometheus 2.x and 3.x read it.
+    content_type = "text/plain; version=0.0.4; charset=utf-8"
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon

@@ -1,0 +1,274 @@
+"""``/metrics``: every documented metric after real traffic (daemon + fake WeChat in-process), values that
+follow the traffic, the admin token, one registry per daemon; ``CustomerTracker`` and labels as units."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ADMIN_TOKEN, config_dict, wait_until
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+from test_metrics_env import running_env
+
+from router.config import Config
+from router.core.model import CustomerState
+from router.daemon import Daemon
+from router.metrics import METRIC_NAMES, CustomerTracker, endpoint_label
+from router.supervisor import attach_observability, observability_of
+from router.wechat import replies
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+OBS_DOC = Path(__file__).resolve().parent.parent / "docs" / "observability.md"
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Parse the exposition (fails on malformed text): (sample name, sorted labels) -> value."""
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(data: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return data.get((name, tuple(sorted(labels.items()))), math.nan)
+
+
+def sample_names(text: str) -> set[str]:
+    return {
+        line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")
+    }
+
+
+def exposed(name: str, names: set[str]) -> bool:
+    """A documented name appears as a sample (histograms and summaries through their _count)."""
+    return name in names or f"{name}_count" in names
+
+
+async def test_every_documented_metric_is_exposed_after_traffic(tmp_path: Path) -> None:
+    async with running_env(
+        tmp_path,
+        agents=("a1@test", "a2@test"),
+        groups=[
+            {"name": "general", "agents": ["a1@test", "a2@test"]},
+            {"name": "billing", "agents": ["b1@test"]},  # b1 never comes online: billing customers wait
+        ],
+        routing={"rules": [{"keywords": ["invoice"], "group": "billing"}], "cancel_keywords": ["cancel"]},
+    ) as env:
+        await env.ctl.say("c1", "human please")
+        await env.assigned("c1")
+        await env.ctl.fault("kfsession/create", errcode=65415, times=1)  # the agent went offline meanwhile
+        await env.ctl.say("c2", "human please")
+        await env.assigned("c2")
+        await env.ctl.say("b1", "invoice please")
+        await wait_until(lambda: env.daemon.engine.state("b1") is CustomerState.WAITING, message="b1 waiting")
+        status, text = await env.get("/metrics")
+        assert status == 200
+        during = samples(text)
+        assert value(during, "kfrouter_customers_waiting", group="billing") == 1
+        assert value(during, "kfrouter_oldest_wait_seconds", group="billing") >= 0
+        await env.ctl.say("b1", "cancel")
+        await env.ctl.say("n1", "just saying hello")  # not for kfrouter: forwarded (no upstream configured)
+        await wait_until(lambda: env.daemon.engine.state("b1") is CustomerState.GONE, message="b1 gone")
+        # one refused webhook request: a bad signature
+        xml = replies.build_text_message("gh_x", "evil", int(time.time()), "human", 7)
+        params = {"signature": "0" * 40, "timestamp": str(int(time.time())), "nonce": "1", "openid": "evil"}
+        async with env.http.post(env.base + "/wechat", params=params, data=xml) as resp:
+            assert resp.status == 403
+
+        status, text = await env.get("/metrics")
+        assert status == 200
+        assert env.obs.metrics.content_type.startswith("text/plain; version=0.0.4")
+        names = sample_names(text)
+        missing = [n for n in METRIC_NAMES if not exposed(n, names)]
+        assert missing == [], f"documented but not exposed: {missing}"
+        undocumented = sorted(
+            n
+            for n in names
+            if n.startswith("kfrouter_")
+            and not any(n == m or n.startswith(m.removesuffix("_total") + "_") for m in METRIC_NAMES)
+        )
+        assert undocumented == []
+
+        data = samples(text)
+        agents = {"a1@test", "a2@test"}
+        served = {
+            agent: value(data, "kfrouter_assignments_total", group="general", agent=agent) for agent in agents
+        }
+        assert sum(v for v in served.values() if not math.isnan(v)) == 2
+        assert value(data, "kfrouter_customer_requests_total", group="general", source="push") == 2
+        assert value(data, "kfrouter_customer_requests_total", group="billing", source="push") == 1
+        assert value(data, "kfrouter_wait_seconds_count", group="general") == 2
+        assert value(data, "kfrouter_customers_left_total", group="billing", reason="cancelled") == 1
+        assert value(data, "kfrouter_customers_waiting", group="billing") == 0
+        assert value(data, "kfrouter_customers_waiting", group="general") == 0
+        assert value(data, "kfrouter_create_failures_total", errcode="65415") == 1
+        assert value(data, "kfrouter_api_calls_total", endpoint="kfsession/create") == 3
+        assert value(data, "kfrouter_api_failures_total", endpoint="kfsession/create") == 1
+        assert value(data, "kfrouter_api_errors_total", endpoint="kfsession/create", errcode="65415") == 1
+        assert value(data, "kfrouter_api_latency_seconds_count", endpoint="kfsession/create") == 3
+        assert (
+            value(data, "kfrouter_api_call_duration_seconds_count", endpoint="kfsession/create", ok="true")
+            == 2
+        )
+        assert value(data, "kfrouter_api_calls_total", endpoint="getonlinekflist") >= 1
+        assert value(data, "kfrouter_token_refreshes_total") >= 1
+        assert value(data, "kfrouter_webhook_requests_total", outcome="forbidden") == 1
+        assert value(data, "kfrouter_webhook_requests_total", outcome="ok") >= 5
+        assert value(data, "kfrouter_pushes_total", type="UserMessage") == 5
+        assert value(data, "kfrouter_commands_total", type="CreateSession") == 3
+        assert value(data, "kfrouter_upstream_forwards_total", outcome="not_configured") == 1
+        assert value(data, "kfrouter_sessions") == 2
+        assert value(data, "kfrouter_reservations") == 0
+        assert value(data, "kfrouter_ready") == 1
+        assert value(data, "kfrouter_agent_capacity", agent="a1@test") == 3
+        assert value(data, "kfrouter_agent_online", agent="a1@test") == 1
+        for agent in agents:  # every session open: load = customers assigned to the agent
+            count = served[agent]
+            assert value(data, "kfrouter_agent_load", agent=agent) == (0 if math.isnan(count) else count)
+        assert value(data, "kfrouter_info", version="0.1.0", appid="wx_test_app") == 1
+
+
+async def test_metrics_need_the_admin_token(tmp_path: Path) -> None:
+    async with running_env(tmp_path) as env:
+        status, body = await env.get("/metrics", auth=False)
+        assert status == 401 and "admin token" in body and "kfrouter_" not in body
+        status, _ = await env.get(
+            "/metrics", auth=False, headers={"Authorization": "Bearer wrong-token-123456"}
+        )
+        assert status == 401
+        status, _ = await env.get("/metrics", auth=False, headers={"Authorization": f"Basic {ADMIN_TOKEN}"})
+        assert status == 401
+        status, body = await env.get("/metrics")
+        assert status == 200 and "kfrouter_ready 1.0" in body
+
+
+def _config(tmp_path: Path, appid: str) -> Config:
+    return Config.from_dict(
+        config_dict(api_base="http://127.0.0.1:9", store=tmp_path / f"{appid}.db", appid=appid), env={}
+    )
+
+
+def test_each_daemon_has_its_own_registry(tmp_path: Path) -> None:
+    first, second = Daemon(_config(tmp_path, "wx_one")), Daemon(_config(tmp_path, "wx_two"))
+    one, two = observability_of(first), observability_of(second)
+    assert one is not None and two is not None and one is not two
+    assert attach_observability(first) is one  # idempotent: the daemon attached it already
+    assert one.metrics.registry is not two.metrics.registry
+    assert not any(m.name.startswith("kfrouter") for m in REGISTRY.collect())
+    text_one, text_two = one.metrics.render().decode(), two.metrics.render().decode()
+    assert 'appid="wx_one"' in text_one and "wx_two" not in text_one
+    assert 'appid="wx_two"' in text_two
+    # before run(): no client, no executor; the scrape still works and says "not ready"
+    assert value(samples(text_one), "kfrouter_ready") == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "label"),
+    [
+        ("/cgi-bin/customservice/getonlinekflist", "getonlinekflist"),
+        ("/customservice/kfsession/create", "kfsession/create"),
+        ("/cgi-bin/message/custom/send", "message/custom/send"),
+        ("/cgi-bin/stable_token", "stable_token"),
+        ("/customservice/kfaccount/add", "kfaccount/add"),
+    ],
+)
+def test_endpoint_labels_match_the_executor_names(path: str, label: str) -> None:
+    assert endpoint_label(path) == label
+
+
+def test_documentation_lists_every_metric() -> None:
+    for doc in (README, OBS_DOC):
+        text = doc.read_text(encoding="utf-8")
+        listed = set(re.findall(r"`(kfrouter_[a-z_]+)`", text))
+        assert set(METRIC_NAMES) <= listed, f"{doc.name} misses {sorted(set(METRIC_NAMES) - listed)}"
+
+
+# ------------------------------------------------------------------------------------ the tracker
+
+
+class _Engine:
+    def __init__(self) -> None:
+        self.states: dict[str, CustomerState] = {}
+
+    def state(self, openid: str) -> CustomerState:
+        return self.states.get(openid, CustomerState.UNKNOWN)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+
+class _Daemon:
+    def __init__(self) -> None:
+        self.engine = _Engine()
+        self.clock = _Clock()
+
+
+def _tracker(max_tracked: int = 100) -> tuple[CustomerTracker, _Daemon]:
+    d = _Daemon()
+    return CustomerTracker(d, max_tracked=max_tracked), d  # type: ignore[arg-type]
+
+
+def _event(etype: str, **fields: Any) -> dict[str, Any]:
+    return {"type": etype, **fields}
+
+
+def test_tracker_measures_the_wait_and_labels_the_group() -> None:
+    t, d = _tracker()
+    d.engine.states["o1"] = CustomerState.WAITING
+    happened = t.feed("event", _event("CustomerRequested", openid="o1", group="vip", source="push"))
+    assert happened == ("requested", "vip", "push")
+    # a second request while waiting is absorbed by the engine: not a new request
+    assert t.feed("event", _event("CustomerRequested", openid="o1", group="vip", source="push")) is None
+    d.clock.t += 42.5
+    d.engine.states["o1"] = CustomerState.IN_SESSION
+    kind, a = t.feed("assigned", {"openid": "o1", "kf_account": "k1@x", "source": "api"})  # type: ignore[misc]
+    assert kind == "assigned"
+    assert (a.group, a.kf_account, a.waited_s, a.at) == ("vip", "k1@x", 42.5, 1042.5)
+
+
+def test_tracker_measures_a_requeued_customer_from_the_requeue() -> None:
+    t, d = _tracker()
+    d.engine.states["o1"] = CustomerState.RESERVED
+    t.feed("event", _event("CustomerRequested", openid="o1", group="g", arrived_at=990.0))
+    d.engine.states["o1"] = CustomerState.IN_SESSION
+    _k, first = t.feed("assigned", {"openid": "o1", "kf_account": "k1@x"})  # type: ignore[misc]
+    assert first.waited_s == 10.0  # from the arrival the push carried
+    d.clock.t = 1500.0
+    d.engine.states["o1"] = CustomerState.WAITING  # the agent went offline: routed again
+    assert t.feed("event", _event("SessionClosed", openid="o1", kf_account="k1@x")) is None
+    d.clock.t = 1530.0
+    d.engine.states["o1"] = CustomerState.IN_SESSION
+    _k, second = t.feed("assigned", {"openid": "o1", "kf_account": "k2@x"})  # type: ignore[misc]
+    assert (second.group, second.waited_s) == ("g", 30.0)
+
+
+def test_tracker_counts_departures_and_forgets() -> None:
+    t, d = _tracker(max_tracked=3)
+    for i in range(5):
+        d.engine.states[f"o{i}"] = CustomerState.WAITING
+        t.feed("event", _event("CustomerRequested", openid=f"o{i}", group="g"))
+    assert len(t) == 3 and t.group_of("o0") is None and t.group_of("o4") == "g"
+    d.engine.states["o4"] = CustomerState.GONE
+    assert t.feed("event", _event("CustomerLeft", openid="o4", reason="cancelled")) == (
+        "left",
+        "g",
+        "cancelled",
+    )
+    assert t.group_of("o4") is None
+    # a session an agent opened by hand for someone kfrouter never saw: no group, no wait
+    _k, a = t.feed("assigned", {"openid": "stranger", "kf_account": "k@x", "source": "push"})  # type: ignore[misc]
+    assert a.group is None and a.waited_s is None and a.source == "push"
+    # payloads without an openid are ignored
+    assert t.feed("event", _event("AgentsSeen", rows=[])) is None
