@@ -58,6 +58,7 @@ async def running_env(
     tmp_path: Path,
     *,
     agents: tuple[str, ...] = ("a1@test", "a2@test"),
+    fake_agents: list[dict[str, Any]] | None = None,
     fake_options: dict[str, Any] | None = None,
     options: DaemonOptions | None = None,
     log: dict[str, Any] | None = None,
@@ -72,6 +73,8 @@ async def running_env(
         ctl = FakeControl(fake.base_url, http)
         if agents:
             await ctl.agents(*agents)
+        if fake_agents:
+            await ctl.call("POST", "agents", {"agents": fake_agents})
         data = config_dict(api_base=fake.base_url, store=tmp_path / "kfrouter.db", **config)
         if log is not None:
             data["log"] = log

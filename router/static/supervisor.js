@@ -39,7 +39,12 @@
   }
 
   function clockTime(t) {
-    return new Date((t - offset) * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    return new Date((t - offset) * 1000).toLocaleTimeString([], {
+      hour: "2-digit",
+      minute: "2-digit",
+      second: "2-digit",
+      hour12: false,
+    });
   }
 
   function waitLevel(seconds) {
@@ -49,9 +54,10 @@
   }
 
   // An element whose text is "time since <since>" (server seconds), updated by tick().
-  function since(node, t, suffix, levels) {
+  function since(node, t, suffix, levels, prefix) {
     node.dataset.since = String(t);
     if (suffix) node.dataset.suffix = suffix;
+    if (prefix) node.dataset.prefix = prefix;
     if (levels) node.dataset.levels = "1";
     return node;
   }
@@ -60,7 +66,7 @@
     const now = serverNow();
     for (const node of document.querySelectorAll("[data-since]")) {
       const elapsed = now - Number(node.dataset.since);
-      node.textContent = duration(elapsed) + (node.dataset.suffix || "");
+      node.textContent = (node.dataset.prefix || "") + duration(elapsed) + (node.dataset.suffix || "");
       if (node.dataset.levels) node.dataset.level = waitLevel(elapsed);
     }
   }
@@ -87,15 +93,16 @@
     $("t-waiting").textContent = t.waiting;
     const longest = $("t-longest");
     delete longest.dataset.since;
+    delete longest.dataset.prefix;
     if (t.waiting > 0) {
-      since(longest, s.now - t.longest_wait_s, " longest wait");
+      since(longest, s.now - t.longest_wait_s, "", false, "longest wait ");
     } else {
       longest.textContent = "nobody waiting";
     }
     $("stat-waiting").dataset.level = t.waiting > 0 ? waitLevel(t.longest_wait_s) : "";
     $("t-online").textContent = t.agents_online;
     $("t-agents").textContent = "/ " + t.agents;
-    $("t-free").textContent = t.agents_free + (t.agents_free === 1 ? " with free capacity" : " with free capacity");
+    $("t-free").textContent = t.agents_free + " with free capacity";
     $("t-load").textContent = t.load;
     $("t-capacity").textContent = "/ " + t.capacity;
     const lb = $("t-loadbar");
@@ -201,9 +208,11 @@
           if (c.estimate && c.estimate.seconds !== null) {
             eta.textContent = c.estimate.seconds < 1 ? "next" : "~" + duration(c.estimate.seconds) + " left";
             eta.title = "estimate (" + c.estimate.method + "), " + c.estimate.ahead + " ahead";
+          } else if (g.agents_online === 0) {
+            eta.textContent = "no agent online";
+            eta.title = "nobody who serves this group is online";
           } else {
             eta.textContent = "no estimate";
-            if (c.estimate) eta.title = "no agent can serve this group right now";
           }
           li.appendChild(eta);
           list.appendChild(li);
@@ -260,7 +269,7 @@
     renderRecent(s);
     firstRender = false;
     $("status").textContent = s.status;
-    $("updated").textContent = new Date().toLocaleTimeString();
+    $("updated").textContent = new Date().toLocaleTimeString([], { hour12: false });
     document.body.dataset.ready = "1";
     tick();
   }
