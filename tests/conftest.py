@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -58,11 +59,31 @@ def wait() -> Callable[..., Awaitable[Any]]:
     return wait_until
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1 (for a process that must keep its port across restarts)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free right now on 127.0.0.1, for a process that must keep its port across restarts.
+
+    Chosen below the kernel's ephemeral range: a port handed out by ``bind(0)`` could be taken by any
+    outgoing connection on this machine (other test runs included) before the process binds it."""
+    low, _high = _ephemeral_range()
+    top = max(low - 1, 11000)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(10000, top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found below the ephemeral range")
 
 
 # ---------------------------------------------------------------------------------------- fake WeChat
