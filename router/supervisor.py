@@ -281,6 +281,7 @@ class SupervisorHub:
         self.debounce_s = debounce_s
         self.version = 0
         self.closed = False
+        self.last_build_s = 0.0  # how long the last snapshot took to build
         self._streams: set[asyncio.Event] = set()
         self._cache: tuple[int, float, bytes] | None = None
 
@@ -310,8 +311,14 @@ class SupervisorHub:
         if self._cache is not None and self._cache[0] == self.version and t - self._cache[1] < 1.0:
             return self._cache[2]
         data = json.dumps(self.snapshot(), ensure_ascii=False, separators=(",", ":")).encode()
+        self.last_build_s = time.monotonic() - t
         self._cache = (self.version, t, data)
         return data
+
+    def pause_s(self) -> float:
+        """How long a stream waits after a change before the next snapshot: ``debounce_s``, or more when
+        snapshots are expensive (a long queue), so building them stays under ~10% of the event loop."""
+        return max(self.debounce_s, 10.0 * self.last_build_s)
 
     def close(self) -> None:
         """End every event stream (the web server is shutting down)."""
@@ -341,8 +348,9 @@ class SupervisorHub:
                     pass
                 if self.closed:
                     break
-                if self.debounce_s:
-                    await asyncio.sleep(self.debounce_s)  # let a burst of changes settle into one snapshot
+                pause = self.pause_s()
+                if pause > 0:
+                    await asyncio.sleep(pause)  # let a burst of changes settle into one snapshot
                 wake.clear()
         except ConnectionError:
             pass  # the browser went away

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import ADMIN_TOKEN, wait_until
+from conftest import ADMIN_TOKEN, config_dict, wait_until
 from test_metrics_env import AUTH, ObsEnv, running_env
 
+from router.config import Config
 from router.core.model import CustomerState
-from router.supervisor import COOKIE, session_cookie
+from router.daemon import Daemon
+from router.supervisor import COOKIE, observability_of, session_cookie
 
 TWO_GROUPS: dict[str, Any] = {
     "groups": [
@@ -196,3 +198,17 @@ async def test_event_stream_delivers_an_update_after_an_assignment(tmp_path: Pat
             assert rest is not None
             await asyncio.wait_for(env.daemon.stopped.wait(), 10)
         assert env.obs.hub.streams == 0
+
+
+def test_snapshots_slow_down_when_they_are_expensive(tmp_path: Path) -> None:
+    cfg = Config.from_dict(config_dict(api_base="http://127.0.0.1:9", store=tmp_path / "kf.db"), env={})
+    obs = observability_of(Daemon(cfg))
+    assert obs is not None
+    hub = obs.hub
+    assert hub.pause_s() == hub.debounce_s == 0.15
+    hub.last_build_s = 0.05  # a 50 ms snapshot (a very long queue): at most one every 0.5 s
+    assert hub.pause_s() == 0.5
+    snap = json.loads(hub.snapshot_bytes())  # before run(): nothing started, still a valid snapshot
+    assert snap["status"] == "starting" and snap["totals"]["waiting"] == 0
+    assert [g["name"] for g in snap["groups"]] == ["general"]
+    assert hub.last_build_s < 0.05
