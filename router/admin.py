@@ -36,6 +36,7 @@ from router.core.errors import CoreError, UnknownAgentError, UnknownCustomerErro
 from router.core.model import AgentView
 from router.edges.client import MAX_HEADIMG_BYTES, WeChatClient
 from router.edges.errors import WeChatError
+from router.edges.store import AgentSettings
 
 if TYPE_CHECKING:
     from router.daemon import Daemon
@@ -288,9 +289,14 @@ class AdminApi:
 
     # ---------------------------------------------------------------- views
 
-    def _agent_json(self, view: AgentView | None, kf: str) -> dict[str, Any]:
+    def _stored_settings(self) -> dict[str, AgentSettings]:
         store = self.daemon.store
-        stored = None if store is None else store.agents().get(kf)
+        return {} if store is None else store.agents()
+
+    def _agent_json(
+        self, view: AgentView | None, kf: str, settings: Mapping[str, AgentSettings] | None = None
+    ) -> dict[str, Any]:
+        stored = (settings if settings is not None else self._stored_settings()).get(kf)
         plan = self.daemon.config.agents.get(kf)
         out: dict[str, Any] = {"kf_account": kf}
         if view is not None:
@@ -328,12 +334,13 @@ class AdminApi:
 
     async def list_agents(self, request: web.Request) -> web.Response:
         """Every agent the engine knows; ``?wechat=1`` adds WeChat's account list (bound, invitations)."""
-        agents = [self._agent_json(v, v.kf_account) for v in self.daemon.engine.agents()]
+        settings = self._stored_settings()
+        agents = [self._agent_json(v, v.kf_account, settings) for v in self.daemon.engine.agents()]
         if request.query.get("wechat", "") in ("1", "true", "yes"):
             accounts = await self._wechat_accounts()
             by_kf = {a["kf_account"]: a for a in agents}
             for kf in sorted(set(accounts) - set(by_kf)):
-                row = self._agent_json(None, kf)
+                row = self._agent_json(None, kf, settings)
                 agents.append(row)
                 by_kf[kf] = row
             for kf, a in by_kf.items():
