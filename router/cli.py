@@ -19,6 +19,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "router.doctor_cli",
     "router.run_cli",
     "sim.cli",
+    "sim.fake_cli",
 )
 
 
