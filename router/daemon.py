@@ -405,6 +405,8 @@ class Daemon:
             on_call=self._on_api_call,
             concurrency=o.create_concurrency,
             create_timeout_s=o.create_timeout_s,
+            # a create still queued when its reservation could expire before the call ends is not sent
+            send_within_s=max(0.0, self.engine.config.reservation_timeout_s - o.create_timeout_s - 1.5),
         )
         polling = self.config.polling
         self._agents = AgentPoller(
@@ -806,6 +808,11 @@ class Daemon:
         """An API result from the executor: persist it, then hand it to the engine."""
         now = self.clock.now()
         store = self.store
+        if isinstance(event, ev.CustomerRequested):  # a 65414 nobody confirmed: route them again
+            again = self._requested_again(event.openid)
+            if again is None:
+                return
+            event = again
         try:
             if store is not None:
                 if isinstance(event, ev.SessionCreated):
@@ -817,6 +824,38 @@ class Daemon:
         except Exception:
             log.exception("store: outcome %s not recorded", type(event).__name__)
         self._inbox.put(event)
+
+    def _requested_again(self, openid: str) -> ev.CustomerRequested | None:
+        """The customer's request as the store keeps it, if they are still waiting there (not served or
+        cancelled meanwhile) and the engine no longer holds them."""
+        if self.store is None or self._known(openid):
+            return None
+        try:
+            row = next(
+                (
+                    w
+                    for w in self.store.load_state(history_since=self.clock.now()).waiting
+                    if w.openid == openid
+                ),
+                None,
+            )
+        except Exception:
+            log.exception("store: could not read %s's request", openid)
+            return None
+        if row is None:
+            log.info("%s: no longer waiting in the store; not routed again", openid)
+            return None
+        preferred = row.preferred if row.preferred and row.preferred in self.engine.pool else None
+        return ev.CustomerRequested(
+            openid=openid,
+            group=row.group,
+            priority=row.priority,
+            text=row.text,
+            source="recheck",
+            preferred_agent=preferred,
+            tags=frozenset(row.tags),  # type: ignore[arg-type]
+            arrived_at=row.arrived_at,
+        )
 
     def _on_api_call(self, info: Mapping[str, Any]) -> None:
         self._emit("api_call", info)

@@ -17,6 +17,11 @@ Rules:
   landed could create the session twice; the engine re-routes instead. After ``65414`` (someone else
   serves the customer) ``getsession`` tells who, and a ``SessionCreated(source='poll')`` follows.
 - A rate limit (45009 / 45011) on the sessions lane pauses new creates for a back-off period.
+- A ``CreateSession`` that waited in the queue (or a pause) longer than ``send_within_s`` is not sent and
+  is answered ``CreateFailed(-2)``: the engine's reservation may have expired meanwhile and the customer
+  been routed to another agent, and a late create could then open a second session.
+- After ``65414``, if ``getsession`` says nobody serves the customer, ``CustomerRequested(source='recheck')``
+  is reported so the customer is routed again rather than dropped.
 - ``SendText`` failures 45015 / 45047 (the customer's window is closed or used up) are logged and
   never retried; so is every other send failure.
 - On shutdown ``stop()`` makes workers drop what is still queued; ``drain(timeout)`` waits for the
@@ -69,6 +74,7 @@ class Executor:
         create_timeout_s: float = 10.0,
         rate_limit_pause_s: float = 5.0,
         max_pause_s: float = 300.0,
+        send_within_s: float | None = None,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
@@ -82,8 +88,9 @@ class Executor:
         self.create_timeout_s = float(create_timeout_s)
         self._rate_limit_pause_s = rate_limit_pause_s
         self._max_pause_s = max_pause_s
-        self._sessions: asyncio.Queue[Command] = asyncio.Queue()
-        self._messages: asyncio.Queue[Command] = asyncio.Queue()
+        self.send_within_s = send_within_s
+        self._sessions: asyncio.Queue[tuple[float, Command]] = asyncio.Queue()
+        self._messages: asyncio.Queue[tuple[float, Command]] = asyncio.Queue()
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -99,7 +106,7 @@ class Executor:
         if self._stopping:
             return False
         lane = self._messages if isinstance(command, SendText) else self._sessions
-        lane.put_nowait(command)
+        lane.put_nowait((time.monotonic(), command))
         self._idle.clear()
         return True
 
@@ -142,15 +149,15 @@ class Executor:
                 tg.create_task(self._worker(self._sessions), name=f"kfrouter-sessions-{i}")
             tg.create_task(self._worker(self._messages), name="kfrouter-messages")
 
-    async def _worker(self, lane: asyncio.Queue[Command]) -> None:
+    async def _worker(self, lane: asyncio.Queue[tuple[float, Command]]) -> None:
         while True:
-            command = await lane.get()
+            queued_at, command = await lane.get()
             if self._stopping:
                 self._update_idle()
                 continue
             self._busy += 1
             try:
-                await self._execute(command)
+                await self._execute(command, queued_at)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -159,10 +166,11 @@ class Executor:
                 self._busy -= 1
                 self._update_idle()
 
-    async def _execute(self, command: Command) -> None:
+    async def _execute(self, command: Command, queued_at: float) -> None:
         if isinstance(command, CreateSession):
             await self._respect_pause()
-            await self._create(command)
+            if not self._held_too_long(command, queued_at):
+                await self._create(command)
         elif isinstance(command, CloseSession):
             await self._close(command)
         elif isinstance(command, SendText):
@@ -175,6 +183,26 @@ class Executor:
         if delay > 0:
             log.info("kfsession/create paused %.1fs after a rate limit", delay)
             await asyncio.sleep(delay)
+
+    def _held_too_long(self, cmd: CreateSession, queued_at: float) -> bool:
+        waited = time.monotonic() - queued_at
+        if self.send_within_s is None or waited <= self.send_within_s:
+            return False
+        self._count("kfsession/create:not_sent")
+        log.warning(
+            "kfsession/create %s -> %s not sent: queued %.1fs, longer than %.1fs (its reservation may be over)",
+            cmd.openid,
+            cmd.kf_account,
+            waited,
+            self.send_within_s,
+        )
+        errmsg = f"not sent: queued {waited:.1f}s"
+        self._outcome(
+            ev.CreateFailed(
+                openid=cmd.openid, kf_account=cmd.kf_account, errcode=NETWORK_ERRCODE, errmsg=errmsg
+            )
+        )
+        return True
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -241,6 +269,9 @@ class Executor:
         if info.kf_account:
             log.info("getsession %s: served by %s", openid, info.kf_account)
             self._outcome(ev.SessionCreated(openid=openid, kf_account=info.kf_account, source="poll"))
+        else:
+            log.warning("getsession %s after 65414: nobody serves them; routing them again", openid)
+            self._outcome(ev.CustomerRequested(openid=openid, source="recheck"))
 
     # ------------------------------------------------------------------ kfsession/close, custom/send
 
