@@ -43,7 +43,7 @@ class Env:
 
     def settled(self) -> bool:
         h = self.daemon.health()
-        return h["inbox"] == 0 and h["commands_pending"] == 0 and h["reservations"] == 0
+        return bool(h["inbox"] == 0 and h["commands_pending"] == 0 and h["reservations"] == 0)
 
 
 EnvFactory = Callable[..., Awaitable[Env]]
