@@ -741,7 +741,7 @@ class Engine:
         Only the queues of customer groups that could reach a free agent are scanned (merged in queue
         order), so a freed agent of one group does not cost a walk past every other group's customers.
         """
-        while self._pool.free_count(None) > 0:
+        while self._waiting_count and self._pool.free_count(None) > 0:
             queues = self._reachable_queues()
             if not queues:
                 return

@@ -26,7 +26,7 @@ from router.core.errors import ConfigError, UnknownAgentError
 from router.core.model import AgentView
 
 Order = Literal["load", "idle", "name"]
-ORDERS: tuple[Order, ...] = ("load", "idle", "name")
+_NO_CONTRIB = (0, 0)
 
 IndexKey = tuple[float | int | str, ...]
 
@@ -258,29 +258,46 @@ class Pool:
 
     def _update(self, a: _Agent) -> None:
         """Bring the indices and totals in line with ``a``'s current fields, touching only what changed."""
-        serving = a.status != 0 and not a.paused
-        cap = self._capacity(a) if serving else 0
-        contrib = (cap, max(0, cap - a.sessions - a.reserved)) if serving else (0, 0)
-        keys = self._keys(a, self._orders) if self._is_free(a) else None
-        if a.placed == a.groups and contrib == a.contrib and keys == a.indexed:
+        if a.status != 0 and not a.paused:
+            cap = self._capacity(a)
+            load = a.sessions + a.reserved
+            contrib = (cap, cap - load) if load < cap else (cap, 0)
+            keys = self._keys(a, self._orders) if load < cap else None
+        else:
+            contrib, keys = _NO_CONTRIB, None
+        if a.placed != a.groups:  # group membership changed: take everything out, put it back
+            self._take_out(a)
+            a.placed = a.groups
+        elif contrib == a.contrib and keys == a.indexed:
+            return  # e.g. a reservation confirmed into a session: nothing to do
+        groups = (None, *a.groups)
+        old = a.contrib
+        if contrib != old:
+            for group in groups:
+                t = self._totals.get(group)
+                if t is None:
+                    t = self._totals[group] = [0, 0]
+                t[0] += contrib[0] - old[0]
+                t[1] += contrib[1] - old[1]
+            a.contrib = contrib
+        if keys == a.indexed:
             return
-        self._take_out(a)
-        a.placed = a.groups
-        a.contrib = contrib
-        if contrib != (0, 0):
-            for group in (None, *a.groups):
-                t = self._totals.setdefault(group, [0, 0])
-                t[0] += contrib[0]
-                t[1] += contrib[1]
-        if keys is not None:
-            a.indexed = keys
-            for group in (None, *a.groups):
+        old_keys = a.indexed
+        for group in groups:
+            idx = self._index.get(group)
+            if idx is None:
+                idx = self._index[group] = {order: SortedList() for order in self._orders}
+            if old_keys is None:
                 self._free[group] = self._free.get(group, 0) + 1
-                idx = self._index.get(group)
-                if idx is None:
-                    idx = self._index[group] = {order: SortedList() for order in self._orders}
-                for order, key in keys.items():
-                    idx[order].add(key)
+            elif keys is None:
+                self._free[group] -= 1
+            for order in self._orders:
+                lst = idx[order]
+                if old_keys is not None:
+                    lst.remove(old_keys[order])
+                if keys is not None:
+                    lst.add(keys[order])
+        a.indexed = keys
 
     def _take_out(self, a: _Agent) -> None:
         """Remove what ``a`` added to the indices and totals (as recorded when it was added)."""
