@@ -326,11 +326,14 @@ class PushReceiver:
     async def _read_body(self, request: web.Request, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_chunked(16384):
-            size += len(chunk)
-            if size > limit:
-                raise _Reject(413, f"body over the {limit}-byte limit")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.content.iter_chunked(16384):
+                size += len(chunk)
+                if size > limit:
+                    raise _Reject(413, f"body over the {limit}-byte limit")
+                chunks.append(chunk)
+        except web.RequestPayloadError as exc:  # e.g. a Content-Encoding the body does not follow
+            raise _Reject(400, f"body could not be read: {exc}") from None
         return b"".join(chunks)
 
     def _refuse(self, request: web.Request, method: str, rej: _Reject) -> web.Response:
