@@ -1,6 +1,7 @@
 """Safe XML in and out: the one place where push bodies become element trees, and text becomes CDATA.
 
-Rules: bodies are capped in size before any parsing; they must be UTF-8; DTDs, entity declarations and
+Rules: bodies are capped in size before any parsing; they must be UTF-8 and hold only characters XML 1.0
+allows (a NUL would let expat read the body as BOM-less UTF-16); DTDs, entity declarations and
 external references are refused (defusedxml with every ``forbid_*`` switch on); the root must be
 ``<xml>``. Every failure is an ``XmlRejected`` carrying the HTTP status to answer (413 or 400).
 """
@@ -53,6 +54,12 @@ def parse_xml_root(body: bytes | str, *, max_bytes: int = MAX_BODY_BYTES, what: 
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise XmlRejected(f"{what} is not UTF-8 (invalid byte at offset {exc.start})") from None
+    bad = _XML_ILLEGAL.search(text)
+    if bad:  # else expat may read NUL-laden "UTF-8" as BOM-less UTF-16 (XML 1.0 appendix F)
+        hint = " (UTF-16 or UTF-32 sent as UTF-8?)" if bad.group() == "\x00" else ""
+        raise XmlRejected(
+            f"{what} is not well-formed XML: U+{ord(bad.group()):04X} at character {bad.start()}{hint}"
+        )
     stripped = text.lstrip()
     if not stripped:
         raise XmlRejected(f"{what} is empty")
