@@ -159,13 +159,15 @@ async def test_daemon_json_lines_parse_and_carry_no_secret(tmp_path: Path, resto
         setup_logging("debug", True, secrets=(SECRET, CB_TOKEN, ADMIN_TOKEN), stream=stream)
         await env.ctl.say("c1", "human please, my card is 4111")
         await env.assigned("c1")
+        client = env.daemon.client
+        assert client is not None
+        first = client.tokens.current  # the token the assignment used
         await env.ctl.fault("getonlinekflist", errcode=40001, times=1)  # a token WeChat rejects: refresh
         await wait_until(
-            lambda: env.daemon.client is not None and env.daemon.client.stats.token_invalidations >= 1,
+            lambda: client.stats.token_invalidations >= 1 and client.tokens.current is not None,
             message="a token refresh",
         )
-        assert env.daemon.client is not None
-        access_tokens = {t for t in [env.daemon.client.tokens.current] if t}
+        access_tokens = {t for t in (first, client.tokens.current) if t}
         await env.get("/metrics", auth=True)
     text = stream.getvalue()
     lines = [json.loads(line) for line in text.splitlines()]
