@@ -159,6 +159,7 @@ class SoakReport:
     rss_growth_pct: float
     rss_flat: bool
     rss_samples: int
+    rss_series_mib: list[float]  # about 30 evenly spaced samples, for a plot or a look
     workdir: str
 
     def ok(self) -> bool:
@@ -351,21 +352,19 @@ class Soak:
         steps: list[tuple[float, tuple[str, Action]]] = [
             (0.04, fault("create -1 (30 %)", {create: {"errcode": -1, "rate": 0.3}})),
             (0.12, clear()),
-            (0.14, fault("create 45009 (10 %)", {create: {"errcode": 45009, "rate": 0.1}})),
+            (0.14, fault("create 65414 (25 %)", {create: {"errcode": 65414, "rate": 0.25}})),
             (0.22, clear()),
-            (0.24, fault("create 65414 (15 %)", {create: {"errcode": 65414, "rate": 0.15}})),
+            (0.24, fault("create 65415 (20 %)", {create: {"errcode": 65415, "rate": 0.2}})),
+            (0.30, agent(a0, False)),
             (0.32, clear()),
-            (0.34, fault("create 65415 (20 %)", {create: {"errcode": 65415, "rate": 0.2}})),
-            (0.40, agent(a0, False)),
+            (
+                0.34,
+                fault(f"create answers after {late:g} s (20 %)", {create: {"delay_s": late, "rate": 0.2}}),
+            ),
+            (0.40, agent(a0, True)),
             (0.42, clear()),
             (
                 0.44,
-                fault(f"create answers after {late:g} s (20 %)", {create: {"delay_s": late, "rate": 0.2}}),
-            ),
-            (0.50, agent(a0, True)),
-            (0.52, clear()),
-            (
-                0.54,
                 fault(
                     "dropped connections: create 20 %, getonlinekflist 30 %; getwaitcase -1 50 %",
                     {
@@ -375,7 +374,10 @@ class Soak:
                     },
                 ),
             ),
-            (0.62, clear()),
+            (0.52, clear()),
+            # last of the create faults: its back-off pause (5 s, doubling) would hide the others
+            (0.54, fault("create 45009 (10 %)", {create: {"errcode": 45009, "rate": 0.1}})),
+            (0.60, clear()),
             (0.65, (f"fake WeChat restarts ({p.restart_downtime_s:g} s down)", restart)),
             (0.72, ("access token revoked (another program's force_refresh)", force_token)),
             (0.78, (f"fake clock jumps {CLOCK_JUMP_S:g} s: the token expires", clock_jump)),
@@ -609,8 +611,17 @@ class Soak:
             rss_growth_pct=round(growth, 1),
             rss_flat=growth <= 10.0,
             rss_samples=len(sampler.samples) if sampler else 0,
+            rss_series_mib=_series(sampler),
             workdir=str(self.workdir),
         )
+
+
+def _series(sampler: h.RssSampler | None, points: int = 30) -> list[float]:
+    if sampler is None or not sampler.samples:
+        return []
+    values = [s for _t, s in sampler.samples]
+    step = max(1, len(values) // points)
+    return [h.mib(v) for v in values[::step]]
 
 
 async def run_soak(params: SoakParams) -> SoakReport:
