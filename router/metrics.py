@@ -50,9 +50,6 @@ WEBHOOK_OUTCOMES = {
     "accepted": "ok",
     "duplicate": "duplicate",
     "verified": "verified",
-    "rejected_400": "bad_request",
-    "rejected_403": "forbidden",
-    "rejected_413": "too_large",
     "callback_failed": "callback_failed",
     "error": "error",
 }
@@ -465,12 +462,12 @@ class _LiveCollector(Collector):
     def _edges(self, d: Daemon) -> Iterator[Metric]:
         webhook = CounterMetricFamily(
             "kfrouter_webhook_requests",
-            "Requests to the WeChat callback URL by outcome (ok, duplicate, verified, bad_request, forbidden "
-            "(bad signature or stale timestamp), too_large, callback_failed, error).",
+            "Requests to the WeChat callback URL by outcome (ok, duplicate, verified, bad_request, "
+            "bad_signature, stale, rejected_xml, undecryptable, forbidden, too_large, callback_failed, error).",
             labels=["outcome"],
         )
         outcomes: dict[str, int] = dict.fromkeys(
-            ("ok", "duplicate", "bad_request", "forbidden", "too_large"), 0
+            ("ok", "duplicate", "bad_request", "bad_signature", "stale", "rejected_xml", "too_large"), 0
         )
         for key, n in d.receiver.stats.items():
             label = WEBHOOK_OUTCOMES.get(key, key)

@@ -119,7 +119,7 @@ async def test_every_documented_metric_is_exposed_after_traffic(tmp_path: Path) 
         )
         assert value(data, "kfrouter_api_calls_total", endpoint="getonlinekflist") >= 1
         assert value(data, "kfrouter_token_refreshes_total") >= 1
-        assert value(data, "kfrouter_webhook_requests_total", outcome="forbidden") == 1
+        assert value(data, "kfrouter_webhook_requests_total", outcome="bad_signature") == 1
         assert value(data, "kfrouter_webhook_requests_total", outcome="ok") >= 5
         assert value(data, "kfrouter_pushes_total", type="UserMessage") == 5
         assert value(data, "kfrouter_commands_total", type="CreateSession") == 3

@@ -183,6 +183,7 @@ async def test_plain_push_wrong_signature_is_403_and_not_handed_on(plain: Harnes
     del params["signature"]
     assert (await plain.post(text_push(), params))[0] == 400
     assert plain.rec.calls == []
+    assert plain.receiver.stats["bad_signature"] == 1 and plain.receiver.stats["bad_request"] == 1
 
 
 @pytest.mark.parametrize("offset", [-301, 301, -10_000_000])
@@ -190,6 +191,7 @@ async def test_stale_or_future_timestamp_is_403(plain: Harness, offset: int) -> 
     # A correctly signed push whose timestamp is outside the 300 s window is a replay: refused.
     assert (await plain.post(text_push(), signed(NOW + offset)))[0] == 403
     assert plain.rec.calls == []
+    assert plain.receiver.stats["stale"] == 1
 
 
 async def test_event_push_parsed(plain: Harness) -> None:
@@ -413,6 +415,7 @@ async def test_hostile_or_malformed_bodies_are_400(plain: Harness, body: str | b
     status, _ = await plain.post(body, signed())
     assert status == 400
     assert plain.rec.calls == []
+    assert sum(plain.receiver.stats[k] for k in ("rejected_xml", "bad_request")) == 1
 
 
 async def test_hostile_body_in_safe_mode_ciphertext_is_400(safe: Harness) -> None:

@@ -85,13 +85,18 @@ class WebhookConfig:
             raise ValueError("WebhookConfig.previous_aes_key needs encoding_aes_key")
 
 
-class _Reject(Exception):
-    """A request we refuse: ``status`` and a reason for the log (never echoed with secrets)."""
+_DEFAULT_OUTCOME = {400: "bad_request", 403: "forbidden", 413: "too_large"}
 
-    def __init__(self, status: int, reason: str) -> None:
+
+class _Reject(Exception):
+    """A request we refuse: ``status``, a reason for the log (never echoed with secrets) and the outcome
+    counted in ``PushReceiver.stats`` (bad_signature, stale, rejected_xml, ...; by status if not given)."""
+
+    def __init__(self, status: int, reason: str, outcome: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.outcome = outcome or _DEFAULT_OUTCOME.get(status, f"rejected_{status}")
 
 
 class _DedupCache:
@@ -181,7 +186,7 @@ class PushReceiver:
             if echostr is None or not echostr or len(echostr) > _ECHOSTR_MAX or not echostr.isprintable():
                 raise _Reject(400, f"echostr must be 1..{_ECHOSTR_MAX} printable characters")
             if not signature.verify(sig, self.config.token, timestamp, nonce):
-                raise _Reject(403, "signature mismatch")
+                raise _Reject(403, "signature mismatch", "bad_signature")
             self._check_fresh(timestamp)
         except _Reject as rej:
             return self._refuse(request, "GET", rej)
@@ -221,7 +226,7 @@ class PushReceiver:
             msg_sig = None
             plain_sig = self._param(q, "signature")
         if plain_sig is not None and not signature.verify(plain_sig, self.config.token, timestamp, nonce):
-            raise _Reject(403, "signature mismatch")
+            raise _Reject(403, "signature mismatch", "bad_signature")
         self._check_fresh(timestamp)
         body = await self._read_body(request, limit)
         used_previous = False
@@ -232,7 +237,7 @@ class PushReceiver:
                     body, msg_sig, timestamp, nonce, max_bytes=limit
                 )
             except WeChatCodecError as exc:
-                raise _Reject(_status_of(exc), f"safe-mode push refused: {exc}") from None
+                raise _Reject(_status_of(exc), f"safe-mode push refused: {exc}", _outcome_of(exc)) from None
             raw, used_previous = decrypted.text, decrypted.used_previous_key
         elif safe:
             # Compatible mode without a key: the plaintext fields are usable if the plain signature held.
@@ -246,7 +251,7 @@ class PushReceiver:
         try:
             push = parse_push(raw, max_bytes=limit)
         except WeChatCodecError as exc:
-            raise _Reject(_status_of(exc), f"push refused: {exc}") from None
+            raise _Reject(_status_of(exc), f"push refused: {exc}", _outcome_of(exc)) from None
 
         key = push.dedup_key
         task = self._dedup.get(key)
@@ -320,7 +325,9 @@ class PushReceiver:
         skew = abs(self._clock() - int(timestamp))
         if skew > self.config.freshness_s:
             raise _Reject(
-                403, f"timestamp is {skew:.0f}s away from now (limit {self.config.freshness_s:.0f}s)"
+                403,
+                f"timestamp is {skew:.0f}s away from now (limit {self.config.freshness_s:.0f}s)",
+                "stale",
             )
 
     async def _read_body(self, request: web.Request, limit: int) -> bytes:
@@ -337,7 +344,7 @@ class PushReceiver:
         return b"".join(chunks)
 
     def _refuse(self, request: web.Request, method: str, rej: _Reject) -> web.Response:
-        self.stats[f"rejected_{rej.status}"] += 1
+        self.stats[rej.outcome] += 1
         log.warning(
             "%s %s from %s refused with %d: %s", method, request.path, request.remote, rej.status, rej.reason
         )
@@ -352,6 +359,14 @@ def _status_of(exc: WeChatCodecError) -> int:
         return exc.http_status
     status = getattr(exc, "http_status", 400)
     return status if isinstance(status, int) and 400 <= status < 500 else 400
+
+
+def _outcome_of(exc: WeChatCodecError) -> str:
+    if isinstance(exc, SignatureMismatch):
+        return "bad_signature"
+    if isinstance(exc, XmlRejected):
+        return "too_large" if exc.http_status == 413 else "rejected_xml"
+    return "undecryptable"
 
 
 def _decode(body: bytes) -> str:
