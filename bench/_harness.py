@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -438,15 +438,6 @@ async def serve_reference() -> None:
     except TimeoutError:
         pass
     await runner.cleanup()
-
-
-def chunks(items: Iterable[Any], n: int) -> list[list[Any]]:
-    out: list[list[Any]] = []
-    for item in items:
-        if not out or len(out[-1]) >= n:
-            out.append([])
-        out[-1].append(item)
-    return out
 
 
 if __name__ == "__main__":

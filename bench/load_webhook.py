@@ -56,14 +56,17 @@ WECHAT_TIMEOUT_S = 5.0  # WeChat gives up on an answer after 5 s and retries
 # ---------------------------------------------------------------------------------------------- requests
 
 
-def build_requests(prefix: str, n: int, ts: int, rng: random.Random) -> list[tuple[dict[str, str], bytes]]:
-    """``n`` pushes of distinct customers asking for a human; even ones plaintext, odd ones AES."""
+def build_requests(
+    prefix: str, n: int, ts: int, rng: random.Random, text: str = "human please"
+) -> list[tuple[dict[str, str], bytes]]:
+    """``n`` pushes of distinct customers writing ``text`` (by default asking for a human); even ones
+    plaintext, odd ones AES."""
     crypto = SafeModeCrypto(h.CB_TOKEN, h.AES_KEY, h.APPID)
     out = []
     for i in range(n):
         openid = f"{prefix}_{i}"
         msg_id = rng.getrandbits(62)
-        xml = replies.build_text_message("gh_bench", openid, ts, "human please", msg_id)
+        xml = replies.build_text_message("gh_bench", openid, ts, text, msg_id)
         nonce = str(rng.randrange(10**9, 10**10))
         if i % 2:
             out.append(h.signed_safe(crypto, xml, ts, nonce, openid, rng.randbytes(16)))
@@ -165,12 +168,13 @@ async def run_ladder(
     rng: random.Random,
     daemon: h.Child | None = None,
     settle_s: float = 120.0,
+    text: str = "human please",
 ) -> list[dict[str, Any]]:
     """Steps at rising rates until p99 > 1 s, errors > 1 % or the last rate."""
     steps: list[dict[str, Any]] = []
     for k, rate in enumerate(rates):
         n = max(1, round(rate * step_s))
-        requests = build_requests(f"{name}{k}", n, int(time.time()), rng)
+        requests = build_requests(f"{name}{k}", n, int(time.time()), rng, text)
         cpu_before = h.cpu_seconds(daemon.pid) if daemon else None
         step = await run_step(http, url, requests, rate, timeout_s=15.0)
         if daemon is not None:
@@ -285,6 +289,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             daemon_steps = await run_ladder(
                 "daemon", http, f"{daemon.url}/wechat", rates, args.step_s, rng=rng, daemon=daemon
             )
+            if args.chatter:
+                print("daemon, pushes not for kfrouter (nothing committed, answered at once):", flush=True)
+                chatter_steps = await run_ladder(
+                    "chatter",
+                    http,
+                    f"{daemon.url}/wechat",
+                    rates,
+                    args.step_s,
+                    rng=rng,
+                    daemon=daemon,
+                    text="what time do you open?",
+                )
+                result["daemon_chatter"] = summarize(chatter_steps)
             async with http.get(f"{fake.url}/_fake/state") as resp:
                 state = await resp.json()
             created = sum(1 for c in state["create_log"] if c["errcode"] == 0)
@@ -328,6 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workdir", help="where the store and logs go (default: a new temp dir)")
     p.add_argument("--json", help="also write the result as JSON to this file")
     p.add_argument("--quick", action="store_true", help="rates 50,100,200 for 2 s each")
+    p.add_argument(
+        "--chatter",
+        action="store_true",
+        help="also a daemon ladder of pushes that are not for kfrouter (no SQLite commit): the cost of durability",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.rates, args.cap, args.step_s = "50,100,200", 200.0, 2.0
@@ -345,6 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"ratio daemon/reference (sustained): {result['ratio_sustained']}; "
         f"p50 ratio at the first step: {result['p50_ratio_first_step']}x"
     )
+    if "daemon_chatter" in result:
+        c = result["daemon_chatter"]
+        print(
+            f"daemon, not-for-us pushes: sustained {c['sustained_rps']}/s; p99 > 1 s at "
+            f"{c['p99_crosses_1s_at_offered_rps']} offered/s"
+        )
     print(f"routed: {result['routed']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
