@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from attrs import field, frozen
 
 from router.core import errors as core_errors
+from router.core import notify as core_notify
 from router.core.events import AgentConfigured
 
 if TYPE_CHECKING:
@@ -65,36 +66,12 @@ _LEVELS = ("debug", "info", "warning", "error")
 
 DEFAULT_CANCEL_KEYWORDS = ("取消", "不等了", "cancel")
 
-NOTIFY_KINDS = ("queued", "eta", "assigned", "cancelled")
-_PLACEHOLDERS: Mapping[str, frozenset[str]] = MappingProxyType(
-    {
-        "queued": frozenset({"position", "eta_min", "group", "cancel"}),
-        "eta": frozenset({"position", "eta_min", "group", "cancel"}),
-        "assigned": frozenset({"agent", "group"}),
-        "cancelled": frozenset({"group"}),
-    }
-)
+# One set of message kinds, placeholders and built-in texts, shared with the notification planner
+# (router/core/notify.py): an override is validated here and reaches the planner unchanged.
+NOTIFY_KINDS: tuple[str, ...] = core_notify.KINDS
+_PLACEHOLDERS: Mapping[str, frozenset[str]] = core_notify.FIELDS
 DEFAULT_TEMPLATES: Mapping[str, Mapping[str, str]] = MappingProxyType(
-    {
-        "zh": MappingProxyType(
-            {
-                "queued": "您好，正在为您转接人工客服。前面还有 {position} 位，预计等待约 {eta_min} 分钟。"
-                "回复“{cancel}”可退出排队。",
-                "eta": "您前面还有 {position} 位，预计还需等待约 {eta_min} 分钟。",
-                "assigned": "客服 {agent} 正在为您服务。",
-                "cancelled": "已为您取消排队。如需人工服务，请再次发送消息。",
-            }
-        ),
-        "en": MappingProxyType(
-            {
-                "queued": "You are in the queue for a human agent: {position} ahead of you, about "
-                '{eta_min} min to wait. Reply "{cancel}" to leave the queue.',
-                "eta": "Update: {position} ahead of you, about {eta_min} min to wait.",
-                "assigned": "Agent {agent} is now serving you.",
-                "cancelled": "You have left the queue. Send a message any time to ask for an agent again.",
-            }
-        ),
-    }
+    {lang: MappingProxyType(dict(texts)) for lang, texts in core_notify.TEMPLATES.items()}
 )
 
 

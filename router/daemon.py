@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -39,6 +40,7 @@ from attrs import field, frozen
 
 from policies.registry import load_policies
 from router.admin import admin_routes
+from router.choice import agent_wait, display_name
 from router.config import DEFAULT_TEMPLATES, Config
 from router.core import events as ev
 from router.core import notify as core_notify
@@ -152,41 +154,36 @@ def _jsonable(value: Any) -> dict[str, Any]:
 def notify_config(config: Config) -> core_notify.NotifyConfig | None:
     """The notification planner's settings from ``[notify]`` (``None`` when disabled).
 
-    ``[notify.templates]`` use the config's placeholders; those the planner knows are renamed
-    (``{eta_min}`` → ``{wait}``, ``{agent}`` → ``{nickname}``), ``{cancel}`` becomes the first cancel
-    keyword; an override using ``{group}`` cannot be rendered by the planner and is left out (logged)."""
+    ``[notify.templates]`` use the planner's own kinds and placeholders (``router.core.notify.FIELDS``,
+    checked when the config is loaded), so overrides pass unchanged; ``{cancel}`` is the first of
+    ``[routing] cancel_keywords``. A language the planner has no built-in texts for (the config may define
+    one) is rendered with its templates and Chinese wait phrases."""
     n = config.notify
     if not n.enabled:
         return None
     language = n.language if n.language in core_notify.TEMPLATES else "zh"
     cancel = config.routing.cancel_keywords[0] if config.routing.cancel_keywords else ""
-    templates: dict[str, str] = {}
     defaults = DEFAULT_TEMPLATES.get(n.language, {})
-    for kind, text in n.templates.get(n.language, {}).items():
-        if kind not in core_notify.KINDS or text == defaults.get(kind):
-            continue
-        if "{group}" in text:
-            log.warning(
-                "notify.templates.%s.%s uses {group}, which cannot be rendered; built-in used",
-                n.language,
-                kind,
-            )
-            continue
-        text = text.replace("{eta_min}", "{wait}").replace("{agent}", "{nickname}")
-        text = text.replace("{cancel}", cancel.replace("{", "{{").replace("}", "}}"))
-        templates[kind] = text
-    try:
+    templates = {
+        kind: text
+        for kind, text in n.templates.get(n.language, {}).items()
+        if kind in core_notify.KINDS and text != defaults.get(kind)
+    }
+
+    def build(templates: Mapping[str, str]) -> core_notify.NotifyConfig:
         return core_notify.NotifyConfig(
             language=language,
             templates=templates,
             max_per_customer=n.max_per_customer,
             eta_change_s=n.eta_change_min_s,
+            cancel_word=cancel,
         )
+
+    try:
+        return build(templates)
     except CoreError as exc:
         log.warning("notify: %s; built-in templates used", exc)
-        return core_notify.NotifyConfig(
-            language=language, max_per_customer=n.max_per_customer, eta_change_s=n.eta_change_min_s
-        )
+        return build({})
 
 
 class Daemon:
@@ -233,6 +230,8 @@ class Daemon:
         self._recent_closes: dict[tuple[str, str], float] = {}
         self._requests: dict[str, ev.CustomerRequested] = {}  # active customers' requests (to re-persist)
         self._cancelled: dict[str, float] = {}  # openid -> when they cancelled (WeChat's wait list lags)
+        # openid -> agent: they cancelled while a kfsession/create to this agent was in flight
+        self._cancelled_creates: dict[str, str] = {}
         self._guard = SnapshotGuard()
         self._rng = random.Random(self.options.seed)
         self._started_at = time.time()
@@ -252,6 +251,7 @@ class Daemon:
             notifier=self.notifier,
             emit=self._emit,
             choice_ttl_s=self.options.choice_ttl_s,
+            estimator=self.estimator,
         )
         self.receiver = PushReceiver(
             WebhookConfig(
@@ -644,6 +644,8 @@ class Daemon:
             return out
         state = self.engine.state(openid)
         agent = self.engine.with_agent(openid)
+        if isinstance(event, ev.CustomerRequested | ev.CreateFailed):
+            self._cancelled_creates.pop(openid, None)  # asked again, or the late create failed after all
         if (
             state is CustomerState.IN_SESSION
             and agent is not None
@@ -653,7 +655,12 @@ class Daemon:
                 "assigned", {"openid": openid, "kf_account": agent, "source": getattr(event, "source", "")}
             )
             log.info("assigned %s -> %s", openid, agent)
-            if self.notifier is not None:
+            if self._cancelled_creates.get(openid) == agent:
+                # they cancelled while this create was in flight: it landed anyway; honour the cancel
+                del self._cancelled_creates[openid]
+                log.info("%s cancelled before this session with %s opened: closing it", openid, agent)
+                out.append(CloseSession(openid=openid, kf_account=agent))
+            elif self.notifier is not None:
                 view = self.engine.agent(agent)
                 out += self.notifier.on_assigned(openid, view.nickname if view else "", now, kf_account=agent)
         elif (
@@ -661,6 +668,9 @@ class Daemon:
             and before.get("state") is CustomerState.IN_SESSION
         ):
             self._persist_requeued(openid, now)  # moved by kfrouter: closed, then routed again
+            if self.notifier is not None:  # the agent who takes over is announced
+                req = self._requests.get(openid)
+                self.notifier.on_moved(openid, now, group=req.group if req is not None else None)
         elif (
             state is CustomerState.WAITING
             and isinstance(event, ev.CustomerRequested)
@@ -675,27 +685,48 @@ class Daemon:
             if isinstance(event, ev.CustomerLeft):
                 if event.reason == "cancelled":
                     self._cancelled[openid] = now
+                    if before.get("state") is CustomerState.RESERVED and before.get("agent"):
+                        self._cancelled_creates[openid] = before["agent"]
                 if self.notifier is not None:
                     self.notifier.on_left(openid, now)
         return out
 
     def _notify_queued(self, openid: str, now: float) -> list[Command]:
+        """The customer joined the queue: their place and estimate, or — waiting for the agent they chose —
+        that agent's estimate and how long they wait for them alone."""
         assert self.notifier is not None
         ahead = self.engine.ahead_in_group(openid)
-        if ahead is None or self.estimator is None:
+        view = self.engine.waiting_view(openid, now)
+        if ahead is None or view is None or self.estimator is None:
             return []
+        if view.preferred_agent is not None and view.preferred_until > now:
+            wait = agent_wait(self.engine, self.estimator, view.preferred_agent, now, exclude=openid)
+            agent = self.engine.agent(view.preferred_agent)
+            name = display_name(agent) if agent is not None else view.preferred_agent
+            return list(
+                self.notifier.on_preferred(
+                    openid,
+                    name,
+                    math.inf if wait is None else wait,
+                    view.preferred_until - now,
+                    now,
+                    group=view.group,
+                )
+            )
         try:
             estimate = self.estimator.estimate(self.engine, openid, now)
         except CoreError as exc:
             log.debug("estimate for %s: %s", openid, exc)
             return []
-        return list(self.notifier.on_queued(openid, ahead + 1, estimate, now))
+        return list(self.notifier.on_queued(openid, ahead + 1, estimate, now, group=view.group))
 
     def _eta_sweep(self, now: float) -> list[Command]:
         if self.notifier is None or self.estimator is None:
             return []
         out: list[Command] = []
         for view in self.engine.waiting(now):
+            if view.preferred_agent is not None and view.preferred_until > now:
+                continue  # told their chosen agent's estimate; the group's applies after the fallback
             try:
                 estimate = self.estimator.estimate(self.engine, view.openid, now)
             except CoreError:
@@ -956,6 +987,7 @@ class Daemon:
                 for openid, at in list(self._cancelled.items()):
                     if now - at > _CANCEL_MEMORY_S:
                         del self._cancelled[openid]
+                        self._cancelled_creates.pop(openid, None)
                 if self.store is not None:
                     try:
                         pruned = self.store.prune_processed(now - self.config.store.dedup_keep_s)

@@ -24,10 +24,11 @@ from typing import Any, Protocol
 from aiohttp import web
 from attrs import define, field
 
-from router import rules
+from router import choice, rules
 from router.config import Config
 from router.core import events as ev
 from router.core.engine import Engine
+from router.core.estimate import WaitEstimator
 from router.core.model import CustomerState
 from router.core.notify import Notifier
 from router.edges.store import Store, WaitingRow
@@ -180,6 +181,7 @@ class Intake:
         notifier: Notifier | None = None,
         emit: Callable[[str, Mapping[str, Any]], None] = lambda kind, payload: None,
         choice_ttl_s: float = 300.0,
+        estimator: WaitEstimator | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -190,15 +192,16 @@ class Intake:
         self.notifier = notifier
         self._emit = emit
         self.choice_ttl_s = choice_ttl_s
+        self.estimator = estimator
         self.store: Store | None = None
         self.upstream: Upstream | None = None
         self.closed = False
-        self.choices: dict[str, float] = {}  # openid -> until: we sent them the list of agents
+        self.choices: dict[str, choice.Offer] = {}  # openid -> the list of agents we sent them
         self.stats: dict[str, int] = {}
 
     def expire_choices(self, now: float) -> None:
-        for openid, until in list(self.choices.items()):
-            if until <= now:
+        for openid, offer in list(self.choices.items()):
+            if offer.until <= now:
                 del self.choices[openid]
 
     def _count(self, key: str) -> None:
@@ -271,21 +274,41 @@ class Intake:
             inbound = rules.Inbound(openid=openid, msg_type=push.msg_type, text=push.content)
         else:
             inbound = rules.Inbound(openid=openid, msg_type="event", event="CLICK", event_key=push.key)
-        choosing = self.choices.get(openid, -math.inf) > now
+        offer = self.choices.get(openid)
+        if offer is not None and offer.until <= now:
+            del self.choices[openid]
+            offer = None
+        directory = self._directory()
+        if offer is not None:
+            directory.update(offer.directory())  # "2" names the second agent of the list we sent
         decision = rules.classify(
-            self.config.routing, inbound, directory=self._directory(), awaiting_choice=choosing
+            self.config.routing, inbound, directory=directory, awaiting_choice=offer is not None
         )
+        waiting = state in (CustomerState.WAITING, CustomerState.RESERVED)
         if isinstance(decision, rules.AskHuman):
-            self.choices.pop(openid, None)
-            if state in (CustomerState.WAITING, CustomerState.RESERVED):
+            if waiting:
+                self.choices.pop(openid, None)
                 log.info("push from %s: already %s; nothing to do", openid, state.value)
+                if decision.preferred_agent is not None:
+                    return self._text_reply(push, self._already_waiting_text())
                 return None
+            kf = decision.preferred_agent
+            if kf is not None and not choice.choosable(self.engine.agent(kf)):
+                view = self.engine.agent(kf)
+                name = choice.display_name(view) if view is not None else kf.partition("@")[0]
+                log.info("push from %s chose %s, who cannot be chosen now: list sent again", openid, kf)
+                return self._agent_list(push, now, choice.unavailable_note(name, self._language()))
+            self.choices.pop(openid, None)
             self._request_human(push, decision, inbound.text, now)
             return None
-        if isinstance(decision, rules.Cancel) and state in (CustomerState.WAITING, CustomerState.RESERVED):
+        if isinstance(decision, rules.Cancel) and waiting:
+            self.choices.pop(openid, None)
             return self._cancel(push, decision, now)
         if isinstance(decision, rules.ChooseAgent):
-            return self._agent_list(push, decision, now)
+            if waiting:
+                return self._text_reply(push, self._already_waiting_text())
+            note = choice.not_found_note(decision.query, self._language()) if decision.query else ""
+            return self._agent_list(push, now, note)
         reason = (
             decision.reason
             if isinstance(decision, rules.NotForUs)
@@ -345,30 +368,23 @@ class Intake:
             return None
         return self._text_reply(push, self.notifier.config.template("cancelled"))
 
-    def _agent_list(self, push: UserMessage | MenuClick, d: rules.ChooseAgent, now: float) -> str | None:
-        online = [a for a in self.engine.agents() if a.online and not a.paused]
-        zh = self.config.notify.language == "zh"
-        names = [
-            f"{a.nickname or a.kf_account.partition('@')[0]}"
-            for a in sorted(online, key=lambda a: a.kf_account)
-        ]
-        if not names:
-            text = (
-                "暂时没有在线客服，请稍后再试。"
-                if zh
-                else "No agent is online right now; please try again later."
-            )
+    def _agent_list(self, push: UserMessage | MenuClick, now: float, note: str = "") -> str | None:
+        """Reply with the numbered list of agents the customer may choose (``router.choice``) and keep it
+        for ``choice_ttl_s``: an answer naming an agent, or giving a number, asks for that agent."""
+        offer = choice.make_offer(self.engine, self.estimator, now, self.choice_ttl_s)
+        if offer.choices:
+            self.choices[push.openid] = offer
         else:
-            listing = "、".join(names) if zh else ", ".join(names)
-            text = (
-                f"在线客服：{listing}。回复客服名字即可指定。"
-                if zh
-                else f"Agents online: {listing}. Reply with a name to choose."
-            )
-        if d.query:
-            text = (f"没有找到“{d.query}”。" if zh else f"No agent called {d.query!r}. ") + text
-        self.choices[push.openid] = now + self.choice_ttl_s
-        return self._text_reply(push, text)
+            self.choices.pop(push.openid, None)
+        self._count("choice:listed")
+        return self._text_reply(push, choice.listing_text(offer, self._language(), note))
+
+    def _language(self) -> str:
+        return self.notifier.config.language if self.notifier is not None else self.config.notify.language
+
+    def _already_waiting_text(self) -> str:
+        cancel = self.config.routing.cancel_keywords
+        return choice.already_waiting_text(cancel[0] if cancel else "", self._language())
 
     def _text_reply(self, push: UserMessage | MenuClick, text: str) -> str | None:
         try:

@@ -9,7 +9,8 @@ Order of the checks, first match wins (documented in docs/config.md, section [ro
 2. a menu click: cancel keys, choose-agent keys, then ``menu_keys`` and rule menu keys ask for a human;
 3. a text that *is* a cancel keyword (whole message, ignoring case and surrounding punctuation) cancels;
 4. a text that starts with a choose-agent keyword names an agent (or asks for the list);
-5. while ``awaiting_choice``, a text that is exactly an agent's name picks that agent;
+5. while ``awaiting_choice``, a text that is exactly an agent's name (or a number of the list, which the
+   daemon adds to ``directory``) picks that agent, and any other number asks for the list again;
 6. otherwise, in ``always`` mode every user message asks for a human; in ``keywords`` mode only a text
    matching ``keywords`` or a rule's keywords does.
 
@@ -20,6 +21,7 @@ the customer entry's; its tags are the union of the rule's and the entry's.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 
 from attrs import frozen
@@ -84,7 +86,8 @@ Decision = NotForUs | AskHuman | Cancel | ChooseAgent
 
 
 def _fold(text: str) -> str:
-    return text.strip(_EDGE_PUNCTUATION).casefold()
+    # NFKC first, so full-width letters and digits ("２", "ＡＢ") compare equal to the ASCII ones
+    return unicodedata.normalize("NFKC", text).strip(_EDGE_PUNCTUATION).casefold()
 
 
 def make_directory(
@@ -147,6 +150,8 @@ def classify(
             return _ask(routing, msg.openid, None, matched=f"choose:{word}", preferred=kf)
     if awaiting_choice and folded in names:
         return _ask(routing, msg.openid, None, matched="choice", preferred=names[folded])
+    if awaiting_choice and folded.isdecimal():
+        return ChooseAgent("choice", query=folded)
     for rule in routing.rules:
         hit = _first_match(routing, folded, rule.keywords)
         if hit is not None:

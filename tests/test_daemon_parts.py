@@ -255,7 +255,7 @@ def test_options_name_the_bad_value() -> None:
         DaemonOptions(create_concurrency=0)
 
 
-def test_notify_templates_from_the_config_are_translated(tmp_path: Path) -> None:
+def test_notify_templates_from_the_config_reach_the_planner_unchanged(tmp_path: Path) -> None:
     from conftest import config_dict
 
     data = config_dict(api_base="https://api.weixin.qq.com", store=tmp_path / "x.db")
@@ -266,8 +266,10 @@ def test_notify_templates_from_the_config_are_translated(tmp_path: Path) -> None
     }
     ncfg = notify_config(Config.from_dict(data, env={}))
     assert ncfg is not None
-    assert ncfg.template("queued") == "#{position}, ~{wait}; say 取消"
-    assert ncfg.template("assigned") == "{nickname} here"
+    # one set of placeholders (router.core.notify.FIELDS): nothing is renamed; {cancel} is filled in
+    assert ncfg.template("queued") == "#{position}, ~{eta_min}; say {cancel}"
+    assert ncfg.render("queued", position=2, ahead=1, wait="w", eta_min="3") == "#2, ~3; say 取消"
+    assert ncfg.template("assigned") == "{agent} here"
     data["notify"] = {"enabled": False}
     assert notify_config(Config.from_dict(data, env={})) is None
 

@@ -12,7 +12,9 @@ Rules:
 - An updated estimate is sent only when it changed materially against what the customer was told
   (allowing for the time that passed since): by at least ``eta_change_ratio`` *and* ``eta_change_s``.
 - Templates: Chinese (default) or English, overridable per kind; fields are checked when the config is
-  built, so a typo fails at start-up, not when the first customer waits.
+  built, so a typo fails at start-up, not when the first customer waits. ``KINDS`` and ``FIELDS`` are the
+  one set of message kinds and placeholders: ``[notify.templates]`` in ``kfrouter.toml`` is validated
+  against them and its texts reach this planner unchanged (docs/config.md lists every placeholder).
 
 Pure: time is the ``now`` argument; the caller sends the texts and reports failures with
 ``on_send_failed``. Memory: one small record per customer with an open window or a waiting spell;
@@ -37,20 +39,28 @@ ERR_WINDOW_CLOSED = 45015
 ERR_QUOTA_USED = 45047
 ERR_CANNOT_MESSAGE = frozenset({ERR_WINDOW_CLOSED, ERR_QUOTA_USED, 43004, 43019, 48002})
 
-KINDS = ("queued", "eta", "assigned", "assigned_anonymous", "cancelled")
+KINDS = ("queued", "eta", "assigned", "assigned_anonymous", "cancelled", "preferred")
+_WAITING_FIELDS = frozenset({"position", "ahead", "wait", "eta_min", "group", "cancel"})
 FIELDS: Mapping[str, frozenset[str]] = {
-    "queued": frozenset({"position", "ahead", "wait"}),
-    "eta": frozenset({"wait"}),
-    "assigned": frozenset({"nickname"}),
-    "assigned_anonymous": frozenset(),
-    "cancelled": frozenset(),
+    "queued": _WAITING_FIELDS,  # joined the queue
+    "eta": _WAITING_FIELDS,  # the estimate moved materially
+    "preferred": frozenset({"agent", "wait", "eta_min", "fallback", "group", "cancel"}),  # chose a busy agent
+    "assigned": frozenset({"agent", "group"}),  # an agent took the customer (also after a move)
+    "assigned_anonymous": frozenset({"group"}),  # ... an agent without a display name
+    "cancelled": frozenset({"group"}),  # the customer left the queue
 }
+"""The placeholders each kind may use: ``{position}`` the customer's 1-based place in their group's queue,
+``{ahead}`` customers ahead of them, ``{wait}`` the estimate as words ("约 5 分钟"), ``{eta_min}`` the
+estimate in whole minutes (rounded up, at least 1; "?" when unknown), ``{agent}`` the agent's display
+name, ``{fallback}`` how long a customer waits for the agent they chose before another may take them,
+``{group}`` the customer's group ("" when none), ``{cancel}`` the first cancel keyword."""
 
 TEMPLATES: Mapping[str, Mapping[str, str]] = {
     "zh": {
         "queued": "您已进入人工客服排队，当前排在第 {position} 位，预计等待{wait}。客服接入后会立即回复您，请勿离开。",
         "eta": "排队进度更新：预计还需等待{wait}。",
-        "assigned": "客服 {nickname} 正在为您服务",
+        "preferred": "您选择的客服 {agent} 正在忙，预计等待{wait}。如{fallback}内仍未接入，将为您安排其他客服。",
+        "assigned": "客服 {agent} 正在为您服务",
         "assigned_anonymous": "客服正在为您服务",
         "cancelled": "您的人工客服排队已取消。如仍需帮助，请重新发送消息。",
     },
@@ -60,11 +70,19 @@ TEMPLATES: Mapping[str, Mapping[str, str]] = {
             "An agent will reply here as soon as one is free."
         ),
         "eta": "Queue update: estimated remaining wait {wait}.",
-        "assigned": "Agent {nickname} is now serving you.",
+        "preferred": (
+            "{agent}, the agent you chose, is busy: estimated wait {wait}. "
+            "If they cannot take you within {fallback}, another agent will."
+        ),
+        "assigned": "Agent {agent} is now serving you.",
         "assigned_anonymous": "An agent is now serving you.",
         "cancelled": "Your place in the queue has been cancelled. Send us a message if you still need help.",
     },
 }
+
+# Appended to the built-in "queued" and "preferred" texts when a cancel keyword is configured.
+CANCEL_HINT: Mapping[str, str] = {"zh": "回复“{cancel}”可取消排队。", "en": ' Reply "{cancel}" to leave the queue.'}
+_HINTED = frozenset({"queued", "preferred"})
 
 
 def format_wait(seconds: float, language: str) -> str:
@@ -86,6 +104,13 @@ def format_wait(seconds: float, language: str) -> str:
         return f"about {minutes} minute{'s' if minutes != 1 else ''}"
     text = f"about {hours} hour{'s' if hours != 1 else ''}"
     return text + (f" {rest} minute{'s' if rest != 1 else ''}" if rest else "")
+
+
+def eta_minutes(seconds: float) -> str:
+    """``{eta_min}``: whole minutes, rounded up, at least 1; "?" when the wait cannot be estimated."""
+    if not math.isfinite(seconds):
+        return "?"
+    return str(max(1, math.ceil(seconds / 60.0 - 1e-9)))
 
 
 def _check_language(_inst: object, _attr: object, value: str) -> None:
@@ -143,8 +168,9 @@ class NotifyConfig:
     eta_on_decrease: bool = True  # also tell customers when the wait got materially shorter
     keep_one_for_assigned: bool = False  # eta updates never use the spell's last message
     kinds: frozenset[str] = field(
-        default=frozenset({"queued", "eta", "assigned", "cancelled"}), converter=frozenset
+        default=frozenset({"queued", "eta", "preferred", "assigned", "cancelled"}), converter=frozenset
     )
+    cancel_word: str = ""  # ``{cancel}``: the first cancel keyword ("" adds no cancel hint to built-ins)
 
     def __attrs_post_init__(self) -> None:
         if self.reserve_for_agent > self.window_quota:
@@ -152,12 +178,28 @@ class NotifyConfig:
                 f"notify.reserve_for_agent ({self.reserve_for_agent}) cannot exceed notify.window_quota "
                 f"({self.window_quota})"
             )
-        unknown = self.kinds - {"queued", "eta", "assigned", "cancelled"}
+        unknown = self.kinds - {"queued", "eta", "preferred", "assigned", "cancelled"}
         if unknown:
             raise ConfigError(f"notify.kinds: unknown kind(s) {sorted(unknown)}")
+        if not isinstance(self.cancel_word, str):
+            raise ConfigError(f"notify.cancel_word must be a string, got {self.cancel_word!r}")
 
     def template(self, kind: str) -> str:
-        return self.templates.get(kind) or TEMPLATES[self.language][kind]
+        """The text for ``kind``: the override, else the built-in (with the cancel hint, if any)."""
+        text = self.templates.get(kind)
+        if text:
+            return text
+        text = TEMPLATES[self.language][kind]
+        if kind in _HINTED and self.cancel_word:
+            text += CANCEL_HINT[self.language]
+        return text
+
+    def render(self, kind: str, **values: object) -> str:
+        """``template(kind)`` filled in; ``{cancel}`` comes from ``cancel_word``. Every placeholder of the
+        kind must be given (``group`` defaults to "")."""
+        values.setdefault("group", "")
+        values["cancel"] = self.cancel_word
+        return self.template(kind).format(**{k: v for k, v in values.items() if k in FIELDS[kind]})
 
     @property
     def per_window(self) -> int:
@@ -166,7 +208,16 @@ class NotifyConfig:
 
 
 class _Customer:
-    __slots__ = ("closed", "in_spell", "spell_sent", "told_at", "told_s", "window_sent", "window_start")
+    __slots__ = (
+        "closed",
+        "group",
+        "in_spell",
+        "spell_sent",
+        "told_at",
+        "told_s",
+        "window_sent",
+        "window_start",
+    )
 
     def __init__(self) -> None:
         self.window_start: float | None = None  # the user's last message
@@ -176,6 +227,7 @@ class _Customer:
         self.spell_sent = 0
         self.told_s = math.nan  # the last wait we told them, and when
         self.told_at = math.nan
+        self.group = ""  # ``{group}`` of the current spell
 
 
 class Notifier:
@@ -194,21 +246,52 @@ class Notifier:
         c.window_sent = 0
         c.closed = False
 
-    def on_queued(self, openid: str, position: int, estimate: Estimate, now: float) -> list[SendText]:
-        """The customer joined the queue at 1-based ``position``. Starts a waiting spell (a customer put
-        back in the queue while already waiting is treated as an estimate update). Texts go out only
-        inside a window opened by ``on_user_message``: call it for every inbound message, before this."""
+    def on_queued(
+        self, openid: str, position: int, estimate: Estimate, now: float, *, group: str | None = None
+    ) -> list[SendText]:
+        """The customer joined the queue at 1-based ``position`` of ``group``. Starts a waiting spell (a
+        customer put back in the queue while already waiting is treated as an estimate update). Texts go
+        out only inside a window opened by ``on_user_message``: call it for every inbound message, before
+        this."""
         if not isinstance(position, int) or isinstance(position, bool) or position < 1:
             raise CoreError(f"on_queued: position must be an integer >= 1, got {position!r}")
         c = self._touch(openid, now)
         if c.in_spell:
             return self.on_estimate(openid, estimate, now)
-        c.in_spell = True
-        c.spell_sent = 0
-        c.told_s = c.told_at = math.nan
-        wait = format_wait(estimate.seconds, self.config.language)
-        text = self.config.template("queued").format(position=position, ahead=position - 1, wait=wait)
+        self._start_spell(c, group)
+        text = self.config.render(
+            "queued", position=position, ahead=position - 1, group=c.group, **self._wait(estimate.seconds)
+        )
         return self._send(c, openid, "queued", text, now, estimate.seconds)
+
+    def on_preferred(
+        self,
+        openid: str,
+        agent: str,
+        seconds: float,
+        fallback_s: float,
+        now: float,
+        *,
+        group: str | None = None,
+    ) -> list[SendText]:
+        """The customer chose ``agent`` (a display name), who is busy: they wait about ``seconds`` for
+        them, at most ``fallback_s`` before another agent may take them. Starts a waiting spell."""
+        c = self._touch(openid, now)
+        if c.in_spell:
+            return []
+        self._start_spell(c, group)
+        fallback = format_wait(fallback_s, self.config.language)
+        text = self.config.render(
+            "preferred", agent=agent, fallback=fallback, group=c.group, **self._wait(seconds)
+        )
+        return self._send(c, openid, "preferred", text, now, seconds)
+
+    def on_moved(self, openid: str, now: float, *, group: str | None = None) -> None:
+        """kfrouter closed the customer's session to give them another agent (their agent went offline, a
+        supervisor moved them): a spell starts without a text, so the new agent is announced."""
+        c = self._touch(openid, now)
+        if not c.in_spell:
+            self._start_spell(c, group)
 
     def on_estimate(self, openid: str, estimate: Estimate, now: float) -> list[SendText]:
         """A fresh estimate for a waiting customer: a text only when it changed materially."""
@@ -220,7 +303,10 @@ class Notifier:
             return []
         if self.config.keep_one_for_assigned and c.spell_sent + 1 >= self.config.max_per_customer:
             return []
-        text = self.config.template("eta").format(wait=format_wait(estimate.seconds, self.config.language))
+        ahead = max(0, estimate.ahead)
+        text = self.config.render(
+            "eta", position=ahead + 1, ahead=ahead, group=c.group, **self._wait(estimate.seconds)
+        )
         return self._send(c, openid, "eta", text, now, estimate.seconds)
 
     def on_assigned(
@@ -233,9 +319,9 @@ class Notifier:
             return []
         self._touch(openid, now)
         if nickname:
-            text = self.config.template("assigned").format(nickname=nickname)
+            text = self.config.render("assigned", agent=nickname, group=c.group)
         else:
-            text = self.config.template("assigned_anonymous")
+            text = self.config.render("assigned_anonymous", group=c.group)
         out = self._send(c, openid, "assigned", text, now, math.nan, kf_account=kf_account)
         c.in_spell = False
         return out
@@ -246,7 +332,8 @@ class Notifier:
         if c is None or not c.in_spell:
             return []
         self._touch(openid, now)
-        out = self._send(c, openid, "cancelled", self.config.template("cancelled"), now, math.nan)
+        text = self.config.render("cancelled", group=c.group)
+        out = self._send(c, openid, "cancelled", text, now, math.nan)
         c.in_spell = False
         return out
 
@@ -276,6 +363,16 @@ class Notifier:
         return len(self._customers)
 
     # ================================================================= internals
+
+    @staticmethod
+    def _start_spell(c: _Customer, group: str | None) -> None:
+        c.in_spell = True
+        c.spell_sent = 0
+        c.told_s = c.told_at = math.nan
+        c.group = group or ""
+
+    def _wait(self, seconds: float) -> dict[str, str]:
+        return {"wait": format_wait(seconds, self.config.language), "eta_min": eta_minutes(seconds)}
 
     def _touch(self, openid: str, now: float) -> _Customer:
         c = self._customers.get(openid)
