@@ -363,10 +363,12 @@ class Intake:
             store.remove_waiting(push.openid, now, "cancelled")
             store.append_event(now, "cancel", {"openid": push.openid, "matched": d.matched})
         log.info("push from %s cancels their wait (%s)", push.openid, d.matched)
+        view = self.engine.waiting_view(push.openid, now)  # the engine has not applied the cancel yet
         self.inbox.put(ev.CustomerLeft(openid=push.openid, reason="cancelled"))
         if self.notifier is None:
             return None
-        return self._text_reply(push, self.notifier.config.template("cancelled"))
+        group = view.group if view is not None else None
+        return self._text_reply(push, self.notifier.config.render("cancelled", group=group or ""))
 
     def _agent_list(self, push: UserMessage | MenuClick, now: float, note: str = "") -> str | None:
         """Reply with the numbered list of agents the customer may choose (``router.choice``) and keep it
