@@ -513,3 +513,31 @@ async def test_reassign_by_hand_with_the_cli_and_the_admin_api(
     # a customer without a session: refused with a message naming them
     code = await asyncio.to_thread(kfrouter_main, ["sessions", "reassign", "nobody", *argv[3:]])
     assert code == 1 and "nobody" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ templates
+
+
+async def test_configured_templates_render_every_placeholder_unchanged(make_env: EnvFactory) -> None:
+    queued = "pos={position} ahead={ahead} wait={wait} eta={eta_min} group={group} cancel={cancel}"
+    env = await make_env(
+        offline=("a1@test",),
+        groups=({"name": "general", "agents": ["a1@test"]},),
+        routing={"cancel_keywords": ["stop", "取消"]},
+        notify={
+            "enabled": True,
+            "language": "en",
+            "templates": {"en": {"queued": queued, "assigned": "agent={agent} group={group}"}},
+        },
+    )
+    await env.ctl.say("t0", "human")
+    await env.ctl.say("t1", "human")
+    told = await env.text_containing("t1", "pos=")
+    # nobody online: no estimate ("?" minutes); {cancel} is the first cancel keyword
+    assert told["content"] == (
+        "pos=2 ahead=1 wait=unknown (no agent is online right now) eta=? group=general cancel=stop"
+    )
+    await env.ctl.agents("a1@test")
+    await env.poll_agents()
+    assigned = await env.text_containing("t0", "agent=")
+    assert assigned["content"] == "agent=a1 group=general" and assigned["kf_account"] == "a1@test"
