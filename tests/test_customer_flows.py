@@ -216,14 +216,16 @@ async def test_a_customer_picks_agent_2_by_number_and_gets_agent_2(make_env: Env
     env = await make_env(
         online=("a1@test", "a2@test", "a3@test"),
         groups=(THREE,),
-        routing={"choose_agent_keywords": ["choose agent"]},
+        routing={"choose_agent_keywords": ["choose agent"], "choose_agent_menu_keys": ["CHOOSE"]},
         notify={"enabled": True, "language": "en"},
     )
-    await env.ctl.say("p1", "choose agent")
+    await env.ctl.call("POST", "customer/click", {"openid": "p1", "key": "CHOOSE", "wait": True})
     lines = numbered(await env.last_reply("p1"))
     # numbered, with nickname, group and wait: everyone is free, so nobody waits
     assert lines == {i: f"a{i} (general) — available now" for i in (1, 2, 3)}
     assert env.engine.state("p1") is CustomerState.UNKNOWN  # a list is not a request
+    await env.ctl.say("p1", "choose agent")  # the keyword works like the menu key
+    assert numbered(await env.last_reply("p1")) == lines
     await env.ctl.say("p1", "2")
     assert await env.assigned("p1") == "a2@test"
     assert await env.creates("p1") == [("a2@test", 0)]

@@ -81,7 +81,10 @@ TEMPLATES: Mapping[str, Mapping[str, str]] = {
 }
 
 # Appended to the built-in "queued" and "preferred" texts when a cancel keyword is configured.
-CANCEL_HINT: Mapping[str, str] = {"zh": "回复“{cancel}”可取消排队。", "en": ' Reply "{cancel}" to leave the queue.'}
+CANCEL_HINT: Mapping[str, str] = {
+    "zh": "回复“{cancel}”可取消排队。",
+    "en": ' Reply "{cancel}" to leave the queue.',
+}
 _HINTED = frozenset({"queued", "preferred"})
 
 
