@@ -428,7 +428,7 @@ async def test_an_agent_leaving_with_three_sessions_they_are_reassigned_once_eac
     assert await env.ctl.sessions() == {"r1": "a1@test", "r2": "a1@test", "r3": "a1@test", "v1": "k1@test"}
     # past the grace: closed, then created with another agent of the group; the closes are slow, and a1
     # comes back meanwhile — the moves still go ahead, one session at a time
-    await env.ctl.fault("kfsession/close", delay_s=1.0)
+    await env.ctl.fault("kfsession/close", delay_s=1.5)
     await env.jump(2)
     await wait_until(
         lambda: len([e for e in env.events if e.get("type") == "CloseSession"]) == 3,
