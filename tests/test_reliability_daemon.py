@@ -129,3 +129,28 @@ async def test_a_create_held_past_its_reservation_is_not_sent(make_env: EnvFacto
     ok = successful_creates({"create_log": env.fake.model.create_log}).get("c1", [])
     assert ok == [kf.kf_account], f"c1 got {len(ok)} sessions: {ok}"
     assert "c1" not in await env.ctl.sessions()
+
+
+def test_the_engine_forgets_history_older_than_the_sticky_window() -> None:
+    # The long soak's RSS crept up with every distinct customer: the engine kept "last agent" history
+    # forever, although sticky routing only looks back sticky_window_s. A daemon running for months
+    # must not grow with every customer it has ever seen.
+    from policies.registry import load_all
+    from router.core import events as ev
+    from router.core.engine import Engine, EngineConfig
+    from router.core.model import AgentRow
+
+    window = 1000.0
+    engine = Engine(EngineConfig(default_capacity=3, sticky_window_s=window), load_all())
+    engine.handle(ev.AgentConfigured(kf_account="a1@test"), 0.0)
+    engine.handle(ev.AgentsSeen(rows=[AgentRow(kf_account="a1@test", status=1, accepted_case=0)]), 0.0)
+    customers = [f"o{i}" for i in range(5000)]
+    for i, openid in enumerate(customers):  # one customer a second, each served for half a second
+        t = float(i)
+        for cmd in engine.handle(ev.CustomerRequested(openid=openid), t):
+            engine.handle(ev.SessionCreated(openid=openid, kf_account=cmd.kf_account, source="api"), t)
+        engine.handle(ev.SessionClosed(openid=openid, kf_account="a1@test"), t + 0.5)
+        engine.tick(t + 0.5)
+    remembered = [o for o in customers if engine.history(o) is not None]
+    assert len(remembered) <= window + 2, len(remembered)
+    assert engine.history(customers[-1]) == ("a1@test", 4999.5)  # recent history is kept

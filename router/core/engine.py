@@ -192,7 +192,8 @@ class Engine:
         self._preferring: dict[str, set[str]] = {}  # preferred agent -> waiting customers who asked for them
         self._reservations: SortedList = SortedList()  # of (deadline, openid)
         self._wakeups: SortedList = SortedList()  # times when a waiting customer's scope may widen
-        self._history: dict[str, tuple[str, float]] = {}  # openid -> (last agent, when)
+        # openid -> (last agent, when), oldest first: tick() forgets what sticky_window_s no longer reaches
+        self._history: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._sessions_by_agent: dict[str, set[str]] = {}  # kf_account -> openids in session with them
         self._session_starts: SortedList = SortedList()  # (started_at, openid), kept for stale sessions
         self._offline_since: dict[str, float] = {}  # agents that went offline with sessions open
@@ -221,6 +222,9 @@ class Engine:
             self._release(c, now, avoid=True)
         while self._wakeups and self._wakeups[0] <= now:
             self._wakeups.pop(0)
+        horizon = now - self.config.sticky_window_s
+        while self._history and next(iter(self._history.values()))[1] < horizon:
+            self._history.popitem(last=False)
         self._sweep_sessions(now, out)
         self._drain(now, out)
         return out
@@ -238,7 +242,7 @@ class Engine:
         """Load customer history (who served ``openid`` last), e.g. from the store after a restart."""
         prev = self._history.get(openid)
         if prev is None or prev[1] <= at:
-            self._history[openid] = (kf_account, at)
+            self._set_history(openid, kf_account, at)
 
     # ================================================================= reading
 
@@ -539,10 +543,14 @@ class Engine:
         c.with_agent = kf
         c.session_started_at = now
         self._sessions_by_agent.setdefault(kf, set()).add(c.openid)
-        self._history[c.openid] = (kf, now)
+        self._set_history(c.openid, kf, now)
         if self.config.stale_session_s is not None:
             self._session_starts.add((now, c.openid))
             self._wakeups.add(now + self.config.stale_session_s)
+
+    def _set_history(self, openid: str, kf: str, at: float) -> None:
+        self._history[openid] = (kf, at)
+        self._history.move_to_end(openid)
 
     def _leave_session(self, c: _Customer) -> None:
         kf = c.with_agent
@@ -562,7 +570,7 @@ class Engine:
         if count:
             self._pool.add_sessions(kf, -1)
         self._leave_session(c)
-        self._history[c.openid] = (kf, now)
+        self._set_history(c.openid, kf, now)
         if c.closing != "reroute":
             self._finish(c, "closed_stale" if c.closing == "stale" else "served", now)
             return
