@@ -143,12 +143,12 @@ def test_the_engine_forgets_history_older_than_the_sticky_window() -> None:
     window = 1000.0
     engine = Engine(EngineConfig(default_capacity=3, sticky_window_s=window), load_all())
     engine.handle(ev.AgentConfigured(kf_account="a1@test"), 0.0)
-    engine.handle(ev.AgentsSeen(rows=[AgentRow(kf_account="a1@test", status=1, accepted_case=0)]), 0.0)
+    engine.handle(ev.AgentsSeen(rows=(AgentRow(kf_account="a1@test", status=1, accepted_case=0),)), 0.0)  # type: ignore[arg-type]
     customers = [f"o{i}" for i in range(5000)]
     for i, openid in enumerate(customers):  # one customer a second, each served for half a second
         t = float(i)
-        for cmd in engine.handle(ev.CustomerRequested(openid=openid), t):
-            engine.handle(ev.SessionCreated(openid=openid, kf_account=cmd.kf_account, source="api"), t)
+        assert engine.handle(ev.CustomerRequested(openid=openid), t)  # a CreateSession for a1
+        engine.handle(ev.SessionCreated(openid=openid, kf_account="a1@test", source="api"), t)
         engine.handle(ev.SessionClosed(openid=openid, kf_account="a1@test"), t + 0.5)
         engine.tick(t + 0.5)
     remembered = [o for o in customers if engine.history(o) is not None]
