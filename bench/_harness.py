@@ -316,6 +316,30 @@ class RssSampler:
         return sum(values[:k]) / k, sum(values[-k:]) / k
 
 
+def commit_latency_ms(directory: Path, n: int = 300) -> float:
+    """Median milliseconds of one push commit (claim key + waiting row + input log, one transaction,
+    ``synchronous=FULL``: one fsync) in a fresh store in ``directory`` — the disk's share of an answer."""
+    from router.edges.store import Store, WaitingRow
+
+    path = directory / "fsync-probe.db"
+    store = Store(path)
+    times = []
+    try:
+        for i in range(n):
+            t = time.perf_counter()
+            with store.transaction():
+                store.claim_push(f"probe{i}", 1.0)
+                store.add_waiting(WaitingRow(f"probe{i}", None, 0, 1.0, "x"))
+                store.append_event(1.0, "customer_requested", {"openid": f"probe{i}"})
+            times.append(time.perf_counter() - t)
+    finally:
+        store.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.remove(f"{path}{suffix}")
+    return round(percentile(times, 50) * 1000, 3)
+
+
 # ---------------------------------------------------------------------------------------------- pushes
 
 

@@ -227,6 +227,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     daemon_port = _free_port()
     children: list[h.Child] = []
     result: dict[str, Any] = {"workdir": str(workdir), "cores": os.cpu_count()}
+    result["commit_ms_before"] = h.commit_latency_ms(workdir)
+    print(f"one push commit (fsync) in {workdir}: {result['commit_ms_before']} ms (median)", flush=True)
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=args.connections, force_close=False)
     ) as http:
@@ -313,6 +315,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             for child in reversed(children):
                 await child.terminate(timeout=10)
+    result["commit_ms_after"] = h.commit_latency_ms(workdir)
     ref = result["reference"]["sustained_rps"]
     dae = result["daemon"]["sustained_rps"]
     result["ratio_sustained"] = round(dae / ref, 3) if ref else None
@@ -374,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{c['p99_crosses_1s_at_offered_rps']} offered/s"
         )
     print(f"routed: {result['routed']}")
+    print(
+        f"one push commit (fsync): {result['commit_ms_before']} ms before, {result['commit_ms_after']} ms after"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
