@@ -83,6 +83,9 @@ class SoakParams:
     api_timeout_s: float = 2.0
     restart_downtime_s: float = 3.0
     drain_max_s: float = 150.0
+    # how far back "last agent" counts (engine.sticky_window_s); None: a quarter of the day, compressed like
+    # the day itself (7 days at 1/360 would be half an hour: longer than any run, so nothing is forgotten)
+    sticky_window_s: float | None = None
     faults: bool = True
     encoding: str = "safe"  # or "plain"
     seed: int = 7
@@ -442,6 +445,7 @@ class Soak:
                 engine={
                     "avoid_s": max(2.0, p.service_mean_s),
                     "reservation_timeout_s": 4 * p.create_timeout_s,
+                    "sticky_window_s": p.sticky_window_s or p.duration_s / 4,
                 },
                 log_level=p.log_level,
             )
