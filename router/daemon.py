@@ -49,6 +49,7 @@ from router.core.engine import Engine
 from router.core.errors import CoreError, UnknownAgentError
 from router.core.estimate import WaitEstimator
 from router.core.model import AgentRow, CustomerState
+from router.doctor import run_checks
 from router.edges.client import WaitEntry, WeChatClient
 from router.edges.store import Store, WaitingRow
 from router.edges.token import TokenMode
@@ -64,6 +65,7 @@ from router.pollers import (
     WaitlistPoller,
     waitlist_request,
 )
+from router.problems import ProblemReporter, log_check_results
 from router.supervisor import attach_observability
 from router.wechat.crypto import SafeModeCrypto
 
@@ -122,6 +124,7 @@ class DaemonOptions:
     nickname_refresh_s: float = field(default=600.0, validator=_positive)
     choice_ttl_s: float = field(default=300.0, validator=_positive)  # after we listed the agents
     startup_backoff_max_s: float = field(default=30.0, validator=_positive)
+    self_check: bool = True  # run kfrouter doctor's read-only checks at start and log what they find
     seed: int | None = None  # poll jitter
 
 
@@ -210,6 +213,7 @@ class Daemon:
         ncfg = notify_config(config)
         self.notifier: core_notify.Notifier | None = core_notify.Notifier(ncfg) if ncfg is not None else None
         self.listeners: list[Listener] = []
+        self.problems = ProblemReporter()  # operator problems (65400, 40164, ...) told once, in plain words
         self.started = asyncio.Event()
         self.listening = asyncio.Event()
         self.stopped = asyncio.Event()
@@ -362,6 +366,8 @@ class Daemon:
                 assert self._executor is not None
                 self._spawn(self._executor.run(), "executor")
                 self._spawn(self._startup(), "startup")
+                if self.options.self_check:
+                    self._spawn(self._self_check(http), "self-check")
                 tg.create_task(self._shutdown_when_asked(), name="kfrouter-shutdown")
         finally:
             self._tg = None
@@ -376,6 +382,17 @@ class Daemon:
                 self.store.close()
             self.stopped.set()
             log.info("stopped")
+
+    async def _self_check(self, http: aiohttp.ClientSession) -> None:
+        """kfrouter doctor's read-only checks, once at start; problems are logged in its words."""
+        assert self.client is not None
+        try:
+            results = await asyncio.wait_for(run_checks(self.config, self.client, http=http), 60.0)
+        except TimeoutError:
+            log.warning("start-up checks did not finish within 60 s; run `kfrouter doctor` by hand")
+            return
+        n = log_check_results(results)
+        log.info("start-up checks: %d problem(s), %d check(s) in all", n, len(results))
 
     def _build_edges(self, http: aiohttp.ClientSession) -> None:
         w = self.config.wechat
@@ -394,6 +411,7 @@ class Daemon:
             timeout_s=o.create_timeout_s,
             tokens=self.client.tokens,
         )
+        self.client.on_error = create_client.on_error = self.problems.on_error
         self.upstream = Upstream(
             http, self.config.server.upstream_url, self.config.server.upstream_timeout_s, crypto=self._crypto
         )
@@ -424,6 +442,7 @@ class Daemon:
             on_waiting=self._on_waitlisted,
             busy=self._busy,
         )
+        self._agents.told = self._waitlist.told = self.problems.known
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         assert self._tg is not None, "background tasks are only started while run() is running"
@@ -899,6 +918,7 @@ class Daemon:
             self.notifier.on_send_failed(info["openid"], int(info.get("errcode", 0)))
 
     async def _publish_agents(self, rows: tuple[AgentRow, ...], mark: object) -> None:
+        self.problems.clear()  # WeChat answered: the operator problems told so far are over
         if not self._engine_running:
             self._apply_direct(ev.AgentsSeen(rows=rows, complete=True))  # type: ignore[arg-type]
             return

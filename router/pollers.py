@@ -104,6 +104,8 @@ class _Loop:
         self.last_at: float | None = None  # wall time of the last completed poll
         self.last_error: str | None = None
         self.polls = 0
+        # errcodes already explained to the operator (router.problems): logged at debug, not every poll
+        self.told: Callable[[int], bool] = lambda errcode: False
 
     def trigger(self) -> None:
         """Poll now instead of waiting for the interval to pass."""
@@ -118,6 +120,8 @@ class _Loop:
             except WeChatError as exc:
                 self._record(False, f"errcode {exc.errcode}")
                 level = logging.WARNING if not isinstance(exc, RateLimited) else logging.INFO
+                if self.told(exc.errcode):
+                    level = logging.DEBUG
                 log.log(level, "%s poll failed: %s", self.name, exc)
                 return False
             except Exception as exc:  # a bug or a store failure must not end the poller (nor the daemon)

@@ -5,6 +5,7 @@ events, unknown agents, WeChat's wait list, start-up recovery from the store, sh
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -507,3 +508,60 @@ async def test_submit_returns_the_commands_and_listeners_see_them(make_env: EnvF
     assert commands == []  # nobody online
     seen = [e for e in env.events if e["kind"] == "event" and e["type"] == "CustomerRequested"]
     assert seen and seen[-1]["openid"] == "x1" and seen[-1]["tags"] == []
+
+
+# ------------------------------------------------------------------------------ operator problems
+
+
+def _told(caplog: pytest.LogCaptureFixture, code: str) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == "kfrouter.problems" and code in r.getMessage()
+    ]
+
+
+async def test_65400_during_operation_is_explained_once(
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = await make_env()
+    poller = env.daemon.agent_poller
+    assert poller is not None
+    caplog.set_level(logging.DEBUG, logger="kfrouter")
+    caplog.clear()
+    env.fake.model.options.kf_api_enabled = False  # someone switched the new customer service off
+    for _ in range(4):
+        assert await poller.poll_once() is False
+    assert len(_told(caplog, "65400")) == 1
+    assert "新版客服功能" in _told(caplog, "65400")[0]
+    assert (
+        len(
+            [
+                r
+                for r in caplog.records
+                if r.name.startswith("kfrouter")
+                and r.levelno >= logging.WARNING
+                and "65400" in r.getMessage()
+            ]
+        )
+        == 1
+    )  # the explanation, not a warning per poll
+    env.fake.model.options.kf_api_enabled = True
+    assert await poller.poll_once() is True
+    env.fake.model.options.kf_api_enabled = False
+    assert await poller.poll_once() is False
+    assert len([m for m in _told(caplog, "65400") if "answered 65400" in m]) == 2  # back again: told again
+
+
+async def test_start_up_checks_log_problems_in_the_doctors_words(
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kfrouter")
+    # the config's group names a2@test, but WeChat has no such account
+    await make_env(agents=("a1@test",))
+
+    def start_up_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("start-up check")]
+
+    lines = await wait_until(
+        lambda: [m for m in start_up_lines() if "a2@test" in m], timeout=20, message="start-up check lines"
+    )
+    assert "problem" in lines[0] and "fix:" in lines[0]

@@ -340,6 +340,8 @@ class WeChatClient:
         self._timeout = aiohttp.ClientTimeout(total=float(timeout_s))
         self._sleep = sleep
         self.stats = ClientStats()
+        # told about every error a call finally ends with (the daemon explains operator problems once)
+        self.on_error: Callable[[WeChatError], None] | None = None
         self.tokens = (
             tokens
             if tokens is not None
@@ -629,6 +631,23 @@ class WeChatClient:
         return result
 
     async def _call(
+        self,
+        path: str,
+        method: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
+    ) -> dict[str, Any]:
+        """``_attempts``, telling ``on_error`` (when set) about the error a call finally ends with."""
+        try:
+            return await self._attempts(path, method, query=query, json_body=json_body, form=form)
+        except WeChatError as exc:
+            if self.on_error is not None:
+                self.on_error(exc)
+            raise
+
+    async def _attempts(
         self,
         path: str,
         method: str,
