@@ -17,14 +17,6 @@ def told(caplog: pytest.LogCaptureFixture, code: str) -> list[str]:
     ]
 
 
-def loud(caplog: pytest.LogCaptureFixture, code: str) -> list[str]:
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if r.name.startswith("kfrouter") and r.levelno >= logging.WARNING and code in r.getMessage()
-    ]
-
-
 def test_reporter_tells_each_operator_problem_once_until_it_clears(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="kfrouter")
     r = ProblemReporter()
