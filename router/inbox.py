@@ -33,6 +33,7 @@ from router.core.model import CustomerState
 from router.core.notify import Notifier
 from router.edges.store import Store, WaitingRow
 from router.edges.upstream import Upstream, build_forward
+from router.logs import LOGGABLE_FIELDS
 from router.wechat import replies
 from router.wechat.crypto import SafeModeCrypto
 from router.wechat.errors import WeChatCodecError
@@ -414,17 +415,7 @@ class Intake:
 def summarize(event: ev.Event) -> dict[str, Any]:
     """The loggable fields of an event (ids and codes; never texts)."""
     out: dict[str, Any] = {}
-    for name in (
-        "openid",
-        "kf_account",
-        "from_account",
-        "to_account",
-        "group",
-        "priority",
-        "source",
-        "errcode",
-        "reason",
-    ):
+    for name in LOGGABLE_FIELDS:
         value = getattr(event, name, None)
         if value is not None:
             out[name] = value

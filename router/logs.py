@@ -42,7 +42,7 @@ _DAEMON_EVENT_FORMATS = frozenset(
 )
 
 # Fields of events and commands that may be logged: identifiers and codes, never texts.
-_EVENT_FIELDS = (
+LOGGABLE_FIELDS = (
     "openid",
     "kf_account",
     "from_account",
@@ -189,7 +189,7 @@ def config_secrets(config: Any) -> list[str]:
 def event_fields(kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     """The loggable part of a listener payload: ``kind``, ``type`` and identifiers (never texts)."""
     out: dict[str, Any] = {"kind": kind, "type": payload.get("type", kind)}
-    for name in _EVENT_FIELDS:
+    for name in LOGGABLE_FIELDS:
         value = payload.get(name)
         if value is not None and not (name == "kind" and kind != "command"):
             out["command_kind" if name == "kind" else name] = value
