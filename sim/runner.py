@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from policies.registry import load_policy
 from router.core import events as ev
@@ -45,6 +45,7 @@ P_ANSWER, P_END, P_TRACE, P_PATIENCE, P_TICK = 0, 1, 2, 3, 4
 UNSERVED, SERVED, ABANDONED = 0, 1, 2
 
 _MODEL_WXID = "sim"
+_NO_TAGS: frozenset[str] = frozenset()
 _CREATE_LOG_KEEP = 4096  # the model logs every create; the replay trims the log to bound memory
 
 
@@ -253,24 +254,28 @@ class Simulation:
         self._preferred: dict[int, str] = {}
         self.now = 0.0
         self.eta = EtaTracker() if cfg.eta else None
+        self._check_engine = cfg.check_engine
+        self._timeline = cfg.timeline
 
     # ------------------------------------------------------------------------------------ engine
 
     def _make_engine(self) -> Engine:
         return Engine(engine_config(self.policy, self.cfg, self._groups), {self.policy.name: self.policy})
 
-    def _feed(self, event: ev.Event, now: float, what: str) -> None:
+    def _feed(self, event: ev.Event, now: float, what: str, arg: object = None) -> None:
+        """Hand ``event`` to the engine and carry out its commands. ``what`` names the cause in an error,
+        formatted with ``arg`` only then (``str.format``): the hot paths pay for no message."""
         assert self.engine is not None
         try:
             cmds = self.engine.handle(event, now)
             if self.eta is not None:
                 self.eta.observe(event, now, self.engine)
         except CoreError as exc:
-            raise SimError(f"t={now:.6f}: the engine refused {what}: {exc}") from exc
+            raise SimError(f"t={now:.6f}: the engine refused {what.format(arg)}: {exc}") from exc
         self.res.events += 1
         if cmds:
             self._apply(cmds, now)
-        if self.cfg.check_engine:
+        if self._check_engine:
             self.engine.check()
 
     def _apply(self, cmds: list[Command], now: float) -> None:
@@ -278,10 +283,11 @@ class Simulation:
         pending = list(cmds)
         i = 0
         latency = self.cfg.create_latency_s
+        res = self.res
         while i < len(pending):
             cmd = pending[i]
             i += 1
-            self.res.api_calls += 1
+            res.api_calls += 1
             event: ev.Event | None
             if type(cmd) is CreateSession:
                 openid = cmd.openid
@@ -290,7 +296,7 @@ class Simulation:
                 ):
                     # a second session at once, or one for an arrival already served (or never seen);
                     # a create for a customer who just left is a race, answered and counted as a ghost
-                    self.res.double_assignments += 1
+                    res.double_assignments += 1
                 if latency > 0:
                     self._push(now + latency, P_ANSWER, (cmd.openid, cmd.kf_account))
                     continue
@@ -309,7 +315,7 @@ class Simulation:
                     self.eta.observe(event, now, self.engine)
             except CoreError as exc:
                 raise SimError(f"t={now:.6f}: the engine refused {event!r}: {exc}") from exc
-            self.res.events += 1
+            res.events += 1
             if type(event) is ev.SessionClosed:
                 self._after_api_close(event.openid, now)
             if more:
@@ -322,7 +328,7 @@ class Simulation:
             return ev.CreateFailed(openid=openid, kf_account=agent, errcode=code)
         if openid not in self._session:
             self._start_session(openid, agent, now)
-        return ev.SessionCreated(openid=openid, kf_account=agent, source="api")
+        return ev.session_created(openid, agent, "api")
 
     def _close_by_api(self, openid: str, agent: str, now: float) -> ev.Event:
         code = self.wechat.close(agent, openid, now)
@@ -330,7 +336,7 @@ class Simulation:
             self.res.api_failures += 1
             return ev.CloseFailed(openid=openid, kf_account=agent, errcode=code)
         self._end_session(openid, now)
-        return ev.SessionClosed(openid=openid, kf_account=agent)
+        return ev.session_closed(openid, agent)
 
     def _after_api_close(self, openid: str, now: float) -> None:
         """The engine closed a session itself: if it routes the customer again (reassignment) the arrival
@@ -352,30 +358,31 @@ class Simulation:
     # ------------------------------------------------------------------------------------ sessions
 
     def _start_session(self, openid: str, agent: str, now: float) -> None:
-        st = self.res.agents.get(agent)
+        res = self.res
+        st = res.agents.get(agent)
         if st is None:
             raise SimError(
                 f"t={now:.6f}: WeChat accepted a session with {agent!r}, an agent the trace never had"
             )
         st.sessions += 1
         if st.sessions > st.max_sessions:
-            self.res.capacity_violations += 1
-        self._sid += 1
+            res.capacity_violations += 1
+        sid = self._sid = self._sid + 1
         idx = self._active.get(openid)
         if idx is None:
             # the customer is no longer here (a create answer arrived after their patience ran out):
             # the agent finds nobody and the session ends at once
-            self.res.ghost_sessions += 1
-            self._session[openid] = (self._sid, agent, now, -1)
-            self._push(now, P_END, (self._sid, openid))
+            res.ghost_sessions += 1
+            self._session[openid] = (sid, agent, now, -1)
+            self._push(now, P_END, (sid, openid))
             return
-        self._session[openid] = (self._sid, agent, now, idx)
-        self._push(now + self._remaining[idx], P_END, (self._sid, openid))
+        self._session[openid] = (sid, agent, now, idx)
+        self._seq += 1  # _push, inline: once per session
+        heapq.heappush(self._heap, (now + self._remaining[idx], P_END, self._seq, (sid, openid)))
         if self._started[idx]:
-            self.res.reassignments += 1  # moved by the engine: the service goes on with this agent
+            res.reassignments += 1  # moved by the engine: the service goes on with this agent
             return
         self._started[idx] = 1
-        res = self.res
         res.outcome[idx] = SERVED
         res.wait[idx] = now - res.arrival_t[idx]
         res.agent[idx] = agent
@@ -384,19 +391,22 @@ class Simulation:
         if res.sticky[idx] is not None:
             res.sticky[idx] = self._last_agent.get(openid) == agent
         self._waiting -= 1
-        self._mark_timeline(now)
+        if self._timeline:
+            self._mark_timeline(now)
 
     def _end_session(self, openid: str, now: float) -> int:
         """Close the sim's record of ``openid``'s session; returns the arrival index (-1: a ghost)."""
         _sid, agent, start, idx = self._session.pop(openid)
-        st = self.res.agents[agent]
+        res = self.res
+        st = res.agents[agent]
         st.sessions -= 1
         st.busy_s += now - start
         if idx >= 0:
             st.served += 1
             self._last_agent[openid] = agent
             self._remaining[idx] -= now - start
-            self.res.end_t = max(self.res.end_t, now)
+            if now > res.end_t:  # max(), without the call
+                res.end_t = now
         return idx
 
     def _finish_arrival(self, openid: str, idx: int, outcome: int) -> None:
@@ -416,13 +426,16 @@ class Simulation:
         if idx >= 0:
             self._remaining[idx] = 0.0
             self._finish_arrival(openid, idx, SERVED)
-        self._feed(ev.SessionClosed(openid=openid, kf_account=agent), now, f"the end of {openid}'s session")
+        self._feed(ev.session_closed(openid, agent), now, "the end of {}'s session", openid)
 
     # ------------------------------------------------------------------------------------ trace records
 
     def _on_arrival(self, rec: Arrival, now: float) -> None:
+        # once per customer: attributes read once into locals
         res = self.res
-        if rec.customer in self._active:
+        customer = rec.customer
+        group = rec.group
+        if customer in self._active:
             res.absorbed_arrivals += 1
             return
         idx = len(res.arrival_t)
@@ -430,34 +443,38 @@ class Simulation:
         res.wait.append(math.nan)
         res.outcome.append(UNSERVED)
         res.agent.append(None)
-        res.group.append(rec.group)
+        res.group.append(group)
         res.own_group.append(None)
-        res.sticky.append(False if rec.customer in self._last_agent else None)
+        res.sticky.append(False if customer in self._last_agent else None)
         res.preferred.append(None)
         self._started.append(0)
         self._remaining.append(rec.service_s)
-        self._active[rec.customer] = idx
+        self._active[customer] = idx
         self._waiting += 1
-        self._mark_timeline(now)
-        res.end_t = max(res.end_t, now)
-        if rec.preferred_agent is not None:
+        if self._timeline:
+            self._mark_timeline(now)
+        if now > res.end_t:  # max(), without the call
+            res.end_t = now
+        preferred = rec.preferred_agent
+        if preferred is not None:
             res.preferred[idx] = False
-            self._preferred[idx] = rec.preferred_agent
-        if rec.group is not None and rec.group not in self._groups:
-            res.unrouted_groups.add(rec.group)
+            self._preferred[idx] = preferred
+        if group is not None and group not in self._groups:
+            res.unrouted_groups.add(group)
         if rec.patience_s is not None:
-            self._push(now + rec.patience_s, P_PATIENCE, (idx, rec.customer))
-        self.wechat.model.transfer(rec.customer, now)
-        event = ev.CustomerRequested(
-            openid=rec.customer,
-            group=rec.group,
-            priority=rec.priority,
-            text=rec.text,
-            source="trace",
-            preferred_agent=rec.preferred_agent,
-            tags=frozenset(rec.tags),  # type: ignore[arg-type]
+            self._push(now + rec.patience_s, P_PATIENCE, (idx, customer))
+        self.wechat.model.transfer(customer, now)
+        tags = rec.tags
+        event = ev.customer_requested(
+            customer,
+            group,
+            rec.priority,
+            rec.text,
+            "trace",
+            preferred,
+            _NO_TAGS if not tags else frozenset(tags),
         )
-        self._feed(event, now, f"the arrival of {rec.customer!r}")
+        self._feed(event, now, "the arrival of {!r}", customer)
 
     def _on_patience(self, idx: int, openid: str, now: float) -> None:
         if self._started[idx] or self._active.get(openid) != idx:
@@ -470,7 +487,7 @@ class Simulation:
         self._waiting -= 1
         self._mark_timeline(now)
         self.wechat.model.leave_queue(openid)
-        self._feed(ev.CustomerLeft(openid=openid, reason="patience"), now, f"{openid!r} leaving")
+        self._feed(ev.CustomerLeft(openid=openid, reason="patience"), now, "{!r} leaving", openid)
 
     def _on_agent_online(self, rec: AgentOnline, now: float) -> None:
         st = self.res.agents.get(rec.agent)
@@ -488,13 +505,14 @@ class Simulation:
         self._feed(
             ev.AgentConfigured(kf_account=rec.agent, groups=rec.groups, max_sessions=rec.max_sessions),
             now,
-            f"agent {rec.agent!r} coming online",
+            "agent {!r} coming online",
+            rec.agent,
         )
         row = AgentRow(
             kf_account=rec.agent, status=1, accepted_case=st.sessions, auto_accept=rec.max_sessions
         )
         seen = ev.AgentsSeen(rows=[row], complete=False)  # type: ignore[list-item]
-        self._feed(seen, now, f"agent {rec.agent!r} coming online")
+        self._feed(seen, now, "agent {!r} coming online", rec.agent)
 
     def _on_agent_offline(self, rec: AgentOffline, now: float) -> None:
         st = self.res.agents.get(rec.agent)
@@ -506,7 +524,7 @@ class Simulation:
         self.wechat.set_agent(rec.agent, now, status=0, auto_accept=st.max_sessions)
         row = AgentRow(kf_account=rec.agent, status=0, accepted_case=st.sessions, auto_accept=st.max_sessions)
         seen = ev.AgentsSeen(rows=[row], complete=False)  # type: ignore[list-item]
-        self._feed(seen, now, f"agent {rec.agent!r} going offline")
+        self._feed(seen, now, "agent {!r} going offline", rec.agent)
 
     # ------------------------------------------------------------------------------------ the loop
 
@@ -541,13 +559,27 @@ class Simulation:
         self.engine = self._make_engine()
         if not isinstance(self.engine, Engine):
             self.eta = None  # a stand-in engine (tests) has no read API to estimate from
+        engine = self.engine
         heap = self._heap
+        heappop = heapq.heappop
         records = self._records
         rec: Record | None = next(records, None)
         progress = self._progress
         step = 0
+        # The loop runs a few times per customer: locals, no tuple building to compare a record's time
+        # with the heap's head (a record goes first unless the head is earlier, or at the same time with
+        # a lower priority), and the tick scheduling of _schedule_tick inlined.
+        ticks_at = self._ticks_at
+        next_deadline = engine.next_deadline
+        inf = math.inf
+        sid: int
+        idx: int
+        who: str
+        agent: str
         while rec is not None or heap:
-            if rec is not None and (not heap or (rec.t, P_TRACE) <= heap[0][:2]):
+            if rec is not None and (
+                not heap or rec.t < heap[0][0] or (rec.t == heap[0][0] and heap[0][1] >= P_TRACE)
+            ):
                 now = rec.t
                 self.now = now
                 if type(rec) is Arrival:
@@ -559,27 +591,29 @@ class Simulation:
                     self._on_agent_offline(rec, now)
                 rec = next(records, None)
             else:
-                now, prio, _seq, item = heapq.heappop(heap)
+                now, prio, _seq, item = heappop(heap)
                 self.now = now
                 if prio == P_END:
-                    sid, who = cast(tuple[int, str], item)
+                    sid, who = item  # type: ignore[misc]
                     self._on_session_end(sid, who, now)
                 elif prio == P_PATIENCE:
-                    idx, who = cast(tuple[int, str], item)
+                    idx, who = item  # type: ignore[misc]
                     self._on_patience(idx, who, now)
                 elif prio == P_ANSWER:
-                    who, agent = cast(tuple[str, str], item)
+                    who, agent = item  # type: ignore[misc]
                     event = self._answer_create(who, agent, now)
-                    self._feed(event, now, f"the create answer for {who!r}")
+                    self._feed(event, now, "the create answer for {!r}", who)
                 else:
-                    self._ticks_at.discard(now)
-                    assert self.engine is not None
-                    if self.engine.next_deadline() <= now:
-                        cmds = self.engine.tick(now)
+                    ticks_at.discard(now)
+                    if next_deadline() <= now:
+                        cmds = engine.tick(now)
                         self.res.ticks += 1
                         if cmds:
                             self._apply(cmds, now)
-            self._schedule_tick()
+            nd = next_deadline()  # _schedule_tick
+            if nd != inf and nd not in ticks_at:
+                ticks_at.add(nd)
+                self._push(nd, P_TICK, None)
             if progress is not None:
                 step += 1
                 if step & 4095 == 0:

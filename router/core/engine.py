@@ -46,6 +46,7 @@ ERR_NO_SESSION = 65413
 ERR_AGENT_UNAVAILABLE = frozenset({65401, 65402, 65415})  # unknown account, not bound, not online
 
 _NOBODY: frozenset[str] = frozenset()
+_ANY_GROUP: tuple[str | None, ...] = (None,)
 _GONE_MEMORY = 100_000  # how many departed customers' reasons the engine remembers
 
 
@@ -183,7 +184,14 @@ class Engine:
             for target, _after in route.overflow:
                 if target == group:
                     raise ConfigError(f"route {group!r}: overflow to itself")
+        # Hot-path caches (the policies and the config never change after construction): which policies
+        # route across groups, and the pool's own dicts of agents and free counts, read without a call.
+        self._ignores_groups = {
+            name: bool(getattr(p, "ignores_groups", False)) for name, p in self._policies.items()
+        }
         self._pool = Pool(config.default_capacity)
+        self._agent_map = self._pool._agents
+        self._free_counts = self._pool._free
         self._customers: dict[str, _Customer] = {}
         # Waiting customers, one queue per customer group, entries (key, openid); the global queue order
         # is the merge of these (keys are unique across groups).
@@ -203,14 +211,15 @@ class Engine:
     # ================================================================= inputs
 
     def handle(self, event: ev.Event, now: float) -> list[Command]:
-        out: list[Command] = []
         handler = self._HANDLERS.get(type(event))
         if handler is None:
             raise CoreError(f"handle: unsupported event {event!r}")
+        out: list[Command] = []
         handler(self, event, now, out)
         if self._offline_since:
             self._sweep_sessions(now, out)
-        self._drain(now, out)
+        if self._waiting_count and self._free_counts.get(None, 0) > 0:  # _drain's own test, without a call
+            self._drain(now, out)
         return out
 
     def tick(self, now: float) -> list[Command]:
@@ -502,7 +511,7 @@ class Engine:
     # ================================================================= state changes
 
     def _need_agent(self, kf_account: str, where: str) -> str:
-        if kf_account not in self._pool:
+        if kf_account not in self._agent_map:
             raise UnknownAgentError(kf_account, where)
         return kf_account
 
@@ -542,7 +551,10 @@ class Engine:
         c.state = CustomerState.IN_SESSION
         c.with_agent = kf
         c.session_started_at = now
-        self._sessions_by_agent.setdefault(kf, set()).add(c.openid)
+        held = self._sessions_by_agent.get(kf)
+        if held is None:
+            held = self._sessions_by_agent[kf] = set()
+        held.add(c.openid)
         self._set_history(c.openid, kf, now)
         if self.config.stale_session_s is not None:
             self._session_starts.add((now, c.openid))
@@ -689,8 +701,8 @@ class Engine:
         return self.config.routes.get(c.group, self.config.default_route)
 
     def _scope(self, c: _Customer, policy: Policy, now: float) -> tuple[str | None, ...]:
-        if c.group is None or getattr(policy, "ignores_groups", False):
-            return (None,)
+        if c.group is None or self._ignores_groups.get(policy.name, False):
+            return _ANY_GROUP
         # compare with the wake-up time itself (arrived + after), so float rounding cannot skip a wake-up
         return (c.group, *(g for g, after in self._route(c).overflow if now >= c.arrived_at + after))
 
@@ -702,10 +714,17 @@ class Engine:
         return frozenset(c.avoid)
 
     def _waiting_view(
-        self, c: _Customer, now: float, scope: tuple[str | None, ...] | None = None
+        self,
+        c: _Customer,
+        now: float,
+        scope: tuple[str | None, ...] | None = None,
+        avoid: frozenset[str] | None = None,
     ) -> WaitingView:
+        """``avoid``: the customer's avoided agents at ``now`` when the caller already has them."""
         if scope is None:
             scope = self._scope(c, self._policies[self._route(c).policy], now)
+        if avoid is None:
+            avoid = frozenset(k for k, until in c.avoid.items() if until > now) if c.avoid else _NOBODY
         hist = self._history.get(c.openid)
         if hist is not None and now - hist[1] > self.config.sticky_window_s:
             hist = None
@@ -716,7 +735,7 @@ class Engine:
             arrived_at=c.arrived_at,
             preferred_agent=c.preferred_agent,
             preferred_until=c.preferred_until,
-            avoid=frozenset(k for k, until in c.avoid.items() if until > now) if c.avoid else _NOBODY,
+            avoid=avoid,
             tags=c.tags,
             last_agent=None if hist is None else hist[0],
             last_served_at=None if hist is None else hist[1],
@@ -724,16 +743,22 @@ class Engine:
         )
 
     def _pick(self, c: _Customer, now: float) -> str | None:
+        # runs once per routing attempt: locals and plain dict reads instead of small helper calls
         route = self._route(c)
         policy = self._policies[route.policy]
-        avoid = self._avoid_now(c, now)
+        avoid = self._avoid_now(c, now) if c.avoid else _NOBODY
         if c.preferred_agent is not None and now < c.preferred_until:
             wanted = c.preferred_agent
             return wanted if wanted not in avoid and self._pool.is_free(wanted) else None
         scope = self._scope(c, policy, now)
-        if not any(self._pool.free_count(g) for g in scope):
+        free = self._free_counts
+        for g in scope:
+            if free.get(g, 0):
+                break
+        else:
             return None  # cheap skip: nobody in scope is free, so no policy could pick
-        kf = policy.pick(self._pool, self._waiting_view(c, now, scope), now)
+        # every expired avoid entry was just dropped, so ``avoid`` is what _waiting_view would compute
+        kf = policy.pick(self._pool, self._waiting_view(c, now, scope, avoid), now)
         if kf is None:
             return None
         if not self._pool.is_free(kf) or kf in avoid:
@@ -749,7 +774,8 @@ class Engine:
         Only the queues of customer groups that could reach a free agent are scanned (merged in queue
         order), so a freed agent of one group does not cost a walk past every other group's customers.
         """
-        while self._waiting_count and self._pool.free_count(None) > 0:
+        free = self._free_counts
+        while self._waiting_count and free.get(None, 0) > 0:
             queues = self._reachable_queues()
             if not queues:
                 return
@@ -771,6 +797,7 @@ class Engine:
             if openids and self._pool.is_free(kf):
                 wanted.update(self._customers[o].group for o in openids)
         found = []
+        free = self._free_counts
         for group, q in self._group_queues.items():
             if not q:
                 continue
@@ -779,9 +806,9 @@ class Engine:
                 continue
             route = self.config.routes.get(group, self.config.default_route)
             if (
-                self._pool.free_count(group)
-                or getattr(self._policies[route.policy], "ignores_groups", False)
-                or any(self._pool.free_count(t) for t, _after in route.overflow)
+                free.get(group, 0)
+                or self._ignores_groups.get(route.policy, False)
+                or any(free.get(t, 0) for t, _after in route.overflow)
             ):
                 found.append(q)
         return found

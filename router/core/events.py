@@ -184,3 +184,93 @@ Event = (
     | CloseFailed
     | ReassignRequested
 )
+
+
+# ---------------------------------------------------------------------------------------------- fast paths
+# The simulator builds three events per customer. These constructors make the same values as the public
+# ones (equal, same class, same validation: anything unusual goes through the public constructor, which
+# raises its usual message) without attrs' keyword parsing and per-field validator calls: slot
+# descriptors set the fields of a fresh instance directly.
+
+_new = object.__new__
+
+
+def _setters(cls: type, *names: str) -> tuple[object, ...]:
+    return tuple(cls.__dict__[n].__set__ for n in names)
+
+
+_CR = _setters(
+    CustomerRequested,
+    "openid",
+    "group",
+    "priority",
+    "text",
+    "source",
+    "preferred_agent",
+    "tags",
+    "arrived_at",
+)
+_SCR = _setters(SessionCreated, "openid", "kf_account", "source")
+_SCL = _setters(SessionClosed, "openid", "kf_account")
+
+
+def customer_requested(
+    openid: str,
+    group: str | None,
+    priority: int,
+    text: str,
+    source: str,
+    preferred_agent: str | None,
+    tags: frozenset[str],
+) -> CustomerRequested:
+    """``CustomerRequested(openid=..., ..., tags=...)`` (``arrived_at`` None), built faster."""
+    if (
+        type(openid) is not str
+        or not openid
+        or type(priority) is not int
+        or (preferred_agent is not None and (type(preferred_agent) is not str or not preferred_agent))
+        or type(tags) is not frozenset
+    ):
+        return CustomerRequested(
+            openid=openid,
+            group=group,
+            priority=priority,
+            text=text,
+            source=source,
+            preferred_agent=preferred_agent,
+            tags=tags,  # type: ignore[arg-type]
+        )
+    e = _new(CustomerRequested)
+    s = _CR
+    s[0](e, openid)  # type: ignore[operator]
+    s[1](e, group)  # type: ignore[operator]
+    s[2](e, priority)  # type: ignore[operator]
+    s[3](e, text)  # type: ignore[operator]
+    s[4](e, source)  # type: ignore[operator]
+    s[5](e, preferred_agent)  # type: ignore[operator]
+    s[6](e, tags)  # type: ignore[operator]
+    s[7](e, None)  # type: ignore[operator]
+    return e
+
+
+def session_created(openid: str, kf_account: str, source: str) -> SessionCreated:
+    """``SessionCreated(openid=..., kf_account=..., source=...)``, built faster."""
+    if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
+        return SessionCreated(openid=openid, kf_account=kf_account, source=source)
+    e = _new(SessionCreated)
+    s = _SCR
+    s[0](e, openid)  # type: ignore[operator]
+    s[1](e, kf_account)  # type: ignore[operator]
+    s[2](e, source)  # type: ignore[operator]
+    return e
+
+
+def session_closed(openid: str, kf_account: str) -> SessionClosed:
+    """``SessionClosed(openid=..., kf_account=...)``, built faster."""
+    if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
+        return SessionClosed(openid=openid, kf_account=kf_account)
+    e = _new(SessionClosed)
+    s = _SCL
+    s[0](e, openid)  # type: ignore[operator]
+    s[1](e, kf_account)  # type: ignore[operator]
+    return e

@@ -184,8 +184,11 @@ class Pool:
         self._update(a)
 
     def add_sessions(self, kf_account: str, delta: int) -> None:
-        a = self._require(kf_account, "add_sessions")
-        a.sessions = max(0, a.sessions + delta)
+        a = self._agents.get(kf_account)  # _require without the call: once per session end
+        if a is None:
+            raise UnknownAgentError(kf_account, "add_sessions")
+        n = a.sessions + delta
+        a.sessions = n if n > 0 else 0
         self._update(a)
 
     def set_sessions(self, kf_account: str, count: int) -> None:
@@ -194,7 +197,9 @@ class Pool:
         self._update(a)
 
     def reserve(self, kf_account: str, now: float) -> None:
-        a = self._require(kf_account, "reserve")
+        a = self._agents.get(kf_account)  # _require without the call: once per routed customer
+        if a is None:
+            raise UnknownAgentError(kf_account, "reserve")
         a.reserved += 1
         a.last_assigned_at = now
         self._update(a)
@@ -204,7 +209,7 @@ class Pool:
         a = self._agents.get(kf_account)
         if a is None:  # the agent was removed while the reservation was pending
             return
-        a.reserved = max(0, a.reserved - 1)
+        a.reserved = a.reserved - 1 if a.reserved > 0 else 0
         if confirmed:
             a.sessions += 1
         self._update(a)
@@ -257,12 +262,19 @@ class Pool:
                     self._index[group][order].add(key)
 
     def _update(self, a: _Agent) -> None:
-        """Bring the indices and totals in line with ``a``'s current fields, touching only what changed."""
+        """Bring the indices and totals in line with ``a``'s current fields, touching only what changed.
+        Runs on every reservation and session change, hence _capacity inlined."""
         if a.status != 0 and not a.paused:
-            cap = self._capacity(a)
+            cap = a.local_max
+            if cap is None:
+                cap = a.auto_accept if a.auto_accept > 0 else self._default_capacity
             load = a.sessions + a.reserved
-            contrib = (cap, cap - load) if load < cap else (cap, 0)
-            keys = self._keys(a, self._orders) if load < cap else None
+            if load < cap:
+                contrib = (cap, cap - load)
+                keys = self._keys(a, self._orders)
+            else:
+                contrib = (cap, 0)
+                keys = None
         else:
             contrib, keys = _NO_CONTRIB, None
         if a.placed != a.groups:  # group membership changed: take everything out, put it back
