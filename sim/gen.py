@@ -17,9 +17,10 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record
+from sim.trace import AgentOffline, AgentOnline, Header, Record, new_arrival
 
 DAY_S = 86400.0
+_log = math.log
 SERVICE_DISTS = ("exp", "lognormal", "const")
 
 
@@ -223,12 +224,19 @@ class _ArrivalClock:
             self._pieces = [(0.0, DAY_S, float(rate or 0.0))]
 
     def next(self) -> float:
-        need = self._rng.expovariate(1.0)
+        # once per arrival: Random.expovariate(1.0)'s own formula (the same draw, without the call) and a
+        # plain loop for the window instead of a generator
+        need = -_log(1.0 - self._rng.random())
         t = self.t
         while True:
             day = math.floor(t / DAY_S)
             tod = t - day * DAY_S
-            b, r = next((b, r) for _a, b, r in self._pieces if tod < b)
+            for piece in self._pieces:
+                if tod < piece[1]:
+                    b, r = piece[1], piece[2]
+                    break
+            else:
+                raise RuntimeError(f"no rate window holds time of day {tod!r}")
             end = day * DAY_S + b
             have = (end - t) * r
             if have >= need and r > 0:
@@ -372,7 +380,7 @@ def generate(params: GenParams) -> Iterator[Record]:
             u = rng.random()
             priority = next((p for c, p in prio_cum if u < c), 0)
         if params.service_dist == "exp":
-            service = rng.expovariate(1.0 / params.service_mean)
+            service = -_log(1.0 - rng.random()) / (1.0 / params.service_mean)  # rng.expovariate, inline
         elif params.service_dist == "lognormal":
             service = rng.lognormvariate(mu, sigma)
         else:
@@ -398,14 +406,9 @@ def generate(params: GenParams) -> Iterator[Record]:
             pool = grouped.get(group, everyone) if group else everyone
             preferred = pool[rng.randrange(len(pool))]
         last_t = t
-        yield Arrival(
-            t=t,
-            customer=customer,
-            service_s=max(round(service, 6), 1e-6),
-            group=group,
-            priority=priority,
-            patience_s=patience,
-            preferred_agent=preferred,
+        service = round(service, 6)
+        yield new_arrival(
+            t, customer, service if service > 1e-6 else 1e-6, group, priority, patience, preferred
         )
     # shifts go on for one more day so that customers still waiting at the end can be served
     yield from drain_agents(last_t + DAY_S)

@@ -199,21 +199,26 @@ class _WeChat:
         self.model.set_agent(self.account(agent), now, status=status, auto_accept=auto_accept)
 
     def create(self, agent: str, openid: str, now: float) -> int:
+        model = self.model
         if self._faulty:
-            fault = self.model.draw_fault(fo.SESSION_CREATE)
+            fault = model.draw_fault(fo.SESSION_CREATE)
             if fault is not None and fault.errcode is not None:
                 return fault.errcode
-        res = self.model.create_session(self.account(agent), openid, now)
-        log = self.model.create_log
+        acc = self._names.get(agent)  # account(), without the call once the agent is known
+        res = model.create_session(self.account(agent) if acc is None else acc, openid, now)
+        log = model.create_log
         if len(log) > _CREATE_LOG_KEEP:
             del log[: len(log) - _CREATE_LOG_KEEP // 2]
-        return int(res.get("errcode", 0))
+        code = res.get("errcode", 0)
+        return code if type(code) is int else int(code)
 
     def close(self, agent: str, openid: str, now: float) -> int:
         # Through the API path even when the agent closes in their client: the two differ only in the
         # kf_close_session push, which the replay turns into SessionClosed itself (no push objects).
-        res = self.model.close_session(self.account(agent), openid, now, via="api")
-        return int(res.get("errcode", 0))
+        acc = self._names.get(agent)
+        res = self.model.close_session(self.account(agent) if acc is None else acc, openid, now, via="api")
+        code = res.get("errcode", 0)
+        return code if type(code) is int else int(code)
 
 
 class Simulation:

@@ -78,6 +78,47 @@ class Arrival:
 
 Record = AgentOnline | AgentOffline | Arrival
 
+_ARRIVAL_SETTERS = tuple(
+    Arrival.__dict__[f].__set__
+    for f in (
+        "t",
+        "customer",
+        "service_s",
+        "group",
+        "priority",
+        "patience_s",
+        "text",
+        "preferred_agent",
+        "tags",
+    )
+)
+
+
+def new_arrival(
+    t: float,
+    customer: str,
+    service_s: float,
+    group: str | None,
+    priority: int,
+    patience_s: float | None,
+    preferred_agent: str | None,
+) -> Arrival:
+    """``Arrival(...)`` with ``text=""`` and ``tags=()``: an equal value, built without the frozen
+    dataclass ``__init__`` (one ``object.__setattr__`` per field), for the generator's hot loop."""
+    a = object.__new__(Arrival)
+    s = _ARRIVAL_SETTERS
+    s[0](a, t)
+    s[1](a, customer)
+    s[2](a, service_s)
+    s[3](a, group)
+    s[4](a, priority)
+    s[5](a, patience_s)
+    s[6](a, "")
+    s[7](a, preferred_agent)
+    s[8](a, ())
+    return a
+
+
 # ---------------------------------------------------------------------------------------------- checks
 
 _KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {

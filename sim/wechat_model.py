@@ -483,26 +483,29 @@ class WeChatModel:
         """``kfsession/create`` (``via='api'``, logged in ``create_log``) or an agent accepting in
         their own client (``via='agent'``, always pushes kf_create_session)."""
         result = self._create(kf_account, openid, now, via)
-        return self._log_create(kf_account, openid, result, now) if via == "api" else result
+        if via == "api" and self.history:  # _log_create, without the call when there is nothing to log
+            self._log_create(kf_account, openid, result, now)
+        return result
 
     def _create(self, kf_account: object, openid: object, now: float, via: str) -> Json:
-        if self._unknown_openid(openid):
+        # The simulator's hot path (once per customer): the checks of _unknown_openid and _bound inline.
+        opts = self.options
+        if not isinstance(openid, str) or not openid or (opts.check_openid and openid not in self.customers):
             return self.err(40003)
         agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
         if agent is None:
             return self.err(65401)
-        if not self._bound(agent):
+        if agent.kf_wx is None or opts.agents_unbound:
             return self.err(65402)
-        if agent.status == 0 and self.options.create_offline_error:
-            return self.err(self.options.create_offline_error)
-        assert isinstance(openid, str)
+        if agent.status == 0 and opts.create_offline_error:
+            return self.err(opts.create_offline_error)
         current = self.sessions.get(openid)
         if current is not None:
             if current.kf_account == agent.kf_account:
-                return self.ok()
+                return {"errcode": 0, "errmsg": "ok"}
             return self.err(65414)
-        self._start_session(agent, openid, now, push=via != "api" or self.options.push_events_on_api_actions)
-        return self.ok()
+        self._start_session(agent, openid, now, push=via != "api" or opts.push_events_on_api_actions)
+        return {"errcode": 0, "errmsg": "ok"}  # ok(), without the call
 
     def _start_session(self, agent: _Agent, openid: str, now: float, *, push: bool) -> None:
         self.waiting.pop(openid, None)
@@ -521,20 +524,27 @@ class WeChatModel:
 
     def close_session(self, kf_account: object, openid: object, now: float, *, via: str = "api") -> Json:
         """``kfsession/close`` or (``via='agent'``) the agent closing it in their client."""
-        if self._unknown_openid(openid):
+        # The simulator's hot path (once per customer): the helpers' checks inline.
+        opts = self.options
+        if not isinstance(openid, str) or not openid or (opts.check_openid and openid not in self.customers):
             return self.err(40003)
         agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
         if agent is None:
             return self.err(65401)
-        assert isinstance(openid, str)
         sess = self.sessions.get(openid)
         if sess is None:
             return self.err(65413)
         if sess.kf_account != agent.kf_account:
             return self.err(65414)
-        self._end_session(openid, now, push=via != "api" or self.options.push_events_on_api_actions)
-        self._auto_assign(now)
-        return self.ok()
+        push = via != "api" or opts.push_events_on_api_actions
+        if push:
+            self._end_session(openid, now, push=True)
+        else:  # _end_session without a push: the agent here is the session's own
+            del self.sessions[openid]
+            agent.sessions.pop(openid, None)
+        if opts.wechat_auto_accept and self.waiting:
+            self._auto_assign(now)
+        return {"errcode": 0, "errmsg": "ok"}
 
     def switch_session(self, openid: str, to_kf_account: str, now: float) -> Json:
         """An agent hands the customer to another agent in their client: kf_switch_session."""
@@ -771,16 +781,21 @@ class WeChatModel:
     def transfer(self, openid: str, now: float, kf_account: str | None = None) -> Json:
         """The developer replied ``transfer_customer_service`` (pinned to ``kf_account`` with TransInfo):
         the user joins the wait list (arrival kept if already waiting). Ignored while in a session."""
+        # The simulator's hot path (once per customer): _customer and _auto_assign's test inline.
         if openid in self.sessions:
             return {"result": "in_session"}
-        self._customer(openid)
+        if openid not in self.customers:
+            self.customers[openid] = _Customer()
         w = self.waiting.get(openid)
         if w is None:
             self.waiting[openid] = _Waiting(arrived=now, pinned=kf_account)
         elif kf_account is not None:
             w.pinned = kf_account
-        self._auto_assign(now)
-        return {"result": "in_session" if openid in self.sessions else "waiting"}
+        if self.options.wechat_auto_accept:
+            self._auto_assign(now)
+            if openid in self.sessions:
+                return {"result": "in_session"}
+        return {"result": "waiting"}
 
     def leave_queue(self, openid: str) -> Json:
         return {"result": "left" if self.waiting.pop(openid, None) is not None else "not_waiting"}
