@@ -198,7 +198,12 @@ class Engine:
         self._group_queues: dict[str | None, SortedList] = {}
         self._waiting_count = 0
         self._preferring: dict[str, set[str]] = {}  # preferred agent -> waiting customers who asked for them
-        self._reservations: SortedList = SortedList()  # of (deadline, openid)
+        # Pending reservations: openid -> deadline, and a heap of (deadline, openid) for the earliest one.
+        # A reservation that ends leaves its heap entry behind (cheaper than a sorted-list removal, and
+        # most end within the same call); entries that no longer match ``_reserved`` are dropped when they
+        # reach the top (_reservation_head) or when stale ones outnumber live ones (_end_reservation).
+        self._reserved: dict[str, float] = {}
+        self._reservation_heap: list[tuple[float, str]] = []
         self._wakeups: SortedList = SortedList()  # times when a waiting customer's scope may widen
         # openid -> (last agent, when), oldest first: tick() forgets what sticky_window_s no longer reaches
         self._history: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -225,9 +230,8 @@ class Engine:
     def tick(self, now: float) -> list[Command]:
         """Expire reservations whose deadline passed, then drain (overflow or avoid periods may have ended)."""
         out: list[Command] = []
-        while self._reservations and self._reservations[0][0] <= now:
-            _deadline, openid = self._reservations[0]
-            c = self._customers[openid]
+        while (head := self._reservation_head()) is not None and head[0] <= now:
+            c = self._customers[head[1]]
             self._release(c, now, avoid=True)
         while self._wakeups and self._wakeups[0] <= now:
             self._wakeups.pop(0)
@@ -241,11 +245,28 @@ class Engine:
     def next_deadline(self) -> float:
         """The earliest time at which ``tick`` has work to do; ``inf`` when none."""
         t = math.inf
-        if self._reservations:
-            t = self._reservations[0][0]
+        if self._reservation_heap:
+            head = self._reservation_head()
+            if head is not None:
+                t = head[0]
         if self._wakeups:
             t = min(t, self._wakeups[0])
         return t
+
+    def _reservation_head(self) -> tuple[float, str] | None:
+        """(deadline, openid) of the pending reservation that ends first (ties: by openid), dropping the
+        heap entries of reservations that already ended."""
+        heap = self._reservation_heap
+        live = self._reserved
+        while heap:
+            head = heap[0]
+            if live.get(head[1]) == head[0]:
+                return head
+            heapq.heappop(heap)
+        return None
+
+    def _reservations_sorted(self) -> list[tuple[float, str]]:
+        return sorted((deadline, openid) for openid, deadline in self._reserved.items())
 
     def remember(self, openid: str, kf_account: str, at: float) -> None:
         """Load customer history (who served ``openid`` last), e.g. from the store after a restart."""
@@ -308,7 +329,7 @@ class Engine:
     def reservations(self) -> list[tuple[str, str, float]]:
         """(openid, kf_account, deadline) of pending reservations, earliest deadline first."""
         out = []
-        for deadline, openid in self._reservations:
+        for deadline, openid in self._reservations_sorted():
             c = self._customers[openid]
             assert c.with_agent is not None
             out.append((openid, c.with_agent, deadline))
@@ -654,13 +675,19 @@ class Engine:
         self._pool.reserve(kf, now)
         c.state = CustomerState.RESERVED
         c.with_agent = kf
-        c.reservation_deadline = now + self.config.reservation_timeout_s
-        self._reservations.add((c.reservation_deadline, c.openid))
+        deadline = c.reservation_deadline = now + self.config.reservation_timeout_s
+        self._reserved[c.openid] = deadline
+        heapq.heappush(self._reservation_heap, (deadline, c.openid))
         out.append(CreateSession(openid=c.openid, kf_account=kf))
 
     def _end_reservation(self, c: _Customer, *, confirmed: bool) -> None:
         assert c.state is CustomerState.RESERVED and c.with_agent is not None
-        self._reservations.remove((c.reservation_deadline, c.openid))
+        assert self._reserved[c.openid] == c.reservation_deadline, c.openid
+        del self._reserved[c.openid]
+        heap = self._reservation_heap
+        if len(heap) > 64 and len(heap) > 4 * len(self._reserved):  # mostly ended ones: rebuild
+            self._reservation_heap = [(d, o) for o, d in self._reserved.items()]
+            heapq.heapify(self._reservation_heap)
         self._pool.unreserve(c.with_agent, confirmed=confirmed)
         c.reservation_deadline = math.inf
         c.with_agent = None
@@ -678,7 +705,7 @@ class Engine:
 
     def _release_agent(self, kf: str, now: float) -> None:
         """Release every reservation held with ``kf`` (agent went offline or was removed)."""
-        held = [o for _d, o in self._reservations if self._customers[o].with_agent == kf]
+        held = [o for _d, o in self._reservations_sorted() if self._customers[o].with_agent == kf]
         for openid in held:
             self._release(self._customers[openid], now, avoid=True)
 
@@ -826,9 +853,10 @@ class Engine:
             in_queue = (c.key, o) in self._group_queues.get(c.group, ())
             assert in_queue == (c.state is CustomerState.WAITING), o
             if c.state is CustomerState.RESERVED:
-                assert c.with_agent is not None and (c.reservation_deadline, o) in self._reservations
+                assert c.with_agent is not None and self._reserved.get(o) == c.reservation_deadline
                 reserved[c.with_agent] = reserved.get(c.with_agent, 0) + 1
-        assert len(self._reservations) == sum(reserved.values())
+        assert len(self._reserved) == sum(reserved.values())
+        assert all((d, o) in self._reservation_heap for o, d in self._reserved.items())
         in_session = [o for o, c in self._customers.items() if c.state is CustomerState.IN_SESSION]
         assert len(in_session) == sum(len(held) for held in self._sessions_by_agent.values())
         for kf, held in self._sessions_by_agent.items():
