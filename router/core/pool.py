@@ -17,10 +17,9 @@ deployment that only uses least-load keeps one sorted list per group, not three.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from typing import Literal
-
-from sortedcontainers import SortedList
 
 from router.core.errors import ConfigError, UnknownAgentError
 from router.core.model import AgentView
@@ -29,6 +28,14 @@ Order = Literal["load", "idle", "name"]
 _NO_CONTRIB = (0, 0)
 
 IndexKey = tuple[float | int | str, ...]
+
+
+def _remove(lst: list[IndexKey], key: IndexKey) -> None:
+    """Remove ``key`` from the sorted ``lst``; ValueError when it is not there."""
+    i = bisect_left(lst, key)
+    if i == len(lst) or lst[i] != key:
+        raise ValueError(f"{key!r} not in index")
+    del lst[i]
 
 
 class _Agent:
@@ -81,7 +88,10 @@ class Pool:
         self._default_capacity = default_capacity
         self._agents: dict[str, _Agent] = {}
         self._orders: list[Order] = []  # the orders some policy has asked for (their indices are kept)
-        self._index: dict[str | None, dict[Order, SortedList]] = {}
+        # group -> order -> sorted list of index keys. Plain lists kept sorted with bisect: an index holds
+        # only free agents (WeChat allows 100 kf accounts per account), so inserting into or deleting from
+        # a list costs less than a SortedList's bookkeeping.
+        self._index: dict[str | None, dict[Order, list[IndexKey]]] = {}
         self._free: dict[str | None, int] = {}  # group -> number of free agents
         self._totals: dict[str | None, list[int]] = {}  # group -> [capacity, free capacity] of serving agents
 
@@ -253,13 +263,13 @@ class Pool:
         """Start keeping the indices of ``order``: built once from the free agents, O(n log n)."""
         self._orders.append(order)
         for idx in self._index.values():
-            idx[order] = SortedList()
+            idx[order] = []
         for a in self._agents.values():
             if a.indexed is not None:
                 key = self._keys(a, (order,))[order]
                 a.indexed[order] = key
                 for group in (None, *a.placed):
-                    self._index[group][order].add(key)
+                    insort(self._index[group][order], key)
 
     def _update(self, a: _Agent) -> None:
         """Bring the indices and totals in line with ``a``'s current fields, touching only what changed.
@@ -298,7 +308,7 @@ class Pool:
         for group in groups:
             idx = self._index.get(group)
             if idx is None:
-                idx = self._index[group] = {order: SortedList() for order in self._orders}
+                idx = self._index[group] = {order: [] for order in self._orders}
             if old_keys is None:
                 self._free[group] = self._free.get(group, 0) + 1
             elif keys is None:
@@ -306,9 +316,9 @@ class Pool:
             for order in self._orders:
                 lst = idx[order]
                 if old_keys is not None:
-                    lst.remove(old_keys[order])
+                    _remove(lst, old_keys[order])
                 if keys is not None:
-                    lst.add(keys[order])
+                    insort(lst, keys[order])
         a.indexed = keys
 
     def _take_out(self, a: _Agent) -> None:
@@ -325,7 +335,7 @@ class Pool:
                 self._free[group] -= 1
                 idx = self._index[group]
                 for order, key in a.indexed.items():
-                    idx[order].remove(key)
+                    _remove(idx[order], key)
             a.indexed = None
 
     def _view(self, a: _Agent) -> AgentView:
