@@ -365,12 +365,14 @@ def generate(params: GenParams) -> Iterator[Record]:
     eligible: list[str] = []  # customers who may come back now
     new_ids = 0
     width = max(6, len(str(params.customers)))
+    customer_id = f"u{{:0{width}d}}".format  # f"u{n:0{width}d}" without building the spec each time
     last_t = 0.0
 
     for _ in range(params.customers):
         t_exact = clock.next()
         t = round(t_exact, 6)
-        yield from drain_agents(t)
+        if params.shifts:  # without shifts drain_agents yields nothing: skip making the generator
+            yield from drain_agents(t)
         group: str | None = None
         if group_cum:
             u = rng.random()
@@ -398,7 +400,7 @@ def generate(params: GenParams) -> Iterator[Record]:
                 customer = eligible.pop()
         if customer is None:
             new_ids += 1
-            customer = f"u{new_ids:0{width}d}"
+            customer = customer_id(new_ids)
         if params.returning > 0:
             recent.append((t, customer))
         preferred = None
