@@ -509,7 +509,8 @@ class WeChatModel:
 
     def _start_session(self, agent: _Agent, openid: str, now: float, *, push: bool) -> None:
         self.waiting.pop(openid, None)
-        self.sessions[openid] = _Session(kf_account=agent.kf_account, createtime=int(now), last_activity=now)
+        # positional (kf_account, createtime, last_activity): attrs' __init__ without keyword matching
+        self.sessions[openid] = _Session(agent.kf_account, int(now), now)
         agent.sessions[openid] = None
         if push:
             self._push_event(openid, now, "kf_create_session", kf_account=agent.kf_account)
@@ -788,7 +789,7 @@ class WeChatModel:
             self.customers[openid] = _Customer()
         w = self.waiting.get(openid)
         if w is None:
-            self.waiting[openid] = _Waiting(arrived=now, pinned=kf_account)
+            self.waiting[openid] = _Waiting(now, kf_account)  # (arrived, pinned)
         elif kf_account is not None:
             w.pinned = kf_account
         if self.options.wechat_auto_accept:
