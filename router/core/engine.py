@@ -856,6 +856,11 @@ class Engine:
     def _reachable_queues(self) -> list[SortedList]:
         """Queues of customer groups with a free agent in reach (own group, overflow groups, or a free
         preferred agent of one of their customers)."""
+        if len(self._group_queues) == 1:
+            # only customers without a group have ever waited: their queue is in reach of every agent
+            q = self._group_queues.get(None)
+            if q is not None:
+                return [q] if q else []
         wanted: set[str | None] = set()
         for kf, openids in self._preferring.items():
             if openids and self._pool.is_free(kf):

@@ -118,7 +118,15 @@ class Pool:
 
     def is_free(self, kf_account: str) -> bool:
         a = self._agents.get(kf_account)
-        return a is not None and self._is_free(a)
+        if a is None:
+            return False
+        # _is_free and _capacity inline: the engine asks after every pick
+        if a.status == 0 or a.paused:
+            return False
+        cap = a.local_max
+        if cap is None:
+            cap = a.auto_accept if a.auto_accept > 0 else self._default_capacity
+        return a.sessions + a.reserved < cap
 
     def free_count(self, group: str | None = None) -> int:
         """Number of free agents in ``group`` (``None``: all groups). O(1)."""
