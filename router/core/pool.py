@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from typing import Literal
 
 from router.core.errors import ConfigError, UnknownAgentError
@@ -28,6 +29,9 @@ Order = Literal["load", "idle", "name"]
 _NO_CONTRIB = (0, 0)
 
 IndexKey = tuple[float | int | str, ...]
+
+
+_account_of = itemgetter(-1)  # an index key's last item is the agent's kf_account
 
 
 def _remove(lst: list[IndexKey], key: IndexKey) -> None:
@@ -147,12 +151,10 @@ class Pool:
             self._add_order(order)
         idx = self._index.get(group)
         if idx is None:
-            return
-        for entry in idx[order]:
-            kf = entry[-1]
-            assert isinstance(kf, str)
-            if kf not in exclude:
-                yield kf
+            return iter(())
+        if not exclude:  # every policy pick: a C-level iterator over the index, no generator frame
+            return map(_account_of, idx[order])
+        return (kf for kf in map(_account_of, idx[order]) if kf not in exclude)
 
     # ----------------------------------------------------------------- mutation (engine only)
 
