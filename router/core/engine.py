@@ -168,16 +168,25 @@ class _Customer:
         "with_agent",
     )
 
-    def __init__(self, openid: str) -> None:
+    def __init__(
+        self,
+        openid: str,
+        group: str | None = None,
+        priority: int = 0,
+        arrived_at: float = 0.0,
+        text: str = "",
+        preferred_agent: str | None = None,
+        tags: frozenset[str] = frozenset(),
+    ) -> None:
         self.openid = openid
-        self.group: str | None = None
-        self.priority = 0
-        self.arrived_at = 0.0
+        self.group = group
+        self.priority = priority
+        self.arrived_at = arrived_at
         self.key: tuple[int, int] = (0, 0)  # queue key: (-priority or 0, arrival sequence)
-        self.text = ""
-        self.preferred_agent: str | None = None
+        self.text = text
+        self.preferred_agent = preferred_agent
         self.preferred_until = -math.inf  # waits for preferred_agent alone until then
-        self.tags: frozenset[str] = frozenset()
+        self.tags = tags
         self.avoid: dict[str, float] = {}  # kf_account -> until
         self.state = CustomerState.WAITING
         self.with_agent: str | None = None  # reserved with, or in session with
@@ -386,13 +395,15 @@ class Engine:
         c = self._customers.get(e.openid)
         if c is not None:
             return  # already waiting, reserved or in session: never queued twice
-        c = _Customer(e.openid)
-        c.group = e.group
-        c.priority = e.priority
-        c.arrived_at = now if e.arrived_at is None else e.arrived_at
-        c.text = e.text
-        c.preferred_agent = e.preferred_agent
-        c.tags = e.tags
+        c = _Customer(
+            e.openid,
+            e.group,
+            e.priority,
+            now if e.arrived_at is None else e.arrived_at,
+            e.text,
+            e.preferred_agent,
+            e.tags,
+        )
         self._seq += 1
         c.key = (-e.priority if self.config.priorities else 0, self._seq)
         self._customers[e.openid] = c
