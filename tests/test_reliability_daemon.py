@@ -154,3 +154,37 @@ def test_the_engine_forgets_history_older_than_the_sticky_window() -> None:
     remembered = [o for o in customers if engine.history(o) is not None]
     assert len(remembered) <= window + 2, len(remembered)
     assert engine.history(customers[-1]) == ("a1@test", 4999.5)  # recent history is kept
+
+
+def test_the_wait_estimator_does_not_grow_with_every_customer() -> None:
+    # The soak's RSS kept creeping after the history fix: the estimator appended every arrival to a
+    # per-group order (for the head-of-line predictor) and pruned it only while computing an estimate,
+    # which a daemon without notifications never does.
+    import tracemalloc
+
+    from router.core import events as ev
+    from router.core.estimate import WaitEstimator
+
+    est = WaitEstimator()
+
+    def day(first: int, n: int) -> None:
+        for i in range(first, first + n):
+            t = float(i)
+            openid = f"o{i}"
+            est.observe_event(ev.CustomerRequested(openid=openid, group="general"), t)
+            est.observe_event(ev.SessionCreated(openid=openid, kf_account="a1@test", source="api"), t + 0.2)
+            est.observe_event(ev.SessionClosed(openid=openid, kf_account="a1@test"), t + 0.5)
+
+    day(0, 2000)  # windows and samples fill up
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        day(2000, 20_000)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    only = [tracemalloc.Filter(True, "*router/core/estimate.py")]
+    grown = sum(
+        s.size_diff for s in after.filter_traces(only).compare_to(before.filter_traces(only), "filename")
+    )
+    assert grown < 64 * 1024, f"the estimator grew {grown} bytes over 20,000 customers"

@@ -428,9 +428,16 @@ class WaitEstimator:
         self._seq += 1
         spell = _Spell(openid, group, priority, arrived_at, self._seq)
         self._spells[openid] = spell
-        self._group(group).order.append((spell.seq, openid))
+        order = self._group(group).order
+        order.append((spell.seq, openid))
         while len(self._spells) > self.config.max_tracked:
             self._spells.popitem(last=False)
+        while order:  # forget arrivals whose spell ended (else it grows when no estimate is ever asked)
+            seq, head = order[0]
+            current = self._spells.get(head)
+            if current is not None and current.seq == seq:
+                break
+            order.popleft()
         return spell
 
     def _adopt(self, engine: EngineReader, openid: str, now: float) -> _Spell:
