@@ -20,6 +20,11 @@ log = logging.getLogger("kfrouter.problems")
 
 _TOKEN_ENDPOINTS = ("cgi-bin/token", "cgi-bin/stable_token")
 
+# Codes that need a person to change something (console settings, credentials, agent accounts). Codes
+# that are part of normal operation (65414/65415: another agent / agent offline; 45009/45011: rate limits,
+# backed off; 40001 on an API call: the token is refreshed) are handled by the daemon, not told here.
+OPERATOR_CODES = frozenset({40013, 40125, 40164, 40243, 43003, 48001, 65400, 65401, 65402})
+
 
 class ProblemReporter:
     """Collects the operator problems seen while running; the client calls ``on_error`` for each
@@ -29,10 +34,10 @@ class ProblemReporter:
         self.active: dict[int, str] = {}  # errcode -> the explanation logged
 
     def on_error(self, exc: WeChatError) -> None:
-        if exc.retryable:
-            return  # -1, network errors: the client retries; only what needs a person is told here
         endpoint = exc.endpoint or ""
         token = endpoint.strip("/").endswith(_TOKEN_ENDPOINTS)
+        if exc.errcode not in OPERATOR_CODES and not (token and exc.errcode == 40001):
+            return  # -1, network errors, rate limits, routine session errors: handled, not a person's job
         text = explain(exc.errcode, token_request=token)
         if text is None or exc.errcode in self.active:
             return

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from router.edges.errors import KfApiDisabled, SystemBusy
+from router.edges.errors import AgentOffline, KfApiDisabled, SystemBusy
 from router.problems import ProblemReporter
 
 
@@ -23,7 +23,9 @@ def test_reporter_tells_each_operator_problem_once_until_it_clears(caplog: pytes
     for _ in range(3):
         r.on_error(KfApiDisabled(65400, "api unauthorized", "/cgi-bin/customservice/getonlinekflist"))
     r.on_error(SystemBusy(-1, "system error", "/customservice/kfsession/create"))  # a retry matter
-    assert len(told(caplog, "65400")) == 1 and r.known(65400) and not r.known(-1)
+    r.on_error(AgentOffline(65415, "worker not online", "/customservice/kfsession/create"))  # routine
+    assert len(told(caplog, "65400")) == 1 and r.known(65400)
+    assert not r.known(-1) and not r.known(65415) and len(caplog.records) == 1
     assert "新版客服功能" in told(caplog, "65400")[0]
     r.clear()
     r.on_error(KfApiDisabled(65400, "api unauthorized", "/customservice/kfsession/getwaitcase"))
