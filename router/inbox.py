@@ -6,9 +6,10 @@ not re-entrant) has a single thread of control and every input is applied in arr
 
 ``drive()`` is that task's loop. It waits on the inbox with a timeout until the engine's next deadline
 (``next_deadline()``, ``inf`` when none) or ``sweep_s`` (a periodic sweep, Chatwoot #10583), whichever
-comes first; after every item, and whenever the wait times out or the deadline has passed, it calls
-``tick(now)``. An exception from ``step`` is handed to ``on_error`` with its item and the loop goes on
-(one bad input must never stop routing); ``CancelledError`` is re-raised, as always.
+comes first; it calls ``tick(now)`` whenever the wait times out, the deadline has passed or ``sweep_s``
+went by since the last tick (so a busy inbox does not postpone the sweep). An exception from ``step`` is
+handed to ``on_error`` with its item and the loop goes on (one bad input must never stop routing);
+``CancelledError`` is re-raised, as always.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ async def drive(
     sweep_s: float = 5.0,
 ) -> None:
     """Apply inbox items and engine timers forever (see the module docstring). Never returns."""
+    last_tick = now()
     while True:
         deadline = next_deadline()
         wait = sweep_s if math.isinf(deadline) else max(0.0, min(deadline - now(), sweep_s))
@@ -142,9 +144,11 @@ async def drive(
             else:
                 if item.future is not None and not item.future.done():
                     item.future.set_result(result)
-        if item is None or item.payload is _WAKE or now() >= next_deadline():
+        t = now()
+        if item is None or item.payload is _WAKE or t >= next_deadline() or t - last_tick >= sweep_s:
+            last_tick = t  # a busy inbox must not postpone the sweep
             try:
-                tick(now())
+                tick(t)
             except asyncio.CancelledError:
                 raise
             except Exception:

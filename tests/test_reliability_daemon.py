@@ -188,3 +188,41 @@ def test_the_wait_estimator_does_not_grow_with_every_customer() -> None:
         s.size_diff for s in after.filter_traces(only).compare_to(before.filter_traces(only), "filename")
     )
     assert grown < 64 * 1024, f"the estimator grew {grown} bytes over 20,000 customers"
+
+
+async def test_the_engine_task_ticks_every_sweep_even_under_constant_traffic() -> None:
+    # DaemonOptions.sweep_s promises an engine tick "at least this often" (the periodic sweep, and
+    # forgetting history older than the sticky window); drive() only ticked when the inbox stayed quiet
+    # for sweep_s or a deadline passed, so a steady stream of pushes postponed it indefinitely.
+    from router.inbox import Inbox, Item, drive
+
+    clock = [0.0]
+    ticks: list[float] = []
+    done = asyncio.Event()
+    inbox = Inbox()
+    n = 40
+
+    def step(item: Item, now: float) -> None:
+        clock[0] += 1.0  # each input takes a second of (fake) time: a busy inbox, never quiet
+        if item.payload == n - 1:
+            done.set()
+
+    for i in range(n):
+        inbox.put(i)
+    task = asyncio.create_task(
+        drive(
+            inbox,
+            step=step,
+            tick=ticks.append,
+            next_deadline=lambda: float("inf"),
+            now=lambda: clock[0],
+            on_error=lambda item, exc: None,
+            sweep_s=5.0,
+        )
+    )
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        task.cancel()
+    assert len(ticks) >= n // 5 - 1, ticks
+    assert all(b - a <= 5.0 + 1.0 for a, b in zip([0.0, *ticks], ticks, strict=False)), ticks
