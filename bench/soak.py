@@ -86,6 +86,10 @@ class SoakParams:
     # how far back "last agent" counts (engine.sticky_window_s); None: a quarter of the day, compressed like
     # the day itself (7 days at 1/360 would be half an hour: longer than any run, so nothing is forgotten)
     sticky_window_s: float | None = None
+    # also kill -9 the daemon at 86 % of the day and start it again on the same port and store; WeChat's
+    # push retries are then spread over a few seconds (delivery_retry_s) so they can reach the new process
+    kill_daemon: bool = False
+    delivery_retry_s: float = 2.0
     faults: bool = True
     encoding: str = "safe"  # or "plain"
     seed: int = 7
@@ -152,6 +156,7 @@ class SoakReport:
     delivery_failures: int
     faults: list[tuple[float, str]]
     fake_restarts: int
+    daemon_restarts: int
     tokens_issued: int
     daemon_exit: int | None
     daemon_log_errors: int
@@ -181,6 +186,7 @@ class SoakReport:
             f"kfsession/create outcomes: {dict(sorted(self.creates.items()))}",
             f"pushes: {dict(sorted(self.deliveries.items()))}; failed deliveries {self.delivery_failures}",
             f"faults: {len(self.faults)} changes, fake restarts {self.fake_restarts}, "
+            f"daemon kill -9 + restarts {self.daemon_restarts}, "
             f"tokens issued {self.tokens_issued}",
             f"daemon RSS: peak {self.rss_peak_mib} MiB, first third {self.rss_first_third_mib} MiB, "
             f"last third {self.rss_last_third_mib} MiB ({self.rss_growth_pct:+.1f} %, "
@@ -211,6 +217,10 @@ class Soak:
         self.fake: FakeWeChat | None = None
         self.host: h.FakeHost | None = None
         self.daemon: h.Child | None = None
+        self.daemon_restarts = 0
+        self.samplers: list[h.RssSampler] = []
+        self._sampling: asyncio.Task[None] | None = None
+        self._config_path = self.workdir / "kfrouter.toml"
 
     # ------------------------------------------------------------------ the fake, observed
 
@@ -346,6 +356,12 @@ class Soak:
                 if "access_token" not in data:
                     raise RuntimeError(f"force_refresh refused by the fake: {data}")
 
+        async def kill_restart() -> None:
+            assert self.daemon is not None
+            await self.daemon.kill()
+            await self._start_daemon(http)
+            self.daemon_restarts += 1
+
         async def clock_jump() -> None:
             assert self.fake is not None
             self.fake.clock.advance(CLOCK_JUMP_S)
@@ -393,6 +409,11 @@ class Soak:
             ),
             (0.90, clear()),
         ]
+        if p.kill_daemon:
+            steps.append(
+                (0.86, ("daemon killed (SIGKILL), started again on the same port and store", kill_restart))
+            )
+            steps.sort(key=lambda step: step[0])
         return [(frac * p.duration_s, label, act) for frac, (label, act) in steps]
 
     async def _faults(self, http: aiohttp.ClientSession) -> None:
@@ -415,7 +436,10 @@ class Soak:
             webhook=f"http://{h.HOST}:{self.daemon_port}/wechat",
             token=h.CB_TOKEN,
             aes_key=h.AES_KEY if p.encoding != "plain" else None,
-            options=FakeOptions(token_expires_in=TOKEN_LIFETIME_S),
+            options=FakeOptions(
+                token_expires_in=TOKEN_LIFETIME_S,
+                retry_interval_s=p.delivery_retry_s if p.kill_daemon else 0.0,
+            ),
             wxid=h.WXID,
             seed=p.seed,
         )
@@ -432,7 +456,7 @@ class Soak:
         agents = h.agent_names(p.agents)
         for kf in agents:
             self.model.set_agent(kf, self.now(), status=1)
-        config = self.workdir / "kfrouter.toml"
+        config = self._config_path
         config.write_text(
             h.config_toml(
                 api_base=self.host.base_url,
@@ -455,23 +479,8 @@ class Soak:
         daemon_exit: int | None = None
         async with aiohttp.ClientSession() as http:
             try:
-                self.daemon = await h.start_daemon(
-                    config,
-                    self.workdir / "daemon.log",
-                    "--create-timeout",
-                    str(p.create_timeout_s),
-                    "--api-timeout",
-                    str(p.api_timeout_s),
-                )
-                if (
-                    await h.wait_for(
-                        http, self.daemon.url, lambda x: x.get("status") == "running", timeout=30
-                    )
-                    is None
-                ):
-                    raise RuntimeError(f"daemon not routing within 30 s:\n{self.daemon.log_tail()}")
-                sampler = h.RssSampler(self.daemon.pid, p.rss_interval_s)
-                sampling = asyncio.ensure_future(sampler.run())
+                await self._start_daemon(http)
+                assert self.daemon is not None
                 for c in self._make_customers():
                     self.customers[c.openid] = c
                 self.t0 = time.monotonic()
@@ -491,16 +500,40 @@ class Soak:
                         t.cancel()
                 self.model.faults.clear()
                 health_end = await self._drain(http)
-                sampling.cancel()
-                sampler.sample()
+                if self._sampling is not None:
+                    self._sampling.cancel()
+                self.samplers[-1].sample()
+                sampler = self.samplers[0]
                 daemon_exit = await self.daemon.terminate(timeout=30)
             finally:
+                if self._sampling is not None:
+                    self._sampling.cancel()
                 for t in list(self._tasks):
                     t.cancel()
                 if self.daemon is not None:
                     await self.daemon.kill()
                 await self.host.close()
         return self._report(sampler, health_end, daemon_exit, time.monotonic() - started)
+
+    async def _start_daemon(self, http: aiohttp.ClientSession) -> None:
+        """Start the daemon (again: same config, port and store) and sample its RSS from now on."""
+        p = self.p
+        self.daemon = await h.start_daemon(
+            self._config_path,
+            self.workdir / "daemon.log",
+            "--create-timeout",
+            str(p.create_timeout_s),
+            "--api-timeout",
+            str(p.api_timeout_s),
+        )
+        running = await h.wait_for(http, self.daemon.url, lambda x: x.get("status") == "running", timeout=30)
+        if running is None:
+            raise RuntimeError(f"daemon not routing within 30 s:\n{self.daemon.log_tail()}")
+        if self._sampling is not None:
+            self._sampling.cancel()
+        sampler = h.RssSampler(self.daemon.pid, p.rss_interval_s)
+        self.samplers.append(sampler)
+        self._sampling = asyncio.ensure_future(sampler.run())
 
     async def _drain(self, http: aiohttp.ClientSession) -> dict[str, Any]:
         """Wait (bounded) until every session closed, every push was delivered and the daemon settled."""
@@ -605,11 +638,12 @@ class Soak:
             delivery_failures=self.fake.pusher.failures,
             faults=self.fault_log,
             fake_restarts=self.host.restarts if self.host else 0,
+            daemon_restarts=self.daemon_restarts,
             tokens_issued=int(model.calls.get("cgi-bin/stable_token", 0)),
             daemon_exit=daemon_exit,
             daemon_log_errors=sum(1 for line in log_text.splitlines() if " ERROR " in line),
             daemon_log_tracebacks=log_text.count("Traceback (most recent call last)"),
-            rss_peak_mib=h.mib(sampler.peak) if sampler else 0.0,
+            rss_peak_mib=h.mib(max(x.peak for x in self.samplers)) if self.samplers else 0.0,
             rss_first_third_mib=h.mib(first),
             rss_last_third_mib=h.mib(last),
             rss_growth_pct=round(growth, 1),
@@ -651,6 +685,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--patience", type=float, help=f"mean patience seconds (default {d.patience_mean_s:g})")
     p.add_argument("--encoding", choices=("safe", "plain"), help="push encoding (default safe)")
     p.add_argument("--no-faults", action="store_true", help="the same day without faults")
+    p.add_argument(
+        "--kill-daemon",
+        action="store_true",
+        help="also kill -9 the daemon at 86 %% of the day and restart it (RSS thirds: first process)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--workdir", help="where the store and logs go (default: a new temp dir)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -672,6 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = replace(params, **{k: v for k, v in changes.items() if v is not None})
     if args.no_faults:
         params = replace(params, faults=False)
+    if args.kill_daemon:
+        params = replace(params, kill_daemon=True)
     # the fake's own server logs a traceback for every connection the faults cut: expected here
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     report = asyncio.run(run_soak(params))
