@@ -352,10 +352,6 @@ class Engine:
             return None
         return self._waiting_view(c, now)
 
-    def waiting_in_group(self, group: str | None) -> int:
-        q = self._group_queues.get(group)
-        return 0 if q is None else len(q)
-
     def reservations(self) -> list[tuple[str, str, float]]:
         """(openid, kf_account, deadline) of pending reservations, earliest deadline first."""
         out = []
