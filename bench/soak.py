@@ -164,8 +164,9 @@ class SoakReport:
     rss_peak_mib: float
     rss_first_third_mib: float
     rss_last_third_mib: float
-    rss_growth_pct: float
-    rss_flat: bool
+    rss_growth_pct: float  # mean of the last third vs mean of the first third
+    rss_last_third_growth_pct: float  # second half of the last third vs its first half
+    rss_flat: bool  # the last third grows less than 2 %: RSS reached a plateau
     rss_samples: int
     rss_series_mib: list[float]  # about 30 evenly spaced samples, for a plot or a look
     workdir: str
@@ -189,8 +190,9 @@ class SoakReport:
             f"daemon kill -9 + restarts {self.daemon_restarts}, "
             f"tokens issued {self.tokens_issued}",
             f"daemon RSS: peak {self.rss_peak_mib} MiB, first third {self.rss_first_third_mib} MiB, "
-            f"last third {self.rss_last_third_mib} MiB ({self.rss_growth_pct:+.1f} %, "
-            f"{'flat' if self.rss_flat else 'GROWING'}; {self.rss_samples} samples)",
+            f"last third {self.rss_last_third_mib} MiB ({self.rss_growth_pct:+.1f} %); within the last "
+            f"third {self.rss_last_third_growth_pct:+.1f} %: {'flat' if self.rss_flat else 'GROWING'} "
+            f"({self.rss_samples} samples)",
             f"daemon log: {self.daemon_log_errors} ERROR lines, {self.daemon_log_tracebacks} tracebacks; "
             f"exit code on SIGTERM {self.daemon_exit}; wall {self.wall_s:.0f} s",
         ]
@@ -610,6 +612,7 @@ class Soak:
         )
         first, last = sampler.thirds() if sampler else (0.0, 0.0)
         growth = (last - first) / first * 100 if first else 0.0
+        plateau = _last_third_growth(sampler)
         log_text = (self.workdir / "daemon.log").read_text(errors="replace")
         return SoakReport(
             params=asdict(self.p),
@@ -647,11 +650,23 @@ class Soak:
             rss_first_third_mib=h.mib(first),
             rss_last_third_mib=h.mib(last),
             rss_growth_pct=round(growth, 1),
-            rss_flat=growth <= 10.0,
+            rss_last_third_growth_pct=round(plateau, 1),
+            rss_flat=plateau < 2.0,
             rss_samples=len(sampler.samples) if sampler else 0,
             rss_series_mib=_series(sampler),
             workdir=str(self.workdir),
         )
+
+
+def _last_third_growth(sampler: h.RssSampler | None) -> float:
+    """Percent growth of RSS within the last third of the samples (its second half vs its first)."""
+    values = [s for _t, s in sampler.samples] if sampler else []
+    last = values[-max(2, len(values) // 3) :]
+    if len(last) < 2:
+        return 0.0
+    half = len(last) // 2
+    a, b = sum(last[:half]) / half, sum(last[half:]) / (len(last) - half)
+    return (b - a) / a * 100 if a else 0.0
 
 
 def _series(sampler: h.RssSampler | None, points: int = 30) -> list[float]:
