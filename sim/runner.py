@@ -33,10 +33,9 @@ from router.core.commands import CloseSession, Command, CreateSession, SendText
 from router.core.engine import Engine, EngineConfig, Route
 from router.core.errors import CoreError
 from router.core.model import AgentRow, CustomerState
-from sim import fake_options as fo
 from sim.eta import EtaTracker
 from sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader
-from sim.wechat_model import WeChatModel
+from sim.wechat_replay import ReplayWeChat
 
 # heap priorities at equal times
 P_ANSWER, P_END, P_TRACE, P_PATIENCE, P_TICK = 0, 1, 2, 3, 4
@@ -44,9 +43,7 @@ P_ANSWER, P_END, P_TRACE, P_PATIENCE, P_TICK = 0, 1, 2, 3, 4
 # outcome per arrival
 UNSERVED, SERVED, ABANDONED = 0, 1, 2
 
-_MODEL_WXID = "sim"
 _NO_TAGS: frozenset[str] = frozenset()
-_CREATE_LOG_KEEP = 4096  # the model logs every create; the replay trims the log to bound memory
 
 
 class SimError(RuntimeError):
@@ -172,55 +169,6 @@ def engine_config(policy_obj: object, cfg: RunConfig, groups: Iterable[str]) -> 
     )
 
 
-class _WeChat:
-    """Thin adapter over ``WeChatModel``: agent names of any shape, replay options (no push objects, no
-    random ``rid`` in errmsg), failure injection through the model's fault rules, a bounded create log."""
-
-    def __init__(self, rng: random.Random, cfg: RunConfig) -> None:
-        opts = fo.FakeOptions(push_events_on_api_actions=False, errmsg_rid=False, forward_idle_s=None)
-        self.model = WeChatModel("wxsimulator", "simulator-secret", wxid=_MODEL_WXID, options=opts, rng=rng)
-        if cfg.create_failure_rate > 0:
-            self.model.set_fault(
-                fo.SESSION_CREATE, fo.Fault(errcode=cfg.create_failure_errcode, rate=cfg.create_failure_rate)
-            )
-        self._names: dict[str, str] = {}
-        self._faulty = cfg.create_failure_rate > 0
-
-    def account(self, agent: str) -> str:
-        acc = self._names.get(agent)
-        if acc is None:
-            parts = agent.split("@")
-            ok = len(parts) == 2 and all(parts)
-            acc = agent if ok else f"x{len(self._names)}@{_MODEL_WXID}"
-            self._names[agent] = acc
-        return acc
-
-    def set_agent(self, agent: str, now: float, status: int, auto_accept: int) -> None:
-        self.model.set_agent(self.account(agent), now, status=status, auto_accept=auto_accept)
-
-    def create(self, agent: str, openid: str, now: float) -> int:
-        model = self.model
-        if self._faulty:
-            fault = model.draw_fault(fo.SESSION_CREATE)
-            if fault is not None and fault.errcode is not None:
-                return fault.errcode
-        acc = self._names.get(agent)  # account(), without the call once the agent is known
-        res = model.create_session(self.account(agent) if acc is None else acc, openid, now)
-        log = model.create_log
-        if len(log) > _CREATE_LOG_KEEP:
-            del log[: len(log) - _CREATE_LOG_KEEP // 2]
-        code = res.get("errcode", 0)
-        return code if type(code) is int else int(code)
-
-    def close(self, agent: str, openid: str, now: float) -> int:
-        # Through the API path even when the agent closes in their client: the two differ only in the
-        # kf_close_session push, which the replay turns into SessionClosed itself (no push objects).
-        acc = self._names.get(agent)
-        res = self.model.close_session(self.account(agent) if acc is None else acc, openid, now, via="api")
-        code = res.get("errcode", 0)
-        return code if type(code) is int else int(code)
-
-
 class Simulation:
     """One replay of one trace under one policy. ``run()`` consumes the records and returns the result."""
 
@@ -241,7 +189,7 @@ class Simulation:
         self.policy = load_policy(cfg.policy)
         self._groups = set(groups)
         self._rng = random.Random(cfg.seed)
-        self.wechat = _WeChat(self._rng, cfg)
+        self.wechat = ReplayWeChat(self._rng, cfg.create_failure_rate, cfg.create_failure_errcode)
         self.res = RunResult(policy=cfg.policy, config=cfg, header=header)
         self.engine: Engine | None = None
         self._heap: list[tuple[float, int, int, object]] = []
@@ -468,7 +416,7 @@ class Simulation:
             res.unrouted_groups.add(group)
         if rec.patience_s is not None:
             self._push(now + rec.patience_s, P_PATIENCE, (idx, customer))
-        self.wechat.model.transfer(customer, now)
+        self.wechat.transfer(customer, now)
         tags = rec.tags
         event = ev.customer_requested(
             customer,
@@ -491,7 +439,7 @@ class Simulation:
         self._finish_arrival(openid, idx, ABANDONED)
         self._waiting -= 1
         self._mark_timeline(now)
-        self.wechat.model.leave_queue(openid)
+        self.wechat.leave(openid)
         self._feed(ev.CustomerLeft(openid=openid, reason="patience"), now, "{!r} leaving", openid)
 
     def _on_agent_online(self, rec: AgentOnline, now: float) -> None:
