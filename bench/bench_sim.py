@@ -169,7 +169,8 @@ def breakdown(c: int, lam: float, mu: float, n: int, seed: int, policy: str) -> 
     import random
 
     from router.core.engine import Engine
-    from sim.runner import Simulation, _WeChat
+    from sim.runner import Simulation
+    from sim.wechat_replay import ReplayWeChat
 
     params = GenParams(
         agents=c, max_sessions=1, customers=n, arrival_rate=lam, service_mean=1 / mu, seed=seed
@@ -213,13 +214,13 @@ def breakdown(c: int, lam: float, mu: float, n: int, seed: int, policy: str) -> 
     finally:
         gc.set_threshold(*old)
 
-    wechat = _WeChat(random.Random(seed), cfg)
+    wechat = ReplayWeChat(random.Random(seed), cfg.create_failure_rate, cfg.create_failure_errcode)
     for i in range(c):
         wechat.set_agent(f"a{i}@sim", 0.0, status=1, auto_accept=1)
     t0 = time.perf_counter()
     for i in range(n):
         openid = f"u{i}"
-        wechat.model.transfer(openid, float(i))
+        wechat.transfer(openid, float(i))
         wechat.create(f"a{i % c}@sim", openid, float(i))
         wechat.close(f"a{i % c}@sim", openid, float(i))
     model_s = time.perf_counter() - t0
