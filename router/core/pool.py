@@ -8,17 +8,18 @@ Rules:
   a policy's pick is O(log n) plus the agents it skips, never a scan of all agents.
 
 Index entries are plain tuples (sort key..., kf_account). Each agent remembers the tuples it was indexed
-under and the groups it was counted in, so removal never depends on the agent's current (already changed)
-fields, and a change that leaves every key as it was (a reservation confirmed into a session) costs no
-index work at all. An order's indices are built the first time a policy asks for that order, so a
-deployment that only uses least-load keeps one sorted list per group, not three.
+under (one per kept order, in the pool's order list) and the groups it was counted in, so removal never
+depends on the agent's current (already changed) fields, and a change that leaves every key as it was costs
+no index work at all (a reservation confirmed into a session does not even look). An order's indices are
+built the first time a policy asks for that order, so a deployment that only uses least-load keeps one
+sorted list per group, not three.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from operator import itemgetter
 from typing import Literal
 
@@ -26,7 +27,6 @@ from router.core.errors import ConfigError, UnknownAgentError
 from router.core.model import AgentView
 
 Order = Literal["load", "idle", "name"]
-_NO_CONTRIB = (0, 0)
 
 IndexKey = tuple[float | int | str, ...]
 
@@ -47,7 +47,7 @@ class _Agent:
 
     __slots__ = (
         "auto_accept",
-        "contrib",
+        "cap_in",
         "groups",
         "indexed",
         "kf_account",
@@ -58,8 +58,10 @@ class _Agent:
         "placed",
         "reserved",
         "sessions",
+        "spare_in",
         "status",
         "tags",
+        "where",
     )
 
     def __init__(self, kf_account: str) -> None:
@@ -74,9 +76,12 @@ class _Agent:
         self.sessions = 0
         self.reserved = 0
         self.last_assigned_at = -math.inf
-        self.indexed: dict[Order, IndexKey] | None = None  # keys it is indexed under, when free
-        self.contrib = (0, 0)  # (capacity, free capacity) this agent adds to its groups' totals
-        self.placed: frozenset[str] = frozenset()  # the groups ``indexed`` and ``contrib`` were applied to
+        # keys it is indexed under when free, one per order of Pool._orders (same positions)
+        self.indexed: tuple[IndexKey, ...] | None = None
+        self.cap_in = 0  # capacity this agent adds to its groups' totals
+        self.spare_in = 0  # free capacity this agent adds to its groups' totals
+        self.placed: frozenset[str] = frozenset()  # the groups ``indexed`` and the totals were applied to
+        self.where: tuple[str | None, ...] = (None,)  # None (all agents) and the groups in ``placed``
 
 
 class Pool:
@@ -92,6 +97,7 @@ class Pool:
         self._default_capacity = default_capacity
         self._agents: dict[str, _Agent] = {}
         self._orders: list[Order] = []  # the orders some policy has asked for (their indices are kept)
+        self._load_only = False  # _orders == ["load"]: _update makes the one key itself
         # group -> order -> sorted list of index keys. Plain lists kept sorted with bisect: an index holds
         # only free agents (WeChat allows 100 kf accounts per account), so inserting into or deleting from
         # a list costs less than a SortedList's bookkeeping.
@@ -229,6 +235,11 @@ class Pool:
         a = self._agents.get(kf_account)
         if a is None:  # the agent was removed while the reservation was pending
             return
+        if confirmed and a.reserved > 0:
+            # the reservation becomes a session: load, capacity and keys stay as they are
+            a.reserved -= 1
+            a.sessions += 1
+            return
         a.reserved = a.reserved - 1 if a.reserved > 0 else 0
         if confirmed:
             a.sessions += 1
@@ -257,94 +268,98 @@ class Pool:
     def _is_free(self, a: _Agent) -> bool:
         return a.status != 0 and not a.paused and a.sessions + a.reserved < self._capacity(a)
 
-    def _keys(self, a: _Agent, orders: Iterable[Order]) -> dict[Order, IndexKey]:
-        keys: dict[Order, IndexKey] = {}
-        for order in orders:
+    def _keys(self, a: _Agent) -> tuple[IndexKey, ...]:
+        """The index keys of ``a`` for every kept order, in ``self._orders``' positions."""
+        keys: list[IndexKey] = []
+        for order in self._orders:
             if order == "load":
                 load = a.sessions + a.reserved
-                keys[order] = (load / self._capacity(a), load, a.last_assigned_at, a.kf_account)
+                keys.append((load / self._capacity(a), load, a.last_assigned_at, a.kf_account))
             elif order == "idle":
-                keys[order] = (a.last_assigned_at, a.kf_account)
+                keys.append((a.last_assigned_at, a.kf_account))
             else:
-                keys[order] = (a.kf_account,)
-        return keys
+                keys.append((a.kf_account,))
+        return tuple(keys)
 
     def _add_order(self, order: Order) -> None:
         """Start keeping the indices of ``order``: built once from the free agents, O(n log n)."""
         self._orders.append(order)
+        self._load_only = self._orders == ["load"]
         for idx in self._index.values():
             idx[order] = []
         for a in self._agents.values():
             if a.indexed is not None:
-                key = self._keys(a, (order,))[order]
-                a.indexed[order] = key
-                for group in (None, *a.placed):
+                a.indexed = self._keys(a)
+                key = a.indexed[-1]
+                for group in a.where:
                     insort(self._index[group][order], key)
 
     def _update(self, a: _Agent) -> None:
         """Bring the indices and totals in line with ``a``'s current fields, touching only what changed.
-        Runs on every reservation and session change, hence _capacity inlined."""
+        Runs on every reservation and session change, hence _capacity and (least-load alone) _keys inline."""
         if a.status != 0 and not a.paused:
             cap = a.local_max
             if cap is None:
                 cap = a.auto_accept if a.auto_accept > 0 else self._default_capacity
             load = a.sessions + a.reserved
-            if load < cap:
-                contrib = (cap, cap - load)
-                keys = self._keys(a, self._orders)
-            else:
-                contrib = (cap, 0)
-                keys = None
+            spare = cap - load if load < cap else 0
         else:
-            contrib, keys = _NO_CONTRIB, None
-        if a.placed != a.groups:  # group membership changed: take everything out, put it back
+            cap = spare = 0
+        if a.placed is not a.groups and a.placed != a.groups:
+            # group membership changed: take everything out, put it back
             self._take_out(a)
             a.placed = a.groups
-        elif contrib == a.contrib and keys == a.indexed:
-            return  # e.g. a reservation confirmed into a session: nothing to do
-        groups = (None, *a.groups)
-        old = a.contrib
-        if contrib != old:
-            for group in groups:
-                t = self._totals.get(group)
+            a.where = (None, *a.groups)
+        if cap != a.cap_in or spare != a.spare_in:
+            totals = self._totals
+            for group in a.where:
+                t = totals.get(group)
                 if t is None:
-                    t = self._totals[group] = [0, 0]
-                t[0] += contrib[0] - old[0]
-                t[1] += contrib[1] - old[1]
-            a.contrib = contrib
-        if keys == a.indexed:
+                    t = totals[group] = [0, 0]
+                t[0] += cap - a.cap_in
+                t[1] += spare - a.spare_in
+            a.cap_in = cap
+            a.spare_in = spare
+        keys: tuple[IndexKey, ...] | None
+        if not spare:
+            keys = None
+        elif self._load_only:
+            keys = ((load / cap, load, a.last_assigned_at, a.kf_account),)
+        else:
+            keys = self._keys(a)
+        old = a.indexed
+        if keys == old:
             return
-        old_keys = a.indexed
-        for group in groups:
+        free = self._free
+        for group in a.where:
             idx = self._index.get(group)
             if idx is None:
                 idx = self._index[group] = {order: [] for order in self._orders}
-            if old_keys is None:
-                self._free[group] = self._free.get(group, 0) + 1
+            if old is None:
+                free[group] = free.get(group, 0) + 1
             elif keys is None:
-                self._free[group] -= 1
-            for order in self._orders:
+                free[group] -= 1
+            for i, order in enumerate(self._orders):
                 lst = idx[order]
-                if old_keys is not None:
-                    _remove(lst, old_keys[order])
+                if old is not None:
+                    _remove(lst, old[i])
                 if keys is not None:
-                    insort(lst, keys[order])
+                    insort(lst, keys[i])
         a.indexed = keys
 
     def _take_out(self, a: _Agent) -> None:
         """Remove what ``a`` added to the indices and totals (as recorded when it was added)."""
-        groups = (None, *a.placed)
-        if a.contrib != (0, 0):
-            for group in groups:
+        if a.cap_in or a.spare_in:
+            for group in a.where:
                 t = self._totals[group]
-                t[0] -= a.contrib[0]
-                t[1] -= a.contrib[1]
-            a.contrib = (0, 0)
+                t[0] -= a.cap_in
+                t[1] -= a.spare_in
+            a.cap_in = a.spare_in = 0
         if a.indexed is not None:
-            for group in groups:
+            for group in a.where:
                 self._free[group] -= 1
                 idx = self._index[group]
-                for order, key in a.indexed.items():
+                for order, key in zip(self._orders, a.indexed, strict=True):
                     _remove(idx[order], key)
             a.indexed = None
 
@@ -371,13 +386,13 @@ class Pool:
         for a in self._agents.values():
             free = self._is_free(a)
             assert (a.indexed is not None) == free, a.kf_account
-            assert a.placed == a.groups, a.kf_account
+            assert a.placed == a.groups and a.where == (None, *a.groups), a.kf_account
             if free:
-                assert a.indexed == self._keys(a, self._orders), a.kf_account
+                assert a.indexed == self._keys(a), a.kf_account
                 for group in (None, *a.groups):
                     free_count[group] = free_count.get(group, 0) + 1
-                    for order in self._orders:
-                        assert a.indexed[order] in self._index[group][order]
+                    for i, order in enumerate(self._orders):
+                        assert a.indexed[i] in self._index[group][order]
             if a.status != 0 and not a.paused:
                 cap = self._capacity(a)
                 for group in (None, *a.groups):
@@ -396,5 +411,5 @@ class Pool:
                     kf = entry[-1]
                     assert isinstance(kf, str)
                     a = self._agents[kf]
-                    assert a.indexed is not None and a.indexed[order] == entry
+                    assert a.indexed is not None and a.indexed[self._orders.index(order)] == entry
                     assert group is None or group in a.groups
