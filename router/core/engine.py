@@ -39,6 +39,7 @@ from router.core.errors import ConfigError, CoreError, UnknownAgentError, Unknow
 from router.core.model import AgentView, CustomerState, WaitingView
 from router.core.policy import Policy
 from router.core.pool import Pool
+from router.core.waitqueue import WaitQueue
 
 # WeChat errcodes with a meaning for the engine (spec §3).
 ERR_SERVED_BY_OTHER = 65414
@@ -150,17 +151,20 @@ class EngineConfig:
 
 class _Customer:
     __slots__ = (
+        "anywhere",
         "arrived_at",
         "avoid",
         "closing",
         "group",
         "key",
         "openid",
+        "policy",
         "preferred_agent",
         "preferred_until",
         "priority",
         "reroute_to",
         "reservation_deadline",
+        "route",
         "session_started_at",
         "state",
         "tags",
@@ -171,6 +175,9 @@ class _Customer:
     def __init__(
         self,
         openid: str,
+        route: Route,
+        policy: Policy,
+        anywhere: bool,
         group: str | None = None,
         priority: int = 0,
         arrived_at: float = 0.0,
@@ -179,6 +186,11 @@ class _Customer:
         tags: frozenset[str] = frozenset(),
     ) -> None:
         self.openid = openid
+        # the customer's route and its policy (fixed by the group), and whether any agent is in scope
+        # (no group, or a policy that ignores groups)
+        self.route = route
+        self.policy = policy
+        self.anywhere = anywhere
         self.group = group
         self.priority = priority
         self.arrived_at = arrived_at
@@ -217,13 +229,16 @@ class Engine:
         self._ignores_groups = {
             name: bool(getattr(p, "ignores_groups", False)) for name, p in self._policies.items()
         }
+        self._routes = config.routes
+        self._default_route = config.default_route
+        self._priorities = config.priorities
         self._pool = Pool(config.default_capacity)
         self._agent_map = self._pool._agents
         self._free_counts = self._pool._free
         self._customers: dict[str, _Customer] = {}
         # Waiting customers, one queue per customer group, entries (key, openid); the global queue order
         # is the merge of these (keys are unique across groups).
-        self._group_queues: dict[str | None, SortedList] = {}
+        self._group_queues: dict[str | None, WaitQueue] = {}
         self._waiting_count = 0
         self._preferring: dict[str, set[str]] = {}  # preferred agent -> waiting customers who asked for them
         # Pending reservations: openid -> deadline, and a heap of (deadline, openid) for the earliest one.
@@ -391,9 +406,15 @@ class Engine:
         c = self._customers.get(e.openid)
         if c is not None:
             return  # already waiting, reserved or in session: never queued twice
+        group = e.group
+        route = self._default_route if group is None else self._routes.get(group, self._default_route)
+        policy = self._policies[route.policy]
         c = _Customer(
             e.openid,
-            e.group,
+            route,
+            policy,
+            group is None or self._ignores_groups[route.policy],
+            group,
             e.priority,
             now if e.arrived_at is None else e.arrived_at,
             e.text,
@@ -401,11 +422,11 @@ class Engine:
             e.tags,
         )
         self._seq += 1
-        c.key = (-e.priority if self.config.priorities else 0, self._seq)
+        c.key = (-e.priority if self._priorities else 0, self._seq)
         self._customers[e.openid] = c
-        self._gone.pop(e.openid, None)
+        if e.openid in self._gone:
+            del self._gone[e.openid]
         self._enqueue(c)
-        route = self._route(c)
         for _group, after in route.overflow:
             if c.arrived_at + after > now:
                 heapq.heappush(self._wakeups, c.arrived_at + after)
@@ -450,6 +471,13 @@ class Engine:
         self._pool.set_sessions(kf, len(listed))
 
     def _on_created(self, e: ev.SessionCreated, now: float, out: list[Command]) -> None:
+        c = self._customers.get(e.openid)
+        if c is not None and c.state is CustomerState.RESERVED and c.with_agent == e.kf_account:
+            # our own create confirmed (the usual case): the reservation becomes the session; the agent
+            # is known, as a reservation with an agent ends when the agent is removed
+            self._end_reservation(c, confirmed=True)
+            self._enter_session(c, e.kf_account, now)
+            return
         kf = self._need_agent(e.kf_account, "SessionCreated")
         self._absorb_session(e.openid, kf, now, count=True)
 
@@ -579,7 +607,8 @@ class Engine:
                 self._pool.add_sessions(kf, 1)
             return
         if c is None:
-            c = _Customer(openid)
+            route = self.config.default_route
+            c = _Customer(openid, route, self._policies[route.policy], True)
             c.arrived_at = now
             self._seq += 1
             c.key = (0, self._seq)
@@ -661,7 +690,7 @@ class Engine:
         for kf, since in list(self._offline_since.items()):
             for openid in sorted(self._sessions_by_agent.get(kf, ())):
                 c = self._customers[openid]
-                route = self._route(c)
+                route = c.route
                 if route.on_agent_offline == "reassign" and now >= since + route.offline_grace_s:
                     self._close_for_reroute(c, out)
         limit = self.config.stale_session_s
@@ -684,7 +713,7 @@ class Engine:
         self._waiting_count += 1
         q = self._group_queues.get(c.group)
         if q is None:
-            q = self._group_queues[c.group] = SortedList()
+            q = self._group_queues[c.group] = WaitQueue()
         q.add((c.key, c.openid))
         if c.preferred_agent is not None:
             self._preferring.setdefault(c.preferred_agent, set()).add(c.openid)
@@ -746,23 +775,20 @@ class Engine:
         c.state = CustomerState.GONE
         c.with_agent = None
         del self._customers[c.openid]
-        self._gone[c.openid] = reason
-        self._gone.move_to_end(c.openid)
-        while len(self._gone) > _GONE_MEMORY:
-            self._gone.popitem(last=False)
+        gone = self._gone
+        if c.openid in gone:
+            del gone[c.openid]  # to be added again, as the newest
+        gone[c.openid] = reason
+        if len(gone) > _GONE_MEMORY:
+            gone.popitem(last=False)
 
     # ================================================================= routing
 
-    def _route(self, c: _Customer) -> Route:
-        if c.group is None:
-            return self.config.default_route
-        return self.config.routes.get(c.group, self.config.default_route)
-
-    def _scope(self, c: _Customer, policy: Policy, now: float) -> tuple[str | None, ...]:
-        if c.group is None or self._ignores_groups.get(policy.name, False):
+    def _scope(self, c: _Customer, now: float) -> tuple[str | None, ...]:
+        if c.anywhere:
             return _ANY_GROUP
         # compare with the wake-up time itself (arrived + after), so float rounding cannot skip a wake-up
-        return (c.group, *(g for g, after in self._route(c).overflow if now >= c.arrived_at + after))
+        return (c.group, *(g for g, after in c.route.overflow if now >= c.arrived_at + after))
 
     def _avoid_now(self, c: _Customer, now: float) -> frozenset[str]:
         if not c.avoid:
@@ -780,7 +806,7 @@ class Engine:
     ) -> WaitingView:
         """``avoid``: the customer's avoided agents at ``now`` when the caller already has them."""
         if scope is None:
-            scope = self._scope(c, self._policies[self._route(c).policy], now)
+            scope = self._scope(c, now)
         if avoid is None:
             avoid = frozenset(k for k, until in c.avoid.items() if until > now) if c.avoid else _NOBODY
         hist = self._history.get(c.openid)
@@ -815,19 +841,23 @@ class Engine:
 
     def _pick(self, c: _Customer, now: float) -> str | None:
         # runs once per routing attempt: locals and plain dict reads instead of small helper calls
-        route = self._route(c)
-        policy = self._policies[route.policy]
+        policy = c.policy
         avoid = self._avoid_now(c, now) if c.avoid else _NOBODY
         if c.preferred_agent is not None and now < c.preferred_until:
             wanted = c.preferred_agent
             return wanted if wanted not in avoid and self._pool.is_free(wanted) else None
-        scope = self._scope(c, policy, now)
         free = self._free_counts
-        for g in scope:
-            if free.get(g, 0):
-                break
+        if c.anywhere:
+            scope = _ANY_GROUP
+            if not free.get(None, 0):
+                return None
         else:
-            return None  # cheap skip: nobody in scope is free, so no policy could pick
+            scope = self._scope(c, now)
+            for g in scope:
+                if free.get(g, 0):
+                    break
+            else:
+                return None  # cheap skip: nobody in scope is free, so no policy could pick
         # every expired avoid entry was just dropped, so ``avoid`` is what _waiting_view would compute
         kf = policy.pick(self._pool, self._waiting_view(c, now, scope, avoid), now)
         if kf is None:
@@ -860,7 +890,7 @@ class Engine:
             else:
                 return
 
-    def _reachable_queues(self) -> list[SortedList]:
+    def _reachable_queues(self) -> list[WaitQueue]:
         """Queues of customer groups with a free agent in reach (own group, overflow groups, or a free
         preferred agent of one of their customers)."""
         if len(self._group_queues) == 1:

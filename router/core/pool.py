@@ -331,6 +331,7 @@ class Pool:
         if keys == old:
             return
         free = self._free
+        load_only = self._load_only
         for group in a.where:
             idx = self._index.get(group)
             if idx is None:
@@ -339,6 +340,13 @@ class Pool:
                 free[group] = free.get(group, 0) + 1
             elif keys is None:
                 free[group] -= 1
+            if load_only:  # the loop below, for the one order least-load keeps
+                lst = idx["load"]
+                if old is not None:
+                    _remove(lst, old[0])
+                if keys is not None:
+                    insort(lst, keys[0])
+                continue
             for i, order in enumerate(self._orders):
                 lst = idx[order]
                 if old is not None:
