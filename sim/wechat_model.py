@@ -8,9 +8,10 @@ would send to the developer's URL (kf events, customer messages) are appended to
 values; the caller drains them with ``drain_outbox()``.
 
 Behaviour follows spec §10 (emulation guidance); every uncertain point is a ``FakeOptions`` switch.
-The hot paths used by the simulator (``create_session``, ``close_session``, ``customer_message``,
-``set_agent``, ``transfer``) are O(1) apart from WeChat's own auto-accept (off by default), which scans
-the wait list.
+The session operations have bare-result cores that hold the rules (``create_errcode``, ``close_errcode``
+-> errcode int; ``transfer_result``, ``leave_result`` -> result string), which the JSON methods wrap; the
+offline simulator calls the cores. The hot paths used by the simulator (those cores, ``customer_message``,
+``set_agent``) are O(1) apart from WeChat's own auto-accept (off by default), which scans the wait list.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ class WeChatModel:
         self.agents: dict[str, _Agent] = {}
         self.sessions: dict[str, _Session] = {}
         self.waiting: dict[str, _Waiting] = {}  # arrival order
-        self.customers: dict[str, _Customer] = {}
+        self.known: set[str] = set()  # openids the account has seen (``check_openid``)
+        self.customers: dict[str, _Customer] = {}  # known openids with state; absent = a fresh _Customer
         self.records: list[Json] = []  # getmsglist records; msgid = index + 1
         self.sent: dict[str, list[Json]] = {}  # custom/send and passive replies per openid
         self.create_log: list[Json] = []  # every kfsession/create call and its errcode
@@ -469,45 +471,40 @@ class WeChatModel:
     def _unknown_openid(self, openid: object) -> bool:
         if not isinstance(openid, str) or not openid:
             return True
-        return self.options.check_openid and openid not in self.customers
-
-    def _log_create(self, kf_account: object, openid: object, result: Json, now: float) -> Json:
-        if not self.history:
-            return result
-        self.create_log.append(
-            {"time": now, "kf_account": kf_account, "openid": openid, "errcode": result.get("errcode", 0)}
-        )
-        return result
+        return self.options.check_openid and openid not in self.known
 
     def create_session(self, kf_account: object, openid: object, now: float, *, via: str = "api") -> Json:
         """``kfsession/create`` (``via='api'``, logged in ``create_log``) or an agent accepting in
         their own client (``via='agent'``, always pushes kf_create_session)."""
-        result = self._create(kf_account, openid, now, via)
-        if via == "api" and self.history:  # _log_create, without the call when there is nothing to log
-            self._log_create(kf_account, openid, result, now)
-        return result
+        code = self.create_errcode(kf_account, openid, now, via)
+        return self.ok() if code == 0 else self.err(code)
 
-    def _create(self, kf_account: object, openid: object, now: float, via: str) -> Json:
+    def create_errcode(self, kf_account: object, openid: object, now: float, via: str = "api") -> int:
+        """``create_session``'s decision as a bare errcode (0 = the session exists), with the same
+        effects: the rules live here, ``create_session`` only wraps the answer in JSON."""
         # The simulator's hot path (once per customer): the checks of _unknown_openid and _bound inline.
         opts = self.options
-        if not isinstance(openid, str) or not openid or (opts.check_openid and openid not in self.customers):
-            return self.err(40003)
         agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
-        if agent is None:
-            return self.err(65401)
-        if agent.kf_wx is None or opts.agents_unbound:
-            return self.err(65402)
-        if agent.status == 0 and opts.create_offline_error:
-            return self.err(opts.create_offline_error)
-        current = self.sessions.get(openid)
-        if current is not None:
-            if current.kf_account == agent.kf_account:
-                return {"errcode": 0, "errmsg": "ok"}
-            return self.err(65414)
-        self._start_session(agent, openid, now, push=via != "api" or opts.push_events_on_api_actions)
-        return {"errcode": 0, "errmsg": "ok"}  # ok(), without the call
+        if not isinstance(openid, str) or not openid or (opts.check_openid and openid not in self.known):
+            code = 40003
+        elif agent is None:
+            code = 65401
+        elif agent.kf_wx is None or opts.agents_unbound:
+            code = 65402
+        elif agent.status == 0 and opts.create_offline_error:
+            code = opts.create_offline_error
+        else:
+            current = self.sessions.get(openid)
+            if current is None:
+                code = 0
+                self._start_session(agent, openid, now, via != "api" or opts.push_events_on_api_actions)
+            else:
+                code = 0 if current.kf_account == agent.kf_account else 65414
+        if self.history and via == "api":
+            self.create_log.append({"time": now, "kf_account": kf_account, "openid": openid, "errcode": code})
+        return code
 
-    def _start_session(self, agent: _Agent, openid: str, now: float, *, push: bool) -> None:
+    def _start_session(self, agent: _Agent, openid: str, now: float, push: bool) -> None:
         self.waiting.pop(openid, None)
         # positional (kf_account, createtime, last_activity): attrs' __init__ without keyword matching
         self.sessions[openid] = _Session(agent.kf_account, int(now), now)
@@ -525,27 +522,31 @@ class WeChatModel:
 
     def close_session(self, kf_account: object, openid: object, now: float, *, via: str = "api") -> Json:
         """``kfsession/close`` or (``via='agent'``) the agent closing it in their client."""
+        code = self.close_errcode(kf_account, openid, now, via)
+        return self.ok() if code == 0 else self.err(code)
+
+    def close_errcode(self, kf_account: object, openid: object, now: float, via: str = "api") -> int:
+        """``close_session``'s decision as a bare errcode (0 = closed), with the same effects."""
         # The simulator's hot path (once per customer): the helpers' checks inline.
         opts = self.options
-        if not isinstance(openid, str) or not openid or (opts.check_openid and openid not in self.customers):
-            return self.err(40003)
+        if not isinstance(openid, str) or not openid or (opts.check_openid and openid not in self.known):
+            return 40003
         agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
         if agent is None:
-            return self.err(65401)
+            return 65401
         sess = self.sessions.get(openid)
         if sess is None:
-            return self.err(65413)
+            return 65413
         if sess.kf_account != agent.kf_account:
-            return self.err(65414)
-        push = via != "api" or opts.push_events_on_api_actions
-        if push:
+            return 65414
+        if via != "api" or opts.push_events_on_api_actions:
             self._end_session(openid, now, push=True)
         else:  # _end_session without a push: the agent here is the session's own
             del self.sessions[openid]
             agent.sessions.pop(openid, None)
         if opts.wechat_auto_accept and self.waiting:
             self._auto_assign(now)
-        return {"errcode": 0, "errmsg": "ok"}
+        return 0
 
     def switch_session(self, openid: str, to_kf_account: str, now: float) -> Json:
         """An agent hands the customer to another agent in their client: kf_switch_session."""
@@ -674,7 +675,7 @@ class WeChatModel:
             return self.err(47001, "text.content must be a non-empty string")
         if kf_account is not None and (not isinstance(kf_account, str) or kf_account not in self.agents):
             return self.err(self.options.code("send_unknown_kf"))
-        cust = self.customers.get(touser)
+        cust = self._customer(touser) if touser in self.known else None
         bad = self._window_error(cust, now, consume=True)
         if bad is not None:
             return bad
@@ -695,7 +696,7 @@ class WeChatModel:
             return self.err(40003, "touser")
         if command not in ("Typing", "CancelTyping"):
             return self.err(45072)
-        cust = self.customers.get(touser)
+        cust = self._customer(touser) if touser in self.known else None
         bad = self._window_error(cust, now, consume=False)
         if bad is not None and bad["errcode"] == 45015:
             return bad
@@ -721,6 +722,7 @@ class WeChatModel:
         cust = self.customers.get(openid)
         if cust is None:
             cust = self.customers[openid] = _Customer()
+            self.known.add(openid)
         return cust
 
     def follow(self, openid: str, now: float) -> Json:
@@ -782,11 +784,15 @@ class WeChatModel:
     def transfer(self, openid: str, now: float, kf_account: str | None = None) -> Json:
         """The developer replied ``transfer_customer_service`` (pinned to ``kf_account`` with TransInfo):
         the user joins the wait list (arrival kept if already waiting). Ignored while in a session."""
-        # The simulator's hot path (once per customer): _customer and _auto_assign's test inline.
+        return {"result": self.transfer_result(openid, now, kf_account)}
+
+    def transfer_result(self, openid: str, now: float, kf_account: str | None = None) -> str:
+        """``transfer``'s outcome as a bare string: ``in_session`` or ``waiting``."""
+        # The simulator's hot path (once per customer): the openid only becomes known (no _Customer
+        # until it has window state, see _customer); _auto_assign's test inline.
         if openid in self.sessions:
-            return {"result": "in_session"}
-        if openid not in self.customers:
-            self.customers[openid] = _Customer()
+            return "in_session"
+        self.known.add(openid)
         w = self.waiting.get(openid)
         if w is None:
             self.waiting[openid] = _Waiting(now, kf_account)  # (arrived, pinned)
@@ -795,11 +801,15 @@ class WeChatModel:
         if self.options.wechat_auto_accept:
             self._auto_assign(now)
             if openid in self.sessions:
-                return {"result": "in_session"}
-        return {"result": "waiting"}
+                return "in_session"
+        return "waiting"
 
     def leave_queue(self, openid: str) -> Json:
-        return {"result": "left" if self.waiting.pop(openid, None) is not None else "not_waiting"}
+        return {"result": self.leave_result(openid)}
+
+    def leave_result(self, openid: str) -> str:
+        """The user stops waiting: ``left``, or ``not_waiting`` when they were not on the wait list."""
+        return "left" if self.waiting.pop(openid, None) is not None else "not_waiting"
 
     # ------------------------------------------------------------------ the agents' side
     def set_agent(

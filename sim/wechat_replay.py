@@ -1,35 +1,63 @@
 """The replay's view of WeChat: a thin adapter over ``sim.wechat_model.WeChatModel`` (the same model the
 fake HTTP server wraps) that answers the simulator's creates and closes with bare errcodes.
 
-Agents of any name shape get a model account; replay options switch off push objects and random ``rid``
-values in errmsg; failures are injected through the model's fault rules; the model's create log is kept
-bounded.
+The replay calls the model's bare-result cores (``create_errcode``, ``close_errcode``,
+``transfer_result``, ``leave_result``: the rules the fake server's JSON answers wrap), so nothing is
+built per call. Agents of any name shape get a model account; replay options switch off push objects
+and random ``rid`` values in errmsg; failures are injected through the model's fault rules; the model
+keeps no history (create log, message records), which nothing in a replay reads.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from sim import fake_options as fo
 from sim.wechat_model import WeChatModel
 
 _MODEL_WXID = "sim"
-_CREATE_LOG_KEEP = 4096  # the model logs every create; the replay trims the log to bound memory
 
 
 class ReplayWeChat:
     """Thin adapter over ``WeChatModel``: agent names of any shape, replay options (no push objects, no
-    random ``rid`` in errmsg), failure injection through the model's fault rules, a bounded create log."""
+    random ``rid`` in errmsg), failure injection through the model's fault rules, no model history.
+
+    ``create(agent, openid, now) -> errcode``, ``close(agent, openid, now) -> errcode``,
+    ``transfer(openid, now)`` and ``leave(openid)`` are bound per instance: straight to the model's
+    cores while agent names need no mapping and no failures are injected (one Python call less on the
+    replay's hottest path), else to the adapting methods below. ``set_agent`` rebinds them."""
+
+    create: Callable[[str, str, float], int]
+    close: Callable[[str, str, float], int]
+    transfer: Callable[[str, float], object]  # the customer joins WeChat's wait list (reply transfer_...)
+    leave: Callable[[str], object]  # the customer stops waiting (gave up)
 
     def __init__(self, rng: random.Random, failure_rate: float = 0.0, failure_errcode: int = -1) -> None:
         opts = fo.FakeOptions(push_events_on_api_actions=False, errmsg_rid=False, forward_idle_s=None)
-        self.model = WeChatModel("wxsimulator", "simulator-secret", wxid=_MODEL_WXID, options=opts, rng=rng)
+        self.model = WeChatModel(
+            "wxsimulator", "simulator-secret", wxid=_MODEL_WXID, options=opts, rng=rng, history=False
+        )
+        self._fault: fo.Fault | None = None
         if failure_rate > 0:
-            self.model.set_fault(fo.SESSION_CREATE, fo.Fault(errcode=failure_errcode, rate=failure_rate))
+            self._fault = fo.Fault(errcode=failure_errcode, rate=failure_rate)
+            self.model.set_fault(fo.SESSION_CREATE, self._fault)
         self._names: dict[str, str] = {}
-        self._faulty = failure_rate > 0
+        self._mapped = False  # some agent name is not its own model account
+        self.transfer = self.model.transfer_result
+        self.leave = self.model.leave_result
+        self._bind()
+
+    def _bind(self) -> None:
+        # Closes go through the API path even when the agent closes in their client: the two differ only
+        # in the kf_close_session push, which the replay turns into SessionClosed itself (no push objects).
+        model = self.model
+        self.create = self._create if self._mapped or self._fault is not None else model.create_errcode
+        self.close = self._close if self._mapped else model.close_errcode
 
     def account(self, agent: str) -> str:
+        """The model account of ``agent``: the name itself when shaped ``prefix@suffix``, else a made-up
+        one. (An agent the replay never set answers 65401 either way.)"""
         acc = self._names.get(agent)
         if acc is None:
             parts = agent.split("@")
@@ -39,34 +67,23 @@ class ReplayWeChat:
         return acc
 
     def set_agent(self, agent: str, now: float, status: int, auto_accept: int) -> None:
-        self.model.set_agent(self.account(agent), now, status=status, auto_accept=auto_accept)
+        acc = self.account(agent)
+        if acc != agent and not self._mapped:
+            self._mapped = True
+            self._bind()
+        self.model.set_agent(acc, now, status=status, auto_accept=auto_accept)
 
-    def create(self, agent: str, openid: str, now: float) -> int:
+    def _create(self, agent: str, openid: str, now: float) -> int:
+        """``create`` when failures are injected or agent names are mapped."""
         model = self.model
-        if self._faulty:
+        if self._fault is not None:
             fault = model.draw_fault(fo.SESSION_CREATE)
             if fault is not None and fault.errcode is not None:
                 return fault.errcode
-        acc = self._names.get(agent)  # account(), without the call once the agent is known
-        res = model.create_session(self.account(agent) if acc is None else acc, openid, now)
-        log = model.create_log
-        if len(log) > _CREATE_LOG_KEEP:
-            del log[: len(log) - _CREATE_LOG_KEEP // 2]
-        code = res.get("errcode", 0)
-        return code if type(code) is int else int(code)
+        acc = self._names.get(agent) if self._mapped else agent
+        return model.create_errcode(self.account(agent) if acc is None else acc, openid, now)
 
-    def close(self, agent: str, openid: str, now: float) -> int:
-        # Through the API path even when the agent closes in their client: the two differ only in the
-        # kf_close_session push, which the replay turns into SessionClosed itself (no push objects).
+    def _close(self, agent: str, openid: str, now: float) -> int:
+        """``close`` when agent names are mapped."""
         acc = self._names.get(agent)
-        res = self.model.close_session(self.account(agent) if acc is None else acc, openid, now, via="api")
-        code = res.get("errcode", 0)
-        return code if type(code) is int else int(code)
-
-    def transfer(self, openid: str, now: float) -> None:
-        """The customer joins WeChat's wait list (the reply ``transfer_customer_service``)."""
-        self.model.transfer(openid, now)
-
-    def leave(self, openid: str) -> None:
-        """The customer stops waiting (gave up)."""
-        self.model.leave_queue(openid)
+        return self.model.close_errcode(self.account(agent) if acc is None else acc, openid, now, "api")

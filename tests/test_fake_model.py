@@ -5,6 +5,7 @@ Every errcode rule of spec §10 has a row here; time is an argument, never waite
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -532,6 +533,34 @@ def test_transfer_while_in_session_is_ignored_and_pin_updates() -> None:
     assert "u1" not in m.waiting
 
 
+def test_session_cores_answer_bare_codes_with_the_json_methods_effects() -> None:
+    m = make(push_events_on_api_actions=False)
+    with_agents(m, "a1@test", "a2@test")
+    assert m.transfer_result("u1", T0) == "waiting"  # a transfer alone makes the openid known
+    assert m.create_errcode("a1@test", "stranger", T0) == 40003
+    assert m.create_errcode("zz@test", "u1", T0) == 65401
+    assert m.create_errcode("a1@test", "u1", T0 + 1) == 0
+    assert m.create_errcode("a2@test", "u1", T0 + 2) == 65414
+    assert m.transfer_result("u1", T0 + 3) == "in_session" and "u1" not in m.waiting
+    assert m.close_errcode("a2@test", "u1", T0 + 4) == 65414
+    assert m.close_errcode("a1@test", "u1", T0 + 5) == 0
+    assert m.close_errcode("a1@test", "u1", T0 + 6) == 65413
+    assert [e["errcode"] for e in m.create_log] == [40003, 65401, 0, 65414]
+    m.transfer_result("u2", T0 + 7)
+    assert m.leave_result("u2") == "left" and m.leave_result("u2") == "not_waiting"
+    assert m.drain_outbox() == []
+
+
+def test_a_customer_known_from_a_transfer_only_has_a_fresh_customers_windows() -> None:
+    m = make()
+    m.transfer("u1", T0)
+    assert _send(m, "u1", T0) == 45015 and code(m.typing("u1", "Typing", T0)) == 45015
+    endless = make(window_hours=math.inf)  # a fresh customer's window never closes: open from the start
+    endless.transfer("u1", T0)
+    assert _send(endless, "u1", T0) == 0
+    assert _send(endless, "never-seen", T0) == 45015
+
+
 # ---------------------------------------------------------------------------------------------- windows
 def _send(m: WeChatModel, openid: str, now: float, kf: str | None = None) -> int:
     return code(m.send_custom(openid, "text", {"content": "hi"}, kf, now))
@@ -782,3 +811,56 @@ def test_invariants_hold_under_any_sequence(ops: list[tuple[str, int, int, bool]
         last = m.create_log[-1] if m.create_log and op == "create" else None
         if last is not None and last["errcode"] == 0:
             assert m.sessions[openid].kf_account == kf
+
+
+CORE_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["msg", "transfer", "create", "close", "agent", "leave"]),
+        st.integers(0, 4),  # customer
+        st.integers(0, 3),  # agent (3: no such account)
+        st.booleans(),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=CORE_OPS, auto=st.booleans(), history=st.booleans())
+def test_session_cores_decide_as_the_json_methods(
+    ops: list[tuple[str, int, int, bool]], auto: bool, history: bool
+) -> None:
+    """The replay's bare-result cores and the fake server's JSON methods are one implementation: twin
+    models driven through each answer the same codes and end in the same state."""
+    twins = [
+        WeChatModel("wxAPP", "SECRET", options=FakeOptions(wechat_auto_accept=auto), history=history)
+        for _ in range(2)
+    ]
+    via_json, via_core = twins
+    for m in twins:
+        for a in range(3):
+            m.set_agent(f"a{a}@test", T0, status=1, auto_accept=1)
+    now = T0
+    for op, c, a, flag in ops:
+        now += 1
+        openid, kf = f"u{c}", f"a{a}@test"
+        if op == "msg":
+            for m in twins:
+                m.customer_message(openid, now, "x")
+        elif op == "transfer":
+            pin = kf if flag else None
+            result = via_core.transfer_result(openid, now, pin)
+            assert via_json.transfer(openid, now, pin) == {"result": result}
+        elif op == "create":
+            assert code(via_json.create_session(kf, openid, now)) == via_core.create_errcode(kf, openid, now)
+        elif op == "close":
+            via = "agent" if flag else "api"
+            assert code(via_json.close_session(kf, openid, now, via=via)) == via_core.close_errcode(
+                kf, openid, now, via
+            )
+        elif op == "agent":
+            for m in twins:
+                m.set_agent(kf if a < 3 else "a0@test", now, status=1 if flag else 0)
+        else:
+            assert via_json.leave_queue(openid) == {"result": via_core.leave_result(openid)}
+    assert via_json.snapshot(now) == via_core.snapshot(now)
+    assert via_json.drain_outbox() == via_core.drain_outbox()
