@@ -3,10 +3,12 @@ skipped and counted; writer → reader round-trips (Hypothesis)."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
 import math
+import pickle
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,9 @@ from sim.trace import (
     TraceError,
     TraceReader,
     TraceWriter,
+    new_arrival,
     read_trace,
+    record_to_dict,
     write_trace,
 )
 
@@ -287,3 +291,25 @@ def test_round_trip(recs: list[AgentOnline | AgentOffline | Arrival], header: He
     assert got_header == header
     assert got == recs
     assert skipped == {}
+
+
+def test_new_arrival_is_an_ordinary_arrival() -> None:
+    fast = new_arrival(1.5, "u1", 30.0, "sales", 2, 9.0, "a1@x")
+    slow = Arrival(
+        t=1.5,
+        customer="u1",
+        service_s=30.0,
+        group="sales",
+        priority=2,
+        patience_s=9.0,
+        preferred_agent="a1@x",
+    )
+    assert type(fast) is Arrival
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    assert fast != new_arrival(1.5, "u1", 30.0, "sales", 2, 9.0, None)
+    assert (fast.text, fast.tags) == ("", ())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.t = 2.0  # type: ignore[misc]
+    assert dataclasses.replace(fast, priority=0) == dataclasses.replace(slow, priority=0)
+    assert pickle.loads(pickle.dumps(fast)) == slow
+    assert record_to_dict(fast) == record_to_dict(slow)
