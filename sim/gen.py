@@ -13,15 +13,18 @@ import heapq
 import itertools
 import math
 import random
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 from sim.trace import AgentOffline, AgentOnline, Header, Record, new_arrival
 
 DAY_S = 86400.0
 _log = math.log
 SERVICE_DISTS = ("exp", "lognormal", "const")
+_T = TypeVar("_T")
 
 
 class GenError(ValueError):
@@ -206,13 +209,28 @@ def _quota(n: int, shares: list[float]) -> list[int]:
     return counts
 
 
+def _round6(x: float) -> float:
+    """``round(x, 6)`` for a float, bit for bit, in a third of the time (round() with digits goes
+    through a correctly rounded decimal string and back).
+
+    If y = x * 1e6 is within 0.49 of an integer n, n is also the integer nearest the exact x * 10**6
+    (for 0 < y < 7e13 the product is off by at most 2**-8), so round() would produce the decimal n e-6,
+    and the float nearest it is n / 1e6 (exact operands, one correctly rounded division). Near-ties,
+    zero, negatives, huge values and NaN go to round() itself."""
+    y = x * 1e6
+    if 0.0 < y < 7e13:
+        n = (y + 0.5) // 1.0  # an integer near y, as a float (cheaper than math.floor's int)
+        if -0.49 < y - n < 0.49:  # exact: y and n are within a factor of 2, or n == 0
+            return n / 1e6
+    return round(x, 6)
+
+
 class _ArrivalClock:
     """Arrival times of a Poisson process whose rate is piecewise constant over the day (exact:
     an Exp(1) amount of integrated rate is spent across window boundaries)."""
 
     def __init__(self, rng: random.Random, rate: float | None, profile: tuple[Segment, ...]) -> None:
         self._rng = rng
-        self.t = 0.0
         if profile:
             edges = sorted({0.0, 24.0, *(s.start_h for s in profile), *(s.end_h for s in profile)})
             pieces: list[tuple[float, float, float]] = []
@@ -223,11 +241,31 @@ class _ArrivalClock:
         else:
             self._pieces = [(0.0, DAY_S, float(rate or 0.0))]
 
-    def next(self) -> float:
-        # once per arrival: Random.expovariate(1.0)'s own formula (the same draw, without the call) and a
-        # plain loop for the window instead of a generator
-        need = -_log(1.0 - self._rng.random())
-        t = self.t
+    def times(self, count: int) -> Iterator[float]:
+        """The next ``count`` arrival times; one Exp(1) draw from the rng per arrival, made when the
+        time is asked for."""
+        uniform = self._rng.random
+        t = 0.0
+        # The window (end, rate r) that the last arrival landed in, and a time a hair before its end:
+        # below it, _advance would find this same window again (the same day and piece), so its first
+        # step is done here without the floor and the piece search. Same operations, same floats.
+        end = r = 0.0
+        fast_until = -1.0
+        for _ in range(count):
+            need = -_log(1.0 - uniform())  # Random.expovariate(1.0)'s formula: the same draw, no call
+            if t < fast_until:
+                have = (end - t) * r
+                if have >= need:
+                    t += need / r
+                    yield t
+                    continue
+            t, end, r = self._advance(t, need)
+            fast_until = end - end * 1e-9  # far more than the rounding of t / DAY_S and t - day * DAY_S
+            yield t
+
+    def _advance(self, t: float, need: float) -> tuple[float, float, float]:
+        """Spend ``need`` of integrated rate from time ``t``: the arrival time, and the end and rate of
+        the window it falls in."""
         while True:
             day = math.floor(t / DAY_S)
             tod = t - day * DAY_S
@@ -240,15 +278,24 @@ class _ArrivalClock:
             end = day * DAY_S + b
             have = (end - t) * r
             if have >= need and r > 0:
-                t += need / r
-                break
+                return t + need / r, end, r
             need -= have
             t = end if end > t else math.nextafter(t, math.inf)
-        self.t = t
-        return t
 
 
 # ---------------------------------------------------------------------------------------------- main
+
+
+def _picker(shares: tuple[tuple[_T, float], ...], fallback: _T) -> tuple[list[float], list[_T]]:
+    """For ``pick[bisect_right(bounds, u)]``: the first item whose cumulative share exceeds ``u``, or
+    ``fallback`` when none does. ``bounds`` are the running sums (added up as ``acc += share``) under a
+    running maximum, so that bisect lands on that first item even if a share is negative."""
+    bounds: list[float] = []
+    acc = 0.0
+    for _, share in shares:
+        acc += share
+        bounds.append(max(acc, bounds[-1]) if bounds else acc)
+    return bounds, [item for item, _ in shares] + [fallback]
 
 
 def agent_names(params: GenParams) -> list[str]:
@@ -347,70 +394,69 @@ def generate(params: GenParams) -> Iterator[Record]:
                 return
             yield heapq.heappop(agent_heap)[3]
 
-    clock = _ArrivalClock(rng, params.arrival_rate, params.arrival_profile)
-    group_cum: list[tuple[float, str]] = []
-    acc = 0.0
-    for g, s in params.groups:
-        acc += s
-        group_cum.append((acc, g))
-    prio_cum: list[tuple[float, int]] = []
-    acc = 0.0
-    for p, s in params.priorities:
-        acc += s
-        prio_cum.append((acc, p))
-    if params.service_dist == "lognormal":
+    # Everything the loop asks per arrival is read from params once, here.
+    uniform = rng.random
+    shifts = bool(params.shifts)
+    # group and priority: the first cumulative share above a uniform draw, else the last group / priority 0
+    group_bounds, group_pick = _picker(
+        params.groups, fallback=params.groups[-1][0] if params.groups else None
+    )
+    prio_bounds, prio_pick = _picker(params.priorities, fallback=0)
+    service_dist = params.service_dist
+    exp_service_rate = 1.0 / params.service_mean
+    if service_dist == "lognormal":
         sigma = math.sqrt(math.log1p(params.service_cv**2))
         mu = math.log(params.service_mean) - sigma * sigma / 2.0
+    const_service = round(params.service_mean, 6)  # round() itself: keeps an int service_mean an int
+    const_service = const_service if const_service > 1e-6 else 1e-6
+    patience_rate = None if params.patience_mean is None else 1.0 / params.patience_mean
+    returning, return_gap, preferred_share = params.returning, params.return_gap, params.preferred
     recent: deque[tuple[float, str]] = deque()  # (last arrival, customer), waiting out return_gap
     eligible: list[str] = []  # customers who may come back now
     new_ids = 0
-    width = max(6, len(str(params.customers)))
-    customer_id = f"u{{:0{width}d}}".format  # f"u{n:0{width}d}" without building the spec each time
-    last_t = 0.0
+    customer_id = f"u%0{max(6, len(str(params.customers)))}d"  # "u%06d" % n == f"u{n:06d}"
 
-    for _ in range(params.customers):
-        t_exact = clock.next()
-        t = round(t_exact, 6)
-        if params.shifts:  # without shifts drain_agents yields nothing: skip making the generator
+    t = 0.0
+    for t_exact in _ArrivalClock(rng, params.arrival_rate, params.arrival_profile).times(params.customers):
+        t = _round6(t_exact)
+        # drain_agents(t) has something to do only when a shift change is due or a new day is to be queued
+        if shifts and ((agent_heap and agent_heap[0][0] <= t) or next_day * DAY_S <= t + DAY_S):
             yield from drain_agents(t)
         group: str | None = None
-        if group_cum:
-            u = rng.random()
-            group = next((g for c, g in group_cum if u < c), group_cum[-1][1])
+        if group_bounds:
+            group = group_pick[bisect_right(group_bounds, uniform())]
         priority = 0
-        if prio_cum:
-            u = rng.random()
-            priority = next((p for c, p in prio_cum if u < c), 0)
-        if params.service_dist == "exp":
-            service = -_log(1.0 - rng.random()) / (1.0 / params.service_mean)  # rng.expovariate, inline
-        elif params.service_dist == "lognormal":
-            service = rng.lognormvariate(mu, sigma)
+        if prio_bounds:
+            priority = prio_pick[bisect_right(prio_bounds, uniform())]
+        if service_dist == "exp":
+            service = _round6(-_log(1.0 - uniform()) / exp_service_rate)  # rng.expovariate, inline
+            service = service if service > 1e-6 else 1e-6
+        elif service_dist == "lognormal":
+            service = _round6(rng.lognormvariate(mu, sigma))
+            service = service if service > 1e-6 else 1e-6
         else:
-            service = params.service_mean
+            service = const_service
         patience = None
-        if params.patience_mean is not None:
-            patience = max(round(rng.expovariate(1.0 / params.patience_mean), 6), 1e-6)
+        if patience_rate is not None:
+            patience = _round6(-_log(1.0 - uniform()) / patience_rate)  # rng.expovariate, inline
+            patience = 1e-6 if patience < 1e-6 else patience  # max(patience, 1e-6)
         customer: str | None = None
-        if params.returning > 0:
-            while recent and recent[0][0] <= t - params.return_gap:
+        if returning > 0:
+            while recent and recent[0][0] <= t - return_gap:
                 eligible.append(recent.popleft()[1])
-            if rng.random() < params.returning and eligible:
+            if uniform() < returning and eligible:
                 j = rng.randrange(len(eligible))
                 eligible[j], eligible[-1] = eligible[-1], eligible[j]
                 customer = eligible.pop()
         if customer is None:
             new_ids += 1
-            customer = customer_id(new_ids)
-        if params.returning > 0:
+            customer = customer_id % new_ids
+        if returning > 0:
             recent.append((t, customer))
         preferred = None
-        if params.preferred > 0 and rng.random() < params.preferred:
+        if preferred_share > 0 and uniform() < preferred_share:
             pool = grouped.get(group, everyone) if group else everyone
             preferred = pool[rng.randrange(len(pool))]
-        last_t = t
-        service = round(service, 6)
-        yield new_arrival(
-            t, customer, service if service > 1e-6 else 1e-6, group, priority, patience, preferred
-        )
+        yield new_arrival(t, customer, service, group, priority, patience, preferred)
     # shifts go on for one more day so that customers still waiting at the end can be served
-    yield from drain_agents(last_t + DAY_S)
+    yield from drain_agents(t + DAY_S)

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import math
+import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from router.cli import main
-from sim.gen import GenError, GenParams, generate, header_for, parse_priorities, parse_shares, parse_windows
+from sim.gen import (
+    GenError,
+    GenParams,
+    Segment,
+    _ArrivalClock,
+    _round6,
+    generate,
+    header_for,
+    parse_priorities,
+    parse_shares,
+    parse_windows,
+)
 from sim.trace import AgentOffline, AgentOnline, Arrival, TraceWriter, read_trace
 
 
@@ -226,3 +240,60 @@ def test_round_the_clock_shift_stays_online_across_midnight() -> None:
             online = False
         else:
             assert online, f"arrival at {r.t / 3600:.1f} h with the only (0-24) agent offline"
+
+
+# sha256 of the trace text, recorded with the generator as of commit 784bb35 (before its speed-ups):
+# the same parameters and seed must keep giving the same bytes
+GOLDEN = {
+    "1c82893e4d94d22cb003b520f7b766f700756b501e5416d1666bfe211aacc1c8": RICH,
+    "3dd1381b7a5d892f0d32fb88856fe0ca439663a41b08756950ad3f3bdf23eee6": GenParams(
+        agents=10, customers=3000, arrival_rate=9 / 60, service_mean=60, seed=1
+    ),
+    "64173d0f74b2f86d416ad76afc239221df541b2fd9bf579f1d9aa778d4193894": GenParams(
+        customers=2000,
+        arrival_profile=parse_windows("0-6:0.01,6-12:0.1,13-20:0.05", "p", wrap=False, default=None),
+        patience_mean=90,
+        seed=3,
+    ),
+    "99cc95bf7e6bc280d113f875d00d192d3b374113c5ab2f90eb3bd01e404fc2d3": GenParams(
+        customers=500, service_dist="const", service_mean=42, preferred=0.5, seed=6
+    ),
+}
+
+
+@pytest.mark.parametrize("digest", list(GOLDEN))
+def test_traces_stay_byte_for_byte_the_same(digest: str) -> None:
+    assert hashlib.sha256(text_of(GOLDEN[digest]).encode()).hexdigest() == digest
+
+
+def test_round6_is_round_to_6_digits_bit_for_bit() -> None:
+    rng = random.Random(42)
+    values = [0.0, -0.0, 1e-9, 4.999999e-7, 5e-7, 0.0078125, 1.5e-6, 86400.0, 7e7, 1e20, -3.25, math.inf]
+    for _ in range(20_000):
+        values.append(rng.random() * 10 ** rng.uniform(-7, 9))  # times, services, patience
+        k = rng.randrange(10 ** rng.randrange(1, 14))
+        near_tie = (k + 0.5) / 1e6  # the cases a shortcut through x * 1e6 would get wrong
+        values += [near_tie, math.nextafter(near_tie, 0.0), math.nextafter(near_tie, math.inf)]
+        values.append(rng.randrange(1, 10**9) * 15625 / 2 ** rng.randrange(1, 8))  # exact ties
+    for x in values:
+        assert _round6(x).hex() == round(x, 6).hex(), x
+    assert math.isnan(_round6(math.nan))
+
+
+@pytest.mark.parametrize(
+    ("rate", "profile"),
+    [
+        (0.15, ()),
+        (2e-5, ()),  # most gaps cross midnight
+        (None, parse_windows("0-6:0.01,6-12:0.1,13-20:0.05", "p", wrap=False, default=None)),
+        (None, parse_windows("8-9:0.0005", "p", wrap=False, default=None)),
+    ],
+)
+def test_arrival_clock_shortcut_matches_stepping(rate: float | None, profile: tuple[Segment, ...]) -> None:
+    fast = list(_ArrivalClock(random.Random(7), rate, profile).times(3000))
+    slow_clock, rng = _ArrivalClock(random.Random(7), rate, profile), random.Random(7)
+    t, slow = 0.0, []
+    for _ in range(3000):
+        t = slow_clock._advance(t, -math.log(1.0 - rng.random()))[0]
+        slow.append(t)
+    assert [x.hex() for x in fast] == [x.hex() for x in slow]
