@@ -43,6 +43,10 @@ P_ANSWER, P_END, P_TRACE, P_PATIENCE, P_TICK = 0, 1, 2, 3, 4
 # outcome per arrival
 UNSERVED, SERVED, ABANDONED = 0, 1, 2
 
+# per-arrival lists grow by this many default entries at a time (cut to size when the run ends), so an
+# arrival stores a few fields instead of appending to ten lists
+_CHUNK = 4096
+
 _NO_TAGS: frozenset[str] = frozenset()
 
 
@@ -199,6 +203,7 @@ class Simulation:
         self._active: dict[str, int] = {}
         self._session: dict[str, tuple[int, str, float, int]] = {}  # openid -> (sid, agent, start, idx)
         self._sid = 0
+        self._n = 0  # arrivals so far (the per-arrival lists are longer while the run goes: _grow)
         self._started: bytearray = bytearray()  # 1 once an arrival got a session
         self._remaining: list[float] = []  # service still owed to each arrival
         self._last_outcome: dict[str, int] = {}  # customer -> outcome of their last finished arrival
@@ -233,7 +238,7 @@ class Simulation:
 
     def _apply(self, cmds: list[Command], now: float) -> None:
         """Carry out commands; instant create answers feed back until nothing is left to do."""
-        pending = list(cmds)
+        pending = cmds  # the engine's own fresh list: extended in place with what the answers lead to
         i = 0
         latency = self.cfg.create_latency_s
         res = self.res
@@ -368,40 +373,73 @@ class Simulation:
         self._last_outcome[openid] = outcome
 
     def _on_session_end(self, sid: int, openid: str, now: float) -> None:
+        # once per session: _end_session's bookkeeping, _finish_arrival and _feed inline
         sess = self._session.get(openid)
         if sess is None or sess[0] != sid:
             return  # closed earlier through the API
-        agent = sess[1]
+        _sid, agent, start, idx = sess
         code = self.wechat.close(agent, openid, now)
         if code != 0:
             raise SimError(f"t={now:.6f}: WeChat refused to close {openid!r} with {agent!r} (errcode {code})")
-        idx = self._end_session(openid, now)
+        del self._session[openid]
+        res = self.res
+        st = res.agents[agent]
+        st.sessions -= 1
+        st.busy_s += now - start
         if idx >= 0:
+            st.served += 1
+            self._last_agent[openid] = agent
             self._remaining[idx] = 0.0
-            self._finish_arrival(openid, idx, SERVED)
-        self._feed(ev.session_closed(openid, agent), now, "the end of {}'s session", openid)
+            if now > res.end_t:
+                res.end_t = now
+            if self._active.get(openid) == idx:
+                del self._active[openid]
+            self._last_outcome[openid] = SERVED
+        event = ev.session_closed(openid, agent)
+        engine = self.engine
+        assert engine is not None
+        try:
+            cmds = engine.handle(event, now)
+            if self.eta is not None:
+                self.eta.observe(event, now, engine)
+        except CoreError as exc:
+            raise SimError(f"t={now:.6f}: the engine refused the end of {openid}'s session: {exc}") from exc
+        res.events += 1
+        if cmds:
+            self._apply(cmds, now)
+        if self._check_engine:
+            engine.check()
 
     # ------------------------------------------------------------------------------------ trace records
 
+    def _grow(self) -> None:
+        """Add _CHUNK default entries to every per-arrival list (cut to size by _finish)."""
+        res = self.res
+        res.arrival_t.extend([0.0] * _CHUNK)
+        res.wait.extend([math.nan] * _CHUNK)
+        res.outcome.extend(bytes(_CHUNK))  # UNSERVED
+        for lst in (res.agent, res.group, res.own_group, res.sticky, res.preferred):
+            lst.extend([None] * _CHUNK)
+        self._started.extend(bytes(_CHUNK))
+        self._remaining.extend([0.0] * _CHUNK)
+
     def _on_arrival(self, rec: Arrival, now: float) -> None:
-        # once per customer: attributes read once into locals
+        # once per customer: attributes read once into locals, _feed inline
         res = self.res
         customer = rec.customer
         group = rec.group
         if customer in self._active:
             res.absorbed_arrivals += 1
             return
-        idx = len(res.arrival_t)
-        res.arrival_t.append(now)
-        res.wait.append(math.nan)
-        res.outcome.append(UNSERVED)
-        res.agent.append(None)
-        res.group.append(group)
-        res.own_group.append(None)
-        res.sticky.append(False if customer in self._last_agent else None)
-        res.preferred.append(None)
-        self._started.append(0)
-        self._remaining.append(rec.service_s)
+        idx = self._n
+        if idx == len(self._remaining):
+            self._grow()
+        self._n = idx + 1
+        res.arrival_t[idx] = now
+        res.group[idx] = group
+        if customer in self._last_agent:
+            res.sticky[idx] = False  # a returning customer: True once served by the same agent
+        self._remaining[idx] = rec.service_s
         self._active[customer] = idx
         self._waiting += 1
         if self._timeline:
@@ -427,7 +465,19 @@ class Simulation:
             preferred,
             _NO_TAGS if not tags else frozenset(tags),
         )
-        self._feed(event, now, "the arrival of {!r}", customer)
+        engine = self.engine
+        assert engine is not None
+        try:
+            cmds = engine.handle(event, now)
+            if self.eta is not None:
+                self.eta.observe(event, now, engine)
+        except CoreError as exc:
+            raise SimError(f"t={now:.6f}: the engine refused the arrival of {customer!r}: {exc}") from exc
+        res.events += 1
+        if cmds:
+            self._apply(cmds, now)
+        if self._check_engine:
+            engine.check()
 
     def _on_patience(self, idx: int, openid: str, now: float) -> None:
         if self._started[idx] or self._active.get(openid) != idx:
@@ -577,6 +627,10 @@ class Simulation:
 
     def _finish(self) -> None:
         res = self.res
+        n = self._n
+        for lst in (res.arrival_t, res.wait, res.outcome, res.agent, res.group, res.own_group, res.sticky):
+            del lst[n:]
+        del res.preferred[n:]
         for idx, agent in self._preferred.items():
             res.preferred[idx] = res.agent[idx] == agent
         end = res.end_t

@@ -242,9 +242,9 @@ class Engine:
         self._waiting_count = 0
         self._preferring: dict[str, set[str]] = {}  # preferred agent -> waiting customers who asked for them
         # Pending reservations: openid -> deadline, and a heap of (deadline, openid) for the earliest one.
-        # A reservation that ends leaves its heap entry behind (cheaper than a sorted-list removal, and
-        # most end within the same call); entries that no longer match ``_reserved`` are dropped when they
-        # reach the top (_reservation_head) or when stale ones outnumber live ones (_end_reservation).
+        # A reservation that ends leaves its heap entry behind unless it is the head (cheaper than a
+        # sorted-list removal); entries that no longer match ``_reserved`` are dropped when they reach the
+        # top (_reservation_head) or when stale ones outnumber live ones (_end_reservation).
         self._reserved: dict[str, float] = {}
         self._reservation_heap: list[tuple[float, str]] = []
         # times when a waiting customer's scope may widen: a heap (only ever added to and popped from the
@@ -745,7 +745,9 @@ class Engine:
         assert self._reserved[c.openid] == c.reservation_deadline, c.openid
         del self._reserved[c.openid]
         heap = self._reservation_heap
-        if len(heap) > 64 and len(heap) > 4 * len(self._reserved):  # mostly ended ones: rebuild
+        if heap[0][1] == c.openid and heap[0][0] == c.reservation_deadline:
+            heapq.heappop(heap)  # the earliest one (with instant answers, the only one): drop its entry now
+        elif len(heap) > 64 and len(heap) > 4 * len(self._reserved):  # mostly ended ones: rebuild
             self._reservation_heap = [(d, o) for o, d in self._reserved.items()]
             heapq.heapify(self._reservation_heap)
         self._pool.unreserve(c.with_agent, confirmed=confirmed)
