@@ -482,7 +482,9 @@ class Engine:
         self._absorb_session(e.openid, kf, now, count=True)
 
     def _on_closed(self, e: ev.SessionClosed, now: float, out: list[Command]) -> None:
-        kf = self._need_agent(e.kf_account, "SessionClosed")
+        kf = e.kf_account
+        if kf not in self._agent_map:  # _need_agent, inline: once per session
+            raise UnknownAgentError(kf, "SessionClosed")
         c = self._customers.get(e.openid)
         if c is not None and c.state is CustomerState.IN_SESSION and c.with_agent == kf:
             self._session_ended(c, kf, now, count=True)
@@ -722,13 +724,21 @@ class Engine:
         self._waiting_count -= 1
         self._group_queues[c.group].remove((c.key, c.openid))
         if c.preferred_agent is not None:
+            self._unprefer(c)
+
+    def _unprefer(self, c: _Customer) -> None:
+        """``c`` stops waiting: no longer among the customers waiting for its preferred agent."""
+        if c.preferred_agent is not None:
             waiting = self._preferring[c.preferred_agent]
             waiting.discard(c.openid)
             if not waiting:
                 del self._preferring[c.preferred_agent]
 
     def _reserve(self, c: _Customer, kf: str, now: float, out: list[Command]) -> None:
-        self._dequeue(c)
+        self._waiting_count -= 1  # _dequeue, inline
+        self._group_queues[c.group].remove((c.key, c.openid))
+        if c.preferred_agent is not None:
+            self._unprefer(c)
         self._pool.reserve(kf, now)
         c.state = CustomerState.RESERVED
         c.with_agent = kf
@@ -864,7 +874,8 @@ class Engine:
         kf = policy.pick(self._pool, self._waiting_view(c, now, scope, avoid), now)
         if kf is None:
             return None
-        if not self._pool.is_free(kf) or kf in avoid:
+        picked = self._agent_map.get(kf)
+        if picked is None or picked.indexed is None or kf in avoid:  # only free agents are indexed
             raise CoreError(
                 f"policy {policy.name!r} picked {kf!r} for {c.openid!r}, but that agent is not free "
                 "or is avoided by this customer (a policy must pick a free agent or None)"
@@ -878,11 +889,16 @@ class Engine:
         order), so a freed agent of one group does not cost a walk past every other group's customers.
         """
         free = self._free_counts
+        group_queues = self._group_queues
         while self._waiting_count and free.get(None, 0) > 0:
-            queues = self._reachable_queues()
-            if not queues:
-                return
-            merged = queues[0] if len(queues) == 1 else heapq.merge(*queues)
+            merged: Iterable[tuple[tuple[int, int], str]]
+            if len(group_queues) == 1 and None in group_queues:
+                merged = group_queues[None]  # only customers without a group: every agent reaches them
+            else:
+                queues = self._reachable_queues()
+                if not queues:
+                    return
+                merged = queues[0] if len(queues) == 1 else heapq.merge(*queues)
             for _key, openid in merged:
                 c = self._customers[openid]
                 kf = self._pick(c, now)
