@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import ClassVar
 
@@ -47,6 +47,9 @@ ERR_NO_SESSION = 65413
 ERR_AGENT_UNAVAILABLE = frozenset({65401, 65402, 65415})  # unknown account, not bound, not online
 
 _NOBODY: frozenset[str] = frozenset()
+# every customer's ``avoid`` until they first avoid someone (an empty dict per customer costs memory and
+# time); never written to: _avoid gives the customer a dict of their own first
+_AVOID_NOBODY: dict[str, float] = {}
 _new = object.__new__
 # WaitingView and CreateSession are built once per routing decision: their fields are set through the
 # slot descriptors of a fresh instance (an equal value, without attrs' keyword-argument __init__).
@@ -199,7 +202,7 @@ class _Customer:
         self.preferred_agent = preferred_agent
         self.preferred_until = -math.inf  # waits for preferred_agent alone until then
         self.tags = tags
-        self.avoid: dict[str, float] = {}  # kf_account -> until
+        self.avoid: dict[str, float] = _AVOID_NOBODY  # kf_account -> until; a dict of its own once set
         self.state = CustomerState.WAITING
         self.with_agent: str | None = None  # reserved with, or in session with
         self.reservation_deadline = math.inf
@@ -255,7 +258,11 @@ class Engine:
         self._sessions_by_agent: dict[str, set[str]] = {}  # kf_account -> openids in session with them
         self._session_starts: SortedList = SortedList()  # (started_at, openid), kept for stale sessions
         self._offline_since: dict[str, float] = {}  # agents that went offline with sessions open
-        self._gone: OrderedDict[str, str] = OrderedDict()
+        # why customers left (the last _GONE_MEMORY of them): openid -> reason, and the openids in the order
+        # they were first added, to forget the oldest. A customer who comes back keeps their entry (state()
+        # and gone_reason() look at the customers present first) and it is overwritten when they leave again.
+        self._gone: dict[str, str] = {}
+        self._gone_order: deque[str] = deque()
         self._seq = 0
 
     # ================================================================= inputs
@@ -391,7 +398,7 @@ class Engine:
         return CustomerState.GONE if openid in self._gone else CustomerState.UNKNOWN
 
     def gone_reason(self, openid: str) -> str | None:
-        return self._gone.get(openid)
+        return None if openid in self._customers else self._gone.get(openid)
 
     def with_agent(self, openid: str) -> str | None:
         c = self._customers.get(openid)
@@ -424,8 +431,6 @@ class Engine:
         self._seq += 1
         c.key = (-e.priority if self._priorities else 0, self._seq)
         self._customers[e.openid] = c
-        if e.openid in self._gone:
-            del self._gone[e.openid]
         self._enqueue(c)
         for _group, after in route.overflow:
             if c.arrived_at + after > now:
@@ -615,7 +620,6 @@ class Engine:
             self._seq += 1
             c.key = (0, self._seq)
             self._customers[openid] = c
-            self._gone.pop(openid, None)
         elif c.state is CustomerState.WAITING:
             self._dequeue(c)
         elif c.state is CustomerState.RESERVED:
@@ -671,9 +675,7 @@ class Engine:
         c.closing = None
         c.preferred_agent = c.reroute_to
         c.reroute_to = None
-        until = now + self.config.avoid_s
-        c.avoid[kf] = until
-        heapq.heappush(self._wakeups, until)
+        self._avoid(c, kf, now)
         if c.preferred_agent is not None:
             c.preferred_until = now + self.config.preferred_wait_s
             heapq.heappush(self._wakeups, c.preferred_until)
@@ -770,10 +772,15 @@ class Engine:
         assert kf is not None
         self._end_reservation(c, confirmed=False)
         if avoid:
-            until = now + self.config.avoid_s
-            c.avoid[kf] = until
-            heapq.heappush(self._wakeups, until)
+            self._avoid(c, kf, now)
         self._enqueue(c)
+
+    def _avoid(self, c: _Customer, kf: str, now: float) -> None:
+        """``c`` is not offered to ``kf`` again for ``avoid_s`` seconds."""
+        if c.avoid is _AVOID_NOBODY:
+            c.avoid = {}
+        until = c.avoid[kf] = now + self.config.avoid_s
+        heapq.heappush(self._wakeups, until)
 
     def _release_agent(self, kf: str, now: float) -> None:
         """Release every reservation held with ``kf`` (agent went offline or was removed)."""
@@ -788,11 +795,11 @@ class Engine:
         c.with_agent = None
         del self._customers[c.openid]
         gone = self._gone
-        if c.openid in gone:
-            del gone[c.openid]  # to be added again, as the newest
+        if c.openid not in gone:
+            self._gone_order.append(c.openid)
         gone[c.openid] = reason
         if len(gone) > _GONE_MEMORY:
-            gone.popitem(last=False)
+            del gone[self._gone_order.popleft()]
 
     # ================================================================= routing
 
