@@ -431,13 +431,19 @@ class Engine:
         self._seq += 1
         c.key = (-e.priority if self._priorities else 0, self._seq)
         self._customers[e.openid] = c
-        self._enqueue(c)
+        # _enqueue, inline (once per customer; a new customer is WAITING with nobody already)
+        self._waiting_count += 1
+        q = self._group_queues.get(group)
+        if q is None:
+            q = self._group_queues[group] = WaitQueue()
+        q.add((c.key, c.openid))
+        if c.preferred_agent is not None:
+            self._preferring.setdefault(c.preferred_agent, set()).add(c.openid)
+            c.preferred_until = c.arrived_at + self.config.preferred_wait_s
+            heapq.heappush(self._wakeups, c.preferred_until)
         for _group, after in route.overflow:
             if c.arrived_at + after > now:
                 heapq.heappush(self._wakeups, c.arrived_at + after)
-        if c.preferred_agent is not None:
-            c.preferred_until = c.arrived_at + self.config.preferred_wait_s
-            heapq.heappush(self._wakeups, c.preferred_until)
 
     def _on_agents_seen(self, e: ev.AgentsSeen, now: float, out: list[Command]) -> None:
         seen: set[str] = set()
@@ -639,7 +645,8 @@ class Engine:
         if held is None:
             held = self._sessions_by_agent[kf] = set()
         held.add(c.openid)
-        self._set_history(c.openid, kf, now)
+        self._history[c.openid] = (kf, now)  # _set_history, inline
+        self._history.move_to_end(c.openid)
         if self.config.stale_session_s is not None:
             self._session_starts.add((now, c.openid))
             heapq.heappush(self._wakeups, now + self.config.stale_session_s)
@@ -666,7 +673,8 @@ class Engine:
         if count:
             self._pool.add_sessions(kf, -1)
         self._leave_session(c)
-        self._set_history(c.openid, kf, now)
+        self._history[c.openid] = (kf, now)  # _set_history, inline
+        self._history.move_to_end(c.openid)
         if c.closing != "reroute":
             self._finish(c, "closed_stale" if c.closing == "stale" else "served", now)
             return

@@ -340,10 +340,13 @@ class Pool:
                 free[group] = free.get(group, 0) + 1
             elif keys is None:
                 free[group] -= 1
-            if load_only:  # the loop below, for the one order least-load keeps
+            if load_only:  # the loop below, for the one order least-load keeps, _remove inline
                 lst = idx["load"]
                 if old is not None:
-                    _remove(lst, old[0])
+                    i = bisect_left(lst, old[0])
+                    if i == len(lst) or lst[i] != old[0]:
+                        raise ValueError(f"{old[0]!r} not in index")
+                    del lst[i]
                 if keys is not None:
                     insort(lst, keys[0])
                 continue
