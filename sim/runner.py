@@ -49,6 +49,7 @@ UNSERVED, SERVED, ABANDONED = 0, 1, 2
 _CHUNK = 4096
 
 _NO_TAGS: frozenset[str] = frozenset()
+_NO_PAST: tuple[int | None, str | None] = (None, None)  # a customer's (last outcome, last agent) before any
 
 
 class SimError(RuntimeError):
@@ -218,8 +219,9 @@ class Simulation:
         self._n = 0  # arrivals so far (the per-arrival lists are longer while the run goes: _grow)
         self._started: bytearray = bytearray()  # 1 once an arrival got a session
         self._remaining: list[float] = []  # service still owed to each arrival
-        self._last_outcome: dict[str, int] = {}  # customer -> outcome of their last finished arrival
-        self._last_agent: dict[str, str] = {}  # customer -> agent who served them last (this run)
+        # customer -> (outcome of their last finished arrival or None, agent who served them last or None):
+        # one table for both, as it holds every customer of the run
+        self._last: dict[str, tuple[int | None, str | None]] = {}
         self._waiting = 0
         self._preferred: dict[int, str] = {}
         self.now = 0.0
@@ -262,7 +264,7 @@ class Simulation:
             if type(cmd) is CreateSession:
                 openid = cmd.openid
                 if openid in self._session or (
-                    openid not in self._active and self._last_outcome.get(openid) != ABANDONED
+                    openid not in self._active and self._last.get(openid, _NO_PAST)[0] != ABANDONED
                 ):
                     # a second session at once, or one for an arrival already served (or never seen);
                     # a create for a customer who just left is a race, answered and counted as a ghost
@@ -359,7 +361,7 @@ class Simulation:
         g = res.group[idx]
         res.own_group[idx] = None if g is None else g in st.groups
         if res.sticky[idx] is not None:
-            res.sticky[idx] = self._last_agent.get(openid) == agent
+            res.sticky[idx] = self._last[openid][1] == agent
         self._waiting -= 1
         if self._timeline:
             self._mark_timeline(now)
@@ -373,7 +375,7 @@ class Simulation:
         st.busy_s += now - start
         if idx >= 0:
             st.served += 1
-            self._last_agent[openid] = agent
+            self._last[openid] = (self._last.get(openid, _NO_PAST)[0], agent)
             self._remaining[idx] -= now - start
             if now > res.end_t:  # max(), without the call
                 res.end_t = now
@@ -382,7 +384,7 @@ class Simulation:
     def _finish_arrival(self, openid: str, idx: int, outcome: int) -> None:
         if self._active.get(openid) == idx:
             del self._active[openid]
-        self._last_outcome[openid] = outcome
+        self._last[openid] = (outcome, self._last.get(openid, _NO_PAST)[1])
 
     def _on_session_end(self, sid: int, openid: str, now: float) -> None:
         # once per session: _end_session's bookkeeping, _finish_arrival and _feed inline
@@ -400,13 +402,12 @@ class Simulation:
         st.busy_s += now - start
         if idx >= 0:
             st.served += 1
-            self._last_agent[openid] = agent
             self._remaining[idx] = 0.0
             if now > res.end_t:
                 res.end_t = now
             if self._active.get(openid) == idx:
                 del self._active[openid]
-            self._last_outcome[openid] = SERVED
+            self._last[openid] = (SERVED, agent)
         event = ev.session_closed(openid, agent)
         engine = self.engine
         assert engine is not None
@@ -449,7 +450,7 @@ class Simulation:
         self._n = idx + 1
         res.arrival_t[idx] = now
         res.group[idx] = group
-        if customer in self._last_agent:
+        if self._last.get(customer, _NO_PAST)[1] is not None:
             res.sticky[idx] = False  # a returning customer: True once served by the same agent
         self._remaining[idx] = rec.service_s
         self._active[customer] = idx

@@ -253,7 +253,8 @@ class Engine:
         # times when a waiting customer's scope may widen: a heap (only ever added to and popped from the
         # front, so a heap does what a sorted list did, at a fraction of the cost)
         self._wakeups: list[float] = []
-        # openid -> (last agent, when), oldest first: tick() forgets what sticky_window_s no longer reaches
+        # openid -> (last agent, end of that session), oldest first: tick() forgets what sticky_window_s no
+        # longer reaches
         self._history: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._sessions_by_agent: dict[str, set[str]] = {}  # kf_account -> openids in session with them
         self._session_starts: SortedList = SortedList()  # (started_at, openid), kept for stale sessions
@@ -405,6 +406,11 @@ class Engine:
         return None if c is None else c.with_agent
 
     def history(self, openid: str) -> tuple[str, float] | None:
+        """(agent, when) of the customer's current session (agent and start), else of the last one the
+        engine saw end (agent and end), within the sticky window as of the last tick."""
+        c = self._customers.get(openid)
+        if c is not None and c.state is CustomerState.IN_SESSION and c.with_agent is not None:
+            return (c.with_agent, c.session_started_at)
         return self._history.get(openid)
 
     # ================================================================= event handlers
@@ -645,8 +651,8 @@ class Engine:
         if held is None:
             held = self._sessions_by_agent[kf] = set()
         held.add(c.openid)
-        self._history[c.openid] = (kf, now)  # _set_history, inline
-        self._history.move_to_end(c.openid)
+        # no history entry while the session lasts: history() answers from the customer itself, and
+        # _session_ended records (agent, end) when it is over
         if self.config.stale_session_s is not None:
             self._session_starts.add((now, c.openid))
             heapq.heappush(self._wakeups, now + self.config.stale_session_s)
@@ -803,9 +809,10 @@ class Engine:
         c.with_agent = None
         del self._customers[c.openid]
         gone = self._gone
-        if c.openid not in gone:
-            self._gone_order.append(c.openid)
+        known = len(gone)
         gone[c.openid] = reason
+        if len(gone) > known:  # a new entry (one hash lookup, not two)
+            self._gone_order.append(c.openid)
         if len(gone) > _GONE_MEMORY:
             del gone[self._gone_order.popleft()]
 
