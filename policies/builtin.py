@@ -23,7 +23,7 @@ def _best(pool: PoolView, scope: Iterable[str | None], order: Order, exclude: fr
     """The best free agent across ``scope`` by ``order``: the head of each group's index, compared by key."""
     best: tuple[tuple[object, ...], str] | None = None
     for group in scope:
-        kf = next(pool.free_agents(group, order, exclude), None)
+        kf = pool.first_free(group, order, exclude)
         if kf is None:
             continue
         key = _sort_key(pool, kf, order)
@@ -47,7 +47,7 @@ class LeastLoad:
 
     def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
         if len(customer.scope) == 1:
-            return next(pool.free_agents(customer.scope[0], "load", customer.avoid), None)
+            return pool.first_free(customer.scope[0], "load", customer.avoid)
         return _best(pool, customer.scope, "load", customer.avoid)
 
 
@@ -56,7 +56,7 @@ class GroupAffinity:
 
     def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
         for group in customer.scope:
-            kf = next(pool.free_agents(group, "load", customer.avoid), None)
+            kf = pool.first_free(group, "load", customer.avoid)
             if kf is not None:
                 return kf
         return None
@@ -83,7 +83,7 @@ class RoundRobin:
 
     def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
         if len(customer.scope) == 1:
-            return next(pool.free_agents(customer.scope[0], "idle", customer.avoid), None)
+            return pool.first_free(customer.scope[0], "idle", customer.avoid)
         return _best(pool, customer.scope, "idle", customer.avoid)
 
 
@@ -93,7 +93,7 @@ class WeChatNative:
     honours_priority = False
 
     def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
-        return next(pool.free_agents(None, "name", customer.avoid), None)
+        return pool.first_free(None, "name", customer.avoid)
 
 
 BUILTINS: dict[str, type] = {

@@ -256,6 +256,7 @@ class Simulation:
         i = 0
         latency = self.cfg.create_latency_s
         res = self.res
+        session = self._session
         while i < len(pending):
             cmd = pending[i]
             i += 1
@@ -263,16 +264,24 @@ class Simulation:
             event: ev.Event | None
             if type(cmd) is CreateSession:
                 openid = cmd.openid
-                if openid in self._session or (
+                agent = cmd.kf_account
+                if openid in session or (
                     openid not in self._active and self._last.get(openid, _NO_PAST)[0] != ABANDONED
                 ):
                     # a second session at once, or one for an arrival already served (or never seen);
                     # a create for a customer who just left is a race, answered and counted as a ghost
                     res.double_assignments += 1
                 if latency > 0:
-                    self._push(now + latency, P_ANSWER, (cmd.openid, cmd.kf_account))
+                    self._push(now + latency, P_ANSWER, (openid, agent))
                     continue
-                event = self._answer_create(cmd.openid, cmd.kf_account, now)
+                code = self.wechat.create(agent, openid, now)  # _answer_create, inline: once per session
+                if code != 0:
+                    res.api_failures += 1
+                    event = ev.CreateFailed(openid=openid, kf_account=agent, errcode=code)
+                else:
+                    if openid not in session:
+                        self._start_session(openid, agent, now)
+                    event = ev.session_created(openid, agent, "api")
             elif type(cmd) is CloseSession:
                 event = self._close_by_api(cmd.openid, cmd.kf_account, now)
             elif type(cmd) is SendText:

@@ -162,3 +162,20 @@ def test_group_affinity_stays_in_group_until_overflow_wait(
     last = max(arrivals) + after
     e.tick(last)
     assert e.queue_length() == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    agents=st.lists(agent_st, min_size=1, max_size=8),
+    group=st.sampled_from([None, *GROUPS]),
+    order=st.sampled_from(["load", "idle", "name"]),
+    exclude=st.frozensets(st.integers(0, 7), max_size=3),
+)
+def test_first_free_is_the_head_of_free_agents(
+    agents: list[dict[str, object]], group: str | None, order: str, exclude: frozenset[int]
+) -> None:
+    e = build(agents)
+    avoid = frozenset(f"k{i}@x" for i in exclude)
+    for ex in (frozenset(), avoid):
+        want = next(e.pool.free_agents(group, order, ex), None)  # type: ignore[arg-type]
+        assert e.pool.first_free(group, order, ex) == want  # type: ignore[arg-type]

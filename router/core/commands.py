@@ -10,8 +10,16 @@ from __future__ import annotations
 from attrs import frozen
 
 
+class _CreateSessionSlots:
+    # CreateSession's fields live here (attrs reuses the slots) so that create_session() can fill a
+    # plain instance and make it the frozen command: the engine makes one per routing decision
+    __slots__ = ("__weakref__", "kf_account", "openid")
+    openid: str
+    kf_account: str
+
+
 @frozen(kw_only=True)
-class CreateSession:
+class CreateSession(_CreateSessionSlots):
     """Call ``kfsession/create`` for this customer and agent."""
 
     openid: str
@@ -38,3 +46,12 @@ class SendText:
 
 
 Command = CreateSession | CloseSession | SendText
+
+
+def create_session(openid: str, kf_account: str) -> CreateSession:
+    """``CreateSession(openid=..., kf_account=...)``, built without attrs' keyword ``__init__``."""
+    cmd = object.__new__(_CreateSessionSlots)
+    cmd.openid = openid
+    cmd.kf_account = kf_account
+    cmd.__class__ = CreateSession
+    return cmd  # type: ignore[return-value]

@@ -34,12 +34,20 @@ from attrs import field, frozen
 from sortedcontainers import SortedList
 
 from router.core import events as ev
-from router.core.commands import CloseSession, Command, CreateSession, SendText
+from router.core.commands import CloseSession, Command, SendText, create_session
 from router.core.errors import ConfigError, CoreError, UnknownAgentError, UnknownCustomerError
-from router.core.model import AgentView, CustomerState, WaitingView
+from router.core.model import AgentView, CustomerState, WaitingView, waiting_view
 from router.core.policy import Policy
 from router.core.pool import Pool
 from router.core.waitqueue import WaitQueue
+
+# The customer states as plain module constants: reading an Enum member through its class costs a
+# metaclass lookup (about 50 ns on Python 3.11), and the engine compares states many times per customer.
+_WAITING = CustomerState.WAITING
+_RESERVED = CustomerState.RESERVED
+_IN_SESSION = CustomerState.IN_SESSION
+_GONE = CustomerState.GONE
+_UNKNOWN = CustomerState.UNKNOWN
 
 # WeChat errcodes with a meaning for the engine (spec §3).
 ERR_SERVED_BY_OTHER = 65414
@@ -50,25 +58,6 @@ _NOBODY: frozenset[str] = frozenset()
 # every customer's ``avoid`` until they first avoid someone (an empty dict per customer costs memory and
 # time); never written to: _avoid gives the customer a dict of their own first
 _AVOID_NOBODY: dict[str, float] = {}
-_new = object.__new__
-# WaitingView and CreateSession are built once per routing decision: their fields are set through the
-# slot descriptors of a fresh instance (an equal value, without attrs' keyword-argument __init__).
-_WV_FIELDS = (
-    "openid",
-    "group",
-    "priority",
-    "arrived_at",
-    "preferred_agent",
-    "preferred_until",
-    "avoid",
-    "tags",
-    "last_agent",
-    "last_served_at",
-    "scope",
-)
-_WV_SET = tuple(WaitingView.__dict__[f].__set__ for f in _WV_FIELDS)
-_CS_OPENID = CreateSession.__dict__["openid"].__set__
-_CS_ACCOUNT = CreateSession.__dict__["kf_account"].__set__
 _ANY_GROUP: tuple[str | None, ...] = (None,)
 _GONE_MEMORY = 100_000  # how many departed customers' reasons the engine remembers
 
@@ -203,7 +192,7 @@ class _Customer:
         self.preferred_until = -math.inf  # waits for preferred_agent alone until then
         self.tags = tags
         self.avoid: dict[str, float] = _AVOID_NOBODY  # kf_account -> until; a dict of its own once set
-        self.state = CustomerState.WAITING
+        self.state = _WAITING
         self.with_agent: str | None = None  # reserved with, or in session with
         self.reservation_deadline = math.inf
         self.session_started_at = math.nan
@@ -352,7 +341,7 @@ class Engine:
     def position(self, openid: str) -> int | None:
         """0-based place in the queue, or None when not waiting. O(log n)."""
         c = self._customers.get(openid)
-        if c is None or c.state is not CustomerState.WAITING:
+        if c is None or c.state is not _WAITING:
             return None
         entry = (c.key, openid)
         return sum(int(q.bisect_left(entry)) for q in self._group_queues.values())
@@ -360,7 +349,7 @@ class Engine:
     def ahead_in_group(self, openid: str) -> int | None:
         """How many customers of the same group are ahead of ``openid`` (priority-aware). O(log n)."""
         c = self._customers.get(openid)
-        if c is None or c.state is not CustomerState.WAITING:
+        if c is None or c.state is not _WAITING:
             return None
         return int(self._group_queues[c.group].index((c.key, openid)))
 
@@ -371,7 +360,7 @@ class Engine:
     def waiting_view(self, openid: str, now: float) -> WaitingView | None:
         """The waiting customer ``openid`` as a policy would see it at ``now``, or None. O(1)."""
         c = self._customers.get(openid)
-        if c is None or c.state is not CustomerState.WAITING:
+        if c is None or c.state is not _WAITING:
             return None
         return self._waiting_view(c, now)
 
@@ -389,14 +378,14 @@ class Engine:
         return {
             o: c.with_agent
             for o, c in self._customers.items()
-            if c.state is CustomerState.IN_SESSION and c.with_agent is not None
+            if c.state is _IN_SESSION and c.with_agent is not None
         }
 
     def state(self, openid: str) -> CustomerState:
         c = self._customers.get(openid)
         if c is not None:
             return c.state
-        return CustomerState.GONE if openid in self._gone else CustomerState.UNKNOWN
+        return _GONE if openid in self._gone else _UNKNOWN
 
     def gone_reason(self, openid: str) -> str | None:
         return None if openid in self._customers else self._gone.get(openid)
@@ -409,7 +398,7 @@ class Engine:
         """(agent, when) of the customer's current session (agent and start), else of the last one the
         engine saw end (agent and end), within the sticky window as of the last tick."""
         c = self._customers.get(openid)
-        if c is not None and c.state is CustomerState.IN_SESSION and c.with_agent is not None:
+        if c is not None and c.state is _IN_SESSION and c.with_agent is not None:
             return (c.with_agent, c.session_started_at)
         return self._history.get(openid)
 
@@ -489,7 +478,7 @@ class Engine:
 
     def _on_created(self, e: ev.SessionCreated, now: float, out: list[Command]) -> None:
         c = self._customers.get(e.openid)
-        if c is not None and c.state is CustomerState.RESERVED and c.with_agent == e.kf_account:
+        if c is not None and c.state is _RESERVED and c.with_agent == e.kf_account:
             # our own create confirmed (the usual case): the reservation becomes the session; the agent
             # is known, as a reservation with an agent ends when the agent is removed
             self._end_reservation(c, confirmed=True)
@@ -503,7 +492,7 @@ class Engine:
         if kf not in self._agent_map:  # _need_agent, inline: once per session
             raise UnknownAgentError(kf, "SessionClosed")
         c = self._customers.get(e.openid)
-        if c is not None and c.state is CustomerState.IN_SESSION and c.with_agent == kf:
+        if c is not None and c.state is _IN_SESSION and c.with_agent == kf:
             self._session_ended(c, kf, now, count=True)
         elif c is None or c.with_agent != kf:
             # A session we never saw open (started before we did): WeChat's count still drops.
@@ -513,7 +502,7 @@ class Engine:
         src = self._need_agent(e.from_account, "SessionSwitched")
         dst = self._need_agent(e.to_account, "SessionSwitched")
         c = self._customers.get(e.openid)
-        if c is not None and c.state is CustomerState.IN_SESSION and c.with_agent == src:
+        if c is not None and c.state is _IN_SESSION and c.with_agent == src:
             self._leave_session(c)
             self._enter_session(c, dst, now)
             self._pool.add_sessions(dst, 1)
@@ -524,7 +513,7 @@ class Engine:
     def _on_create_failed(self, e: ev.CreateFailed, now: float, out: list[Command]) -> None:
         self._need_agent(e.kf_account, "CreateFailed")
         c = self._customers.get(e.openid)
-        if c is None or c.state is not CustomerState.RESERVED or c.with_agent != e.kf_account:
+        if c is None or c.state is not _RESERVED or c.with_agent != e.kf_account:
             return  # stale: the reservation already ended (superseded, timed out, customer left)
         if e.errcode == ERR_SERVED_BY_OTHER:
             self._end_reservation(c, confirmed=False)
@@ -542,9 +531,9 @@ class Engine:
             if e.openid in self._gone:
                 return
             raise UnknownCustomerError(e.openid, "CustomerLeft")
-        if c.state is CustomerState.WAITING:
+        if c.state is _WAITING:
             self._dequeue(c)
-        elif c.state is CustomerState.RESERVED:
+        elif c.state is _RESERVED:
             self._end_reservation(c, confirmed=False)
         else:
             return  # already in a session: leaving the queue means nothing now
@@ -553,7 +542,7 @@ class Engine:
     def _on_close_failed(self, e: ev.CloseFailed, now: float, out: list[Command]) -> None:
         kf = self._need_agent(e.kf_account, "CloseFailed")
         c = self._customers.get(e.openid)
-        if c is None or c.state is not CustomerState.IN_SESSION or c.with_agent != kf:
+        if c is None or c.state is not _IN_SESSION or c.with_agent != kf:
             return
         if e.errcode == ERR_NO_SESSION:  # it was already closed: same as a close
             self._session_ended(c, kf, now, count=True)
@@ -564,7 +553,7 @@ class Engine:
 
     def _on_reassign(self, e: ev.ReassignRequested, now: float, out: list[Command]) -> None:
         c = self._customers.get(e.openid)
-        if c is None or c.state is not CustomerState.IN_SESSION or c.with_agent is None:
+        if c is None or c.state is not _IN_SESSION or c.with_agent is None:
             raise UnknownCustomerError(e.openid, "ReassignRequested (not in a session)")
         if e.to_account is not None:
             self._need_agent(e.to_account, "ReassignRequested")
@@ -614,7 +603,7 @@ class Engine:
     def _absorb_session(self, openid: str, kf: str, now: float, *, count: bool) -> None:
         """WeChat says ``openid`` is in a session with ``kf``: confirm, supersede or adopt it."""
         c = self._customers.get(openid)
-        if c is not None and c.state is CustomerState.IN_SESSION:
+        if c is not None and c.state is _IN_SESSION:
             if c.with_agent == kf:
                 return  # the API answer and the push both confirm the same session
             old = c.with_agent
@@ -632,9 +621,9 @@ class Engine:
             self._seq += 1
             c.key = (0, self._seq)
             self._customers[openid] = c
-        elif c.state is CustomerState.WAITING:
+        elif c.state is _WAITING:
             self._dequeue(c)
-        elif c.state is CustomerState.RESERVED:
+        elif c.state is _RESERVED:
             confirmed = c.with_agent == kf
             self._end_reservation(c, confirmed=confirmed)
             if confirmed:
@@ -644,7 +633,7 @@ class Engine:
             self._pool.add_sessions(kf, 1)
 
     def _enter_session(self, c: _Customer, kf: str, now: float) -> None:
-        c.state = CustomerState.IN_SESSION
+        c.state = _IN_SESSION
         c.with_agent = kf
         c.session_started_at = now
         held = self._sessions_by_agent.get(kf)
@@ -662,8 +651,8 @@ class Engine:
         self._history.move_to_end(openid)
 
     def _leave_session(self, c: _Customer) -> None:
-        kf = c.with_agent
-        assert c.state is CustomerState.IN_SESSION and kf is not None
+        kf = c.with_agent  # c is IN_SESSION (check() asserts the session bookkeeping after every step)
+        assert kf is not None
         held = self._sessions_by_agent[kf]
         held.discard(c.openid)
         if not held:
@@ -726,7 +715,7 @@ class Engine:
             out.append(CloseSession(openid=openid, kf_account=c.with_agent))
 
     def _enqueue(self, c: _Customer) -> None:
-        c.state = CustomerState.WAITING
+        c.state = _WAITING
         c.with_agent = None
         self._waiting_count += 1
         q = self._group_queues.get(c.group)
@@ -756,19 +745,17 @@ class Engine:
         if c.preferred_agent is not None:
             self._unprefer(c)
         self._pool.reserve(kf, now)
-        c.state = CustomerState.RESERVED
+        c.state = _RESERVED
         c.with_agent = kf
         deadline = c.reservation_deadline = now + self.config.reservation_timeout_s
         self._reserved[c.openid] = deadline
         heapq.heappush(self._reservation_heap, (deadline, c.openid))
-        cmd = _new(CreateSession)  # CreateSession(openid=..., kf_account=kf) through its slots
-        _CS_OPENID(cmd, c.openid)
-        _CS_ACCOUNT(cmd, kf)
-        out.append(cmd)
+        out.append(create_session(c.openid, kf))
 
     def _end_reservation(self, c: _Customer, *, confirmed: bool) -> None:
-        assert c.state is CustomerState.RESERVED and c.with_agent is not None
-        assert self._reserved[c.openid] == c.reservation_deadline, c.openid
+        # c is RESERVED with c.with_agent until c.reservation_deadline (check() asserts it after every step)
+        kf = c.with_agent
+        assert kf is not None
         del self._reserved[c.openid]
         heap = self._reservation_heap
         if heap[0][1] == c.openid and heap[0][0] == c.reservation_deadline:
@@ -776,7 +763,7 @@ class Engine:
         elif len(heap) > 64 and len(heap) > 4 * len(self._reserved):  # mostly ended ones: rebuild
             self._reservation_heap = [(d, o) for o, d in self._reserved.items()]
             heapq.heapify(self._reservation_heap)
-        self._pool.unreserve(c.with_agent, confirmed=confirmed)
+        self._pool.unreserve(kf, confirmed=confirmed)
         c.reservation_deadline = math.inf
         c.with_agent = None
 
@@ -803,9 +790,9 @@ class Engine:
             self._release(self._customers[openid], now, avoid=True)
 
     def _finish(self, c: _Customer, reason: str, now: float) -> None:
-        if c.state is CustomerState.IN_SESSION and c.with_agent is not None:
+        if c.state is _IN_SESSION and c.with_agent is not None:
             self._leave_session(c)
-        c.state = CustomerState.GONE
+        c.state = _GONE
         c.with_agent = None
         del self._customers[c.openid]
         gone = self._gone
@@ -846,32 +833,19 @@ class Engine:
         hist = self._history.get(c.openid)
         if hist is not None and now - hist[1] > self.config.sticky_window_s:
             hist = None
-        view = _new(WaitingView)
-        (
-            set_openid,
-            set_group,
-            set_priority,
-            set_arrived_at,
-            set_preferred_agent,
-            set_preferred_until,
-            set_avoid,
-            set_tags,
-            set_last_agent,
-            set_last_served_at,
-            set_scope,
-        ) = _WV_SET
-        set_openid(view, c.openid)
-        set_group(view, c.group)
-        set_priority(view, c.priority)
-        set_arrived_at(view, c.arrived_at)
-        set_preferred_agent(view, c.preferred_agent)
-        set_preferred_until(view, c.preferred_until)
-        set_avoid(view, avoid)
-        set_tags(view, c.tags)
-        set_last_agent(view, None if hist is None else hist[0])
-        set_last_served_at(view, None if hist is None else hist[1])
-        set_scope(view, scope)
-        return view
+        return waiting_view(
+            c.openid,
+            c.group,
+            c.priority,
+            c.arrived_at,
+            c.preferred_agent,
+            c.preferred_until,
+            avoid,
+            c.tags,
+            None if hist is None else hist[0],
+            None if hist is None else hist[1],
+            scope,
+        )
 
     def _pick(self, c: _Customer, now: float) -> str | None:
         # runs once per routing attempt: locals and plain dict reads instead of small helper calls
@@ -970,13 +944,13 @@ class Engine:
         reserved: dict[str, int] = {}
         for o, c in self._customers.items():
             in_queue = (c.key, o) in self._group_queues.get(c.group, ())
-            assert in_queue == (c.state is CustomerState.WAITING), o
-            if c.state is CustomerState.RESERVED:
+            assert in_queue == (c.state is _WAITING), o
+            if c.state is _RESERVED:
                 assert c.with_agent is not None and self._reserved.get(o) == c.reservation_deadline
                 reserved[c.with_agent] = reserved.get(c.with_agent, 0) + 1
         assert len(self._reserved) == sum(reserved.values())
         assert all((d, o) in self._reservation_heap for o, d in self._reserved.items())
-        in_session = [o for o, c in self._customers.items() if c.state is CustomerState.IN_SESSION]
+        in_session = [o for o, c in self._customers.items() if c.state is _IN_SESSION]
         assert len(in_session) == sum(len(held) for held in self._sessions_by_agent.values())
         for kf, held in self._sessions_by_agent.items():
             assert held, kf

@@ -34,8 +34,48 @@ def _int(_inst: object, attr: object, value: int) -> None:
         raise CoreError(f"{getattr(attr, 'name', 'value')} must be an integer, got {value!r}")
 
 
+# The three events the simulator builds for every customer keep their fields in a plain slots base class
+# (attrs reuses those slots): the fast constructors at the end of this module fill a base instance with
+# plain stores and then make it the frozen event (same memory layout, so ``__class__`` may change).
+
+
+class _CustomerRequestedSlots:
+    __slots__ = (
+        "__weakref__",
+        "arrived_at",
+        "group",
+        "openid",
+        "preferred_agent",
+        "priority",
+        "source",
+        "tags",
+        "text",
+    )
+    openid: str
+    group: str | None
+    priority: int
+    text: str
+    source: str
+    preferred_agent: str | None
+    tags: frozenset[str]
+    arrived_at: float | None
+
+
+class _SessionCreatedSlots:
+    __slots__ = ("__weakref__", "kf_account", "openid", "source")
+    openid: str
+    kf_account: str
+    source: str
+
+
+class _SessionClosedSlots:
+    __slots__ = ("__weakref__", "kf_account", "openid")
+    openid: str
+    kf_account: str
+
+
 @frozen(kw_only=True)
-class CustomerRequested:
+class CustomerRequested(_CustomerRequestedSlots):
     """A customer asks for a human: from a push (``source='push'``), from WeChat's wait list
     (``'waitlist'``), reloaded after a restart (``'restore'``) or from a trace (``'trace'``).
 
@@ -71,7 +111,7 @@ class AgentSessionsSeen:
 
 
 @frozen(kw_only=True)
-class SessionCreated:
+class SessionCreated(_SessionCreatedSlots):
     """A session exists between ``openid`` and ``kf_account``: ``kfsession/create`` answered 0
     (``source='api'``), a ``kf_create_session`` push arrived (``'push'``) or a poll found it (``'poll'``)."""
 
@@ -81,7 +121,7 @@ class SessionCreated:
 
 
 @frozen(kw_only=True)
-class SessionClosed:
+class SessionClosed(_SessionClosedSlots):
     """``kf_close_session``: the agent (or WeChat's 30-minute timeout, or we) closed the session."""
 
     openid: str = field(validator=_openid)
@@ -189,29 +229,10 @@ Event = (
 # ---------------------------------------------------------------------------------------------- fast paths
 # The simulator builds three events per customer. These constructors make the same values as the public
 # ones (equal, same class, same validation: anything unusual goes through the public constructor, which
-# raises its usual message) without attrs' keyword parsing and per-field validator calls: slot
-# descriptors set the fields of a fresh instance directly.
+# raises its usual message) without attrs' keyword parsing and per-field validator calls: a fresh
+# instance of the slots base gets its fields by plain stores, then becomes the frozen event.
 
 _new = object.__new__
-
-
-def _setters(cls: type, *names: str) -> tuple[object, ...]:
-    return tuple(cls.__dict__[n].__set__ for n in names)
-
-
-_CR = _setters(
-    CustomerRequested,
-    "openid",
-    "group",
-    "priority",
-    "text",
-    "source",
-    "preferred_agent",
-    "tags",
-    "arrived_at",
-)
-_SCR = _setters(SessionCreated, "openid", "kf_account", "source")
-_SCL = _setters(SessionClosed, "openid", "kf_account")
 
 
 def customer_requested(
@@ -240,37 +261,37 @@ def customer_requested(
             preferred_agent=preferred_agent,
             tags=tags,  # type: ignore[arg-type]
         )
-    e = _new(CustomerRequested)
-    s = _CR
-    s[0](e, openid)  # type: ignore[operator]
-    s[1](e, group)  # type: ignore[operator]
-    s[2](e, priority)  # type: ignore[operator]
-    s[3](e, text)  # type: ignore[operator]
-    s[4](e, source)  # type: ignore[operator]
-    s[5](e, preferred_agent)  # type: ignore[operator]
-    s[6](e, tags)  # type: ignore[operator]
-    s[7](e, None)  # type: ignore[operator]
-    return e
+    e = _new(_CustomerRequestedSlots)
+    e.openid = openid
+    e.group = group
+    e.priority = priority
+    e.text = text
+    e.source = source
+    e.preferred_agent = preferred_agent
+    e.tags = tags
+    e.arrived_at = None
+    e.__class__ = CustomerRequested
+    return e  # type: ignore[return-value]
 
 
 def session_created(openid: str, kf_account: str, source: str) -> SessionCreated:
     """``SessionCreated(openid=..., kf_account=..., source=...)``, built faster."""
     if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
         return SessionCreated(openid=openid, kf_account=kf_account, source=source)
-    e = _new(SessionCreated)
-    s = _SCR
-    s[0](e, openid)  # type: ignore[operator]
-    s[1](e, kf_account)  # type: ignore[operator]
-    s[2](e, source)  # type: ignore[operator]
-    return e
+    e = _new(_SessionCreatedSlots)
+    e.openid = openid
+    e.kf_account = kf_account
+    e.source = source
+    e.__class__ = SessionCreated
+    return e  # type: ignore[return-value]
 
 
 def session_closed(openid: str, kf_account: str) -> SessionClosed:
     """``SessionClosed(openid=..., kf_account=...)``, built faster."""
     if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
         return SessionClosed(openid=openid, kf_account=kf_account)
-    e = _new(SessionClosed)
-    s = _SCL
-    s[0](e, openid)  # type: ignore[operator]
-    s[1](e, kf_account)  # type: ignore[operator]
-    return e
+    e = _new(_SessionClosedSlots)
+    e.openid = openid
+    e.kf_account = kf_account
+    e.__class__ = SessionClosed
+    return e  # type: ignore[return-value]

@@ -79,8 +79,38 @@ class CustomerState(enum.Enum):
     UNKNOWN = "unknown"
 
 
+class _WaitingViewSlots:
+    # WaitingView's fields live here (attrs reuses the slots) so that waiting_view() can fill a plain
+    # instance and make it the frozen view: the engine makes one per routing attempt
+    __slots__ = (
+        "__weakref__",
+        "arrived_at",
+        "avoid",
+        "group",
+        "last_agent",
+        "last_served_at",
+        "openid",
+        "preferred_agent",
+        "preferred_until",
+        "priority",
+        "scope",
+        "tags",
+    )
+    openid: str
+    group: str | None
+    priority: int
+    arrived_at: float
+    preferred_agent: str | None
+    avoid: frozenset[str]
+    tags: frozenset[str]
+    last_agent: str | None
+    last_served_at: float | None
+    scope: tuple[str | None, ...]
+    preferred_until: float
+
+
 @frozen(kw_only=True)
-class WaitingView:
+class WaitingView(_WaitingViewSlots):
     """What a policy may know about the customer it routes."""
 
     openid: str
@@ -94,3 +124,33 @@ class WaitingView:
     last_served_at: float | None
     scope: tuple[str | None, ...]  # groups allowed now, in order; (None,) means any agent
     preferred_until: float = float("-inf")  # the customer waits for preferred_agent alone until then
+
+
+def waiting_view(
+    openid: str,
+    group: str | None,
+    priority: int,
+    arrived_at: float,
+    preferred_agent: str | None,
+    preferred_until: float,
+    avoid: frozenset[str],
+    tags: frozenset[str],
+    last_agent: str | None,
+    last_served_at: float | None,
+    scope: tuple[str | None, ...],
+) -> WaitingView:
+    """``WaitingView(...)`` with every field given, built without attrs' keyword ``__init__``."""
+    view = object.__new__(_WaitingViewSlots)
+    view.openid = openid
+    view.group = group
+    view.priority = priority
+    view.arrived_at = arrived_at
+    view.preferred_agent = preferred_agent
+    view.preferred_until = preferred_until
+    view.avoid = avoid
+    view.tags = tags
+    view.last_agent = last_agent
+    view.last_served_at = last_served_at
+    view.scope = scope
+    view.__class__ = WaitingView
+    return view  # type: ignore[return-value]

@@ -4,7 +4,8 @@ A policy ranks, the engine commits: ``pick`` returns the kf_account it would giv
 to leave the customer waiting. The engine re-checks that the agent is free and not avoided before it
 reserves; a policy that returns an agent that is not free is a bug and raises ``CoreError``.
 
-``pick`` must be cheap: use ``PoolView.free_agents(group, order, exclude)`` (sorted indices), never a scan.
+``pick`` must be cheap: use ``PoolView.first_free(group, order, exclude)`` or ``free_agents(...)`` (sorted
+indices), never a scan.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class PoolView(Protocol):
     def free_agents(
         self, group: str | None = None, order: Order = "load", exclude: frozenset[str] = frozenset()
     ) -> Iterator[str]: ...
+
+    def first_free(
+        self, group: str | None = None, order: Order = "load", exclude: frozenset[str] = frozenset()
+    ) -> str | None: ...
 
 
 @runtime_checkable

@@ -162,6 +162,19 @@ class Pool:
             return map(_account_of, idx[order])
         return (kf for kf in map(_account_of, idx[order]) if kf not in exclude)
 
+    def first_free(
+        self, group: str | None = None, order: Order = "load", exclude: frozenset[str] = frozenset()
+    ) -> str | None:
+        """The best free agent of ``group`` by ``order`` not in ``exclude``, or None: the head of
+        ``free_agents`` without making an iterator when nobody is excluded (every least-load pick)."""
+        if exclude or order not in self._orders:
+            return next(self.free_agents(group, order, exclude), None)
+        idx = self._index.get(group)
+        if idx is None:
+            return None
+        entries = idx[order]
+        return entries[0][-1] if entries else None  # type: ignore[return-value]
+
     # ----------------------------------------------------------------- mutation (engine only)
 
     def ensure(self, kf_account: str) -> bool:
