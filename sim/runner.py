@@ -49,7 +49,6 @@ UNSERVED, SERVED, ABANDONED = 0, 1, 2
 _CHUNK = 4096
 
 _NO_TAGS: frozenset[str] = frozenset()
-_NO_PAST: tuple[int | None, str | None] = (None, None)  # a customer's (last outcome, last agent) before any
 
 
 class SimError(RuntimeError):
@@ -175,6 +174,26 @@ def engine_config(policy_obj: object, cfg: RunConfig, groups: Iterable[str]) -> 
     )
 
 
+class _Visitor:
+    """The replay's record of one customer, kept for the whole run (one table lookup per step instead of
+    one per question). ``idx``: index of their current arrival (-1: not in the system); ``sid`` (0: none),
+    ``agent``, ``start``, ``sess_idx``: their open session and the arrival it serves (-1: a ghost session,
+    opened after they left); ``outcome`` and ``last_agent``: of their last finished arrival and last
+    session (None before any)."""
+
+    __slots__ = ("agent", "idx", "last_agent", "openid", "outcome", "sess_idx", "sid", "start")
+
+    def __init__(self, openid: str) -> None:
+        self.openid = openid
+        self.idx = -1
+        self.sid = 0
+        self.agent = ""
+        self.start = 0.0
+        self.sess_idx = -1
+        self.outcome: int | None = None
+        self.last_agent: str | None = None
+
+
 def _in_blocks(records: Iterator[Record], size: int = 2048) -> Iterator[Record]:
     """``records``, read ``size`` at a time. The trace's source (generator or file reader) then runs for a
     whole block at once instead of between every two engine steps, which keeps each one's code and data
@@ -212,16 +231,11 @@ class Simulation:
         self._heap: list[tuple[float, int, int, object]] = []
         self._seq = 0
         self._ticks_at: set[float] = set()
-        # per customer (openid): index of the current arrival; per arrival: session bookkeeping
-        self._active: dict[str, int] = {}
-        self._session: dict[str, tuple[int, str, float, int]] = {}  # openid -> (sid, agent, start, idx)
+        self._visitors: dict[str, _Visitor] = {}  # every customer of the run
         self._sid = 0
         self._n = 0  # arrivals so far (the per-arrival lists are longer while the run goes: _grow)
         self._started: bytearray = bytearray()  # 1 once an arrival got a session
         self._remaining: list[float] = []  # service still owed to each arrival
-        # customer -> (outcome of their last finished arrival or None, agent who served them last or None):
-        # one table for both, as it holds every customer of the run
-        self._last: dict[str, tuple[int | None, str | None]] = {}
         self._waiting = 0
         self._preferred: dict[int, str] = {}
         self.now = 0.0
@@ -256,7 +270,7 @@ class Simulation:
         i = 0
         latency = self.cfg.create_latency_s
         res = self.res
-        session = self._session
+        visitors = self._visitors
         while i < len(pending):
             cmd = pending[i]
             i += 1
@@ -265,9 +279,8 @@ class Simulation:
             if type(cmd) is CreateSession:
                 openid = cmd.openid
                 agent = cmd.kf_account
-                if openid in session or (
-                    openid not in self._active and self._last.get(openid, _NO_PAST)[0] != ABANDONED
-                ):
+                v = visitors.get(openid)
+                if v is None or v.sid or (v.idx < 0 and v.outcome != ABANDONED):
                     # a second session at once, or one for an arrival already served (or never seen);
                     # a create for a customer who just left is a race, answered and counted as a ghost
                     res.double_assignments += 1
@@ -279,8 +292,8 @@ class Simulation:
                     res.api_failures += 1
                     event = ev.CreateFailed(openid=openid, kf_account=agent, errcode=code)
                 else:
-                    if openid not in session:
-                        self._start_session(openid, agent, now)
+                    if v is None or not v.sid:
+                        self._start_session(self._visitor(openid) if v is None else v, agent, now)
                     event = ev.session_created(openid, agent, "api")
             elif type(cmd) is CloseSession:
                 event = self._close_by_api(cmd.openid, cmd.kf_account, now)
@@ -307,24 +320,32 @@ class Simulation:
         if code != 0:
             self.res.api_failures += 1
             return ev.CreateFailed(openid=openid, kf_account=agent, errcode=code)
-        if openid not in self._session:
-            self._start_session(openid, agent, now)
+        v = self._visitor(openid)
+        if not v.sid:
+            self._start_session(v, agent, now)
         return ev.session_created(openid, agent, "api")
+
+    def _visitor(self, openid: str) -> _Visitor:
+        v = self._visitors.get(openid)
+        if v is None:
+            v = self._visitors[openid] = _Visitor(openid)
+        return v
 
     def _close_by_api(self, openid: str, agent: str, now: float) -> ev.Event:
         code = self.wechat.close(agent, openid, now)
         if code != 0:
             self.res.api_failures += 1
             return ev.CloseFailed(openid=openid, kf_account=agent, errcode=code)
-        self._end_session(openid, now)
+        self._end_session(self._visitors[openid], now)
         return ev.session_closed(openid, agent)
 
     def _after_api_close(self, openid: str, now: float) -> None:
         """The engine closed a session itself: if it routes the customer again (reassignment) the arrival
         stays in the system and keeps the service it is still owed; otherwise (a stale session) it ends."""
-        idx = self._active.get(openid)
-        if idx is None or openid in self._session:
+        v = self._visitors.get(openid)
+        if v is None or v.idx < 0 or v.sid:
             return
+        idx = v.idx
         state = getattr(self.engine, "state", None)
         if state is not None and state(openid) in (
             CustomerState.WAITING,
@@ -334,11 +355,11 @@ class Simulation:
             return
         if self._remaining[idx] > 1e-9:
             self.res.sessions_cut += 1
-        self._finish_arrival(openid, idx, SERVED)
+        self._finish_arrival(v, idx, SERVED)
 
     # ------------------------------------------------------------------------------------ sessions
 
-    def _start_session(self, openid: str, agent: str, now: float) -> None:
+    def _start_session(self, v: _Visitor, agent: str, now: float) -> None:
         res = self.res
         st = res.agents.get(agent)
         if st is None:
@@ -349,17 +370,19 @@ class Simulation:
         if st.sessions > st.max_sessions:
             res.capacity_violations += 1
         sid = self._sid = self._sid + 1
-        idx = self._active.get(openid)
-        if idx is None:
+        idx = v.idx
+        v.sid = sid
+        v.agent = agent
+        v.start = now
+        v.sess_idx = idx
+        if idx < 0:
             # the customer is no longer here (a create answer arrived after their patience ran out):
             # the agent finds nobody and the session ends at once
             res.ghost_sessions += 1
-            self._session[openid] = (sid, agent, now, -1)
-            self._push(now, P_END, (sid, openid))
+            self._push(now, P_END, (sid, v))
             return
-        self._session[openid] = (sid, agent, now, idx)
         self._seq += 1  # _push, inline: once per session
-        heapq.heappush(self._heap, (now + self._remaining[idx], P_END, self._seq, (sid, openid)))
+        heapq.heappush(self._heap, (now + self._remaining[idx], P_END, self._seq, (sid, v)))
         if self._started[idx]:
             res.reassignments += 1  # moved by the engine: the service goes on with this agent
             return
@@ -370,41 +393,42 @@ class Simulation:
         g = res.group[idx]
         res.own_group[idx] = None if g is None else g in st.groups
         if res.sticky[idx] is not None:
-            res.sticky[idx] = self._last[openid][1] == agent
+            res.sticky[idx] = v.last_agent == agent
         self._waiting -= 1
         if self._timeline:
             self._mark_timeline(now)
 
-    def _end_session(self, openid: str, now: float) -> int:
-        """Close the sim's record of ``openid``'s session; returns the arrival index (-1: a ghost)."""
-        _sid, agent, start, idx = self._session.pop(openid)
+    def _end_session(self, v: _Visitor, now: float) -> int:
+        """Close the sim's record of ``v``'s session; returns the arrival index (-1: a ghost)."""
+        agent, start, idx = v.agent, v.start, v.sess_idx
+        v.sid = 0
         res = self.res
         st = res.agents[agent]
         st.sessions -= 1
         st.busy_s += now - start
         if idx >= 0:
             st.served += 1
-            self._last[openid] = (self._last.get(openid, _NO_PAST)[0], agent)
+            v.last_agent = agent
             self._remaining[idx] -= now - start
             if now > res.end_t:  # max(), without the call
                 res.end_t = now
         return idx
 
-    def _finish_arrival(self, openid: str, idx: int, outcome: int) -> None:
-        if self._active.get(openid) == idx:
-            del self._active[openid]
-        self._last[openid] = (outcome, self._last.get(openid, _NO_PAST)[1])
+    def _finish_arrival(self, v: _Visitor, idx: int, outcome: int) -> None:
+        if v.idx == idx:
+            v.idx = -1
+        v.outcome = outcome
 
-    def _on_session_end(self, sid: int, openid: str, now: float) -> None:
+    def _on_session_end(self, sid: int, v: _Visitor, now: float) -> None:
         # once per session: _end_session's bookkeeping, _finish_arrival and _feed inline
-        sess = self._session.get(openid)
-        if sess is None or sess[0] != sid:
+        if v.sid != sid:
             return  # closed earlier through the API
-        _sid, agent, start, idx = sess
+        openid = v.openid
+        agent, start, idx = v.agent, v.start, v.sess_idx
         code = self.wechat.close(agent, openid, now)
         if code != 0:
             raise SimError(f"t={now:.6f}: WeChat refused to close {openid!r} with {agent!r} (errcode {code})")
-        del self._session[openid]
+        v.sid = 0
         res = self.res
         st = res.agents[agent]
         st.sessions -= 1
@@ -414,9 +438,10 @@ class Simulation:
             self._remaining[idx] = 0.0
             if now > res.end_t:
                 res.end_t = now
-            if self._active.get(openid) == idx:
-                del self._active[openid]
-            self._last[openid] = (SERVED, agent)
+            if v.idx == idx:
+                v.idx = -1
+            v.outcome = SERVED
+            v.last_agent = agent
         event = ev.session_closed(openid, agent)
         engine = self.engine
         assert engine is not None
@@ -450,7 +475,10 @@ class Simulation:
         res = self.res
         customer = rec.customer
         group = rec.group
-        if customer in self._active:
+        v = self._visitors.get(customer)
+        if v is None:
+            v = self._visitors[customer] = _Visitor(customer)
+        elif v.idx >= 0:
             res.absorbed_arrivals += 1
             return
         idx = self._n
@@ -459,10 +487,10 @@ class Simulation:
         self._n = idx + 1
         res.arrival_t[idx] = now
         res.group[idx] = group
-        if self._last.get(customer, _NO_PAST)[1] is not None:
+        if v.last_agent is not None:
             res.sticky[idx] = False  # a returning customer: True once served by the same agent
         self._remaining[idx] = rec.service_s
-        self._active[customer] = idx
+        v.idx = idx
         self._waiting += 1
         if self._timeline:
             self._mark_timeline(now)
@@ -475,7 +503,7 @@ class Simulation:
         if group is not None and group not in self._groups:
             res.unrouted_groups.add(group)
         if rec.patience_s is not None:
-            self._push(now + rec.patience_s, P_PATIENCE, (idx, customer))
+            self._push(now + rec.patience_s, P_PATIENCE, (idx, v))
         self.wechat.transfer(customer, now)
         tags = rec.tags
         event = ev.customer_requested(
@@ -501,14 +529,15 @@ class Simulation:
         if self._check_engine:
             engine.check()
 
-    def _on_patience(self, idx: int, openid: str, now: float) -> None:
-        if self._started[idx] or self._active.get(openid) != idx:
+    def _on_patience(self, idx: int, v: _Visitor, now: float) -> None:
+        if self._started[idx] or v.idx != idx:
             return
+        openid = v.openid
         res = self.res
         res.outcome[idx] = ABANDONED
         res.wait[idx] = now - res.arrival_t[idx]
         res.end_t = max(res.end_t, now)
-        self._finish_arrival(openid, idx, ABANDONED)
+        self._finish_arrival(v, idx, ABANDONED)
         self._waiting -= 1
         self._mark_timeline(now)
         self.wechat.leave(openid)
@@ -600,6 +629,7 @@ class Simulation:
         sid: int
         idx: int
         who: str
+        visitor: _Visitor
         agent: str
         while rec is not None or heap:
             if rec is not None and (
@@ -619,11 +649,11 @@ class Simulation:
                 now, prio, _seq, item = heappop(heap)
                 self.now = now
                 if prio == P_END:
-                    sid, who = item  # type: ignore[misc]
-                    self._on_session_end(sid, who, now)
+                    sid, visitor = item  # type: ignore[misc]
+                    self._on_session_end(sid, visitor, now)
                 elif prio == P_PATIENCE:
-                    idx, who = item  # type: ignore[misc]
-                    self._on_patience(idx, who, now)
+                    idx, visitor = item  # type: ignore[misc]
+                    self._on_patience(idx, visitor, now)
                 elif prio == P_ANSWER:
                     who, agent = item  # type: ignore[misc]
                     event = self._answer_create(who, agent, now)
