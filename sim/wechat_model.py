@@ -11,7 +11,9 @@ Behaviour follows spec §10 (emulation guidance); every uncertain point is a ``F
 The session operations have bare-result cores that hold the rules (``create_errcode``, ``close_errcode``
 -> errcode int; ``transfer_result``, ``leave_result`` -> result string), which the JSON methods wrap; the
 offline simulator calls the cores. The hot paths used by the simulator (those cores, ``customer_message``,
-``set_agent``) are O(1) apart from WeChat's own auto-accept (off by default), which scans the wait list.
+``set_agent``) are O(1) (amortized) apart from WeChat's own auto-accept (off by default), which scans the
+wait list; per customer they allocate one wait-list record and reach the set of every openid ever seen
+only in batches (see ``known``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ MAX_HEADIMG_BYTES = 5 * 1024 * 1024  # spec §2.4
 INVITE_TTL_S = 7 * 86_400  # [INF] how long an invitation stays "waiting"
 TYPING_INTERACTION_S = 30.0  # spec §6.2
 TYPING_LASTS_S = 15.0
+SEEN_BATCH = 1024  # openids seen lately, folded into ``known`` together
 MSG_TYPES = frozenset(
     {
         "text",
@@ -89,20 +92,31 @@ class _Agent:
     invite_status: str = ""
     status: int = 0  # bitmask: 1 = web/PC, 2 = mobile (legacy); 0 = offline
     auto_accept: int = 0
-    sessions: dict[str, None] = field(factory=dict)  # openids in acceptance order
+    # the agent's sessions: openid -> when it began (unix s; ``createtime`` is its int), acceptance order
+    sessions: dict[str, float] = field(factory=dict)
 
 
-@define(slots=True)
-class _Session:
-    kf_account: str
-    createtime: int
-    last_activity: float
+class _Waiting(float):
+    """A customer on the wait list, pinned to no agent: the arrival time itself (a float, so that the
+    simulator's once-per-customer record is one small object outside the garbage collector's lists)."""
 
-
-@define(slots=True)
-class _Waiting:
-    arrived: float
+    __slots__ = ()
     pinned: str | None = None
+
+    @property
+    def arrived(self) -> float:
+        return float(self)
+
+
+class _PinnedWaiting(_Waiting):
+    """A customer waiting for one agent (a transfer with TransInfo): ``pinned`` is its kf_account."""
+
+    __slots__ = ("pinned",)
+
+    def __new__(cls, arrived: float, pinned: str) -> _PinnedWaiting:
+        self = super().__new__(cls, arrived)
+        self.pinned = pinned
+        return self
 
 
 @define(slots=True)
@@ -150,9 +164,18 @@ class WeChatModel:
 
     def _reset_state(self) -> None:
         self.agents: dict[str, _Agent] = {}
-        self.sessions: dict[str, _Session] = {}
+        self.sessions: dict[str, _Agent] = {}  # openid -> the agent serving them (start: agent.sessions)
         self.waiting: dict[str, _Waiting] = {}  # arrival order
-        self.known: set[str] = set()  # openids the account has seen (``check_openid``)
+        # openids the account has seen (``check_openid``; read them through ``known``): a transfer appends
+        # to the short list _seen_lately, folded into the set in batches, because an add into a set of
+        # every openid ever seen is a cache miss, and most openids are only ever looked up on the wait list
+        self._known: set[str] = set()
+        self._seen_lately: list[str] = []
+        # openids in a session whose customer wrote since it began (absent: the session's start)
+        self._last_activity: dict[str, float] = {}
+        # openids in a session begun while check_openid was off and not known then: close checks
+        # ``known`` only for these and for openids in no session (everyone else was known at the start)
+        self._strangers: set[str] = set()
         self.customers: dict[str, _Customer] = {}  # known openids with state; absent = a fresh _Customer
         self.records: list[Json] = []  # getmsglist records; msgid = index + 1
         self.sent: dict[str, list[Json]] = {}  # custom/send and passive replies per openid
@@ -164,6 +187,17 @@ class WeChatModel:
         self._next_msg_id = 24_000_000_000_000_001
         self.tokens = TokenBook(self.options, self.rng, self.err)
         self._rate: dict[str, tuple[int, int, int, int]] = {}  # ep -> (minute, n, day, n)
+
+    @property
+    def known(self) -> set[str]:
+        """The openids the account has seen (``check_openid``)."""
+        if self._seen_lately:
+            self._fold_seen()
+        return self._known
+
+    def _fold_seen(self) -> None:
+        self._known.update(self._seen_lately)
+        self._seen_lately.clear()
 
     def reset(self) -> None:
         """Forget everything (accounts, sessions, tokens, counters, faults); keep options and credentials."""
@@ -360,9 +394,9 @@ class WeChatModel:
         for openid in list(agent.sessions):
             self._end_session(openid, now, push=True)
         del self.agents[agent.kf_account]
-        for w in self.waiting.values():
+        for openid, w in self.waiting.items():
             if w.pinned == agent.kf_account:
-                w.pinned = None
+                self.waiting[openid] = _Waiting(w)  # same key: the customer keeps their place
         return self.ok()
 
     def upload_headimg(
@@ -482,10 +516,16 @@ class WeChatModel:
     def create_errcode(self, kf_account: object, openid: object, now: float, via: str = "api") -> int:
         """``create_session``'s decision as a bare errcode (0 = the session exists), with the same
         effects: the rules live here, ``create_session`` only wraps the answer in JSON."""
-        # The simulator's hot path (once per customer): the checks of _unknown_openid and _bound inline.
+        # The simulator's hot path (once per customer): _unknown_openid, _bound and _start_session inline;
+        # WeChat has seen everyone on its wait list, so the big ``known`` set is read only for others.
         opts = self.options
         agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
-        if not isinstance(openid, str) or not openid or (opts.check_openid and openid not in self.known):
+        waiting = self.waiting
+        if (
+            not isinstance(openid, str)
+            or not openid
+            or (opts.check_openid and openid not in waiting and openid not in self.known)
+        ):
             code = 40003
         elif agent is None:
             code = 65401
@@ -494,31 +534,39 @@ class WeChatModel:
         elif agent.status == 0 and opts.create_offline_error:
             code = opts.create_offline_error
         else:
-            current = self.sessions.get(openid)
-            if current is None:
+            serving = self.sessions.get(openid)
+            if serving is None:
                 code = 0
-                self._start_session(agent, openid, now, via != "api" or opts.push_events_on_api_actions)
+                waiting.pop(openid, None)
+                if not opts.check_openid and openid not in self.known:
+                    self._strangers.add(openid)
+                self.sessions[openid] = agent
+                agent.sessions[openid] = now
+                if via != "api" or opts.push_events_on_api_actions:
+                    self._push_event(openid, now, "kf_create_session", kf_account=agent.kf_account)
             else:
-                code = 0 if current.kf_account == agent.kf_account else 65414
+                code = 0 if serving is agent else 65414
         if self.history and via == "api":
             self.create_log.append({"time": now, "kf_account": kf_account, "openid": openid, "errcode": code})
         return code
 
     def _start_session(self, agent: _Agent, openid: str, now: float, push: bool) -> None:
+        """``openid`` (on the wait list, so known) begins a session with ``agent``."""
         self.waiting.pop(openid, None)
-        # positional (kf_account, createtime, last_activity): attrs' __init__ without keyword matching
-        self.sessions[openid] = _Session(agent.kf_account, int(now), now)
-        agent.sessions[openid] = None
+        self.sessions[openid] = agent
+        agent.sessions[openid] = now
         if push:
             self._push_event(openid, now, "kf_create_session", kf_account=agent.kf_account)
 
     def _end_session(self, openid: str, now: float, *, push: bool) -> None:
-        sess = self.sessions.pop(openid)
-        agent = self.agents.get(sess.kf_account)
-        if agent is not None:
-            agent.sessions.pop(openid, None)
+        agent = self.sessions.pop(openid)
+        agent.sessions.pop(openid, None)
+        if self._last_activity:
+            self._last_activity.pop(openid, None)
+        if self._strangers:
+            self._strangers.discard(openid)
         if push:
-            self._push_event(openid, now, "kf_close_session", kf_account=sess.kf_account)
+            self._push_event(openid, now, "kf_close_session", kf_account=agent.kf_account)
 
     def close_session(self, kf_account: object, openid: object, now: float, *, via: str = "api") -> Json:
         """``kfsession/close`` or (``via='agent'``) the agent closing it in their client."""
@@ -527,47 +575,51 @@ class WeChatModel:
 
     def close_errcode(self, kf_account: object, openid: object, now: float, via: str = "api") -> int:
         """``close_session``'s decision as a bare errcode (0 = closed), with the same effects."""
-        # The simulator's hot path (once per customer): the helpers' checks inline.
+        # The simulator's hot path (once per customer): the helpers' checks inline; ``known`` is read only
+        # for openids in no session or in one begun while unknown (see _strangers); the agent serving the
+        # session is the one asked for (an account in ``agents``) unless the close is refused.
         opts = self.options
-        if not isinstance(openid, str) or not openid or (opts.check_openid and openid not in self.known):
+        if not isinstance(openid, str) or not openid:
             return 40003
-        agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
-        if agent is None:
-            return 65401
-        sess = self.sessions.get(openid)
-        if sess is None:
-            return 65413
-        if sess.kf_account != agent.kf_account:
-            return 65414
+        serving = self.sessions.get(openid)
+        if opts.check_openid and (serving is None or openid in self._strangers) and openid not in self.known:
+            return 40003
+        if serving is None or serving.kf_account != kf_account:  # the refusals, in WeChat's order
+            agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
+            if agent is None:
+                return 65401
+            return 65413 if serving is None else 65414
         if via != "api" or opts.push_events_on_api_actions:
             self._end_session(openid, now, push=True)
-        else:  # _end_session without a push: the agent here is the session's own
+        else:  # _end_session without a push, inline
             del self.sessions[openid]
-            agent.sessions.pop(openid, None)
+            del serving.sessions[openid]
+            if self._last_activity:
+                self._last_activity.pop(openid, None)
+            if self._strangers:
+                self._strangers.discard(openid)
         if opts.wechat_auto_accept and self.waiting:
             self._auto_assign(now)
         return 0
 
     def switch_session(self, openid: str, to_kf_account: str, now: float) -> Json:
         """An agent hands the customer to another agent in their client: kf_switch_session."""
-        sess = self.sessions.get(openid)
-        if sess is None:
+        src = self.sessions.get(openid)
+        if src is None:
             return self.err(65413)
         target = self.agents.get(to_kf_account)
         if target is None:
             return self.err(65401)
         if not self._bound(target):
             return self.err(65402)
-        if sess.kf_account == to_kf_account:
+        if src.kf_account == to_kf_account:
             return self.err(65414, "already served by this agent")
-        src = self.agents.get(sess.kf_account)
-        if src is not None:
-            src.sessions.pop(openid, None)
-        from_kf = sess.kf_account
-        sess.kf_account, sess.createtime, sess.last_activity = to_kf_account, int(now), now
-        target.sessions[openid] = None
+        src.sessions.pop(openid, None)
+        self.sessions[openid] = target  # same key: the session keeps its place; it begins anew
+        target.sessions[openid] = now
+        self._last_activity.pop(openid, None)
         self._push_event(
-            openid, now, "kf_switch_session", from_kf_account=from_kf, to_kf_account=to_kf_account
+            openid, now, "kf_switch_session", from_kf_account=src.kf_account, to_kf_account=to_kf_account
         )
         self._auto_assign(now)
         return self.ok()
@@ -576,10 +628,10 @@ class WeChatModel:
         if self._unknown_openid(openid):
             return self.err(40003)
         assert isinstance(openid, str)
-        sess = self.sessions.get(openid)
+        agent = self.sessions.get(openid)
         out: Json = (
-            {"createtime": sess.createtime, "kf_account": sess.kf_account}
-            if sess is not None
+            {"createtime": int(agent.sessions[openid]), "kf_account": agent.kf_account}
+            if agent is not None
             else {"createtime": self.options.no_session_createtime, "kf_account": ""}
         )
         if self.options.getsession_include_errcode:
@@ -594,8 +646,8 @@ class WeChatModel:
             return self.err(65402)
         return {
             "sessionlist": [
-                {"createtime": self.sessions[o].createtime, "openid": o}
-                for o in agent.sessions
+                {"createtime": int(since), "openid": o}
+                for o, since in agent.sessions.items()
                 if o in self.sessions
             ]
         }
@@ -722,7 +774,7 @@ class WeChatModel:
         cust = self.customers.get(openid)
         if cust is None:
             cust = self.customers[openid] = _Customer()
-            self.known.add(openid)
+            self._known.add(openid)
         return cust
 
     def follow(self, openid: str, now: float) -> Json:
@@ -765,15 +817,16 @@ class WeChatModel:
             cust.window_start, cust.window_used = now, 0
         msg_id = self._next_msg_id
         self._next_msg_id += 1
-        sess = self.sessions.get(openid)
-        if sess is not None:
+        agent = self.sessions.get(openid)
+        if agent is not None:
             idle = opts.forward_idle_s
-            if idle is None or now - sess.last_activity <= idle:
-                sess.last_activity = now
+            last = self._last_activity.get(openid)
+            if idle is None or now - (agent.sessions[openid] if last is None else last) <= idle:
+                self._last_activity[openid] = now
                 self._record(
-                    openid, 2003, text if msgtype == "text" else f"[{msgtype}]", sess.kf_account, now
+                    openid, 2003, text if msgtype == "text" else f"[{msgtype}]", agent.kf_account, now
                 )
-                return {"routed": "agent", "kf_account": sess.kf_account, "msg_id": msg_id}
+                return {"routed": "agent", "kf_account": agent.kf_account, "msg_id": msg_id}
             self._end_session(openid, now, push=True)  # [INF] forwarding lapsed: the session is over
             self._auto_assign(now)
         self.outbox.append(
@@ -789,15 +842,20 @@ class WeChatModel:
     def transfer_result(self, openid: str, now: float, kf_account: str | None = None) -> str:
         """``transfer``'s outcome as a bare string: ``in_session`` or ``waiting``."""
         # The simulator's hot path (once per customer): the openid only becomes known (no _Customer
-        # until it has window state, see _customer); _auto_assign's test inline.
+        # until it has window state, see _customer); an unpinned waiter's record is a float (_Waiting);
+        # _auto_assign's test inline.
         if openid in self.sessions:
             return "in_session"
-        self.known.add(openid)
-        w = self.waiting.get(openid)
-        if w is None:
-            self.waiting[openid] = _Waiting(now, kf_account)  # (arrived, pinned)
-        elif kf_account is not None:
-            w.pinned = kf_account
+        seen = self._seen_lately
+        seen.append(openid)
+        if len(seen) >= SEEN_BATCH:
+            self._fold_seen()
+        waiting = self.waiting
+        if kf_account is not None:  # a new pin; someone already waiting keeps their arrival and place
+            w = waiting.get(openid)
+            waiting[openid] = _PinnedWaiting(now if w is None else w.arrived, kf_account)
+        elif openid not in waiting:
+            waiting[openid] = _Waiting(now)
         if self.options.wechat_auto_accept:
             self._auto_assign(now)
             if openid in self.sessions:
@@ -924,8 +982,8 @@ class WeChatModel:
             "now": now,
             "agents": [self.agent_json(a) for a in self.agents.values()],
             "sessions": [
-                {"openid": o, "kf_account": s.kf_account, "createtime": s.createtime}
-                for o, s in self.sessions.items()
+                {"openid": o, "kf_account": a.kf_account, "createtime": int(a.sessions[o])}
+                for o, a in self.sessions.items()
             ],
             "waiting": [
                 {"openid": o, "arrived": w.arrived, "pinned": w.pinned} for o, w in self.waiting.items()

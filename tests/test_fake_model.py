@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from sim import fake_options as fo
 from sim.fake_options import FakeOptions, Fault
-from sim.wechat_model import WeChatModel
+from sim.wechat_model import SEEN_BATCH, WeChatModel
 
 T0 = 1_700_000_000.0
 
@@ -261,11 +261,15 @@ def test_delete_ends_sessions_with_close_events_and_unpins() -> None:
     customer(m, "u2")
     assert code(m.create_session("a1@test", "u1", T0)) == 0
     m.transfer("u2", T0, "a1@test")
+    m.transfer("u3", T0 + 1)
     m.drain_outbox()
     assert code(m.delete_account("a1@test", T0 + 5)) == 0
     assert m.sessions == {}
     assert [(p.event, p.kf_account) for p in m.drain_outbox()] == [("kf_close_session", "a1@test")]
-    assert m.waiting["u2"].pinned is None
+    assert [(o, w.arrived, w.pinned) for o, w in m.waiting.items()] == [
+        ("u2", T0, None),
+        ("u3", T0 + 1, None),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -402,6 +406,37 @@ def test_check_openid_switch() -> None:
     assert code(m.create_session("a1@test", "never-seen", T0)) == 0
 
 
+def test_a_session_begun_for_an_unseen_openid_stays_unknown_when_the_check_comes_back() -> None:
+    m = make(check_openid=False)
+    with_agents(m, "a1@test")
+    customer(m, "u1")
+    assert code(m.create_session("a1@test", "ghost", T0)) == 0
+    assert code(m.create_session("a1@test", "u1", T0)) == 0
+    m.options.check_openid = True
+    assert code(m.get_session("ghost")) == 40003
+    assert m.close_errcode("a1@test", "ghost", T0 + 1) == 40003  # in a session, yet never seen
+    assert m.close_errcode("a1@test", "u1", T0 + 1) == 0
+    customer(m, "ghost", T0 + 2)  # the user writes: now WeChat knows them
+    assert m.close_errcode("a1@test", "ghost", T0 + 3) == 0 and m.sessions == {}
+
+
+def test_every_openid_a_transfer_saw_is_known_across_batches() -> None:
+    m = make(push_events_on_api_actions=False)
+    with_agents(m, "a1@test")
+    openids = [f"u{i}" for i in range(SEEN_BATCH + 5)]
+    for openid in openids:
+        assert m.transfer_result(openid, T0) == "waiting"
+        assert m.leave_result(openid) == "left"
+    assert m.waiting == {} and m.known == set(openids)
+    for openid in (openids[0], openids[SEEN_BATCH], openids[-1]):  # known, though no longer waiting
+        assert m.create_errcode("a1@test", openid, T0 + 1) == 0
+        assert m.close_errcode("a1@test", openid, T0 + 2) == 0
+    assert m.create_errcode("a1@test", "never-seen", T0 + 3) == 40003
+    assert m.close_errcode("a1@test", "never-seen", T0 + 3) == 40003
+    m.reset()
+    assert m.known == set()
+
+
 def test_create_takes_the_customer_off_the_wait_list() -> None:
     m = make()
     with_agents(m, "a1@test")
@@ -515,6 +550,25 @@ def test_forwarding_lapses_after_idle_and_closes_the_session() -> None:
     assert "u1" not in m.sessions
 
 
+@pytest.mark.parametrize("pushes", [True, False])
+def test_forwarding_idle_counts_from_the_last_message_of_this_session_only(pushes: bool) -> None:
+    m = make(forward_idle_s=100.0, push_events_on_api_actions=pushes)
+    with_agents(m, "a1@test", "a2@test")
+    customer(m, "u1")
+    m.create_session("a1@test", "u1", T0)
+    assert m.customer_message("u1", T0 + 90, "still here")["routed"] == "agent"
+    assert m.customer_message("u1", T0 + 180, "and here")["routed"] == "agent"  # 90 s after the last
+    assert code(m.close_session("a1@test", "u1", T0 + 181)) == 0
+    m.create_session("a1@test", "u1", T0 + 500)  # a new session: the old messages do not count
+    assert m.customer_message("u1", T0 + 590, "hi again")["routed"] == "agent"
+    assert code(m.switch_session("u1", "a2@test", T0 + 650)) == 0  # the switch starts the clock anew
+    assert m.get_session("u1") == {"createtime": int(T0 + 650), "kf_account": "a2@test"}
+    assert m.get_session_list("a2@test") == {"sessionlist": [{"createtime": int(T0 + 650), "openid": "u1"}]}
+    assert m.customer_message("u1", T0 + 740, "there?")["routed"] == "agent"
+    assert m.customer_message("u1", T0 + 841, "hello?")["routed"] == "webhook"
+    assert "u1" not in m.sessions and m.agents["a2@test"].sessions == {}
+
+
 def test_msg_ids_are_unique_and_increasing() -> None:
     m = make()
     ids = [m.customer_message("u1", T0 + i, str(i))["msg_id"] for i in range(5)]
@@ -528,6 +582,13 @@ def test_transfer_while_in_session_is_ignored_and_pin_updates() -> None:
     m.transfer("u1", T0)
     m.transfer("u1", T0 + 10, "a1@test")
     assert m.waiting["u1"].arrived == T0 and m.waiting["u1"].pinned == "a1@test"
+    m.transfer("u2", T0 + 20)
+    m.transfer("u1", T0 + 21, "a2@test")  # a new pin: same place, same arrival
+    m.transfer("u1", T0 + 22)  # no TransInfo: the pin stays
+    assert [(o, w.arrived, w.pinned) for o, w in m.waiting.items()] == [
+        ("u1", T0, "a2@test"),
+        ("u2", T0 + 20, None),
+    ]
     m.create_session("a1@test", "u1", T0 + 11)
     assert m.transfer("u1", T0 + 12) == {"result": "in_session"}
     assert "u1" not in m.waiting

@@ -41,6 +41,8 @@ def test_leave_takes_the_customer_off_the_wait_list() -> None:
     w.leave("u1")
     w.leave("u3")  # never waited: nothing happens
     assert list(w.model.waiting) == ["u2"]
+    assert w.create("a1@sim", "u1", 3.0) == 0  # gone from the wait list, but WeChat has seen them
+    assert w.create("a1@sim", "u3", 3.0) == 40003
 
 
 def test_agent_names_of_any_shape_get_an_account() -> None:
