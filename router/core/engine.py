@@ -160,7 +160,6 @@ class _Customer:
         "session_started_at",
         "state",
         "tags",
-        "text",
         "with_agent",
     )
 
@@ -173,7 +172,6 @@ class _Customer:
         group: str | None = None,
         priority: int = 0,
         arrived_at: float = 0.0,
-        text: str = "",
         preferred_agent: str | None = None,
         tags: frozenset[str] = frozenset(),
     ) -> None:
@@ -187,7 +185,6 @@ class _Customer:
         self.priority = priority
         self.arrived_at = arrived_at
         self.key: tuple[int, int] = (0, 0)  # queue key: (-priority or 0, arrival sequence)
-        self.text = text
         self.preferred_agent = preferred_agent
         self.preferred_until = -math.inf  # waits for preferred_agent alone until then
         self.tags = tags
@@ -419,7 +416,6 @@ class Engine:
             group,
             e.priority,
             now if e.arrived_at is None else e.arrived_at,
-            e.text,
             e.preferred_agent,
             e.tags,
         )
