@@ -12,7 +12,10 @@ under (one per kept order, in the pool's order list) and the groups it was count
 depends on the agent's current (already changed) fields, and a change that leaves every key as it was costs
 no index work at all (a reservation confirmed into a session does not even look). An order's indices are
 built the first time a policy asks for that order, so a deployment that only uses least-load keeps one
-sorted list per group, not three.
+sorted list per group, not three. With least-load's index the only one kept, the two changes of nearly
+every customer (an agent takes its last free unit; a full agent gets one unit back) are applied inline by
+``reserve`` and ``add_sessions`` from the capacity and free capacity recorded for the agent; every other
+change goes through ``_update``, the one place that works out what an agent's fields mean.
 """
 
 from __future__ import annotations
@@ -101,9 +104,11 @@ class Pool:
         # group -> order -> sorted list of index keys. Plain lists kept sorted with bisect: an index holds
         # only free agents (WeChat allows 100 kf accounts per account), so inserting into or deleting from
         # a list costs less than a SortedList's bookkeeping.
-        self._index: dict[str | None, dict[Order, list[IndexKey]]] = {}
-        self._free: dict[str | None, int] = {}  # group -> number of free agents
-        self._totals: dict[str | None, list[int]] = {}  # group -> [capacity, free capacity] of serving agents
+        self._index: dict[str | None, dict[Order, list[IndexKey]]] = {None: {}}
+        self._free: dict[str | None, int] = {None: 0}  # group -> number of free agents
+        self._totals: dict[str | None, list[int]] = {None: [0, 0]}  # group -> [capacity, free capacity]
+        # (of the serving agents). None and every group an agent was ever placed in have their entry in all
+        # three from then on (made by _place), so the hot paths index them directly.
 
     # ----------------------------------------------------------------- reading (the PoolView protocol)
 
@@ -167,12 +172,12 @@ class Pool:
     ) -> str | None:
         """The best free agent of ``group`` by ``order`` not in ``exclude``, or None: the head of
         ``free_agents`` without making an iterator when nobody is excluded (every least-load pick)."""
-        if exclude or order not in self._orders:
+        if exclude:
             return next(self.free_agents(group, order, exclude), None)
-        idx = self._index.get(group)
-        if idx is None:
-            return None
-        entries = idx[order]
+        try:
+            entries = self._index[group][order]
+        except KeyError:  # a group nobody was ever placed in, or an order not kept yet
+            return next(self.free_agents(group, order), None)
         return entries[0][-1] if entries else None  # type: ignore[return-value]
 
     # ----------------------------------------------------------------- mutation (engine only)
@@ -227,8 +232,23 @@ class Pool:
         if a is None:
             raise UnknownAgentError(kf_account, "add_sessions")
         n = a.sessions + delta
-        a.sessions = n if n > 0 else 0
-        self._update(a)
+        if n < 0:
+            n = 0
+        a.sessions = n
+        cap = a.cap_in
+        if a.spare_in or n + a.reserved != cap - 1 or not self._load_only:
+            self._update(a)
+            return
+        # A full agent is left with exactly one free unit (a session ended) and least-load's is the only index
+        # kept: what _update would do, inline (see _update's note on cap_in and spare_in).
+        load = cap - 1
+        key = (load / cap, load, a.last_assigned_at, a.kf_account)
+        a.indexed = (key,)
+        a.spare_in = 1
+        for group in a.where:
+            self._totals[group][1] += 1
+            self._free[group] += 1
+            insort(self._index[group]["load"], key)
 
     def set_sessions(self, kf_account: str, count: int) -> None:
         a = self._require(kf_account, "set_sessions")
@@ -241,16 +261,32 @@ class Pool:
             raise UnknownAgentError(kf_account, "reserve")
         a.reserved += 1
         a.last_assigned_at = now
-        self._update(a)
+        if a.spare_in != 1 or not self._load_only:
+            self._update(a)
+            return
+        # It took its last free unit and least-load's is the only index kept: what _update would do, inline
+        # (see _update's note on spare_in).
+        key = a.indexed[0]  # type: ignore[index]
+        a.indexed = None
+        a.spare_in = 0
+        for group in a.where:
+            self._totals[group][1] -= 1
+            self._free[group] -= 1
+            lst = self._index[group]["load"]
+            if lst[0] is key:  # least-load reserves the head it picked (the index holds this very tuple)
+                del lst[0]
+            else:
+                _remove(lst, key)
 
     def unreserve(self, kf_account: str, *, confirmed: bool) -> None:
         """End one reservation; when ``confirmed`` it turns into an open session."""
         a = self._agents.get(kf_account)
         if a is None:  # the agent was removed while the reservation was pending
             return
-        if confirmed and a.reserved > 0:
+        reserved = a.reserved
+        if confirmed and reserved > 0:
             # the reservation becomes a session: load, capacity and keys stay as they are
-            a.reserved -= 1
+            a.reserved = reserved - 1
             a.sessions += 1
             return
         a.reserved = a.reserved - 1 if a.reserved > 0 else 0
@@ -309,7 +345,13 @@ class Pool:
 
     def _update(self, a: _Agent) -> None:
         """Bring the indices and totals in line with ``a``'s current fields, touching only what changed.
-        Runs on every reservation and session change, hence _capacity and (least-load alone) _keys inline."""
+        Runs on every change the fast paths of reserve and add_sessions do not cover, hence _capacity and
+        (least-load alone) _keys inline.
+
+        What it leaves behind, and those fast paths rely on: ``cap_in`` is ``a``'s capacity while it serves
+        (0 otherwise), ``spare_in`` its free capacity, and ``spare_in > 0`` exactly when it is indexed. Only
+        configure and update_from_wechat change capacity, status or groups, and both call _update, so a
+        change of load alone can be applied from ``cap_in`` and ``spare_in`` without recomputing anything."""
         if a.status != 0 and not a.paused:
             cap = a.local_max
             if cap is None:
@@ -321,14 +363,11 @@ class Pool:
         if a.placed is not a.groups and a.placed != a.groups:
             # group membership changed: take everything out, put it back
             self._take_out(a)
-            a.placed = a.groups
-            a.where = (None, *a.groups)
+            self._place(a)
         if cap != a.cap_in or spare != a.spare_in:
             totals = self._totals
             for group in a.where:
-                t = totals.get(group)
-                if t is None:
-                    t = totals[group] = [0, 0]
+                t = totals[group]
                 t[0] += cap - a.cap_in
                 t[1] += spare - a.spare_in
             a.cap_in = cap
@@ -346,11 +385,9 @@ class Pool:
         free = self._free
         load_only = self._load_only
         for group in a.where:
-            idx = self._index.get(group)
-            if idx is None:
-                idx = self._index[group] = {order: [] for order in self._orders}
+            idx = self._index[group]
             if old is None:
-                free[group] = free.get(group, 0) + 1
+                free[group] += 1
             elif keys is None:
                 free[group] -= 1
             if load_only:  # the loop below, for the one order least-load keeps, _remove inline
@@ -370,6 +407,16 @@ class Pool:
                 if keys is not None:
                     insort(lst, keys[i])
         a.indexed = keys
+
+    def _place(self, a: _Agent) -> None:
+        """Count ``a`` (taken out) in its current groups from now on; make their entries if they are new."""
+        a.placed = a.groups
+        a.where = (None, *a.groups)
+        for group in a.groups:
+            if group not in self._index:
+                self._index[group] = {order: [] for order in self._orders}
+                self._free[group] = 0
+                self._totals[group] = [0, 0]
 
     def _take_out(self, a: _Agent) -> None:
         """Remove what ``a`` added to the indices and totals (as recorded when it was added)."""
@@ -410,7 +457,8 @@ class Pool:
         for a in self._agents.values():
             free = self._is_free(a)
             assert (a.indexed is not None) == free, a.kf_account
-            assert a.placed == a.groups and a.where == (None, *a.groups), a.kf_account
+            # (equal groups may iterate in another order than those ``where`` was made from)
+            assert a.placed == a.groups and a.where[0] is None and set(a.where[1:]) == a.groups, a.kf_account
             if free:
                 assert a.indexed == self._keys(a), a.kf_account
                 for group in (None, *a.groups):
