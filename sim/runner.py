@@ -232,7 +232,6 @@ class Simulation:
         self._seq = 0
         self._ticks_at: set[float] = set()
         self._visitors: dict[str, _Visitor] = {}  # every customer of the run
-        self._sid = 0
         self._n = 0  # arrivals so far (the per-arrival lists are longer while the run goes: _grow)
         self._started: bytearray = bytearray()  # 1 once an arrival got a session
         self._remaining: list[float] = []  # service still owed to each arrival
@@ -369,7 +368,9 @@ class Simulation:
         st.sessions += 1
         if st.sessions > st.max_sessions:
             res.capacity_violations += 1
-        sid = self._sid = self._sid + 1
+        # the session's id is the sequence number of its end in the heap: the end is stale if the
+        # customer's session has changed since (closed through the API, maybe reopened)
+        sid = self._seq = self._seq + 1
         idx = v.idx
         v.sid = sid
         v.agent = agent
@@ -379,10 +380,9 @@ class Simulation:
             # the customer is no longer here (a create answer arrived after their patience ran out):
             # the agent finds nobody and the session ends at once
             res.ghost_sessions += 1
-            self._push(now, P_END, (sid, v))
+            heapq.heappush(self._heap, (now, P_END, sid, v))
             return
-        self._seq += 1  # _push, inline: once per session
-        heapq.heappush(self._heap, (now + self._remaining[idx], P_END, self._seq, (sid, v)))
+        heapq.heappush(self._heap, (now + self._remaining[idx], P_END, sid, v))
         if self._started[idx]:
             res.reassignments += 1  # moved by the engine: the service goes on with this agent
             return
@@ -626,7 +626,6 @@ class Simulation:
         ticks_at = self._ticks_at
         next_deadline = engine.next_deadline
         inf = math.inf
-        sid: int
         idx: int
         who: str
         visitor: _Visitor
@@ -646,11 +645,10 @@ class Simulation:
                     self._on_agent_offline(rec, now)
                 rec = next(records, None)
             else:
-                now, prio, _seq, item = heappop(heap)
+                now, prio, seq, item = heappop(heap)
                 self.now = now
                 if prio == P_END:
-                    sid, visitor = item  # type: ignore[misc]
-                    self._on_session_end(sid, visitor, now)
+                    self._on_session_end(seq, item, now)  # type: ignore[arg-type]
                 elif prio == P_PATIENCE:
                     idx, visitor = item  # type: ignore[misc]
                     self._on_patience(idx, visitor, now)
