@@ -176,9 +176,9 @@ def engine_config(policy_obj: object, cfg: RunConfig, groups: Iterable[str]) -> 
 
 class _Visitor:
     """The replay's record of one customer, kept for the whole run (one table lookup per step instead of
-    one per question). ``idx``: index of their current arrival (-1: not in the system); ``sid`` (0: none),
-    ``agent``, ``start``, ``sess_idx``: their open session and the arrival it serves (-1: a ghost session,
-    opened after they left); ``outcome`` and ``last_agent``: of their last finished arrival and last
+    one per question). ``idx``: index of their current arrival (-1: not in the system); ``sid`` (0: none;
+    else the heap sequence number of the session's end), ``agent``, ``start``, ``sess_idx``: their open
+    session and the arrival it serves (-1: a ghost session, opened after they left); ``outcome`` and ``last_agent``: of their last finished arrival and last
     session (None before any)."""
 
     __slots__ = ("agent", "idx", "last_agent", "openid", "outcome", "sess_idx", "sid", "start")
