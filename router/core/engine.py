@@ -663,16 +663,7 @@ class Engine:
         """The session of ``c`` with ``kf`` is closed: the customer leaves, or is routed again."""
         if count:
             self._pool.add_sessions(kf, -1)
-        # _leave_session, inline (once per session)
-        held = self._sessions_by_agent[kf]
-        held.discard(c.openid)
-        if not held:
-            del self._sessions_by_agent[kf]
-            self._offline_since.pop(kf, None)
-        if self.config.stale_session_s is not None:
-            self._session_starts.discard((c.session_started_at, c.openid))
-        c.with_agent = None
-        c.session_started_at = math.nan
+        self._leave_session(c)
         self._history[c.openid] = (kf, now)  # _set_history, inline
         self._history.move_to_end(c.openid)
         if c.closing != "reroute":
