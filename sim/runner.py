@@ -420,7 +420,7 @@ class Simulation:
         v.outcome = outcome
 
     def _on_session_end(self, sid: int, v: _Visitor, now: float) -> None:
-        # once per session: _end_session's bookkeeping, _finish_arrival and _feed inline
+        # once per session: _end_session's bookkeeping and _finish_arrival inline
         if v.sid != sid:
             return  # closed earlier through the API
         openid = v.openid
@@ -442,20 +442,7 @@ class Simulation:
                 v.idx = -1
             v.outcome = SERVED
             v.last_agent = agent
-        event = ev.session_closed(openid, agent)
-        engine = self.engine
-        assert engine is not None
-        try:
-            cmds = engine.handle(event, now)
-            if self.eta is not None:
-                self.eta.observe(event, now, engine)
-        except CoreError as exc:
-            raise SimError(f"t={now:.6f}: the engine refused the end of {openid}'s session: {exc}") from exc
-        res.events += 1
-        if cmds:
-            self._apply(cmds, now)
-        if self._check_engine:
-            engine.check()
+        self._feed(ev.session_closed(openid, agent), now, "the end of {}'s session", openid)
 
     # ------------------------------------------------------------------------------------ trace records
 
@@ -471,7 +458,7 @@ class Simulation:
         self._remaining.extend([0.0] * _CHUNK)
 
     def _on_arrival(self, rec: Arrival, now: float) -> None:
-        # once per customer: attributes read once into locals, _feed inline
+        # once per customer: attributes read once into locals
         res = self.res
         customer = rec.customer
         group = rec.group
@@ -515,19 +502,7 @@ class Simulation:
             preferred,
             _NO_TAGS if not tags else frozenset(tags),
         )
-        engine = self.engine
-        assert engine is not None
-        try:
-            cmds = engine.handle(event, now)
-            if self.eta is not None:
-                self.eta.observe(event, now, engine)
-        except CoreError as exc:
-            raise SimError(f"t={now:.6f}: the engine refused the arrival of {customer!r}: {exc}") from exc
-        res.events += 1
-        if cmds:
-            self._apply(cmds, now)
-        if self._check_engine:
-            engine.check()
+        self._feed(event, now, "the arrival of {!r}", customer)
 
     def _on_patience(self, idx: int, v: _Visitor, now: float) -> None:
         if self._started[idx] or v.idx != idx:
