@@ -244,6 +244,56 @@ def test_sticky_returns_customer_to_last_agent() -> None:
     assert creates(e.handle(CustomerRequested(openid="o1"), 10.0)) == [("o1", "b@x")]
 
 
+def test_history_survives_a_visit_without_a_session() -> None:
+    # served by b, back, gives up while waiting, back again: the sticky policy still knows b
+    cfg = EngineConfig(default_capacity=1, default_route=Route(policy="sticky"))
+    e = Engine(cfg, {"sticky": load_policy("sticky")})
+    online(e, "b@x")
+    e.handle(CustomerRequested(openid="o1"), 1.0)
+    e.handle(SessionCreated(openid="o1", kf_account="b@x", source="api"), 1.0)
+    e.handle(SessionClosed(openid="o1", kf_account="b@x"), 5.0)
+    e.handle(CustomerRequested(openid="busy"), 6.0)  # b is taken: o1 waits on their second visit
+    assert e.handle(CustomerRequested(openid="o1"), 7.0) == []
+    assert e.history("o1") == ("b@x", 5.0)  # waiting: from the customer's own record
+    e.handle(CustomerLeft(openid="o1", reason="patience"), 9.0)
+    assert e.state("o1") is CustomerState.GONE and e.gone_reason("o1") == "left:patience"
+    assert e.history("o1") == ("b@x", 5.0)
+    assert e.handle(CustomerRequested(openid="o1"), 11.0) == []  # b still busy: waits for them
+    view = e.waiting_view("o1", 11.0)
+    assert view is not None and (view.last_agent, view.last_served_at) == ("b@x", 5.0)
+    e.check()
+
+
+def test_remember_keeps_the_latest_and_reaches_a_customer_present() -> None:
+    e = make_engine()
+    e.remember("o1", "a@x", 10.0)
+    e.remember("o1", "b@x", 5.0)  # older: ignored
+    assert e.history("o1") == ("a@x", 10.0)
+    assert e.state("o1") is CustomerState.UNKNOWN  # history alone is not a departure
+    e.handle(CustomerRequested(openid="o2"), 20.0)  # nobody online: o2 waits
+    e.remember("o2", "b@x", 15.0)
+    assert e.history("o2") == ("b@x", 15.0)
+    e.check()
+
+
+def test_tick_forgets_departures_older_than_the_sticky_window() -> None:
+    e = make_engine(sticky_window_s=100.0)
+    online(e, "a@x")
+    for t, openid in ((0.0, "o1"), (10.0, "o2"), (60.0, "o1")):  # o1 twice: its first entry is replaced
+        e.handle(CustomerRequested(openid=openid), t)
+        e.handle(SessionCreated(openid=openid, kf_account="a@x", source="api"), t)
+        e.handle(SessionClosed(openid=openid, kf_account="a@x"), t + 1.0)
+    e.tick(105.0)  # o1's first departure (t=1) is past the window, its second (t=61) is not
+    assert e.history("o1") == ("a@x", 61.0) and e.gone_reason("o1") == "served"
+    e.tick(112.0)
+    assert (e.state("o2"), e.gone_reason("o2"), e.history("o2")) == (CustomerState.UNKNOWN, None, None)
+    assert e.history("o1") == ("a@x", 61.0)
+    e.tick(162.0)
+    assert e.history("o1") is None
+    with pytest.raises(UnknownCustomerError):
+        e.handle(CustomerLeft(openid="o1", reason="cancelled"), 163.0)
+
+
 @pytest.mark.parametrize(
     ("make", "expected"),
     [

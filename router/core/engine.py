@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import ClassVar
 
@@ -59,7 +59,11 @@ _NOBODY: frozenset[str] = frozenset()
 # time); never written to: _avoid gives the customer a dict of their own first
 _AVOID_NOBODY: dict[str, float] = {}
 _ANY_GROUP: tuple[str | None, ...] = (None,)
-_GONE_MEMORY = 100_000  # how many departed customers' reasons the engine remembers
+
+# What the engine keeps of a customer who is no longer present: (last agent or None, end of their last
+# session or nan, why they left or None, openid, when the entry was written). A plain tuple: one is built
+# per customer on the hot path. The reason is None for history loaded by remember() alone.
+_Past = tuple[str | None, float, str | None, str, float]
 
 
 def _check_overflow(_inst: object, _attr: object, value: tuple[tuple[str, float], ...]) -> None:
@@ -149,6 +153,8 @@ class _Customer:
         "closing",
         "group",
         "key",
+        "last_agent",
+        "last_end",
         "openid",
         "policy",
         "preferred_agent",
@@ -196,6 +202,10 @@ class _Customer:
         # why we sent a CloseSession, if we did: "reroute" (route again once closed) or "stale"
         self.closing: str | None = None
         self.reroute_to: str | None = None  # ...to this agent (a manual reassignment), if given
+        # customer history: who served them last and when that session ended (carried over from an
+        # earlier visit, see Engine._past); the sticky window is applied when it is read
+        self.last_agent: str | None = None
+        self.last_end = math.nan
 
 
 class Engine:
@@ -239,17 +249,16 @@ class Engine:
         # times when a waiting customer's scope may widen: a heap (only ever added to and popped from the
         # front, so a heap does what a sorted list did, at a fraction of the cost)
         self._wakeups: list[float] = []
-        # openid -> (last agent, end of that session), oldest first: tick() forgets what sticky_window_s no
-        # longer reaches
-        self._history: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._sessions_by_agent: dict[str, set[str]] = {}  # kf_account -> openids in session with them
         self._session_starts: SortedList = SortedList()  # (started_at, openid), kept for stale sessions
         self._offline_since: dict[str, float] = {}  # agents that went offline with sessions open
-        # why customers left (the last _GONE_MEMORY of them): openid -> reason, and the openids in the order
-        # they were first added, to forget the oldest. A customer who comes back keeps their entry (state()
-        # and gone_reason() look at the customers present first) and it is overwritten when they leave again.
-        self._gone: dict[str, str] = {}
-        self._gone_order: deque[str] = deque()
+        # Customers no longer present: openid -> _Past (why they left, who served them last), one table for
+        # both so a departure costs one insert into a big table. A customer who comes back keeps their
+        # entry (the customers present are looked at first) and it is replaced when they leave again.
+        # ``_past_order`` holds the entries in the order they were written; tick() forgets those written
+        # more than sticky_window_s ago (an entry no longer in ``_past``, replaced, is just dropped).
+        self._past: dict[str, _Past] = {}
+        self._past_order: deque[_Past] = deque()
         self._seq = 0
 
     # ================================================================= inputs
@@ -275,8 +284,11 @@ class Engine:
         while self._wakeups and self._wakeups[0] <= now:
             heapq.heappop(self._wakeups)
         horizon = now - self.config.sticky_window_s
-        while self._history and next(iter(self._history.values()))[1] < horizon:
-            self._history.popitem(last=False)
+        order = self._past_order
+        while order and order[0][4] < horizon:
+            old = order.popleft()
+            if self._past.get(old[3]) is old:
+                del self._past[old[3]]
         self._sweep_sessions(now, out)
         self._drain(now, out)
         return out
@@ -309,9 +321,19 @@ class Engine:
 
     def remember(self, openid: str, kf_account: str, at: float) -> None:
         """Load customer history (who served ``openid`` last), e.g. from the store after a restart."""
-        prev = self._history.get(openid)
-        if prev is None or prev[1] <= at:
-            self._set_history(openid, kf_account, at)
+        c = self._customers.get(openid)
+        if c is not None:
+            if c.last_agent is None or c.last_end <= at:
+                c.last_agent = kf_account
+                c.last_end = at
+            return
+        prev = self._past.get(openid)
+        if prev is None:
+            self._write_past((kf_account, at, None, openid, at))
+        elif prev[0] is None or prev[1] <= at:
+            # keeps why they left, and is forgotten no earlier than the entry it replaces (entries loaded
+            # out of time order only delay tick()'s forgetting of the ones behind them)
+            self._write_past((kf_account, at, prev[2], openid, max(prev[4], at)))
 
     # ================================================================= reading
 
@@ -382,10 +404,14 @@ class Engine:
         c = self._customers.get(openid)
         if c is not None:
             return c.state
-        return _GONE if openid in self._gone else _UNKNOWN
+        return _UNKNOWN if self.gone_reason(openid) is None else _GONE
 
     def gone_reason(self, openid: str) -> str | None:
-        return None if openid in self._customers else self._gone.get(openid)
+        """Why ``openid`` left, while the engine remembers them (sticky_window_s after they left)."""
+        if openid in self._customers:
+            return None
+        past = self._past.get(openid)
+        return None if past is None else past[2]
 
     def with_agent(self, openid: str) -> str | None:
         c = self._customers.get(openid)
@@ -393,11 +419,14 @@ class Engine:
 
     def history(self, openid: str) -> tuple[str, float] | None:
         """(agent, when) of the customer's current session (agent and start), else of the last one the
-        engine saw end (agent and end), within the sticky window as of the last tick."""
+        engine saw end (agent and end), until tick() forgets it (sticky_window_s after they left)."""
         c = self._customers.get(openid)
-        if c is not None and c.state is _IN_SESSION and c.with_agent is not None:
-            return (c.with_agent, c.session_started_at)
-        return self._history.get(openid)
+        if c is not None:
+            if c.state is _IN_SESSION and c.with_agent is not None:
+                return (c.with_agent, c.session_started_at)
+            return None if c.last_agent is None else (c.last_agent, c.last_end)
+        past = self._past.get(openid)
+        return None if past is None or past[0] is None else (past[0], past[1])
 
     # ================================================================= event handlers
 
@@ -422,6 +451,10 @@ class Engine:
         self._seq += 1
         c.key = (-e.priority if self._priorities else 0, self._seq)
         self._customers[e.openid] = c
+        past = self._past.get(e.openid)
+        if past is not None:  # _recall, inline
+            c.last_agent = past[0]
+            c.last_end = past[1]
         # _enqueue, inline (once per customer; a new customer is WAITING with nobody already)
         self._waiting_count += 1
         q = self._group_queues.get(group)
@@ -524,7 +557,7 @@ class Engine:
     def _on_left(self, e: ev.CustomerLeft, now: float, out: list[Command]) -> None:
         c = self._customers.get(e.openid)
         if c is None:
-            if e.openid in self._gone:
+            if self.gone_reason(e.openid) is not None:
                 return
             raise UnknownCustomerError(e.openid, "CustomerLeft")
         if c.state is _WAITING:
@@ -617,6 +650,7 @@ class Engine:
             self._seq += 1
             c.key = (0, self._seq)
             self._customers[openid] = c
+            self._recall(c)
         elif c.state is _WAITING:
             self._dequeue(c)
         elif c.state is _RESERVED:
@@ -642,9 +676,16 @@ class Engine:
             self._session_starts.add((now, c.openid))
             heapq.heappush(self._wakeups, now + self.config.stale_session_s)
 
-    def _set_history(self, openid: str, kf: str, at: float) -> None:
-        self._history[openid] = (kf, at)
-        self._history.move_to_end(openid)
+    def _recall(self, c: _Customer) -> None:
+        """``c`` is back: their history from an earlier visit, if the engine still has it."""
+        past = self._past.get(c.openid)
+        if past is not None:
+            c.last_agent = past[0]
+            c.last_end = past[1]
+
+    def _write_past(self, past: _Past) -> None:
+        self._past[past[3]] = past
+        self._past_order.append(past)
 
     def _leave_session(self, c: _Customer) -> None:
         kf = c.with_agent  # c is IN_SESSION (check() asserts the session bookkeeping after every step)
@@ -664,8 +705,8 @@ class Engine:
         if count:
             self._pool.add_sessions(kf, -1)
         self._leave_session(c)
-        self._history[c.openid] = (kf, now)  # _set_history, inline
-        self._history.move_to_end(c.openid)
+        c.last_agent = kf
+        c.last_end = now
         if c.closing != "reroute":
             self._finish(c, "closed_stale" if c.closing == "stale" else "served", now)
             return
@@ -791,13 +832,9 @@ class Engine:
         c.state = _GONE
         c.with_agent = None
         del self._customers[c.openid]
-        gone = self._gone
-        known = len(gone)
-        gone[c.openid] = reason
-        if len(gone) > known:  # a new entry (one hash lookup, not two)
-            self._gone_order.append(c.openid)
-        if len(gone) > _GONE_MEMORY:
-            del gone[self._gone_order.popleft()]
+        past = (c.last_agent, c.last_end, reason, c.openid, now)  # _write_past, inline
+        self._past[c.openid] = past
+        self._past_order.append(past)
 
     # ================================================================= routing
 
@@ -826,9 +863,9 @@ class Engine:
             scope = self._scope(c, now)
         if avoid is None:
             avoid = frozenset(k for k, until in c.avoid.items() if until > now) if c.avoid else _NOBODY
-        hist = self._history.get(c.openid)
-        if hist is not None and now - hist[1] > self.config.sticky_window_s:
-            hist = None
+        last = c.last_agent
+        if last is not None and now - c.last_end > self.config.sticky_window_s:
+            last = None
         return waiting_view(
             c.openid,
             c.group,
@@ -838,8 +875,8 @@ class Engine:
             c.preferred_until,
             avoid,
             c.tags,
-            None if hist is None else hist[0],
-            None if hist is None else hist[1],
+            last,
+            None if last is None else c.last_end,
             scope,
         )
 
@@ -955,3 +992,5 @@ class Engine:
         for view in self._pool.views():
             assert view.reserved == reserved.get(view.kf_account, 0), view.kf_account
             assert view.sessions >= 0 and view.reserved >= 0
+        ordered = {id(p) for p in self._past_order}  # tick() reaches every remembered departure
+        assert all(id(p) in ordered and p[3] == o for o, p in self._past.items())
