@@ -228,6 +228,10 @@ class Simulation:
         self.wechat = ReplayWeChat(self._rng, cfg.create_failure_rate, cfg.create_failure_errcode)
         self.res = RunResult(policy=cfg.policy, config=cfg, header=header)
         self.engine: Engine | None = None
+        # the engine's three calls per customer (set by _bind_engine)
+        self._requested: Callable[[str, str | None, int, str | None, frozenset[str], float], list[Command]]
+        self._created: Callable[[str, str, float], list[Command]]
+        self._closed: Callable[[str, str, float], list[Command]]
         self._heap: list[tuple[float, int, int, object]] = []
         self._seq = 0
         self._ticks_at: set[float] = set()
@@ -247,20 +251,63 @@ class Simulation:
     def _make_engine(self) -> Engine:
         return Engine(engine_config(self.policy, self.cfg, self._groups), {self.policy.name: self.policy})
 
+    def _bind_engine(self, engine: Engine) -> None:
+        """The three calls every customer makes: the engine's typed ones (no event object built), or,
+        for a stand-in engine (tests) or while the ETA tracker watches the events, ones that build the
+        event and hand it to ``handle``."""
+        if isinstance(engine, Engine) and self.eta is None:
+            self._requested = engine.customer_requested
+            self._created = engine.session_created
+            self._closed = engine.session_closed
+            return
+
+        def requested(
+            openid: str,
+            group: str | None,
+            priority: int,
+            preferred: str | None,
+            tags: frozenset[str],
+            now: float,
+        ) -> list[Command]:
+            event = ev.CustomerRequested(
+                openid=openid,
+                group=group,
+                priority=priority,
+                preferred_agent=preferred,
+                tags=tags,  # type: ignore[arg-type]  # attrs' converter takes any iterable
+                source="trace",
+            )
+            return self._handle(event, now)
+
+        self._requested = requested
+        self._created = lambda o, a, now: self._handle(
+            ev.SessionCreated(openid=o, kf_account=a, source="api"), now
+        )
+        self._closed = lambda o, a, now: self._handle(ev.SessionClosed(openid=o, kf_account=a), now)
+
+    def _handle(self, event: ev.Event, now: float) -> list[Command]:
+        assert self.engine is not None
+        cmds = self.engine.handle(event, now)
+        if self.eta is not None:
+            self.eta.observe(event, now, self.engine)
+        return cmds
+
     def _feed(self, event: ev.Event, now: float, what: str, arg: object = None) -> None:
         """Hand ``event`` to the engine and carry out its commands. ``what`` names the cause in an error,
-        formatted with ``arg`` only then (``str.format``): the hot paths pay for no message."""
-        assert self.engine is not None
+        formatted with ``arg`` only then (``str.format``)."""
         try:
-            cmds = self.engine.handle(event, now)
-            if self.eta is not None:
-                self.eta.observe(event, now, self.engine)
+            cmds = self._handle(event, now)
         except CoreError as exc:
             raise SimError(f"t={now:.6f}: the engine refused {what.format(arg)}: {exc}") from exc
+        self._took(cmds, now)
+
+    def _took(self, cmds: list[Command], now: float) -> None:
+        """The engine took one event: carry out its commands."""
         self.res.events += 1
         if cmds:
             self._apply(cmds, now)
         if self._check_engine:
+            assert self.engine is not None
             self.engine.check()
 
     def _apply(self, cmds: list[Command], now: float) -> None:
@@ -270,6 +317,7 @@ class Simulation:
         latency = self.cfg.create_latency_s
         res = self.res
         visitors = self._visitors
+        created = self._created
         while i < len(pending):
             cmd = pending[i]
             i += 1
@@ -293,7 +341,16 @@ class Simulation:
                 else:
                     if v is None or not v.sid:
                         self._start_session(self._visitor(openid) if v is None else v, agent, now)
-                    event = ev.session_created(openid, agent, "api")
+                    try:
+                        more = created(openid, agent, now)
+                    except CoreError as exc:
+                        raise SimError(
+                            f"t={now:.6f}: the engine refused {openid!r}'s session: {exc}"
+                        ) from exc
+                    res.events += 1
+                    if more:
+                        pending.extend(more)
+                    continue
             elif type(cmd) is CloseSession:
                 event = self._close_by_api(cmd.openid, cmd.kf_account, now)
             elif type(cmd) is SendText:
@@ -301,11 +358,8 @@ class Simulation:
                 continue
             else:  # pragma: no cover - the Command union is closed
                 raise SimError(f"t={now:.6f}: unknown command {cmd!r}")
-            assert self.engine is not None
             try:
-                more = self.engine.handle(event, now)
-                if self.eta is not None:
-                    self.eta.observe(event, now, self.engine)
+                more = self._handle(event, now)
             except CoreError as exc:
                 raise SimError(f"t={now:.6f}: the engine refused {event!r}: {exc}") from exc
             res.events += 1
@@ -322,7 +376,7 @@ class Simulation:
         v = self._visitor(openid)
         if not v.sid:
             self._start_session(v, agent, now)
-        return ev.session_created(openid, agent, "api")
+        return ev.SessionCreated(openid=openid, kf_account=agent, source="api")
 
     def _visitor(self, openid: str) -> _Visitor:
         v = self._visitors.get(openid)
@@ -336,7 +390,7 @@ class Simulation:
             self.res.api_failures += 1
             return ev.CloseFailed(openid=openid, kf_account=agent, errcode=code)
         self._end_session(self._visitors[openid], now)
-        return ev.session_closed(openid, agent)
+        return ev.SessionClosed(openid=openid, kf_account=agent)
 
     def _after_api_close(self, openid: str, now: float) -> None:
         """The engine closed a session itself: if it routes the customer again (reassignment) the arrival
@@ -442,7 +496,11 @@ class Simulation:
                 v.idx = -1
             v.outcome = SERVED
             v.last_agent = agent
-        self._feed(ev.session_closed(openid, agent), now, "the end of {}'s session", openid)
+        try:
+            cmds = self._closed(openid, agent, now)
+        except CoreError as exc:
+            raise SimError(f"t={now:.6f}: the engine refused the end of {openid}'s session: {exc}") from exc
+        self._took(cmds, now)
 
     # ------------------------------------------------------------------------------------ trace records
 
@@ -493,16 +551,13 @@ class Simulation:
             self._push(now + rec.patience_s, P_PATIENCE, (idx, v))
         self.wechat.transfer(customer, now)
         tags = rec.tags
-        event = ev.customer_requested(
-            customer,
-            group,
-            rec.priority,
-            rec.text,
-            "trace",
-            preferred,
-            _NO_TAGS if not tags else frozenset(tags),
-        )
-        self._feed(event, now, "the arrival of {!r}", customer)
+        try:
+            cmds = self._requested(
+                customer, group, rec.priority, preferred, _NO_TAGS if not tags else frozenset(tags), now
+            )
+        except CoreError as exc:
+            raise SimError(f"t={now:.6f}: the engine refused the arrival of {customer!r}: {exc}") from exc
+        self._took(cmds, now)
 
     def _on_patience(self, idx: int, v: _Visitor, now: float) -> None:
         if self._started[idx] or v.idx != idx:
@@ -589,6 +644,7 @@ class Simulation:
         if not isinstance(self.engine, Engine):
             self.eta = None  # a stand-in engine (tests) has no read API to estimate from
         engine = self.engine
+        self._bind_engine(engine)
         heap = self._heap
         heappop = heapq.heappop
         records = self._records

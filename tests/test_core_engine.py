@@ -294,6 +294,24 @@ def test_tick_forgets_departures_older_than_the_sticky_window() -> None:
         e.handle(CustomerLeft(openid="o1", reason="cancelled"), 163.0)
 
 
+def test_typed_calls_refuse_what_the_events_refuse() -> None:
+    e = make_engine()
+    with pytest.raises(CoreError, match="openid must be a non-empty string, got ''"):
+        e.customer_requested("", None, 0, None, frozenset(), 0.0)
+    with pytest.raises(CoreError, match="priority must be an integer, got True"):
+        e.customer_requested("o1", None, True, None, frozenset(), 0.0)
+    with pytest.raises(CoreError, match="preferred_agent must be a non-empty string"):
+        e.customer_requested("o1", None, 0, "", frozenset(), 0.0)
+    with pytest.raises(CoreError, match="kf_account must be a non-empty string"):
+        e.session_created("o1", "", 0.0)
+    with pytest.raises(CoreError, match="openid must be a non-empty string, got None"):
+        e.session_closed(None, "a@x", 0.0)  # type: ignore[arg-type]
+    assert e.state("o1") is CustomerState.UNKNOWN  # nothing half-done
+    assert e.customer_requested("o1", None, 0, None, ["vip"], 0.0) == []  # type: ignore[arg-type]
+    view = e.waiting_view("o1", 0.0)
+    assert view is not None and view.tags == frozenset({"vip"})  # converted as the event converts
+
+
 @pytest.mark.parametrize(
     ("make", "expected"),
     [

@@ -2,7 +2,9 @@
 
 The machine plays WeChat: it answers the engine's CreateSession commands (success or failure), closes
 sessions, flips agents on and off line, and lets customers arrive and give up, while time moves on.
-After every step the invariants of the routing core are checked.
+After every step the invariants of the routing core are checked, and a twin engine, given the same
+inputs through the typed calls (``customer_requested``, ``session_created``, ``session_closed``) where
+there is one, must answer with the same commands and show the same state.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.requested: set[str] = set()
         self.policy_name = "least-load"
         self.engine: Engine | None = None
+        self.twin: Engine | None = None
         self.last_commands: list[object] = []
 
     @rule(policy=st.sampled_from(["least-load", "group-affinity", "round-robin", "sticky"]))
@@ -66,10 +69,9 @@ class EngineMachine(RuleBasedStateMachine):
             "support": Route(policy=policy, on_agent_offline="reassign", offline_grace_s=15.0),
             "vip": Route(policy=policy, overflow=(("sales", 10.0), ("support", 20.0))),
         }
-        self.engine = Engine(
-            EngineConfig(default_capacity=2, routes=routes, default_route=Route(policy=policy)),
-            load_all(),
-        )
+        config = EngineConfig(default_capacity=2, routes=routes, default_route=Route(policy=policy))
+        self.engine = Engine(config, load_all())
+        self.twin = Engine(config, load_all())
         for a in AGENTS:
             self.apply(AgentConfigured(kf_account=a, groups=frozenset(AGENT_GROUPS[a])))
         self.apply(self.snapshot())
@@ -85,9 +87,22 @@ class EngineMachine(RuleBasedStateMachine):
         return AgentsSeen(rows=rows, complete=True)
 
     def apply(self, event: object) -> None:
-        assert self.engine is not None
+        assert self.engine is not None and self.twin is not None
         out = self.engine.handle(event, self.now)  # type: ignore[arg-type]
+        assert self.typed(self.twin, event) == out
         self.record(out)
+
+    def typed(self, engine: Engine, event: object) -> list[object]:
+        """``event`` through the engine's typed call for its type, if it has one."""
+        now = self.now
+        if isinstance(event, CustomerRequested) and event.arrived_at is None:
+            e = event
+            return engine.customer_requested(e.openid, e.group, e.priority, e.preferred_agent, e.tags, now)  # type: ignore[return-value]
+        if isinstance(event, SessionCreated):
+            return engine.session_created(event.openid, event.kf_account, now)  # type: ignore[return-value]
+        if isinstance(event, SessionClosed):
+            return engine.session_closed(event.openid, event.kf_account, now)  # type: ignore[return-value]
+        return engine.handle(event, now)  # type: ignore[arg-type,return-value]
 
     def record(self, out: list[object]) -> None:
         assert self.engine is not None
@@ -192,7 +207,9 @@ class EngineMachine(RuleBasedStateMachine):
     def advance(self, dt: float) -> None:
         assert self.engine is not None
         self.now += dt
-        self.record(self.engine.tick(self.now))
+        out = self.engine.tick(self.now)
+        assert self.twin is not None and self.twin.tick(self.now) == out
+        self.record(out)
         # answers to creates that the engine timed out are now stale; WeChat may still answer them
         assert self.engine.next_deadline() > self.now
 
@@ -207,6 +224,20 @@ class EngineMachine(RuleBasedStateMachine):
     def internal_consistency(self) -> None:
         if self.engine is not None:
             self.engine.check()
+
+    @invariant()
+    def twin_shows_the_same_state(self) -> None:
+        if self.engine is None or self.twin is None:
+            return
+        a, b = self.engine, self.twin
+        for o in CUSTOMERS:
+            assert (a.state(o), a.gone_reason(o), a.history(o)) == (
+                b.state(o),
+                b.gone_reason(o),
+                b.history(o),
+            ), o
+        assert a.waiting(self.now) == b.waiting(self.now)
+        assert a.agents() == b.agents() and a.reservations() == b.reservations()
 
     @invariant()
     def nobody_twice(self) -> None:

@@ -269,11 +269,72 @@ class Engine:
             raise CoreError(f"handle: unsupported event {event!r}")
         out: list[Command] = []
         handler(self, event, now, out)
+        self._settle(now, out)
+        return out
+
+    # The three events every customer brings, as typed calls: ``engine.session_closed(openid, kf, now)``
+    # is ``engine.handle(SessionClosed(openid=openid, kf_account=kf), now)`` without building the event
+    # (same handler, same follow-up, same validation: values a quick type check does not pass go through
+    # the event's constructor, which raises its usual message). The simulator uses them: building, checking
+    # and dispatching an event object was about a tenth of a replay.
+
+    def customer_requested(
+        self,
+        openid: str,
+        group: str | None,
+        priority: int,
+        preferred_agent: str | None,
+        tags: frozenset[str],
+        now: float,
+    ) -> list[Command]:
+        """``handle(CustomerRequested(openid=..., group=..., priority=..., preferred_agent=..., tags=...))``."""
+        if (
+            type(openid) is not str
+            or not openid
+            or type(priority) is not int
+            or (preferred_agent is not None and (type(preferred_agent) is not str or not preferred_agent))
+            or type(tags) is not frozenset
+        ):
+            event = ev.CustomerRequested(
+                openid=openid,
+                group=group,
+                priority=priority,
+                preferred_agent=preferred_agent,
+                tags=tags,  # type: ignore[arg-type]  # attrs' converter takes any iterable
+            )
+            return self.handle(event, now)
+        out: list[Command] = []
+        self._request(openid, group, priority, now, preferred_agent, tags, now)
+        if self._offline_since or (self._waiting_count and self._free_counts.get(None, 0) > 0):
+            self._settle(now, out)
+        return out
+
+    def session_created(self, openid: str, kf_account: str, now: float) -> list[Command]:
+        """``handle(SessionCreated(openid=..., kf_account=..., source=...), now)``."""
+        if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
+            return self.handle(ev.SessionCreated(openid=openid, kf_account=kf_account, source="api"), now)
+        out: list[Command] = []
+        self._created(openid, kf_account, now)
+        if self._offline_since or (self._waiting_count and self._free_counts.get(None, 0) > 0):
+            self._settle(now, out)
+        return out
+
+    def session_closed(self, openid: str, kf_account: str, now: float) -> list[Command]:
+        """``handle(SessionClosed(openid=..., kf_account=...), now)``."""
+        if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
+            return self.handle(ev.SessionClosed(openid=openid, kf_account=kf_account), now)
+        out: list[Command] = []
+        self._closed(openid, kf_account, now)
+        if self._offline_since or (self._waiting_count and self._free_counts.get(None, 0) > 0):
+            self._settle(now, out)
+        return out
+
+    def _settle(self, now: float, out: list[Command]) -> None:
+        """After every event: close or move what is due, then route while an agent is free."""
         if self._offline_since:
             self._sweep_sessions(now, out)
         if self._waiting_count and self._free_counts.get(None, 0) > 0:  # _drain's own test, without a call
             self._drain(now, out)
-        return out
 
     def tick(self, now: float) -> list[Command]:
         """Expire reservations whose deadline passed, then drain (overflow or avoid periods may have ended)."""
@@ -431,27 +492,39 @@ class Engine:
     # ================================================================= event handlers
 
     def _on_requested(self, e: ev.CustomerRequested, now: float, out: list[Command]) -> None:
-        c = self._customers.get(e.openid)
+        arrived = now if e.arrived_at is None else e.arrived_at
+        self._request(e.openid, e.group, e.priority, arrived, e.preferred_agent, e.tags, now)
+
+    def _request(
+        self,
+        openid: str,
+        group: str | None,
+        priority: int,
+        arrived_at: float,
+        preferred_agent: str | None,
+        tags: frozenset[str],
+        now: float,
+    ) -> None:
+        c = self._customers.get(openid)
         if c is not None:
             return  # already waiting, reserved or in session: never queued twice
-        group = e.group
         route = self._default_route if group is None else self._routes.get(group, self._default_route)
         policy = self._policies[route.policy]
         c = _Customer(
-            e.openid,
+            openid,
             route,
             policy,
             group is None or self._ignores_groups[route.policy],
             group,
-            e.priority,
-            now if e.arrived_at is None else e.arrived_at,
-            e.preferred_agent,
-            e.tags,
+            priority,
+            arrived_at,
+            preferred_agent,
+            tags,
         )
         self._seq += 1
-        c.key = (-e.priority if self._priorities else 0, self._seq)
-        self._customers[e.openid] = c
-        past = self._past.get(e.openid)
+        c.key = (-priority if self._priorities else 0, self._seq)
+        self._customers[openid] = c
+        past = self._past.get(openid)
         if past is not None:  # _recall, inline
             c.last_agent = past[0]
             c.last_end = past[1]
@@ -506,21 +579,26 @@ class Engine:
         self._pool.set_sessions(kf, len(listed))
 
     def _on_created(self, e: ev.SessionCreated, now: float, out: list[Command]) -> None:
-        c = self._customers.get(e.openid)
-        if c is not None and c.state is _RESERVED and c.with_agent == e.kf_account:
+        self._created(e.openid, e.kf_account, now)
+
+    def _created(self, openid: str, kf: str, now: float) -> None:
+        c = self._customers.get(openid)
+        if c is not None and c.state is _RESERVED and c.with_agent == kf:
             # our own create confirmed (the usual case): the reservation becomes the session; the agent
             # is known, as a reservation with an agent ends when the agent is removed
             self._end_reservation(c, confirmed=True)
-            self._enter_session(c, e.kf_account, now)
+            self._enter_session(c, kf, now)
             return
-        kf = self._need_agent(e.kf_account, "SessionCreated")
-        self._absorb_session(e.openid, kf, now, count=True)
+        self._need_agent(kf, "SessionCreated")
+        self._absorb_session(openid, kf, now, count=True)
 
     def _on_closed(self, e: ev.SessionClosed, now: float, out: list[Command]) -> None:
-        kf = e.kf_account
+        self._closed(e.openid, e.kf_account, now)
+
+    def _closed(self, openid: str, kf: str, now: float) -> None:
         if kf not in self._agent_map:  # _need_agent, inline: once per session
             raise UnknownAgentError(kf, "SessionClosed")
-        c = self._customers.get(e.openid)
+        c = self._customers.get(openid)
         if c is not None and c.state is _IN_SESSION and c.with_agent == kf:
             self._session_ended(c, kf, now, count=True)
         elif c is None or c.with_agent != kf:

@@ -34,48 +34,8 @@ def _int(_inst: object, attr: object, value: int) -> None:
         raise CoreError(f"{getattr(attr, 'name', 'value')} must be an integer, got {value!r}")
 
 
-# The three events the simulator builds for every customer keep their fields in a plain slots base class
-# (attrs reuses those slots): the fast constructors at the end of this module fill a base instance with
-# plain stores and then make it the frozen event (same memory layout, so ``__class__`` may change).
-
-
-class _CustomerRequestedSlots:
-    __slots__ = (
-        "__weakref__",
-        "arrived_at",
-        "group",
-        "openid",
-        "preferred_agent",
-        "priority",
-        "source",
-        "tags",
-        "text",
-    )
-    openid: str
-    group: str | None
-    priority: int
-    text: str
-    source: str
-    preferred_agent: str | None
-    tags: frozenset[str]
-    arrived_at: float | None
-
-
-class _SessionCreatedSlots:
-    __slots__ = ("__weakref__", "kf_account", "openid", "source")
-    openid: str
-    kf_account: str
-    source: str
-
-
-class _SessionClosedSlots:
-    __slots__ = ("__weakref__", "kf_account", "openid")
-    openid: str
-    kf_account: str
-
-
 @frozen(kw_only=True)
-class CustomerRequested(_CustomerRequestedSlots):
+class CustomerRequested:
     """A customer asks for a human: from a push (``source='push'``), from WeChat's wait list
     (``'waitlist'``), reloaded after a restart (``'restore'``) or from a trace (``'trace'``).
 
@@ -111,7 +71,7 @@ class AgentSessionsSeen:
 
 
 @frozen(kw_only=True)
-class SessionCreated(_SessionCreatedSlots):
+class SessionCreated:
     """A session exists between ``openid`` and ``kf_account``: ``kfsession/create`` answered 0
     (``source='api'``), a ``kf_create_session`` push arrived (``'push'``) or a poll found it (``'poll'``)."""
 
@@ -121,7 +81,7 @@ class SessionCreated(_SessionCreatedSlots):
 
 
 @frozen(kw_only=True)
-class SessionClosed(_SessionClosedSlots):
+class SessionClosed:
     """``kf_close_session``: the agent (or WeChat's 30-minute timeout, or we) closed the session."""
 
     openid: str = field(validator=_openid)
@@ -224,74 +184,3 @@ Event = (
     | CloseFailed
     | ReassignRequested
 )
-
-
-# ---------------------------------------------------------------------------------------------- fast paths
-# The simulator builds three events per customer. These constructors make the same values as the public
-# ones (equal, same class, same validation: anything unusual goes through the public constructor, which
-# raises its usual message) without attrs' keyword parsing and per-field validator calls: a fresh
-# instance of the slots base gets its fields by plain stores, then becomes the frozen event.
-
-_new = object.__new__
-
-
-def customer_requested(
-    openid: str,
-    group: str | None,
-    priority: int,
-    text: str,
-    source: str,
-    preferred_agent: str | None,
-    tags: frozenset[str],
-) -> CustomerRequested:
-    """``CustomerRequested(openid=..., ..., tags=...)`` (``arrived_at`` None), built faster."""
-    if (
-        type(openid) is not str
-        or not openid
-        or type(priority) is not int
-        or (preferred_agent is not None and (type(preferred_agent) is not str or not preferred_agent))
-        or type(tags) is not frozenset
-    ):
-        return CustomerRequested(
-            openid=openid,
-            group=group,
-            priority=priority,
-            text=text,
-            source=source,
-            preferred_agent=preferred_agent,
-            tags=tags,  # type: ignore[arg-type]
-        )
-    e = _new(_CustomerRequestedSlots)
-    e.openid = openid
-    e.group = group
-    e.priority = priority
-    e.text = text
-    e.source = source
-    e.preferred_agent = preferred_agent
-    e.tags = tags
-    e.arrived_at = None
-    e.__class__ = CustomerRequested
-    return e  # type: ignore[return-value]
-
-
-def session_created(openid: str, kf_account: str, source: str) -> SessionCreated:
-    """``SessionCreated(openid=..., kf_account=..., source=...)``, built faster."""
-    if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
-        return SessionCreated(openid=openid, kf_account=kf_account, source=source)
-    e = _new(_SessionCreatedSlots)
-    e.openid = openid
-    e.kf_account = kf_account
-    e.source = source
-    e.__class__ = SessionCreated
-    return e  # type: ignore[return-value]
-
-
-def session_closed(openid: str, kf_account: str) -> SessionClosed:
-    """``SessionClosed(openid=..., kf_account=...)``, built faster."""
-    if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
-        return SessionClosed(openid=openid, kf_account=kf_account)
-    e = _new(_SessionClosedSlots)
-    e.openid = openid
-    e.kf_account = kf_account
-    e.__class__ = SessionClosed
-    return e  # type: ignore[return-value]
