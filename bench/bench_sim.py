@@ -195,32 +195,33 @@ def breakdown(c: int, lam: float, mu: float, n: int, seed: int, policy: str) -> 
     run_records(header, records, cfg, groups=groups_of(header))
     run_s = time.perf_counter() - t0
 
-    calls: list[tuple[str, Any, float]] = []
-    handle, tick = Engine.handle, Engine.tick
+    # every call the replay makes into the engine: handle, tick and the typed per-customer calls
+    entry_points = ("handle", "tick", "customer_requested", "session_created", "session_closed")
+    originals = {name: getattr(Engine, name) for name in entry_points}
+    calls: list[tuple[str, tuple[Any, ...]]] = []
 
-    def rec_handle(self: Engine, event: Any, now: float) -> Any:
-        calls.append(("h", event, now))
-        return handle(self, event, now)
+    def recorder(name: str) -> Callable[..., Any]:
+        def record(self: Engine, *args: Any) -> Any:
+            calls.append((name, args))
+            return originals[name](self, *args)
 
-    def rec_tick(self: Engine, now: float) -> Any:
-        calls.append(("t", None, now))
-        return tick(self, now)
+        return record
 
-    Engine.handle, Engine.tick = rec_handle, rec_tick  # type: ignore[method-assign]
+    for name in entry_points:
+        setattr(Engine, name, recorder(name))
     try:
         run_records(header, records, cfg, groups=groups_of(header))
     finally:
-        Engine.handle, Engine.tick = handle, tick  # type: ignore[method-assign]
+        for name, fn in originals.items():
+            setattr(Engine, name, fn)
     engine = Simulation(header, [], cfg, groups=groups_of(header))._make_engine()
     old = gc.get_threshold()
     gc.set_threshold(50_000, 20, 100)  # as Simulation.run does
     try:
+        bound = {name: getattr(engine, name) for name in entry_points}
         t0 = time.perf_counter()
-        for kind, event, now in calls:
-            if kind == "h":
-                engine.handle(event, now)
-            else:
-                engine.tick(now)
+        for name, args in calls:
+            bound[name](*args)
         engine_s = time.perf_counter() - t0
     finally:
         gc.set_threshold(*old)
@@ -238,7 +239,7 @@ def breakdown(c: int, lam: float, mu: float, n: int, seed: int, policy: str) -> 
     return {
         "generate": gen_s,
         "replay (excluding generation)": run_s,
-        "engine.handle/tick": engine_s,
+        "engine (handle, tick, typed calls)": engine_s,
         "WeChat model": model_s,
         "replay itself (events, heap, bookkeeping)": run_s - engine_s - model_s,
     }
