@@ -702,9 +702,7 @@ class _Loader:
             default_policy=s.get_str("default_policy", d.default_policy),
             priorities=s.get_bool("priorities", d.priorities),
             stale_session_s=(
-                None
-                if s.raw("stale_session_s") is _MISSING
-                else s.get_float("stale_session_s", 0.0, gt=0)
+                None if s.raw("stale_session_s") is _MISSING else s.get_float("stale_session_s", 0.0, gt=0)
             ),
             stale_message=s.get_opt_str("stale_message"),
         )
