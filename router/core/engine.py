@@ -151,8 +151,8 @@ class _Customer:
         "arrived_at",
         "avoid",
         "closing",
+        "entry",
         "group",
-        "key",
         "last_agent",
         "last_end",
         "openid",
@@ -190,7 +190,8 @@ class _Customer:
         self.group = group
         self.priority = priority
         self.arrived_at = arrived_at
-        self.key: tuple[int, int] = (0, 0)  # queue key: (-priority or 0, arrival sequence)
+        # the customer's entry in its group's queue, built once: ((-priority or 0, arrival sequence), openid)
+        self.entry: tuple[tuple[int, int], str] = ((0, 0), openid)
         self.preferred_agent = preferred_agent
         self.preferred_until = -math.inf  # waits for preferred_agent alone until then
         self.tags = tags
@@ -423,7 +424,7 @@ class Engine:
         c = self._customers.get(openid)
         if c is None or c.state is not _WAITING:
             return None
-        entry = (c.key, openid)
+        entry = c.entry
         return sum(int(q.bisect_left(entry)) for q in self._group_queues.values())
 
     def ahead_in_group(self, openid: str) -> int | None:
@@ -431,7 +432,7 @@ class Engine:
         c = self._customers.get(openid)
         if c is None or c.state is not _WAITING:
             return None
-        return int(self._group_queues[c.group].index((c.key, openid)))
+        return int(self._group_queues[c.group].index(c.entry))
 
     def group_capacity(self, group: str | None) -> tuple[int, int]:
         """(capacity, free capacity) in sessions of the online unpaused agents of ``group`` (``None``: all). O(1)."""
@@ -522,7 +523,7 @@ class Engine:
             tags,
         )
         self._seq += 1
-        c.key = (-priority if self._priorities else 0, self._seq)
+        c.entry = ((-priority if self._priorities else 0, self._seq), openid)
         self._customers[openid] = c
         past = self._past.get(openid)
         if past is not None:  # _recall, inline
@@ -533,7 +534,7 @@ class Engine:
         q = self._group_queues.get(group)
         if q is None:
             q = self._group_queues[group] = WaitQueue()
-        q.add((c.key, c.openid))
+        q.add(c.entry)
         if c.preferred_agent is not None:
             self._preferring.setdefault(c.preferred_agent, set()).add(c.openid)
             c.preferred_until = c.arrived_at + self.config.preferred_wait_s
@@ -726,7 +727,7 @@ class Engine:
             c = _Customer(openid, route, self._policies[route.policy], True)
             c.arrived_at = now
             self._seq += 1
-            c.key = (0, self._seq)
+            c.entry = ((0, self._seq), openid)
             self._customers[openid] = c
             self._recall(c)
         elif c.state is _WAITING:
@@ -836,13 +837,13 @@ class Engine:
         q = self._group_queues.get(c.group)
         if q is None:
             q = self._group_queues[c.group] = WaitQueue()
-        q.add((c.key, c.openid))
+        q.add(c.entry)
         if c.preferred_agent is not None:
             self._preferring.setdefault(c.preferred_agent, set()).add(c.openid)
 
     def _dequeue(self, c: _Customer) -> None:
         self._waiting_count -= 1
-        self._group_queues[c.group].remove((c.key, c.openid))
+        self._group_queues[c.group].remove(c.entry)
         if c.preferred_agent is not None:
             self._unprefer(c)
 
@@ -856,7 +857,7 @@ class Engine:
 
     def _reserve(self, c: _Customer, kf: str, now: float, out: list[Command]) -> None:
         self._waiting_count -= 1  # _dequeue, inline
-        self._group_queues[c.group].remove((c.key, c.openid))
+        self._group_queues[c.group].remove(c.entry)
         if c.preferred_agent is not None:
             self._unprefer(c)
         self._pool.reserve(kf, now)
@@ -1054,7 +1055,7 @@ class Engine:
         assert self._waiting_count == len(queued)
         reserved: dict[str, int] = {}
         for o, c in self._customers.items():
-            in_queue = (c.key, o) in self._group_queues.get(c.group, ())
+            in_queue = c.entry in self._group_queues.get(c.group, ())
             assert in_queue == (c.state is _WAITING), o
             if c.state is _RESERVED:
                 assert c.with_agent is not None and self._reserved.get(o) == c.reservation_deadline
