@@ -245,6 +245,21 @@ def test_writer_refuses_what_the_reader_would() -> None:
         TraceWriter(io.StringIO(), Header(meta={"version": 2}))
 
 
+def test_writer_escapes_unicode_line_breaks_only() -> None:
+    # JSON keeps U+0085, U+2028 and U+2029 raw inside strings, but str.splitlines() and JavaScript
+    # end a line there: the writer escapes them, and leaves every other character as it is
+    out = io.StringIO()
+    w = TraceWriter(out, Header())
+    texts = ["a\x85b\u2028c\u2029d", "plain", "客服 ok"]
+    for i, text in enumerate(texts):
+        w.write(Arrival(t=float(i), customer="u", service_s=1.0, text=text))
+    data = out.getvalue()
+    assert len(data.splitlines()) == 1 + len(texts)
+    assert "\\u2028" in data and "客服 ok" in data and '"plain"' in data
+    _header, recs, _skipped = read_trace(data.splitlines())
+    assert [r.text for r in recs if isinstance(r, Arrival)] == texts
+
+
 # ------------------------------------------------------------------------------------------ round trip
 
 names = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=12)
