@@ -288,7 +288,8 @@ class Engine:
         tags: frozenset[str],
         now: float,
     ) -> list[Command]:
-        """``handle(CustomerRequested(openid=..., group=..., priority=..., preferred_agent=..., tags=...))``."""
+        """``handle(CustomerRequested(openid=..., group=..., priority=..., preferred_agent=..., tags=...), now)``
+        (``arrived_at`` is ``now``; the event's ``text`` and ``source`` mean nothing to the engine)."""
         if (
             type(openid) is not str
             or not openid
@@ -311,7 +312,8 @@ class Engine:
         return out
 
     def session_created(self, openid: str, kf_account: str, now: float) -> list[Command]:
-        """``handle(SessionCreated(openid=..., kf_account=..., source=...), now)``."""
+        """``handle(SessionCreated(openid=..., kf_account=..., source=...), now)`` (any ``source``: the
+        engine does not read it)."""
         if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
             return self.handle(ev.SessionCreated(openid=openid, kf_account=kf_account, source="api"), now)
         out: list[Command] = []
