@@ -42,7 +42,8 @@ class ReplayWeChat:
         if failure_rate > 0:
             self._fault = fo.Fault(errcode=failure_errcode, rate=failure_rate)
             self.model.set_fault(fo.SESSION_CREATE, self._fault)
-        self._names: dict[str, str] = {}
+        self._names: dict[str, str] = {}  # agent name -> model account
+        self._accounts: set[str] = set()  # the model accounts given so far
         self._mapped = False  # some agent name is not its own model account
         self.transfer = self.model.transfer_result
         self.leave = self.model.leave_result
@@ -56,14 +57,21 @@ class ReplayWeChat:
         self.close = self._close if self._mapped else model.close_errcode
 
     def account(self, agent: str) -> str:
-        """The model account of ``agent``: the name itself when shaped ``prefix@suffix``, else a made-up
-        one. (An agent the replay never set answers 65401 either way.)"""
+        """The model account of ``agent``: the name itself when shaped ``prefix@suffix`` and not yet
+        another agent's account, else a made-up one that is nobody's. (An agent the replay never set
+        answers 65401 either way.)"""
         acc = self._names.get(agent)
         if acc is None:
             parts = agent.split("@")
-            ok = len(parts) == 2 and all(parts)
-            acc = agent if ok else f"x{len(self._names)}@{_MODEL_WXID}"
+            if len(parts) == 2 and all(parts) and agent not in self._accounts:
+                acc = agent
+            else:
+                n = len(self._names)
+                while f"x{n}@{_MODEL_WXID}" in self._accounts:
+                    n += 1
+                acc = f"x{n}@{_MODEL_WXID}"
             self._names[agent] = acc
+            self._accounts.add(acc)
         return acc
 
     def set_agent(self, agent: str, now: float, status: int, auto_accept: int) -> None:

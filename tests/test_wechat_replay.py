@@ -45,6 +45,17 @@ def test_leave_takes_the_customer_off_the_wait_list() -> None:
     assert w.create("a1@sim", "u3", 3.0) == 40003
 
 
+def test_a_made_up_account_is_never_another_agents_name() -> None:
+    for names in (["alice", "x0@sim"], ["x0@sim", "alice"], ["alice", "x0@sim", "x1@sim", "bob"]):
+        w = ReplayWeChat(random.Random(0))
+        online(w, *names)
+        assert len({w.account(n) for n in names}) == len(names), names
+        for n, agent in enumerate(names):  # each agent really has a room of their own
+            w.transfer(f"u{n}", 1.0)
+            assert w.create(agent, f"u{n}", 1.0) == 0
+        assert sorted(a.kf_account for a in w.model.sessions.values()) == sorted(w.account(n) for n in names)
+
+
 def test_agent_names_of_any_shape_get_an_account() -> None:
     w = ReplayWeChat(random.Random(0))
     online(w, "a1@sim")
