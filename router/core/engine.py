@@ -250,7 +250,8 @@ class Engine:
         # times when a waiting customer's scope may widen: a heap (only ever added to and popped from the
         # front, so a heap does what a sorted list did, at a fraction of the cost)
         self._wakeups: list[float] = []
-        self._sessions_by_agent: dict[str, set[str]] = {}  # kf_account -> openids in session with them
+        # kf_account -> openids in session with them (an agent's set stays, empty, between sessions)
+        self._sessions_by_agent: dict[str, set[str]] = {}
         self._session_starts: SortedList = SortedList()  # (started_at, openid), kept for stale sessions
         self._offline_since: dict[str, float] = {}  # agents that went offline with sessions open
         # Customers no longer present: openid -> _Past (why they left, who served them last), one table for
@@ -772,9 +773,8 @@ class Engine:
         kf = c.with_agent  # c is IN_SESSION (check() asserts the session bookkeeping after every step)
         assert kf is not None
         held = self._sessions_by_agent[kf]
-        held.discard(c.openid)
-        if not held:
-            del self._sessions_by_agent[kf]
+        held.discard(c.openid)  # an emptied set stays for the agent's next session (one per agent)
+        if not held and self._offline_since:
             self._offline_since.pop(kf, None)
         if self.config.stale_session_s is not None:
             self._session_starts.discard((c.session_started_at, c.openid))
@@ -1067,7 +1067,6 @@ class Engine:
         in_session = [o for o, c in self._customers.items() if c.state is _IN_SESSION]
         assert len(in_session) == sum(len(held) for held in self._sessions_by_agent.values())
         for kf, held in self._sessions_by_agent.items():
-            assert held, kf
             for o in held:
                 assert self._customers[o].with_agent == kf, o
         for view in self._pool.views():
