@@ -616,13 +616,6 @@ class Simulation:
         self._seq += 1
         heapq.heappush(self._heap, (t, prio, self._seq, item))
 
-    def _schedule_tick(self) -> None:
-        assert self.engine is not None
-        nd = self.engine.next_deadline()
-        if nd != math.inf and nd not in self._ticks_at:
-            self._ticks_at.add(nd)
-            self._push(nd, P_TICK, None)
-
     def _mark_timeline(self, now: float) -> None:
         if self.cfg.timeline:
             self.res.timeline.append((now, self._waiting))
@@ -653,7 +646,7 @@ class Simulation:
         step = 0
         # The loop runs a few times per customer: locals, no tuple building to compare a record's time
         # with the heap's head (a record goes first unless the head is earlier, or at the same time with
-        # a lower priority), and the tick scheduling of _schedule_tick inlined.
+        # a lower priority); after every step, a tick is queued for the engine's next deadline (once per time).
         ticks_at = self._ticks_at
         next_deadline = engine.next_deadline
         inf = math.inf
@@ -694,7 +687,7 @@ class Simulation:
                         self.res.ticks += 1
                         if cmds:
                             self._apply(cmds, now)
-            nd = next_deadline()  # _schedule_tick
+            nd = next_deadline()
             if nd != inf and nd not in ticks_at:
                 ticks_at.add(nd)
                 self._push(nd, P_TICK, None)
