@@ -31,8 +31,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from router.wechat import signature
-from router.wechat.crypto import SafeModeCrypto
+from kfrouter.router.wechat import signature
+from kfrouter.router.wechat.crypto import SafeModeCrypto
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -221,7 +221,7 @@ class Child:
 
 async def start_daemon(config_path: Path, log_path: Path, *extra: str, timeout: float = 30.0) -> Child:
     """``kfrouter run --config FILE`` in its own process (its own event loop)."""
-    argv = ["-m", "router.cli", "run", "--config", str(config_path), *extra]
+    argv = ["-m", "kfrouter.router.cli", "run", "--config", str(config_path), *extra]
     return await Child.start("daemon", argv, ready_prefix=DAEMON_READY, log_path=log_path, timeout=timeout)
 
 
@@ -319,7 +319,7 @@ class RssSampler:
 def commit_latency_ms(directory: Path, n: int = 300) -> float:
     """Median milliseconds of one push commit (claim key + waiting row + input log, one transaction,
     ``synchronous=FULL``: one fsync) in a fresh store in ``directory`` — the disk's share of an answer."""
-    from router.edges.store import Store, WaitingRow
+    from kfrouter.router.edges.store import Store, WaitingRow
 
     path = directory / "fsync-probe.db"
     store = Store(path)

@@ -18,8 +18,8 @@ import random
 import statistics
 import time
 
-from policies.registry import load_all
-from router.core import (
+from kfrouter.policies.registry import load_all
+from kfrouter.router.core import (
     AgentConfigured,
     AgentsSeen,
     CreateSession,
@@ -30,7 +30,7 @@ from router.core import (
     SessionClosed,
     SessionCreated,
 )
-from router.core.model import AgentRow
+from kfrouter.router.core.model import AgentRow
 
 GROUPS = [f"g{i}" for i in range(40)]
 WAITING = 10_000

@@ -28,10 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sim.erlang import erlang_c
-from sim.gen import GenParams, generate, header_for
-from sim.runner import RunConfig, groups_of, run_records, run_trace
-from sim.trace import write_trace
+from kfrouter.sim.erlang import erlang_c
+from kfrouter.sim.gen import GenParams, generate, header_for
+from kfrouter.sim.runner import RunConfig, groups_of, run_records, run_trace
+from kfrouter.sim.trace import write_trace
 
 Result = dict[str, Any]
 
@@ -178,9 +178,9 @@ def breakdown(c: int, lam: float, mu: float, n: int, seed: int, policy: str) -> 
     the WeChat model alone by the same sequence of transfer/create/close calls on a fresh model."""
     import random
 
-    from router.core.engine import Engine
-    from sim.runner import Simulation
-    from sim.wechat_replay import ReplayWeChat
+    from kfrouter.router.core.engine import Engine
+    from kfrouter.sim.runner import Simulation
+    from kfrouter.sim.wechat_replay import ReplayWeChat
 
     params = GenParams(
         agents=c, max_sessions=1, customers=n, arrival_rate=lam, service_mean=1 / mu, seed=seed

@@ -16,11 +16,11 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from router.core.estimate import Outcome
-from sim.eta import EtaTracker, rrmse, run_with_eta
-from sim.gen import GenParams, Segment, generate, header_for
-from sim.runner import RunConfig
-from sim.trace import AgentOnline, Record
+from kfrouter.router.core.estimate import Outcome
+from kfrouter.sim.eta import EtaTracker, rrmse, run_with_eta
+from kfrouter.sim.gen import GenParams, Segment, generate, header_for
+from kfrouter.sim.runner import RunConfig
+from kfrouter.sim.trace import AgentOnline, Record
 
 SVC = 60.0
 DAY = (

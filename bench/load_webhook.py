@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 
-from router.wechat import replies
-from router.wechat.crypto import SafeModeCrypto
+from kfrouter.router.wechat import replies
+from kfrouter.router.wechat.crypto import SafeModeCrypto
 
 LATENCY_LIMIT_S = 1.0
 MAX_ERROR_RATE = 0.01
@@ -237,7 +237,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "fake",
                 [
                     "-m",
-                    "router.cli",
+                    "kfrouter.router.cli",
                     "fake-wechat",
                     "--appid",
                     h.APPID,

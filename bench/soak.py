@@ -54,10 +54,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 
-import sim.fake_push
-from sim.fake_options import FakeOptions, Fault
-from sim.fake_server import FakeWeChat
-from sim.wechat_model import Push, WeChatModel
+import kfrouter.sim.fake_push
+from kfrouter.sim.fake_options import FakeOptions, Fault
+from kfrouter.sim.fake_server import FakeWeChat
+from kfrouter.sim.wechat_model import Push, WeChatModel
 
 # The fake's token lifetime (fake seconds). The daemon refreshes half-way through it, so tokens rotate
 # during a long soak; the clock jump (CLOCK_JUMP_S) is longer, so the token in use expires at once.
@@ -430,8 +430,8 @@ class Soak:
     async def run(self) -> SoakReport:
         p = self.p
         started = time.monotonic()
-        if 20 * p.customers > sim.fake_push.MAX_LOG:  # keep every delivery attempt for the report
-            sim.fake_push.MAX_LOG = 20 * p.customers
+        if 20 * p.customers > kfrouter.sim.fake_push.MAX_LOG:  # keep every delivery attempt for the report
+            kfrouter.sim.fake_push.MAX_LOG = 20 * p.customers
         self.fake = FakeWeChat(
             h.APPID,
             h.SECRET,

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from router.core.model import WaitingView
-from router.core.policy import Order, Policy, PoolView
+from kfrouter.router.core.model import WaitingView
+from kfrouter.router.core.policy import Order, Policy, PoolView
 
 
 def _best(pool: PoolView, scope: Iterable[str | None], order: Order, exclude: frozenset[str]) -> str | None:

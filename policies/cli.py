@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from policies.registry import available_policies
+    from kfrouter.policies.registry import available_policies
 
     for name, origin in available_policies():
         print(f"{name}\t{origin}")

@@ -12,9 +12,9 @@ import inspect
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 
-from policies.builtin import BUILTINS
-from router.core.errors import ConfigError
-from router.core.policy import Policy
+from kfrouter.policies.builtin import BUILTINS
+from kfrouter.router.core.errors import ConfigError
+from kfrouter.router.core.policy import Policy
 
 GROUP = "kfrouter.policies"
 

@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
 
-from router.core import events as ev
-from router.core.errors import CoreError, UnknownAgentError, UnknownCustomerError
-from router.core.model import AgentView
-from router.edges.client import MAX_HEADIMG_BYTES, WeChatClient
-from router.edges.errors import WeChatError
-from router.edges.store import AgentSettings
+from kfrouter.router.core import events as ev
+from kfrouter.router.core.errors import CoreError, UnknownAgentError, UnknownCustomerError
+from kfrouter.router.core.model import AgentView
+from kfrouter.router.edges.client import MAX_HEADIMG_BYTES, WeChatClient
+from kfrouter.router.edges.errors import WeChatError
+from kfrouter.router.edges.store import AgentSettings
 
 if TYPE_CHECKING:
-    from router.daemon import Daemon
+    from kfrouter.router.daemon import Daemon
 
 log = logging.getLogger("kfrouter.admin")
 

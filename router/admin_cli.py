@@ -136,7 +136,7 @@ def _connection(args: argparse.Namespace) -> AdminClient:
     url: str | None = args.url
     token: str | None = args.admin_token or os.environ.get(TOKEN_ENV) or None
     if args.config is not None and (url is None or token is None):
-        from router.config import ConfigError, load_config
+        from kfrouter.router.config import ConfigError, load_config
 
         try:
             cfg = load_config(args.config)

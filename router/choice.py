@@ -19,10 +19,10 @@ import math
 
 from attrs import frozen
 
-from router.core.engine import Engine
-from router.core.estimate import WaitEstimator, queue_wait
-from router.core.model import AgentView
-from router.core.notify import format_wait
+from kfrouter.router.core.engine import Engine
+from kfrouter.router.core.estimate import WaitEstimator, queue_wait
+from kfrouter.router.core.model import AgentView
+from kfrouter.router.core.notify import format_wait
 
 MAX_LISTED = 20  # a chat message, not a directory: the agents with the shortest waits, by name
 

@@ -12,14 +12,14 @@ import sys
 from collections.abc import Sequence
 
 _COMMAND_MODULES: tuple[str, ...] = (
-    "policies.cli",
-    "router.admin_cli",
-    "router.config_cli",
-    "router.demo_cli",
-    "router.doctor_cli",
-    "router.run_cli",
-    "sim.cli",
-    "sim.fake_cli",
+    "kfrouter.policies.cli",
+    "kfrouter.router.admin_cli",
+    "kfrouter.router.config_cli",
+    "kfrouter.router.demo_cli",
+    "kfrouter.router.doctor_cli",
+    "kfrouter.router.run_cli",
+    "kfrouter.sim.cli",
+    "kfrouter.sim.fake_cli",
 )
 
 

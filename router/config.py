@@ -31,12 +31,12 @@ from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
-from router.core import errors as core_errors
-from router.core import notify as core_notify
-from router.core.events import AgentConfigured
+from kfrouter.router.core import errors as core_errors
+from kfrouter.router.core import notify as core_notify
+from kfrouter.router.core.events import AgentConfigured
 
 if TYPE_CHECKING:
-    from router.core.engine import EngineConfig
+    from kfrouter.router.core.engine import EngineConfig
 
 T = TypeVar("T")
 
@@ -279,7 +279,7 @@ class Config:
 
     def engine_config(self) -> EngineConfig:
         """The routing engine's configuration: one route per group, the default policy for the rest."""
-        from router.core.engine import EngineConfig, Route
+        from kfrouter.router.core.engine import EngineConfig, Route
 
         e = self.engine
         return EngineConfig(
@@ -327,7 +327,7 @@ def known_policies() -> frozenset[str] | None:
     """Names of the installed policies, or ``None`` when the registry cannot be imported (then names are
     checked when the engine starts)."""
     try:
-        from policies.registry import available_policies
+        from kfrouter.policies.registry import available_policies
     except ImportError:
         return None
     return frozenset(name for name, _origin in available_policies())

@@ -55,7 +55,7 @@ def _since(text: str) -> float:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from router.config import ConfigError, load_config
+    from kfrouter.router.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.file)
@@ -77,7 +77,7 @@ def _trace_export(args: argparse.Namespace) -> int:
     import sqlite3
     from pathlib import Path
 
-    from router.edges.store import Store, StoreError
+    from kfrouter.router.edges.store import Store, StoreError
 
     if args.default_capacity < 1:
         print("--default-capacity must be >= 1", file=sys.stderr)

@@ -38,26 +38,26 @@ import attrs
 from aiohttp import web
 from attrs import field, frozen
 
-from policies.registry import load_policies
-from router.admin import admin_routes
-from router.choice import agent_wait, display_name
-from router.config import DEFAULT_TEMPLATES, Config
-from router.core import events as ev
-from router.core import notify as core_notify
-from router.core.commands import CloseSession, Command, CreateSession, SendText
-from router.core.engine import Engine
-from router.core.errors import CoreError, UnknownAgentError
-from router.core.estimate import WaitEstimator
-from router.core.model import AgentRow, CustomerState
-from router.doctor import run_checks
-from router.edges.client import WaitEntry, WeChatClient
-from router.edges.store import Store, WaitingRow
-from router.edges.token import TokenMode
-from router.edges.upstream import Upstream
-from router.edges.webhook import PushReceiver, WebhookConfig
-from router.executor import Executor
-from router.inbox import Clock, Inbox, Intake, Item, drive, summarize
-from router.pollers import (
+from kfrouter.policies.registry import load_policies
+from kfrouter.router.admin import admin_routes
+from kfrouter.router.choice import agent_wait, display_name
+from kfrouter.router.config import DEFAULT_TEMPLATES, Config
+from kfrouter.router.core import events as ev
+from kfrouter.router.core import notify as core_notify
+from kfrouter.router.core.commands import CloseSession, Command, CreateSession, SendText
+from kfrouter.router.core.engine import Engine
+from kfrouter.router.core.errors import CoreError, UnknownAgentError
+from kfrouter.router.core.estimate import WaitEstimator
+from kfrouter.router.core.model import AgentRow, CustomerState
+from kfrouter.router.doctor import run_checks
+from kfrouter.router.edges.client import WaitEntry, WeChatClient
+from kfrouter.router.edges.store import Store, WaitingRow
+from kfrouter.router.edges.token import TokenMode
+from kfrouter.router.edges.upstream import Upstream
+from kfrouter.router.edges.webhook import PushReceiver, WebhookConfig
+from kfrouter.router.executor import Executor
+from kfrouter.router.inbox import Clock, Inbox, Intake, Item, drive, summarize
+from kfrouter.router.pollers import (
     AgentPoller,
     PollSchedule,
     Recovery,
@@ -65,9 +65,9 @@ from router.pollers import (
     WaitlistPoller,
     waitlist_request,
 )
-from router.problems import ProblemReporter, log_check_results
-from router.supervisor import attach_observability
-from router.wechat.crypto import SafeModeCrypto
+from kfrouter.router.problems import ProblemReporter, log_check_results
+from kfrouter.router.supervisor import attach_observability
+from kfrouter.router.wechat.crypto import SafeModeCrypto
 
 log = logging.getLogger("kfrouter.daemon")
 

@@ -33,10 +33,10 @@ from typing import Any, TextIO
 import aiohttp
 from attrs import define, field, frozen
 
-from router.config import Config
-from router.daemon import Daemon, DaemonOptions
-from sim.fake_options import FakeOptions
-from sim.fake_server import running_fake
+from kfrouter.router.config import Config
+from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.sim.fake_options import FakeOptions
+from kfrouter.sim.fake_server import running_fake
 
 DEMO_ADMIN_TOKEN = "kfrouter-demo-admin-token"  # a fixed, public value: the demo only listens on 127.0.0.1
 APPID = "wxdemo0000000001"

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from router.demo import DemoError, DemoOptions
+    from kfrouter.router.demo import DemoError, DemoOptions
 
     try:
         options = DemoOptions(
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = logging.getLogger("kfrouter")
     level = quiet.level
     if args.verbose:
-        from router.logs import setup_logging
+        from kfrouter.router.logs import setup_logging
 
         setup_logging("info", False)
     else:
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(options: object) -> None:
-    from router.demo import DemoOptions, run_demo
+    from kfrouter.router.demo import DemoOptions, run_demo
 
     assert isinstance(options, DemoOptions)
     stop = asyncio.Event()

@@ -34,20 +34,20 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from attrs import frozen
 
-from router.config import Config
-from router.core.model import AgentRow
-from router.edges.client import KfAccountInfo, WeChatClient
-from router.edges.errors import (
+from kfrouter.router.config import Config
+from kfrouter.router.core.model import AgentRow
+from kfrouter.router.edges.client import KfAccountInfo, WeChatClient
+from kfrouter.router.edges.errors import (
     BadResponse,
     KfApiDisabled,
     NetworkError,
     SystemBusy,
     WeChatError,
 )
-from router.edges.token import BASIC_TOKEN_PATH, STABLE_TOKEN_PATH
-from router.wechat.crypto import SafeModeCrypto, decode_aes_key
-from router.wechat.errors import WeChatCodecError
-from router.wechat.signature import check_token_format
+from kfrouter.router.edges.token import BASIC_TOKEN_PATH, STABLE_TOKEN_PATH
+from kfrouter.router.wechat.crypto import SafeModeCrypto, decode_aes_key
+from kfrouter.router.wechat.errors import WeChatCodecError
+from kfrouter.router.wechat.signature import check_token_format
 
 Status = Literal["ok", "warning", "problem"]
 STATUSES: tuple[Status, ...] = ("ok", "warning", "problem")

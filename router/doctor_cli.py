@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from router.config import Config, ConfigError, load_config
-from router.doctor import CheckResult, all_ok, as_json, run_checks, token_mode_for_client
-from router.edges.client import WeChatClient
+from kfrouter.router.config import Config, ConfigError, load_config
+from kfrouter.router.doctor import CheckResult, all_ok, as_json, run_checks, token_mode_for_client
+from kfrouter.router.edges.client import WeChatClient
 
 # The doctor answers quickly rather than patiently: one retry of -1, short backoff, short timeouts.
 _RETRIES = 1

@@ -36,10 +36,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from router.core import events as ev
-from router.core.commands import CloseSession, Command, CreateSession, SendText
-from router.edges.client import WeChatClient
-from router.edges.errors import (
+from kfrouter.router.core import events as ev
+from kfrouter.router.core.commands import CloseSession, Command, CreateSession, SendText
+from kfrouter.router.edges.client import WeChatClient
+from kfrouter.router.edges.errors import (
     BAD_RESPONSE_ERRCODE,
     NETWORK_ERRCODE,
     NoSession,

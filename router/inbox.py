@@ -25,20 +25,20 @@ from typing import Any, Protocol
 from aiohttp import web
 from attrs import define, field
 
-from router import choice, rules
-from router.config import Config
-from router.core import events as ev
-from router.core.engine import Engine
-from router.core.estimate import WaitEstimator
-from router.core.model import CustomerState
-from router.core.notify import Notifier
-from router.edges.store import Store, WaitingRow
-from router.edges.upstream import Upstream, build_forward
-from router.logs import LOGGABLE_FIELDS
-from router.wechat import replies
-from router.wechat.crypto import SafeModeCrypto
-from router.wechat.errors import WeChatCodecError
-from router.wechat.push import (
+from kfrouter.router import choice, rules
+from kfrouter.router.config import Config
+from kfrouter.router.core import events as ev
+from kfrouter.router.core.engine import Engine
+from kfrouter.router.core.estimate import WaitEstimator
+from kfrouter.router.core.model import CustomerState
+from kfrouter.router.core.notify import Notifier
+from kfrouter.router.edges.store import Store, WaitingRow
+from kfrouter.router.edges.upstream import Upstream, build_forward
+from kfrouter.router.logs import LOGGABLE_FIELDS
+from kfrouter.router.wechat import replies
+from kfrouter.router.wechat.crypto import SafeModeCrypto
+from kfrouter.router.wechat.errors import WeChatCodecError
+from kfrouter.router.wechat.push import (
     GenericEvent,
     KfCloseSession,
     KfCreateSession,

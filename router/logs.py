@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
-from router.edges.errors import redact
+from kfrouter.router.edges.errors import redact
 
 REDACTED = "[redacted]"
 _MIN_SECRET_LEN = 4  # shorter "secrets" would redact ordinary words; config enforces longer ones

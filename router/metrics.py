@@ -34,11 +34,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-import router
-from router.core.model import CustomerState
+import kfrouter.router
+from kfrouter.router.core.model import CustomerState
 
 if TYPE_CHECKING:
-    from router.daemon import Daemon
+    from kfrouter.router.daemon import Daemon
 
 NO_GROUP = ""  # label value for customers without a group
 WAIT_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, math.inf)
@@ -328,7 +328,7 @@ class _LiveCollector(Collector):
 
     def _status(self, d: Daemon) -> Iterator[Metric]:
         info = GaugeMetricFamily("kfrouter_info", "kfrouter build and account.", labels=["version", "appid"])
-        info.add_metric([router.__version__, d.config.wechat.appid], 1)
+        info.add_metric([kfrouter.router.__version__, d.config.wechat.appid], 1)
         yield info
         ready = d.started.is_set() and not d.stopping
         yield GaugeMetricFamily(

@@ -28,13 +28,13 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 
-from router.config import Config, PollingConfig, RoutingConfig
-from router.core import events as ev
-from router.core.engine import Engine
-from router.core.model import AgentRow, AgentView, CustomerState
-from router.edges.client import SessionInfo, WaitEntry, WeChatClient
-from router.edges.errors import RateLimited, WeChatError
-from router.edges.store import Reservation, Store, StoredState
+from kfrouter.router.config import Config, PollingConfig, RoutingConfig
+from kfrouter.router.core import events as ev
+from kfrouter.router.core.engine import Engine
+from kfrouter.router.core.model import AgentRow, AgentView, CustomerState
+from kfrouter.router.edges.client import SessionInfo, WaitEntry, WeChatClient
+from kfrouter.router.edges.errors import RateLimited, WeChatError
+from kfrouter.router.edges.store import Reservation, Store, StoredState
 
 log = logging.getLogger("kfrouter.daemon")
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from router.doctor import CheckResult, explain
-from router.edges.errors import WeChatError
+from kfrouter.router.doctor import CheckResult, explain
+from kfrouter.router.edges.errors import WeChatError
 
 log = logging.getLogger("kfrouter.problems")
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 
 from attrs import frozen
 
-from router.config import CustomerEntry, RoutingConfig, RoutingRule
+from kfrouter.router.config import CustomerEntry, RoutingConfig, RoutingRule
 
 # Stripped before exact comparisons, so "取消。" and "cancel!" still cancel.
 _EDGE_PUNCTUATION = " \t\r\n\u3000。.!！?？~～,，:：;；"

@@ -52,9 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from router.config import ConfigError, load_config
-    from router.daemon import DaemonOptions
-    from router.logs import config_secrets, setup_logging
+    from kfrouter.router.config import ConfigError, load_config
+    from kfrouter.router.daemon import DaemonOptions
+    from kfrouter.router.logs import config_secrets, setup_logging
 
     try:
         config = load_config(args.config)
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: Any, options: Any) -> int:
-    from router.daemon import Daemon
+    from kfrouter.router.daemon import Daemon
 
     log = logging.getLogger("kfrouter.daemon")
     try:

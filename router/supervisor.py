@@ -39,13 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from router.core.errors import CoreError
-from router.core.model import CustomerState
-from router.logs import EventLog
-from router.metrics import NO_GROUP, Assignment, CustomerTracker, Metrics, group_label
+from kfrouter.router.core.errors import CoreError
+from kfrouter.router.core.model import CustomerState
+from kfrouter.router.logs import EventLog
+from kfrouter.router.metrics import NO_GROUP, Assignment, CustomerTracker, Metrics, group_label
 
 if TYPE_CHECKING:
-    from router.daemon import Daemon
+    from kfrouter.router.daemon import Daemon
 
 log = logging.getLogger("kfrouter.supervisor")
 

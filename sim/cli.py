@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim.gen import SERVICE_DISTS, GenError, GenParams, parse_priorities, parse_shares, parse_windows
+from kfrouter.sim.gen import SERVICE_DISTS, GenError, GenParams, parse_priorities, parse_shares, parse_windows
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -177,8 +177,8 @@ def gen_params(args: argparse.Namespace) -> GenParams:
 
 
 def _gen(args: argparse.Namespace) -> int:
-    from sim.gen import generate, header_for
-    from sim.trace import TraceWriter, write_trace
+    from kfrouter.sim.gen import generate, header_for
+    from kfrouter.sim.trace import TraceWriter, write_trace
 
     try:
         params = gen_params(args)
@@ -196,13 +196,13 @@ def _gen(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from policies.registry import available_policies
-    from router.core.errors import ConfigError
-    from sim.plot import PlotUnavailable, require_matplotlib, write_plots
-    from sim.progress import Progress
-    from sim.report import BASELINE, build_report, to_json, to_text
-    from sim.runner import RunConfig, RunResult, SimError, run_trace
-    from sim.trace import TraceError, TraceReader
+    from kfrouter.policies.registry import available_policies
+    from kfrouter.router.core.errors import ConfigError
+    from kfrouter.sim.plot import PlotUnavailable, require_matplotlib, write_plots
+    from kfrouter.sim.progress import Progress
+    from kfrouter.sim.report import BASELINE, build_report, to_json, to_text
+    from kfrouter.sim.runner import RunConfig, RunResult, SimError, run_trace
+    from kfrouter.sim.trace import TraceError, TraceReader
 
     if args.plot is not None:
         try:
@@ -256,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _erlang(args: argparse.Namespace) -> int:
-    from sim.erlang import erlang_a, erlang_c
+    from kfrouter.sim.erlang import erlang_a, erlang_c
 
     try:
         lam, mu = args.arrival_rate, 1.0 / args.service_mean

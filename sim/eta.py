@@ -24,10 +24,10 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from router.core import events as ev
-from router.core.engine import Engine
-from router.core.estimate import EstimatorConfig, Outcome, WaitEstimator
-from router.core.model import CustomerState
+from kfrouter.router.core import events as ev
+from kfrouter.router.core.engine import Engine
+from kfrouter.router.core.estimate import EstimatorConfig, Outcome, WaitEstimator
+from kfrouter.router.core.model import CustomerState
 
 BASELINES = ("qlen", "les", "hol", "queue")
 
@@ -145,7 +145,7 @@ def run_with_eta(
     """Replay ``records`` with ``sim.runner`` under ``cfg`` with ``tracker`` (e.g. one with a warm-up or
     its own estimator config) observing every event the engine handles; returns the ``RunResult``, whose
     ``eta`` is ``tracker.summary()``."""
-    from sim.runner import Simulation
+    from kfrouter.sim.runner import Simulation
 
     sim = Simulation(header, records, dataclasses.replace(cfg, eta=True), groups=groups)
     sim.eta = tracker

@@ -12,7 +12,7 @@ import json
 import signal
 import sys
 
-from sim.fake_options import FakeOptions
+from kfrouter.sim.fake_options import FakeOptions
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, options: FakeOptions) -> None:
-    from sim.fake_server import running_fake
+    from kfrouter.sim.fake_server import running_fake
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

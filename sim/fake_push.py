@@ -23,12 +23,12 @@ from typing import Any
 
 import aiohttp
 
-from router.wechat import replies, signature
-from router.wechat.crypto import SafeModeCrypto
-from router.wechat.errors import WeChatCodecError
-from router.wechat.reply_parser import parse_reply
-from router.wechat.xml import element
-from sim.wechat_model import Push, WeChatModel
+from kfrouter.router.wechat import replies, signature
+from kfrouter.router.wechat.crypto import SafeModeCrypto
+from kfrouter.router.wechat.errors import WeChatCodecError
+from kfrouter.router.wechat.reply_parser import parse_reply
+from kfrouter.router.wechat.xml import element
+from kfrouter.sim.wechat_model import Push, WeChatModel
 
 _ALNUM = string.ascii_letters + string.digits
 MAX_LOG = 10_000  # attempts kept in the log (oldest dropped)

@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 import attrs
 from aiohttp import BodyPartReader, web
 
-from sim import fake_options as fo
-from sim.fake_options import FakeOptions, Fault
-from sim.fake_push import Deliverer
-from sim.wechat_model import Json, WeChatModel
+from kfrouter.sim import fake_options as fo
+from kfrouter.sim.fake_options import FakeOptions, Fault
+from kfrouter.sim.fake_push import Deliverer
+from kfrouter.sim.wechat_model import Json, WeChatModel
 
 MAX_BODY = 8 * 1024 * 1024  # uploadheadimg allows 5 MB of media plus multipart framing
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
-from sim.trace import AgentOffline, AgentOnline, Header, Record, new_arrival
+from kfrouter.sim.trace import AgentOffline, AgentOnline, Header, Record, new_arrival
 
 DAY_S = 86400.0
 _log = math.log

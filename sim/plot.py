@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sim.runner import SERVED, RunResult
+from kfrouter.sim.runner import SERVED, RunResult
 
 INSTALL_HINT = "plots need matplotlib: pip install 'kfrouter[plot]'"
 _MAX_POINTS = 20_000  # points per line; longer series are thinned (every k-th point, last kept)

@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sim.runner import ABANDONED, SERVED, UNSERVED, RunResult
+from kfrouter.sim.runner import ABANDONED, SERVED, UNSERVED, RunResult
 
 BASELINE = "wechat-native"
 SERVICE_LEVEL_S = 20.0

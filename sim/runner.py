@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from policies.registry import load_policy
-from router.core import events as ev
-from router.core.commands import CloseSession, Command, CreateSession, SendText
-from router.core.engine import Engine, EngineConfig, Route
-from router.core.errors import CoreError
-from router.core.model import AgentRow, CustomerState
-from sim.eta import EtaTracker
-from sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader
-from sim.wechat_replay import ReplayWeChat
+from kfrouter.policies.registry import load_policy
+from kfrouter.router.core import events as ev
+from kfrouter.router.core.commands import CloseSession, Command, CreateSession, SendText
+from kfrouter.router.core.engine import Engine, EngineConfig, Route
+from kfrouter.router.core.errors import CoreError
+from kfrouter.router.core.model import AgentRow, CustomerState
+from kfrouter.sim.eta import EtaTracker
+from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader
+from kfrouter.sim.wechat_replay import ReplayWeChat
 
 # heap priorities at equal times
 P_ANSWER, P_END, P_TRACE, P_PATIENCE, P_TICK = 0, 1, 2, 3, 4

@@ -28,9 +28,9 @@ from typing import Any
 import attrs
 from attrs import define, field, frozen
 
-from sim import fake_options as fo
-from sim.fake_options import FakeOptions, Fault
-from sim.wechat_tokens import TokenBook
+from kfrouter.sim import fake_options as fo
+from kfrouter.sim.fake_options import FakeOptions, Fault
+from kfrouter.sim.wechat_tokens import TokenBook
 
 Json = dict[str, Any]
 

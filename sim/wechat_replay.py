@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from sim import fake_options as fo
-from sim.wechat_model import WeChatModel
+from kfrouter.sim import fake_options as fo
+from kfrouter.sim.wechat_model import WeChatModel
 
 _MODEL_WXID = "sim"
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from attrs import define
 
-from sim.fake_options import FakeOptions
+from kfrouter.sim.fake_options import FakeOptions
 
 Json = dict[str, Any]
 

@@ -314,7 +314,7 @@ class Processes:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "router.cli",
+                "kfrouter.router.cli",
                 *args,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,

@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from conftest import ADMIN_TOKEN, CB_TOKEN, FakeControl, config_dict, wait_until
 
-from router.admin import ROUTE_NAME, install
-from router.config import Config
-from router.daemon import Daemon, DaemonOptions
-from sim.fake_options import FakeOptions
-from sim.fake_server import FakeWeChat, running_fake
+from kfrouter.router.admin import ROUTE_NAME, install
+from kfrouter.router.config import Config
+from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.sim.fake_options import FakeOptions
+from kfrouter.sim.fake_server import FakeWeChat, running_fake
 
 APPID = "wx_test_app"
 SECRET = "test_secret"

@@ -14,9 +14,9 @@ import pytest
 from conftest import ADMIN_TOKEN, CB_TOKEN, config_dict, free_port, toml_text
 from test_admin import APPID, GROUPS, JPEG, SECRET, Env, in_session
 
-from router.cli import main
-from sim.fake_options import FakeOptions
-from sim.fake_server import running_fake
+from kfrouter.router.cli import main
+from kfrouter.sim.fake_options import FakeOptions
+from kfrouter.sim.fake_server import running_fake
 
 
 @pytest.fixture

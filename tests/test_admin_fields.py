@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.admin import AdminApi, ApiError, _Fields
-from router.core import events as ev
+from kfrouter.router.admin import AdminApi, ApiError, _Fields
+from kfrouter.router.core import events as ev
 
 GROUPS = ("sales", "support")
 FIELDS = ("groups", "max_sessions", "paused", "tags")

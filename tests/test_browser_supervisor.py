@@ -22,7 +22,7 @@ import pytest
 from conftest import ADMIN_TOKEN, wait_until
 from test_metrics_env import running_env
 
-from router.core.model import CustomerState
+from kfrouter.router.core.model import CustomerState
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = Path(os.environ.get("KFROUTER_SCREENSHOT", "/tmp/supervisor.png"))

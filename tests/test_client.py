@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from router.core.model import AgentRow
-from router.edges.client import (
+from kfrouter.router.core.model import AgentRow
+from kfrouter.router.edges.client import (
     CUSTOM_SEND,
     MSG_LIST,
     SESSION_WAITCASE,
@@ -30,7 +30,7 @@ from router.edges.client import (
     SessionInfo,
     WeChatClient,
 )
-from router.edges.errors import (
+from kfrouter.router.edges.errors import (
     AgentOffline,
     CredentialError,
     InvalidKfAccount,
@@ -43,10 +43,10 @@ from router.edges.errors import (
     WeChatError,
     WindowClosed,
 )
-from router.edges.webhook import PushReceiver, WebhookConfig
-from router.wechat import replies
-from router.wechat.push import Push, UserMessage
-from sim.fake_server import Clock, FakeWeChat, running_fake
+from kfrouter.router.edges.webhook import PushReceiver, WebhookConfig
+from kfrouter.router.wechat import replies
+from kfrouter.router.wechat.push import Push, UserMessage
+from kfrouter.sim.fake_server import Clock, FakeWeChat, running_fake
 
 APPID = "wx_client_test_app"
 SECRET = "s3cr3t_value_never_logged"

@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from router.core.model import AgentRow
-from router.edges.client import MsgRecord, SessionInfo, WaitEntry, WeChatClient
-from router.edges.errors import BadResponse, InvalidKfAccount, NetworkError
+from kfrouter.router.core.model import AgentRow
+from kfrouter.router.edges.client import MsgRecord, SessionInfo, WaitEntry, WeChatClient
+from kfrouter.router.edges.errors import BadResponse, InvalidKfAccount, NetworkError
 
 Answer = dict[str, Any] | list[Any] | tuple[int, bytes]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from router.edges.errors import (
+from kfrouter.router.edges.errors import (
     AccountNotBound,
     AgentOffline,
     BadResponse,
@@ -29,7 +29,7 @@ from router.edges.errors import (
     raise_for_response,
     redact,
 )
-from router.edges.token import TokenHolder, parse_token_response, token_request
+from kfrouter.router.edges.token import TokenHolder, parse_token_response, token_request
 
 
 class Clock:

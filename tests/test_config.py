@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from router.config import Config, ConfigError, load_config
-from router.core.engine import Engine, EngineConfig
-from router.core.events import AgentConfigured, AgentsSeen
-from router.core.model import AgentRow
+from kfrouter.router.config import Config, ConfigError, load_config
+from kfrouter.router.core.engine import Engine, EngineConfig
+from kfrouter.router.core.events import AgentConfigured, AgentsSeen
+from kfrouter.router.core.model import AgentRow
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "kfrouter.toml"
 AES = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
@@ -112,7 +112,7 @@ def test_secrets_are_not_in_repr() -> None:
 
 
 def test_engine_config_runs_a_real_engine() -> None:
-    from policies.registry import load_policy
+    from kfrouter.policies.registry import load_policy
 
     cfg = load_config(EXAMPLE, env={})
     ec = cfg.engine_config()
@@ -327,7 +327,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_config_error_is_a_core_config_error() -> None:
-    from router.core.errors import ConfigError as CoreConfigError
+    from kfrouter.router.core.errors import ConfigError as CoreConfigError
 
     assert issubclass(ConfigError, CoreConfigError)
 

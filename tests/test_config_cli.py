@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from router.cli import main
-from router.edges.store import Store, WaitingRow
-from sim.trace import Arrival, read_trace
+from kfrouter.router.cli import main
+from kfrouter.router.edges.store import Store, WaitingRow
+from kfrouter.sim.trace import Arrival, read_trace
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "kfrouter.toml"
 SECRET_VARS = (

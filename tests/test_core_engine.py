@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from policies.registry import load_all, load_policy
-from router.core import (
+from kfrouter.policies.registry import load_all, load_policy
+from kfrouter.router.core import (
     AgentConfigured,
     AgentRemoved,
     AgentSessionsSeen,
@@ -33,7 +33,7 @@ from router.core import (
     UnknownAgentError,
     UnknownCustomerError,
 )
-from router.core.model import AgentRow
+from kfrouter.router.core.model import AgentRow
 
 
 def make_engine(**kw: object) -> Engine:

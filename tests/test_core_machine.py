@@ -13,8 +13,8 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from policies.registry import load_all
-from router.core import (
+from kfrouter.policies.registry import load_all
+from kfrouter.router.core import (
     AgentConfigured,
     AgentsSeen,
     CloseFailed,
@@ -31,7 +31,7 @@ from router.core import (
     SessionClosed,
     SessionCreated,
 )
-from router.core.model import AgentRow
+from kfrouter.router.core.model import AgentRow
 
 AGENTS = [f"a{i}@shop" for i in range(5)]
 AGENT_GROUPS = {

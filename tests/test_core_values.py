@@ -19,8 +19,8 @@ def same_value(fast: object, public: object) -> None:
 
 
 def test_command_and_view_built_fast_equal_the_public_ones() -> None:
-    from router.core.commands import CreateSession, create_session
-    from router.core.model import WaitingView, waiting_view
+    from kfrouter.router.core.commands import CreateSession, create_session
+    from kfrouter.router.core.model import WaitingView, waiting_view
 
     same_value(create_session("o1", "a@x"), CreateSession(openid="o1", kf_account="a@x"))
     fields = dict(

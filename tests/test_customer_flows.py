@@ -19,15 +19,15 @@ import aiohttp
 import pytest
 from conftest import ADMIN_TOKEN, CB_TOKEN, FakeControl, config_dict, wait_until
 
-from router.cli import main as kfrouter_main
-from router.config import Config
-from router.core import events as ev
-from router.core.model import CustomerState
-from router.daemon import Daemon, DaemonOptions
-from router.edges.store import Store
-from sim.fake_options import FakeOptions
-from sim.fake_server import FakeWeChat, running_fake
-from sim.wechat_model import WeChatModel
+from kfrouter.router.cli import main as kfrouter_main
+from kfrouter.router.config import Config
+from kfrouter.router.core import events as ev
+from kfrouter.router.core.model import CustomerState
+from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.router.edges.store import Store
+from kfrouter.sim.fake_options import FakeOptions
+from kfrouter.sim.fake_server import FakeWeChat, running_fake
+from kfrouter.sim.wechat_model import WeChatModel
 
 APPID = "wx_test_app"
 SECRET = "test_secret"

@@ -17,14 +17,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.registry import load_all
-from router import choice, rules
-from router.config import DEFAULT_TEMPLATES, NOTIFY_KINDS, Config, ConfigError, RoutingConfig
-from router.core import events as ev
-from router.core.engine import Engine, EngineConfig
-from router.core.estimate import WaitEstimator
-from router.core.model import AgentRow
-from router.core.notify import FIELDS, KINDS, TEMPLATES, NotifyConfig, eta_minutes
+from kfrouter.policies.registry import load_all
+from kfrouter.router import choice, rules
+from kfrouter.router.config import DEFAULT_TEMPLATES, NOTIFY_KINDS, Config, ConfigError, RoutingConfig
+from kfrouter.router.core import events as ev
+from kfrouter.router.core.engine import Engine, EngineConfig
+from kfrouter.router.core.estimate import WaitEstimator
+from kfrouter.router.core.model import AgentRow
+from kfrouter.router.core.notify import FIELDS, KINDS, TEMPLATES, NotifyConfig, eta_minutes
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 MINIMAL: dict[str, Any] = {
@@ -263,7 +263,7 @@ def _trace(path: Path) -> Path:
 
 
 def _sim(capsys: pytest.CaptureFixture[str], trace: Path, *args: str) -> dict[str, Any]:
-    from router.cli import main
+    from kfrouter.router.cli import main
 
     capsys.readouterr()
     code = main(["sim", "run", str(trace), "--policy", "least-load", "--no-baseline", "--json", *args])

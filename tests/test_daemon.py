@@ -16,16 +16,16 @@ import pytest
 from aiohttp import web
 from conftest import AES_KEY, CB_TOKEN, FakeControl, config_dict, successful_creates, wait_until
 
-from router.config import Config
-from router.core import events as ev
-from router.core.model import CustomerState
-from router.daemon import Daemon, DaemonOptions
-from router.edges.store import Store, WaitingRow
-from router.wechat import replies, signature
-from router.wechat.crypto import SafeModeCrypto
-from router.wechat.push import UserMessage, parse_push
-from sim.fake_options import FakeOptions
-from sim.fake_server import FakeWeChat, running_fake
+from kfrouter.router.config import Config
+from kfrouter.router.core import events as ev
+from kfrouter.router.core.model import CustomerState
+from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.router.edges.store import Store, WaitingRow
+from kfrouter.router.wechat import replies, signature
+from kfrouter.router.wechat.crypto import SafeModeCrypto
+from kfrouter.router.wechat.push import UserMessage, parse_push
+from kfrouter.sim.fake_options import FakeOptions
+from kfrouter.sim.fake_server import FakeWeChat, running_fake
 
 APPID = "wx_test_app"
 SECRET = "test_secret"

@@ -14,15 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.cli import main
-from router.config import Config
-from router.core.model import AgentRow, AgentView
-from router.daemon import DaemonOptions, notify_config
-from router.edges.upstream import build_forward
-from router.inbox import Inbox, Item, drive
-from router.pollers import PollSchedule, SnapshotGuard, waitlist_request
-from router.wechat import replies, signature
-from router.wechat.crypto import SafeModeCrypto
+from kfrouter.router.cli import main
+from kfrouter.router.config import Config
+from kfrouter.router.core.model import AgentRow, AgentView
+from kfrouter.router.daemon import DaemonOptions, notify_config
+from kfrouter.router.edges.upstream import build_forward
+from kfrouter.router.inbox import Inbox, Item, drive
+from kfrouter.router.pollers import PollSchedule, SnapshotGuard, waitlist_request
+from kfrouter.router.wechat import replies, signature
+from kfrouter.router.wechat.crypto import SafeModeCrypto
 
 # ------------------------------------------------------------------------------------------ schedule
 
@@ -300,7 +300,7 @@ def test_run_refuses_a_bad_option(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 async def test_a_poll_failing_outside_wechat_is_recorded_not_raised() -> None:
-    from router.pollers import AgentPoller
+    from kfrouter.router.pollers import AgentPoller
 
     class Client:
         async def get_online_kf_list(self) -> list[AgentRow]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from router.cli import main
-from router.demo import (
+from kfrouter.router.cli import main
+from kfrouter.router.demo import (
     DEMO_ADMIN_TOKEN,
     GROUPS,
     DemoError,
@@ -167,7 +167,7 @@ async def test_ctrl_c_in_a_real_process_prints_the_summary_and_exits_0(tmp_path:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "router.cli",
+        "kfrouter.router.cli",
         "demo",
         "--duration",
         "60",

@@ -22,10 +22,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from router.cli import main
-from sim import fake_options as fo
-from sim.fake_options import Fault
-from sim.fake_server import FakeWeChat, running_fake
+from kfrouter.router.cli import main
+from kfrouter.sim import fake_options as fo
+from kfrouter.sim.fake_options import Fault
+from kfrouter.sim.fake_server import FakeWeChat, running_fake
 
 APPID = "wx_doctor_test_app"
 SECRET = "doctor_secret_value_never_printed"

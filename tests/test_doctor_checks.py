@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.config import Config
-from router.doctor import (
+from kfrouter.router.config import Config
+from kfrouter.router.doctor import (
     ADVICE,
     CHECKS,
     CheckResult,
@@ -31,9 +31,9 @@ from router.doctor import (
     ip_from_errmsg,
     run_checks,
 )
-from router.doctor_cli import render_text
-from router.edges.client import WeChatClient
-from sim.fake_server import running_fake
+from kfrouter.router.doctor_cli import render_text
+from kfrouter.router.edges.client import WeChatClient
+from kfrouter.sim.fake_server import running_fake
 
 APPID = "wx_doctor_unit"
 SECRET = "unit_secret_value"

@@ -27,8 +27,8 @@ from conftest import (
     wait_until,
 )
 
-from router.wechat import replies, signature
-from router.wechat.push import UserMessage, parse_push
+from kfrouter.router.wechat import replies, signature
+from kfrouter.router.wechat.push import UserMessage, parse_push
 
 pytestmark = pytest.mark.slow
 

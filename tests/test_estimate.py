@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.registry import load_all
-from router.core import (
+from kfrouter.policies.registry import load_all
+from kfrouter.router.core import (
     AgentConfigured,
     AgentsSeen,
     ConfigError,
@@ -23,8 +23,8 @@ from router.core import (
     SessionCreated,
     UnknownCustomerError,
 )
-from router.core.estimate import Estimate, EstimatorConfig, Outcome, WaitEstimator, queue_wait
-from router.core.model import AgentRow
+from kfrouter.router.core.estimate import Estimate, EstimatorConfig, Outcome, WaitEstimator, queue_wait
+from kfrouter.router.core.model import AgentRow
 
 
 def engine_with(*agents: tuple[str, tuple[str, ...], int], online: bool = True) -> Engine:

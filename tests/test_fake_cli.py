@@ -9,14 +9,14 @@ import sys
 import aiohttp
 import pytest
 
-from router.cli import main
+from kfrouter.router.cli import main
 
 
 async def _start(*extra: str) -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "router.cli",
+        "kfrouter.router.cli",
         "fake-wechat",
         "--port",
         "0",

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim import fake_options as fo
-from sim.fake_options import FakeOptions, Fault
-from sim.wechat_model import SEEN_BATCH, WeChatModel
+from kfrouter.sim import fake_options as fo
+from kfrouter.sim.fake_options import FakeOptions, Fault
+from kfrouter.sim.wechat_model import SEEN_BATCH, WeChatModel
 
 T0 = 1_700_000_000.0
 

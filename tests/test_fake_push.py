@@ -13,11 +13,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from router.wechat import replies, signature
-from router.wechat.crypto import SafeModeCrypto
-from router.wechat.push import KfCloseSession, KfCreateSession, MenuClick, UserMessage, parse_push
-from sim.fake_options import FakeOptions
-from sim.fake_server import Clock, FakeWeChat, running_fake
+from kfrouter.router.wechat import replies, signature
+from kfrouter.router.wechat.crypto import SafeModeCrypto
+from kfrouter.router.wechat.push import KfCloseSession, KfCreateSession, MenuClick, UserMessage, parse_push
+from kfrouter.sim.fake_options import FakeOptions
+from kfrouter.sim.fake_server import Clock, FakeWeChat, running_fake
 
 T0 = 1_700_000_000.0
 TOKEN = "callbackTok3n"

@@ -18,8 +18,8 @@ requests = pytest.importorskip("requests")
 
 from wechatpy.exceptions import WeChatClientException  # noqa: E402
 
-from sim.fake_options import Fault  # noqa: E402
-from sim.fake_server import Clock, FakeWeChat, running_fake  # noqa: E402
+from kfrouter.sim.fake_options import Fault  # noqa: E402
+from kfrouter.sim.fake_server import Clock, FakeWeChat, running_fake  # noqa: E402
 
 T0 = 1_700_000_000.0
 REAL_ORIGIN = "https://api.weixin.qq.com"

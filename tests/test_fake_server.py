@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from sim.fake_options import FakeOptions
-from sim.fake_server import Clock, FakeWeChat, running_fake
+from kfrouter.sim.fake_options import FakeOptions
+from kfrouter.sim.fake_server import Clock, FakeWeChat, running_fake
 
 T0 = 1_700_000_000.0
 

@@ -16,12 +16,12 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics_env import running_env
 
-from router.config import Config
-from router.core.model import CustomerState
-from router.daemon import Daemon
-from router.metrics import METRIC_NAMES, CustomerTracker, endpoint_label
-from router.supervisor import attach_observability, observability_of
-from router.wechat import replies
+from kfrouter.router.config import Config
+from kfrouter.router.core.model import CustomerState
+from kfrouter.router.daemon import Daemon
+from kfrouter.router.metrics import METRIC_NAMES, CustomerTracker, endpoint_label
+from kfrouter.router.supervisor import attach_observability, observability_of
+from kfrouter.router.wechat import replies
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 OBS_DOC = Path(__file__).resolve().parent.parent / "docs" / "observability.md"

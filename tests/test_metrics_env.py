@@ -12,11 +12,11 @@ from typing import Any
 import aiohttp
 from conftest import ADMIN_TOKEN, CB_TOKEN, FakeControl, config_dict, wait_until
 
-from router.config import Config
-from router.daemon import Daemon, DaemonOptions
-from router.supervisor import Observability, attach_observability
-from sim.fake_options import FakeOptions
-from sim.fake_server import FakeWeChat, running_fake
+from kfrouter.router.config import Config
+from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.router.supervisor import Observability, attach_observability
+from kfrouter.sim.fake_options import FakeOptions
+from kfrouter.sim.fake_server import FakeWeChat, running_fake
 
 APPID = "wx_test_app"
 SECRET = "test_secret"

@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_metrics_env import SECRET, running_env
 
-from router.logs import REDACTED, EventLog, JsonFormatter, RedactFilter, scrub, setup_logging
+from kfrouter.router.logs import REDACTED, EventLog, JsonFormatter, RedactFilter, scrub, setup_logging
 
 
 @pytest.fixture

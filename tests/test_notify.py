@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.core import ConfigError, CoreError, SendText
-from router.core.estimate import Estimate
-from router.core.notify import Notifier, NotifyConfig, format_wait
+from kfrouter.router.core import ConfigError, CoreError, SendText
+from kfrouter.router.core.estimate import Estimate
+from kfrouter.router.core.notify import Notifier, NotifyConfig, format_wait
 
 H = 3600.0
 

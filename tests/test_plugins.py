@@ -17,7 +17,7 @@ def run_cli(args: list[str], extra_path: Path) -> subprocess.CompletedProcess[st
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(extra_path), env.get("PYTHONPATH", "")])
     return subprocess.run(
-        [sys.executable, "-m", "router.cli", *args], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "kfrouter.router.cli", *args], capture_output=True, text=True, env=env, timeout=60
     )
 
 
@@ -57,7 +57,7 @@ def test_example_plugin_routes(installed_example: Path) -> None:
     code = (
         "from policies.registry import load_policy\n"
         "from router.core import *\n"
-        "from router.core.model import AgentRow\n"
+        "from kfrouter.router.core.model import AgentRow\n"
         "e = Engine(EngineConfig(default_route=Route(policy='vip-first')), {'vip-first': load_policy('vip-first')})\n"
         "e.handle(AgentConfigured(kf_account='senior@x', tags=frozenset({'senior'})), 0)\n"
         "e.handle(AgentsSeen(rows=[AgentRow(kf_account=k, status=1) for k in ['a@x', 'senior@x']]), 0)\n"

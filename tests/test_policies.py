@@ -6,8 +6,8 @@ from __future__ import annotations
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
-from policies.registry import load_all, load_policy
-from router.core import (
+from kfrouter.policies.registry import load_all, load_policy
+from kfrouter.router.core import (
     AgentConfigured,
     AgentsSeen,
     CreateSession,
@@ -17,7 +17,7 @@ from router.core import (
     Route,
     SessionCreated,
 )
-from router.core.model import AgentRow, WaitingView
+from kfrouter.router.core.model import AgentRow, WaitingView
 
 GROUPS = ["sales", "support", "vip"]
 

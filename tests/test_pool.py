@@ -12,7 +12,7 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from router.core.pool import Order, Pool
+from kfrouter.router.core.pool import Order, Pool
 
 ACCOUNTS = [f"k{i}@x" for i in range(5)]
 GROUPS = ["sales", "support", "vip"]

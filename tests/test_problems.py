@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from router.edges.errors import AgentOffline, KfApiDisabled, SystemBusy
-from router.problems import ProblemReporter
+from kfrouter.router.edges.errors import AgentOffline, KfApiDisabled, SystemBusy
+from kfrouter.router.problems import ProblemReporter
 
 
 def told(caplog: pytest.LogCaptureFixture, code: str) -> list[str]:

@@ -21,11 +21,11 @@ import aiohttp
 import pytest
 from conftest import CB_TOKEN, FakeControl, config_dict, successful_creates, wait_until
 
-from router.config import Config
-from router.core.model import CustomerState
-from router.daemon import Daemon, DaemonOptions
-from sim.fake_options import FakeOptions
-from sim.fake_server import FakeWeChat, running_fake
+from kfrouter.router.config import Config
+from kfrouter.router.core.model import CustomerState
+from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.sim.fake_options import FakeOptions
+from kfrouter.sim.fake_server import FakeWeChat, running_fake
 
 APPID = "wx_rel_app"
 SECRET = "rel_secret"
@@ -135,10 +135,10 @@ def test_the_engine_forgets_history_older_than_the_sticky_window() -> None:
     # The long soak's RSS crept up with every distinct customer: the engine kept "last agent" history
     # forever, although sticky routing only looks back sticky_window_s. A daemon running for months
     # must not grow with every customer it has ever seen.
-    from policies.registry import load_all
-    from router.core import events as ev
-    from router.core.engine import Engine, EngineConfig
-    from router.core.model import AgentRow
+    from kfrouter.policies.registry import load_all
+    from kfrouter.router.core import events as ev
+    from kfrouter.router.core.engine import Engine, EngineConfig
+    from kfrouter.router.core.model import AgentRow
 
     window = 1000.0
     engine = Engine(EngineConfig(default_capacity=3, sticky_window_s=window), load_all())
@@ -162,8 +162,8 @@ def test_the_wait_estimator_does_not_grow_with_every_customer() -> None:
     # which a daemon without notifications never does.
     import tracemalloc
 
-    from router.core import events as ev
-    from router.core.estimate import WaitEstimator
+    from kfrouter.router.core import events as ev
+    from kfrouter.router.core.estimate import WaitEstimator
 
     est = WaitEstimator()
 
@@ -194,7 +194,7 @@ async def test_the_engine_task_ticks_every_sweep_even_under_constant_traffic() -
     # DaemonOptions.sweep_s promises an engine tick "at least this often" (the periodic sweep, and
     # forgetting history older than the sticky window); drive() only ticked when the inbox stayed quiet
     # for sweep_s or a deadline passed, so a steady stream of pushes postponed it indefinitely.
-    from router.inbox import Inbox, Item, drive
+    from kfrouter.router.inbox import Inbox, Item, drive
 
     clock = [0.0]
     ticks: list[float] = []

@@ -40,11 +40,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from router.edges.webhook import RECEIVER_KEY, PushReceiver, WebhookConfig, make_webhook_app
-from router.wechat import signature
-from router.wechat.crypto import SafeModeCrypto, decode_aes_key, pkcs7_pad
-from router.wechat.push import Push, UserMessage
-from router.wechat.xml import MAX_BODY_BYTES
+from kfrouter.router.edges.webhook import RECEIVER_KEY, PushReceiver, WebhookConfig, make_webhook_app
+from kfrouter.router.wechat import signature
+from kfrouter.router.wechat.crypto import SafeModeCrypto, decode_aes_key, pkcs7_pad
+from kfrouter.router.wechat.push import Push, UserMessage
+from kfrouter.router.wechat.xml import MAX_BODY_BYTES
 
 TOKEN = "relFuzzToken7"
 APPID = "wxrelfuzz000000001"

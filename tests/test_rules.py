@@ -8,8 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.config import Config, RoutingConfig
-from router.rules import AskHuman, Cancel, ChooseAgent, Decision, Inbound, NotForUs, classify, make_directory
+from kfrouter.router.config import Config, RoutingConfig
+from kfrouter.router.rules import (
+    AskHuman,
+    Cancel,
+    ChooseAgent,
+    Decision,
+    Inbound,
+    NotForUs,
+    classify,
+    make_directory,
+)
 
 SECRETS: dict[str, Any] = {
     "wechat": {"appid": "wx1", "secret": "s", "token": "tok"},

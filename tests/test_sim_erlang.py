@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.erlang import birth_death, erlang_a, erlang_b, erlang_c
+from kfrouter.sim.erlang import birth_death, erlang_a, erlang_b, erlang_c
 
 
 def test_erlang_b_small_cases() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from router.cli import main
-from sim.gen import (
+from kfrouter.router.cli import main
+from kfrouter.sim.gen import (
     GenError,
     GenParams,
     Segment,
@@ -24,7 +24,7 @@ from sim.gen import (
     parse_shares,
     parse_windows,
 )
-from sim.trace import AgentOffline, AgentOnline, Arrival, TraceWriter, read_trace
+from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, TraceWriter, read_trace
 
 
 def text_of(p: GenParams) -> str:

@@ -10,11 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from router.cli import main
-from sim.progress import Progress
-from sim.report import build_report, compare, jain, metrics, percentile, strip_nondeterministic, to_text
-from sim.runner import RunConfig, run_records
-from sim.trace import AgentOnline, Arrival, Header, Record, write_trace
+from kfrouter.router.cli import main
+from kfrouter.sim.progress import Progress
+from kfrouter.sim.report import (
+    build_report,
+    compare,
+    jain,
+    metrics,
+    percentile,
+    strip_nondeterministic,
+    to_text,
+)
+from kfrouter.sim.runner import RunConfig, run_records
+from kfrouter.sim.trace import AgentOnline, Arrival, Header, Record, write_trace
 
 
 def test_percentile_nearest_rank() -> None:

@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-from policies.registry import available_policies
-from router.core.commands import Command, CreateSession
-from router.core.events import CustomerRequested, SessionCreated
-from sim.gen import GenParams, generate, header_for, parse_priorities, parse_shares, parse_windows
-from sim.report import build_report, strip_nondeterministic, to_json
-from sim.runner import (
+from kfrouter.policies.registry import available_policies
+from kfrouter.router.core.commands import Command, CreateSession
+from kfrouter.router.core.events import CustomerRequested, SessionCreated
+from kfrouter.sim.gen import GenParams, generate, header_for, parse_priorities, parse_shares, parse_windows
+from kfrouter.sim.report import build_report, strip_nondeterministic, to_json
+from kfrouter.sim.runner import (
     ABANDONED,
     SERVED,
     UNSERVED,
@@ -23,7 +23,7 @@ from sim.runner import (
     groups_of,
     run_records,
 )
-from sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record
+from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record
 
 POLICIES = [name for name, origin in available_policies() if origin == "built-in"]
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.trace import (
+from kfrouter.sim.trace import (
     AgentOffline,
     AgentOnline,
     Arrival,

@@ -9,9 +9,9 @@ import statistics
 
 import pytest
 
-from sim.erlang import erlang_a, erlang_c
-from sim.gen import GenParams, generate, header_for
-from sim.runner import ABANDONED, RunConfig, RunResult, groups_of, run_records
+from kfrouter.sim.erlang import erlang_a, erlang_c
+from kfrouter.sim.gen import GenParams, generate, header_for
+from kfrouter.sim.runner import ABANDONED, RunConfig, RunResult, groups_of, run_records
 
 BATCHES = 20
 CONFIDENCE = 0.99

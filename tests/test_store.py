@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.edges.store import SCHEMA_VERSION, Store, StoreError, WaitingRow
-from sim.trace import AgentOffline, AgentOnline, Arrival, read_trace
+from kfrouter.router.edges.store import SCHEMA_VERSION, Store, StoreError, WaitingRow
+from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, read_trace
 
 
 @pytest.fixture

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from router.edges.store import Store
+from kfrouter.router.edges.store import Store
 
 WRITER = textwrap.dedent(
     """
     import sys
-    from router.edges.store import Store, WaitingRow
+    from kfrouter.router.edges.store import Store, WaitingRow
 
     store = Store(sys.argv[1])
     i = 0

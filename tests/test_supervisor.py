@@ -15,10 +15,10 @@ import aiohttp
 from conftest import ADMIN_TOKEN, config_dict, wait_until
 from test_metrics_env import AUTH, ObsEnv, running_env
 
-from router.config import Config
-from router.core.model import CustomerState
-from router.daemon import Daemon
-from router.supervisor import COOKIE, observability_of, session_cookie
+from kfrouter.router.config import Config
+from kfrouter.router.core.model import CustomerState
+from kfrouter.router.daemon import Daemon
+from kfrouter.router.supervisor import COOKIE, observability_of, session_cookie
 
 TWO_GROUPS: dict[str, Any] = {
     "groups": [

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.core.waitqueue import WaitQueue
+from kfrouter.router.core.waitqueue import WaitQueue
 
 # an operation: ("add", priority) joins with the next sequence number; ("remove", n) takes out the
 # n-th queued entry (modulo the length), n == 0 being the front, the usual case

@@ -12,16 +12,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from router.edges.webhook import (
+from kfrouter.router.edges.webhook import (
     CALLBACK_FAILED_STATUS,
     RECEIVER_KEY,
     PushReceiver,
     WebhookConfig,
     make_webhook_app,
 )
-from router.wechat import replies, signature
-from router.wechat.crypto import SafeModeCrypto
-from router.wechat.push import KfCloseSession, Push, UserMessage
+from kfrouter.router.wechat import replies, signature
+from kfrouter.router.wechat.crypto import SafeModeCrypto
+from kfrouter.router.wechat.push import KfCloseSession, Push, UserMessage
 
 TOKEN = "AAAAA"
 APPID = "wx1234567890abcdef"

@@ -12,10 +12,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from router.edges.webhook import CALLBACK_FAILED_STATUS, PushReceiver, WebhookConfig
-from router.wechat import replies
-from router.wechat.push import KfCloseSession, KfCreateSession, Push, UserMessage
-from sim.fake_server import Clock, FakeWeChat, running_fake
+from kfrouter.router.edges.webhook import CALLBACK_FAILED_STATUS, PushReceiver, WebhookConfig
+from kfrouter.router.wechat import replies
+from kfrouter.router.wechat.push import KfCloseSession, KfCreateSession, Push, UserMessage
+from kfrouter.sim.fake_server import Clock, FakeWeChat, running_fake
 
 APPID = "wx_webhook_fake_app"
 SECRET = "fake_secret_value"

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from router.edges.webhook import RECEIVER_KEY, WebhookConfig, make_webhook_app
-from router.wechat import replies, signature
-from router.wechat.crypto import SafeModeCrypto
-from router.wechat.push import Push, UserMessage
+from kfrouter.router.edges.webhook import RECEIVER_KEY, WebhookConfig, make_webhook_app
+from kfrouter.router.wechat import replies, signature
+from kfrouter.router.wechat.crypto import SafeModeCrypto
+from kfrouter.router.wechat.push import Push, UserMessage
 
 TOKEN = "fuzzToken1"
 APPID = "wxfuzz000000000001"

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.wechat.crypto import (
+from kfrouter.router.wechat.crypto import (
     Decrypted,
     SafeModeCrypto,
     decode_aes_key,
@@ -21,7 +21,7 @@ from router.wechat.crypto import (
     pkcs7_pad,
     pkcs7_unpad,
 )
-from router.wechat.errors import (
+from kfrouter.router.wechat.errors import (
     AppIdMismatch,
     BadAESKey,
     DecryptError,
@@ -30,8 +30,8 @@ from router.wechat.errors import (
     WeChatCodecError,
     XmlRejected,
 )
-from router.wechat.push import UserMessage, parse_encrypted_envelope, parse_push
-from router.wechat.xml import MAX_BODY_BYTES
+from kfrouter.router.wechat.push import UserMessage, parse_encrypted_envelope, parse_push
+from kfrouter.router.wechat.xml import MAX_BODY_BYTES
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "crypto-vectors.json").read_text("utf-8"))
 A = VECTORS["A"]

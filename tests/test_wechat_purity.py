@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import router.wechat
+import kfrouter.router.wechat
 
 FORBIDDEN = {
     "asyncio",
@@ -36,7 +36,7 @@ def imported_roots(path: Path) -> set[str]:
 
 
 def test_no_io_clock_or_random_imports() -> None:
-    package = Path(router.wechat.__file__).parent
+    package = Path(kfrouter.router.wechat.__file__).parent
     files = sorted(package.glob("*.py"))
     assert len(files) >= 7
     for path in files:
@@ -45,5 +45,5 @@ def test_no_io_clock_or_random_imports() -> None:
 
 
 def test_every_module_has_a_docstring() -> None:
-    for path in Path(router.wechat.__file__).parent.glob("*.py"):
+    for path in Path(kfrouter.router.wechat.__file__).parent.glob("*.py"):
         assert ast.get_docstring(ast.parse(path.read_text("utf-8"))), path.name

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from router.wechat.errors import InvalidPush, WeChatCodecError, XmlRejected
-from router.wechat.push import (
+from kfrouter.router.wechat.errors import InvalidPush, WeChatCodecError, XmlRejected
+from kfrouter.router.wechat.push import (
     EncryptedEnvelope,
     GenericEvent,
     KfCloseSession,
@@ -22,8 +22,8 @@ from router.wechat.push import (
     parse_encrypted_envelope,
     parse_push,
 )
-from router.wechat.reply_parser import parse_reply
-from router.wechat.xml import MAX_BODY_BYTES
+from kfrouter.router.wechat.reply_parser import parse_reply
+from kfrouter.router.wechat.xml import MAX_BODY_BYTES
 
 # -- spec §5.3 samples, verbatim ------------------------------------------------------------------
 

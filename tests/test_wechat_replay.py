@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from sim.wechat_replay import ReplayWeChat
+from kfrouter.sim.wechat_replay import ReplayWeChat
 
 
 def online(w: ReplayWeChat, *agents: str, auto_accept: int = 1) -> None:

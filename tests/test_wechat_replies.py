@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.wechat.errors import InvalidPush, WeChatCodecError, XmlRejected
-from router.wechat.push import (
+from kfrouter.router.wechat.errors import InvalidPush, WeChatCodecError, XmlRejected
+from kfrouter.router.wechat.push import (
     GenericEvent,
     KfCloseSession,
     KfCreateSession,
@@ -18,7 +18,7 @@ from router.wechat.push import (
     UserMessage,
     parse_push,
 )
-from router.wechat.replies import (
+from kfrouter.router.wechat.replies import (
     SUCCESS,
     build_event,
     build_kf_close_session,
@@ -29,8 +29,8 @@ from router.wechat.replies import (
     text_reply,
     transfer_customer_service,
 )
-from router.wechat.reply_parser import Reply, parse_reply
-from router.wechat.xml import cdata
+from kfrouter.router.wechat.reply_parser import Reply, parse_reply
+from kfrouter.router.wechat.xml import cdata
 
 # spec §5.4, verbatim
 TRANSFER = """<xml>

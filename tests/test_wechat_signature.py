@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.wechat.signature import check_token_format, sign, verify
+from kfrouter.router.wechat.signature import check_token_format, sign, verify
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "crypto-vectors.json").read_text("utf-8"))
 C = VECTORS["C"]

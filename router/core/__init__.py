@@ -5,10 +5,10 @@ random, no logging I/O. Time is the ``now`` argument; randomness, if ever needed
 ``random.Random``. The same Engine runs in the daemon, the simulator and the tests.
 """
 
-from router.core.commands import CloseSession, Command, CreateSession, SendText
-from router.core.engine import Engine, EngineConfig, Route
-from router.core.errors import ConfigError, CoreError, UnknownAgentError, UnknownCustomerError
-from router.core.events import (
+from kfrouter.router.core.commands import CloseSession, Command, CreateSession, SendText
+from kfrouter.router.core.engine import Engine, EngineConfig, Route
+from kfrouter.router.core.errors import ConfigError, CoreError, UnknownAgentError, UnknownCustomerError
+from kfrouter.router.core.events import (
     AgentConfigured,
     AgentRemoved,
     AgentSessionsSeen,
@@ -23,7 +23,7 @@ from router.core.events import (
     SessionCreated,
     SessionSwitched,
 )
-from router.core.model import AgentRow, AgentView, CustomerState, WaitingView
+from kfrouter.router.core.model import AgentRow, AgentView, CustomerState, WaitingView
 
 __all__ = [
     "AgentConfigured",

@@ -33,13 +33,13 @@ from typing import ClassVar
 from attrs import field, frozen
 from sortedcontainers import SortedList
 
-from router.core import events as ev
-from router.core.commands import CloseSession, Command, SendText, create_session
-from router.core.errors import ConfigError, CoreError, UnknownAgentError, UnknownCustomerError
-from router.core.model import AgentView, CustomerState, WaitingView, waiting_view
-from router.core.policy import Policy
-from router.core.pool import Pool
-from router.core.waitqueue import WaitQueue
+from kfrouter.router.core import events as ev
+from kfrouter.router.core.commands import CloseSession, Command, SendText, create_session
+from kfrouter.router.core.errors import ConfigError, CoreError, UnknownAgentError, UnknownCustomerError
+from kfrouter.router.core.model import AgentView, CustomerState, WaitingView, waiting_view
+from kfrouter.router.core.policy import Policy
+from kfrouter.router.core.pool import Pool
+from kfrouter.router.core.waitqueue import WaitQueue
 
 # The customer states as plain module constants: reading an Enum member through its class costs a
 # metaclass lookup (about 50 ns on Python 3.11), and the engine compares states many times per customer.

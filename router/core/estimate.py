@@ -28,9 +28,9 @@ from typing import Protocol
 
 from attrs import field, frozen
 
-from router.core import events as ev
-from router.core.errors import ConfigError, CoreError, UnknownCustomerError
-from router.core.model import CustomerState, WaitingView
+from kfrouter.router.core import events as ev
+from kfrouter.router.core.errors import ConfigError, CoreError, UnknownCustomerError
+from kfrouter.router.core.model import CustomerState, WaitingView
 
 PREDICTORS = ("queue", "qlen", "les", "hol")
 _EXACT_TERMS = 4096  # beyond this many customers ahead the sum's tail is integrated (error < 1e-6 rel.)

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 from attrs import field, frozen
 
-from router.core.errors import CoreError
-from router.core.model import AgentRow
+from kfrouter.router.core.errors import CoreError
+from kfrouter.router.core.model import AgentRow
 
 
 def _openid(_inst: object, attr: object, value: str) -> None:

@@ -10,7 +10,7 @@ import enum
 
 from attrs import field, frozen
 
-from router.core.errors import CoreError
+from kfrouter.router.core.errors import CoreError
 
 
 def _non_negative(name: str):  # type: ignore[no-untyped-def]

@@ -30,9 +30,9 @@ from collections.abc import Callable, Mapping
 
 from attrs import field, frozen
 
-from router.core.commands import SendText
-from router.core.errors import ConfigError, CoreError
-from router.core.estimate import Estimate
+from kfrouter.router.core.commands import SendText
+from kfrouter.router.core.errors import ConfigError, CoreError
+from kfrouter.router.core.estimate import Estimate
 
 # errcodes after which nothing more can reach the user until they write again (spec §3, §6.1)
 ERR_WINDOW_CLOSED = 45015

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal, Protocol, runtime_checkable
 
-from router.core.model import AgentView, WaitingView
+from kfrouter.router.core.model import AgentView, WaitingView
 
 Order = Literal["load", "idle", "name"]
 

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from operator import itemgetter
 from typing import Literal
 
-from router.core.errors import ConfigError, UnknownAgentError
-from router.core.model import AgentView
+from kfrouter.router.core.errors import ConfigError, UnknownAgentError
+from kfrouter.router.core.model import AgentView
 
 Order = Literal["load", "idle", "name"]
 

@@ -33,9 +33,9 @@ from urllib.parse import quote
 import aiohttp
 from attrs import define, field, frozen
 
-from router.core.errors import CoreError
-from router.core.model import AgentRow
-from router.edges.errors import (
+from kfrouter.router.core.errors import CoreError
+from kfrouter.router.core.model import AgentRow
+from kfrouter.router.edges.errors import (
     BadResponse,
     NetworkError,
     TokenError,
@@ -43,7 +43,7 @@ from router.edges.errors import (
     raise_for_response,
     redact,
 )
-from router.edges.token import TokenHolder, TokenMode, parse_token_response, token_request
+from kfrouter.router.edges.token import TokenHolder, TokenMode, parse_token_response, token_request
 
 log = logging.getLogger("kfrouter.client")
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
-from router.edges.errors import BadResponse, CredentialError, TokenError, WeChatError, from_response
+from kfrouter.router.edges.errors import BadResponse, CredentialError, TokenError, WeChatError, from_response
 
 log = logging.getLogger("kfrouter.client")
 

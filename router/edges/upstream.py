@@ -26,10 +26,10 @@ from urllib.parse import urlencode
 import aiohttp
 from attrs import frozen
 
-from router.wechat.crypto import SafeModeCrypto
-from router.wechat.errors import WeChatCodecError
-from router.wechat.replies import SUCCESS
-from router.wechat.xml import MAX_BODY_BYTES
+from kfrouter.router.wechat.crypto import SafeModeCrypto
+from kfrouter.router.wechat.errors import WeChatCodecError
+from kfrouter.router.wechat.replies import SUCCESS
+from kfrouter.router.wechat.xml import MAX_BODY_BYTES
 
 log = logging.getLogger("kfrouter.upstream")
 

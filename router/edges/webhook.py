@@ -37,12 +37,12 @@ from typing import Any
 from aiohttp import web
 from attrs import field, frozen
 
-from router.wechat import signature
-from router.wechat.crypto import SafeModeCrypto
-from router.wechat.errors import SignatureMismatch, WeChatCodecError, XmlRejected
-from router.wechat.push import Push, parse_push
-from router.wechat.replies import SUCCESS
-from router.wechat.xml import MAX_BODY_BYTES
+from kfrouter.router.wechat import signature
+from kfrouter.router.wechat.crypto import SafeModeCrypto
+from kfrouter.router.wechat.errors import SignatureMismatch, WeChatCodecError, XmlRejected
+from kfrouter.router.wechat.push import Push, parse_push
+from kfrouter.router.wechat.replies import SUCCESS
+from kfrouter.router.wechat.xml import MAX_BODY_BYTES
 
 log = logging.getLogger("kfrouter.webhook")
 

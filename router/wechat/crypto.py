@@ -20,8 +20,8 @@ import struct
 from attrs import frozen
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from router.wechat import signature
-from router.wechat.errors import (
+from kfrouter.router.wechat import signature
+from kfrouter.router.wechat.errors import (
     AppIdMismatch,
     BadAESKey,
     DecryptError,
@@ -29,8 +29,8 @@ from router.wechat.errors import (
     SignatureMismatch,
     WeChatCodecError,
 )
-from router.wechat.push import parse_encrypted_envelope
-from router.wechat.xml import MAX_BODY_BYTES, cdata, child_map, leaf_text, parse_xml_root
+from kfrouter.router.wechat.push import parse_encrypted_envelope
+from kfrouter.router.wechat.xml import MAX_BODY_BYTES, cdata, child_map, leaf_text, parse_xml_root
 
 BLOCK = 32  # WeChat's PKCS#7 block size (not AES's 16)
 KEY_CHARS = 43

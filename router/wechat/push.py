@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from attrs import field, frozen
 
-from router.wechat.xml import MAX_BODY_BYTES, ChildReader, parse_xml_root
+from kfrouter.router.wechat.xml import MAX_BODY_BYTES, ChildReader, parse_xml_root
 
 _MAX_CREATE_TIME = 2**63 - 1
 _MAX_MSG_ID = 2**64 - 1

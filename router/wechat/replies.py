@@ -8,8 +8,8 @@ their arguments and raise ``WeChatCodecError`` naming the argument.
 
 from __future__ import annotations
 
-from router.wechat.errors import WeChatCodecError
-from router.wechat.xml import check_xml_name, element
+from kfrouter.router.wechat.errors import WeChatCodecError
+from kfrouter.router.wechat.xml import check_xml_name, element
 
 SUCCESS = "success"
 """The plain body that tells WeChat "handled, nothing to say" (an empty body means the same)."""

@@ -13,9 +13,9 @@ from types import MappingProxyType
 
 from attrs import field, frozen
 
-from router.wechat.errors import InvalidPush
-from router.wechat.replies import SUCCESS
-from router.wechat.xml import MAX_BODY_BYTES, ChildReader, parse_xml_root
+from kfrouter.router.wechat.errors import InvalidPush
+from kfrouter.router.wechat.replies import SUCCESS
+from kfrouter.router.wechat.xml import MAX_BODY_BYTES, ChildReader, parse_xml_root
 
 TRANSFER = "transfer_customer_service"
 

@@ -15,7 +15,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as DET
 from defusedxml import DefusedXmlException
 
-from router.wechat.errors import InvalidPush, WeChatCodecError, XmlRejected
+from kfrouter.router.wechat.errors import InvalidPush, WeChatCodecError, XmlRejected
 
 # Precedent: h11 caps an incomplete HTTP event at 16 KiB, aiohttp's and nginx's default request body
 # limits are 1 MiB. A WeChat push is a few hundred bytes to a few KiB (safe mode adds a third for

@@ -7,9 +7,9 @@ everyone else (and VIPs when no senior is free) is routed by least load. It read
 
 from __future__ import annotations
 
-from policies.builtin import LeastLoad
-from router.core.model import WaitingView
-from router.core.policy import PoolView
+from kfrouter.policies.builtin import LeastLoad
+from kfrouter.router.core.model import WaitingView
+from kfrouter.router.core.policy import PoolView
 
 
 class VipFirst:
