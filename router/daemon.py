@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -40,14 +39,15 @@ from attrs import field, frozen
 
 from kfrouter.policies.registry import load_policies
 from kfrouter.router.admin import admin_routes
-from kfrouter.router.choice import agent_wait, display_name
 from kfrouter.router.config import DEFAULT_TEMPLATES, Config
 from kfrouter.router.core import events as ev
 from kfrouter.router.core import notify as core_notify
 from kfrouter.router.core.commands import CloseSession, Command, CreateSession, SendText
+from kfrouter.router.core.desk import Desk
 from kfrouter.router.core.engine import Engine
 from kfrouter.router.core.errors import CoreError, UnknownAgentError
 from kfrouter.router.core.estimate import WaitEstimator
+from kfrouter.router.core.facts import AgentOffline, AgentOnline, Assigned, Fact, Requeued
 from kfrouter.router.core.model import AgentRow, CustomerState
 from kfrouter.router.doctor import run_checks
 from kfrouter.router.edges.client import WaitEntry, WeChatClient
@@ -73,9 +73,6 @@ log = logging.getLogger("kfrouter.daemon")
 
 Listener = Callable[[str, Mapping[str, Any]], None]
 """``listener(kind, payload)``: kinds 'event', 'command', 'assigned', 'api_call', 'push', 'state'."""
-
-_CLOSE_MEMORY_S = 120.0  # a second SessionClosed for the same pair within this is a duplicate
-_CANCEL_MEMORY_S = 3600.0  # WeChat's wait-list entry of a customer who cancelled is ignored this long
 
 
 class LoopClock:
@@ -208,10 +205,16 @@ class Daemon:
         self.config = config
         self.options = options if options is not None else DaemonOptions()
         self.clock: Clock = clock if clock is not None else LoopClock()
-        self.engine = Engine(config.engine_config(), load_policies(sorted(config.policy_names())))
-        self.estimator: WaitEstimator | None = WaitEstimator()
         ncfg = notify_config(config)
-        self.notifier: core_notify.Notifier | None = core_notify.Notifier(ncfg) if ncfg is not None else None
+        # the application core: engine, estimator, notifier and the rules that join them (router/core/desk.py)
+        self.desk = Desk(
+            Engine(config.engine_config(), load_policies(sorted(config.policy_names()))),
+            estimator=WaitEstimator(),
+            notifier=core_notify.Notifier(ncfg) if ncfg is not None else None,
+        )
+        self.engine = self.desk.engine
+        self.estimator: WaitEstimator | None = self.desk.estimator
+        self.notifier: core_notify.Notifier | None = self.desk.notifier
         self.listeners: list[Listener] = []
         self.problems = ProblemReporter()  # operator problems (65400, 40164, ...) told once, in plain words
         self.started = asyncio.Event()
@@ -231,11 +234,6 @@ class Daemon:
         self._engine_running = False
         self._epoch = 0
         self._touched: dict[str, int] = {}
-        self._recent_closes: dict[tuple[str, str], float] = {}
-        self._requests: dict[str, ev.CustomerRequested] = {}  # active customers' requests (to re-persist)
-        self._cancelled: dict[str, float] = {}  # openid -> when they cancelled (WeChat's wait list lags)
-        # openid -> agent: they cancelled while a kfsession/create to this agent was in flight
-        self._cancelled_creates: dict[str, str] = {}
         self._guard = SnapshotGuard()
         self._rng = random.Random(self.options.seed)
         self._started_at = time.time()
@@ -592,173 +590,77 @@ class Daemon:
                 rows = self._guard.apply(rows, views, lambda kf: self._touched.get(kf, -1) > mark)
             return self._apply(ev.AgentsSeen(rows=rows, complete=True), now)  # type: ignore[arg-type]
         if isinstance(payload, _EtaSweep):
-            self._dispatch(self._eta_sweep(now), now)
+            self._dispatch(self.desk.sweep_estimates(now), now)
             return None
         return self._apply(payload, now)
 
     def _tick(self, now: float) -> None:
-        commands = self.engine.tick(now)
-        if commands:
-            self._dispatch(self._after(None, commands, now, {}), now)
+        step = self.desk.tick(now)
+        self._on_facts(step.facts, None, now)
+        self._dispatch(step.commands, now)
 
     def _apply(self, event: ev.Event, now: float) -> list[Command]:
-        """Apply one input to the engine, keep the store and the listeners in step, run the commands."""
+        """Apply one input through the Desk, write what its facts say to the store and the listeners, run
+        the commands."""
         self._epoch += 1
-        if isinstance(event, ev.SessionClosed) and self._duplicate_close(event, now):
-            log.info(
-                "event SessionClosed %s (%s): duplicate of a close already applied",
-                event.openid,
-                event.kf_account,
-            )
-            return []
-        before = self._before(event)
-        commands = self.engine.handle(event, now)
+        step = self.desk.handle(event, now)
         self._log_event(event)
         self._touch(event)
         self._emit("event", _jsonable(event))
-        commands = self._after(event, commands, now, before)
-        self._dispatch(commands, now)
-        return commands
+        self._on_facts(step.facts, event, now)
+        self._dispatch(step.commands, now)
+        return step.commands
 
-    def _duplicate_close(self, e: ev.SessionClosed, now: float) -> bool:
-        key = (e.openid, e.kf_account)
-        for k, t in list(self._recent_closes.items()):
-            if now - t > _CLOSE_MEMORY_S:
-                del self._recent_closes[k]
-        in_session = (
-            self.engine.state(e.openid) is CustomerState.IN_SESSION
-            and self.engine.with_agent(e.openid) == e.kf_account
-        )
-        if in_session:
-            self._recent_closes[key] = now
-            return False
-        return key in self._recent_closes
-
-    def _before(self, event: ev.Event) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if isinstance(event, ev.AgentsSeen | ev.AgentConfigured | ev.AgentRemoved | ev.CreateFailed):
-            out["online"] = {a.kf_account for a in self.engine.agents() if a.online}
-        openid = getattr(event, "openid", None)
-        if openid is not None:
-            out["state"] = self.engine.state(openid)
-            out["agent"] = self.engine.with_agent(openid)
-        return out
-
-    def _after(
-        self, event: ev.Event | None, commands: list[Command], now: float, before: Mapping[str, Any]
-    ) -> list[Command]:
-        """Bookkeeping after an engine step: store, estimates, notifications, listeners."""
-        out = list(commands)
-        if "online" in before:
-            self._log_agent_changes(before["online"], now)
-        if self.estimator is not None and event is not None:
-            try:
-                self.estimator.observe_event(event, now)
-            except CoreError as exc:
-                log.debug("estimator: %s", exc)
-            except Exception:
-                log.exception("estimator failed on %s; routing goes on", type(event).__name__)
-        openid = getattr(event, "openid", None)
-        if openid is None:
-            return out
-        state = self.engine.state(openid)
-        agent = self.engine.with_agent(openid)
-        if isinstance(event, ev.CustomerRequested | ev.CreateFailed):
-            self._cancelled_creates.pop(openid, None)  # asked again, or the late create failed after all
-        if (
-            state is CustomerState.IN_SESSION
-            and agent is not None
-            and (before.get("state") is not CustomerState.IN_SESSION or before.get("agent") != agent)
-        ):
-            self._emit(
-                "assigned", {"openid": openid, "kf_account": agent, "source": getattr(event, "source", "")}
-            )
-            log.info("assigned %s -> %s", openid, agent)
-            if self._cancelled_creates.get(openid) == agent:
-                # they cancelled while this create was in flight: it landed anyway; honour the cancel
-                del self._cancelled_creates[openid]
-                log.info("%s cancelled before this session with %s opened: closing it", openid, agent)
-                out.append(CloseSession(openid=openid, kf_account=agent))
-            elif self.notifier is not None:
-                view = self.engine.agent(agent)
-                out += self.notifier.on_assigned(openid, view.nickname if view else "", now, kf_account=agent)
-        elif (
-            state in (CustomerState.WAITING, CustomerState.RESERVED)
-            and before.get("state") is CustomerState.IN_SESSION
-        ):
-            self._persist_requeued(openid, now)  # moved by kfrouter: closed, then routed again
-            if self.notifier is not None:  # the agent who takes over is announced
-                req = self._requests.get(openid)
-                self.notifier.on_moved(openid, now, group=req.group if req is not None else None)
-        elif (
-            state is CustomerState.WAITING
-            and isinstance(event, ev.CustomerRequested)
-            and before.get("state") is not CustomerState.WAITING
-            and self.notifier is not None
-        ):
-            out += self._notify_queued(openid, now)
-        if isinstance(event, ev.CustomerRequested) and state is not CustomerState.GONE:
-            self._requests.setdefault(openid, event)
-        elif state in (CustomerState.GONE, CustomerState.UNKNOWN):
-            self._requests.pop(openid, None)
-            if isinstance(event, ev.CustomerLeft):
-                if event.reason == "cancelled":
-                    self._cancelled[openid] = now
-                    if before.get("state") is CustomerState.RESERVED and before.get("agent"):
-                        self._cancelled_creates[openid] = before["agent"]
-                if self.notifier is not None:
-                    self.notifier.on_left(openid, now)
-        return out
-
-    def _notify_queued(self, openid: str, now: float) -> list[Command]:
-        """The customer joined the queue: their place and estimate, or — waiting for the agent they chose —
-        that agent's estimate and how long they wait for them alone."""
-        assert self.notifier is not None
-        ahead = self.engine.ahead_in_group(openid)
-        view = self.engine.waiting_view(openid, now)
-        if ahead is None or view is None or self.estimator is None:
-            return []
-        if view.preferred_agent is not None and view.preferred_until > now:
-            wait = agent_wait(self.engine, self.estimator, view.preferred_agent, now, exclude=openid)
-            agent = self.engine.agent(view.preferred_agent)
-            name = display_name(agent) if agent is not None else view.preferred_agent
-            return list(
-                self.notifier.on_preferred(
-                    openid,
-                    name,
-                    math.inf if wait is None else wait,
-                    view.preferred_until - now,
-                    now,
-                    group=view.group,
+    def _on_facts(self, facts: Iterable[Fact], event: ev.Event | None, now: float) -> None:
+        """I/O that follows from what happened: the store and the listeners."""
+        agent_changes: list[tuple[str, dict[str, Any]]] = []
+        for fact in facts:
+            if isinstance(fact, Assigned):
+                self._emit(
+                    "assigned",
+                    {
+                        "openid": fact.openid,
+                        "kf_account": fact.kf_account,
+                        "source": getattr(event, "source", ""),
+                    },
                 )
-            )
-        try:
-            estimate = self.estimator.estimate(self.engine, openid, now)
-        except CoreError as exc:
-            log.debug("estimate for %s: %s", openid, exc)
-            return []
-        return list(self.notifier.on_queued(openid, ahead + 1, estimate, now, group=view.group))
-
-    def _eta_sweep(self, now: float) -> list[Command]:
-        if self.notifier is None or self.estimator is None:
-            return []
-        out: list[Command] = []
-        for view in self.engine.waiting(now):
-            if view.preferred_agent is not None and view.preferred_until > now:
-                continue  # told their chosen agent's estimate; the group's applies after the fallback
+                log.info("assigned %s -> %s", fact.openid, fact.kf_account)
+            elif isinstance(fact, Requeued):
+                self._persist_requeued(fact.openid, now)  # moved by kfrouter: closed, then routed again
+            elif isinstance(fact, AgentOnline):
+                agent_changes.append(
+                    (
+                        "agent_online",
+                        {
+                            "agent": fact.kf_account,
+                            "groups": list(fact.groups),
+                            "max_sessions": fact.capacity,
+                        },
+                    )
+                )
+                log.info(
+                    "agent %s online (groups %s, capacity %d)",
+                    fact.kf_account,
+                    list(fact.groups),
+                    fact.capacity,
+                )
+            elif isinstance(fact, AgentOffline):
+                agent_changes.append(("agent_offline", {"agent": fact.kf_account}))
+                log.info("agent %s offline", fact.kf_account)
+        if agent_changes and self.store is not None:
             try:
-                estimate = self.estimator.estimate(self.engine, view.openid, now)
-            except CoreError:
-                continue
-            out += self.notifier.on_estimate(view.openid, estimate, now)
-        return out
+                with self.store.transaction():
+                    for kind, payload in agent_changes:
+                        self.store.append_event(now, kind, payload)
+            except Exception:
+                log.exception("store: could not log agent changes")
 
     def _persist_requeued(self, openid: str, now: float) -> None:
         """A customer routed again after kfrouter closed their session: waiting again in the store (with
         the group and priority of their request), so a crash now does not lose them."""
         if self.store is None:
             return
-        req = self._requests.get(openid)
+        req = self.desk.request(openid)
         try:
             self.store.add_waiting(
                 WaitingRow(
@@ -778,26 +680,6 @@ class Daemon:
             kf = getattr(event, name, None)
             if isinstance(kf, str):
                 self._touched[kf] = self._epoch
-
-    def _log_agent_changes(self, before: set[str], now: float) -> None:
-        after = {a.kf_account: a for a in self.engine.agents() if a.online}
-        changes: list[tuple[str, dict[str, Any]]] = []
-        for kf in sorted(set(after) - before):
-            a = after[kf]
-            changes.append(
-                ("agent_online", {"agent": kf, "groups": sorted(a.groups), "max_sessions": a.capacity})
-            )
-            log.info("agent %s online (groups %s, capacity %d)", kf, sorted(a.groups), a.capacity)
-        for kf in sorted(before - set(after)):
-            changes.append(("agent_offline", {"agent": kf}))
-            log.info("agent %s offline", kf)
-        if changes and self.store is not None:
-            try:
-                with self.store.transaction():
-                    for kind, payload in changes:
-                        self.store.append_event(now, kind, payload)
-            except Exception:
-                log.exception("store: could not log agent changes")
 
     def _log_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.AgentsSeen):
@@ -910,12 +792,11 @@ class Daemon:
     def _on_api_call(self, info: Mapping[str, Any]) -> None:
         self._emit("api_call", info)
         if (
-            self.notifier is not None
-            and info.get("endpoint") == "message/custom/send"
+            info.get("endpoint") == "message/custom/send"
             and not info.get("ok")
             and isinstance(info.get("openid"), str)
         ):
-            self.notifier.on_send_failed(info["openid"], int(info.get("errcode", 0)))
+            self.desk.on_send_failed(info["openid"], int(info.get("errcode", 0)))
 
     async def _publish_agents(self, rows: tuple[AgentRow, ...], mark: object) -> None:
         self.problems.clear()  # WeChat answered: the operator problems told so far are over
@@ -941,12 +822,12 @@ class Daemon:
         """A customer in WeChat's own wait list that the engine does not know: route them — unless they
         cancelled with kfrouter and have not written since (no API removes a wait-list entry)."""
         now = self.clock.now()
-        cancelled_at = self._cancelled.get(entry.openid)
+        cancelled_at = self.desk.cancelled_since(entry.openid)
         if cancelled_at is not None:
             if entry.latest_time <= cancelled_at + 1:
                 log.debug("waitlist: %s cancelled; WeChat's entry ignored", entry.openid)
                 return
-            del self._cancelled[entry.openid]
+            self.desk.uncancel(entry.openid)
         req = waitlist_request(self.config.routing, entry.openid)
         preferred = entry.kf_account if entry.kf_account and entry.kf_account in self.engine.pool else None
         arrived = float(entry.latest_time) if entry.latest_time > 0 else now
@@ -1004,10 +885,7 @@ class Daemon:
                 last_house = t
                 now = self.clock.now()
                 self.intake.expire_choices(now)
-                for openid, at in list(self._cancelled.items()):
-                    if now - at > _CANCEL_MEMORY_S:
-                        del self._cancelled[openid]
-                        self._cancelled_creates.pop(openid, None)
+                self.desk.forget(now)
                 if self.store is not None:
                     try:
                         pruned = self.store.prune_processed(now - self.config.store.dedup_keep_s)

@@ -25,8 +25,9 @@ from typing import Any, Protocol
 from aiohttp import web
 from attrs import define, field
 
-from kfrouter.router import choice, rules
+from kfrouter.router import rules
 from kfrouter.router.config import Config
+from kfrouter.router.core import choice
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.engine import Engine
 from kfrouter.router.core.estimate import WaitEstimator

@@ -1,8 +1,8 @@
 """Accuracy of wait-time estimates in the simulator: ``EtaTracker`` and a replay helper.
 
 For every customer who had to wait (still waiting right after the engine handled their arrival) the
-tracker asks ``router.core.estimate.WaitEstimator`` for an estimate, exactly as the daemon would; the
-estimator remembers the selected prediction and every baseline (``qlen``: n ahead over s*mu, ignoring
+Desk (router/core/desk.py) asks ``router.core.estimate.WaitEstimator`` for an arrival estimate, exactly as
+in the daemon; the tracker observes the Desk's facts to count them. The estimator remembers the selected prediction and every baseline (``qlen``: n ahead over s*mu, ignoring
 abandonment; ``les``; ``hol``) and, when the wait is over, hands back an ``Outcome`` (its listener).
 
 Abandoned customers: their own wait is censored (they left before service). Their *potential* wait -
@@ -24,18 +24,20 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from kfrouter.router.core import events as ev
-from kfrouter.router.core.engine import Engine
-from kfrouter.router.core.estimate import EstimatorConfig, Outcome, WaitEstimator
+from kfrouter.router.core.estimate import EngineReader, EstimatorConfig, Outcome, WaitEstimator
+from kfrouter.router.core.facts import Assigned, Fact, Left, Queued
 from kfrouter.router.core.model import CustomerState
 
 BASELINES = ("qlen", "les", "hol", "queue")
 
 
 class EtaTracker:
-    """Feeds a ``WaitEstimator`` from the engine's inputs and scores its arrival estimates.
+    """Scores the arrival estimates of a ``WaitEstimator`` that a Desk feeds.
 
-    Call ``observe(event, now, engine)`` right after every ``engine.handle(event, now)``.
+    The Desk gives every customer who joins the queue their arrival estimate (``estimate_arrival``), as
+    the daemon does; the tracker counts those who still wait after the step that queued them and those of
+    them who abandon. Attach it with ``desk.observers.append(tracker.on_fact)`` and hand its
+    ``estimator`` to the Desk.
     """
 
     def __init__(
@@ -57,25 +59,24 @@ class EtaTracker:
         self.waited = 0  # customers who had to wait and got an estimate on arrival
         self.abandoned = 0  # of those, how many left
         self._tracked: set[str] = set()
+        self._engine: EngineReader | None = None
 
-    def observe(self, event: ev.Event, now: float, engine: Engine) -> None:
-        self.estimator.observe_event(event, now)
-        if isinstance(event, ev.CustomerRequested):
-            openid = event.openid
-            if openid not in self._tracked and engine.state(openid) is CustomerState.WAITING:
-                self._tracked.add(openid)
+    def watch(self, engine: EngineReader) -> None:
+        """The engine whose queue the facts come from (read to see who still waits)."""
+        self._engine = engine
+
+    def on_fact(self, fact: Fact, now: float) -> None:
+        if isinstance(fact, Queued):
+            engine = self._engine
+            if engine is not None and engine.state(fact.openid) is CustomerState.WAITING:
+                self._tracked.add(fact.openid)
                 self.waited += 1
-                self.estimator.estimate(engine, openid, now)
-        elif isinstance(event, ev.CustomerLeft):
-            if event.openid in self._tracked:
-                self._tracked.discard(event.openid)
+        elif isinstance(fact, Assigned):
+            self._tracked.discard(fact.openid)
+        elif isinstance(fact, Left) and fact.openid in self._tracked:
+            self._tracked.discard(fact.openid)
+            if fact.waiting and fact.reason.startswith("left:"):
                 self.abandoned += 1
-        elif isinstance(event, ev.SessionCreated | ev.SessionSwitched):
-            self._tracked.discard(event.openid)
-        elif isinstance(event, ev.AgentSessionsSeen):
-            self._tracked.difference_update(event.openids)
-        elif isinstance(event, ev.CreateFailed) and event.errcode == 65414:
-            self._tracked.discard(event.openid)
 
     def _on_outcome(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)

@@ -112,6 +112,10 @@ def metrics(res: RunResult) -> dict[str, Any]:
     }
     if res.unrouted_groups:
         row["unrouted_groups"] = sorted(res.unrouted_groups)
+    if res.config.notify:  # texts planned by the production notifier (RunConfig.notify)
+        row["messages_sent"] = res.texts_sent
+        row["messages_per_customer_max"] = res.messages_per_customer_max
+        row["notify_budget_violations"] = res.notify_budget_violations
     if res.eta is not None:
         row.update(res.eta)
     return row

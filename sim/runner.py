@@ -31,9 +31,12 @@ from typing import Any
 from kfrouter.policies.registry import load_policy
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.commands import CloseSession, Command, CreateSession, SendText
+from kfrouter.router.core.desk import Desk
 from kfrouter.router.core.engine import Engine, EngineConfig, Route
 from kfrouter.router.core.errors import CoreError
+from kfrouter.router.core.estimate import WaitEstimator
 from kfrouter.router.core.model import AgentRow, CustomerState
+from kfrouter.router.core.notify import Notifier, NotifyConfig
 from kfrouter.sim.eta import EtaTracker
 from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader
 from kfrouter.sim.wechat_replay import ReplayWeChat
@@ -65,7 +68,10 @@ class RunConfig:
     and ``stale_session_s`` are the engine's settings of the same names. ``check_engine``: call ``Engine.check()`` after every step
     (slow, for tests). ``timeline``: record (t, waiting customers) for plots. ``eta``: estimate the wait of
     every customer who has to wait and score it (``sim.eta.EtaTracker``; ``RunResult.eta``); off by
-    default because it doubles the cost of a replay."""
+    default because it doubles the cost of a replay. ``notify``: the Desk's notifier plans the texts to
+    waiting customers (router/core/notify.py, default budget; every arrival is a message from the
+    customer, which opens WeChat's window), as the daemon would send them; ``RunResult`` counts them and
+    checks each against the budget."""
 
     policy: str
     seed: int = 0
@@ -82,6 +88,7 @@ class RunConfig:
     check_engine: bool = False
     timeline: bool = False
     eta: bool = False
+    notify: bool = False
 
     def __post_init__(self) -> None:
         if self.create_latency_s < 0 or not math.isfinite(self.create_latency_s):
@@ -123,6 +130,8 @@ class RunResult:
     preferred: list[bool | None] = field(default_factory=list)  # named an agent: served by that agent
     agents: dict[str, AgentStats] = field(default_factory=dict)
     absorbed_arrivals: int = 0  # arrivals of customers still in the system (the engine absorbs them)
+    messages_per_customer_max: int = 0  # most texts one customer got in one waiting spell (RunConfig.notify)
+    notify_budget_violations: int = 0  # texts past the budget: outside the window, over a spell's or window's quota
     ghost_sessions: int = 0  # sessions created for customers who had already left
     reassignments: int = 0  # sessions after the first for one arrival (the engine moved the customer)
     sessions_cut: int = 0  # sessions the engine closed before the service was over, not resumed
@@ -181,10 +190,26 @@ class _Visitor:
     session and the arrival it serves (-1: a ghost session, opened after they left); ``outcome`` and ``last_agent``: of their last finished arrival and last
     session (None before any)."""
 
-    __slots__ = ("agent", "idx", "last_agent", "openid", "outcome", "sess_idx", "sid", "start")
+    __slots__ = (
+        "agent",
+        "idx",
+        "last_agent",
+        "openid",
+        "outcome",
+        "sess_idx",
+        "sid",
+        "start",
+        "texts",
+        "window_start",
+        "window_texts",
+    )
 
     def __init__(self, openid: str) -> None:
         self.openid = openid
+        # texts received (RunConfig.notify): in the current waiting spell, and since their last message
+        self.texts = 0
+        self.window_start = -math.inf
+        self.window_texts = 0
         self.idx = -1
         self.sid = 0
         self.agent = ""
@@ -228,6 +253,7 @@ class Simulation:
         self.wechat = ReplayWeChat(self._rng, cfg.create_failure_rate, cfg.create_failure_errcode)
         self.res = RunResult(policy=cfg.policy, config=cfg, header=header)
         self.engine: Engine | None = None
+        self.desk: Desk | None = None  # drives the engine (None for a stand-in engine in tests)
         # the engine's three calls per customer (set by _bind_engine)
         self._requested: Callable[[str, str | None, int, str | None, frozenset[str], float], list[Command]]
         self._created: Callable[[str, str, float], list[Command]]
@@ -255,10 +281,18 @@ class Simulation:
         """The three calls every customer makes: the engine's typed ones (no event object built), or,
         for a stand-in engine (tests) or while the ETA tracker watches the events, ones that build the
         event and hand it to ``handle``."""
-        if isinstance(engine, Engine) and self.eta is None:
-            self._requested = engine.customer_requested
-            self._created = engine.session_created
-            self._closed = engine.session_closed
+        if isinstance(engine, Engine):
+            notifier = Notifier(NotifyConfig()) if self.cfg.notify else None
+            estimator = self.eta.estimator if self.eta is not None else None
+            if notifier is not None and estimator is None:
+                estimator = WaitEstimator()  # the queue message carries an estimate
+            desk = self.desk = Desk(engine, estimator=estimator, notifier=notifier)
+            if self.eta is not None:
+                self.eta.watch(engine)
+                desk.observers.append(self.eta.on_fact)
+            self._requested = desk.customer_requested
+            self._created = desk.session_created
+            self._closed = desk.session_closed
             return
 
         def requested(
@@ -274,7 +308,7 @@ class Simulation:
                 group=group,
                 priority=priority,
                 preferred_agent=preferred,
-                tags=tags,  # type: ignore[arg-type]  # attrs' converter takes any iterable
+                tags=tags,
                 source="trace",
             )
             return self._handle(event, now)
@@ -286,11 +320,16 @@ class Simulation:
         self._closed = lambda o, a, now: self._handle(ev.SessionClosed(openid=o, kf_account=a), now)
 
     def _handle(self, event: ev.Event, now: float) -> list[Command]:
+        if self.desk is not None:
+            return self.desk.handle(event, now).commands
         assert self.engine is not None
-        cmds = self.engine.handle(event, now)
-        if self.eta is not None:
-            self.eta.observe(event, now, self.engine)
-        return cmds
+        return self.engine.handle(event, now)
+
+    def _tick(self, now: float) -> list[Command]:
+        if self.desk is not None:
+            return self.desk.tick(now).commands
+        assert self.engine is not None
+        return self.engine.tick(now)
 
     def _feed(self, event: ev.Event, now: float, what: str, arg: object = None) -> None:
         """Hand ``event`` to the engine and carry out its commands. ``what`` names the cause in an error,
@@ -354,7 +393,7 @@ class Simulation:
             elif type(cmd) is CloseSession:
                 event = self._close_by_api(cmd.openid, cmd.kf_account, now)
             elif type(cmd) is SendText:
-                self.res.texts_sent += 1
+                self._text_sent(cmd.openid, now)
                 continue
             else:  # pragma: no cover - the Command union is closed
                 raise SimError(f"t={now:.6f}: unknown command {cmd!r}")
@@ -367,6 +406,25 @@ class Simulation:
                 self._after_api_close(event.openid, now)
             if more:
                 pending.extend(more)
+
+    def _text_sent(self, openid: str, now: float) -> None:
+        """A text to a customer: counted, and checked against the budget the notifier promises (inside the
+        window their last message opened, at most ``per_window`` per window and ``max_per_customer`` per
+        waiting spell: from their arrival, or from being routed again) — an independent check of the production notifier, which must never trip it."""
+        res = self.res
+        res.texts_sent += 1
+        v = self._visitor(openid)
+        v.texts += 1
+        v.window_texts += 1
+        if v.texts > res.messages_per_customer_max:
+            res.messages_per_customer_max = v.texts
+        budget = self.desk.notifier.config if self.desk is not None and self.desk.notifier else NotifyConfig()
+        if (
+            now - v.window_start >= budget.window_s
+            or v.texts > budget.max_per_customer
+            or v.window_texts > budget.per_window
+        ):
+            res.notify_budget_violations += 1
 
     def _answer_create(self, openid: str, agent: str, now: float) -> ev.Event:
         code = self.wechat.create(agent, openid, now)
@@ -405,6 +463,7 @@ class Simulation:
             CustomerState.RESERVED,
             CustomerState.IN_SESSION,
         ):
+            v.texts = 0  # routed again: a new waiting spell, with a quota of its own
             return
         if self._remaining[idx] > 1e-9:
             self.res.sessions_cut += 1
@@ -550,6 +609,11 @@ class Simulation:
         if rec.patience_s is not None:
             self._push(now + rec.patience_s, P_PATIENCE, (idx, v))
         self.wechat.transfer(customer, now)
+        if self.cfg.notify:  # the customer wrote: WeChat's window opens, a new visit's texts begin
+            v.texts = v.window_texts = 0
+            v.window_start = now
+            if self.desk is not None:
+                self.desk.on_user_message(customer, now)
         tags = rec.tags
         try:
             cmds = self._requested(
@@ -683,7 +747,7 @@ class Simulation:
                 else:
                     ticks_at.discard(now)
                     if next_deadline() <= now:
-                        cmds = engine.tick(now)
+                        cmds = self._tick(now)
                         self.res.ticks += 1
                         if cmds:
                             self._apply(cmds, now)

@@ -1,10 +1,17 @@
-"""Hypothesis state machine over the Engine, beside a naive model of WeChat's truth.
+"""Hypothesis state machine over the Desk (engine, estimator, notifier), beside a naive model of WeChat.
 
-The machine plays WeChat: it answers the engine's CreateSession commands (success or failure), closes
-sessions, flips agents on and off line, and lets customers arrive and give up, while time moves on.
-After every step the invariants of the routing core are checked, and a twin engine, given the same
-inputs through the typed calls (``customer_requested``, ``session_created``, ``session_closed``) where
-there is one, must answer with the same commands and show the same state.
+The machine plays WeChat: it answers the CreateSession commands (success or failure), closes sessions,
+flips agents on and off line, and lets customers arrive (each arrival is a message: WeChat's window
+opens) and give up, while time moves on. After every step the invariants of the routing core are checked:
+
+- the engine's own ``check()``, nobody served twice, no idle agent while an eligible customer waits,
+  queue order, every customer accounted for;
+- a twin Desk, given the same inputs through the typed calls (``customer_requested``,
+  ``session_created``, ``session_closed``) where there is one, answers with the same commands and
+  shows the same state;
+- the facts tell the whole story: a customer's state rebuilt from the facts alone equals the engine's;
+- no customer is sent more texts than the notifier's budget (per visit, per window, inside the window);
+- every waiting customer has an estimate, and their arrival estimate is remembered for scoring.
 """
 
 from __future__ import annotations
@@ -31,7 +38,12 @@ from kfrouter.router.core import (
     SessionClosed,
     SessionCreated,
 )
+from kfrouter.router.core.commands import SendText
+from kfrouter.router.core.desk import Desk
+from kfrouter.router.core.estimate import WaitEstimator
+from kfrouter.router.core.facts import Assigned, Left, Queued, Released, Requeued, Reserved, SessionEnded
 from kfrouter.router.core.model import AgentRow
+from kfrouter.router.core.notify import Notifier, NotifyConfig
 
 AGENTS = [f"a{i}@shop" for i in range(5)]
 AGENT_GROUPS = {
@@ -44,6 +56,41 @@ AGENT_GROUPS = {
 CUSTOMERS = [f"c{i}" for i in range(25)]
 GROUPS = [None, "sales", "support", "vip"]
 FAIL_CODES = [-1, -2, 65415, 45009]
+BUDGET = NotifyConfig(max_per_customer=3, window_quota=5, reserve_for_agent=1, eta_change_s=1.0)
+
+
+def desk_for(config: EngineConfig) -> Desk:
+    return Desk(Engine(config, load_all()), estimator=WaitEstimator(), notifier=Notifier(BUDGET))
+
+
+class FactLedger:
+    """Customers' states rebuilt from the facts alone (router/core/facts.py's rules)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, CustomerState] = {}
+        self.moved: set[str] = set()  # customers routed again in this visit (Requeued)
+
+    def read(self, facts: list[object]) -> None:
+        for f in facts:
+            if isinstance(f, Queued):
+                assert self.state.get(f.openid) in (None, CustomerState.GONE), f
+                self.state[f.openid] = CustomerState.WAITING
+                self.moved.discard(f.openid)
+            elif isinstance(f, Reserved):
+                assert self.state.get(f.openid) is CustomerState.WAITING, f
+                self.state[f.openid] = CustomerState.RESERVED
+            elif isinstance(f, Released):
+                assert self.state.get(f.openid) is CustomerState.RESERVED, f
+                self.state[f.openid] = CustomerState.WAITING
+            elif isinstance(f, Assigned):
+                self.state[f.openid] = CustomerState.IN_SESSION
+            elif isinstance(f, SessionEnded):
+                assert self.state.get(f.openid) is CustomerState.IN_SESSION, f
+            elif isinstance(f, Requeued):
+                self.state[f.openid] = CustomerState.WAITING
+                self.moved.add(f.openid)
+            elif isinstance(f, Left):
+                self.state[f.openid] = CustomerState.GONE
 
 
 class EngineMachine(RuleBasedStateMachine):
@@ -58,7 +105,12 @@ class EngineMachine(RuleBasedStateMachine):
         self.policy_name = "least-load"
         self.engine: Engine | None = None
         self.twin: Engine | None = None
+        self.desk: Desk | None = None
+        self.twin_desk: Desk | None = None
         self.last_commands: list[object] = []
+        self.ledger = FactLedger()
+        # texts per customer: (this visit's, this window's, when their last message opened the window)
+        self.texts: dict[str, list[float]] = {}
 
     @rule(policy=st.sampled_from(["least-load", "group-affinity", "round-robin", "sticky"]))
     @precondition(lambda self: self.engine is None)
@@ -70,8 +122,8 @@ class EngineMachine(RuleBasedStateMachine):
             "vip": Route(policy=policy, overflow=(("sales", 10.0), ("support", 20.0))),
         }
         config = EngineConfig(default_capacity=2, routes=routes, default_route=Route(policy=policy))
-        self.engine = Engine(config, load_all())
-        self.twin = Engine(config, load_all())
+        self.desk, self.twin_desk = desk_for(config), desk_for(config)
+        self.engine, self.twin = self.desk.engine, self.twin_desk.engine
         for a in AGENTS:
             self.apply(AgentConfigured(kf_account=a, groups=frozenset(AGENT_GROUPS[a])))
         self.apply(self.snapshot())
@@ -87,27 +139,39 @@ class EngineMachine(RuleBasedStateMachine):
         return AgentsSeen(rows=rows, complete=True)
 
     def apply(self, event: object) -> None:
-        assert self.engine is not None and self.twin is not None
-        out = self.engine.handle(event, self.now)  # type: ignore[arg-type]
-        assert self.typed(self.twin, event) == out
-        self.record(out)
+        assert self.desk is not None and self.twin_desk is not None
+        step = self.desk.handle(event, self.now)  # type: ignore[arg-type]
+        assert self.typed(self.twin_desk, event) == step.commands
+        assert self.twin_desk.facts == step.facts
+        self.record(step.commands, step.facts)  # type: ignore[arg-type]
 
-    def typed(self, engine: Engine, event: object) -> list[object]:
-        """``event`` through the engine's typed call for its type, if it has one."""
+    def typed(self, desk: Desk, event: object) -> list[object]:
+        """``event`` through the Desk's typed call for its type, if it has one."""
         now = self.now
         if isinstance(event, CustomerRequested) and event.arrived_at is None:
             e = event
-            return engine.customer_requested(e.openid, e.group, e.priority, e.preferred_agent, e.tags, now)  # type: ignore[return-value]
+            return desk.customer_requested(e.openid, e.group, e.priority, e.preferred_agent, e.tags, now)  # type: ignore[return-value]
         if isinstance(event, SessionCreated):
-            return engine.session_created(event.openid, event.kf_account, now)  # type: ignore[return-value]
+            return desk.session_created(event.openid, event.kf_account, now)  # type: ignore[return-value]
         if isinstance(event, SessionClosed):
-            return engine.session_closed(event.openid, event.kf_account, now)  # type: ignore[return-value]
-        return engine.handle(event, now)  # type: ignore[arg-type,return-value]
+            return desk.session_closed(event.openid, event.kf_account, now)  # type: ignore[return-value]
+        return desk.handle(event, now).commands  # type: ignore[arg-type,return-value]
 
-    def record(self, out: list[object]) -> None:
+    def record(self, out: list[object], facts: list[object]) -> None:
         assert self.engine is not None
+        self.ledger.read(facts)
+        for f in facts:
+            if isinstance(f, Requeued):  # moved: a new waiting spell, with a quota of its own
+                self.texts[f.openid][0] = 0
         self.last_commands = out
         for c in out:
+            if isinstance(c, SendText):
+                visit, window, opened = self.texts[c.openid]
+                self.texts[c.openid] = [visit + 1, window + 1, opened]
+                # the budget: inside the window, within the visit's and the window's quota
+                assert self.now - opened < BUDGET.window_s, c
+                assert visit + 1 <= BUDGET.max_per_customer, (c, visit + 1)
+                assert window + 1 <= BUDGET.per_window, (c, window + 1)
             if isinstance(c, CreateSession):
                 view = self.engine.agent(c.kf_account)
                 assert view is not None
@@ -137,6 +201,16 @@ class EngineMachine(RuleBasedStateMachine):
         if self.who_serves(customer) is not None:
             return  # in a session: their messages go to the agent, not to us
         self.requested.add(customer)
+        assert self.desk is not None and self.twin_desk is not None
+        for desk in (self.desk, self.twin_desk):
+            desk.on_user_message(customer, self.now)  # they wrote: WeChat's window opens
+        visit = self.texts.get(customer, [0, 0, self.now])[0]
+        if self.engine is not None and self.engine.state(customer) not in (
+            CustomerState.WAITING,
+            CustomerState.RESERVED,
+        ):
+            visit = 0  # a new visit
+        self.texts[customer] = [visit, 0, self.now]
         self.apply(
             CustomerRequested(openid=customer, group=group, priority=priority, preferred_agent=preferred)
         )
@@ -205,11 +279,14 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(dt=st.sampled_from([0.5, 5.0, 15.0, 40.0]))
     @precondition(lambda self: self.engine is not None)
     def advance(self, dt: float) -> None:
-        assert self.engine is not None
+        assert self.engine is not None and self.desk is not None and self.twin_desk is not None
         self.now += dt
-        out = self.engine.tick(self.now)
-        assert self.twin is not None and self.twin.tick(self.now) == out
-        self.record(out)
+        step = self.desk.tick(self.now)
+        assert self.twin_desk.tick(self.now) == step
+        self.record(step.commands, step.facts)  # type: ignore[arg-type]
+        sweep = self.desk.sweep_estimates(self.now)
+        assert self.twin_desk.sweep_estimates(self.now) == sweep
+        self.record(sweep, [])  # type: ignore[arg-type]
         # answers to creates that the engine timed out are now stale; WeChat may still answer them
         assert self.engine.next_deadline() > self.now
 
@@ -238,6 +315,27 @@ class EngineMachine(RuleBasedStateMachine):
             ), o
         assert a.waiting(self.now) == b.waiting(self.now)
         assert a.agents() == b.agents() and a.reservations() == b.reservations()
+
+    @invariant()
+    def facts_tell_the_whole_story(self) -> None:
+        if self.engine is None:
+            return
+        for o in CUSTOMERS:
+            state = self.engine.state(o)
+            told = self.ledger.state.get(o)
+            if state is CustomerState.UNKNOWN:
+                assert told in (None, CustomerState.GONE), o  # forgotten after the sticky window
+            else:
+                assert told is state, (o, told, state)
+
+    @invariant()
+    def every_waiting_customer_has_an_estimate(self) -> None:
+        if self.desk is None or self.desk.estimator is None:
+            return
+        for w in self.desk.engine.waiting(self.now):
+            assert self.desk.estimate(w.openid, self.now) is not None, w.openid
+            if w.openid not in self.ledger.moved:  # a first wait: its estimate is remembered, to be scored
+                assert self.desk.estimator.has_arrival_estimate(w.openid), w.openid
 
     @invariant()
     def nobody_twice(self) -> None:

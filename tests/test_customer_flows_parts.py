@@ -18,8 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kfrouter.policies.registry import load_all
-from kfrouter.router import choice, rules
+from kfrouter.router import rules
 from kfrouter.router.config import DEFAULT_TEMPLATES, NOTIFY_KINDS, Config, ConfigError, RoutingConfig
+from kfrouter.router.core import choice
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.engine import Engine, EngineConfig
 from kfrouter.router.core.estimate import WaitEstimator

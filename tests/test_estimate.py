@@ -24,6 +24,7 @@ from kfrouter.router.core import (
     UnknownCustomerError,
 )
 from kfrouter.router.core.estimate import Estimate, EstimatorConfig, Outcome, WaitEstimator, queue_wait
+from kfrouter.router.core.facts import Queued
 from kfrouter.router.core.model import AgentRow
 
 
@@ -37,15 +38,13 @@ def engine_with(*agents: tuple[str, tuple[str, ...], int], online: bool = True) 
 
 
 def request(e: Engine, est: WaitEstimator, openid: str, now: float, group: str | None = None) -> list[object]:
-    event = CustomerRequested(openid=openid, group=group)
-    cmds = e.handle(event, now)
-    est.observe_event(event, now)
-    return cmds  # type: ignore[return-value]
+    return feed(e, est, CustomerRequested(openid=openid, group=group), now)
 
 
 def feed(e: Engine, est: WaitEstimator, event: object, now: float) -> list[object]:
     cmds = e.handle(event, now)  # type: ignore[arg-type]
-    est.observe_event(event, now)  # type: ignore[arg-type]
+    for fact in e.facts:  # the estimator learns from the engine's facts, as the Desk feeds it
+        est.observe_fact(fact, now)
     return cmds  # type: ignore[return-value]
 
 
@@ -176,7 +175,7 @@ def test_customer_without_group_counts_every_agent_and_free_capacity_means_no_wa
     est2 = WaitEstimator()
     e2.handle(CustomerRequested(openid="p", preferred_agent="a1@x"), 0.0)
     e2.handle(CustomerRequested(openid="q", preferred_agent="a1@x"), 0.0)
-    got2 = est2.estimate(e2, "q", 1.0)  # not fed through observe_event: read from the engine's queue
+    got2 = est2.estimate(e2, "q", 1.0)  # not fed its facts: read from the engine's queue
     assert got2.method == "free" and got2.seconds == 0.0
 
 
@@ -246,7 +245,7 @@ def test_selector_switches_to_the_predictor_that_measured_better() -> None:
     for i in range(15):
         oid = f"c{i}"
         request(e, est, oid, t)
-        got = est.estimate(e, oid, t)
+        got = est.estimate_arrival(e, oid, t)
         if i < 11:
             assert got.method == "queue"  # not enough scores yet: the default
         est.observe_service_start(None, 500.0, t + 500.0, openid=oid)
@@ -265,7 +264,7 @@ def test_selector_keeps_the_default_within_the_switch_margin(margin: float, expe
     request(e, est, "blocker", 0.0)
     est.observe_service_start(None, 100.0, 0.0)
     request(e, est, "c1", 1.0)
-    got = est.estimate(e, "c1", 1.0)
+    got = est.estimate_arrival(e, "c1", 1.0)  # remembered: scored when c1 is served
     q, les = got.candidates["queue"], got.candidates["les"]
     assert q > les
     # LES is closer (0.45 vs 0.55 of the gap): its squared error is 0.67 of the queue model's
@@ -281,9 +280,9 @@ def test_abandoners_are_scored_on_their_potential_wait() -> None:
     e = engine_with(("a1@x", (), 1))
     request(e, est, "blocker", 0.0)
     request(e, est, "quitter", 10.0)
-    est.estimate(e, "quitter", 10.0)
+    est.estimate_arrival(e, "quitter", 10.0)
     request(e, est, "stayer", 20.0)
-    est.estimate(e, "stayer", 20.0)
+    est.estimate_arrival(e, "stayer", 20.0)
     feed(e, est, CustomerLeft(openid="quitter", reason="patience"), 50.0)
     assert seen == []  # censored until someone behind them is served
     feed(e, est, SessionClosed(openid="blocker", kf_account="a1@x"), 200.0)
@@ -298,5 +297,5 @@ def test_abandoners_are_scored_on_their_potential_wait() -> None:
 def test_memory_is_bounded() -> None:
     est = WaitEstimator(EstimatorConfig(max_tracked=50))
     for i in range(500):
-        est.observe_event(CustomerRequested(openid=f"c{i}"), float(i))
+        est.observe_fact(Queued(f"c{i}", None, 0, float(i)), float(i))
     assert len(est._spells) == 50

@@ -51,9 +51,13 @@ def _bare_imports(path: Path) -> list[str]:
             found += [
                 f"{path}:{node.lineno} import {a.name}" for a in node.names if a.name.split(".")[0] in BARE
             ]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module.split(".")[0] in BARE:
-                found.append(f"{path}:{node.lineno} from {node.module}")
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module
+            and node.module.split(".")[0] in BARE
+        ):
+            found.append(f"{path}:{node.lineno} from {node.module}")
     return found
 
 

@@ -162,8 +162,8 @@ def test_the_wait_estimator_does_not_grow_with_every_customer() -> None:
     # which a daemon without notifications never does.
     import tracemalloc
 
-    from kfrouter.router.core import events as ev
     from kfrouter.router.core.estimate import WaitEstimator
+    from kfrouter.router.core.facts import Assigned, Left, Queued, SessionEnded
 
     est = WaitEstimator()
 
@@ -171,9 +171,10 @@ def test_the_wait_estimator_does_not_grow_with_every_customer() -> None:
         for i in range(first, first + n):
             t = float(i)
             openid = f"o{i}"
-            est.observe_event(ev.CustomerRequested(openid=openid, group="general"), t)
-            est.observe_event(ev.SessionCreated(openid=openid, kf_account="a1@test", source="api"), t + 0.2)
-            est.observe_event(ev.SessionClosed(openid=openid, kf_account="a1@test"), t + 0.5)
+            est.observe_fact(Queued(openid, "general", 0, t), t)
+            est.observe_fact(Assigned(openid, "a1@test", "general", 0.2, True, None), t + 0.2)
+            est.observe_fact(SessionEnded(openid, "a1@test", "general", 0.3), t + 0.5)
+            est.observe_fact(Left(openid, "served", "general", False, 0.0, "a1@test"), t + 0.5)
 
     day(0, 2000)  # windows and samples fill up
     tracemalloc.start()

@@ -36,6 +36,18 @@ from sortedcontainers import SortedList
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.commands import CloseSession, Command, SendText, create_session
 from kfrouter.router.core.errors import ConfigError, CoreError, UnknownAgentError, UnknownCustomerError
+from kfrouter.router.core.facts import (
+    AgentOffline,
+    AgentOnline,
+    Assigned,
+    Fact,
+    Left,
+    Queued,
+    Released,
+    Requeued,
+    Reserved,
+    SessionEnded,
+)
 from kfrouter.router.core.model import AgentView, CustomerState, WaitingView, waiting_view
 from kfrouter.router.core.policy import Policy
 from kfrouter.router.core.pool import Pool
@@ -153,6 +165,7 @@ class _Customer:
         "closing",
         "entry",
         "group",
+        "had_session",
         "last_agent",
         "last_end",
         "openid",
@@ -207,6 +220,7 @@ class _Customer:
         # earlier visit, see Engine._past); the sticky window is applied when it is read
         self.last_agent: str | None = None
         self.last_end = math.nan
+        self.had_session = False  # a session started during this visit (a moved customer waits again)
 
 
 class Engine:
@@ -262,6 +276,8 @@ class Engine:
         self._past: dict[str, _Past] = {}
         self._past_order: deque[_Past] = deque()
         self._seq = 0
+        # what the last call (handle, tick or a typed call) changed, in order: see router/core/facts.py
+        self.facts: list[Fact] = []
 
     # ================================================================= inputs
 
@@ -269,6 +285,7 @@ class Engine:
         handler = self._HANDLERS.get(type(event))
         if handler is None:
             raise CoreError(f"handle: unsupported event {event!r}")
+        self.facts = []
         out: list[Command] = []
         handler(self, event, now, out)
         self._settle(now, out)
@@ -306,6 +323,7 @@ class Engine:
                 tags=tags,  # type: ignore[arg-type]  # attrs' converter takes any iterable
             )
             return self.handle(event, now)
+        self.facts = []
         out: list[Command] = []
         self._request(openid, group, priority, now, preferred_agent, tags, now)
         if self._offline_since or (self._waiting_count and self._free_counts.get(None, 0) > 0):
@@ -317,6 +335,7 @@ class Engine:
         engine does not read it)."""
         if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
             return self.handle(ev.SessionCreated(openid=openid, kf_account=kf_account, source="api"), now)
+        self.facts = []
         out: list[Command] = []
         self._created(openid, kf_account, now)
         if self._offline_since or (self._waiting_count and self._free_counts.get(None, 0) > 0):
@@ -327,6 +346,7 @@ class Engine:
         """``handle(SessionClosed(openid=..., kf_account=...), now)``."""
         if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
             return self.handle(ev.SessionClosed(openid=openid, kf_account=kf_account), now)
+        self.facts = []
         out: list[Command] = []
         self._closed(openid, kf_account, now)
         if self._offline_since or (self._waiting_count and self._free_counts.get(None, 0) > 0):
@@ -342,10 +362,11 @@ class Engine:
 
     def tick(self, now: float) -> list[Command]:
         """Expire reservations whose deadline passed, then drain (overflow or avoid periods may have ended)."""
+        self.facts = []
         out: list[Command] = []
         while (head := self._reservation_head()) is not None and head[0] <= now:
             c = self._customers[head[1]]
-            self._release(c, now, avoid=True)
+            self._release(c, now, "timeout")
         while self._wakeups and self._wakeups[0] <= now:
             heapq.heappop(self._wakeups)
         horizon = now - self.config.sticky_window_s
@@ -545,26 +566,39 @@ class Engine:
         for _group, after in route.overflow:
             if c.arrived_at + after > now:
                 heapq.heappush(self._wakeups, c.arrived_at + after)
+        self.facts.append(Queued(openid, group, priority, arrived_at))
 
     def _on_agents_seen(self, e: ev.AgentsSeen, now: float, out: list[Command]) -> None:
         seen: set[str] = set()
         for row in e.rows:
             seen.add(row.kf_account)
+            was_online = self._online(row.kf_account)
             self._pool.ensure(row.kf_account)
             self._pool.update_from_wechat(row.kf_account, row.status, row.accepted_case, row.auto_accept)
             if row.nickname:
                 self._pool.configure(row.kf_account, nickname=row.nickname)
             if row.online:
                 self._offline_since.pop(row.kf_account, None)
+                if not was_online:
+                    view = self._pool.agent(row.kf_account)
+                    assert view is not None
+                    self.facts.append(AgentOnline(row.kf_account, tuple(sorted(view.groups)), view.capacity))
             else:
-                self._agent_offline(row.kf_account, now)
+                self._agent_offline(row.kf_account, now, was_online=was_online)
         if e.complete:
             for kf in self._pool.accounts():
                 if kf not in seen:
+                    was_online = self._online(kf)
                     self._pool.set_status(kf, 0)
-                    self._agent_offline(kf, now)
+                    self._agent_offline(kf, now, was_online=was_online)
 
-    def _agent_offline(self, kf: str, now: float) -> None:
+    def _online(self, kf: str) -> bool:
+        agent = self._agent_map.get(kf)
+        return agent is not None and agent.status != 0
+
+    def _agent_offline(self, kf: str, now: float, *, was_online: bool) -> None:
+        if was_online:
+            self.facts.append(AgentOffline(kf))
         self._release_agent(kf, now)
         if kf not in self._offline_since and self._sessions_by_agent.get(kf):
             self._offline_since[kf] = now
@@ -591,7 +625,7 @@ class Engine:
             # our own create confirmed (the usual case): the reservation becomes the session; the agent
             # is known, as a reservation with an agent ends when the agent is removed
             self._end_reservation(c, confirmed=True)
-            self._enter_session(c, kf, now)
+            self._enter_session(c, kf, now, queued=True)
             return
         self._need_agent(kf, "SessionCreated")
         self._absorb_session(openid, kf, now, count=True)
@@ -615,7 +649,7 @@ class Engine:
         c = self._customers.get(e.openid)
         if c is not None and c.state is _IN_SESSION and c.with_agent == src:
             self._leave_session(c)
-            self._enter_session(c, dst, now)
+            self._enter_session(c, dst, now, queued=False, previous=src)
             self._pool.add_sessions(dst, 1)
         else:
             self._absorb_session(e.openid, dst, now, count=True)
@@ -628,13 +662,15 @@ class Engine:
             return  # stale: the reservation already ended (superseded, timed out, customer left)
         if e.errcode == ERR_SERVED_BY_OTHER:
             self._end_reservation(c, confirmed=False)
-            self._finish(c, "served_elsewhere", now)
+            self._finish(c, "served_elsewhere", now, waiting=True, kf=e.kf_account)
             return
         if e.errcode in ERR_AGENT_UNAVAILABLE:
+            if self._online(e.kf_account):
+                self.facts.append(AgentOffline(e.kf_account))
             self._pool.set_status(e.kf_account, 0)  # until the next snapshot says otherwise
             self._release_agent(e.kf_account, now)
             return
-        self._release(c, now, avoid=True)
+        self._release(c, now, "failed")
 
     def _on_left(self, e: ev.CustomerLeft, now: float, out: list[Command]) -> None:
         c = self._customers.get(e.openid)
@@ -642,13 +678,14 @@ class Engine:
             if self.gone_reason(e.openid) is not None:
                 return
             raise UnknownCustomerError(e.openid, "CustomerLeft")
+        kf = c.with_agent
         if c.state is _WAITING:
             self._dequeue(c)
         elif c.state is _RESERVED:
             self._end_reservation(c, confirmed=False)
         else:
             return  # already in a session: leaving the queue means nothing now
-        self._finish(c, f"left:{e.reason}", now)
+        self._finish(c, f"left:{e.reason}", now, waiting=True, kf=kf)
 
     def _on_close_failed(self, e: ev.CloseFailed, now: float, out: list[Command]) -> None:
         kf = self._need_agent(e.kf_account, "CloseFailed")
@@ -686,6 +723,8 @@ class Engine:
 
     def _on_removed(self, e: ev.AgentRemoved, now: float, out: list[Command]) -> None:
         kf = self._need_agent(e.kf_account, "AgentRemoved")
+        if self._online(kf):
+            self.facts.append(AgentOffline(kf))
         self._release_agent(kf, now)
         self._pool.remove(kf)
 
@@ -721,10 +760,11 @@ class Engine:
             if count and old is not None and old in self._pool:
                 self._pool.add_sessions(old, -1)
             self._leave_session(c)
-            self._enter_session(c, kf, now)
+            self._enter_session(c, kf, now, queued=False, previous=old)
             if count:
                 self._pool.add_sessions(kf, 1)
             return
+        queued = c is not None
         if c is None:
             route = self.config.default_route
             c = _Customer(openid, route, self._policies[route.policy], True)
@@ -740,11 +780,20 @@ class Engine:
             self._end_reservation(c, confirmed=confirmed)
             if confirmed:
                 count = False  # the reservation became the session
-        self._enter_session(c, kf, now)
+        self._enter_session(c, kf, now, queued=queued)
         if count:
             self._pool.add_sessions(kf, 1)
 
-    def _enter_session(self, c: _Customer, kf: str, now: float) -> None:
+    def _enter_session(
+        self, c: _Customer, kf: str, now: float, *, queued: bool, previous: str | None = None
+    ) -> None:
+        """``queued``: the customer waited in our queue for this session (a new session of this visit:
+        its wait is known); False for a session adopted from WeChat or moved between agents."""
+        queued = queued and not c.had_session
+        c.had_session = True
+        self.facts.append(
+            Assigned(c.openid, kf, c.group, now - c.arrived_at if queued else 0.0, queued, previous)
+        )
         c.state = _IN_SESSION
         c.with_agent = kf
         c.session_started_at = now
@@ -785,12 +834,14 @@ class Engine:
         """The session of ``c`` with ``kf`` is closed: the customer leaves, or is routed again."""
         if count:
             self._pool.add_sessions(kf, -1)
+        self.facts.append(SessionEnded(c.openid, kf, c.group, now - c.session_started_at))
         self._leave_session(c)
         c.last_agent = kf
         c.last_end = now
         if c.closing != "reroute":
-            self._finish(c, "closed_stale" if c.closing == "stale" else "served", now)
+            self._finish(c, "closed_stale" if c.closing == "stale" else "served", now, waiting=False, kf=kf)
             return
+        self.facts.append(Requeued(c.openid, kf, c.group))
         # routed again: back to its old place (so overflow is open at once), away from the agent it leaves,
         # towards the one asked for
         c.closing = None
@@ -868,6 +919,7 @@ class Engine:
         deadline = c.reservation_deadline = now + self.config.reservation_timeout_s
         self._reserved[c.openid] = deadline
         heapq.heappush(self._reservation_heap, (deadline, c.openid))
+        self.facts.append(Reserved(c.openid, kf))
         out.append(create_session(c.openid, kf))
 
     def _end_reservation(self, c: _Customer, *, confirmed: bool) -> None:
@@ -885,13 +937,14 @@ class Engine:
         c.reservation_deadline = math.inf
         c.with_agent = None
 
-    def _release(self, c: _Customer, now: float, *, avoid: bool) -> None:
-        """Release a reservation and put the customer back in its old place in the queue."""
+    def _release(self, c: _Customer, now: float, reason: str) -> None:
+        """Release a reservation and put the customer back in its old place in the queue, avoiding the
+        agent for ``avoid_s``. ``reason``: see ``facts.Released``."""
         kf = c.with_agent
         assert kf is not None
         self._end_reservation(c, confirmed=False)
-        if avoid:
-            self._avoid(c, kf, now)
+        self._avoid(c, kf, now)
+        self.facts.append(Released(c.openid, kf, reason))
         self._enqueue(c)
 
     def _avoid(self, c: _Customer, kf: str, now: float) -> None:
@@ -905,9 +958,13 @@ class Engine:
         """Release every reservation held with ``kf`` (agent went offline or was removed)."""
         held = [o for _d, o in self._reservations_sorted() if self._customers[o].with_agent == kf]
         for openid in held:
-            self._release(self._customers[openid], now, avoid=True)
+            self._release(self._customers[openid], now, "agent_offline")
 
-    def _finish(self, c: _Customer, reason: str, now: float) -> None:
+    def _finish(self, c: _Customer, reason: str, now: float, *, waiting: bool, kf: str | None) -> None:
+        """The visit of ``c`` is over (``facts.Left``): ``waiting`` when no session started, ``kf`` the
+        agent they were reserved with or served by."""
+        waiting = waiting and not c.had_session  # a moved customer who leaves the queue was served before
+        self.facts.append(Left(c.openid, reason, c.group, waiting, now - c.arrived_at if waiting else 0.0, kf))
         if c.state is _IN_SESSION and c.with_agent is not None:
             self._leave_session(c)
         c.state = _GONE

@@ -28,8 +28,8 @@ from typing import Protocol
 
 from attrs import field, frozen
 
-from kfrouter.router.core import events as ev
 from kfrouter.router.core.errors import ConfigError, CoreError, UnknownCustomerError
+from kfrouter.router.core.facts import Assigned, Fact, Left, Queued, SessionEnded
 from kfrouter.router.core.model import CustomerState, WaitingView
 
 PREDICTORS = ("queue", "qlen", "les", "hol")
@@ -307,31 +307,27 @@ class WaitEstimator:
             if len(g.pending) > self.config.max_tracked:
                 g.pending.pop(0)
 
-    # ================================================================= feeding: engine inputs
+    # ================================================================= feeding: the engine's facts
 
-    def observe_event(self, event: ev.Event, now: float) -> None:
-        """Derive the primitives from one of the engine's input events (call it for every event)."""
-        if isinstance(event, ev.CustomerRequested):
-            if event.openid not in self._spells and event.openid not in self._sessions:
-                at = now if event.arrived_at is None else event.arrived_at
-                self._start_spell(event.openid, event.group, event.priority, at)
-        elif isinstance(event, ev.SessionCreated):
-            self._session_started(event.openid, now)
-        elif isinstance(event, ev.SessionSwitched):
-            self._session_started(event.openid, now)  # a continuing session keeps its start
-        elif isinstance(event, ev.AgentSessionsSeen):
-            for openid in event.openids:
-                self._session_started(openid, now)
-        elif isinstance(event, ev.SessionClosed):
-            sess = self._sessions.pop(event.openid, None)
+    def observe_fact(self, fact: Fact, now: float) -> None:
+        """Learn from what the engine did (call it for every fact of every step, in order)."""
+        if isinstance(fact, Queued):
+            if fact.openid not in self._spells:
+                self._start_spell(fact.openid, fact.group, fact.priority, fact.arrived_at)
+        elif isinstance(fact, Assigned):
+            if fact.queued:  # a session whose start we saw, after a wait we know
+                self._session_started(fact.openid, now)
+        elif isinstance(fact, SessionEnded):
+            # only sessions whose start was seen: an adopted one's duration would be biased; a session
+            # moved between agents keeps its start
+            sess = self._sessions.pop(fact.openid, None)
             if sess is not None:
                 self.observe_session_end(sess[0], now - sess[1], now)
-        elif isinstance(event, ev.CustomerLeft):
-            spell = self._spells.get(event.openid)
-            if spell is not None:
-                self.observe_abandon(spell.group, now - spell.arrived_at, now, openid=event.openid)
-        elif isinstance(event, ev.CreateFailed) and event.errcode == 65414:
-            self._spells.pop(event.openid, None)  # served elsewhere: wait unknown, not scored
+        elif isinstance(fact, Left):
+            if fact.waiting and fact.reason.startswith("left:"):
+                self.observe_abandon(fact.group, fact.waited_s, now, openid=fact.openid)
+            else:
+                self._spells.pop(fact.openid, None)  # served elsewhere (wait unknown) or done: not scored
 
     # ================================================================= reading
 
@@ -375,17 +371,43 @@ class WaitEstimator:
     # ================================================================= estimating
 
     def estimate(self, engine: EngineReader, openid: str, now: float) -> Estimate:
-        """The remaining wait of ``openid``. The first estimate of a waiting spell is remembered and scored
-        against the wait that follows. Raises ``UnknownCustomerError`` for a customer not in the engine."""
+        """The remaining wait of ``openid`` (a pure query: nothing is remembered). Raises
+        ``UnknownCustomerError`` for a customer not in the engine's queue."""
+        spell = self._spells.get(openid)
+        if spell is None:
+            view = engine.waiting_view(openid, now)
+            if view is not None:
+                spell = _Spell(openid, view.group, view.priority, view.arrived_at, 0)
+        return self._estimate(engine, openid, spell, now)
+
+    def estimate_arrival(self, engine: EngineReader, openid: str, now: float) -> Estimate:
+        """``estimate()`` for a customer who just joined the queue, remembered as the estimate of their
+        waiting spell: it is scored against the wait that follows (``Outcome``, predictor selection)."""
+        spell = self._spells.get(openid)
+        if spell is None:
+            spell = self._adopt(engine, openid, now)
+        est = self._estimate(engine, openid, spell, now)
+        if spell.predictions is None and est.method != "assigned":
+            spell.predictions = dict(est.candidates)
+            spell.chosen = (est.method, est.seconds)
+            spell.ahead = est.ahead
+            spell.bucket = self.bucket(est.ahead)
+        return est
+
+    def has_arrival_estimate(self, openid: str) -> bool:
+        """True when ``openid``'s waiting spell has its arrival estimate remembered (to be scored)."""
+        spell = self._spells.get(openid)
+        return spell is not None and spell.predictions is not None
+
+    def _estimate(self, engine: EngineReader, openid: str, spell: _Spell | None, now: float) -> Estimate:
         state = engine.state(openid)
         if state in (CustomerState.RESERVED, CustomerState.IN_SESSION):
             return Estimate(seconds=0.0, method="assigned", ahead=0, servers=0)
         ahead = engine.ahead_in_group(openid)
         if state is not CustomerState.WAITING or ahead is None:
             raise UnknownCustomerError(openid, f"estimate (customer is {state.value}, not waiting)")
-        spell = self._spells.get(openid)
         if spell is None:
-            spell = self._adopt(engine, openid, now)
+            raise UnknownCustomerError(openid, "estimate (not found in the engine's queue)")
         group = spell.group
         servers, free = engine.group_capacity(group)
         elapsed = max(0.0, now - spell.arrived_at)
@@ -409,11 +431,6 @@ class WaitEstimator:
         else:
             method = self._select(group, bucket, cands)
             seconds = cands.get(method, math.inf)
-        if spell.predictions is None:
-            spell.predictions = dict(cands)
-            spell.chosen = (method, seconds)
-            spell.ahead = ahead
-            spell.bucket = bucket
         return Estimate(seconds=seconds, method=method, ahead=ahead, servers=servers, candidates=cands)
 
     # ================================================================= internals
