@@ -34,6 +34,7 @@ from attrs import field, frozen
 from kfrouter.router.core import errors as core_errors
 from kfrouter.router.core import notify as core_notify
 from kfrouter.router.core.events import AgentConfigured
+from kfrouter.router.core.reservation import MIN_RESERVATION_S
 
 if TYPE_CHECKING:
     from kfrouter.router.core.engine import EngineConfig
@@ -695,7 +696,9 @@ class _Loader:
         d = EngineSection()
         out = EngineSection(
             default_capacity=s.get_int("default_capacity", d.default_capacity, lo=1, hi=1000),
-            reservation_timeout_s=s.get_float("reservation_timeout_s", d.reservation_timeout_s, gt=0),
+            reservation_timeout_s=s.get_float(
+                "reservation_timeout_s", d.reservation_timeout_s, lo=MIN_RESERVATION_S
+            ),
             avoid_s=s.get_float("avoid_s", d.avoid_s, gt=0),
             sticky_window_s=s.get_float("sticky_window_s", d.sticky_window_s, gt=0),
             preferred_wait_s=s.get_float("preferred_wait_s", d.preferred_wait_s, gt=0),

@@ -421,8 +421,8 @@ class Daemon:
             on_call=self._on_api_call,
             concurrency=o.create_concurrency,
             create_timeout_s=o.create_timeout_s,
-            # a create still queued when its reservation could expire before the call ends is not sent
-            send_within_s=max(0.0, self.engine.config.reservation_timeout_s - o.create_timeout_s - 1.5),
+            reservation_s=self.engine.config.reservation_timeout_s,
+            clock=self.clock.now,
         )
         polling = self.config.polling
         self._agents = AgentPoller(
@@ -710,7 +710,7 @@ class Daemon:
                 log.info("command CloseSession %s (%s)", cmd.openid, cmd.kf_account)
             elif isinstance(cmd, SendText):
                 log.info("command SendText %s (%s)", cmd.openid, cmd.kind)
-            if not self._executor.submit(cmd):
+            if not self._executor.submit(cmd, at=now):
                 log.info("command %s for %s dropped: shutting down", type(cmd).__name__, cmd.openid)
 
     def _on_step_error(self, item: Item, exc: Exception) -> None:

@@ -17,9 +17,12 @@ Rules:
   landed could create the session twice; the engine re-routes instead. After ``65414`` (someone else
   serves the customer) ``getsession`` tells who, and a ``SessionCreated(source='poll')`` follows.
 - A rate limit (45009 / 45011) on the sessions lane pauses new creates for a back-off period.
-- A ``CreateSession`` that waited in the queue (or a pause) longer than ``send_within_s`` is not sent and
-  is answered ``CreateFailed(-2)``: the engine's reservation may have expired meanwhile and the customer
-  been routed to another agent, and a late create could then open a second session.
+- The reservation's time is split (``router.core.reservation.create_budget``): a ``CreateSession`` that
+  waited in the queue (or a pause) longer than ``send_within_s`` is not sent and is answered
+  ``CreateFailed(-2)``, and a create that is sent is bounded by ``call_s`` — so it ends before its
+  reservation, after which the engine routes the customer to another agent and a late create could open a
+  second session. The wait is measured on ``clock`` (the daemon's clock, the one the reservation lives on)
+  from ``submit(cmd, at=...)``, the time the engine reserved.
 - After ``65414``, if ``getsession`` says nobody serves the customer, ``CustomerRequested(source='recheck')``
   is reported so the customer is routed again rather than dropped.
 - ``SendText`` failures 45015 / 45047 (the customer's window is closed or used up) are logged and
@@ -32,12 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.commands import CloseSession, Command, CreateSession, SendText
+from kfrouter.router.core.reservation import TOKEN_SLACK_S, create_budget
 from kfrouter.router.edges.client import WeChatClient
 from kfrouter.router.edges.errors import (
     BAD_RESPONSE_ERRCODE,
@@ -60,7 +65,9 @@ class Executor:
 
     ``client``: the shared API client; ``create_client``: the same account with ``retries=0`` for
     ``kfsession/create``; ``outcome(event)``: receives every result event (the daemon persists it and
-    puts it in the engine's inbox); ``on_call(info)``: one dict per API call for listeners/metrics.
+    puts it in the engine's inbox); ``on_call(info)``: one dict per API call for listeners/metrics;
+    ``reservation_s``: the engine's reservation timeout (``None``: creates are never held back);
+    ``clock``: the daemon's clock, in seconds.
     """
 
     def __init__(
@@ -74,7 +81,8 @@ class Executor:
         create_timeout_s: float = 10.0,
         rate_limit_pause_s: float = 5.0,
         max_pause_s: float = 300.0,
-        send_within_s: float | None = None,
+        reservation_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
@@ -88,7 +96,13 @@ class Executor:
         self.create_timeout_s = float(create_timeout_s)
         self._rate_limit_pause_s = rate_limit_pause_s
         self._max_pause_s = max_pause_s
-        self.send_within_s = send_within_s
+        self._clock = clock
+        if reservation_s is None:
+            self.create_call_s = self.create_timeout_s + TOKEN_SLACK_S
+            self.send_within_s = math.inf
+        else:
+            budget = create_budget(reservation_s, self.create_timeout_s)
+            self.create_call_s, self.send_within_s = budget.call_s, budget.send_within_s
         self._sessions: asyncio.Queue[tuple[float, Command]] = asyncio.Queue()
         self._messages: asyncio.Queue[tuple[float, Command]] = asyncio.Queue()
         self._busy = 0
@@ -101,12 +115,13 @@ class Executor:
 
     # ------------------------------------------------------------------ intake
 
-    def submit(self, command: Command) -> bool:
-        """Queue ``command``; ``False`` (and nothing queued) once stopping."""
+    def submit(self, command: Command, *, at: float | None = None) -> bool:
+        """Queue ``command`` made at ``at`` (the clock's now by default); ``False`` (and nothing queued)
+        once stopping."""
         if self._stopping:
             return False
         lane = self._messages if isinstance(command, SendText) else self._sessions
-        lane.put_nowait((time.monotonic(), command))
+        lane.put_nowait((self._clock() if at is None else at, command))
         self._idle.clear()
         return True
 
@@ -179,14 +194,14 @@ class Executor:
             log.error("unknown command %r ignored", command)
 
     async def _respect_pause(self) -> None:
-        delay = self._paused_until - time.monotonic()
+        delay = self._paused_until - self._clock()
         if delay > 0:
             log.info("kfsession/create paused %.1fs after a rate limit", delay)
             await asyncio.sleep(delay)
 
     def _held_too_long(self, cmd: CreateSession, queued_at: float) -> bool:
-        waited = time.monotonic() - queued_at
-        if self.send_within_s is None or waited <= self.send_within_s:
+        waited = self._clock() - queued_at
+        if waited <= self.send_within_s:
             return False
         self._count("kfsession/create:not_sent")
         log.warning(
@@ -230,11 +245,12 @@ class Executor:
         errcode = 0
         errmsg = ""
         try:
-            # The client's own timeout bounds the HTTP attempt; this one also bounds a token fetch.
-            async with asyncio.timeout(self.create_timeout_s + 1.0):
+            # The client's own timeout bounds the HTTP attempt; this one also bounds a token fetch and
+            # ends the call before its reservation does.
+            async with asyncio.timeout(self.create_call_s):
                 await self._create_client.create_session(openid, kf)
         except TimeoutError:
-            errcode, errmsg = NETWORK_ERRCODE, f"no answer within {self.create_timeout_s:g}s"
+            errcode, errmsg = NETWORK_ERRCODE, f"no answer within {self.create_call_s:g}s"
         except WeChatError as exc:
             errcode, errmsg = exc.errcode, exc.errmsg
             if isinstance(exc, RateLimited):
@@ -254,7 +270,7 @@ class Executor:
 
     def _pause_after_rate_limit(self) -> None:
         self._pause_s = min(self._max_pause_s, max(self._rate_limit_pause_s, self._pause_s * 2))
-        self._paused_until = time.monotonic() + self._pause_s
+        self._paused_until = self._clock() + self._pause_s
 
     async def _find_session(self, openid: str) -> None:
         """After 65414: ask who serves ``openid`` and report that session."""
@@ -280,7 +296,7 @@ class Executor:
         started = time.perf_counter()
         errcode, errmsg = 0, ""
         try:
-            async with asyncio.timeout(self.create_timeout_s + 1.0):
+            async with asyncio.timeout(self.create_timeout_s + TOKEN_SLACK_S):
                 await self._client.close_session(openid, kf)
         except TimeoutError:
             errcode, errmsg = NETWORK_ERRCODE, f"no answer within {self.create_timeout_s:g}s"

@@ -167,7 +167,7 @@ ERROR_CASES: list[tuple[str, Any, str, str]] = [
     ("engine.default_capacity", True, "engine.default_capacity", "must be an integer, got true"),
     ("engine.default_capacity", 0, "engine.default_capacity", "must be >= 1"),
     ("engine.avoid_s", float("nan"), "engine.avoid_s", "finite"),
-    ("engine.reservation_timeout_s", 0, "engine.reservation_timeout_s", "must be > 0"),
+    ("engine.reservation_timeout_s", 0, "engine.reservation_timeout_s", "must be >= 2.5"),
     ("engine.priorities", "yes", "engine.priorities", "true or false"),
     ("engine.default_policy", "fastest", "engine.default_policy", "unknown policy 'fastest'"),
     ("groups.0.policy", "fastest", "groups[0].policy", "unknown policy 'fastest' (installed: "),
