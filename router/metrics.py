@@ -463,7 +463,7 @@ class _LiveCollector(Collector):
         webhook = CounterMetricFamily(
             "kfrouter_webhook_requests",
             "Requests to the WeChat callback URL by outcome (ok, duplicate, verified, bad_request, "
-            "bad_signature, stale, rejected_xml, undecryptable, forbidden, too_large, callback_failed, error).",
+            "bad_signature, stale, rejected_xml, undecryptable, forbidden, too_large, hangup, callback_failed, error).",
             labels=["outcome"],
         )
         outcomes: dict[str, int] = dict.fromkeys(

@@ -16,7 +16,8 @@ Order of work for a POST, each step cheap, the callback the only awaited work:
 6. ``await on_push(push, raw_xml)`` — the daemon persists and returns the reply body (None = "success");
 7. answer: the reply, encrypted in safe/compatible mode (``success`` / empty stay plain, as every SDK does).
 
-Failures never become a 500: bad input gets a 4xx and one log line; if ``on_push`` raises, the push was
+Failures never become a 500: bad input gets a 4xx and one log line (a client hanging up mid-body: one
+info line, counted as ``hangup``); if ``on_push`` raises, the push was
 not persisted, so it is forgotten by the dedup cache and answered ``424`` (not "success"), which makes
 WeChat deliver it again; any other surprise is logged with its traceback and answered 400.
 The GET verification answers the raw ``echostr`` (Official Accounts do not encrypt it, §5.1).
@@ -48,6 +49,7 @@ log = logging.getLogger("kfrouter.webhook")
 
 OnPush = Callable[[Push, str], Awaitable[str | None]]
 
+HANGUP = "hangup"  # outcome of a request whose client went away before its body was read
 CALLBACK_FAILED_STATUS = 424  # "Failed Dependency": on_push (persistence) failed; WeChat will retry
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _PARAM_MAX = 128  # signature 40 hex, nonce ~10 digits; anything far longer is not WeChat
@@ -341,13 +343,25 @@ class PushReceiver:
                 chunks.append(chunk)
         except web.RequestPayloadError as exc:  # e.g. a Content-Encoding the body does not follow
             raise _Reject(400, f"body could not be read: {exc}") from None
+        except ConnectionResetError:  # the client hung up mid-body: nobody is left to answer
+            expected = request.content_length
+            of = f" of {expected}" if expected is not None else ""
+            raise _Reject(400, f"client hung up after {size}{of} body bytes", HANGUP) from None
         return b"".join(chunks)
 
     def _refuse(self, request: web.Request, method: str, rej: _Reject) -> web.Response:
         self.stats[rej.outcome] += 1
-        log.warning(
-            "%s %s from %s refused with %d: %s", method, request.path, request.remote, rej.status, rej.reason
-        )
+        if rej.outcome == HANGUP:
+            log.info("%s %s from %s: %s; nothing handed on", method, request.path, request.remote, rej.reason)
+        else:
+            log.warning(
+                "%s %s from %s refused with %d: %s",
+                method,
+                request.path,
+                request.remote,
+                rej.status,
+                rej.reason,
+            )
         text = {400: "bad request", 403: "forbidden", 413: "payload too large"}.get(rej.status, "refused")
         return web.Response(status=rej.status, text=text)
 
