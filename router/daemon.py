@@ -345,7 +345,9 @@ class Daemon:
                 self.store = Store(self.config.store.path)
             self.intake.store = self.store
             self._build_edges(http)
-            runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+            runner = web.AppRunner(
+                self.app, access_log=None, handle_signals=False, logger=self.receiver.server_log()
+            )
             await runner.setup()
             site = web.TCPSite(runner, self.config.server.host, self.config.server.port)
             await site.start()

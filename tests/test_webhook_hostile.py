@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import test_daemon
 from aiohttp import web
 from conftest import CB_TOKEN, wait_until
+from test_daemon import EnvFactory
 
 from kfrouter.router.edges.webhook import RECEIVER_KEY, WebhookConfig, make_webhook_app
 from kfrouter.router.wechat import signature
 from kfrouter.router.wechat.push import Push
 
+make_env = test_daemon.make_env  # the fixture: a daemon in-process against the fake WeChat
 NOW = 1_700_000_000
 
 
@@ -82,3 +86,26 @@ async def test_a_client_hanging_up_while_the_body_is_read_is_one_quiet_line(
     lines = [r for r in caplog.records if r.name == "kfrouter.webhook"]
     assert len(lines) == 1 and "hung up" in lines[0].getMessage(), [r.getMessage() for r in lines]
 
+
+async def test_an_over_long_request_line_is_refused_in_one_quiet_line(
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = await make_env()
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()  # start-up is done; from here on only this request
+    before = dict(env.daemon.receiver.stats)
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.daemon.port)
+    path = f"/wechat?{_query('7' * 10_000, int(time.time()))}"
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.") and answer[8:13] == b" 400 ", answer[:200]
+    assert _loud(caplog) == []
+    refused = [r for r in caplog.records if "LineTooLong" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno <= logging.WARNING
+    assert len(refused[0].getMessage()) < 400  # the line itself is not echoed
+    stats = env.daemon.receiver.stats
+    assert stats["bad_request"] == before.get("bad_request", 0) + 1
+    assert stats.get("error", 0) == 0

@@ -21,6 +21,11 @@ info line, counted as ``hangup``); if ``on_push`` raises, the push was
 not persisted, so it is forgotten by the dedup cache and answered ``424`` (not "success"), which makes
 WeChat deliver it again; any other surprise is logged with its traceback and answered 400.
 The GET verification answers the raw ``echostr`` (Official Accounts do not encrypt it, §5.1).
+
+A request aiohttp's own HTTP parser refuses (request line or header too long, not HTTP at all) never
+reaches the routes: aiohttp answers 400 and logs it through the server's ``logger``. Serve the app with
+``logger=receiver.server_log()`` (``web.AppRunner`` / ``TestServer`` pass it on) and such a request is one
+line at warning (debug for non-HTTP bytes, as aiohttp does), counted as ``bad_request``, never a traceback.
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ import logging
 import os
 import re
 import secrets
+import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from attrs import field, frozen
 
 from kfrouter.router.wechat import signature
@@ -168,6 +175,22 @@ class PushReceiver:
         self._dedup = _DedupCache(config.dedup_ttl_s, config.dedup_max_entries, clock)
         self._running: set[asyncio.Task[str | None]] = set()
         self.stats: Counter[str] = Counter()
+
+    def server_log(self) -> ParserRefusalLog:
+        """The ``logger`` for the aiohttp server of this receiver's port (see the module docstring)."""
+        return ParserRefusalLog(self)
+
+    def parser_refused(self, exc: HttpProcessingError, where: str, level: int = logging.WARNING) -> None:
+        """Count and log (one line) a request aiohttp's parser refused with 400."""
+        self.stats["bad_request"] += 1
+        first = (exc.message or "").splitlines()[0] if exc.message else ""
+        log.log(
+            level,
+            "%s refused with 400 by the HTTP parser: %s: %s",
+            where,
+            type(exc).__name__,
+            first[:100] + ("..." if len(first) > 100 else ""),
+        )
 
     def routes(self, path: str = "/wechat") -> list[web.RouteDef]:
         return [web.get(path, self.handle_get, allow_head=False), web.post(path, self.handle_post)]
@@ -388,6 +411,35 @@ def _decode(body: bytes) -> str:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _Reject(400, f"body is not UTF-8 (invalid byte at offset {exc.start})") from None
+
+
+class ParserRefusalLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger for a port a ``PushReceiver`` serves: what aiohttp logs about a request
+    its parser refused (an ``HttpProcessingError``) goes to ``PushReceiver.parser_refused``; everything
+    else reaches ``aiohttp.server`` unchanged."""
+
+    def __init__(self, receiver: PushReceiver) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._receiver = receiver
+
+    def _refused(self, level: int, msg: object, args: tuple[object, ...], exc_info: object) -> bool:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1] if exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return False
+        try:
+            where = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):
+            where = str(msg)
+        self._receiver.parser_refused(exc, where[:200], level)
+        return True
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if not self._refused(logging.WARNING, msg, args, exc_info):
+            self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self._refused(logging.DEBUG, msg, args, kwargs.get("exc_info")):
+            self.logger.debug(msg, *args, **kwargs)
 
 
 RECEIVER_KEY: web.AppKey[PushReceiver] = web.AppKey("kfrouter_push_receiver", PushReceiver)
