@@ -152,15 +152,19 @@ def _jsonable(value: Any) -> dict[str, Any]:
 
 
 def notify_config(config: Config) -> core_notify.NotifyConfig | None:
-    """The notification planner's settings from ``[notify]`` (``None`` when disabled).
+    """The notification planner's settings from ``[notify]`` (``None`` when disabled)."""
+    return notify_texts(config) if config.notify.enabled else None
+
+
+def notify_texts(config: Config) -> core_notify.NotifyConfig:
+    """The settings and texts of ``[notify]`` whatever ``enabled`` says: passive replies (the cancel
+    confirmation) cost nothing from WeChat's message budget and use them even when notifications are off.
 
     ``[notify.templates]`` use the planner's own kinds and placeholders (``router.core.notify.FIELDS``,
     checked when the config is loaded), so overrides pass unchanged; ``{cancel}`` is the first of
     ``[routing] cancel_keywords``. A language the planner has no built-in texts for (the config may define
     one) is rendered with its templates and Chinese wait phrases."""
     n = config.notify
-    if not n.enabled:
-        return None
     language = n.language if n.language in core_notify.TEMPLATES else "zh"
     cancel = config.routing.cancel_keywords[0] if config.routing.cancel_keywords else ""
     defaults = DEFAULT_TEMPLATES.get(n.language, {})
@@ -205,12 +209,12 @@ class Daemon:
         self.config = config
         self.options = options if options is not None else DaemonOptions()
         self.clock: Clock = clock if clock is not None else LoopClock()
-        ncfg = notify_config(config)
+        texts = notify_texts(config)
         # the application core: engine, estimator, notifier and the rules that join them (router/core/desk.py)
         self.desk = Desk(
             Engine(config.engine_config(), load_policies(sorted(config.policy_names()))),
             estimator=WaitEstimator(),
-            notifier=core_notify.Notifier(ncfg) if ncfg is not None else None,
+            notifier=core_notify.Notifier(texts) if config.notify.enabled else None,
         )
         self.engine = self.desk.engine
         self.estimator: WaitEstimator | None = self.desk.estimator
@@ -251,6 +255,7 @@ class Daemon:
             self.clock,
             crypto=self._crypto,
             notifier=self.notifier,
+            texts=texts,
             emit=self._emit,
             choice_ttl_s=self.options.choice_ttl_s,
             estimator=self.estimator,

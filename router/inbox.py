@@ -32,7 +32,7 @@ from kfrouter.router.core import events as ev
 from kfrouter.router.core.engine import Engine
 from kfrouter.router.core.estimate import WaitEstimator
 from kfrouter.router.core.model import CustomerState
-from kfrouter.router.core.notify import Notifier
+from kfrouter.router.core.notify import Notifier, NotifyConfig
 from kfrouter.router.edges.store import Store, WaitingRow
 from kfrouter.router.edges.upstream import Upstream, build_forward
 from kfrouter.router.logs import LOGGABLE_FIELDS
@@ -185,6 +185,7 @@ class Intake:
         *,
         crypto: SafeModeCrypto | None = None,
         notifier: Notifier | None = None,
+        texts: NotifyConfig | None = None,
         emit: Callable[[str, Mapping[str, Any]], None] = lambda kind, payload: None,
         choice_ttl_s: float = 300.0,
         estimator: WaitEstimator | None = None,
@@ -196,6 +197,10 @@ class Intake:
         self.path = config.wechat.callback_path
         self._crypto = crypto
         self.notifier = notifier
+        # passive replies' texts, also when notifications are off (a reply costs no message budget)
+        self.texts = (
+            texts if texts is not None else notifier.config if notifier is not None else NotifyConfig()
+        )
         self._emit = emit
         self.choice_ttl_s = choice_ttl_s
         self.estimator = estimator
@@ -371,10 +376,8 @@ class Intake:
         log.info("push from %s cancels their wait (%s)", push.openid, d.matched)
         view = self.engine.waiting_view(push.openid, now)  # the engine has not applied the cancel yet
         self.inbox.put(ev.CustomerLeft(openid=push.openid, reason="cancelled"))
-        if self.notifier is None:
-            return None
         group = view.group if view is not None else None
-        return self._text_reply(push, self.notifier.config.render("cancelled", group=group or ""))
+        return self._text_reply(push, self.texts.render("cancelled", group=group or ""))
 
     def _agent_list(self, push: UserMessage | MenuClick, now: float, note: str = "") -> str | None:
         """Reply with the numbered list of agents the customer may choose (``router.choice``) and keep it
