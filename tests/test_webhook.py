@@ -481,3 +481,41 @@ async def test_routes_mount_on_an_existing_app() -> None:
                 assert resp.status == 405
     finally:
         await server.close()
+
+
+# ------------------------------------------------------------- issue 15 item 5: a missing `signature`
+
+
+async def test_safe_mode_push_without_signature_is_authenticated_by_msg_signature(safe: Harness) -> None:
+    # WeChat's own SDKs check msg_signature alone in safe mode; it covers the ciphertext too.
+    body, params = safe_push(text_push(content="no plain signature"))
+    del params["signature"]
+    assert await safe.post(body, params) == (200, "success")
+    [(push, _raw)] = safe.rec.calls
+    assert isinstance(push, UserMessage) and push.content == "no plain signature"
+    body, params = safe_push(text_push(msg_id=2))
+    del params["signature"]
+    params["msg_signature"] = "f" * 40
+    assert (await safe.post(body, params))[0] == 403  # then msg_signature is all there is, and it fails
+    body, params = safe_push(text_push(msg_id=3))
+    params["signature"] = "f" * 40
+    assert (await safe.post(body, params))[0] == 403  # a signature that is sent must hold
+    assert len(safe.rec.calls) == 1
+
+
+async def test_a_push_nothing_authenticates_is_400(plain: Harness) -> None:
+    params = signed()
+    del params["signature"]
+    assert (await plain.post(text_push(), params))[0] == 400  # plain mode: signature is required
+    # compatible mode without a key: msg_signature cannot be checked, so signature is required
+    body = text_push().replace("</xml>", "<Encrypt><![CDATA[AAAA]]></Encrypt></xml>")
+    assert (await plain.post(body, params | {"encrypt_type": "aes", "msg_signature": "0" * 40}))[0] == 400
+    assert plain.rec.calls == []
+    assert plain.receiver.stats["bad_request"] == 2
+
+
+def test_the_receivers_docstring_says_when_signature_may_be_missing() -> None:
+    from kfrouter.router.edges import webhook
+
+    doc = " ".join((webhook.__doc__ or "").split())
+    assert "``signature`` (plain mode; in safe mode optional, checked when present" in doc

@@ -3,8 +3,10 @@
 Order of work for a POST, each step cheap, the callback the only awaited work:
 
 1. size cap (``Content-Length`` and while streaming) → 413;
-2. query: ``timestamp`` digits, ``nonce``, ``signature`` (and ``msg_signature`` with ``encrypt_type=aes``)
-   → 400 when missing or malformed;
+2. query: ``timestamp`` digits, ``nonce``, ``signature`` (plain mode; in safe mode optional, checked when
+   present: ``msg_signature``, required with ``encrypt_type=aes``, authenticates the push, as WeChat's own
+   SDKs check it — without an AES key to check it, ``signature`` is required) → 400 when missing or
+   malformed;
 3. signature check, constant-time (``router.wechat.signature``) → 403; timestamp within ``freshness_s``
    of the injected clock → 403 (a replayed push is refused);
 4. plain mode: parse the body; safe / compatible mode (``encrypt_type=aes``): verify ``msg_signature``
