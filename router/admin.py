@@ -24,7 +24,6 @@ import hmac
 import json
 import logging
 import math
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,7 @@ from aiohttp import BodyPartReader, web
 
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.errors import CoreError, UnknownAgentError, UnknownCustomerError
-from kfrouter.router.core.model import AgentView
+from kfrouter.router.core.model import KF_ACCOUNT_RE, AgentView
 from kfrouter.router.edges.client import MAX_HEADIMG_BYTES, WeChatClient
 from kfrouter.router.edges.errors import WeChatError
 from kfrouter.router.edges.store import AgentSettings
@@ -45,8 +44,6 @@ log = logging.getLogger("kfrouter.admin")
 
 PREFIX = "/api"
 ROUTE_NAME = "kfrouter-admin-agents"  # the name of ``GET /api/agents``: tells whether routes are installed
-# WeChat's rules (spec §1.7): prefix <= 10 of [A-Za-z0-9_], "@", the account's WeChat ID (<= 30 chars).
-_KF_ACCOUNT_RE = re.compile(r"[A-Za-z0-9_]{1,10}@[^\s@/]{1,30}")
 _NICKNAME_MAX = 16
 _MAX_JSON_BYTES = 64 * 1024  # an admin body is a few fields
 _SUBMIT_TIMEOUT_S = 15.0
@@ -127,7 +124,7 @@ class _Fields:
 
     def kf_account(self, name: str, *, required: bool = False) -> str | None:
         v = self.text(name, required=required)
-        if v is not None and not _KF_ACCOUNT_RE.fullmatch(v):
+        if v is not None and not KF_ACCOUNT_RE.fullmatch(v):
             raise ApiError(
                 400,
                 f"body.{name}: must be a kf account 'prefix@wechat_id' (prefix: 1-10 letters, digits "

@@ -31,9 +31,10 @@ from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
-from kfrouter.router.core import errors as core_errors
 from kfrouter.router.core import notify as core_notify
+from kfrouter.router.core.errors import ConfigError as ConfigError
 from kfrouter.router.core.events import AgentConfigured
+from kfrouter.router.core.model import KF_ACCOUNT_RE
 from kfrouter.router.core.reservation import MIN_RESERVATION_S
 
 if TYPE_CHECKING:
@@ -56,9 +57,6 @@ ENV_VARS: Mapping[str, str] = MappingProxyType(
 _TOKEN_RE = re.compile(r"[A-Za-z0-9]{3,32}")
 _AES_KEY_RE = re.compile(r"[A-Za-z0-9]{43}")
 _APPID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# kf_account is "prefix@wechat_id"; WeChat's own limits are prefix <= 10 [A-Za-z0-9_], id <= 30 (spec §1.7).
-# The suffix is checked leniently: WeChat IDs have had several character rules over the years.
-_KF_ACCOUNT_RE = re.compile(r"[A-Za-z0-9_]{1,10}@[^\s@]{1,30}")
 _GROUP_RE = re.compile(r"[^\s.\[\]\"]{1,64}")
 _ADMIN_TOKEN_MIN = 16  # characters; an admin token guards pausing agents and closing sessions
 _MAX_UPSTREAM_TIMEOUT_S = 4.5  # WeChat gives up after 5 s; keep time to answer it ourselves
@@ -74,19 +72,6 @@ _PLACEHOLDERS: Mapping[str, frozenset[str]] = core_notify.FIELDS
 DEFAULT_TEMPLATES: Mapping[str, Mapping[str, str]] = MappingProxyType(
     {lang: MappingProxyType(dict(texts)) for lang, texts in core_notify.TEMPLATES.items()}
 )
-
-
-class ConfigError(core_errors.ConfigError):
-    """The configuration is invalid. ``problems`` lists ``(key path, reason)``; ``file`` names the source.
-
-    ``str(err)`` has one line per problem: ``FILE: KEY: REASON``.
-    """
-
-    def __init__(self, file: str, problems: Iterable[tuple[str, str]]) -> None:
-        self.file = file
-        self.problems: tuple[tuple[str, str], ...] = tuple(problems)
-        lines = [f"{file}: {key}: {reason}" if key else f"{file}: {reason}" for key, reason in self.problems]
-        super().__init__("\n".join(lines))
 
 
 # ============================================================================================ values
@@ -191,12 +176,17 @@ class PollingConfig:
     jitter: float = 0.1
 
 
+_PLANNER = core_notify.NotifyConfig()  # the planner's defaults are the section's
+
+
 @frozen(kw_only=True)
-class NotifyConfig:
+class NotifySection:
+    """``[notify]``: what the daemon hands the notification planner (``router.core.notify``)."""
+
     enabled: bool = True
-    language: str = "zh"
-    max_per_customer: int = 3
-    eta_change_min_s: float = 120.0
+    language: str = _PLANNER.language
+    max_per_customer: int = _PLANNER.max_per_customer
+    eta_change_min_s: float = _PLANNER.eta_change_s
     templates: Mapping[str, Mapping[str, str]] = DEFAULT_TEMPLATES  # language -> kind -> text
 
     def template(self, kind: str, language: str | None = None) -> str:
@@ -234,7 +224,7 @@ class Config:
     groups: tuple[GroupConfig, ...] = ()
     routing: RoutingConfig = RoutingConfig()
     polling: PollingConfig = PollingConfig()
-    notify: NotifyConfig = NotifyConfig()
+    notify: NotifySection = NotifySection()
     store: StoreConfig = StoreConfig()
     log: LogConfig = LogConfig()
     secret_sources: Mapping[str, str] = field(factory=lambda: MappingProxyType({}))  # key -> "file" | env var
@@ -314,13 +304,15 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise ConfigError(str(p), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+        raise ConfigError.in_file(str(p), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError(str(p), [("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+        raise ConfigError.in_file(
+            str(p), [("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(p), [("", f"invalid TOML: {exc}")]) from None
+        raise ConfigError.in_file(str(p), [("", f"invalid TOML: {exc}")]) from None
     return Config.from_dict(data, source=str(p), base_dir=p.resolve().parent, env=env)
 
 
@@ -582,7 +574,7 @@ class _Loader:
         root.done()
         self._check_policies(engine, groups)
         if self.problems:
-            raise ConfigError(self.source, self.problems)
+            raise ConfigError.in_file(self.source, self.problems)
         return Config(
             source=self.source,
             wechat=wechat,
@@ -737,9 +729,7 @@ class _Loader:
             policy = s.get_str("policy", engine.default_policy)
             if not policy:
                 s.problem("policy", "must not be empty")
-            agents = s.get_str_list(
-                "agents", pattern=_KF_ACCOUNT_RE, what="a kf_account such as 'alice@shop'"
-            )
+            agents = s.get_str_list("agents", pattern=KF_ACCOUNT_RE, what="a kf_account such as 'alice@shop'")
             capacity = self._capacity(s.table("capacity"), agents, capacity_seen)
             overflow = self._overflow(s.tables("overflow"), name, names)
             on_offline = s.get_str("on_agent_offline", "keep", choices=("keep", "reassign"))
@@ -895,7 +885,7 @@ class _Loader:
         out: dict[str, str] = {}
         folded: dict[str, str] = {}
         for alias in list(s.data):
-            kf = s.get_str(alias, pattern=_KF_ACCOUNT_RE, what="a kf_account such as 'alice@shop'")
+            kf = s.get_str(alias, pattern=KF_ACCOUNT_RE, what="a kf_account such as 'alice@shop'")
             if not alias.strip():
                 s.problem(alias, "an alias must not be empty")
             elif alias.casefold() in folded:
@@ -926,8 +916,8 @@ class _Loader:
         s.done()
         return out
 
-    def _notify(self, s: _Section) -> NotifyConfig:
-        d = NotifyConfig()
+    def _notify(self, s: _Section) -> NotifySection:
+        d = NotifySection()
         enabled = s.get_bool("enabled", d.enabled)
         language = s.get_str("language", d.language)
         # WeChat allows 5 customer-service messages per 48 h after a user message (spec §6.1).
@@ -955,7 +945,7 @@ class _Loader:
         if language not in templates:
             s.problem("language", f"no templates for {language!r} (have: {', '.join(sorted(templates))})")
         s.done()
-        return NotifyConfig(
+        return NotifySection(
             enabled=enabled,
             language=language,
             max_per_customer=max_per,

@@ -39,6 +39,7 @@ from attrs import field, frozen
 
 from kfrouter.policies.registry import load_policies
 from kfrouter.router.admin import admin_routes
+from kfrouter.router.clock import Clock, SteadyClock
 from kfrouter.router.config import DEFAULT_TEMPLATES, Config
 from kfrouter.router.core import events as ev
 from kfrouter.router.core import notify as core_notify
@@ -56,7 +57,7 @@ from kfrouter.router.edges.token import TokenMode
 from kfrouter.router.edges.upstream import Upstream
 from kfrouter.router.edges.webhook import PushReceiver, WebhookConfig
 from kfrouter.router.executor import Executor
-from kfrouter.router.inbox import Clock, Inbox, Intake, Item, drive, summarize
+from kfrouter.router.inbox import Inbox, Intake, Item, drive, summarize
 from kfrouter.router.pollers import (
     AgentPoller,
     PollSchedule,
@@ -73,22 +74,6 @@ log = logging.getLogger("kfrouter.daemon")
 
 Listener = Callable[[str, Mapping[str, Any]], None]
 """``listener(kind, payload)``: kinds 'event', 'command', 'assigned', 'api_call', 'push', 'state'."""
-
-
-class LoopClock:
-    """Unix seconds that never jump: the event loop's monotonic clock, anchored once to wall time."""
-
-    def __init__(self) -> None:
-        self._offset: float | None = None
-
-    def now(self) -> float:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return time.time() if self._offset is None else time.monotonic() + self._offset
-        if self._offset is None:
-            self._offset = time.time() - loop.time()
-        return loop.time() + self._offset
 
 
 def _positive(_inst: object, attr: Any, value: float) -> None:
@@ -208,7 +193,7 @@ class Daemon:
     ) -> None:
         self.config = config
         self.options = options if options is not None else DaemonOptions()
-        self.clock: Clock = clock if clock is not None else LoopClock()
+        self.clock: Clock = clock if clock is not None else SteadyClock()
         texts = notify_texts(config)
         # the application core: engine, estimator, notifier and the rules that join them (router/core/desk.py)
         self.desk = Desk(

@@ -20,12 +20,13 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from attrs import define, field
 
 from kfrouter.router import rules
+from kfrouter.router.clock import Clock
 from kfrouter.router.config import Config
 from kfrouter.router.core import choice
 from kfrouter.router.core import events as ev
@@ -55,12 +56,6 @@ _REQUEST_QUERY: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.C
     "kfrouter_request_query", default=None
 )
 _MAX_TEXT = 500  # characters of a customer's text kept in the store and the engine
-
-
-class Clock(Protocol):
-    """Unix seconds; the daemon's is ``router.daemon.LoopClock``, tests inject their own."""
-
-    def now(self) -> float: ...
 
 
 @define

@@ -17,40 +17,19 @@ import asyncio
 import contextlib
 import json
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
 import attrs
 from aiohttp import BodyPartReader, web
 
+from kfrouter.router.clock import SteadyClock
 from kfrouter.sim import fake_options as fo
 from kfrouter.sim.fake_options import FakeOptions, Fault
 from kfrouter.sim.fake_push import Deliverer
 from kfrouter.sim.wechat_model import Json, WeChatModel
 
 MAX_BODY = 8 * 1024 * 1024  # uploadheadimg allows 5 MB of media plus multipart framing
-
-
-class Clock:
-    """The fake's clock: unix seconds that move with the monotonic clock, plus an offset that
-    ``advance()`` moves forward. ``frozen=True`` stops the real-time part (fully deterministic)."""
-
-    def __init__(self, start: float | None = None, *, frozen: bool = False) -> None:
-        self._start = time.time() if start is None else float(start)
-        self._mono0 = time.monotonic()
-        self._offset = 0.0
-        self.frozen = frozen
-
-    def now(self) -> float:
-        elapsed = 0.0 if self.frozen else time.monotonic() - self._mono0
-        return self._start + elapsed + self._offset
-
-    def advance(self, seconds: object) -> float:
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-            raise ValueError(f"advance: seconds must be a number >= 0, got {seconds!r}")
-        self._offset += float(seconds)
-        return self.now()
 
 
 class _Answer(Exception):
@@ -79,11 +58,11 @@ class FakeWeChat:
         options: FakeOptions | None = None,
         wxid: str = "test",
         seed: int = 0,
-        clock: Clock | None = None,
+        clock: SteadyClock | None = None,
     ) -> None:
         self.options = options if options is not None else FakeOptions()
         self._initial_options = attrs.evolve(self.options)
-        self.clock = clock if clock is not None else Clock()
+        self.clock = clock if clock is not None else SteadyClock()
         self.seed = seed
         self.models: dict[str, WeChatModel] = {}
         self.model = self.add_app(appid, secret, wxid=wxid)
@@ -601,7 +580,7 @@ async def running_fake(
     host: str = "127.0.0.1",
     port: int = 0,
     seed: int = 0,
-    clock: Clock | None = None,
+    clock: SteadyClock | None = None,
     wxid: str = "test",
 ) -> AsyncIterator[FakeWeChat]:
     """Start a ``FakeWeChat`` on ``host:port`` (0 = any free port); ``fake.base_url`` is its root."""

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from kfrouter.router.clock import SteadyClock
 from kfrouter.router.core.model import AgentRow
 from kfrouter.router.edges.client import (
     CUSTOM_SEND,
@@ -46,7 +47,7 @@ from kfrouter.router.edges.errors import (
 from kfrouter.router.edges.webhook import PushReceiver, WebhookConfig
 from kfrouter.router.wechat import replies
 from kfrouter.router.wechat.push import Push, UserMessage
-from kfrouter.sim.fake_server import Clock, FakeWeChat, running_fake
+from kfrouter.sim.fake_server import FakeWeChat, running_fake
 
 APPID = "wx_client_test_app"
 SECRET = "s3cr3t_value_never_logged"
@@ -70,7 +71,7 @@ class Sleeps:
 
 class Env:
     def __init__(
-        self, fake: FakeWeChat, http: aiohttp.ClientSession, clock: Clock, receiver: PushReceiver
+        self, fake: FakeWeChat, http: aiohttp.ClientSession, clock: SteadyClock, receiver: PushReceiver
     ) -> None:
         self.fake = fake
         self.http = http
@@ -112,7 +113,7 @@ async def transfer_everything(push: Push, raw: str) -> str | None:
 
 @pytest.fixture
 async def env() -> AsyncIterator[Env]:
-    clock = Clock(start=T0, frozen=True)
+    clock = SteadyClock(start=T0, frozen=True)
     receiver = PushReceiver(WebhookConfig(token=CB_TOKEN, appid=APPID), transfer_everything, clock=clock.now)
     app = web.Application()
     app.add_routes(receiver.routes("/wechat"))

@@ -98,7 +98,11 @@ def test_minimal_config_takes_documented_defaults() -> None:
     assert cfg.engine.default_capacity == 3 and cfg.engine.default_policy == "least-load"
     assert cfg.routing.mode == "always" and cfg.routing.cancel_keywords == ("取消", "不等了", "cancel")
     assert cfg.routing.default_group is None
-    assert cfg.notify.language == "zh" and cfg.notify.max_per_customer == 3
+    assert (
+        cfg.notify.language == "zh"
+        and cfg.notify.max_per_customer == 2
+        and cfg.notify.eta_change_min_s == 60.0
+    )
     assert cfg.store.path.name == "kfrouter.db" and cfg.log.level == "info" and cfg.log.json is False
 
 

@@ -13,11 +13,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from kfrouter.router.clock import SteadyClock
 from kfrouter.router.wechat import replies, signature
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 from kfrouter.router.wechat.push import KfCloseSession, KfCreateSession, MenuClick, UserMessage, parse_push
 from kfrouter.sim.fake_options import FakeOptions
-from kfrouter.sim.fake_server import Clock, FakeWeChat, running_fake
+from kfrouter.sim.fake_server import FakeWeChat, running_fake
 
 T0 = 1_700_000_000.0
 TOKEN = "callbackTok3n"
@@ -85,7 +86,7 @@ def fake_for(url: str, aes: bool = False, **opts: Any) -> Any:
         token=TOKEN,
         aes_key=AES_KEY if aes else None,
         options=FakeOptions(**opts),
-        clock=Clock(T0, frozen=True),
+        clock=SteadyClock(T0, frozen=True),
     )
 
 
@@ -302,7 +303,7 @@ async def test_verify_webhook_echostr(hook_server: tuple[Hook, str], http: aioht
         r = await ctl(http, fake, "verify_webhook", {"echostr": "4375120948345356249"})
         assert r == {"ok": True, "status": 200, "body": "4375120948345356249"}
     async with running_fake(
-        APPID, "SECRET", webhook=url, token="wrongToken", clock=Clock(T0, frozen=True)
+        APPID, "SECRET", webhook=url, token="wrongToken", clock=SteadyClock(T0, frozen=True)
     ) as f2:
         assert (await ctl(http, f2, "verify_webhook", {}))["ok"] is False
 

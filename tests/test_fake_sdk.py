@@ -18,8 +18,9 @@ requests = pytest.importorskip("requests")
 
 from wechatpy.exceptions import WeChatClientException  # noqa: E402
 
+from kfrouter.router.clock import SteadyClock  # noqa: E402
 from kfrouter.sim.fake_options import Fault  # noqa: E402
-from kfrouter.sim.fake_server import Clock, FakeWeChat, running_fake  # noqa: E402
+from kfrouter.sim.fake_server import FakeWeChat, running_fake  # noqa: E402
 
 T0 = 1_700_000_000.0
 REAL_ORIGIN = "https://api.weixin.qq.com"
@@ -39,7 +40,7 @@ class _Redirect(requests.adapters.HTTPAdapter):  # type: ignore[misc,name-define
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeWeChat]:
-    async with running_fake("wxSDK", "SDKSECRET", clock=Clock(T0, frozen=True)) as f:
+    async with running_fake("wxSDK", "SDKSECRET", clock=SteadyClock(T0, frozen=True)) as f:
         yield f
 
 

@@ -13,15 +13,16 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from kfrouter.router.clock import SteadyClock
 from kfrouter.sim.fake_options import FakeOptions
-from kfrouter.sim.fake_server import Clock, FakeWeChat, running_fake
+from kfrouter.sim.fake_server import FakeWeChat, running_fake
 
 T0 = 1_700_000_000.0
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeWeChat]:
-    async with running_fake("wxAPP", "SECRET", clock=Clock(T0, frozen=True)) as f:
+    async with running_fake("wxAPP", "SECRET", clock=SteadyClock(T0, frozen=True)) as f:
         yield f
 
 
@@ -463,7 +464,7 @@ async def test_fault_delay_and_dropped_connection(fake: FakeWeChat, http: aiohtt
 async def test_fault_rate_is_seeded(http: aiohttp.ClientSession) -> None:
     outcomes = []
     for _ in range(2):
-        async with running_fake("wxAPP", "SECRET", seed=5, clock=Clock(T0, frozen=True)) as f:
+        async with running_fake("wxAPP", "SECRET", seed=5, clock=SteadyClock(T0, frozen=True)) as f:
             t = await get_token(http, f)
             await control(http, f, "faults", {"endpoint": "getwaitcase", "errcode": -1, "rate": 0.5})
             outcomes.append(
@@ -563,6 +564,6 @@ async def test_second_app_served_by_its_own_tokens(fake: FakeWeChat, http: aioht
 
 async def test_options_object_shared_with_caller() -> None:
     opts = FakeOptions(kf_id_type="str")
-    async with running_fake(options=opts, clock=Clock(T0, frozen=True)) as f:
+    async with running_fake(options=opts, clock=SteadyClock(T0, frozen=True)) as f:
         assert f.model.options is opts
         assert f.base_url.startswith("http://127.0.0.1:")

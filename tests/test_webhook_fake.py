@@ -12,10 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from kfrouter.router.clock import SteadyClock
 from kfrouter.router.edges.webhook import CALLBACK_FAILED_STATUS, PushReceiver, WebhookConfig
 from kfrouter.router.wechat import replies
 from kfrouter.router.wechat.push import KfCloseSession, KfCreateSession, Push, UserMessage
-from kfrouter.sim.fake_server import Clock, FakeWeChat, running_fake
+from kfrouter.sim.fake_server import FakeWeChat, running_fake
 
 APPID = "wx_webhook_fake_app"
 SECRET = "fake_secret_value"
@@ -56,7 +57,7 @@ class Env:
 
 @pytest.fixture
 async def safe_env() -> AsyncIterator[Env]:
-    clock = Clock(start=T0, frozen=True)
+    clock = SteadyClock(start=T0, frozen=True)
     app = App()
     config = WebhookConfig(token=CB_TOKEN, appid=APPID, encoding_aes_key=AES_KEY, accept_plaintext=False)
     receiver = PushReceiver(config, app.on_push, clock=clock.now)

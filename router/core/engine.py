@@ -62,7 +62,6 @@ _GONE = CustomerState.GONE
 _UNKNOWN = CustomerState.UNKNOWN
 
 # WeChat errcodes with a meaning for the engine (spec §3).
-ERR_SERVED_BY_OTHER = 65414
 ERR_NO_SESSION = 65413
 ERR_AGENT_UNAVAILABLE = frozenset({65401, 65402, 65415})  # unknown account, not bound, not online
 
@@ -660,7 +659,7 @@ class Engine:
         c = self._customers.get(e.openid)
         if c is None or c.state is not _RESERVED or c.with_agent != e.kf_account:
             return  # stale: the reservation already ended (superseded, timed out, customer left)
-        if e.errcode == ERR_SERVED_BY_OTHER:
+        if e.errcode == ev.ERR_SERVED_BY_OTHER:
             self._end_reservation(c, confirmed=False)
             self._finish(c, "served_elsewhere", now, waiting=True, kf=e.kf_account)
             return

@@ -97,6 +97,10 @@ class SessionSwitched:
     to_account: str = field(validator=_account)
 
 
+ERR_SERVED_BY_OTHER = 65414
+"""``CreateFailed.errcode`` when another agent already serves the customer (the reservation is superseded)."""
+
+
 @frozen(kw_only=True)
 class CreateFailed:
     """``kfsession/create`` failed with WeChat's ``errcode`` (or a local code: -2 timeout / network)."""

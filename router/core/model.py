@@ -7,10 +7,17 @@ Everything here is an attrs ``@frozen`` value; the engine's own mutable bookkeep
 from __future__ import annotations
 
 import enum
+import re
 
 from attrs import field, frozen
 
 from kfrouter.router.core.errors import CoreError
+
+# kf_account is "prefix@wechat_id"; WeChat's own limits are prefix <= 10 [A-Za-z0-9_], id <= 30 (spec §1.7).
+# The id is checked leniently (WeChat IDs have had several character rules over the years), but never has
+# blanks, a second '@' or a '/' (the admin API puts accounts in URL paths).
+KF_PREFIX_RE = re.compile(r"[A-Za-z0-9_]{1,10}")
+KF_ACCOUNT_RE = re.compile(KF_PREFIX_RE.pattern + r"@[^\s@/]{1,30}")
 
 
 def _non_negative(name: str):  # type: ignore[no-untyped-def]

@@ -24,12 +24,10 @@ import math
 from bisect import bisect_left, insort
 from collections.abc import Iterator
 from operator import itemgetter
-from typing import Literal
 
 from kfrouter.router.core.errors import ConfigError, UnknownAgentError
 from kfrouter.router.core.model import AgentView
-
-Order = Literal["load", "idle", "name"]
+from kfrouter.router.core.policy import Order
 
 IndexKey = tuple[float | int | str, ...]
 

@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from kfrouter.router.core.events import ERR_SERVED_BY_OTHER
+
 NETWORK_ERRCODE = -2
 BAD_RESPONSE_ERRCODE = -3
 
@@ -96,7 +98,7 @@ class NoSession(SessionError):
 class ServedByOther(SessionError):
     """65414: another agent is serving the customer."""
 
-    CODES = frozenset({65414})
+    CODES = frozenset({ERR_SERVED_BY_OTHER})
 
 
 class AgentOffline(SessionError):
