@@ -299,3 +299,33 @@ def test_memory_is_bounded() -> None:
     for i in range(500):
         est.observe_fact(Queued(f"c{i}", None, 0, float(i)), float(i))
     assert len(est._spells) == 50
+
+
+@pytest.mark.parametrize("priorities", [True, False])
+def test_abandoners_are_resolved_in_the_engines_queue_order(priorities: bool) -> None:
+    # Issue 15 item 7: with [engine] priorities = false the engine serves in arrival order, so a
+    # high-priority customer who left was *behind* an earlier low-priority one: serving that one says
+    # nothing about the leaver's potential wait.
+    seen: list[Outcome] = []
+    est = WaitEstimator(listener=seen.append)
+    e = Engine(EngineConfig(priorities=priorities), load_all())
+    e.handle(AgentConfigured(kf_account="a1@x", groups=frozenset(), max_sessions=1), 0.0)
+    e.handle(AgentsSeen(rows=(AgentRow(kf_account="a1@x", status=1),), complete=False), 0.0)  # type: ignore[arg-type]
+    request(e, est, "blocker", 0.0)
+    feed(e, est, SessionCreated(openid="blocker", kf_account="a1@x", source="api"), 0.0)
+    request(e, est, "early", 10.0)
+    est.estimate_arrival(e, "early", 10.0)
+    feed(e, est, CustomerRequested(openid="vip", priority=5), 20.0)
+    assert est.estimate_arrival(e, "vip", 20.0).ahead == (0 if priorities else 1)
+    feed(e, est, CustomerLeft(openid="vip", reason="patience"), 50.0)
+    request(e, est, "late", 60.0)
+    feed(e, est, SessionClosed(openid="blocker", kf_account="a1@x"), 200.0)
+    feed(e, est, SessionCreated(openid="early", kf_account="a1@x", source="api"), 200.0)
+    leavers = [(o.openid, o.actual) for o in seen if o.abandoned]
+    if priorities:  # the vip was ahead of early: early's service bounds the vip's potential wait
+        assert leavers == [("vip", 180.0)]
+        return
+    assert leavers == []  # early was ahead of the vip: nothing learned yet
+    feed(e, est, SessionClosed(openid="early", kf_account="a1@x"), 400.0)
+    feed(e, est, SessionCreated(openid="late", kf_account="a1@x", source="api"), 400.0)
+    assert [(o.openid, o.actual) for o in seen if o.abandoned] == [("vip", 380.0)]

@@ -51,7 +51,7 @@ from kfrouter.router.core.facts import (
 from kfrouter.router.core.model import AgentView, CustomerState, WaitingView, waiting_view
 from kfrouter.router.core.policy import Policy
 from kfrouter.router.core.pool import Pool
-from kfrouter.router.core.waitqueue import WaitQueue
+from kfrouter.router.core.waitqueue import WaitQueue, queue_key
 
 # The customer states as plain module constants: reading an Enum member through its class costs a
 # metaclass lookup (about 50 ns on Python 3.11), and the engine compares states many times per customer.
@@ -546,7 +546,7 @@ class Engine:
             tags,
         )
         self._seq += 1
-        c.entry = ((-priority if self._priorities else 0, self._seq), openid)
+        c.entry = (queue_key(priority, self._seq, self._priorities), openid)
         self._customers[openid] = c
         past = self._past.get(openid)
         if past is not None:  # _recall, inline

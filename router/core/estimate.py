@@ -31,13 +31,22 @@ from attrs import field, frozen
 from kfrouter.router.core.errors import ConfigError, CoreError, UnknownCustomerError
 from kfrouter.router.core.facts import Assigned, Fact, Left, Queued, SessionEnded
 from kfrouter.router.core.model import CustomerState, WaitingView
+from kfrouter.router.core.waitqueue import queue_key
 
 PREDICTORS = ("queue", "qlen", "les", "hol")
 _EXACT_TERMS = 4096  # beyond this many customers ahead the sum's tail is integrated (error < 1e-6 rel.)
 
 
+class _QueueOrder(Protocol):
+    @property
+    def priorities(self) -> bool: ...
+
+
 class EngineReader(Protocol):
     """The engine reads an estimate needs (``router.core.engine.Engine`` satisfies it)."""
+
+    @property
+    def config(self) -> _QueueOrder: ...  # ``priorities``: the engine's queue order (``queue_key``)
 
     def ahead_in_group(self, openid: str) -> int | None: ...
 
@@ -218,14 +227,24 @@ class _Group:
 class _Spell:
     """One customer's current waiting spell."""
 
-    __slots__ = ("ahead", "arrived_at", "bucket", "chosen", "group", "key", "openid", "predictions", "seq")
+    __slots__ = (
+        "ahead",
+        "arrived_at",
+        "bucket",
+        "chosen",
+        "group",
+        "openid",
+        "predictions",
+        "priority",
+        "seq",
+    )
 
     def __init__(self, openid: str, group: str | None, priority: int, arrived_at: float, seq: int) -> None:
         self.openid = openid
         self.group = group
         self.arrived_at = arrived_at
         self.seq = seq
-        self.key = (-priority, seq)  # the engine's queue order within a group
+        self.priority = priority  # with seq, the engine's queue order within a group (``queue_key``)
         self.predictions: dict[str, float] | None = None  # made at the first estimate
         self.chosen: tuple[str, float] = ("", math.nan)  # (method, seconds) selected at the first estimate
         self.ahead = 0
@@ -266,6 +285,7 @@ class WaitEstimator:
         self._spells: OrderedDict[str, _Spell] = OrderedDict()
         self._sessions: OrderedDict[str, tuple[str | None, float]] = OrderedDict()  # openid -> (group, start)
         self._seq = 0
+        self._priorities = True  # the engine's queue order, read from it at every arrival estimate
 
     # ================================================================= feeding: primitives
 
@@ -303,7 +323,7 @@ class WaitEstimator:
             target.left.add(1.0)
         spell = self._spells.pop(openid, None) if openid is not None else None
         if spell is not None and spell.predictions is not None:
-            bisect.insort(g.pending, spell, key=lambda s: s.key)
+            bisect.insort(g.pending, spell, key=self._key)
             if len(g.pending) > self.config.max_tracked:
                 g.pending.pop(0)
 
@@ -383,6 +403,7 @@ class WaitEstimator:
     def estimate_arrival(self, engine: EngineReader, openid: str, now: float) -> Estimate:
         """``estimate()`` for a customer who just joined the queue, remembered as the estimate of their
         waiting spell: it is scored against the wait that follows (``Outcome``, predictor selection)."""
+        self._priorities = engine.config.priorities  # abandoners are resolved in the engine's queue order
         spell = self._spells.get(openid)
         if spell is None:
             spell = self._adopt(engine, openid, now)
@@ -543,11 +564,14 @@ class WaitEstimator:
                 if math.isfinite(predicted):
                     table.setdefault(name, _Score()).add((predicted - actual) ** 2, window)
 
+    def _key(self, spell: _Spell) -> tuple[int, int]:
+        return queue_key(spell.priority, spell.seq, self._priorities)
+
     def _resolve_pending(self, g: _Group, served: _Spell, now: float) -> None:
         """A customer behind an abandoner (in queue order) entered service at ``now``: had the abandoner
         stayed, it would have entered service by then. That upper bound is its potential wait (exact
         while the queue does not empty in between)."""
-        while g.pending and g.pending[0].key < served.key:
+        while g.pending and self._key(g.pending[0]) < self._key(served):
             spell = g.pending.pop(0)
             self._score(spell, now - spell.arrived_at, abandoned=True)
 

@@ -17,6 +17,13 @@ from itertools import islice
 
 Entry = tuple[tuple[int, int], str]
 
+
+def queue_key(priority: int, seq: int, priorities: bool) -> tuple[int, int]:
+    """The queue order of a customer: higher ``priority`` first, then arrival (``seq``); with
+    ``priorities`` off (``[engine] priorities = false``) arrival alone."""
+    return (-priority if priorities else 0, seq)
+
+
 _COMPACT_AT = 32  # cut the dead prefix once it is this long and at least half of the list
 
 
