@@ -449,7 +449,9 @@ async def check_kf_api(p: Probe) -> CheckResult:
     listed = await p.kf_list()
     if not isinstance(listed, WeChatError):
         return CheckResult(
-            name=name, status="ok", title=f"customer-service API available ({len(listed)} agent accounts)"
+            name=name,
+            status="ok",
+            title=f"customer-service API available ({_count(len(listed), 'agent account')})",
         )
     if isinstance(listed, KfApiDisabled):
         return _from_error(name, listed)
@@ -500,7 +502,7 @@ async def check_agents_listed(p: Probe) -> CheckResult:
     return CheckResult(
         name=name,
         status="ok",
-        title=f"{len(listed)} agent accounts: {_accounts([a.kf_account for a in listed])}",
+        title=f"{_count(len(listed), 'agent account')}: {_accounts([a.kf_account for a in listed])}",
     )
 
 
@@ -531,15 +533,14 @@ async def check_agents_bound(p: Probe) -> CheckResult:
         return CheckResult(name=name, status="ok", title="no agent accounts to check (see agents)")
     unbound = [a for a in listed if not a.kf_wx]
     if not unbound:
-        return CheckResult(
-            name=name, status="ok", title=f"all {len(listed)} agent accounts are bound to a WeChat user"
-        )
+        every = "the only agent account is" if len(listed) == 1 else f"all {len(listed)} agent accounts are"
+        return CheckResult(name=name, status="ok", title=f"{every} bound to a WeChat user")
     states = [f"{a.kf_account} ({_binding_state(a)})" for a in unbound]
     return CheckResult(
         name=name,
         status="problem",
         title=(
-            f"{len(unbound)} of {len(listed)} agent accounts {'is' if len(unbound) == 1 else 'are'} not bound "
+            f"{len(unbound)} of {_count(len(listed), 'agent account')} {'is' if len(unbound) == 1 else 'are'} not bound "
             f"to a WeChat user: {_accounts(states)}"
         ),
         detail=f"{ADVICE[65402].meaning} WeChat answers errcode 65402 for them.",
@@ -593,7 +594,12 @@ async def check_group_agents(p: Probe) -> CheckResult:
             missing.setdefault(kf, []).append(where)
     if not missing:
         n = len({kf for _w, kf in named})
-        return CheckResult(name=name, status="ok", title=f"all {n} agents named in the config exist")
+        every = (
+            "the only agent named in the config exists"
+            if n == 1
+            else f"all {n} agents named in the config exist"
+        )
+        return CheckResult(name=name, status="ok", title=every)
     listing = "; ".join(f"{kf} (in {', '.join(where)})" for kf, where in missing.items())
     suffixes = sorted({a.kf_account.partition("@")[2] for a in listed if "@" in a.kf_account})
     hint = ""

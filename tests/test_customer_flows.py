@@ -254,7 +254,7 @@ async def test_a_busy_chosen_agent_is_waited_for_with_the_wait_told_then_serves(
     told = await env.text_containing("p2", "the agent you chose, is busy")
     assert told["via"] == "custom_send"
     assert told["content"].startswith("a2, the agent you chose, is busy: estimated wait about 5 minutes.")
-    assert "within about 10 minutes" in told["content"]  # preferred_wait_s = 600
+    assert "within 10 minutes" in told["content"]  # preferred_wait_s = 600
     assert 'Reply "取消" to leave the queue.' in told["content"]  # the first cancel keyword
     # a1 and a3 are free, yet p2 waits for a2: the choice is honoured, their place is kept
     assert env.engine.state("p2") is CustomerState.WAITING

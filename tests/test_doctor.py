@@ -427,3 +427,15 @@ async def test_config_that_does_not_load_exits_2(tmp_path: Path, capsys: pytest.
     code = await asyncio.to_thread(main, ["doctor", "--config", str(bad), "--json"])
     data: dict[str, Any] = json.loads(capsys.readouterr().out)
     assert code == 2 and data["ok"] is False and data["checks"][0]["name"] == "config"
+
+
+async def test_one_agent_account_is_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 15 item 8: "1 agent accounts" read wrong.
+    async with running_fake(APPID, SECRET) as f:
+        f.model.set_agent("alice@test", f.clock.now(), status=1)
+        groups = '[[groups]]\nname = "general"\nagents = ["alice@test"]\n'
+        _code, out = await doctor(capsys, write_config(tmp_path, f, groups=groups))
+    assert "1 agent accounts" not in out and "all 1 agent" not in out
+    assert line(out, "agents").startswith("ok agents 1 agent account: alice@test")
+    assert "(1 agent account)" in line(out, "kf-api")
+    assert "the only agent account is bound to a WeChat user" in line(out, "agents-bound")

@@ -264,3 +264,23 @@ def test_budget_is_never_exceeded(
             assert sent_in_spell + 1 <= max_per, "spell budget exceeded"
         if op in ("assigned", "cancelled", "left"):
             spell[o] = None
+
+
+@pytest.mark.parametrize(
+    ("language", "fallback_s", "phrase"),
+    [
+        ("zh", 90.0, "如 2 分钟内仍未接入"),
+        ("zh", 89.99, "如 2 分钟内仍未接入"),  # a moment after the choice: the same deadline
+        ("zh", 30.0, "如 1 分钟内仍未接入"),
+        ("zh", 3600.0, "如 1 小时内仍未接入"),
+        ("en", 90.0, "within 2 minutes, another"),
+        ("en", 60.0, "within 1 minute, another"),
+    ],
+)
+def test_the_fallback_deadline_is_never_understated(language: str, fallback_s: float, phrase: str) -> None:
+    # Issue 15 item 8: preferred_wait_s = 90 read "预计等待约 2 分钟 ... 如约 1 分钟内仍未接入". The fallback is a
+    # deadline: whole minutes rounded up, so the customer is never told less than the real wait.
+    n = Notifier(NotifyConfig(language=language))
+    n.on_user_message("o", 0.0)
+    [text] = n.on_preferred("o", "Ann", 100.0, fallback_s, 0.0)
+    assert phrase in text.text, text.text

@@ -52,14 +52,15 @@ FIELDS: Mapping[str, frozenset[str]] = {
 """The placeholders each kind may use: ``{position}`` the customer's 1-based place in their group's queue,
 ``{ahead}`` customers ahead of them, ``{wait}`` the estimate as words ("约 5 分钟"), ``{eta_min}`` the
 estimate in whole minutes (rounded up, at least 1; "?" when unknown), ``{agent}`` the agent's display
-name, ``{fallback}`` how long a customer waits for the agent they chose before another may take them,
+name, ``{fallback}`` how long a customer waits for the agent they chose before another may take them
+(whole minutes rounded up: "2 分钟"),
 ``{group}`` the customer's group ("" when none), ``{cancel}`` the first cancel keyword."""
 
 TEMPLATES: Mapping[str, Mapping[str, str]] = {
     "zh": {
         "queued": "您已进入人工客服排队，当前排在第 {position} 位，预计等待{wait}。客服接入后会立即回复您，请勿离开。",
         "eta": "排队进度更新：预计还需等待{wait}。",
-        "preferred": "您选择的客服 {agent} 正在忙，预计等待{wait}。如{fallback}内仍未接入，将为您安排其他客服。",
+        "preferred": "您选择的客服 {agent} 正在忙，预计等待{wait}。如 {fallback}内仍未接入，将为您安排其他客服。",
         "assigned": "客服 {agent} 正在为您服务",
         "assigned_anonymous": "客服正在为您服务",
         "cancelled": "您的人工客服排队已取消。如仍需帮助，请重新发送消息。",
@@ -98,14 +99,24 @@ def format_wait(seconds: float, language: str) -> str:
     minutes = round(seconds / 60.0)
     if minutes >= 10:
         minutes = 5 * round(minutes / 5)
+    return ("约 " if zh else "about ") + _minutes_text(minutes, zh)
+
+
+def format_within(seconds: float, language: str) -> str:
+    """A deadline as a customer reads it (``{fallback}``: "如 2 分钟内"): whole minutes rounded up, at
+    least 1, so the customer is never told a shorter time than the real one."""
+    return _minutes_text(max(1, math.ceil(seconds / 60.0 - 1e-9)), language == "zh")
+
+
+def _minutes_text(minutes: int, zh: bool) -> str:
     hours, rest = divmod(minutes, 60)
     if zh:
         if hours == 0:
-            return f"约 {minutes} 分钟"
-        return f"约 {hours} 小时" + (f" {rest} 分钟" if rest else "")
+            return f"{minutes} 分钟"
+        return f"{hours} 小时" + (f" {rest} 分钟" if rest else "")
     if hours == 0:
-        return f"about {minutes} minute{'s' if minutes != 1 else ''}"
-    text = f"about {hours} hour{'s' if hours != 1 else ''}"
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    text = f"{hours} hour{'s' if hours != 1 else ''}"
     return text + (f" {rest} minute{'s' if rest != 1 else ''}" if rest else "")
 
 
@@ -283,7 +294,7 @@ class Notifier:
         if c.in_spell:
             return []
         self._start_spell(c, group)
-        fallback = format_wait(fallback_s, self.config.language)
+        fallback = format_within(fallback_s, self.config.language)
         text = self.config.render(
             "preferred", agent=agent, fallback=fallback, group=c.group, **self._wait(seconds)
         )
