@@ -69,6 +69,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="daily shifts 'H1-H2[:SHARE],...', e.g. "
         "'8-16,12-20,20-8:0.5'; agents of each group are split across the shifts by share",
     )
+    g.add_argument(
+        "--cross-skill",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="every agent's proficiency for the groups other than its own, 0 < P <= 1: a session lasts "
+        "service_s / P (default 1: who serves does not matter)",
+    )
+    g.add_argument(
+        "--same-agent-factor",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="a returning customer served by their previous agent needs F x service_s (default 1)",
+    )
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--name", default="synthetic", help="trace name in the header")
     g.add_argument("--out", default="-", help="output file ('-' = stdout; '.gz' = compressed)")
@@ -171,6 +186,8 @@ def gen_params(args: argparse.Namespace) -> GenParams:
         return_gap=args.return_gap,
         preferred=args.preferred,
         shifts=parse_windows(args.shifts, "--shifts", wrap=True, default=1.0) if args.shifts else (),
+        cross_skill=args.cross_skill,
+        same_agent_factor=args.same_agent_factor,
         seed=args.seed,
         name=args.name,
     )

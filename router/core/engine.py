@@ -719,6 +719,7 @@ class Engine:
             paused=e.paused,
             nickname=e.nickname,
             tags=e.tags,
+            skills=e.skills,
         )
 
     def _on_removed(self, e: ev.AgentRemoved, now: float, out: list[Command]) -> None:
