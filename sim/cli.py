@@ -1,4 +1,5 @@
-"""``kfrouter sim gen | run | erlang``: make a synthetic trace, replay a trace under policies, print the
+"""``kfrouter sim gen | run | tune | staff | erlang``: make a synthetic trace, replay a trace under
+policies, search settings for a target (sim/tune.py), staff the hours of the day (sim/staff.py), print the
 Erlang closed forms. Bad input exits 2 with a message naming the option, or the file and line."""
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="append",
         default=None,
         metavar="NAME",
-        help="policy to run (repeat; default: every installed policy)",
+        help="policy to run, NAME or NAME(key=value,...) e.g. 'best-fit(unlisted_skill=0.9)' "
+        "(repeat; default: every installed policy)",
     )
     r.add_argument(
         "--no-baseline",
@@ -148,6 +150,37 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="score the wait estimates customers would be given (eta_* columns; about 2x slower)",
     )
     r.set_defaults(func=_run)
+
+    t = simsub.add_parser(
+        "tune", help="search routing settings on a trace for the best one meeting a target"
+    )
+    t.add_argument("trace", help="trace file (JSON Lines; .gz accepted)")
+    t.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        metavar="EXPR",
+        help="METRIC OP NUMBER, e.g. 'wait_p90_s<=60' (repeat: all must hold)",
+    )
+    t.add_argument(
+        "--vary",
+        action="append",
+        required=True,
+        metavar="NAME=LO..HI[:STEP]",
+        help="a setting to search: overflow_after, preferred_wait, reservation_timeout (seconds), "
+        "policy=a,b or POLICY.OPTION (e.g. best-fit.unlisted_skill=0.5..1:0.1); values LO..HI[:STEP] or a,b,c",
+    )
+    t.add_argument("--policy", default="best-fit", help="the policy when 'policy' is not varied (best-fit)")
+    goal = t.add_mutually_exclusive_group()
+    goal.add_argument("--minimize", metavar="METRIC", default=None, help="best = lowest (default wait_mean_s)")
+    goal.add_argument("--maximize", metavar="METRIC", default=None, help="best = highest")
+    t.add_argument("--jobs", type=int, default=None, help="worker processes (default: the cores)")
+    t.add_argument("--seed", type=int, default=None, help="seed for injected failures (default: the trace's)")
+    t.add_argument("--overflow-after", type=float, default=60.0, help="when not varied (default 60)")
+    t.add_argument("--preferred-wait", type=float, default=120.0, help="when not varied (default 120)")
+    t.add_argument("--reservation-timeout", type=float, default=30.0, help="when not varied (default 30)")
+    t.add_argument("--json", action="store_true", help="one JSON object instead of the tables")
+    t.set_defaults(func=_tune)
 
     e = simsub.add_parser("erlang", help="Erlang C (M/M/c) and, with --patience-mean, Erlang A (M/M/c+M)")
     e.add_argument("--agents", type=int, required=True, help="servers c")
@@ -213,7 +246,7 @@ def _gen(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kfrouter.policies.registry import available_policies
+    from kfrouter.policies.registry import available_policies, load_policy
     from kfrouter.router.core.errors import ConfigError
     from kfrouter.sim.plot import PlotUnavailable, require_matplotlib, write_plots
     from kfrouter.sim.progress import Progress
@@ -229,8 +262,10 @@ def _run(args: argparse.Namespace) -> int:
     installed = [n for n, _ in available_policies()]
     names: list[str] = list(dict.fromkeys(args.policy or installed))
     for n in names:
-        if n not in installed:
-            return _fail("run", f"unknown policy {n!r} (installed: {', '.join(installed)})")
+        try:
+            load_policy(n)  # the name, and the options of NAME(key=value, ...)
+        except ConfigError as exc:
+            return _fail("run", str(exc))
     if not args.no_baseline and BASELINE not in names and BASELINE in installed:
         names.append(BASELINE)
     if not Path(args.trace).is_file():
@@ -269,6 +304,96 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         for path in write_plots(results, args.plot):
             print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import json
+
+    from kfrouter.policies.registry import available_policies, load_policy
+    from kfrouter.router.core.errors import ConfigError
+    from kfrouter.sim.report import BASELINE, build_report, to_text
+    from kfrouter.sim.runner import RunConfig, SimError, run_trace
+    from kfrouter.sim.trace import TraceError, TraceReader
+    from kfrouter.sim.tune import (
+        NUMERIC_METRICS,
+        TuneError,
+        best_index,
+        default_jobs,
+        grid,
+        parse_target,
+        parse_vary,
+        run_grid,
+        table,
+    )
+
+    installed = [n for n, _ in available_policies()]
+    try:
+        targets = [parse_target(x) for x in args.target]
+        varies = [parse_vary(x, installed) for x in args.vary]
+        objective = args.maximize or args.minimize or "wait_mean_s"
+        if objective not in NUMERIC_METRICS:
+            raise TuneError(f"--minimize/--maximize: unknown metric {objective!r} (one of {', '.join(NUMERIC_METRICS)})")
+        jobs = default_jobs() if args.jobs is None else args.jobs
+        if jobs < 1:
+            raise TuneError(f"--jobs must be >= 1, got {jobs}")
+        load_policy(args.policy)
+        if not Path(args.trace).is_file():
+            raise TuneError(f"{args.trace}: no such file")
+        with TraceReader(args.trace) as reader:
+            seed = args.seed if args.seed is not None else (reader.header.seed or 0)
+        base = RunConfig(
+            policy=args.policy,
+            seed=seed,
+            overflow_after_s=args.overflow_after,
+            preferred_wait_s=args.preferred_wait,
+            reservation_timeout_s=args.reservation_timeout,
+        )
+        settings = grid(base, varies)
+        for s in settings:
+            load_policy(s.config.policy)  # every option of every policy, before any run
+    except (TuneError, ConfigError, TraceError, ValueError) as exc:
+        return _fail("tune", str(exc))
+    try:
+        rows = run_grid(args.trace, settings, jobs)
+        best = best_index(rows, targets, objective, maximize=args.maximize is not None)
+        report = None
+        if best is not None:
+            cfgs = [settings[best].config]
+            if BASELINE in installed and settings[best].config.policy != BASELINE:
+                cfgs.append(RunConfig(**{**settings[best].config.__dict__, "policy": BASELINE}))
+            report = build_report([run_trace(args.trace, c) for c in cfgs], file=args.trace)
+    except (TraceError, ConfigError, ValueError) as exc:
+        return _fail("tune", str(exc))
+    except SimError as exc:
+        return _fail("tune", str(exc), EXIT_FAILED)
+    goal = f"{'highest' if args.maximize else 'lowest'} {objective}"
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "targets": [str(t) for t in targets],
+                    "objective": {"metric": objective, "maximize": args.maximize is not None},
+                    "settings": [
+                        {"setting": dict(s.values), "policy": s.config.policy, "meets": all(t.holds(r) for t in targets), "metrics": r}
+                        for s, r in zip(settings, rows, strict=True)
+                    ],
+                    "best": None if best is None else dict(settings[best].values),
+                    "report": report,
+                },
+                allow_nan=False,
+            )
+        )
+    else:
+        print(f"{len(settings)} settings, targets {', '.join(str(t) for t in targets)}, best = {goal}")
+        print(table(settings, rows, targets, objective, best))
+        print("(* meets the targets, > the best)")
+        if best is not None and report is not None:
+            print(f"\nbest: {settings[best].label()} (policy {settings[best].config.policy})")
+            print(to_text(report))
+    if best is None:
+        print(f"no setting meets {', '.join(str(t) for t in targets)}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
