@@ -182,6 +182,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.add_argument("--json", action="store_true", help="one JSON object instead of the tables")
     t.set_defaults(func=_tune)
 
+    st = simsub.add_parser("staff", help="agents needed per hour of the day for a target, from a trace")
+    st.add_argument("trace", help="trace file: its arrivals are staffed (its own agent lines are ignored)")
+    st.add_argument(
+        "--target",
+        required=True,
+        metavar="EXPR",
+        help="service_level_<N>s>=X (e.g. service_level_20s>=0.8) or abandon_rate<=X",
+    )
+    st.add_argument("--policy", default="best-fit", help="policy of the checking replays (default best-fit)")
+    st.add_argument("--max-sessions", type=int, default=None, help="sessions per agent (default: the trace's)")
+    st.add_argument(
+        "--patience-mean", type=float, default=None, help="mean patience in s (default: from the trace)"
+    )
+    st.add_argument("--max-rounds", type=int, default=12, help="replays at most (default 12)")
+    st.add_argument("--overflow-after", type=float, default=60.0, help="engine setting of the replays")
+    st.add_argument("--seed", type=int, default=None, help="replay seed (default: the trace's)")
+    st.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    st.add_argument("--plot", default=None, metavar="PNG", help="write the chart here (needs matplotlib)")
+    st.set_defaults(func=_staff)
+
     e = simsub.add_parser("erlang", help="Erlang C (M/M/c) and, with --patience-mean, Erlang A (M/M/c+M)")
     e.add_argument("--agents", type=int, required=True, help="servers c")
     e.add_argument("--arrival-rate", type=float, required=True, help="arrivals per second")
@@ -395,6 +415,50 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"no setting meets {', '.join(str(t) for t in targets)}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _staff(args: argparse.Namespace) -> int:
+    import json
+
+    from kfrouter.policies.registry import load_policy
+    from kfrouter.router.core.errors import ConfigError
+    from kfrouter.sim.plot import PlotUnavailable, require_matplotlib
+    from kfrouter.sim.runner import RunConfig, SimError
+    from kfrouter.sim.staff import StaffError, parse_target, staff, table, write_plot
+    from kfrouter.sim.trace import TraceError, TraceReader
+
+    try:
+        target = parse_target(args.target)
+        load_policy(args.policy)
+        if args.max_sessions is not None and args.max_sessions < 1:
+            raise StaffError(f"--max-sessions must be >= 1, got {args.max_sessions}")
+        if args.patience_mean is not None and not 0 < args.patience_mean < float("inf"):
+            raise StaffError(f"--patience-mean must be a number > 0, got {args.patience_mean}")
+        if args.max_rounds < 1:
+            raise StaffError(f"--max-rounds must be >= 1, got {args.max_rounds}")
+        if args.plot is not None:
+            require_matplotlib()
+        if not Path(args.trace).is_file():
+            raise StaffError(f"{args.trace}: no such file")
+        with TraceReader(args.trace) as reader:
+            seed = args.seed if args.seed is not None else (reader.header.seed or 0)
+        cfg = RunConfig(policy=args.policy, seed=seed, overflow_after_s=args.overflow_after)
+        plan = staff(
+            args.trace,
+            target,
+            cfg,
+            max_sessions=args.max_sessions,
+            patience_mean_s=args.patience_mean,
+            max_rounds=args.max_rounds,
+        )
+    except (StaffError, ConfigError, TraceError, PlotUnavailable, ValueError) as exc:
+        return _fail("staff", str(exc))
+    except SimError as exc:
+        return _fail("staff", str(exc), EXIT_FAILED)
+    print(json.dumps(plan.to_dict(), allow_nan=False) if args.json else table(plan))
+    if args.plot is not None:
+        print(f"wrote {write_plot(plan, args.plot)}", file=sys.stderr)
+    return 0 if plan.met else EXIT_FAILED
 
 
 def _erlang(args: argparse.Namespace) -> int:
