@@ -14,11 +14,12 @@ Rules (docs/simulator.md, "The best-fit policy"):
   free agent when that costs no more than waiting; so with equal proficiencies nobody ever waits while an
   agent is free (work-conserving), and a slow match is taken only once the own group's backlog makes
   waiting dearer;
-- ranking free agents for a customer: lowest expected handle, then the customer's last agent, then an
-  agent of the customer's group, then least loaded (the pool's load order);
+- ranking free agents for a customer: lowest expected handle, then an agent of the customer's group, then
+  the customer's last agent, then least loaded (the pool's load order);
 - when an agent is free the engine offers it the waiting customers (``choose``): it takes, among the
   first ``horizon`` it may serve and for whom it is the best free choice worth taking now, the one it
-  serves best (lowest handle, then its own returning customer, then its own group), oldest first.
+  serves best (lowest handle, then its own group, then its own returning customer), oldest first; a
+  customer who named this agent and still waits for it alone comes first.
 
 Pure and deterministic: no clock, no randomness; ties break on the pool's order and the queue order.
 """
@@ -32,7 +33,7 @@ from kfrouter.router.core.errors import ConfigError
 from kfrouter.router.core.model import AgentView, WaitingView
 from kfrouter.router.core.policy import PoolView, QueueReader
 
-# rank of a free agent for a customer: (handle, not their last agent, not of their group)
+# rank of a free agent for a customer, lower is better: (handle, not of their group, not their last agent)
 _Rank = tuple[float, bool, bool]
 
 
@@ -88,11 +89,12 @@ class BestFit:
     def _best_free(self, pool: PoolView, customer: WaitingView) -> tuple[str, _Rank] | None:
         """The customer's best free agent and its rank (None: nobody free)."""
         last = customer.last_agent
-        # the highest rank possible: their last agent at full proficiency, else an own-group agent at 1.0
+        # the best rank possible: their last agent of their group at full proficiency, else (their last agent
+        # is not free) any agent of their group at full proficiency
         if last is not None and last not in customer.avoid and pool.is_free(last):
-            top: _Rank = (self.same_agent_factor, False, False)
+            top: _Rank = (min(1.0, self.same_agent_factor), False, False)
         else:
-            top = (1.0, True, False)
+            top = (1.0, False, True)
         best: tuple[str, _Rank] | None = None
         for kf in pool.free_agents(None, "load", customer.avoid):
             agent = pool.agent(kf)
@@ -137,6 +139,8 @@ class BestFit:
         for i, customer in enumerate(candidates):
             if i >= self.horizon:
                 break
+            if customer.preferred_agent == kf_account and now < customer.preferred_until:
+                return customer.openid  # they wait for this agent by name (the engine offers them to it alone)
             rank = self._rank(agent, customer)
             if chosen is not None and (rank, i) >= chosen[:2]:
                 continue  # cannot beat the one already chosen

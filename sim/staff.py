@@ -392,7 +392,7 @@ def write_plot(plan: StaffPlan, out: str | Path) -> Path:
     ax.set_title(f"Agents needed per hour for {plan.target}")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left")
+    ax.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

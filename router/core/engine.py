@@ -247,8 +247,9 @@ class Engine:
         self._default_route = config.default_route
         # policies that choose a customer for a free agent (optional ``choose``; see _offer_free_agents), and
         # whether every policy does (then the per-customer pass of _drain has nothing left to do)
-        self._choosers = [p for p in self._policies.values() if callable(getattr(p, "choose", None))]
-        self._only_choosers = len(self._choosers) == len(self._policies)
+        used = [self._policies[n] for n in dict.fromkeys(r.policy for r in (config.default_route, *config.routes.values()))]
+        self._choosers = [p for p in used if callable(getattr(p, "choose", None))]
+        self._only_choosers = len(self._choosers) == len(used)
         for p in self._policies.values():  # optional ``attach(reader)``: the policy may read the queue
             attach = getattr(p, "attach", None)
             if callable(attach):
