@@ -140,7 +140,9 @@ class BestFit:
             if i >= self.horizon:
                 break
             if customer.preferred_agent == kf_account and now < customer.preferred_until:
-                return customer.openid  # they wait for this agent by name (the engine offers them to it alone)
+                return (
+                    customer.openid
+                )  # they wait for this agent by name (the engine offers them to it alone)
             rank = self._rank(agent, customer)
             if chosen is not None and (rank, i) >= chosen[:2]:
                 continue  # cannot beat the one already chosen

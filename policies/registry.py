@@ -96,8 +96,8 @@ def parse_policy_spec(spec: str) -> tuple[str, dict[str, int | float]]:
                 value = float(text)
             except ValueError:
                 raise ConfigError(f"policy {spec!r}: option {key}={text!r} is not a number") from None
-            if not math.isfinite(value):
-                raise ConfigError(f"policy {spec!r}: option {key}={text!r} is not a finite number")
+        if not math.isfinite(value):
+            raise ConfigError(f"policy {spec!r}: option {key}={text!r} is not a finite number")
         options[key] = value
     return name, options
 

@@ -166,7 +166,9 @@ def erlang_measure(target: StaffTarget, lam: float, mu: float, servers: int, the
     return erlang_a(lam, mu, servers, theta).p_abandon
 
 
-def erlang_agents(target: StaffTarget, lam: float, service_s: float, patience_s: float | None, sessions: int) -> int:
+def erlang_agents(
+    target: StaffTarget, lam: float, service_s: float, patience_s: float | None, sessions: int
+) -> int:
     """The fewest agents (``sessions`` servers each) meeting ``target`` at arrival rate ``lam``."""
     if lam <= 0:
         return 0
@@ -242,7 +244,9 @@ def _merged(path: str | Path, plan: Sequence[int], load: Workload) -> Iterator[R
         pending = next(agents, None)
 
 
-def simulate(path: str | Path, plan: Sequence[int], load: Workload, cfg: RunConfig, header: Header) -> RunResult:
+def simulate(
+    path: str | Path, plan: Sequence[int], load: Workload, cfg: RunConfig, header: Header
+) -> RunResult:
     """Replay the trace's arrivals with the agents of ``plan``."""
     return Simulation(header, _merged(path, plan, load), cfg, groups=set(load.groups)).run()
 
@@ -279,7 +283,9 @@ class StaffPlan:
             "policy": self.policy,
             "max_sessions": self.load.max_sessions,
             "service_mean_s": round(self.load.service_mean_s, 6),
-            "patience_mean_s": None if self.load.patience_mean_s is None else round(self.load.patience_mean_s, 6),
+            "patience_mean_s": None
+            if self.load.patience_mean_s is None
+            else round(self.load.patience_mean_s, 6),
             "replays": self.rounds,
             "met": self.met,
             "hours": [
@@ -325,7 +331,9 @@ def staff(
         n = erlang_agents(target, h.rate, service, load.patience_mean_s, load.max_sessions)
         erlang.append(n)
         erlang_m.append(
-            erlang_measure(target, h.rate, 1.0 / service, n * load.max_sessions, theta) if h.rate > 0 else None
+            erlang_measure(target, h.rate, 1.0 / service, n * load.max_sessions, theta)
+            if h.rate > 0
+            else None
         )
     plan = list(erlang)
     measure: list[float | None] = [None] * 24
@@ -334,12 +342,12 @@ def staff(
     while rounds < max_rounds:
         rounds += 1
         measure = achieved(simulate(path, plan, load, cfg, header), target)
-        missing = [h for h in range(24) if measure[h] is not None and not target.holds(measure[h])]  # type: ignore[arg-type]
+        missing = [i for i, m in enumerate(measure) if m is not None and not target.holds(m)]
         if not missing:
             met = True
             break
-        for h in missing:
-            plan[h] += 1
+        for i in missing:
+            plan[i] += 1
     return StaffPlan(target, cfg.policy, load, erlang, erlang_m, plan, measure, rounds, met)
 
 
@@ -348,7 +356,11 @@ def table(plan: StaffPlan) -> str:
     lines = [
         f"target {plan.target}; {plan.load.max_sessions} session(s) per agent; mean service "
         f"{plan.load.service_mean_s:.1f} s; mean patience "
-        + ("none (nobody leaves)" if plan.load.patience_mean_s is None else f"{plan.load.patience_mean_s:.1f} s")
+        + (
+            "none (nobody leaves)"
+            if plan.load.patience_mean_s is None
+            else f"{plan.load.patience_mean_s:.1f} s"
+        )
         + f"; policy {plan.policy}",
         f"{'hour':>5} {'arrivals/h':>11} {'Erlang A':>9} {what + ' (A)':>18} {'simulated':>10} {what + ' (sim)':>20}",
     ]
@@ -364,7 +376,11 @@ def table(plan: StaffPlan) -> str:
     lines.append(
         f"agent-hours per day: Erlang A {sum(plan.erlang)}, simulated {sum(plan.agents)}; "
         f"{plan.rounds} replay(s); "
-        + ("every hour meets the target" if plan.met else "some hours still miss the target (raise --max-rounds)")
+        + (
+            "every hour meets the target"
+            if plan.met
+            else "some hours still miss the target (raise --max-rounds)"
+        )
     )
     return "\n".join(lines)
 

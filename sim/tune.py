@@ -207,7 +207,9 @@ def grid(base: RunConfig, varies: Sequence[Vary]) -> list[Setting]:
         options = [(n.split(".", 1)[1], v) for n, v in values if "." in n and n.split(".", 1)[0] == policy]
         if options:
             if "(" in policy:
-                raise TuneError(f"--vary: policy {policy!r} already has options; vary them with POLICY.OPTION")
+                raise TuneError(
+                    f"--vary: policy {policy!r} already has options; vary them with POLICY.OPTION"
+                )
             policy = f"{policy}({', '.join(f'{k}={_fmt(v)}' for k, v in options)})"
         fields: dict[str, Any] = {"policy": policy}
         for n, v in values:
@@ -252,11 +254,21 @@ def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-_TABLE = ("wait_mean_s", "wait_p90_s", "abandon_rate", "service_level_20s", "affinity_hit_rate", "handle_mean_s")
+_TABLE = (
+    "wait_mean_s",
+    "wait_p90_s",
+    "abandon_rate",
+    "service_level_20s",
+    "affinity_hit_rate",
+    "handle_mean_s",
+)
 
 
 def table(
-    settings: Sequence[Setting], rows: Sequence[dict[str, Any]], targets: Sequence[Target], objective: str,
+    settings: Sequence[Setting],
+    rows: Sequence[dict[str, Any]],
+    targets: Sequence[Target],
+    objective: str,
     best: int | None,
 ) -> str:
     """The trade-off table: one line per setting, the target metrics and the usual ones, ``*`` = meets the

@@ -34,7 +34,9 @@ def make_engine(policy: Policy, overflow_after: float = 0.0) -> Engine:
 
 
 def online(engine: Engine, kf: str, group: str, skills: dict[str, float] | None = None) -> None:
-    engine.handle(AgentConfigured(kf_account=kf, groups=frozenset({group}), max_sessions=1, skills=skills), 0.0)
+    engine.handle(
+        AgentConfigured(kf_account=kf, groups=frozenset({group}), max_sessions=1, skills=skills), 0.0
+    )
     engine.handle(AgentsSeen(rows=[AgentRow(kf_account=kf, status=1)], complete=False), 0.0)  # type: ignore[list-item]
 
 
@@ -84,7 +86,9 @@ def test_best_fit_waits_for_a_good_match_until_the_backlog_makes_waiting_dearer(
     # one sales agent busy: waiting costs backlog/capacity + 1 (in sessions); t1 now costs 1/0.3 = 3.33
     assert e.handle(CustomerRequested(openid="c1", group="sales"), 1.0) == []  # 1/1 + 1 = 2
     assert e.handle(CustomerRequested(openid="c2", group="sales"), 2.0) == []  # 2 + 1 = 3
-    assert creates(e.handle(CustomerRequested(openid="c3", group="sales"), 3.0)) == [("c1", "t1")]  # 3 + 1 >= 3.33
+    assert creates(e.handle(CustomerRequested(openid="c3", group="sales"), 3.0)) == [
+        ("c1", "t1")
+    ]  # 3 + 1 >= 3.33
     # a support customer is never kept from their own free agent
     e2 = make_engine(BestFit())
     online(e2, "t1", "support", {"sales": 0.3})
@@ -117,7 +121,9 @@ class _Rogue:
     def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
         return None
 
-    def choose(self, pool: PoolView, kf_account: str, candidates: Iterator[WaitingView], now: float) -> str | None:
+    def choose(
+        self, pool: PoolView, kf_account: str, candidates: Iterator[WaitingView], now: float
+    ) -> str | None:
         return "someone-else"
 
 
@@ -138,7 +144,9 @@ def test_choose_sees_only_the_customers_the_agent_may_serve() -> None:
         def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
             return None
 
-        def choose(self, pool: PoolView, kf_account: str, candidates: Iterator[WaitingView], now: float) -> str | None:
+        def choose(
+            self, pool: PoolView, kf_account: str, candidates: Iterator[WaitingView], now: float
+        ) -> str | None:
             seen.append([c.openid for c in candidates])
             return None
 

@@ -49,7 +49,14 @@ def test_service_model_defaults_and_activity() -> None:
 
 def test_trace_reads_and_writes_skills_and_factor() -> None:
     text = lines(
-        {"t": 0, "kind": "agent_online", "agent": "a", "groups": ["s"], "max_sessions": 1, "skills": {"t": 0.5, "s": 1}},
+        {
+            "t": 0,
+            "kind": "agent_online",
+            "agent": "a",
+            "groups": ["s"],
+            "max_sessions": 1,
+            "skills": {"t": 0.5, "s": 1},
+        },
         header={"same_agent_factor": 0.7},
     )
     header, records, _ = read_trace(text)
@@ -74,7 +81,9 @@ def test_trace_reads_and_writes_skills_and_factor() -> None:
     ],
 )
 def test_bad_skills_are_refused_with_the_line(skills: object, problem: str) -> None:
-    text = lines({"t": 0, "kind": "agent_online", "agent": "a", "groups": [], "max_sessions": 1, "skills": skills})
+    text = lines(
+        {"t": 0, "kind": "agent_online", "agent": "a", "groups": [], "max_sessions": 1, "skills": skills}
+    )
     with pytest.raises(TraceError, match=r"^<memory>:2: .*") as info:
         read_trace(text)
     assert problem in str(info.value)
@@ -132,14 +141,21 @@ def test_skills_make_a_queue_and_handle_time_shows_it() -> None:
     """The same arrivals: with cross-skill 0.5 wechat-native (which ignores groups) spends more agent time
     per session than with cross-skill 1, and customers wait longer."""
     base = GenParams(
-        agents=4, max_sessions=1, customers=1500, arrival_rate=0.05, service_mean=60,
-        groups=parse_shares("s:0.5,t:0.5"), seed=4,
+        agents=4,
+        max_sessions=1,
+        customers=1500,
+        arrival_rate=0.05,
+        service_mean=60,
+        groups=parse_shares("s:0.5,t:0.5"),
+        seed=4,
     )
     rows = {}
     for cross in (1.0, 0.5):
         p = GenParams(**{**base.__dict__, "cross_skill": cross})
         header = header_for(p)
-        res = Simulation(header, generate(p), RunConfig(policy="wechat-native"), groups=groups_of(header)).run()
+        res = Simulation(
+            header, generate(p), RunConfig(policy="wechat-native"), groups=groups_of(header)
+        ).run()
         rows[cross] = metrics(res)
     assert rows[1.0]["handle_mean_s"] == pytest.approx(60.0, rel=0.1)
     assert rows[0.5]["handle_mean_s"] > 1.25 * rows[1.0]["handle_mean_s"]
@@ -156,7 +172,9 @@ def test_cli_gen_cross_skill(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert any(isinstance(r, AgentOnline) and ("b", 0.5) in r.skills for r in records)
     plain = tmp_path / "p.jsonl"
     assert main([*argv[:-1], str(plain)]) == 0
-    assert main([*argv[:-1], str(tmp_path / "q.jsonl"), "--cross-skill", "1", "--same-agent-factor", "1"]) == 0
+    assert (
+        main([*argv[:-1], str(tmp_path / "q.jsonl"), "--cross-skill", "1", "--same-agent-factor", "1"]) == 0
+    )
     assert plain.read_bytes() == (tmp_path / "q.jsonl").read_bytes()  # absent and 1 are the same bytes
     assert main([*argv, "--cross-skill", "1.5"]) == 2
     assert "--cross-skill must be a number in (0, 1]" in capsys.readouterr().err

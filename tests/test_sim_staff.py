@@ -78,7 +78,13 @@ def _write(tmp: Path, **kw: object) -> Path:
 def test_constant_rate_agrees_with_erlang_a_to_one_agent(tmp_path: Path) -> None:
     lam, service, patience = 0.05, 60.0, 120.0
     path = _write(
-        tmp_path, agents=5, customers=2000, arrival_rate=lam, service_mean=service, patience_mean=patience, seed=21
+        tmp_path,
+        agents=5,
+        customers=2000,
+        arrival_rate=lam,
+        service_mean=service,
+        patience_mean=patience,
+        seed=21,
     )
     target = parse_target("service_level_20s>=0.8")
     plan = staff(path, target, RunConfig(policy="least-load", seed=21))
@@ -101,7 +107,9 @@ def test_workload_of_a_daily_profile(tmp_path: Path) -> None:
         agents=3,
         max_sessions=2,
         customers=3000,
-        arrival_profile=parse_windows("0-8:0.01,8-12:0.1,12-24:0.03", "--arrival-profile", wrap=False, default=None),
+        arrival_profile=parse_windows(
+            "0-8:0.01,8-12:0.1,12-24:0.03", "--arrival-profile", wrap=False, default=None
+        ),
         service_mean=60,
         seed=2,
     )
@@ -117,7 +125,9 @@ def test_workload_of_a_daily_profile(tmp_path: Path) -> None:
 
 
 def test_cli_staff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = _write(tmp_path, agents=4, customers=800, arrival_rate=0.05, service_mean=60, patience_mean=120, seed=3)
+    path = _write(
+        tmp_path, agents=4, customers=800, arrival_rate=0.05, service_mean=60, patience_mean=120, seed=3
+    )
     assert main(["sim", "staff", str(path), "--target", "service_level_20s>=0.8", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["target"] == "service_level_20s>=0.8" and out["met"] is True
@@ -127,7 +137,9 @@ def test_cli_staff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "target abandon_rate<=0.05" in text and "agent-hours per day" in text
     if importlib.util.find_spec("matplotlib") is not None:
         png = tmp_path / "plots" / "staff.png"
-        assert main(["sim", "staff", str(path), "--target", "service_level_20s>=0.8", "--plot", str(png)]) == 0
+        assert (
+            main(["sim", "staff", str(path), "--target", "service_level_20s>=0.8", "--plot", str(png)]) == 0
+        )
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         capsys.readouterr()
     for argv, msg in (

@@ -30,8 +30,17 @@ POLICIES = ("least-load", "best-fit", "wechat-native")
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = GenParams(
-        agents=4, max_sessions=2, customers=600, arrival_rate=0.1, service_mean=60, patience_mean=120,
-        groups=parse_shares("sales:0.6,support:0.4"), returning=0.2, return_gap=600, cross_skill=0.6, seed=9,
+        agents=4,
+        max_sessions=2,
+        customers=600,
+        arrival_rate=0.1,
+        service_mean=60,
+        patience_mean=120,
+        groups=parse_shares("sales:0.6,support:0.4"),
+        returning=0.2,
+        return_gap=600,
+        cross_skill=0.6,
+        seed=9,
     )
     path = tmp_path_factory.mktemp("tune") / "t.jsonl"
     write_trace(path, header_for(p), generate(p))
@@ -83,9 +92,18 @@ def test_grid_builds_configs_and_policy_options() -> None:
     base = RunConfig(policy="best-fit")
     settings = grid(
         base,
-        [Vary("policy", ("least-load", "best-fit")), Vary("best-fit.unlisted_skill", (0.5,)), Vary("overflow_after", (0.0, 30.0))],
+        [
+            Vary("policy", ("least-load", "best-fit")),
+            Vary("best-fit.unlisted_skill", (0.5,)),
+            Vary("overflow_after", (0.0, 30.0)),
+        ],
     )
-    assert [s.config.policy for s in settings] == ["least-load", "least-load", "best-fit(unlisted_skill=0.5)", "best-fit(unlisted_skill=0.5)"]
+    assert [s.config.policy for s in settings] == [
+        "least-load",
+        "least-load",
+        "best-fit(unlisted_skill=0.5)",
+        "best-fit(unlisted_skill=0.5)",
+    ]
     assert [s.config.overflow_after_s for s in settings] == [0.0, 30.0, 0.0, 30.0]
     with pytest.raises(TuneError, match="varied twice"):
         grid(base, [Vary("overflow_after", (1.0,)), Vary("overflow_after", (2.0,))])
@@ -110,7 +128,17 @@ def test_best_is_the_lowest_objective_among_those_meeting_the_target(trace: Path
 
 
 def test_cli_tune(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["sim", "tune", str(trace), "--vary", "policy=least-load,best-fit", "--vary", "overflow_after=0,30", "--jobs", "2"]
+    argv = [
+        "sim",
+        "tune",
+        str(trace),
+        "--vary",
+        "policy=least-load,best-fit",
+        "--vary",
+        "overflow_after=0,30",
+        "--jobs",
+        "2",
+    ]
     assert main([*argv, "--target", "affinity_hit_rate>=0.7", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["settings"]) == 4
@@ -134,5 +162,7 @@ def test_cli_tune(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown metric 'colour'" in capsys.readouterr().err
     assert main(["sim", "tune", str(trace), "--target", "wait_p90_s<=1", "--vary", "best-fit.colour=1"]) == 2
     assert "unexpected keyword argument 'colour'" in capsys.readouterr().err
-    assert main(["sim", "tune", "nowhere.jsonl", "--target", "wait_p90_s<=1", "--vary", "overflow_after=1"]) == 2
+    assert (
+        main(["sim", "tune", "nowhere.jsonl", "--target", "wait_p90_s<=1", "--vary", "overflow_after=1"]) == 2
+    )
     assert "nowhere.jsonl: no such file" in capsys.readouterr().err

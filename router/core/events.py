@@ -7,6 +7,7 @@ made, with a message naming the field. ``Engine.handle(event, now)`` consumes th
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from attrs import field, frozen
 
@@ -132,9 +133,12 @@ def _opt_skills(value: object) -> tuple[tuple[str, float], ...] | None:
     """``{group: proficiency}`` or (group, proficiency) pairs → sorted pairs, each proficiency in (0, 1]."""
     if value is None:
         return None
-    pairs = value.items() if isinstance(value, dict) else value
+    pairs: Iterable[Any] = value.items() if isinstance(value, dict) else value  # type: ignore[assignment]
+    out: list[tuple[Any, Any]] = []
     try:
-        out = sorted((g, p) for g, p in pairs)  # type: ignore[union-attr]
+        for group, proficiency in pairs:
+            out.append((group, proficiency))
+        out.sort()
     except (TypeError, ValueError):
         raise CoreError(f"skills must map group names to proficiencies, got {value!r}") from None
     for g, p in out:
