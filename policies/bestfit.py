@@ -86,8 +86,11 @@ class BestFit:
             agent.kf_account != customer.last_agent,
         )
 
-    def _best_free(self, pool: PoolView, customer: WaitingView) -> tuple[str, _Rank] | None:
-        """The customer's best free agent and its rank (None: nobody free)."""
+    def _best_free(
+        self, pool: PoolView, customer: WaitingView, views: dict[str, AgentView]
+    ) -> tuple[str, _Rank] | None:
+        """The customer's best free agent and its rank (None: nobody free). ``views``: the agents' views
+        already made during this decision (the pool does not change while the policy decides)."""
         last = customer.last_agent
         # the best rank possible: their last agent of their group at full proficiency, else (their last agent
         # is not free) any agent of their group at full proficiency
@@ -97,8 +100,10 @@ class BestFit:
             top = (1.0, False, True)
         best: tuple[str, _Rank] | None = None
         for kf in pool.free_agents(None, "load", customer.avoid):
-            agent = pool.agent(kf)
-            assert agent is not None
+            agent = views.get(kf)
+            if agent is None:
+                agent = views[kf] = pool.agent(kf)  # type: ignore[assignment]
+                assert agent is not None
             rank = self._rank(agent, customer)
             if best is None or rank < best[1]:
                 best = (kf, rank)
@@ -124,7 +129,7 @@ class BestFit:
     # ------------------------------------------------------------------ the protocol
 
     def pick(self, pool: PoolView, customer: WaitingView, now: float) -> str | None:
-        best = self._best_free(pool, customer)
+        best = self._best_free(pool, customer, {})
         if best is None or not self._worth_now(pool, customer, best[1]):
             return None
         return best[0]
@@ -135,6 +140,7 @@ class BestFit:
         agent = pool.agent(kf_account)
         if agent is None:
             return None
+        views = {kf_account: agent}
         chosen: tuple[_Rank, int, str] | None = None
         for i, customer in enumerate(candidates):
             if i >= self.horizon:
@@ -146,7 +152,7 @@ class BestFit:
             rank = self._rank(agent, customer)
             if chosen is not None and (rank, i) >= chosen[:2]:
                 continue  # cannot beat the one already chosen
-            best = self._best_free(pool, customer)
+            best = self._best_free(pool, customer, views)
             if best is None or best[0] != kf_account or not self._worth_now(pool, customer, rank):
                 continue
             chosen = (rank, i, customer.openid)
