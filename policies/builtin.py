@@ -9,6 +9,8 @@
 - ``round-robin``: the free agent longest since their last assignment.
 - ``wechat-native``: the simulator's baseline imitating WeChat's own auto-accept: no groups, no priorities,
   the first agent (by account) with room under their auto_accept.
+- ``best-fit`` (``policies/bestfit.py``): work-conserving, best proficiency match and last agent first,
+  overflow decided from the expected wait; a free agent chooses among the waiting customers.
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ class WeChatNative:
         return pool.first_free(None, "name", customer.avoid)
 
 
-BUILTINS: dict[str, type] = {
-    cls.name: cls for cls in (LeastLoad, GroupAffinity, Sticky, RoundRobin, WeChatNative)
-}
+def _builtins() -> dict[str, type]:
+    from kfrouter.policies.bestfit import BestFit
+
+    return {cls.name: cls for cls in (LeastLoad, GroupAffinity, Sticky, RoundRobin, WeChatNative, BestFit)}
+
+
+BUILTINS: dict[str, type] = _builtins()

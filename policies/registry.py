@@ -4,11 +4,17 @@
 A plug-in entry point names a class (or factory) that takes no arguments and returns an object with a
 ``name`` attribute equal to the entry point's name and a ``pick(pool, customer, now)`` method. Loading
 checks both and fails with a message naming the plug-in and its distribution.
+
+A policy may be named with options, ``NAME(key=value, ...)`` (values are numbers), e.g.
+``best-fit(unlisted_skill=0.9)``: the class is then called with those keyword arguments. The simulator
+and ``sim tune`` use this to compare settings of one policy; the object's ``name`` stays ``NAME``.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
+import re
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 
@@ -59,10 +65,59 @@ def _validate(obj: object, name: str, origin: str) -> Policy:
     return obj  # type: ignore[return-value]
 
 
+_SPEC = re.compile(r"^\s*([^()\s]+)\s*(?:\((.*)\))?\s*$", re.DOTALL)
+_OPTION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\S+?)\s*$")
+
+
+def parse_policy_spec(spec: str) -> tuple[str, dict[str, int | float]]:
+    """``"best-fit(unlisted_skill=0.9, horizon=8)"`` → ("best-fit", {"unlisted_skill": 0.9, "horizon": 8}).
+    A plain name has no options. ConfigError names the spec and what is wrong."""
+    m = _SPEC.match(spec)
+    if m is None or not m.group(1):
+        raise ConfigError(f"policy {spec!r}: expected NAME or NAME(key=value, ...)")
+    name, body = m.group(1), m.group(2)
+    options: dict[str, int | float] = {}
+    if body is None:
+        return name, options
+    for part in body.split(","):
+        if not part.strip():
+            raise ConfigError(f"policy {spec!r}: empty option (expected key=value, ...)")
+        om = _OPTION.match(part)
+        if om is None:
+            raise ConfigError(f"policy {spec!r}: option {part.strip()!r} is not key=value")
+        key, text = om.group(1), om.group(2)
+        if key in options:
+            raise ConfigError(f"policy {spec!r}: option {key!r} given twice")
+        value: int | float
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigError(f"policy {spec!r}: option {key}={text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"policy {spec!r}: option {key}={text!r} is not a finite number")
+        options[key] = value
+    return name, options
+
+
+def _make(factory: object, options: dict[str, int | float], spec: str) -> object:
+    if not options:
+        return factory()  # type: ignore[operator]
+    try:
+        inspect.signature(factory).bind(**options)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"policy {spec!r}: {exc}") from None
+    return factory(**options)  # type: ignore[operator]
+
+
 def load_policy(name: str) -> Policy:
-    """A fresh instance of the policy called ``name``."""
+    """A fresh instance of the policy called ``name`` (optionally ``NAME(key=value, ...)``)."""
+    spec = name
+    name, options = parse_policy_spec(spec)
     if name in BUILTINS:
-        obj: object = BUILTINS[name]()
+        obj: object = _make(BUILTINS[name], options, spec)
         return _validate(obj, name, "built-in")
     for ep in _entry_points():
         if ep.name != name:
@@ -70,7 +125,9 @@ def load_policy(name: str) -> Policy:
         origin = _origin(ep)
         try:
             factory = ep.load()
-            obj = factory()
+            obj = _make(factory, options, spec)
+        except ConfigError:
+            raise
         except Exception as exc:
             raise PluginError(
                 f"policy plug-in {name!r} from {origin} ({ep.value}) failed to load: "

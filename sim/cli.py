@@ -1,4 +1,5 @@
-"""``kfrouter sim gen | run | erlang``: make a synthetic trace, replay a trace under policies, print the
+"""``kfrouter sim gen | run | tune | staff | erlang``: make a synthetic trace, replay a trace under
+policies, search settings for a target (sim/tune.py), staff the hours of the day (sim/staff.py), print the
 Erlang closed forms. Bad input exits 2 with a message naming the option, or the file and line."""
 
 from __future__ import annotations
@@ -69,6 +70,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="daily shifts 'H1-H2[:SHARE],...', e.g. "
         "'8-16,12-20,20-8:0.5'; agents of each group are split across the shifts by share",
     )
+    g.add_argument(
+        "--cross-skill",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="every agent's proficiency for the groups other than its own, 0 < P <= 1: a session lasts "
+        "service_s / P (default 1: who serves does not matter)",
+    )
+    g.add_argument(
+        "--same-agent-factor",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="a returning customer served by their previous agent needs F x service_s (default 1)",
+    )
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--name", default="synthetic", help="trace name in the header")
     g.add_argument("--out", default="-", help="output file ('-' = stdout; '.gz' = compressed)")
@@ -81,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="append",
         default=None,
         metavar="NAME",
-        help="policy to run (repeat; default: every installed policy)",
+        help="policy to run, NAME or NAME(key=value,...) e.g. 'best-fit(unlisted_skill=0.9)' "
+        "(repeat; default: every installed policy)",
     )
     r.add_argument(
         "--no-baseline",
@@ -134,6 +151,57 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     r.set_defaults(func=_run)
 
+    t = simsub.add_parser(
+        "tune", help="search routing settings on a trace for the best one meeting a target"
+    )
+    t.add_argument("trace", help="trace file (JSON Lines; .gz accepted)")
+    t.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        metavar="EXPR",
+        help="METRIC OP NUMBER, e.g. 'wait_p90_s<=60' (repeat: all must hold)",
+    )
+    t.add_argument(
+        "--vary",
+        action="append",
+        required=True,
+        metavar="NAME=LO..HI[:STEP]",
+        help="a setting to search: overflow_after, preferred_wait, reservation_timeout (seconds), "
+        "policy=a,b or POLICY.OPTION (e.g. best-fit.unlisted_skill=0.5..1:0.1); values LO..HI[:STEP] or a,b,c",
+    )
+    t.add_argument("--policy", default="best-fit", help="the policy when 'policy' is not varied (best-fit)")
+    goal = t.add_mutually_exclusive_group()
+    goal.add_argument("--minimize", metavar="METRIC", default=None, help="best = lowest (default wait_mean_s)")
+    goal.add_argument("--maximize", metavar="METRIC", default=None, help="best = highest")
+    t.add_argument("--jobs", type=int, default=None, help="worker processes (default: the cores)")
+    t.add_argument("--seed", type=int, default=None, help="seed for injected failures (default: the trace's)")
+    t.add_argument("--overflow-after", type=float, default=60.0, help="when not varied (default 60)")
+    t.add_argument("--preferred-wait", type=float, default=120.0, help="when not varied (default 120)")
+    t.add_argument("--reservation-timeout", type=float, default=30.0, help="when not varied (default 30)")
+    t.add_argument("--json", action="store_true", help="one JSON object instead of the tables")
+    t.set_defaults(func=_tune)
+
+    st = simsub.add_parser("staff", help="agents needed per hour of the day for a target, from a trace")
+    st.add_argument("trace", help="trace file: its arrivals are staffed (its own agent lines are ignored)")
+    st.add_argument(
+        "--target",
+        required=True,
+        metavar="EXPR",
+        help="service_level_<N>s>=X (e.g. service_level_20s>=0.8) or abandon_rate<=X",
+    )
+    st.add_argument("--policy", default="best-fit", help="policy of the checking replays (default best-fit)")
+    st.add_argument("--max-sessions", type=int, default=None, help="sessions per agent (default: the trace's)")
+    st.add_argument(
+        "--patience-mean", type=float, default=None, help="mean patience in s (default: from the trace)"
+    )
+    st.add_argument("--max-rounds", type=int, default=12, help="replays at most (default 12)")
+    st.add_argument("--overflow-after", type=float, default=60.0, help="engine setting of the replays")
+    st.add_argument("--seed", type=int, default=None, help="replay seed (default: the trace's)")
+    st.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    st.add_argument("--plot", default=None, metavar="PNG", help="write the chart here (needs matplotlib)")
+    st.set_defaults(func=_staff)
+
     e = simsub.add_parser("erlang", help="Erlang C (M/M/c) and, with --patience-mean, Erlang A (M/M/c+M)")
     e.add_argument("--agents", type=int, required=True, help="servers c")
     e.add_argument("--arrival-rate", type=float, required=True, help="arrivals per second")
@@ -171,6 +239,8 @@ def gen_params(args: argparse.Namespace) -> GenParams:
         return_gap=args.return_gap,
         preferred=args.preferred,
         shifts=parse_windows(args.shifts, "--shifts", wrap=True, default=1.0) if args.shifts else (),
+        cross_skill=args.cross_skill,
+        same_agent_factor=args.same_agent_factor,
         seed=args.seed,
         name=args.name,
     )
@@ -196,7 +266,7 @@ def _gen(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kfrouter.policies.registry import available_policies
+    from kfrouter.policies.registry import available_policies, load_policy
     from kfrouter.router.core.errors import ConfigError
     from kfrouter.sim.plot import PlotUnavailable, require_matplotlib, write_plots
     from kfrouter.sim.progress import Progress
@@ -212,8 +282,10 @@ def _run(args: argparse.Namespace) -> int:
     installed = [n for n, _ in available_policies()]
     names: list[str] = list(dict.fromkeys(args.policy or installed))
     for n in names:
-        if n not in installed:
-            return _fail("run", f"unknown policy {n!r} (installed: {', '.join(installed)})")
+        try:
+            load_policy(n)  # the name, and the options of NAME(key=value, ...)
+        except ConfigError as exc:
+            return _fail("run", str(exc))
     if not args.no_baseline and BASELINE not in names and BASELINE in installed:
         names.append(BASELINE)
     if not Path(args.trace).is_file():
@@ -253,6 +325,140 @@ def _run(args: argparse.Namespace) -> int:
         for path in write_plots(results, args.plot):
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import json
+
+    from kfrouter.policies.registry import available_policies, load_policy
+    from kfrouter.router.core.errors import ConfigError
+    from kfrouter.sim.report import BASELINE, build_report, to_text
+    from kfrouter.sim.runner import RunConfig, SimError, run_trace
+    from kfrouter.sim.trace import TraceError, TraceReader
+    from kfrouter.sim.tune import (
+        NUMERIC_METRICS,
+        TuneError,
+        best_index,
+        default_jobs,
+        grid,
+        parse_target,
+        parse_vary,
+        run_grid,
+        table,
+    )
+
+    installed = [n for n, _ in available_policies()]
+    try:
+        targets = [parse_target(x) for x in args.target]
+        varies = [parse_vary(x, installed) for x in args.vary]
+        objective = args.maximize or args.minimize or "wait_mean_s"
+        if objective not in NUMERIC_METRICS:
+            raise TuneError(f"--minimize/--maximize: unknown metric {objective!r} (one of {', '.join(NUMERIC_METRICS)})")
+        jobs = default_jobs() if args.jobs is None else args.jobs
+        if jobs < 1:
+            raise TuneError(f"--jobs must be >= 1, got {jobs}")
+        load_policy(args.policy)
+        if not Path(args.trace).is_file():
+            raise TuneError(f"{args.trace}: no such file")
+        with TraceReader(args.trace) as reader:
+            seed = args.seed if args.seed is not None else (reader.header.seed or 0)
+        base = RunConfig(
+            policy=args.policy,
+            seed=seed,
+            overflow_after_s=args.overflow_after,
+            preferred_wait_s=args.preferred_wait,
+            reservation_timeout_s=args.reservation_timeout,
+        )
+        settings = grid(base, varies)
+        for s in settings:
+            load_policy(s.config.policy)  # every option of every policy, before any run
+    except (TuneError, ConfigError, TraceError, ValueError) as exc:
+        return _fail("tune", str(exc))
+    try:
+        rows = run_grid(args.trace, settings, jobs)
+        best = best_index(rows, targets, objective, maximize=args.maximize is not None)
+        report = None
+        if best is not None:
+            cfgs = [settings[best].config]
+            if BASELINE in installed and settings[best].config.policy != BASELINE:
+                cfgs.append(RunConfig(**{**settings[best].config.__dict__, "policy": BASELINE}))
+            report = build_report([run_trace(args.trace, c) for c in cfgs], file=args.trace)
+    except (TraceError, ConfigError, ValueError) as exc:
+        return _fail("tune", str(exc))
+    except SimError as exc:
+        return _fail("tune", str(exc), EXIT_FAILED)
+    goal = f"{'highest' if args.maximize else 'lowest'} {objective}"
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "targets": [str(t) for t in targets],
+                    "objective": {"metric": objective, "maximize": args.maximize is not None},
+                    "settings": [
+                        {"setting": dict(s.values), "policy": s.config.policy, "meets": all(t.holds(r) for t in targets), "metrics": r}
+                        for s, r in zip(settings, rows, strict=True)
+                    ],
+                    "best": None if best is None else dict(settings[best].values),
+                    "report": report,
+                },
+                allow_nan=False,
+            )
+        )
+    else:
+        print(f"{len(settings)} settings, targets {', '.join(str(t) for t in targets)}, best = {goal}")
+        print(table(settings, rows, targets, objective, best))
+        print("(* meets the targets, > the best)")
+        if best is not None and report is not None:
+            print(f"\nbest: {settings[best].label()} (policy {settings[best].config.policy})")
+            print(to_text(report))
+    if best is None:
+        print(f"no setting meets {', '.join(str(t) for t in targets)}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _staff(args: argparse.Namespace) -> int:
+    import json
+
+    from kfrouter.policies.registry import load_policy
+    from kfrouter.router.core.errors import ConfigError
+    from kfrouter.sim.plot import PlotUnavailable, require_matplotlib
+    from kfrouter.sim.runner import RunConfig, SimError
+    from kfrouter.sim.staff import StaffError, parse_target, staff, table, write_plot
+    from kfrouter.sim.trace import TraceError, TraceReader
+
+    try:
+        target = parse_target(args.target)
+        load_policy(args.policy)
+        if args.max_sessions is not None and args.max_sessions < 1:
+            raise StaffError(f"--max-sessions must be >= 1, got {args.max_sessions}")
+        if args.patience_mean is not None and not 0 < args.patience_mean < float("inf"):
+            raise StaffError(f"--patience-mean must be a number > 0, got {args.patience_mean}")
+        if args.max_rounds < 1:
+            raise StaffError(f"--max-rounds must be >= 1, got {args.max_rounds}")
+        if args.plot is not None:
+            require_matplotlib()
+        if not Path(args.trace).is_file():
+            raise StaffError(f"{args.trace}: no such file")
+        with TraceReader(args.trace) as reader:
+            seed = args.seed if args.seed is not None else (reader.header.seed or 0)
+        cfg = RunConfig(policy=args.policy, seed=seed, overflow_after_s=args.overflow_after)
+        plan = staff(
+            args.trace,
+            target,
+            cfg,
+            max_sessions=args.max_sessions,
+            patience_mean_s=args.patience_mean,
+            max_rounds=args.max_rounds,
+        )
+    except (StaffError, ConfigError, TraceError, PlotUnavailable, ValueError) as exc:
+        return _fail("staff", str(exc))
+    except SimError as exc:
+        return _fail("staff", str(exc), EXIT_FAILED)
+    print(json.dumps(plan.to_dict(), allow_nan=False) if args.json else table(plan))
+    if args.plot is not None:
+        print(f"wrote {write_plot(plan, args.plot)}", file=sys.stderr)
+    return 0 if plan.met else EXIT_FAILED
 
 
 def _erlang(args: argparse.Namespace) -> int:

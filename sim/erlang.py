@@ -167,3 +167,69 @@ def birth_death(lam: float, mu: float, c: int, theta: float = 0.0, *, tol: float
         mean_wait=mean_wait,
         utilization=lam * (1.0 - p_ab) / (c * mu),
     )
+
+
+def _log_stationary(lam: float, mu: float, c: int, theta: float, tol: float = 1e-16) -> list[float]:
+    """Stationary probabilities p_0..p_K of the M/M/c+M birth-death chain (``theta`` > 0), truncated where
+    the tail is below ``tol``; computed with logarithms so large ``c`` and heavy load cannot overflow."""
+    logs = [0.0] * (c + 1)  # log(p_k / p_c) for k <= c
+    for k in range(c, 0, -1):
+        logs[k - 1] = logs[k] + math.log(k * mu / lam)
+    k = c
+    while True:
+        k += 1
+        r = lam / (c * mu + (k - c) * theta)
+        logs.append(logs[-1] + math.log(r))
+        if r < 0.99 and logs[-1] - max(logs) < math.log(tol) and k - c > 10:
+            break
+    top = max(logs)
+    weights = [math.exp(x - top) for x in logs]
+    total = math.fsum(weights)
+    return [w / total for w in weights]
+
+
+def erlang_a_service_level(lam: float, mu: float, c: int, theta: float, t: float) -> float:
+    """P(served within ``t`` seconds of arriving) in M/M/c+M, over all arrivals (abandoners count as not
+    served), FCFS. Arrivals see the stationary distribution (PASTA); an arrival finding ``j`` customers
+    waiting ahead moves up at rate ``c mu + j theta`` (a service ends, or one ahead abandons) and abandons at
+    rate ``theta``; the transient of that chain is computed by uniformization. ``theta = 0`` is Erlang C:
+    ``1 - C e^{-(c mu - lam) t}`` (0 when unstable)."""
+    _check(lam, mu, c)
+    if t < 0 or not math.isfinite(t):
+        raise ValueError(f"t must be a finite number >= 0, got {t!r}")
+    if theta == 0:
+        if lam >= c * mu:
+            return 0.0
+        return 1.0 - erlang_c(lam, mu, c).p_wait_longer(t, c, mu, lam)
+    if not (theta > 0 and math.isfinite(theta)):
+        raise ValueError(f"theta must be finite and >= 0, got {theta!r}")
+    p = _log_stationary(lam, mu, c, theta)
+    served_now = math.fsum(p[:c])
+    ahead = p[c:]  # mass of arrivals finding j = 0, 1, ... customers waiting ahead of them
+    n_states = len(ahead)
+    rate = c * mu + n_states * theta + theta
+    steps_mean = rate * t
+    n_max = int(steps_mean + 12.0 * math.sqrt(steps_mean) + 30)
+    v = list(ahead)
+    served = 0.0
+    total = 0.0
+    log_pois = -steps_mean  # log of Poisson(0; steps_mean)
+    for n in range(n_max + 1):
+        if n > 0:
+            log_pois += math.log(steps_mean / n) if steps_mean > 0 else -math.inf
+            new = [0.0] * n_states
+            for j in range(n_states):
+                m = v[j]
+                if m == 0.0:
+                    continue
+                down = (c * mu + j * theta) / rate
+                new[j] += m * (1.0 - down - theta / rate)
+                if j == 0:
+                    served += m * down
+                else:
+                    new[j - 1] += m * down
+            v = new
+        total += math.exp(log_pois) * served if log_pois > -745 else 0.0
+        if steps_mean == 0:
+            break
+    return served_now + total

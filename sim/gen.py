@@ -1,5 +1,7 @@
 """Synthetic trace generator: agents, shifts, Poisson arrivals (optionally with a daily rate profile),
-service and patience times, groups, returning customers and preferred agents.
+service and patience times, groups, returning customers and preferred agents, and match-dependent
+service (``cross_skill``: every agent's proficiency for the groups other than its own; ``same_agent_factor``
+in the header; both left out of the trace when 1, so such traces are the same bytes as before).
 
 Deterministic: everything random comes from one ``random.Random(seed)``, drawn in a fixed order per
 arrival, so the same parameters give the same trace byte for byte. Records are produced lazily in
@@ -55,6 +57,8 @@ class GenParams:
     return_gap: float = 3600.0
     preferred: float = 0.0
     shifts: tuple[Segment, ...] = ()
+    cross_skill: float = 1.0  # proficiency of every agent for the groups other than its own
+    same_agent_factor: float = 1.0  # a returning customer with their last agent needs this x service_s
     seed: int = 0
     name: str = "synthetic"
     agent_domain: str = "sim"
@@ -82,6 +86,10 @@ class GenParams:
         for opt, p in (("--returning", self.returning), ("--preferred", self.preferred)):
             if not 0.0 <= p <= 1.0:
                 raise GenError(f"{opt} must be a share between 0 and 1, got {p}")
+        if not 0.0 < self.cross_skill <= 1.0:
+            raise GenError(f"--cross-skill must be a number in (0, 1], got {self.cross_skill}")
+        if not 0.0 < self.same_agent_factor < math.inf:
+            raise GenError(f"--same-agent-factor must be a finite number > 0, got {self.same_agent_factor}")
         if self.return_gap < 0:
             raise GenError(f"--return-gap must be >= 0, got {self.return_gap}")
         if self.groups and len(self.groups) > self.agents:
@@ -312,11 +320,17 @@ def header_for(params: GenParams) -> Header:
     meta["shifts"] = [[s.start_h, s.end_h, s.value] for s in params.shifts]
     meta["groups"] = [list(g) for g in params.groups]
     meta["priorities"] = [list(p) for p in params.priorities]
+    extra: dict[str, object] = {}
+    for key in ("cross_skill", "same_agent_factor"):  # absent at their default: the header stays as it was
+        if meta[key] == 1.0:
+            del meta[key]
+    if params.same_agent_factor != 1.0:
+        extra["same_agent_factor"] = params.same_agent_factor
     return Header(
         name=params.name,
         seed=params.seed,
         created_by="kfrouter sim gen",
-        meta={"params": meta, "groups": [g for g, _ in params.groups], **params.extra},
+        meta={"params": meta, "groups": [g for g, _ in params.groups], **extra, **params.extra},
     )
 
 
@@ -352,9 +366,18 @@ def generate(params: GenParams) -> Iterator[Record]:
     agent_heap: list[tuple[float, int, int, Record]] = []
     seq = 0
 
+    def skills_of(g: str | None) -> tuple[tuple[str, float], ...]:
+        if params.cross_skill == 1.0 or g is None:
+            return ()
+        return tuple(sorted((o, 1.0 if o == g else params.cross_skill) for o, _ in params.groups))
+
+    skills = [skills_of(g) for g in group_of]
+
     def agent_online(t: float, i: int) -> AgentOnline:
         g = group_of[i]
-        return AgentOnline(t=t, agent=names[i], groups=(g,) if g else (), max_sessions=params.max_sessions)
+        return AgentOnline(
+            t=t, agent=names[i], groups=(g,) if g else (), max_sessions=params.max_sessions, skills=skills[i]
+        )
 
     last_off: dict[int, float] = {}
 

@@ -7,6 +7,8 @@ Definitions (docs/simulator.md has the long form):
 - ``service_level_20s``: share of all arrivals served within 20 s;
 - ``utilization``: session-seconds / (max_sessions × online seconds), agents' online time clipped to the
   last customer event;
+- ``handle_mean_s``: session-seconds per session that served a customer (ghost sessions excluded): with
+  match-dependent service (``sim/service.py``) it shows how much agent time the routing costs;
 - ``load_fairness``: Jain's index (Σx)² / (n Σx²) of per-agent session-seconds over the agents that were
   online before the last customer event (agents whose shift starts later do not count);
 - hit rates are shares of *served* customers: ``affinity_hit_rate`` among those with a group,
@@ -72,6 +74,8 @@ def metrics(res: RunResult) -> dict[str, Any]:
     end = res.end_t
     capacity_s = 0.0
     busy: list[float] = []  # per agent online at some time before the end
+    sessions = sum(st.served for st in res.agents.values())
+    handle_s = math.fsum(st.busy_s for st in res.agents.values())
     for st in res.agents.values():
         online_s = sum(max(0.0, min(off, end) - on) for on, off, _cap in st.intervals)
         capacity_s += sum(max(0.0, min(off, end) - on) * cap for on, off, cap in st.intervals)
@@ -92,6 +96,7 @@ def metrics(res: RunResult) -> dict[str, Any]:
         "p_wait": _r(sum(1 for w in waits if w > 0) / served) if served else None,
         "service_level_20s": _r(sum(1 for w in waits if w <= SERVICE_LEVEL_S) / n) if n else None,
         "utilization": _r(math.fsum(busy) / capacity_s) if capacity_s > 0 else None,
+        "handle_mean_s": _r(handle_s / sessions) if sessions else None,
         "load_fairness": _r(jain(busy)),
         "affinity_hit_rate": _r(_share(res.own_group, served_mask)),
         "sticky_hit_rate": _r(_share(res.sticky, served_mask)),
@@ -210,6 +215,7 @@ _TABLE_ROWS = (
     "p_wait",
     "service_level_20s",
     "utilization",
+    "handle_mean_s",
     "load_fairness",
     "affinity_hit_rate",
     "sticky_hit_rate",

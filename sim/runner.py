@@ -38,6 +38,7 @@ from kfrouter.router.core.estimate import WaitEstimator
 from kfrouter.router.core.model import AgentRow, CustomerState
 from kfrouter.router.core.notify import Notifier, NotifyConfig
 from kfrouter.sim.eta import EtaTracker
+from kfrouter.sim.service import ServiceModel
 from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader
 from kfrouter.sim.wechat_replay import ReplayWeChat
 
@@ -252,6 +253,7 @@ class Simulation:
         self._rng = random.Random(cfg.seed)
         self.wechat = ReplayWeChat(self._rng, cfg.create_failure_rate, cfg.create_failure_errcode)
         self.res = RunResult(policy=cfg.policy, config=cfg, header=header)
+        self._service = ServiceModel.from_header(header)  # session lengths by who serves (sim/service.py)
         self.engine: Engine | None = None
         self.desk: Desk | None = None  # drives the engine (None for a stand-in engine in tests)
         # the engine's three calls per customer (set by _bind_engine)
@@ -495,6 +497,9 @@ class Simulation:
             res.ghost_sessions += 1
             heapq.heappush(self._heap, (now, P_END, sid, v))
             return
+        service = self._service
+        if service.active and not self._started[idx]:  # the session's length depends on who serves it
+            self._remaining[idx] = service.length(self._remaining[idx], res.group[idx], agent, v.last_agent)
         heapq.heappush(self._heap, (now + self._remaining[idx], P_END, sid, v))
         if self._started[idx]:
             res.reassignments += 1  # moved by the engine: the service goes on with this agent
@@ -649,9 +654,12 @@ class Simulation:
         if st.online_since is None:
             st.online_since = now
         self.wechat.set_agent(rec.agent, now, status=1, auto_accept=rec.max_sessions)
+        self._service.agent_online(rec.agent, rec.skills)
         assert self.engine is not None
         self._feed(
-            ev.AgentConfigured(kf_account=rec.agent, groups=rec.groups, max_sessions=rec.max_sessions),
+            ev.AgentConfigured(
+                kf_account=rec.agent, groups=rec.groups, max_sessions=rec.max_sessions, skills=rec.skills
+            ),
             now,
             "agent {!r} coming online",
             rec.agent,

@@ -10,7 +10,8 @@ Rules (spec/trace-format.md, additions in docs/simulator.md):
   counted in :attr:`TraceReader.skipped`). Unknown keys on a known kind are errors (a typo such as
   ``service`` for ``service_s`` must not pass) unless they start with ``x-`` (ignored).
 - Optional fields take their defaults: ``group`` null, ``priority`` 0, ``patience_s`` null, ``text`` "",
-  ``preferred_agent`` null, ``tags`` [].
+  ``preferred_agent`` null, ``tags`` [], ``skills`` {} (``agent_online``: proficiency per group, each in
+  (0, 1]). The header may carry ``same_agent_factor`` (a number > 0, default 1): see ``sim/service.py``.
 - The writer runs every record through the reader's checks, so it never writes a line the reader
   would refuse. Files ending in ``.gz`` are read and written gzip-compressed.
 """
@@ -55,6 +56,8 @@ class AgentOnline:
     groups: tuple[str, ...] = ()
     max_sessions: int = 1
     tags: tuple[str, ...] = ()
+    # (group, proficiency in (0, 1]) sorted by group; a group not listed counts 1.0 (sim/service.py)
+    skills: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +142,7 @@ def new_arrival(
 
 _KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # kind: (required keys, optional keys); "t" and "kind" are checked apart
-    "agent_online": (frozenset({"agent", "groups", "max_sessions"}), frozenset({"tags"})),
+    "agent_online": (frozenset({"agent", "groups", "max_sessions"}), frozenset({"tags", "skills"})),
     "agent_offline": (frozenset({"agent"}), frozenset()),
     "arrival": (
         frozenset({"customer", "service_s"}),
@@ -185,6 +188,22 @@ def _str_list(obj: dict[str, Any], key: str) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _skills(obj: dict[str, Any]) -> tuple[tuple[str, float], ...]:
+    v = obj.get("skills", _ABSENT)
+    if v is _ABSENT:
+        return ()
+    if not isinstance(v, dict):
+        raise _Bad(f"'skills' must be an object {{group: proficiency}}, got {v!r}")
+    out: list[tuple[str, float]] = []
+    for group, p in v.items():
+        if not group:
+            raise _Bad("'skills' has an empty group name")
+        if not _is_number(p) or not 0.0 < p <= 1.0:
+            raise _Bad(f"'skills' of group {group!r} must be a number in (0, 1], got {p!r}")
+        out.append((group, float(p)))
+    return tuple(sorted(out))
+
+
 def _check_keys(obj: dict[str, Any], kind: str) -> None:
     required, optional = _KINDS[kind]
     keys = obj.keys()
@@ -217,6 +236,9 @@ def parse_header(obj: object) -> Header:
     created_by = obj.get("created_by", "")
     if not isinstance(created_by, str):
         raise _Bad(f"'created_by' must be a string, got {created_by!r}")
+    factor = obj.get("same_agent_factor", 1.0)
+    if not _is_number(factor) or not 0.0 < factor < math.inf:
+        raise _Bad(f"'same_agent_factor' must be a finite number > 0, got {factor!r}")
     meta = {k: v for k, v in obj.items() if k not in _HEADER_KNOWN}
     return Header(version=version, name=name, seed=seed, created_by=created_by, meta=meta)
 
@@ -274,6 +296,7 @@ def parse_record(obj: object, last_t: float) -> Record | str:
             groups=_str_list(obj, "groups"),
             max_sessions=cap,
             tags=_str_list(obj, "tags"),
+            skills=_skills(obj),
         )
     return AgentOffline(t=t, agent=_str(obj, "agent"))
 
@@ -307,6 +330,8 @@ def record_to_dict(rec: Record) -> dict[str, Any]:
         }
         if rec.tags:
             d["tags"] = list(rec.tags)
+        if rec.skills:
+            d["skills"] = dict(rec.skills)
         return d
     if isinstance(rec, AgentOffline):
         return {"t": rec.t, "kind": "agent_offline", "agent": rec.agent}

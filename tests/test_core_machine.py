@@ -112,7 +112,7 @@ class EngineMachine(RuleBasedStateMachine):
         # texts per customer: (this visit's, this window's, when their last message opened the window)
         self.texts: dict[str, list[float]] = {}
 
-    @rule(policy=st.sampled_from(["least-load", "group-affinity", "round-robin", "sticky"]))
+    @rule(policy=st.sampled_from(["least-load", "group-affinity", "round-robin", "sticky", "best-fit"]))
     @precondition(lambda self: self.engine is None)
     def start(self, policy: str) -> None:
         self.policy_name = policy

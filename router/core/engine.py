@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import ClassVar
 
 from attrs import field, frozen
@@ -244,6 +244,15 @@ class Engine:
         }
         self._routes = config.routes
         self._default_route = config.default_route
+        # policies that choose a customer for a free agent (optional ``choose``; see _offer_free_agents), and
+        # whether every policy does (then the per-customer pass of _drain has nothing left to do)
+        used = [self._policies[n] for n in dict.fromkeys(r.policy for r in (config.default_route, *config.routes.values()))]
+        self._choosers = [p for p in used if callable(getattr(p, "choose", None))]
+        self._only_choosers = len(self._choosers) == len(used)
+        for p in self._policies.values():  # optional ``attach(reader)``: the policy may read the queue
+            attach = getattr(p, "attach", None)
+            if callable(attach):
+                attach(self)
         self._priorities = config.priorities
         self._pool = Pool(config.default_capacity)
         self._agent_map = self._pool._agents
@@ -441,6 +450,11 @@ class Engine:
 
     def queue_length(self) -> int:
         return self._waiting_count
+
+    def waiting_in_group(self, group: str | None) -> int:
+        """Customers of ``group`` waiting. O(1)."""
+        q = self._group_queues.get(group)
+        return len(q) if q is not None else 0
 
     def position(self, openid: str) -> int | None:
         """0-based place in the queue, or None when not waiting. O(log n)."""
@@ -718,6 +732,7 @@ class Engine:
             paused=e.paused,
             nickname=e.nickname,
             tags=e.tags,
+            skills=e.skills,
         )
 
     def _on_removed(self, e: ev.AgentRemoved, now: float, out: list[Command]) -> None:
@@ -1054,6 +1069,10 @@ class Engine:
         Only the queues of customer groups that could reach a free agent are scanned (merged in queue
         order), so a freed agent of one group does not cost a walk past every other group's customers.
         """
+        if self._choosers:
+            self._offer_free_agents(now, out)
+            if self._only_choosers:
+                return
         free = self._free_counts
         group_queues = self._group_queues
         while self._waiting_count and free.get(None, 0) > 0:
@@ -1073,6 +1092,67 @@ class Engine:
                     break  # the queues changed: look again from the top
             else:
                 return
+
+    def _offer_free_agents(self, now: float, out: list[Command]) -> None:
+        """For policies with ``choose``: every free agent, least loaded first, is offered the waiting
+        customers it may serve (``_candidates``) and picks one, until it is full or picks nobody."""
+        pool = self._pool
+        taken = True
+        while taken and self._waiting_count:  # again after a customer was taken: it may free others' choices
+            taken = False
+            for kf in list(pool.free_agents(None, "load")):
+                while self._waiting_count and pool.is_free(kf):
+                    groups = self._agent_map[kf].groups
+                    for policy in self._choosers:
+                        offered: dict[str, _Customer] = {}
+                        candidates = self._candidates(kf, groups, policy, now, offered)
+                        openid = policy.choose(pool, kf, candidates, now)  # type: ignore[attr-defined]
+                        if openid is None:
+                            continue
+                        c = offered.get(openid)
+                        if c is None:
+                            raise CoreError(
+                                f"policy {policy.name!r} chose {openid!r} for {kf!r}, a customer it was not "
+                                "offered (choose must return the openid of one of its candidates, or None)"
+                            )
+                        self._reserve(c, kf, now, out)
+                        taken = True
+                        break
+                    else:
+                        break  # nobody chosen for this agent
+
+    def _candidates(
+        self, kf: str, groups: frozenset[str], policy: Policy, now: float, offered: dict[str, _Customer]
+    ) -> Iterator[WaitingView]:
+        """The waiting customers of ``policy``'s routes that ``kf`` may serve now, in queue order (lazily;
+        each one yielded is recorded in ``offered``)."""
+        queues = []
+        for g, q in self._group_queues.items():
+            if not q:
+                continue
+            route = self._routes.get(g, self._default_route) if g is not None else self._default_route
+            if (
+                g is None
+                or g in groups
+                or self._ignores_groups.get(route.policy, False)
+                or any(t in groups for t, _after in route.overflow)
+            ):
+                queues.append(q)
+        merged = queues[0] if len(queues) == 1 else heapq.merge(*queues)
+        for _key, openid in merged:
+            c = self._customers[openid]
+            if c.policy is not policy:
+                continue
+            if c.preferred_agent is not None and now < c.preferred_until and c.preferred_agent != kf:
+                continue
+            avoid = self._avoid_now(c, now) if c.avoid else _NOBODY
+            if kf in avoid:
+                continue
+            scope = self._scope(c, now)
+            if scope is not _ANY_GROUP and not groups.intersection(scope):
+                continue
+            offered[openid] = c
+            yield self._waiting_view(c, now, scope, avoid)
 
     def _reachable_queues(self) -> list[WaitQueue]:
         """Queues of customer groups with a free agent in reach (own group, overflow groups, or a free

@@ -7,6 +7,7 @@ made, with a message naming the field. ``Engine.handle(event, now)`` consumes th
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from attrs import field, frozen
 
@@ -132,11 +133,33 @@ def _opt_capacity(_inst: object, _attr: object, value: int | None) -> None:
         raise CoreError(f"max_sessions must be an integer >= 1 or None, got {value!r}")
 
 
+def _opt_skills(value: object) -> tuple[tuple[str, float], ...] | None:
+    """``{group: proficiency}`` or (group, proficiency) pairs → sorted pairs, each proficiency in (0, 1]."""
+    if value is None:
+        return None
+    pairs: Iterable[Any] = value.items() if isinstance(value, dict) else value  # type: ignore[assignment]
+    out: list[tuple[Any, Any]] = []
+    try:
+        for group, proficiency in pairs:
+            out.append((group, proficiency))
+        out.sort()
+    except (TypeError, ValueError):
+        raise CoreError(f"skills must map group names to proficiencies, got {value!r}") from None
+    for g, p in out:
+        if not isinstance(g, str) or not g:
+            raise CoreError(f"skills: group names must be non-empty strings, got {g!r}")
+        if not isinstance(p, int | float) or isinstance(p, bool) or not 0.0 < p <= 1.0:
+            raise CoreError(f"skills: proficiency of {g!r} must be a number in (0, 1], got {p!r}")
+    return tuple((g, float(p)) for g, p in out)
+
+
 @frozen(kw_only=True)
 class AgentConfigured:
     """Local settings for an agent; ``None`` leaves a setting unchanged. Creates the agent (offline)
     if the engine has not seen it yet. ``max_sessions=0`` is refused: pause the agent instead.
-    ``clear_max_sessions`` drops a local limit so WeChat's auto_accept or the default applies."""
+    ``clear_max_sessions`` drops a local limit so WeChat's auto_accept or the default applies.
+    ``skills``: the agent's proficiency per group, in (0, 1] (a group not listed: 1.0); policies read it
+    through ``AgentView.proficiency``."""
 
     kf_account: str = field(validator=_account)
     groups: frozenset[str] | None = field(default=None, converter=_opt_groups)
@@ -145,6 +168,7 @@ class AgentConfigured:
     paused: bool | None = None
     nickname: str | None = None
     tags: frozenset[str] | None = field(default=None, converter=_opt_groups)
+    skills: tuple[tuple[str, float], ...] | None = field(default=None, converter=_opt_skills)
 
 
 @frozen(kw_only=True)

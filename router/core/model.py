@@ -68,6 +68,14 @@ class AgentView:
     sessions: int  # open sessions (WeChat's accepted_case, adjusted by events since)
     reserved: int  # pending reservations
     last_assigned_at: float  # -inf when never assigned
+    skills: tuple[tuple[str, float], ...] = ()  # (group, proficiency in (0, 1]), sorted; unlisted: 1.0
+
+    def proficiency(self, group: str | None) -> float:
+        """How well this agent serves customers of ``group``: its ``skills`` entry, else 1.0."""
+        for g, p in self.skills:
+            if g == group:
+                return p
+        return 1.0
 
     @property
     def load(self) -> int:

@@ -59,6 +59,7 @@ class _Agent:
         "placed",
         "reserved",
         "sessions",
+        "skills",
         "spare_in",
         "status",
         "tags",
@@ -74,6 +75,7 @@ class _Agent:
         self.paused = False
         self.groups: frozenset[str] = frozenset()
         self.tags: frozenset[str] = frozenset()
+        self.skills: tuple[tuple[str, float], ...] = ()  # (group, proficiency), sorted; unlisted: 1.0
         self.sessions = 0
         self.reserved = 0
         self.last_assigned_at = -math.inf
@@ -209,8 +211,11 @@ class Pool:
         paused: bool | None = None,
         nickname: str | None = None,
         tags: frozenset[str] | None = None,
+        skills: tuple[tuple[str, float], ...] | None = None,
     ) -> None:
         a = self._require(kf_account, "configure")
+        if skills is not None:
+            a.skills = skills
         if groups is not None:
             a.groups = groups
         if clear_max_sessions:
@@ -441,6 +446,7 @@ class Pool:
             paused=a.paused,
             groups=a.groups,
             tags=a.tags,
+            skills=a.skills,
             capacity=self._capacity(a),
             sessions=a.sessions,
             reserved=a.reserved,
