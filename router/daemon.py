@@ -200,6 +200,7 @@ class Daemon:
             Engine(config.engine_config(), load_policies(sorted(config.policy_names()))),
             estimator=WaitEstimator(),
             notifier=core_notify.Notifier(texts) if config.notify.enabled else None,
+            sweep_every_s=self.options.eta_every_s,
         )
         self.engine = self.desk.engine
         self.estimator: WaitEstimator | None = self.desk.estimator
@@ -533,7 +534,7 @@ class Daemon:
                 self._inbox,
                 step=self._step,
                 tick=self._tick,
-                next_deadline=self.engine.next_deadline,
+                next_deadline=self.desk.next_deadline,
                 now=self.clock.now,
                 on_error=self._on_step_error,
                 sweep_s=self.options.sweep_s,
@@ -581,9 +582,6 @@ class Daemon:
                 mark = payload.mark
                 rows = self._guard.apply(rows, views, lambda kf: self._touched.get(kf, -1) > mark)
             return self._apply(ev.AgentsSeen(rows=rows, complete=True), now)  # type: ignore[arg-type]
-        if isinstance(payload, _EtaSweep):
-            self._dispatch(self.desk.sweep_estimates(now), now)
-            return None
         return self._apply(payload, now)
 
     def _tick(self, now: float) -> None:
@@ -627,6 +625,7 @@ class Daemon:
                             "agent": fact.kf_account,
                             "groups": list(fact.groups),
                             "max_sessions": fact.capacity,
+                            **({"nickname": fact.nickname} if fact.nickname else {}),
                         },
                     )
                 )
@@ -865,27 +864,18 @@ class Daemon:
 
     async def _housekeeping(self) -> None:
         every = self.options.housekeeping_s
-        eta_every = self.options.eta_every_s
-        last_house = last_eta = time.monotonic()
         while True:
-            await asyncio.sleep(min(every, eta_every))
-            t = time.monotonic()
-            if t - last_eta >= eta_every and self.notifier is not None:
-                last_eta = t
-                self._inbox.put(_EtaSweep())
-            if t - last_house >= every:
-                last_house = t
-                now = self.clock.now()
-                self.intake.expire_choices(now)
-                self.desk.forget(now)
-                if self.store is not None:
-                    try:
-                        pruned = self.store.prune_processed(now - self.config.store.dedup_keep_s)
-                    except Exception:
-                        log.exception("store: pruning processed push keys failed")
-                    else:
-                        if pruned:
-                            log.debug("store: forgot %d processed push keys", pruned)
+            await asyncio.sleep(every)
+            now = self.clock.now()
+            self.intake.expire_choices(now)
+            if self.store is not None:
+                try:
+                    pruned = self.store.prune_processed(now - self.config.store.dedup_keep_s)
+                except Exception:
+                    log.exception("store: pruning processed push keys failed")
+                else:
+                    if pruned:
+                        log.debug("store: forgot %d processed push keys", pruned)
 
     # ============================================================ web
 

@@ -149,6 +149,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_true",
         help="score the wait estimates customers would be given (eta_* columns; about 2x slower)",
     )
+    r.add_argument(
+        "--notify",
+        action="store_true",
+        help="plan the texts to waiting customers as the daemon does (messages_sent, "
+        "messages_per_customer_max, notify_budget_violations columns)",
+    )
     r.set_defaults(func=_run)
 
     t = simsub.add_parser(
@@ -310,6 +316,7 @@ def _run(args: argparse.Namespace) -> int:
                 create_failure_errcode=args.create_failure_errcode,
                 timeline=args.plot is not None,
                 eta=args.eta,
+                notify=args.notify,
             )
             with Progress(f"{name:>14}") as bar:
                 results.append(run_trace(args.trace, cfg, progress=bar.update))

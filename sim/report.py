@@ -13,6 +13,9 @@ Definitions (docs/simulator.md has the long form):
   online before the last customer event (agents whose shift starts later do not count);
 - hit rates are shares of *served* customers: ``affinity_hit_rate`` among those with a group,
   ``sticky_hit_rate`` among returning customers, ``preference_hit_rate`` among those naming an agent;
+- ``messages_sent``, ``messages_per_customer_max``, ``notify_budget_violations`` (``sim run --notify``): the
+  texts the Desk's notifier planned for waiting customers, as the daemon sends them; the most one customer
+  got in one waiting spell; texts past the budget (must be 0: checked independently of the notifier).
 - ``eta_*``: accuracy of the wait estimates given to customers who had to wait (``sim.eta``,
   docs/estimates.md): ``eta_rrmse`` = RMSE / mean actual wait, ``eta_bias_s``, and the baselines.
 
@@ -225,12 +228,20 @@ _TABLE_ROWS = (
     "eta_rrmse_qlen",
     "eta_rrmse_les",
     "eta_rrmse_hol",
+    "messages_sent",
+    "messages_per_customer_max",
+    "notify_budget_violations",
     "capacity_violations",
     "double_assignments",
     "api_calls",
     "events",
     "wall_s",
     "customers_per_s",
+)
+
+
+_OPTIONAL_ROWS = frozenset(
+    k for k in _TABLE_ROWS if k.startswith("eta_") or k.startswith("messages_") or k.startswith("notify_")
 )
 
 
@@ -252,12 +263,12 @@ def to_text(report: dict[str, Any]) -> str:
     ]
     names = [r["policy"] for r in rows]
     width = max(12, *(len(n) + 2 for n in names))
-    head = f"{'':<22}" + "".join(f"{n:>{width}}" for n in names)
+    head = f"{'':<26}" + "".join(f"{n:>{width}}" for n in names)
     lines += [head, "-" * len(head)]
     for key in _TABLE_ROWS:
-        if key.startswith("eta_") and all(r.get(key) is None for r in rows):
-            continue  # wait estimates were not scored in this run (sim run --eta)
-        lines.append(f"{key:<22}" + "".join(f"{_cell(r.get(key)):>{width}}" for r in rows))
+        if key in _OPTIONAL_ROWS and all(r.get(key) is None for r in rows):
+            continue  # not measured in this run (sim run --eta, --notify)
+        lines.append(f"{key:<26}" + "".join(f"{_cell(r.get(key)):>{width}}" for r in rows))
     baseline = report["run"]["baseline"]
     if baseline:
         lines.append("")

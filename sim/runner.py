@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
 from kfrouter.policies.registry import load_policy
 from kfrouter.router.core import events as ev
@@ -90,6 +90,8 @@ class RunConfig:
     timeline: bool = False
     eta: bool = False
     notify: bool = False
+    notify_config: NotifyConfig | None = None  # the notifier's settings (None: its defaults)
+    record_texts: bool = False  # keep every text (RunResult.texts), e.g. to compare with the daemon's
 
     def __post_init__(self) -> None:
         if self.create_latency_s < 0 or not math.isfinite(self.create_latency_s):
@@ -100,6 +102,15 @@ class RunConfig:
             raise ValueError(f"on_agent_offline must be 'keep' or 'reassign', got {self.on_agent_offline!r}")
         if self.overflow_after_s is not None and self.overflow_after_s < 0:
             raise ValueError(f"overflow_after_s must be >= 0 or None, got {self.overflow_after_s!r}")
+
+
+class SentText(NamedTuple):
+    """A text the replay's Desk sent (``RunConfig.record_texts``)."""
+
+    t: float
+    openid: str
+    kind: str
+    text: str
 
 
 @dataclass
@@ -131,6 +142,7 @@ class RunResult:
     preferred: list[bool | None] = field(default_factory=list)  # named an agent: served by that agent
     agents: dict[str, AgentStats] = field(default_factory=dict)
     absorbed_arrivals: int = 0  # arrivals of customers still in the system (the engine absorbs them)
+    texts: list[SentText] = field(default_factory=list)  # RunConfig.record_texts
     messages_per_customer_max: int = 0  # most texts one customer got in one waiting spell (RunConfig.notify)
     notify_budget_violations: int = 0  # texts past the budget: outside the window, over a spell's or window's quota
     ghost_sessions: int = 0  # sessions created for customers who had already left
@@ -284,7 +296,7 @@ class Simulation:
         for a stand-in engine (tests) or while the ETA tracker watches the events, ones that build the
         event and hand it to ``handle``."""
         if isinstance(engine, Engine):
-            notifier = Notifier(NotifyConfig()) if self.cfg.notify else None
+            notifier = Notifier(self.cfg.notify_config or NotifyConfig()) if self.cfg.notify else None
             estimator = self.eta.estimator if self.eta is not None else None
             if notifier is not None and estimator is None:
                 estimator = WaitEstimator()  # the queue message carries an estimate
@@ -395,7 +407,7 @@ class Simulation:
             elif type(cmd) is CloseSession:
                 event = self._close_by_api(cmd.openid, cmd.kf_account, now)
             elif type(cmd) is SendText:
-                self._text_sent(cmd.openid, now)
+                self._text_sent(cmd, now)
                 continue
             else:  # pragma: no cover - the Command union is closed
                 raise SimError(f"t={now:.6f}: unknown command {cmd!r}")
@@ -409,18 +421,20 @@ class Simulation:
             if more:
                 pending.extend(more)
 
-    def _text_sent(self, openid: str, now: float) -> None:
+    def _text_sent(self, cmd: SendText, now: float) -> None:
         """A text to a customer: counted, and checked against the budget the notifier promises (inside the
         window their last message opened, at most ``per_window`` per window and ``max_per_customer`` per
         waiting spell: from their arrival, or from being routed again) — an independent check of the production notifier, which must never trip it."""
         res = self.res
         res.texts_sent += 1
-        v = self._visitor(openid)
+        if self.cfg.record_texts:
+            res.texts.append(SentText(now, cmd.openid, cmd.kind, cmd.text))
+        v = self._visitor(cmd.openid)
         v.texts += 1
         v.window_texts += 1
         if v.texts > res.messages_per_customer_max:
             res.messages_per_customer_max = v.texts
-        budget = self.desk.notifier.config if self.desk is not None and self.desk.notifier else NotifyConfig()
+        budget = self.cfg.notify_config or NotifyConfig()
         if (
             now - v.window_start >= budget.window_s
             or v.texts > budget.max_per_customer
@@ -658,7 +672,11 @@ class Simulation:
         assert self.engine is not None
         self._feed(
             ev.AgentConfigured(
-                kf_account=rec.agent, groups=rec.groups, max_sessions=rec.max_sessions, skills=rec.skills
+                kf_account=rec.agent,
+                groups=rec.groups,
+                max_sessions=rec.max_sessions,
+                skills=rec.skills,
+                nickname=rec.nickname or None,
             ),
             now,
             "agent {!r} coming online",
@@ -720,7 +738,7 @@ class Simulation:
         # with the heap's head (a record goes first unless the head is earlier, or at the same time with
         # a lower priority); after every step, a tick is queued for the engine's next deadline (once per time).
         ticks_at = self._ticks_at
-        next_deadline = engine.next_deadline
+        next_deadline = self.desk.next_deadline if self.desk is not None else engine.next_deadline
         inf = math.inf
         idx: int
         who: str

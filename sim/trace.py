@@ -58,6 +58,7 @@ class AgentOnline:
     tags: tuple[str, ...] = ()
     # (group, proficiency in (0, 1]) sorted by group; a group not listed counts 1.0 (sim/service.py)
     skills: tuple[tuple[str, float], ...] = ()
+    nickname: str = ""  # the name customers are told (recorded traces keep it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +143,7 @@ def new_arrival(
 
 _KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # kind: (required keys, optional keys); "t" and "kind" are checked apart
-    "agent_online": (frozenset({"agent", "groups", "max_sessions"}), frozenset({"tags", "skills"})),
+    "agent_online": (frozenset({"agent", "groups", "max_sessions"}), frozenset({"tags", "skills", "nickname"})),
     "agent_offline": (frozenset({"agent"}), frozenset()),
     "arrival": (
         frozenset({"customer", "service_s"}),
@@ -297,6 +298,7 @@ def parse_record(obj: object, last_t: float) -> Record | str:
             max_sessions=cap,
             tags=_str_list(obj, "tags"),
             skills=_skills(obj),
+            nickname=_str(obj, "nickname") if "nickname" in obj else "",
         )
     return AgentOffline(t=t, agent=_str(obj, "agent"))
 
@@ -332,6 +334,8 @@ def record_to_dict(rec: Record) -> dict[str, Any]:
             d["tags"] = list(rec.tags)
         if rec.skills:
             d["skills"] = dict(rec.skills)
+        if rec.nickname:
+            d["nickname"] = rec.nickname
         return d
     if isinstance(rec, AgentOffline):
         return {"t": rec.t, "kind": "agent_offline", "agent": rec.agent}

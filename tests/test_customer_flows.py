@@ -543,3 +543,58 @@ async def test_configured_templates_render_every_placeholder_unchanged(make_env:
     await env.poll_agents()
     assigned = await env.text_containing("t0", "agent=")
     assert assigned["content"] == "agent=a1 group=general" and assigned["kf_account"] == "a1@test"
+
+
+# ------------------------------------------------------------------------ the same Desk in the simulator
+
+
+async def test_the_daemon_and_the_simulator_send_the_same_texts_for_the_same_arrivals(
+    make_env: EnvFactory, tmp_path: Path
+) -> None:
+    """One agent with one session, three customers asking at once: the daemon (against the fake WeChat)
+    tells the two who wait their place and estimate, updates them, announces their agent. The traffic it
+    recorded, exported as a trace and replayed by the simulator with the same notification settings,
+    makes the simulator's Desk send the very same texts to the same customers in the same order."""
+    import io
+
+    from kfrouter.router.daemon import notify_config
+    from kfrouter.sim.runner import RunConfig, run_trace
+
+    group = {"name": "general", "agents": ["a1@test"], "capacity": {"a1@test": 1}}
+    env = await make_env(online=("a1@test",), groups=[group], notify={"enabled": True})
+    await env.poll_agents()
+    for openid in ("c1", "c2", "c3"):
+        await env.ctl.say(openid, "human")
+    await env.assigned("c1", to="a1@test")
+    for who in ("c1", "c2"):
+        for _ in range(10):  # 100 s of the daemon's clock, in steps (estimate sweeps every 30 s)
+            await env.jump(10.0)
+        await env.ctl.close(who)
+        await env.assigned("c2" if who == "c1" else "c3", to="a1@test")
+    await env.jump(10.0)
+    await env.ctl.close("c3")
+    await wait_until(lambda: env.engine.state("c3") is CustomerState.GONE, message="c3's session over")
+    await env.quiet()
+    daemon_texts = [
+        (openid, m["content"])
+        for openid in ("c1", "c2", "c3")
+        for m in await env.texts(openid, "custom_send")
+    ]
+    assert {o for o, _t in daemon_texts} == {"c2", "c3"}  # c1 was served at once: nothing to tell
+    assert len(daemon_texts) >= 4  # place and estimate for both, then an update or their agent's name
+
+    ncfg = notify_config(env.daemon.config)
+    assert ncfg is not None
+    store = env.daemon.store
+    assert store is not None
+    buf = io.StringIO()
+    store.export_trace(buf, default_capacity=1)
+    trace = tmp_path / "recorded.jsonl"
+    trace.write_text(buf.getvalue(), encoding="utf-8")
+    cfg = RunConfig(
+        policy="least-load", default_capacity=1, notify=True, notify_config=ncfg, record_texts=True
+    )
+    result = run_trace(str(trace), cfg)
+    sim_texts = [(s.openid, s.text) for s in sorted(result.texts, key=lambda s: (s.openid, s.t))]
+    assert sim_texts == daemon_texts
+    assert result.notify_budget_violations == 0

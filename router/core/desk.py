@@ -10,8 +10,9 @@ What the Desk adds to the engine, all driven by facts (never by diffing the engi
 - the wait estimator learns from every fact; a customer who joins the queue gets their arrival estimate
   (remembered and scored later: ``WaitEstimator.estimate_arrival``); ``estimate()`` is a pure query;
 - the notifier: the queue message with place and estimate (or the chosen agent's wait), the agent's
-  name when a session starts, silence for a moved customer until their new agent is announced, the
-  estimate updates of ``sweep_estimates``; all within the budget the notifier keeps;
+  name when a session starts, silence for a moved customer until their new agent is announced, and
+  every ``sweep_every_s`` while customers wait, an update to those whose estimate changed materially
+  (a Desk timer: ``next_deadline()``/``tick()`` cover it); all within the budget the notifier keeps;
 - cancels: a customer who cancelled while a create was in flight has the session that lands anyway
   closed at once; a cancel is remembered for a while, so WeChat's own wait list (which lags) does not
   bring them back (``cancelled_since``);
@@ -59,11 +60,21 @@ class Desk:
     """One account's engine, estimator and notifier, and the rules that join them. See the module doc."""
 
     def __init__(
-        self, engine: Engine, *, estimator: WaitEstimator | None = None, notifier: Notifier | None = None
+        self,
+        engine: Engine,
+        *,
+        estimator: WaitEstimator | None = None,
+        notifier: Notifier | None = None,
+        sweep_every_s: float = 30.0,
     ) -> None:
+        if not (isinstance(sweep_every_s, int | float) and math.isfinite(sweep_every_s) and sweep_every_s > 0):
+            raise CoreError(f"Desk: sweep_every_s must be a number > 0, got {sweep_every_s!r}")
         self.engine = engine
         self.estimator = estimator
         self.notifier = notifier
+        self.sweep_every_s = float(sweep_every_s)
+        self._sweeps = notifier is not None and estimator is not None
+        self._next_sweep = math.inf  # while customers wait: the next estimate sweep
         # called with every fact, in order, after the Desk itself followed it (metrics, pages, trackers)
         self.observers: list[FactObserver] = []
         self._requests: dict[str, ev.CustomerRequested] = {}  # customers present: their request
@@ -84,11 +95,24 @@ class Desk:
         return self._follow(commands, now, event)
 
     def tick(self, now: float) -> Step:
-        """The engine's timers (reservations, overflow, stale sessions), followed through."""
-        return self._follow(self.engine.tick(now), now, None)
+        """The engine's timers (reservations, overflow, stale sessions), followed through; then the
+        estimate sweep, when it is due."""
+        self._forget(now)
+        step = self._follow(self.engine.tick(now), now, None)
+        if now >= self._next_sweep:
+            self._next_sweep = math.inf
+            step = Step(step.commands + self.sweep_estimates(now), step.facts)
+            self._schedule_sweep(now)
+        return step
 
     def next_deadline(self) -> float:
-        return self.engine.next_deadline()
+        """The earliest time at which ``tick`` has work to do (the engine's timers, the estimate sweep);
+        ``inf`` when none."""
+        return min(self.engine.next_deadline(), self._next_sweep)
+
+    def _schedule_sweep(self, now: float) -> None:
+        if self._sweeps and self._next_sweep == math.inf and self.engine.queue_length():
+            self._next_sweep = now + self.sweep_every_s
 
     # The simulator's typed calls: ``handle`` for the three events every customer brings, without building
     # the event (the engine's typed calls), followed through the same way. They return the commands alone;
@@ -153,8 +177,8 @@ class Desk:
             out += self.notifier.on_estimate(view.openid, estimate, now)
         return out
 
-    def forget(self, now: float) -> None:
-        """Housekeeping: drop cancels and closes remembered longer than their memory."""
+    def _forget(self, now: float) -> None:
+        """Drop cancels and closes remembered longer than their memory."""
         for openid, at in list(self._cancelled.items()):
             if now - at > CANCEL_MEMORY_S:
                 del self._cancelled[openid]
@@ -208,6 +232,8 @@ class Desk:
                     self.notifier.on_moved(fact.openid, now, group=fact.group)
             elif isinstance(fact, Left):
                 self._left(fact, now)
+        if self._sweeps and self._next_sweep == math.inf:
+            self._schedule_sweep(now)
         for observer in self.observers:
             for fact in facts:
                 observer(fact, now)

@@ -178,6 +178,7 @@ class _Customer:
         "session_started_at",
         "state",
         "tags",
+        "waiting_since",
         "with_agent",
     )
 
@@ -220,6 +221,7 @@ class _Customer:
         self.last_agent: str | None = None
         self.last_end = math.nan
         self.had_session = False  # a session started during this visit (a moved customer waits again)
+        self.waiting_since = arrived_at  # start of the current wait: arrival, or being routed again
 
 
 class Engine:
@@ -561,6 +563,7 @@ class Engine:
         )
         self._seq += 1
         c.entry = (queue_key(priority, self._seq, self._priorities), openid)
+        c.waiting_since = arrived_at
         self._customers[openid] = c
         past = self._past.get(openid)
         if past is not None:  # _recall, inline
@@ -595,7 +598,9 @@ class Engine:
                 if not was_online:
                     view = self._pool.agent(row.kf_account)
                     assert view is not None
-                    self.facts.append(AgentOnline(row.kf_account, tuple(sorted(view.groups)), view.capacity))
+                    self.facts.append(
+                        AgentOnline(row.kf_account, tuple(sorted(view.groups)), view.capacity, view.nickname)
+                    )
             else:
                 self._agent_offline(row.kf_account, now, was_online=was_online)
         if e.complete:
@@ -801,12 +806,11 @@ class Engine:
     def _enter_session(
         self, c: _Customer, kf: str, now: float, *, queued: bool, previous: str | None = None
     ) -> None:
-        """``queued``: the customer waited in our queue for this session (a new session of this visit:
-        its wait is known); False for a session adopted from WeChat or moved between agents."""
-        queued = queued and not c.had_session
+        """``queued``: the customer waited in our queue for this session (its wait is known: from arrival,
+        or from being routed again); False for a session adopted from WeChat or moved between agents."""
         c.had_session = True
         self.facts.append(
-            Assigned(c.openid, kf, c.group, now - c.arrived_at if queued else 0.0, queued, previous)
+            Assigned(c.openid, kf, c.group, now - c.waiting_since if queued else 0.0, queued, previous)
         )
         c.state = _IN_SESSION
         c.with_agent = kf
@@ -855,6 +859,7 @@ class Engine:
         if c.closing != "reroute":
             self._finish(c, "closed_stale" if c.closing == "stale" else "served", now, waiting=False, kf=kf)
             return
+        c.waiting_since = now
         self.facts.append(Requeued(c.openid, kf, c.group))
         # routed again: back to its old place (so overflow is open at once), away from the agent it leaves,
         # towards the one asked for

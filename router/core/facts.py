@@ -52,8 +52,9 @@ class Released(NamedTuple):
 class Assigned(NamedTuple):
     """A session of ``openid`` with ``kf_account`` started (or moved to ``kf_account`` from ``previous``).
 
-    ``waited_s``: how long the customer waited, from arrival to this session (0 for a session adopted
-    from WeChat that kfrouter never saw waiting: ``queued`` is False then)."""
+    ``queued``: the customer came from kfrouter's queue; ``waited_s`` is then their wait, from arrival (or
+    from being routed again, after ``Requeued``) to this session. False, with ``waited_s`` 0, for a session
+    adopted from WeChat that kfrouter never saw waiting, and for a session moving between agents."""
 
     openid: str
     kf_account: str
@@ -97,11 +98,12 @@ class Left(NamedTuple):
 
 
 class AgentOnline(NamedTuple):
-    """An agent came online (WeChat's status), with the groups and capacity the engine knows."""
+    """An agent came online (WeChat's status), with the groups, capacity and nickname the engine knows."""
 
     kf_account: str
     groups: tuple[str, ...]
     capacity: int
+    nickname: str
 
 
 class AgentOffline(NamedTuple):

@@ -719,7 +719,11 @@ def _agent_line(seq: int, kind: str, payload: Mapping[str, Any], default_capacit
         raise StoreError(f"event {seq} (agent_online): 'groups' must be a list of names, got {groups!r}")
     if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
         raise StoreError(f"event {seq} (agent_online): 'max_sessions' must be an integer >= 1, got {cap!r}")
-    return {"kind": kind, "agent": agent, "groups": groups, "max_sessions": cap}
+    line = {"kind": kind, "agent": agent, "groups": groups, "max_sessions": cap}
+    nickname = payload.get("nickname")
+    if isinstance(nickname, str) and nickname:
+        line["nickname"] = nickname  # replays tell customers the same name
+    return line
 
 
 def _arrival(c: SessionRow, t0: float, service_s: float, patience_s: float | None) -> dict[str, Any]:
