@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
-import attrs
 from aiohttp import web
 from attrs import field, frozen
 
@@ -57,7 +56,9 @@ from kfrouter.router.edges.token import TokenMode
 from kfrouter.router.edges.upstream import Upstream
 from kfrouter.router.edges.webhook import PushReceiver, WebhookConfig
 from kfrouter.router.executor import Executor
-from kfrouter.router.inbox import Inbox, Intake, Item, drive, summarize
+from kfrouter.router.inbox import Inbox, Intake, Item, drive
+from kfrouter.router.logs import fields_of
+from kfrouter.router.observe import ApiCalled, Observation, Observer, Stepped
 from kfrouter.router.pollers import (
     AgentPoller,
     PollSchedule,
@@ -72,8 +73,6 @@ from kfrouter.router.wechat.crypto import SafeModeCrypto
 
 log = logging.getLogger("kfrouter.daemon")
 
-Listener = Callable[[str, Mapping[str, Any]], None]
-"""``listener(kind, payload)``: kinds 'event', 'command', 'assigned', 'api_call', 'push', 'state'."""
 
 
 def _positive(_inst: object, attr: Any, value: float) -> None:
@@ -118,24 +117,6 @@ class _Snapshot:
     mark: int | None  # None: trusted as is (start-up)
 
 
-@frozen
-class _EtaSweep:
-    """Refresh the wait estimates of waiting customers (and notify those whose estimate moved)."""
-
-
-def _plain(_inst: Any, _field: Any, value: Any) -> Any:
-    if isinstance(value, frozenset | set):
-        return sorted(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-def _jsonable(value: Any) -> dict[str, Any]:
-    """An event or command as JSON-ready data: ``{"type": class name, **fields}``."""
-    return {"type": type(value).__name__, **attrs.asdict(value, value_serializer=_plain)}
-
-
 def notify_config(config: Config) -> core_notify.NotifyConfig | None:
     """The notification planner's settings from ``[notify]`` (``None`` when disabled)."""
     return notify_texts(config) if config.notify.enabled else None
@@ -178,7 +159,8 @@ def notify_texts(config: Config) -> core_notify.NotifyConfig:
 class Daemon:
     """kfrouter for one Official Account. See the module docstring and docs/daemon.md.
 
-    Public surface: ``engine``, ``config``, ``app`` (add routes before ``run()``), ``listeners``,
+    Public surface: ``desk``, ``engine``, ``config``, ``app`` (add routes before ``run()``), ``observers``
+    (router/observe.py),
     ``started``, ``submit()``, ``stop()``, ``clock``; after start: ``store``, ``client``, ``port``.
     """
 
@@ -205,7 +187,7 @@ class Daemon:
         self.engine = self.desk.engine
         self.estimator: WaitEstimator | None = self.desk.estimator
         self.notifier: core_notify.Notifier | None = self.desk.notifier
-        self.listeners: list[Listener] = []
+        self.observers: list[Observer] = []
         self.problems = ProblemReporter()  # operator problems (65400, 40164, ...) told once, in plain words
         self.started = asyncio.Event()
         self.listening = asyncio.Event()
@@ -242,7 +224,7 @@ class Daemon:
             crypto=self._crypto,
             notifier=self.notifier,
             texts=texts,
-            emit=self._emit,
+            observe=self._observe,
             choice_ttl_s=self.options.choice_ttl_s,
             estimator=self.estimator,
         )
@@ -586,7 +568,9 @@ class Daemon:
 
     def _tick(self, now: float) -> None:
         step = self.desk.tick(now)
-        self._on_facts(step.facts, None, now)
+        self._on_facts(step.facts, now)
+        if step.facts or step.commands:
+            self._observe(Stepped(None, tuple(step.facts), tuple(step.commands)), now)
         self._dispatch(step.commands, now)
 
     def _apply(self, event: ev.Event, now: float) -> list[Command]:
@@ -596,24 +580,16 @@ class Daemon:
         step = self.desk.handle(event, now)
         self._log_event(event)
         self._touch(event)
-        self._emit("event", _jsonable(event))
-        self._on_facts(step.facts, event, now)
+        self._on_facts(step.facts, now)
+        self._observe(Stepped(event, tuple(step.facts), tuple(step.commands)), now)
         self._dispatch(step.commands, now)
         return step.commands
 
-    def _on_facts(self, facts: Iterable[Fact], event: ev.Event | None, now: float) -> None:
-        """I/O that follows from what happened: the store and the listeners."""
+    def _on_facts(self, facts: Iterable[Fact], now: float) -> None:
+        """I/O that follows from what happened: the store and the log."""
         agent_changes: list[tuple[str, dict[str, Any]]] = []
         for fact in facts:
             if isinstance(fact, Assigned):
-                self._emit(
-                    "assigned",
-                    {
-                        "openid": fact.openid,
-                        "kf_account": fact.kf_account,
-                        "source": getattr(event, "source", ""),
-                    },
-                )
                 log.info("assigned %s -> %s", fact.openid, fact.kf_account)
             elif isinstance(fact, Requeued):
                 self._persist_requeued(fact.openid, now)  # moved by kfrouter: closed, then routed again
@@ -676,13 +652,12 @@ class Daemon:
         if isinstance(event, ev.AgentsSeen):
             log.debug("event AgentsSeen: %d online", sum(1 for r in event.rows if r.online))
             return
-        parts = [f"{k}={v}" for k, v in summarize(event).items()]
+        parts = [f"{k}={v}" for k, v in fields_of(event).items()]
         log.info("event %s %s", type(event).__name__, " ".join(parts))
 
     def _dispatch(self, commands: Iterable[Command], now: float) -> None:
         assert self._executor is not None
         for cmd in commands:
-            self._emit("command", _jsonable(cmd))
             if isinstance(cmd, CreateSession):
                 if self._stopping:
                     log.info(
@@ -781,7 +756,17 @@ class Daemon:
         )
 
     def _on_api_call(self, info: Mapping[str, Any]) -> None:
-        self._emit("api_call", info)
+        openid = info.get("openid")
+        self._observe(
+            ApiCalled(
+                endpoint=str(info.get("endpoint", "")),
+                ok=bool(info.get("ok")),
+                errcode=int(info.get("errcode", 0)),
+                elapsed_s=float(info.get("elapsed_s", 0.0)),
+                openid=openid if isinstance(openid, str) else None,
+            ),
+            self.clock.now(),
+        )
         if (
             info.get("endpoint") == "message/custom/send"
             and not info.get("ok")
@@ -855,12 +840,12 @@ class Daemon:
         else:
             self._apply_direct(event)
 
-    def _emit(self, kind: str, payload: Mapping[str, Any]) -> None:
-        for listener in list(self.listeners):
+    def _observe(self, observation: Observation, now: float) -> None:
+        for observer in list(self.observers):
             try:
-                listener(kind, payload)
+                observer(observation, now)
             except Exception:
-                log.exception("listener %r failed on %s", listener, kind)
+                log.exception("observer %r failed on %s", observer, type(observation).__name__)
 
     async def _housekeeping(self) -> None:
         every = self.options.housekeeping_s

@@ -34,7 +34,9 @@ import aiohttp
 from attrs import define, field, frozen
 
 from kfrouter.router.config import Config
+from kfrouter.router.core.facts import Assigned
 from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.router.observe import Observation, Stepped
 from kfrouter.sim.fake_options import FakeOptions
 from kfrouter.sim.fake_server import running_fake
 
@@ -312,13 +314,17 @@ class _Run:
                 raise DemoError(f"fake WeChat /_fake/{name}: HTTP {resp.status}: {data.get('error')}")
             return data
 
-    # ---------------------------------------------------------------- the daemon's listener
+    # ---------------------------------------------------------------- the daemon's observer
 
-    def on_daemon(self, kind: str, payload: Mapping[str, Any]) -> None:
-        if kind != "assigned":
+    def on_daemon(self, observation: Observation, now: float) -> None:
+        """The daemon's observer: a session starts — the customer's visit gets its agent."""
+        if not isinstance(observation, Stepped):
             return
-        openid = str(payload.get("openid", ""))
-        kf = str(payload.get("kf_account", ""))
+        for fact in observation.facts:
+            if isinstance(fact, Assigned) and fact.previous is None:
+                self._assigned(fact.openid, fact.kf_account)
+
+    def _assigned(self, openid: str, kf: str) -> None:
         visit = self.active.get(openid)
         if self.daemon is not None:
             view = self.daemon.engine.agent(kf)
@@ -448,7 +454,7 @@ async def run_demo(
             )
             daemon = Daemon(config, options=DaemonOptions(seed=seed, create_timeout_s=5.0, api_timeout_s=5.0))
             run.daemon = daemon
-            daemon.listeners.append(run.on_daemon)
+            daemon.observers.append(run.on_daemon)
             task = asyncio.create_task(daemon.run(), name="kfrouter-demo-daemon")
             try:
                 await _until(daemon.listening, task, "the daemon did not start listening")

@@ -36,7 +36,8 @@ from kfrouter.router.core.model import CustomerState
 from kfrouter.router.core.notify import Notifier, NotifyConfig
 from kfrouter.router.edges.store import Store, WaitingRow
 from kfrouter.router.edges.upstream import Upstream, build_forward
-from kfrouter.router.logs import LOGGABLE_FIELDS
+from kfrouter.router.logs import fields_of
+from kfrouter.router.observe import Observation, PushReceived
 from kfrouter.router.wechat import replies
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 from kfrouter.router.wechat.errors import WeChatCodecError
@@ -181,7 +182,7 @@ class Intake:
         crypto: SafeModeCrypto | None = None,
         notifier: Notifier | None = None,
         texts: NotifyConfig | None = None,
-        emit: Callable[[str, Mapping[str, Any]], None] = lambda kind, payload: None,
+        observe: Callable[[Observation, float], None] = lambda observation, now: None,
         choice_ttl_s: float = 300.0,
         estimator: WaitEstimator | None = None,
     ) -> None:
@@ -196,7 +197,7 @@ class Intake:
         self.texts = (
             texts if texts is not None else notifier.config if notifier is not None else NotifyConfig()
         )
-        self._emit = emit
+        self._observe = observe
         self.choice_ttl_s = choice_ttl_s
         self.estimator = estimator
         self.store: Store | None = None
@@ -229,7 +230,7 @@ class Intake:
         """The webhook callback: decide, persist, hand on; the return value is the reply body."""
         now = self.clock.now()
         self._count(f"push:{type(push).__name__}")
-        self._emit("push", {"type": type(push).__name__, "openid": push.openid})
+        self._observe(PushReceived(type(push).__name__, push.openid), now)
         if isinstance(push, KfCreateSession):
             event: ev.Event = ev.SessionCreated(openid=push.openid, kf_account=push.kf_account, source="push")
             return self._kf_event(push, event, now)
@@ -254,7 +255,7 @@ class Intake:
             if not store.claim_push(push.dedup_key, now):
                 log.info("push %s already handled before a restart", push.dedup_key)
                 return None
-            store.append_event(now, push.event, summarize(event))
+            store.append_event(now, push.event, fields_of(event))
             if isinstance(event, ev.SessionCreated):
                 store.record_session_start(event.openid, event.kf_account, now)
             elif isinstance(event, ev.SessionClosed):
@@ -413,15 +414,3 @@ class Intake:
             log.warning("push from %s not forwarded: %s", push.openid, exc)
             return None
         return await self.upstream.forward(request, openid=push.openid)
-
-
-def summarize(event: ev.Event) -> dict[str, Any]:
-    """The loggable fields of an event (ids and codes; never texts)."""
-    out: dict[str, Any] = {}
-    for name in LOGGABLE_FIELDS:
-        value = getattr(event, name, None)
-        if value is not None:
-            out[name] = value
-    if isinstance(event, ev.AgentSessionsSeen):
-        out["sessions"] = len(event.openids)
-    return out

@@ -8,7 +8,7 @@
   / ``secret=`` (query or JSON style) becomes ``***`` and every configured secret value (AppSecret,
   callback token, AES keys, admin token) becomes ``[redacted]`` — in the message, the structured fields
   and the traceback. Callers still must not log secrets; this catches mistakes.
-- ``EventLog``: a daemon listener writing one structured line per input event and per command to
+- ``EventLog``: a daemon observer writing one structured line per input event and per command to
   ``kfrouter.events`` (type, openid, agent, group, errcode ...; never message texts). In JSON mode it
   replaces the daemon's own free-text ``event ...`` / ``command ...`` lines (``DuplicateFilter``), so
   each event is one line.
@@ -24,7 +24,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
+from kfrouter.router.core.events import AgentSessionsSeen, AgentsSeen
 from kfrouter.router.edges.errors import redact
+from kfrouter.router.observe import Observation, Stepped
 
 REDACTED = "[redacted]"
 _MIN_SECRET_LEN = 4  # shorter "secrets" would redact ordinary words; config enforces longer ones
@@ -186,24 +188,24 @@ def config_secrets(config: Any) -> list[str]:
     return out
 
 
-def event_fields(kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The loggable part of a listener payload: ``kind``, ``type`` and identifiers (never texts)."""
-    out: dict[str, Any] = {"kind": kind, "type": payload.get("type", kind)}
+def fields_of(value: object) -> dict[str, Any]:
+    """The loggable identifiers of an input event or a command (``LOGGABLE_FIELDS``; never texts), plus
+    counts for poll snapshots. A command's ``kind`` (of text) is ``command_kind``."""
+    out: dict[str, Any] = {}
     for name in LOGGABLE_FIELDS:
-        value = payload.get(name)
-        if value is not None and not (name == "kind" and kind != "command"):
-            out["command_kind" if name == "kind" else name] = value
-    if payload.get("type") == "AgentsSeen":
-        rows = payload.get("rows") or []
-        out["online"] = sum(1 for r in rows if isinstance(r, Mapping) and r.get("status"))
-        out["rows"] = len(rows)
-    if payload.get("type") == "AgentSessionsSeen":
-        out["sessions"] = len(payload.get("openids") or [])
+        v = getattr(value, name, None)
+        if v is not None:
+            out["command_kind" if name == "kind" else name] = v
+    if isinstance(value, AgentsSeen):
+        out["online"] = sum(1 for r in value.rows if r.online)
+        out["rows"] = len(value.rows)
+    elif isinstance(value, AgentSessionsSeen):
+        out["sessions"] = len(value.openids)
     return out
 
 
 class EventLog:
-    """Daemon listener: one structured ``kfrouter.events`` line per input event and per command.
+    """Daemon observer: one structured ``kfrouter.events`` line per input event and per command.
 
     Poll snapshots (``AgentsSeen``, ``AgentSessionsSeen``) are logged at DEBUG, everything else at INFO."""
 
@@ -212,10 +214,16 @@ class EventLog:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger if logger is not None else logging.getLogger("kfrouter.events")
 
-    def __call__(self, kind: str, payload: Mapping[str, Any]) -> None:
-        if kind not in ("event", "command"):
+    def observe(self, observation: Observation, now: float) -> None:
+        if not isinstance(observation, Stepped):
             return
-        fields = event_fields(kind, payload)
+        if observation.cause is not None:
+            self._line("event", observation.cause)
+        for cmd in observation.commands:
+            self._line("command", cmd)
+
+    def _line(self, kind: str, value: object) -> None:
+        fields = {"kind": kind, "type": type(value).__name__, **fields_of(value)}
         level = logging.DEBUG if fields["type"] in self.QUIET else logging.INFO
         if not self.log.isEnabledFor(level):
             return

@@ -6,13 +6,12 @@ Two kinds of metric, on purpose:
 - **read at scrape time** (``_LiveCollector``): queue, agents, reservations, API client counters
   (``client.stats``), webhook outcomes (``receiver.stats``), pushes (``intake.stats``), upstream
   forwards. Nothing is counted in the hot paths for these: a scrape reads the daemon's own state.
-- **counted from the daemon's listeners** (``Metrics.feed``): assignments, wait times, requests,
-  departures, create failures, commands, the duration of each executor call. These are facts that
-  exist only at the moment they happen.
+- **counted from what the daemon reports** (``Metrics.observe``, a daemon observer: router/observe.py):
+  requests, assignments and wait times, departures (from the Desk's facts, which carry the group and
+  the wait), create failures, commands, the duration of each executor call. These exist only at the
+  moment they happen.
 
-``CustomerTracker`` follows each customer from request to assignment (group, when they started
-waiting) so an assignment can be labelled with the group and its wait measured; the supervisor page
-uses the same records for its feed. Every metric name is listed in README.md ("Metrics") and
+``assignments()`` turns a step's ``Assigned`` facts into the records the supervisor's feed shows too. Every metric name is listed in README.md ("Metrics") and
 docs/observability.md; ``METRIC_NAMES`` is the list the tests check.
 """
 
@@ -20,9 +19,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter as TallyCounter
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -35,7 +33,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 import kfrouter.router
-from kfrouter.router.core.model import CustomerState
+from kfrouter.router.core.events import CreateFailed, CustomerRequested
+from kfrouter.router.core.facts import Assigned, Left, Queued
+from kfrouter.router.observe import ApiCalled, Observation, Stepped
 
 if TYPE_CHECKING:
     from kfrouter.router.daemon import Daemon
@@ -80,7 +80,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "kfrouter_webhook_requests_total",
     "kfrouter_pushes_total",
     "kfrouter_upstream_forwards_total",
-    # counted from listeners
+    # counted from observations
     "kfrouter_customer_requests_total",
     "kfrouter_assignments_total",
     "kfrouter_wait_seconds",
@@ -122,93 +122,21 @@ class Assignment:
     source: str
 
 
-class _Track:
-    __slots__ = ("group", "waiting_since")
-
-    def __init__(self, group: str | None, waiting_since: float | None) -> None:
-        self.group = group
-        self.waiting_since = waiting_since
-
-
-class CustomerTracker:
-    """Follows customers through the daemon's listener payloads (see the module docstring).
-
-    ``feed(kind, payload)`` returns what happened that metrics and the supervisor care about:
-    ``("requested", group, source)``, ``("left", group, reason)``, ``("assigned", Assignment)`` or None.
-    At most ``max_tracked`` customers are remembered (the oldest are forgotten first)."""
-
-    def __init__(self, daemon: Daemon, *, max_tracked: int = 100_000) -> None:
-        self._engine = daemon.engine
-        self._now: Callable[[], float] = daemon.clock.now
-        self._max = max_tracked
-        self._tracks: OrderedDict[str, _Track] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._tracks)
-
-    def group_of(self, openid: str) -> str | None:
-        t = self._tracks.get(openid)
-        return None if t is None else t.group
-
-    def feed(self, kind: str, payload: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        openid = payload.get("openid")
-        if not isinstance(openid, str):
-            return None
-        if kind == "assigned":
-            return self._assigned(openid, payload)
-        if kind != "event":
-            return None
-        etype = payload.get("type")
-        state = self._engine.state(openid)
-        track = self._tracks.get(openid)
-        if etype == "CustomerRequested":
-            if track is None and state in (
-                CustomerState.WAITING,
-                CustomerState.RESERVED,
-                CustomerState.IN_SESSION,
-            ):
-                group = payload.get("group")
-                arrived = payload.get("arrived_at")
-                since = float(arrived) if isinstance(arrived, int | float) else self._now()
-                self._remember(openid, _Track(group if isinstance(group, str) else None, since))
-                return ("requested", group_label(group), str(payload.get("source", "")))
-            return None
-        if etype == "CustomerLeft":
-            self._tracks.pop(openid, None)
-            group = None if track is None else track.group
-            return ("left", group_label(group), str(payload.get("reason", "")))
-        if state in (CustomerState.GONE, CustomerState.UNKNOWN):
-            self._tracks.pop(openid, None)
-        elif state is CustomerState.WAITING and track is not None and track.waiting_since is None:
-            track.waiting_since = self._now()  # put back in the queue (reassignment, agent offline)
-        return None
-
-    def _assigned(self, openid: str, payload: Mapping[str, Any]) -> tuple[Any, ...]:
-        now = self._now()
-        track = self._tracks.get(openid)
-        if track is None:
-            track = _Track(None, None)
-            self._remember(openid, track)
-        waited = None if track.waiting_since is None else max(0.0, now - track.waiting_since)
-        track.waiting_since = None
-        kf = payload.get("kf_account")
-        return (
-            "assigned",
-            Assignment(
-                at=now,
-                openid=openid,
-                kf_account=kf if isinstance(kf, str) else "",
-                group=track.group,
-                waited_s=waited,
-                source=str(payload.get("source", "")),
-            ),
+def assignments(step: Stepped, now: float) -> list[Assignment]:
+    """The sessions that started in ``step``, as the metrics and the supervisor's feed record them."""
+    source = getattr(step.cause, "source", "")
+    return [
+        Assignment(
+            at=now,
+            openid=f.openid,
+            kf_account=f.kf_account,
+            group=f.group,
+            waited_s=f.waited_s if f.queued else None,
+            source=source if isinstance(source, str) else "",
         )
-
-    def _remember(self, openid: str, track: _Track) -> None:
-        self._tracks[openid] = track
-        self._tracks.move_to_end(openid)
-        while len(self._tracks) > self._max:
-            self._tracks.popitem(last=False)
+        for f in step.facts
+        if isinstance(f, Assigned) and f.previous is None
+    ]
 
 
 # ============================================================================ the metrics
@@ -217,8 +145,7 @@ class CustomerTracker:
 class Metrics:
     """The metrics of one daemon. ``registry`` is private to it; ``render()`` is the ``/metrics`` body.
 
-    Feed it with ``feed(kind, payload, happened)`` from the daemon's listener, where ``happened`` is what
-    ``CustomerTracker.feed`` returned for the same payload."""
+    Subscribe ``observe`` to the daemon's observers."""
 
     # The classic text format: every name here is a legacy (ASCII) name, so Prometheus 2.x and 3.x read it.
     content_type = "text/plain; version=0.0.4; charset=utf-8"
@@ -274,35 +201,39 @@ class Metrics:
         self._create_errcodes: TallyCounter[int] = TallyCounter()
         self.registry.register(_LiveCollector(self))
 
-    def feed(self, kind: str, payload: Mapping[str, Any], happened: tuple[Any, ...] | None) -> None:
-        if happened is not None:
-            what = happened[0]
-            if what == "requested":
-                self.requests.labels(happened[1], happened[2]).inc()
-            elif what == "left":
-                self.left.labels(happened[1], happened[2]).inc()
-            elif what == "assigned":
-                a: Assignment = happened[1]
-                group = group_label(a.group)
-                self.assignments.labels(group, a.kf_account).inc()
-                if a.waited_s is not None:
-                    self.wait.labels(group).observe(a.waited_s)
-        if kind == "event" and payload.get("type") == "CreateFailed":
-            self.create_failures.labels(str(payload.get("errcode", ""))).inc()
-        elif kind == "command":
-            self.commands.labels(str(payload.get("type", ""))).inc()
-        elif kind == "api_call":
-            endpoint = str(payload.get("endpoint", ""))
-            elapsed = payload.get("elapsed_s")
-            seconds = float(elapsed) if isinstance(elapsed, int | float) and elapsed >= 0 else 0.0
-            ok = bool(payload.get("ok"))
-            self.call_duration.labels(endpoint, "true" if ok else "false").observe(seconds)
-            if endpoint == CREATE_ENDPOINT:
-                self._create_calls += 1
-                self._create_latency_s += seconds
-                if not ok:
-                    errcode = payload.get("errcode")
-                    self._create_errcodes[int(errcode) if isinstance(errcode, int) else -3] += 1
+    def observe(self, observation: Observation, now: float) -> None:
+        """Count what the daemon reports (a daemon observer, router/observe.py)."""
+        if isinstance(observation, Stepped):
+            self._stepped(observation, now)
+        elif isinstance(observation, ApiCalled):
+            self._api_called(observation)
+
+    def _stepped(self, step: Stepped, now: float) -> None:
+        cause = step.cause
+        for f in step.facts:
+            if isinstance(f, Queued):
+                source = cause.source if isinstance(cause, CustomerRequested) else ""
+                self.requests.labels(group_label(f.group), source).inc()
+            elif isinstance(f, Left) and f.waiting and f.reason.startswith("left:"):
+                self.left.labels(group_label(f.group), f.reason.removeprefix("left:")).inc()
+        for a in assignments(step, now):
+            group = group_label(a.group)
+            self.assignments.labels(group, a.kf_account).inc()
+            if a.waited_s is not None:
+                self.wait.labels(group).observe(a.waited_s)
+        if isinstance(cause, CreateFailed):
+            self.create_failures.labels(str(cause.errcode)).inc()
+        for cmd in step.commands:
+            self.commands.labels(type(cmd).__name__).inc()
+
+    def _api_called(self, call: ApiCalled) -> None:
+        seconds = call.elapsed_s if call.elapsed_s >= 0 else 0.0
+        self.call_duration.labels(call.endpoint, "true" if call.ok else "false").observe(seconds)
+        if call.endpoint == CREATE_ENDPOINT:
+            self._create_calls += 1
+            self._create_latency_s += seconds
+            if not call.ok:
+                self._create_errcodes[call.errcode] += 1
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (call it on the daemon's event loop)."""

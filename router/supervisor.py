@@ -33,16 +33,15 @@ import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from kfrouter.router.core.errors import CoreError
-from kfrouter.router.core.model import CustomerState
 from kfrouter.router.logs import EventLog
-from kfrouter.router.metrics import NO_GROUP, Assignment, CustomerTracker, Metrics, group_label
+from kfrouter.router.metrics import NO_GROUP, Assignment, Metrics, assignments, group_label
+from kfrouter.router.observe import Observation, Stepped
 
 if TYPE_CHECKING:
     from kfrouter.router.daemon import Daemon
@@ -260,7 +259,7 @@ def build_snapshot(
 
 
 class SupervisorHub:
-    """Recent assignments and the event streams. ``feed`` is called from the daemon's listener."""
+    """Recent assignments and the event streams. ``observe`` is a daemon observer."""
 
     def __init__(
         self,
@@ -289,12 +288,12 @@ class SupervisorHub:
     def streams(self) -> int:
         return len(self._streams)
 
-    def feed(self, kind: str, payload: Mapping[str, Any], happened: tuple[Any, ...] | None) -> None:
-        if happened is not None and happened[0] == "assigned":
-            a: Assignment = happened[1]
-            self.recent.append(a)
-            self.assigned[a.kf_account] += 1
-        if kind in ("event", "assigned"):
+    def observe(self, observation: Observation, now: float) -> None:
+        """A daemon observer: each step may change what the page shows; assignments feed the list."""
+        if isinstance(observation, Stepped):
+            for a in assignments(observation, now):
+                self.recent.append(a)
+                self.assigned[a.kf_account] += 1
             self.changed()
 
     def changed(self) -> None:
@@ -367,7 +366,6 @@ class Observability:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.tracker = CustomerTracker(daemon)
         self.metrics = Metrics(daemon)
         self.hub = SupervisorHub(daemon)
         self.event_log: EventLog | None = EventLog() if daemon.config.log.json else None
@@ -376,28 +374,12 @@ class Observability:
     def token(self) -> str:
         return self.daemon.config.server.admin_token
 
-    def listener(self, kind: str, payload: Mapping[str, Any]) -> None:
-        happened = self.tracker.feed(kind, payload)
-        self.metrics.feed(kind, payload, happened)
-        self.hub.feed(kind, payload, happened)
+    def observe(self, observation: Observation, now: float) -> None:
+        """The daemon's observer: metrics, the page's hub, the JSON event log."""
+        self.metrics.observe(observation, now)
+        self.hub.observe(observation, now)
         if self.event_log is not None:
-            self.event_log(kind, payload)
-        if kind == "event" and payload.get("type") == "CustomerRequested":
-            self._estimate_at_arrival(payload)
-
-    def _estimate_at_arrival(self, payload: Mapping[str, Any]) -> None:
-        """Without the notification planner nobody estimates at arrival; the estimator scores its first
-        estimate of a spell, so take it now rather than whenever someone opens the page."""
-        d = self.daemon
-        openid = payload.get("openid")
-        if d.notifier is not None or d.estimator is None or not isinstance(openid, str):
-            return
-        if d.engine.state(openid) is not CustomerState.WAITING:
-            return
-        try:
-            d.estimator.estimate(d.engine, openid, d.clock.now())
-        except Exception:
-            log.debug("arrival estimate for %s failed", openid, exc_info=True)
+            self.event_log.observe(observation, now)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -513,7 +495,7 @@ OBSERVABILITY_KEY: web.AppKey[Observability] = web.AppKey("kfrouter_observabilit
 
 
 def attach_observability(daemon: Daemon) -> Observability:
-    """Add ``/metrics`` and ``/supervisor*`` to ``daemon.app`` and subscribe to the daemon's listeners.
+    """Add ``/metrics`` and ``/supervisor*`` to ``daemon.app`` and subscribe to the daemon's observations.
     Call before ``daemon.run()``; calling again returns the same object (idempotent)."""
     existing = daemon.app.get(OBSERVABILITY_KEY)
     if existing is not None:
@@ -522,7 +504,7 @@ def attach_observability(daemon: Daemon) -> Observability:
     daemon.app[OBSERVABILITY_KEY] = obs
     daemon.app.add_routes(obs.routes())
     daemon.app.on_shutdown.append(obs.on_shutdown)
-    daemon.listeners.append(obs.listener)
+    daemon.observers.append(obs.observe)
     return obs
 
 

@@ -397,3 +397,22 @@ async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+def recorder(into: list[dict[str, Any]]) -> Callable[[Any, float], None]:
+    """A daemon observer that appends one dict per applied event (``kind`` "event") and per command
+    (``kind`` "command"): ``type`` and the fields of the value, for tests that look for them."""
+    import attrs
+
+    from kfrouter.router.observe import Stepped
+
+    def observe(observation: Any, now: float) -> None:
+        if not isinstance(observation, Stepped):
+            return
+        values = [("event", observation.cause)] if observation.cause is not None else []
+        values += [("command", c) for c in observation.commands]
+        for kind, value in values:
+            into.append({"kind": kind, "type": type(value).__name__, **attrs.asdict(value, recurse=False)})
+
+    return observe
+

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import ADMIN_TOKEN, CB_TOKEN, FakeControl, config_dict, wait_until
+from conftest import ADMIN_TOKEN, CB_TOKEN, FakeControl, config_dict, recorder, wait_until
 
 from kfrouter.router.cli import main as kfrouter_main
 from kfrouter.router.config import Config
@@ -83,7 +83,7 @@ class Env:
         self.ctl = FakeControl(fake.base_url, http)
         self.watch = SessionWatch(fake.model)
         self.events: list[dict[str, Any]] = []
-        daemon.listeners.append(lambda kind, payload: self.events.append({"kind": kind, **payload}))
+        daemon.observers.append(recorder(self.events))
 
     @property
     def engine(self) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import AES_KEY, CB_TOKEN, FakeControl, config_dict, successful_creates, wait_until
+from conftest import AES_KEY, CB_TOKEN, FakeControl, config_dict, recorder, successful_creates, wait_until
 
 from kfrouter.router.config import Config
 from kfrouter.router.core import events as ev
@@ -43,7 +43,7 @@ class Env:
         self.task = task
         self.ctl = FakeControl(fake.base_url, http)
         self.events: list[dict[str, Any]] = []
-        daemon.listeners.append(lambda kind, payload: self.events.append({"kind": kind, **payload}))
+        daemon.observers.append(recorder(self.events))
 
     @property
     def webhook(self) -> str:
@@ -501,13 +501,13 @@ async def test_shutdown_refuses_new_pushes_and_keeps_calls_in_flight_for_next_st
         assert [w.openid for w in state.waiting] == ["z1"]
 
 
-async def test_submit_returns_the_commands_and_listeners_see_them(make_env: EnvFactory) -> None:
+async def test_submit_returns_the_commands_and_observers_see_them(make_env: EnvFactory) -> None:
     env = await make_env(agents=())
     await env.daemon.submit(ev.AgentsSeen(rows=[], complete=True))
     commands = await env.daemon.submit(ev.CustomerRequested(openid="x1", group="general"))
     assert commands == []  # nobody online
     seen = [e for e in env.events if e["kind"] == "event" and e["type"] == "CustomerRequested"]
-    assert seen and seen[-1]["openid"] == "x1" and seen[-1]["tags"] == []
+    assert seen and seen[-1]["openid"] == "x1" and seen[-1]["tags"] == frozenset()
 
 
 # ------------------------------------------------------------------------------ operator problems

@@ -1,5 +1,5 @@
 """``/metrics``: every documented metric after real traffic (daemon + fake WeChat in-process), values that
-follow the traffic, the admin token, one registry per daemon; ``CustomerTracker`` and labels as units."""
+follow the traffic, the admin token, one registry per daemon; the facts' assignments and labels as units."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import ADMIN_TOKEN, config_dict, wait_until
@@ -16,10 +15,15 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics_env import running_env
 
+from kfrouter.policies.registry import load_all
 from kfrouter.router.config import Config
-from kfrouter.router.core.model import CustomerState
+from kfrouter.router.core import events as ev
+from kfrouter.router.core.desk import Desk
+from kfrouter.router.core.engine import Engine, EngineConfig, Route
+from kfrouter.router.core.model import AgentRow, CustomerState
 from kfrouter.router.daemon import Daemon
-from kfrouter.router.metrics import METRIC_NAMES, CustomerTracker, endpoint_label
+from kfrouter.router.metrics import METRIC_NAMES, Metrics, assignments, endpoint_label
+from kfrouter.router.observe import Stepped
 from kfrouter.router.supervisor import attach_observability, observability_of
 from kfrouter.router.wechat import replies
 
@@ -193,82 +197,70 @@ def test_documentation_lists_every_metric() -> None:
 # ------------------------------------------------------------------------------------ the tracker
 
 
-class _Engine:
-    def __init__(self) -> None:
-        self.states: dict[str, CustomerState] = {}
-
-    def state(self, openid: str) -> CustomerState:
-        return self.states.get(openid, CustomerState.UNKNOWN)
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
+def _desk() -> Desk:
+    routes = {"vip": Route(), "g": Route(on_agent_offline="reassign", offline_grace_s=10.0)}
+    desk = Desk(Engine(EngineConfig(default_capacity=1, routes=routes), load_all()))
+    for kf, groups in (("k1@x", {"vip", "g"}), ("k2@x", {"g"})):
+        desk.handle(ev.AgentConfigured(kf_account=kf, groups=frozenset(groups)), 0.0)
+    return desk
 
 
-class _Daemon:
-    def __init__(self) -> None:
-        self.engine = _Engine()
-        self.clock = _Clock()
+def _online(*agents: str) -> ev.AgentsSeen:
+    rows = [AgentRow(kf_account=a, status=1, accepted_case=0, auto_accept=1) for a in agents]
+    return ev.AgentsSeen(rows=rows, complete=True)  # type: ignore[arg-type]
 
 
-def _tracker(max_tracked: int = 100) -> tuple[CustomerTracker, _Daemon]:
-    d = _Daemon()
-    return CustomerTracker(d, max_tracked=max_tracked), d  # type: ignore[arg-type]
+def _step(desk: Desk, event: ev.Event, now: float) -> Stepped:
+    step = desk.handle(event, now)
+    return Stepped(event, tuple(step.facts), tuple(step.commands))
 
 
-def _event(etype: str, **fields: Any) -> dict[str, Any]:
-    return {"type": etype, **fields}
+def test_assignments_carry_the_wait_and_the_group_from_the_facts() -> None:
+    desk = _desk()
+    _step(desk, _online(), 1000.0)  # nobody online
+    requested = _step(desk, ev.CustomerRequested(openid="o1", group="vip", source="push"), 1000.0)
+    assert assignments(requested, 1000.0) == []
+    _step(desk, _online("k1@x"), 1042.5)  # reserved for o1
+    created = _step(desk, ev.SessionCreated(openid="o1", kf_account="k1@x", source="api"), 1042.5)
+    (a,) = assignments(created, 1042.5)
+    assert (a.group, a.kf_account, a.waited_s, a.at, a.source) == ("vip", "k1@x", 42.5, 1042.5, "api")
 
 
-def test_tracker_measures_the_wait_and_labels_the_group() -> None:
-    t, d = _tracker()
-    d.engine.states["o1"] = CustomerState.WAITING
-    happened = t.feed("event", _event("CustomerRequested", openid="o1", group="vip", source="push"))
-    assert happened == ("requested", "vip", "push")
-    # a second request while waiting is absorbed by the engine: not a new request
-    assert t.feed("event", _event("CustomerRequested", openid="o1", group="vip", source="push")) is None
-    d.clock.t += 42.5
-    d.engine.states["o1"] = CustomerState.IN_SESSION
-    kind, a = t.feed("assigned", {"openid": "o1", "kf_account": "k1@x", "source": "api"})  # type: ignore[misc]
-    assert kind == "assigned"
-    assert (a.group, a.kf_account, a.waited_s, a.at) == ("vip", "k1@x", 42.5, 1042.5)
-
-
-def test_tracker_measures_a_requeued_customer_from_the_requeue() -> None:
-    t, d = _tracker()
-    d.engine.states["o1"] = CustomerState.RESERVED
-    t.feed("event", _event("CustomerRequested", openid="o1", group="g", arrived_at=990.0))
-    d.engine.states["o1"] = CustomerState.IN_SESSION
-    _k, first = t.feed("assigned", {"openid": "o1", "kf_account": "k1@x"})  # type: ignore[misc]
+def test_a_requeued_customer_waits_from_the_requeue() -> None:
+    desk = _desk()
+    _step(desk, _online("k1@x"), 990.0)
+    _step(desk, ev.CustomerRequested(openid="o1", group="g", arrived_at=990.0), 1000.0)
+    (first,) = assignments(
+        _step(desk, ev.SessionCreated(openid="o1", kf_account="k1@x", source="api"), 1000.0), 1000.0
+    )
     assert first.waited_s == 10.0  # from the arrival the push carried
-    d.clock.t = 1500.0
-    d.engine.states["o1"] = CustomerState.WAITING  # the agent went offline: routed again
-    assert t.feed("event", _event("SessionClosed", openid="o1", kf_account="k1@x")) is None
-    d.clock.t = 1530.0
-    d.engine.states["o1"] = CustomerState.IN_SESSION
-    _k, second = t.feed("assigned", {"openid": "o1", "kf_account": "k2@x"})  # type: ignore[misc]
+    _step(desk, _online(), 1490.0)  # k1 goes offline with o1's session open
+    desk.tick(1500.0)  # past the grace: the session is closed to route o1 again
+    _step(desk, ev.SessionClosed(openid="o1", kf_account="k1@x"), 1500.0)
+    _step(desk, _online("k2@x"), 1530.0)
+    (second,) = assignments(
+        _step(desk, ev.SessionCreated(openid="o1", kf_account="k2@x", source="api"), 1530.0), 1530.0
+    )
     assert (second.group, second.waited_s) == ("g", 30.0)
 
 
-def test_tracker_counts_departures_and_forgets() -> None:
-    t, d = _tracker(max_tracked=3)
-    for i in range(5):
-        d.engine.states[f"o{i}"] = CustomerState.WAITING
-        t.feed("event", _event("CustomerRequested", openid=f"o{i}", group="g"))
-    assert len(t) == 3 and t.group_of("o0") is None and t.group_of("o4") == "g"
-    d.engine.states["o4"] = CustomerState.GONE
-    assert t.feed("event", _event("CustomerLeft", openid="o4", reason="cancelled")) == (
-        "left",
-        "g",
-        "cancelled",
-    )
-    assert t.group_of("o4") is None
-    # a session an agent opened by hand for someone kfrouter never saw: no group, no wait
-    _k, a = t.feed("assigned", {"openid": "stranger", "kf_account": "k@x", "source": "push"})  # type: ignore[misc]
-    assert a.group is None and a.waited_s is None and a.source == "push"
-    # payloads without an openid are ignored
-    assert t.feed("event", _event("AgentsSeen", rows=[])) is None
+def test_metrics_count_requests_departures_and_strangers(tmp_path: Path) -> None:
+    desk = _desk()
+    cfg = Config.from_dict(config_dict(api_base="http://127.0.0.1:9", store=tmp_path / "m.db"), env={})
+    metrics = Metrics(Daemon(cfg))
+    for step in (
+        _step(desk, _online(), 0.0),
+        _step(desk, ev.CustomerRequested(openid="o4", group="g", source="push"), 0.0),
+        _step(desk, ev.CustomerRequested(openid="o4", group="g", source="push"), 1.0),  # already waiting
+        _step(desk, ev.CustomerLeft(openid="o4", reason="cancelled"), 2.0),
+        _step(desk, _online("k1@x"), 3.0),
+        # a session an agent opened by hand for someone kfrouter never saw: no group, no wait
+        _step(desk, ev.SessionCreated(openid="stranger", kf_account="k1@x", source="push"), 4.0),
+    ):
+        metrics.observe(step, 5.0)
+    data = samples(metrics.render().decode())
+    assert value(data, "kfrouter_customer_requests_total", group="g", source="push") == 1.0
+    assert value(data, "kfrouter_customers_left_total", group="g", reason="cancelled") == 1.0
+    assert value(data, "kfrouter_assignments_total", group="", agent="k1@x") == 1.0
+    # the stranger's wait is unknown: never observed (no histogram for their group at all)
+    assert math.isnan(value(data, "kfrouter_wait_seconds_count", group=""))

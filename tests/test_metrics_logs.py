@@ -26,7 +26,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_metrics_env import SECRET, running_env
 
+from kfrouter.router.core.commands import SendText
+from kfrouter.router.core.events import AgentsSeen, CustomerRequested
+from kfrouter.router.core.model import AgentRow
 from kfrouter.router.logs import REDACTED, EventLog, JsonFormatter, RedactFilter, scrub, setup_logging
+from kfrouter.router.observe import PushReceived, Stepped
 
 
 @pytest.fixture
@@ -128,14 +132,14 @@ def test_event_log_writes_ids_never_texts() -> None:
     logger.setLevel(logging.DEBUG)
     try:
         events = EventLog(logger)
-        events(
-            "event", {"type": "CustomerRequested", "openid": "o1", "group": "g", "text": "my phone is 555"}
+        requested = CustomerRequested(openid="o1", group="g", text="my phone is 555")
+        told = SendText(openid="o1", text="you are third", kind="queued")
+        events.observe(Stepped(requested, (), (told,)), 0.0)
+        seen = AgentsSeen(
+            rows=[AgentRow(kf_account="a@x", status=1, accepted_case=0, auto_accept=3)], complete=True
         )
-        events("command", {"type": "SendText", "openid": "o1", "text": "you are third", "kind": "queued"})
-        events(
-            "event", {"type": "AgentsSeen", "rows": [{"kf_account": "a@x", "status": 1}], "complete": True}
-        )
-        events("push", {"type": "UserMessage", "openid": "o1"})  # not an event or command: no line
+        events.observe(Stepped(seen, (), ()), 0.0)
+        events.observe(PushReceived("UserMessage", "o1"), 0.0)  # not an event or command: no line
     finally:
         logger.handlers[:] = []
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
