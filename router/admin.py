@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import BodyPartReader, web
 
@@ -36,9 +36,7 @@ from kfrouter.router.core.model import KF_ACCOUNT_RE, AgentView
 from kfrouter.router.edges.client import MAX_HEADIMG_BYTES, WeChatClient
 from kfrouter.router.edges.errors import WeChatError
 from kfrouter.router.edges.store import AgentSettings
-
-if TYPE_CHECKING:
-    from kfrouter.router.daemon import Daemon
+from kfrouter.router.view import DaemonView
 
 log = logging.getLogger("kfrouter.admin")
 
@@ -164,7 +162,7 @@ class _Fields:
 class AdminApi:
     """The handlers; one instance per daemon. ``routes()`` lists them, each behind the token check."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
 
     # ---------------------------------------------------------------- plumbing
@@ -629,14 +627,14 @@ class AdminApi:
         raise ApiError(404, f"no admin route {request.method} {request.path} (see docs/admin-api.md)")
 
 
-def admin_routes(daemon: Daemon, prefix: str = PREFIX) -> list[web.AbstractRouteDef]:
-    """Route definitions of the admin API for ``daemon.app.add_routes(...)`` (before ``run()``)."""
+def admin_routes(daemon: DaemonView, prefix: str = PREFIX) -> list[web.AbstractRouteDef]:
+    """Route definitions of the admin API for ``app.add_routes(...)`` (before ``run()``)."""
     return AdminApi(daemon).routes(prefix)
 
 
-def install(daemon: Daemon) -> bool:
-    """Add the admin routes to ``daemon.app`` unless they are there already; True when added."""
-    if ROUTE_NAME in daemon.app.router.named_resources():
+def install(app: web.Application, daemon: DaemonView) -> bool:
+    """Add the admin routes to ``app`` unless they are there already; True when added."""
+    if ROUTE_NAME in app.router.named_resources():
         return False
-    daemon.app.add_routes(admin_routes(daemon))
+    app.add_routes(admin_routes(daemon))
     return True

@@ -37,7 +37,6 @@ from aiohttp import web
 from attrs import field, frozen
 
 from kfrouter.policies.registry import load_policies
-from kfrouter.router.admin import admin_routes
 from kfrouter.router.clock import Clock, SteadyClock
 from kfrouter.router.config import DEFAULT_TEMPLATES, Config
 from kfrouter.router.core import events as ev
@@ -68,7 +67,6 @@ from kfrouter.router.pollers import (
     waitlist_request,
 )
 from kfrouter.router.problems import ProblemReporter, log_check_results
-from kfrouter.router.supervisor import attach_observability
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 
 log = logging.getLogger("kfrouter.daemon")
@@ -241,8 +239,6 @@ class Daemon:
         self.app = web.Application(middlewares=[self.intake.gate])
         self.app.add_routes(self.receiver.routes(w.callback_path))
         self.app.router.add_get("/healthz", self._healthz)
-        self.app.add_routes(admin_routes(self))  # /api/ (docs/admin-api.md)
-        attach_observability(self)  # /metrics, /supervisor (docs/observability.md)
         self._executor: Executor | None = None
         self._agents: AgentPoller | None = None
         self._waitlist: WaitlistPoller | None = None

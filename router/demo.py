@@ -33,6 +33,7 @@ from typing import Any, TextIO
 import aiohttp
 from attrs import define, field, frozen
 
+from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.core.facts import Assigned
 from kfrouter.router.daemon import Daemon, DaemonOptions
@@ -452,7 +453,7 @@ async def run_demo(
                 store=Path(tmp) / "kfrouter.db",
                 port=options.port,
             )
-            daemon = Daemon(config, options=DaemonOptions(seed=seed, create_timeout_s=5.0, api_timeout_s=5.0))
+            daemon = build_daemon(config, options=DaemonOptions(seed=seed, create_timeout_s=5.0, api_timeout_s=5.0))
             run.daemon = daemon
             daemon.observers.append(run.on_daemon)
             task = asyncio.create_task(daemon.run(), name="kfrouter-demo-daemon")

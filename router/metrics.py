@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from collections import Counter as TallyCounter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -36,9 +35,7 @@ import kfrouter.router
 from kfrouter.router.core.events import CreateFailed, CustomerRequested
 from kfrouter.router.core.facts import Assigned, Left, Queued
 from kfrouter.router.observe import ApiCalled, Observation, Stepped
-
-if TYPE_CHECKING:
-    from kfrouter.router.daemon import Daemon
+from kfrouter.router.view import DaemonView
 
 NO_GROUP = ""  # label value for customers without a group
 WAIT_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, math.inf)
@@ -150,7 +147,7 @@ class Metrics:
     # The classic text format: every name here is a legacy (ASCII) name, so Prometheus 2.x and 3.x read it.
     content_type = "text/plain; version=0.0.4; charset=utf-8"
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -257,7 +254,7 @@ class _LiveCollector(Collector):
         yield from self._api(d)
         yield from self._edges(d)
 
-    def _status(self, d: Daemon) -> Iterator[Metric]:
+    def _status(self, d: DaemonView) -> Iterator[Metric]:
         info = GaugeMetricFamily("kfrouter_info", "kfrouter build and account.", labels=["version", "appid"])
         info.add_metric([kfrouter.router.__version__, d.config.wechat.appid], 1)
         yield info
@@ -281,7 +278,7 @@ class _LiveCollector(Collector):
             0 if wl is None else wl.count,
         )
 
-    def _queue(self, d: Daemon) -> Iterator[Metric]:
+    def _queue(self, d: DaemonView) -> Iterator[Metric]:
         now = d.clock.now()
         counts: dict[str, int] = {g.name: 0 for g in d.config.groups}
         oldest: dict[str, float] = {g.name: 0.0 for g in d.config.groups}
@@ -311,7 +308,7 @@ class _LiveCollector(Collector):
             "kfrouter_sessions", "Open sessions known to the engine.", len(d.engine.sessions())
         )
 
-    def _agents(self, d: Daemon) -> Iterator[Metric]:
+    def _agents(self, d: DaemonView) -> Iterator[Metric]:
         online = GaugeMetricFamily("kfrouter_agent_online", "1 when the agent is online.", labels=["agent"])
         paused = GaugeMetricFamily(
             "kfrouter_agent_paused", "1 when kfrouter assigns nobody to the agent.", labels=["agent"]
@@ -329,7 +326,7 @@ class _LiveCollector(Collector):
             capacity.add_metric([a.kf_account], a.capacity)
         yield from (online, paused, load, capacity)
 
-    def _api(self, d: Daemon) -> Iterator[Metric]:
+    def _api(self, d: DaemonView) -> Iterator[Metric]:
         m = self._m
         calls = CounterMetricFamily(
             "kfrouter_api_calls",
@@ -390,7 +387,7 @@ class _LiveCollector(Collector):
             invalidations,
         )
 
-    def _edges(self, d: Daemon) -> Iterator[Metric]:
+    def _edges(self, d: DaemonView) -> Iterator[Metric]:
         webhook = CounterMetricFamily(
             "kfrouter_webhook_requests",
             "Requests to the WeChat callback URL by outcome (ok, duplicate, verified, bad_request, "

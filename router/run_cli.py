@@ -94,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: Any, options: Any) -> int:
-    from kfrouter.router.daemon import Daemon
+    from kfrouter.router.app import build_daemon
 
     log = logging.getLogger("kfrouter.daemon")
     try:
-        daemon = Daemon(config, options=options)
+        daemon = build_daemon(config, options=options)
     except (ValueError, OSError) as exc:
         print(f"kfrouter: {exc}", file=sys.stderr)
         return 2

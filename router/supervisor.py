@@ -34,17 +34,15 @@ import math
 import time
 from collections import Counter, deque
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from kfrouter.router.core.errors import CoreError
 from kfrouter.router.logs import EventLog
 from kfrouter.router.metrics import NO_GROUP, Assignment, Metrics, assignments, group_label
-from kfrouter.router.observe import Observation, Stepped
-
-if TYPE_CHECKING:
-    from kfrouter.router.daemon import Daemon
+from kfrouter.router.observe import Observation, Observer, Stepped
+from kfrouter.router.view import DaemonView
 
 log = logging.getLogger("kfrouter.supervisor")
 
@@ -130,7 +128,7 @@ def _agent_status(a: Any) -> str:
 
 
 def build_snapshot(
-    daemon: Daemon,
+    daemon: DaemonView,
     recent: deque[Assignment],
     assigned: Counter[str],
     *,
@@ -263,7 +261,7 @@ class SupervisorHub:
 
     def __init__(
         self,
-        daemon: Daemon,
+        daemon: DaemonView,
         *,
         recent_size: int = 30,
         max_customers: int = 50,
@@ -364,7 +362,7 @@ class SupervisorHub:
 class Observability:
     """Metrics, the supervisor hub and the event log of one daemon (``attach_observability`` builds it)."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
         self.metrics = Metrics(daemon)
         self.hub = SupervisorHub(daemon)
@@ -494,20 +492,22 @@ class Observability:
 OBSERVABILITY_KEY: web.AppKey[Observability] = web.AppKey("kfrouter_observability", Observability)
 
 
-def attach_observability(daemon: Daemon) -> Observability:
-    """Add ``/metrics`` and ``/supervisor*`` to ``daemon.app`` and subscribe to the daemon's observations.
-    Call before ``daemon.run()``; calling again returns the same object (idempotent)."""
-    existing = daemon.app.get(OBSERVABILITY_KEY)
+def attach_observability(
+    daemon: DaemonView, app: web.Application, observers: list[Observer]
+) -> Observability:
+    """Add ``/metrics`` and ``/supervisor*`` to ``app`` and subscribe to the daemon's ``observers``.
+    Call before the app runs; calling again returns the same object (idempotent)."""
+    existing = app.get(OBSERVABILITY_KEY)
     if existing is not None:
         return existing
     obs = Observability(daemon)
-    daemon.app[OBSERVABILITY_KEY] = obs
-    daemon.app.add_routes(obs.routes())
-    daemon.app.on_shutdown.append(obs.on_shutdown)
-    daemon.observers.append(obs.observe)
+    app[OBSERVABILITY_KEY] = obs
+    app.add_routes(obs.routes())
+    app.on_shutdown.append(obs.on_shutdown)
+    observers.append(obs.observe)
     return obs
 
 
-def observability_of(daemon: Daemon) -> Observability | None:
-    """The ``Observability`` attached to ``daemon``, if any."""
-    return daemon.app.get(OBSERVABILITY_KEY)
+def observability_of(app: web.Application) -> Observability | None:
+    """The ``Observability`` attached to ``app``, if any."""
+    return app.get(OBSERVABILITY_KEY)

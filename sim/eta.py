@@ -19,7 +19,6 @@ arrived after ``warmup_s``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -133,21 +132,3 @@ def _r(x: float) -> float | None:
 
 def _mean(values: list[float]) -> float:
     return math.fsum(values) / len(values) if values else math.nan
-
-
-def run_with_eta(
-    header: Any,
-    records: Iterable[Any],
-    cfg: Any,
-    tracker: EtaTracker,
-    *,
-    groups: Iterable[str] = (),
-) -> Any:
-    """Replay ``records`` with ``sim.runner`` under ``cfg`` with ``tracker`` (e.g. one with a warm-up or
-    its own estimator config) observing every event the engine handles; returns the ``RunResult``, whose
-    ``eta`` is ``tracker.summary()``."""
-    from kfrouter.sim.runner import Simulation
-
-    sim = Simulation(header, records, dataclasses.replace(cfg, eta=True), groups=groups)
-    sim.eta = tracker
-    return sim.run()

@@ -18,6 +18,7 @@ Metrics are kept per arrival (index = order in the trace) and checked as the run
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import heapq
 import math
@@ -856,3 +857,19 @@ def run_trace(
             reader.header, reader, cfg, groups=groups, progress=tick, skipped=lambda: reader.skipped
         )
         return sim.run()
+
+
+def run_with_eta(
+    header: Header,
+    records: Iterable[Record],
+    cfg: RunConfig,
+    tracker: EtaTracker,
+    *,
+    groups: Iterable[str] = (),
+) -> RunResult:
+    """Replay ``records`` under ``cfg`` with ``tracker`` (e.g. one with a warm-up or its own estimator
+    config) scoring the Desk's arrival estimates; returns the ``RunResult``, whose ``eta`` is
+    ``tracker.summary()``."""
+    sim = Simulation(header, records, dataclasses.replace(cfg, eta=True), groups=groups)
+    sim.eta = tracker
+    return sim.run()

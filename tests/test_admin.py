@@ -15,6 +15,7 @@ import pytest
 from conftest import ADMIN_TOKEN, CB_TOKEN, FakeControl, config_dict, wait_until
 
 from kfrouter.router.admin import ROUTE_NAME, install
+from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.daemon import Daemon, DaemonOptions
 from kfrouter.sim.fake_options import FakeOptions
@@ -64,7 +65,7 @@ class Env:
             ),
             env={},
         )
-        daemon = Daemon(cfg, options=DaemonOptions(create_timeout_s=2.0, api_timeout_s=2.0, api_retries=0))
+        daemon = build_daemon(cfg, options=DaemonOptions(create_timeout_s=2.0, api_timeout_s=2.0, api_retries=0))
         self.daemon = daemon
         self.task = asyncio.create_task(daemon.run())
         await asyncio.wait_for(daemon.listening.wait(), 10)
@@ -186,7 +187,7 @@ async def test_every_route_refuses_a_missing_or_wrong_token(env: Env) -> None:
         assert resp.status == 401
     # and the routes are there once: install() sees them
     assert ROUTE_NAME in env.d.app.router.named_resources()
-    assert install(env.d) is False
+    assert install(env.d.app, env.d) is False
 
 
 async def test_unknown_admin_route_is_a_json_404(env: Env) -> None:

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from conftest import ADMIN_TOKEN, CB_TOKEN, FakeControl, config_dict, recorder, wait_until
 
+from kfrouter.router.app import build_daemon
 from kfrouter.router.cli import main as kfrouter_main
 from kfrouter.router.config import Config
 from kfrouter.router.core import events as ev
@@ -177,7 +178,7 @@ async def make_env(tmp_path: Path) -> AsyncIterator[EnvFactory]:
             config_dict(api_base=fake.base_url, store=tmp_path / "kfrouter.db", **config), env={}
         )
         clock = JumpClock()
-        daemon = Daemon(cfg, clock=clock, options=DaemonOptions(create_timeout_s=3.0, api_timeout_s=3.0))
+        daemon = build_daemon(cfg, clock=clock, options=DaemonOptions(create_timeout_s=3.0, api_timeout_s=3.0))
         task = asyncio.create_task(daemon.run())
         await asyncio.wait_for(daemon.listening.wait(), 10)
         fake.pusher.webhook = f"http://127.0.0.1:{daemon.port}/wechat"

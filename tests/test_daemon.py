@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from conftest import AES_KEY, CB_TOKEN, FakeControl, config_dict, recorder, successful_creates, wait_until
 
+from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.model import CustomerState
@@ -98,7 +99,7 @@ async def make_env(tmp_path: Path) -> AsyncIterator[EnvFactory]:
         cfg = Config.from_dict(
             config_dict(api_base=fake.base_url, store=tmp_path / "kfrouter.db", **config), env={}
         )
-        daemon = Daemon(
+        daemon = build_daemon(
             cfg, options=options or DaemonOptions(create_timeout_s=2.0, api_timeout_s=2.0), store=store
         )
         task = asyncio.create_task(daemon.run())

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Iterator
 import pytest
 
 from kfrouter.router.core.estimate import Outcome
-from kfrouter.sim.eta import EtaTracker, rrmse, run_with_eta
+from kfrouter.sim.eta import EtaTracker, rrmse
 from kfrouter.sim.gen import GenParams, Segment, generate, header_for
-from kfrouter.sim.runner import RunConfig
+from kfrouter.sim.runner import RunConfig, run_with_eta
 from kfrouter.sim.trace import AgentOnline, Record
 
 SVC = 60.0  # mean session, seconds

@@ -16,12 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_metrics_env import running_env
 
 from kfrouter.policies.registry import load_all
+from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.desk import Desk
 from kfrouter.router.core.engine import Engine, EngineConfig, Route
 from kfrouter.router.core.model import AgentRow, CustomerState
-from kfrouter.router.daemon import Daemon
 from kfrouter.router.metrics import METRIC_NAMES, Metrics, assignments, endpoint_label
 from kfrouter.router.observe import Stepped
 from kfrouter.router.supervisor import attach_observability, observability_of
@@ -160,10 +160,12 @@ def _config(tmp_path: Path, appid: str) -> Config:
 
 
 def test_each_daemon_has_its_own_registry(tmp_path: Path) -> None:
-    first, second = Daemon(_config(tmp_path, "wx_one")), Daemon(_config(tmp_path, "wx_two"))
-    one, two = observability_of(first), observability_of(second)
+    first, second = build_daemon(_config(tmp_path, "wx_one")), build_daemon(_config(tmp_path, "wx_two"))
+    one, two = observability_of(first.app), observability_of(second.app)
     assert one is not None and two is not None and one is not two
-    assert attach_observability(first) is one  # idempotent: the daemon attached it already
+    # idempotent: build_daemon attached it already
+    assert attach_observability(first, first.app, first.observers) is one
+    assert first.observers.count(one.observe) == 1
     assert one.metrics.registry is not two.metrics.registry
     assert not any(m.name.startswith("kfrouter") for m in REGISTRY.collect())
     text_one, text_two = one.metrics.render().decode(), two.metrics.render().decode()
@@ -247,7 +249,7 @@ def test_a_requeued_customer_waits_from_the_requeue() -> None:
 def test_metrics_count_requests_departures_and_strangers(tmp_path: Path) -> None:
     desk = _desk()
     cfg = Config.from_dict(config_dict(api_base="http://127.0.0.1:9", store=tmp_path / "m.db"), env={})
-    metrics = Metrics(Daemon(cfg))
+    metrics = Metrics(build_daemon(cfg))
     for step in (
         _step(desk, _online(), 0.0),
         _step(desk, ev.CustomerRequested(openid="o4", group="g", source="push"), 0.0),

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from conftest import ADMIN_TOKEN, CB_TOKEN, FakeControl, config_dict, wait_until
 
+from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.daemon import Daemon, DaemonOptions
 from kfrouter.router.supervisor import Observability, attach_observability
@@ -79,8 +80,8 @@ async def running_env(
         if log is not None:
             data["log"] = log
         cfg = Config.from_dict(data, env={})
-        daemon = Daemon(cfg, options=options or DaemonOptions(create_timeout_s=2.0, api_timeout_s=2.0))
-        obs = attach_observability(daemon)
+        daemon = build_daemon(cfg, options=options or DaemonOptions(create_timeout_s=2.0, api_timeout_s=2.0))
+        obs = attach_observability(daemon, daemon.app, daemon.observers)
         task = asyncio.create_task(daemon.run())
         try:
             await asyncio.wait_for(daemon.listening.wait(), 10)

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from conftest import CB_TOKEN, FakeControl, config_dict, successful_creates, wait_until
 
+from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.core.model import CustomerState
 from kfrouter.router.daemon import Daemon, DaemonOptions
@@ -71,7 +72,7 @@ async def make_env(tmp_path: Path) -> AsyncIterator[EnvFactory]:
             ),
             env={},
         )
-        daemon = Daemon(cfg, options=options)
+        daemon = build_daemon(cfg, options=options)
         task = asyncio.create_task(daemon.run())
         stack.append((cm, task, daemon, http))
         await asyncio.wait_for(daemon.listening.wait(), 10)

@@ -15,9 +15,9 @@ import aiohttp
 from conftest import ADMIN_TOKEN, config_dict, wait_until
 from test_metrics_env import AUTH, ObsEnv, running_env
 
+from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.core.model import CustomerState
-from kfrouter.router.daemon import Daemon
 from kfrouter.router.supervisor import COOKIE, observability_of, session_cookie
 
 TWO_GROUPS: dict[str, Any] = {
@@ -202,7 +202,7 @@ async def test_event_stream_delivers_an_update_after_an_assignment(tmp_path: Pat
 
 def test_snapshots_slow_down_when_they_are_expensive(tmp_path: Path) -> None:
     cfg = Config.from_dict(config_dict(api_base="http://127.0.0.1:9", store=tmp_path / "kf.db"), env={})
-    obs = observability_of(Daemon(cfg))
+    obs = observability_of(build_daemon(cfg).app)
     assert obs is not None
     hub = obs.hub
     assert hub.pause_s() == hub.debounce_s == 0.15
