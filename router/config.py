@@ -36,6 +36,7 @@ from kfrouter.router.core.errors import ConfigError as ConfigError
 from kfrouter.router.core.events import AgentConfigured
 from kfrouter.router.core.model import KF_ACCOUNT_RE
 from kfrouter.router.core.reservation import MIN_RESERVATION_S
+from kfrouter.router.core.rules import CustomerEntry, RoutingConfig, RoutingRule
 
 if TYPE_CHECKING:
     from kfrouter.router.core.engine import EngineConfig
@@ -63,7 +64,6 @@ _MAX_UPSTREAM_TIMEOUT_S = 4.5  # WeChat gives up after 5 s; keep time to answer 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 _LEVELS = ("debug", "info", "warning", "error")
 
-DEFAULT_CANCEL_KEYWORDS = ("取消", "不等了", "cancel")
 
 # One set of message kinds, placeholders and built-in texts, shared with the notification planner
 # (router/core/notify.py): an override is validated here and reaches the planner unchanged.
@@ -131,42 +131,6 @@ class GroupConfig:
 
 
 @frozen(kw_only=True)
-class RoutingRule:
-    """Matches a text containing one of ``keywords`` or a menu click on one of ``menu_keys``."""
-
-    keywords: tuple[str, ...] = ()
-    menu_keys: tuple[str, ...] = ()
-    group: str | None = None
-    priority: int | None = None
-    tags: frozenset[str] = frozenset()
-
-
-@frozen(kw_only=True)
-class CustomerEntry:
-    openids: tuple[str, ...]
-    group: str | None = None
-    priority: int | None = None
-    tags: frozenset[str] = frozenset()
-
-
-@frozen(kw_only=True)
-class RoutingConfig:
-    mode: str = "always"  # always | keywords
-    match: str = "contains"  # contains | exact (for `keywords` and rule keywords)
-    keywords: tuple[str, ...] = ("人工", "客服", "human", "agent")
-    menu_keys: tuple[str, ...] = ()
-    rules: tuple[RoutingRule, ...] = ()
-    customers: Mapping[str, CustomerEntry] = field(factory=lambda: MappingProxyType({}))  # openid -> entry
-    default_group: str | None = None
-    cancel_keywords: tuple[str, ...] = DEFAULT_CANCEL_KEYWORDS
-    cancel_menu_keys: tuple[str, ...] = ()
-    choose_agent_keywords: tuple[str, ...] = ()
-    choose_agent_menu_keys: tuple[str, ...] = ()
-    aliases: Mapping[str, str] = field(factory=lambda: MappingProxyType({}))  # alias -> kf_account
-    group_priorities: Mapping[str, int] = field(factory=lambda: MappingProxyType({}))  # derived from groups
-
-
-@frozen(kw_only=True)
 class PollingConfig:
     online_fast_s: float = 2.0
     online_slow_s: float = 15.0
@@ -222,7 +186,7 @@ class Config:
     server: ServerConfig
     engine: EngineSection = EngineSection()
     groups: tuple[GroupConfig, ...] = ()
-    routing: RoutingConfig = RoutingConfig()
+    routing: RoutingConfig = field(factory=RoutingConfig)
     polling: PollingConfig = PollingConfig()
     notify: NotifySection = NotifySection()
     store: StoreConfig = StoreConfig()

@@ -42,7 +42,7 @@ from kfrouter.router.config import DEFAULT_TEMPLATES, Config
 from kfrouter.router.core import events as ev
 from kfrouter.router.core import notify as core_notify
 from kfrouter.router.core.commands import CloseSession, Command, CreateSession, SendText
-from kfrouter.router.core.desk import Desk
+from kfrouter.router.core.desk import Desk, IntakeSettings
 from kfrouter.router.core.engine import Engine
 from kfrouter.router.core.errors import CoreError, UnknownAgentError
 from kfrouter.router.core.estimate import WaitEstimator
@@ -70,7 +70,6 @@ from kfrouter.router.problems import ProblemReporter, log_check_results
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 
 log = logging.getLogger("kfrouter.daemon")
-
 
 
 def _positive(_inst: object, attr: Any, value: float) -> None:
@@ -181,6 +180,9 @@ class Daemon:
             estimator=WaitEstimator(),
             notifier=core_notify.Notifier(texts) if config.notify.enabled else None,
             sweep_every_s=self.options.eta_every_s,
+            intake=IntakeSettings(
+                routing=config.routing, texts=texts, choice_ttl_s=self.options.choice_ttl_s
+            ),
         )
         self.engine = self.desk.engine
         self.estimator: WaitEstimator | None = self.desk.estimator
@@ -215,16 +217,7 @@ class Daemon:
             else None
         )
         self.intake = Intake(
-            config,
-            self.engine,
-            self._inbox,
-            self.clock,
-            crypto=self._crypto,
-            notifier=self.notifier,
-            texts=texts,
-            observe=self._observe,
-            choice_ttl_s=self.options.choice_ttl_s,
-            estimator=self.estimator,
+            config, self.desk, self._inbox, self.clock, crypto=self._crypto, observe=self._observe
         )
         self.receiver = PushReceiver(
             WebhookConfig(
@@ -848,7 +841,6 @@ class Daemon:
         while True:
             await asyncio.sleep(every)
             now = self.clock.now()
-            self.intake.expire_choices(now)
             if self.store is not None:
                 try:
                     pruned = self.store.prune_processed(now - self.config.store.dedup_keep_s)

@@ -25,15 +25,12 @@ from typing import Any
 from aiohttp import web
 from attrs import define, field
 
-from kfrouter.router import rules
 from kfrouter.router.clock import Clock
 from kfrouter.router.config import Config
-from kfrouter.router.core import choice
 from kfrouter.router.core import events as ev
-from kfrouter.router.core.engine import Engine
-from kfrouter.router.core.estimate import WaitEstimator
-from kfrouter.router.core.model import CustomerState
-from kfrouter.router.core.notify import Notifier, NotifyConfig
+from kfrouter.router.core import rules
+from kfrouter.router.core.desk import Desk
+from kfrouter.router.core.intake import Ignore, Leave, Reply, Request
 from kfrouter.router.edges.store import Store, WaitingRow
 from kfrouter.router.edges.upstream import Upstream, build_forward
 from kfrouter.router.logs import fields_of
@@ -56,7 +53,6 @@ log = logging.getLogger("kfrouter.daemon")
 _REQUEST_QUERY: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
     "kfrouter_request_query", default=None
 )
-_MAX_TEXT = 500  # characters of a customer's text kept in the store and the engine
 
 
 @define
@@ -175,41 +171,25 @@ class Intake:
     def __init__(
         self,
         config: Config,
-        engine: Engine,
+        desk: Desk,
         inbox: Inbox,
         clock: Clock,
         *,
         crypto: SafeModeCrypto | None = None,
-        notifier: Notifier | None = None,
-        texts: NotifyConfig | None = None,
         observe: Callable[[Observation, float], None] = lambda observation, now: None,
-        choice_ttl_s: float = 300.0,
-        estimator: WaitEstimator | None = None,
     ) -> None:
         self.config = config
-        self.engine = engine
+        self.desk = desk
+        self.engine = desk.engine
         self.inbox = inbox
         self.clock = clock
         self.path = config.wechat.callback_path
         self._crypto = crypto
-        self.notifier = notifier
-        # passive replies' texts, also when notifications are off (a reply costs no message budget)
-        self.texts = (
-            texts if texts is not None else notifier.config if notifier is not None else NotifyConfig()
-        )
         self._observe = observe
-        self.choice_ttl_s = choice_ttl_s
-        self.estimator = estimator
         self.store: Store | None = None
         self.upstream: Upstream | None = None
         self.closed = False
-        self.choices: dict[str, choice.Offer] = {}  # openid -> the list of agents we sent them
         self.stats: dict[str, int] = {}
-
-    def expire_choices(self, now: float) -> None:
-        for openid, offer in list(self.choices.items()):
-            if offer.until <= now:
-                del self.choices[openid]
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -266,132 +246,68 @@ class Intake:
         return None
 
     async def _user_push(self, push: UserMessage | MenuClick, raw: str, now: float) -> str | None:
+        """What the Desk's intake rules answer (router/core/intake.py), carried out: saved before the
+        answer, handed to the engine task, replied to or forwarded."""
         openid = push.openid
-        if isinstance(push, UserMessage) and self.notifier is not None:
-            self.notifier.on_user_message(openid, now)
-        state = self.engine.state(openid)
-        if state is CustomerState.IN_SESSION:
-            log.info(
-                "push from %s, who is in a session with %s: forwarded upstream",
-                openid,
-                self.engine.with_agent(openid),
-            )
-            return await self._forward(push, raw)
         if isinstance(push, UserMessage):
+            self.desk.on_user_message(openid, now)
             inbound = rules.Inbound(openid=openid, msg_type=push.msg_type, text=push.content)
         else:
             inbound = rules.Inbound(openid=openid, msg_type="event", event="CLICK", event_key=push.key)
-        offer = self.choices.get(openid)
-        if offer is not None and offer.until <= now:
-            del self.choices[openid]
-            offer = None
-        directory = self._directory()
-        if offer is not None:
-            directory.update(offer.directory())  # "2" names the second agent of the list we sent
-        decision = rules.classify(
-            self.config.routing, inbound, directory=directory, awaiting_choice=offer is not None
-        )
-        waiting = state in (CustomerState.WAITING, CustomerState.RESERVED)
-        if isinstance(decision, rules.AskHuman):
-            if waiting:
-                self.choices.pop(openid, None)
-                log.info("push from %s: already %s; nothing to do", openid, state.value)
-                if decision.preferred_agent is not None:
-                    return self._text_reply(push, self._already_waiting_text())
-                return None
-            kf = decision.preferred_agent
-            if kf is not None and not choice.choosable(self.engine.agent(kf)):
-                view = self.engine.agent(kf)
-                name = choice.display_name(view) if view is not None else kf.partition("@")[0]
-                log.info("push from %s chose %s, who cannot be chosen now: list sent again", openid, kf)
-                return self._agent_list(push, now, choice.unavailable_note(name, self._language()))
-            self.choices.pop(openid, None)
-            self._request_human(push, decision, inbound.text, now)
+        answer = self.desk.consider(inbound, now)
+        if isinstance(answer, Request):
+            self._request_human(push, answer, now)
             return None
-        if isinstance(decision, rules.Cancel) and waiting:
-            self.choices.pop(openid, None)
-            return self._cancel(push, decision, now)
-        if isinstance(decision, rules.ChooseAgent):
-            if waiting:
-                return self._text_reply(push, self._already_waiting_text())
-            note = choice.not_found_note(decision.query, self._language()) if decision.query else ""
-            return self._agent_list(push, now, note)
-        reason = (
-            decision.reason
-            if isinstance(decision, rules.NotForUs)
-            else f"{type(decision).__name__} while not waiting"
-        )
-        log.info("push from %s not for kfrouter (%s): forwarded upstream", openid, reason)
+        if isinstance(answer, Leave):
+            return self._cancel(push, answer, now)
+        if isinstance(answer, Reply):
+            log.info("push from %s: replied (%s)", openid, answer.why)
+            if answer.why == "listed":
+                self._count("choice:listed")
+            return self._text_reply(push, answer.text)
+        if isinstance(answer, Ignore):
+            log.info("push from %s: %s; nothing to do", openid, answer.why)
+            return None
+        log.info("push from %s not for kfrouter (%s): forwarded upstream", openid, answer.reason)
         return await self._forward(push, raw)
 
-    def _request_human(self, push: UserMessage | MenuClick, d: rules.AskHuman, text: str, now: float) -> None:
+    def _request_human(self, push: UserMessage | MenuClick, answer: Request, now: float) -> None:
         store = self.store
         assert store is not None
-        text = text[:_MAX_TEXT]
-        tags = tuple(sorted(d.tags))
+        e = answer.event
+        tags = tuple(sorted(e.tags))
         with store.transaction():
             if not store.claim_push(push.dedup_key, now):
                 log.info("push %s already handled before a restart", push.dedup_key)
                 return
             store.add_waiting(
-                WaitingRow(push.openid, d.group, d.priority, now, text, d.preferred_agent, tags)
+                WaitingRow(push.openid, e.group, e.priority, now, e.text, e.preferred_agent, tags)
             )
             store.append_event(
                 now,
                 "customer_requested",
-                {"openid": push.openid, "group": d.group, "priority": d.priority, "matched": d.matched},
+                {"openid": push.openid, "group": e.group, "priority": e.priority, "matched": answer.matched},
             )
         log.info(
             "push from %s asks for a human (%s): group %s, priority %d",
             push.openid,
-            d.matched,
-            d.group,
-            d.priority,
+            answer.matched,
+            e.group,
+            e.priority,
         )
-        self.inbox.put(
-            ev.CustomerRequested(
-                openid=push.openid,
-                group=d.group,
-                priority=d.priority,
-                text=text,
-                source="push",
-                preferred_agent=d.preferred_agent,
-                tags=d.tags,  # type: ignore[arg-type]
-                arrived_at=now,
-            )
-        )
+        self.inbox.put(e)
 
-    def _cancel(self, push: UserMessage | MenuClick, d: rules.Cancel, now: float) -> str | None:
+    def _cancel(self, push: UserMessage | MenuClick, answer: Leave, now: float) -> str | None:
         store = self.store
         assert store is not None
         with store.transaction():
             if not store.claim_push(push.dedup_key, now):
                 return None
             store.remove_waiting(push.openid, now, "cancelled")
-            store.append_event(now, "cancel", {"openid": push.openid, "matched": d.matched})
-        log.info("push from %s cancels their wait (%s)", push.openid, d.matched)
-        view = self.engine.waiting_view(push.openid, now)  # the engine has not applied the cancel yet
+            store.append_event(now, "cancel", {"openid": push.openid, "matched": answer.matched})
+        log.info("push from %s cancels their wait (%s)", push.openid, answer.matched)
         self.inbox.put(ev.CustomerLeft(openid=push.openid, reason="cancelled"))
-        group = view.group if view is not None else None
-        return self._text_reply(push, self.texts.render("cancelled", group=group or ""))
-
-    def _agent_list(self, push: UserMessage | MenuClick, now: float, note: str = "") -> str | None:
-        """Reply with the numbered list of agents the customer may choose (``router.choice``) and keep it
-        for ``choice_ttl_s``: an answer naming an agent, or giving a number, asks for that agent."""
-        offer = choice.make_offer(self.engine, self.estimator, now, self.choice_ttl_s)
-        if offer.choices:
-            self.choices[push.openid] = offer
-        else:
-            self.choices.pop(push.openid, None)
-        self._count("choice:listed")
-        return self._text_reply(push, choice.listing_text(offer, self._language(), note))
-
-    def _language(self) -> str:
-        return self.notifier.config.language if self.notifier is not None else self.config.notify.language
-
-    def _already_waiting_text(self) -> str:
-        cancel = self.config.routing.cancel_keywords
-        return choice.already_waiting_text(cancel[0] if cancel else "", self._language())
+        return self._text_reply(push, answer.reply)
 
     def _text_reply(self, push: UserMessage | MenuClick, text: str) -> str | None:
         try:
@@ -399,11 +315,6 @@ class Intake:
         except WeChatCodecError as exc:
             log.warning("reply to %s not built: %s", push.openid, exc)
             return None
-
-    def _directory(self) -> dict[str, str]:
-        views = self.engine.agents()
-        names = {a.nickname: a.kf_account for a in views if a.nickname}
-        return rules.make_directory(self.config.routing, [a.kf_account for a in views], names)
 
     async def _forward(self, push: Push, raw: str) -> str | None:
         if self.upstream is None:

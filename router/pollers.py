@@ -28,10 +28,11 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 
-from kfrouter.router.config import Config, PollingConfig, RoutingConfig
+from kfrouter.router.config import Config, PollingConfig
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.engine import Engine
 from kfrouter.router.core.model import AgentRow, AgentView, CustomerState
+from kfrouter.router.core.rules import RoutingConfig
 from kfrouter.router.edges.client import SessionInfo, WaitEntry, WeChatClient
 from kfrouter.router.edges.errors import RateLimited, WeChatError
 from kfrouter.router.edges.store import Reservation, Store, StoredState

@@ -18,14 +18,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kfrouter.policies.registry import load_all
-from kfrouter.router import rules
-from kfrouter.router.config import DEFAULT_TEMPLATES, NOTIFY_KINDS, Config, ConfigError, RoutingConfig
-from kfrouter.router.core import choice
+from kfrouter.router.config import DEFAULT_TEMPLATES, NOTIFY_KINDS, Config, ConfigError
+from kfrouter.router.core import choice, rules
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.engine import Engine, EngineConfig
 from kfrouter.router.core.estimate import WaitEstimator
 from kfrouter.router.core.model import AgentRow
 from kfrouter.router.core.notify import FIELDS, KINDS, TEMPLATES, NotifyConfig, eta_minutes
+from kfrouter.router.core.rules import RoutingConfig
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 MINIMAL: dict[str, Any] = {

@@ -8,14 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kfrouter.router.config import Config, RoutingConfig
-from kfrouter.router.rules import (
+from kfrouter.router.config import Config
+from kfrouter.router.core.rules import (
     AskHuman,
     Cancel,
     ChooseAgent,
     Decision,
     Inbound,
     NotForUs,
+    RoutingConfig,
     classify,
     make_directory,
 )

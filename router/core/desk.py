@@ -19,7 +19,10 @@ What the Desk adds to the engine, all driven by facts (never by diffing the engi
 - the requests of the customers present (``request()``), so a moved customer can be saved as waiting
   again with the group and priority they asked with;
 - a repeated ``SessionClosed`` for a session already closed (the API answer and the push both report it)
-  is dropped before it reaches the engine.
+  is dropped before it reaches the engine;
+- the intake's rules (router/core/intake.py): ``consider(inbound, now)`` says what a customer's message
+  means — a request for a human, a cancel, the list of agents to choose from, or not for kfrouter — and
+  keeps the lists of agents it sent.
 
 Rules: pure (no I/O, no clock: ``now`` is an argument); not thread-safe — one task drives it.
 """
@@ -37,13 +40,24 @@ from kfrouter.router.core.engine import Engine
 from kfrouter.router.core.errors import CoreError
 from kfrouter.router.core.estimate import Estimate, WaitEstimator
 from kfrouter.router.core.facts import Assigned, Fact, Left, Queued, Released, Requeued
+from kfrouter.router.core.intake import Answer, IntakeRules
 from kfrouter.router.core.model import CustomerState
-from kfrouter.router.core.notify import Notifier
+from kfrouter.router.core.notify import Notifier, NotifyConfig
+from kfrouter.router.core.rules import Inbound, RoutingConfig
 
 CLOSE_MEMORY_S = 120.0  # a second SessionClosed for the same pair within this is a duplicate
 CANCEL_MEMORY_S = 3600.0  # WeChat's wait-list entry of a customer who cancelled is ignored this long
 
 FactObserver = Callable[[Fact, float], None]
+
+
+class IntakeSettings(NamedTuple):
+    """What the intake's rules need: the ``[routing]`` settings, the texts of passive replies (also when
+    notifications are off) and how long a list of agents sent stays valid."""
+
+    routing: RoutingConfig
+    texts: NotifyConfig
+    choice_ttl_s: float = 300.0
 
 
 class Step(NamedTuple):
@@ -66,8 +80,11 @@ class Desk:
         estimator: WaitEstimator | None = None,
         notifier: Notifier | None = None,
         sweep_every_s: float = 30.0,
+        intake: IntakeSettings | None = None,
     ) -> None:
-        if not (isinstance(sweep_every_s, int | float) and math.isfinite(sweep_every_s) and sweep_every_s > 0):
+        if not (
+            isinstance(sweep_every_s, int | float) and math.isfinite(sweep_every_s) and sweep_every_s > 0
+        ):
             raise CoreError(f"Desk: sweep_every_s must be a number > 0, got {sweep_every_s!r}")
         self.engine = engine
         self.estimator = estimator
@@ -75,6 +92,13 @@ class Desk:
         self.sweep_every_s = float(sweep_every_s)
         self._sweeps = notifier is not None and estimator is not None
         self._next_sweep = math.inf  # while customers wait: the next estimate sweep
+        self.intake = (
+            IntakeRules(
+                engine, intake.routing, intake.texts, estimator=estimator, choice_ttl_s=intake.choice_ttl_s
+            )
+            if intake is not None
+            else None
+        )
         # called with every fact, in order, after the Desk itself followed it (metrics, pages, trackers)
         self.observers: list[FactObserver] = []
         self._requests: dict[str, ev.CustomerRequested] = {}  # customers present: their request
@@ -152,6 +176,13 @@ class Desk:
     def session_closed(self, openid: str, kf_account: str, now: float) -> list[Command]:
         return self._follow(self.engine.session_closed(openid, kf_account, now), now, None).commands
 
+    def consider(self, inbound: Inbound, now: float) -> Answer:
+        """What the customer's message means and what to do (router/core/intake.py). Reads the engine and
+        keeps the agent lists sent; call it between steps (the intake does, on the daemon's event loop)."""
+        if self.intake is None:
+            raise CoreError("Desk.consider: this Desk was built without intake settings")
+        return self.intake.consider(inbound, now)
+
     def on_user_message(self, openid: str, now: float) -> None:
         """The customer wrote to the account (WeChat's message window opens: notifications may go out)."""
         if self.notifier is not None:
@@ -178,7 +209,9 @@ class Desk:
         return out
 
     def _forget(self, now: float) -> None:
-        """Drop cancels and closes remembered longer than their memory."""
+        """Drop cancels and closes remembered longer than their memory, and agent lists past their time."""
+        if self.intake is not None:
+            self.intake.forget(now)
         for openid, at in list(self._cancelled.items()):
             if now - at > CANCEL_MEMORY_S:
                 del self._cancelled[openid]

@@ -17,16 +17,57 @@ Order of the checks, first match wins (documented in docs/config.md, section [ro
 A request's group is the first matching rule's group, else the customer entry's group, else
 ``default_group`` (``None``: any agent). Its priority is the largest of the group's priority, the rule's and
 the customer entry's; its tags are the union of the rule's and the entry's.
+
+The routing settings themselves (``RoutingConfig``, its rules and customer entries) are defined here;
+``router/config.py`` reads them from ``[routing]``, ``[[routing.rules]]`` and ``[[routing.customers]]``.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
-from attrs import frozen
+from attrs import field, frozen
 
-from kfrouter.router.config import CustomerEntry, RoutingConfig, RoutingRule
+DEFAULT_CANCEL_KEYWORDS = ("取消", "不等了", "cancel")
+
+
+@frozen(kw_only=True)
+class RoutingRule:
+    """Matches a text containing one of ``keywords`` or a menu click on one of ``menu_keys``."""
+
+    keywords: tuple[str, ...] = ()
+    menu_keys: tuple[str, ...] = ()
+    group: str | None = None
+    priority: int | None = None
+    tags: frozenset[str] = frozenset()
+
+
+@frozen(kw_only=True)
+class CustomerEntry:
+    openids: tuple[str, ...]
+    group: str | None = None
+    priority: int | None = None
+    tags: frozenset[str] = frozenset()
+
+
+@frozen(kw_only=True)
+class RoutingConfig:
+    mode: str = "always"  # always | keywords
+    match: str = "contains"  # contains | exact (for `keywords` and rule keywords)
+    keywords: tuple[str, ...] = ("人工", "客服", "human", "agent")
+    menu_keys: tuple[str, ...] = ()
+    rules: tuple[RoutingRule, ...] = ()
+    customers: Mapping[str, CustomerEntry] = field(factory=lambda: MappingProxyType({}))  # openid -> entry
+    default_group: str | None = None
+    cancel_keywords: tuple[str, ...] = DEFAULT_CANCEL_KEYWORDS
+    cancel_menu_keys: tuple[str, ...] = ()
+    choose_agent_keywords: tuple[str, ...] = ()
+    choose_agent_menu_keys: tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(factory=lambda: MappingProxyType({}))  # alias -> kf_account
+    group_priorities: Mapping[str, int] = field(factory=lambda: MappingProxyType({}))  # derived from groups
+
 
 # Stripped before exact comparisons, so "取消。" and "cancel!" still cancel.
 _EDGE_PUNCTUATION = " \t\r\n\u3000。.!！?？~～,，:：;；"
