@@ -33,7 +33,10 @@ def test_service_level_limits(c: int, rho: float, theta_ratio: float) -> None:
     a = erlang_a(lam, mu, c, theta)
     at0 = erlang_a_service_level(lam, mu, c, theta, 0.0)
     assert at0 == pytest.approx(1 - a.p_wait, abs=1e-9)  # served at once: found a free server
-    late = erlang_a_service_level(lam, mu, c, theta, 200 / (c * mu + theta))
+    # late enough that everyone is served or gone: the queue ahead ((rho - 1) / theta customers' worth of
+    # patience when overloaded) drained five times over
+    late_t = 200 / (c * mu + theta) + 5 * max(0.0, rho - 1) / theta
+    late = erlang_a_service_level(lam, mu, c, theta, late_t)
     assert late == pytest.approx(1 - a.p_abandon, abs=1e-6)  # everyone who is served, eventually
     mid = [erlang_a_service_level(lam, mu, c, theta, t) for t in (5.0, 20.0, 60.0)]
     assert at0 <= mid[0] <= mid[1] <= mid[2] <= late + 1e-12
