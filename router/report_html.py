@@ -8,6 +8,7 @@ Every value from the database (group and agent names) is escaped.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime, tzinfo
 from html import escape
 from typing import Any
 
@@ -210,3 +211,32 @@ share of session slots in use while agents were online. A group counts every age
 </body>
 </html>
 """
+
+
+# ============================================================================ the supervisor page's history
+
+# chart name -> (title, field of the history, y axis maximum or None, format)
+HISTORY_CHARTS: dict[str, tuple[str, str, float | None, Callable[[float], str]]] = {
+    "waiting": ("Waiting (average per 15 min)", "waiting", None, lambda v: f"{v:g}"),
+    "in_session": ("In session (average per 15 min)", "in_session", None, lambda v: f"{v:g}"),
+    "service_level": ("Service level per 15 min (served within {t})", "service_level", 1.0, percent),
+    "abandoned": ("Abandoned per 15 min (share of those who asked)", "abandon_rate", 1.0, percent),
+}
+
+
+def history_chart(history: dict[str, Any], name: str, tz: tzinfo) -> str:
+    """One chart of ``router.report.build_history``'s output: a line per group (and everyone, when there
+    are several groups), clock times of ``tz`` on the x axis."""
+    title, field, y_max, fmt = HISTORY_CHARTS[name]
+    title = title.format(t=f"{history['threshold_s']:g} s")
+    groups = history["groups"]
+    series = [Series(g["label"], g[field]) for g in groups]
+    if len(groups) != 1:
+        series.append(Series("everyone", history["all"][field], "#111827"))
+    start, slot = history["start"], history["slot_s"]
+    labels = []
+    for i in range(history["slots"]):
+        local = datetime.fromtimestamp(start + i * slot, tz)
+        if local.minute == 0 and local.hour % 4 == 0:
+            labels.append((i, local.strftime("%H:%M")))
+    return line_chart(title, series, labels, width=560, height=200, y_max=y_max, y_format=fmt)
