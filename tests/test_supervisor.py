@@ -15,10 +15,10 @@ import aiohttp
 from conftest import ADMIN_TOKEN, config_dict, wait_until
 from test_metrics_env import AUTH, ObsEnv, running_env
 
+from kfrouter.router.access import ADMIN, COOKIE, Access
 from kfrouter.router.config import Config
 from kfrouter.router.core.model import CustomerState
 from kfrouter.router.daemon import Daemon
-from kfrouter.router.access import ADMIN, COOKIE, Access
 from kfrouter.router.supervisor import observability_of
 
 TWO_GROUPS: dict[str, Any] = {
@@ -72,7 +72,9 @@ async def test_everything_is_refused_without_the_token(tmp_path: Path) -> None:
                 s.get(env.base + "/supervisor/state") as r,
             ):
                 assert r.status == 401, cookies
-        valid = {COOKIE: Access(ADMIN_TOKEN).cookie(ADMIN, int(time.time()) + 3600)}  # the same way, a good one
+        valid = {
+            COOKIE: Access(ADMIN_TOKEN).cookie(ADMIN, int(time.time()) + 3600)
+        }  # the same way, a good one
         async with aiohttp.ClientSession(cookies=valid) as s, s.get(env.base + "/supervisor/state") as r:
             assert r.status == 200
 

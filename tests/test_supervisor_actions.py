@@ -64,7 +64,8 @@ async def test_removing_a_waiting_customer_is_a_cancel(tmp_path: Path) -> None:
         status, body = await call(env, "DELETE", "/api/queue/oWait_1", headers=ADMIN_AUTH)
         assert (status, body) == (200, {"openid": "oWait_1", "group": "general", "removed": True})
         assert env.daemon.engine.state("oWait_1") is CustomerState.GONE
-        assert env.daemon.engine.gone_reason("oWait_1") == "left:cancelled"  # what the customer's own cancel does
+        # what the customer's own cancel does
+        assert env.daemon.engine.gone_reason("oWait_1") == "left:cancelled"
         store = env.daemon.store
         assert store is not None
         (case,) = [c for c in store.session_log() if c.openid == "oWait_1"]
