@@ -102,12 +102,13 @@ def line_chart(
     y_max: float | None = None,
     y_format: Callable[[float], str] = _num,
     target: float | None = None,
+    y_floor: float = 0.0,
 ) -> str:
     """Lines over ``len(values)`` evenly spaced slots; ``x_labels`` are (slot index, text); ``target`` draws a
-    dashed horizontal line (a service level goal, say)."""
+    dashed horizontal line (a service level goal, say); the y axis reaches at least ``y_floor``."""
     n = max((len(s.values) for s in series), default=0)
     values = [v for s in series for v in s.values if v is not None]
-    top = y_max if y_max is not None else nice_ceiling(max(values, default=0.0))
+    top = y_max if y_max is not None else max(y_floor, nice_ceiling(max(values, default=0.0)))
     out = _frame(title, width, height, series)
     y = _y_axis(out, width, height, top, y_format)
     plot_w = width - _LEFT - _RIGHT

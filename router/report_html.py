@@ -239,4 +239,4 @@ def history_chart(history: dict[str, Any], name: str, tz: tzinfo) -> str:
         local = datetime.fromtimestamp(start + i * slot, tz)
         if local.minute == 0 and local.hour % 4 == 0:
             labels.append((i, local.strftime("%H:%M")))
-    return line_chart(title, series, labels, width=560, height=200, y_max=y_max, y_format=fmt)
+    return line_chart(title, series, labels, width=560, height=200, y_max=y_max, y_format=fmt, y_floor=1.0)
