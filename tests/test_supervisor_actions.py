@@ -133,6 +133,9 @@ async def test_a_read_only_token_equal_to_the_admin_token_is_refused() -> None:
     assert cfg.server.readonly_token == "r" * 20
     assert cfg.secret_sources["server.readonly_token"] == "KFROUTER_READONLY_TOKEN"
     assert "r" * 20 not in repr(cfg)
+    from kfrouter.router.logs import config_secrets
+
+    assert "r" * 20 in config_secrets(cfg)  # redacted from every log line
 
 
 # ---------------------------------------------------------------------------------------------- cookies
