@@ -216,6 +216,12 @@ def percent(v: float) -> str:
 
 
 def seconds(v: float) -> str:
+    """A duration for people: 4.2s, 38s, 3m 10s, 2h 05m."""
+    if round(v, 1) < 10:
+        return f"{v:.1f}s"
     if v < 120:
         return f"{v:.0f}s"
-    return f"{v / 60:.0f}m" if v < 7200 else f"{v / 3600:.1f}h"
+    s = round(v)
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"

@@ -11,7 +11,8 @@ Rules of this module:
 - Agents' online time comes from the ``agent_online`` / ``agent_offline`` entries of the input log (an
   agent's state at the window's start is its last change before it; capacity is the ``max_sessions`` of
   its last ``agent_online``, ``default_capacity`` if that entry has none). An agent with no such entry has
-  no online time, so no utilisation.
+  no online time, so no utilisation. Only the part of a session during which its agent was online counts
+  as busy (``busy_s``), so utilisation stays within the slots that were there.
 - Group utilisation counts an agent's capacity in every group it serves (so groups do not add up); agents
   without groups (they take anyone) and customers without a group appear only in the totals' utilisation.
 - Days and hours are those of ``tz``; hours are 3,600 s apart from the window's first local hour, so the
@@ -21,6 +22,7 @@ Rules of this module:
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from datetime import datetime, tzinfo
 from typing import Any, NamedTuple
@@ -130,6 +132,7 @@ def build_report(
     groups: dict[str | None, Tally] = {}
     agents: dict[str, Tally] = {}
     session_h = [0.0] * grid.n
+    busy_h = [0.0] * grid.n
     online_h = [0.0] * grid.n
     capacity_h = [0.0] * grid.n
 
@@ -139,8 +142,32 @@ def build_report(
             t = table[key] = Tally()
         return t
 
+    def add_seconds(out: list[float], start: float, stop: float) -> None:
+        i = int((start - origin) // HOUR_S)
+        if i == int((stop - origin) // HOUR_S):  # within one hour: no need for spread()
+            out[i] += stop - start
+        else:
+            spread(start, stop, origin, HOUR_S, out)
+
+    spans = online_spans(traffic.agent_changes, lo, hi, default_capacity)
+    online_of: dict[str, tuple[list[float], list[OnlineSpan]]] = {}  # agent -> span starts, spans
+    for span in spans:
+        seconds = span.end - span.start
+        spread(span.start, span.end, origin, HOUR_S, online_h)
+        spread(span.start, span.end, origin, HOUR_S, capacity_h, span.capacity)
+        agent = tally(agents, span.agent)
+        agent.online_s += seconds
+        agent.capacity_s += seconds * span.capacity
+        for g in span.groups:
+            t = tally(groups, g)
+            t.online_s += seconds
+            t.capacity_s += seconds * span.capacity
+        starts, kept = online_of.setdefault(span.agent, ([], []))
+        starts.append(span.start)
+        kept.append(span)
+
     # The loop below runs once per case (100,000 in a few tenths of a second): tuples are unpacked, and a
-    # session within one hour skips spread().
+    # session within one hour and one online span takes the short paths.
     for _id, _openid, group, requested, kf, started, ended, outcome, direct in traffic.cases:
         if lo <= requested < hi:
             by_hour[int((requested - origin) // HOUR_S)].add_case(direct, requested, started, ended, outcome)
@@ -148,32 +175,41 @@ def build_report(
                 tally(groups, group).add_case(direct, requested, started, ended, outcome)
             if kf is not None and started is not None:
                 tally(agents, kf).add_case(direct, requested, started, ended, outcome)
-        if started is not None:
-            start = started if started > lo else lo
-            stop = hi if ended is None or ended > hi else ended
-            if stop > start:
-                seconds = stop - start
-                i = int((start - origin) // HOUR_S)
-                if i == int((stop - origin) // HOUR_S):
-                    session_h[i] += seconds
-                else:
-                    spread(start, stop, origin, HOUR_S, session_h)
-                if not direct:
-                    tally(groups, group).session_s += seconds
-                if kf is not None:
-                    tally(agents, kf).session_s += seconds
-
-    for span in online_spans(traffic.agent_changes, lo, hi, default_capacity):
-        seconds = span.end - span.start
-        spread(span.start, span.end, origin, HOUR_S, online_h)
-        spread(span.start, span.end, origin, HOUR_S, capacity_h, span.capacity)
-        a = tally(agents, span.agent)
-        a.online_s += seconds
-        a.capacity_s += seconds * span.capacity
-        for g in span.groups:
-            t = tally(groups, g)
-            t.online_s += seconds
-            t.capacity_s += seconds * span.capacity
+        if started is None:
+            continue
+        start = started if started > lo else lo
+        stop = hi if ended is None or ended > hi else ended
+        if stop <= start:
+            continue
+        add_seconds(session_h, start, stop)
+        seconds = stop - start
+        g_tally = None if direct else tally(groups, group)
+        a_tally = None if kf is None else tally(agents, kf)
+        if g_tally is not None:
+            g_tally.session_s += seconds
+        if a_tally is not None:
+            a_tally.session_s += seconds
+        online = None if kf is None else online_of.get(kf)
+        if online is None:
+            continue
+        starts, kept = online
+        k = bisect_right(starts, start) - 1
+        if k >= 0 and kept[k].end >= stop:  # the usual case: the agent was online all along
+            pieces = [(start, stop)]
+        else:
+            pieces = []
+            for span in kept[max(k, 0) :]:
+                if span.start >= stop:
+                    break
+                x, y = max(start, span.start), min(stop, span.end)
+                if y > x:
+                    pieces.append((x, y))
+        for x, y in pieces:
+            add_seconds(busy_h, x, y)
+            if g_tally is not None:
+                g_tally.busy_s += y - x
+            if a_tally is not None:
+                a_tally.busy_s += y - x
 
     for n, group in _notices_with_groups(traffic.cases, traffic.notices, lo, hi):
         by_hour[int((n.t - origin) // HOUR_S)].notifications += 1
@@ -184,7 +220,8 @@ def build_report(
     days = [Tally() for _ in grid.days]
     hours = [Tally() for _ in range(24)]
     for i, t in enumerate(by_hour):
-        t.session_s, t.online_s, t.capacity_s = session_h[i], online_h[i], capacity_h[i]
+        t.session_s, t.busy_s = session_h[i], busy_h[i]
+        t.online_s, t.capacity_s = online_h[i], capacity_h[i]
         days[grid.day_of[i]].merge(t)
         hours[grid.hour_of[i]].merge(t)
         total.merge(t)

@@ -187,10 +187,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _fmt_s(v: Any) -> str:
-    if v is None:
-        return "-"
-    s = float(v)
-    return f"{s:.1f}s" if s < 120 else (f"{s / 60:.1f}m" if s < 7200 else f"{s / 3600:.1f}h")
+    from kfrouter.router.charts import seconds
+
+    return "-" if v is None else seconds(float(v))
 
 
 def _fmt_pct(v: Any) -> str:

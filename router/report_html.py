@@ -79,6 +79,11 @@ def _table(first: str, key: str, rows: Sequence[dict[str, Any]], threshold: str)
     )
 
 
+def _when(iso: str) -> str:
+    """``2026-12-01T08:00:00+08:00`` as ``2026-12-01 08:00``."""
+    return iso[:16].replace("T", " ")
+
+
 def _tile(label: str, value: str) -> str:
     return f'<div class="tile"><div class="label">{escape(label)}</div><div class="value">{escape(value)}</div></div>'
 
@@ -177,14 +182,14 @@ def render_html(report: dict[str, Any]) -> str:
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>kfrouter report · {escape(w["since_local"])} – {escape(w["until_local"])}</title>
+<title>kfrouter report · {escape(_when(w["since_local"]))} – {escape(_when(w["until_local"]))}</title>
 <style>{_CSS}</style>
 </head>
 <body>
 <main>
 <h1>kfrouter report</h1>
-<div class="muted">{escape(w["since_local"])} – {escape(w["until_local"])} ({escape(w["tz"])}) ·
-{escape(report["database"])}</div>
+<div class="muted">{escape(_when(w["since_local"]))} – {escape(_when(w["until_local"]))} ({escape(w["tz"])}) ·
+{escape(report["database"])} · service level threshold {escape(threshold)}</div>
 <section class="tiles">{tiles}</section>
 <section class="charts">{"".join(_chart(c) for c in charts)}</section>
 <h2>Per day</h2>

@@ -16,9 +16,10 @@ Definitions (docs/observability.md, "kfrouter report", repeats them for people):
 - **service level at T seconds**: customers served within T s / (served + abandoned); customers still
   waiting and superseded cases are left out;
 - **handle time**: from the session's start to its end, over sessions that ended;
-- **utilisation**: session-seconds / capacity-seconds, where capacity-seconds are the agents' online
-  seconds times their max sessions: the share of the agents' session slots that were in use while they
-  were online (1.0 = every slot of every online agent busy all the time);
+- **utilisation**: busy seconds / capacity-seconds, where capacity-seconds are the agents' online seconds
+  times their max sessions and busy seconds the session-seconds during which the session's agent was
+  online: the share of the agents' session slots that were in use while they were online (1.0 = every
+  slot of every online agent busy all the time). ``session_s`` counts every session-second, online or not;
 - **notifications**: messages sent to waiting customers (place in the queue, estimates, ...).
 """
 
@@ -83,6 +84,7 @@ class Tally:
 
     __slots__ = (
         "abandoned",
+        "busy_s",
         "capacity_s",
         "direct",
         "handles",
@@ -108,6 +110,7 @@ class Tally:
         self.handles: list[float] = []
         self.left: dict[str, int] = {}  # abandoned, by why the case ended
         self.session_s = 0.0
+        self.busy_s = 0.0  # session seconds while the session's agent was online
         self.online_s = 0.0
         self.capacity_s = 0.0
         self.notifications = 0
@@ -150,6 +153,7 @@ class Tally:
         for k, v in other.left.items():
             self.left[k] = self.left.get(k, 0) + v
         self.session_s += other.session_s
+        self.busy_s += other.busy_s
         self.online_s += other.online_s
         self.capacity_s += other.capacity_s
         self.notifications += other.notifications
@@ -187,9 +191,10 @@ class Tally:
             "handle_p50_s": _r(percentile(handles, 50)),
             "handle_p90_s": _r(percentile(handles, 90)),
             "session_s": _r(self.session_s),
+            "busy_s": _r(self.busy_s),
             "online_s": _r(self.online_s),
             "capacity_s": _r(self.capacity_s),
-            "utilisation": _r(self.session_s / self.capacity_s, 4) if self.capacity_s > 0 else None,
+            "utilisation": _r(self.busy_s / self.capacity_s, 4) if self.capacity_s > 0 else None,
             "notifications": self.notifications,
             "left": dict(sorted(self.left.items())),
         }

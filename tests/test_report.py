@@ -438,3 +438,26 @@ def test_until_as_a_date_includes_that_day() -> None:
         == datetime(2026, 12, 1, 8, 30, tzinfo=UTC).timestamp()
     )
     assert parse_when("--since", "1796083200", tz) == 1796083200.0
+
+
+def test_utilisation_counts_sessions_only_while_their_agent_is_online(tmp_path: Path) -> None:
+    path = tmp_path / "kf.db"
+    with Store(path) as s:
+        s.append_event(D, "agent_online", {"agent": "a@t", "groups": ["g"], "max_sessions": 2})
+        s.append_event(D + 100, "agent_offline", {"agent": "a@t"})
+        s.append_event(D + 200, "agent_online", {"agent": "a@t", "groups": ["g"], "max_sessions": 2})
+        for openid, asked, start, end in (
+            ("o1", D + 40, D + 50, D + 150),  # runs 50 s past the agent going offline
+            ("o2", D + 170, D + 180, D + 250),  # starts 20 s before the agent is back
+            ("o3", D + 10, D + 20, D + 290),  # spans both online periods and the gap
+        ):
+            s.add_waiting(WaitingRow(openid, "g", 0, asked))
+            s.record_session_start(openid, "a@t", start)
+            s.record_session_end(openid, "a@t", end)
+    report = build_report(read_traffic(path, D, D + 300), tz=UTC)
+    busy = 50 + 50 + (80 + 90)  # o1 [50,100), o2 [200,250), o3 [20,100) and [200,290)
+    for row in (report["totals"], report["agents"][0], report["groups"][0]):
+        assert row["session_s"] == pytest.approx(100 + 70 + 270)
+        assert row["busy_s"] == pytest.approx(busy)
+        assert row["capacity_s"] == pytest.approx((100 + 100) * 2)
+        assert row["utilisation"] == round(busy / 400, 4)
