@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
@@ -62,7 +62,7 @@ _REFUSALS = {
     -2: "WeChat could not be reached (a timeout or a network error); try again.",
     -3: "WeChat's answer could not be read; try again.",
     65413: "WeChat has no open session for this customer with that agent: it was closed already.",
-    65414: "Another agent is serving this customer now.",
+    ev.ERR_SERVED_BY_OTHER: "Another agent is serving this customer now.",
     65403: "WeChat refused the nickname: 1 to 16 characters, no special characters.",
     65406: "That kf account exists already.",
 }
@@ -187,8 +187,12 @@ class AdminApi:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        server = daemon.config.server
-        self.access = Access(server.admin_token, server.readonly_token)
+
+    @cached_property
+    def access(self) -> Access:
+        """Who may read and change (the config's tokens; ``router.access``)."""
+        server = self.daemon.config.server
+        return Access(server.admin_token, server.readonly_token)
 
     # ---------------------------------------------------------------- plumbing
 
