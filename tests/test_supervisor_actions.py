@@ -341,3 +341,20 @@ async def test_notice_log_writes_in_batches(tmp_path: Path) -> None:
             (1001.0, "o4"),
             (1001.0, "o9"),
         ]
+
+
+def test_the_pages_files_are_found_outside_the_repository(tmp_path: Path) -> None:
+    """The static files are read under the installed name (``kfrouter.router``), whatever the directory."""
+    import subprocess
+    import sys
+
+    code = (
+        "from kfrouter.router.supervisor import STATIC_TYPES, _static\n"
+        "print(sorted((n, len(_static(n)) > 1000) for n in STATIC_TYPES))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.strip() == str(
+        sorted((n, True) for n in ("supervisor-actions.js", "supervisor.css", "supervisor.js"))
+    )
