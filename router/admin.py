@@ -5,8 +5,10 @@ docs/admin-api.md lists every route with its body and answers.
 
 Rules of this module:
 
-- Every route needs ``Authorization: Bearer <server.admin_token>`` (compared in constant time); a
-  missing or wrong token answers 401 before anything else is looked at. The token is never logged.
+- Every route needs ``Authorization: Bearer <server.admin_token>`` (compared in constant time), or the
+  read-only token, or the supervisor page's cookie (``router.access`` decides). A missing or wrong token
+  answers 401 before anything else is looked at; a change by a read-only viewer, or by the page without
+  its per-session CSRF token, answers 403. Tokens are never logged.
 - Answers are JSON. Errors are ``{"error": message, ...}``: 400 names the bad field of the body, 404
   names the unknown agent, customer or route, 502 carries WeChat's ``errcode`` (``-2``: WeChat could not be
   reached), 503 while the daemon is starting or stopping.
@@ -20,19 +22,21 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from kfrouter.router.access import Access
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.errors import CoreError, UnknownAgentError, UnknownCustomerError
-from kfrouter.router.core.model import KF_ACCOUNT_RE, AgentView
+from kfrouter.router.core.model import KF_ACCOUNT_RE, AgentView, CustomerState
+from kfrouter.router.doctor import explain
 from kfrouter.router.edges.client import MAX_HEADIMG_BYTES, WeChatClient
 from kfrouter.router.edges.errors import WeChatError
 from kfrouter.router.edges.store import AgentSettings
@@ -48,6 +52,23 @@ _SUBMIT_TIMEOUT_S = 15.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _dumps = partial(json.dumps, ensure_ascii=False)
+
+
+# What WeChat's refusals of the calls made here mean, in words a supervisor can act on (the operator
+# problems — 65400, 65401, 65402, 65415, ... — are explained by ``kfrouter doctor``'s advice).
+_REFUSALS = {
+    -2: "WeChat could not be reached (a timeout or a network error); try again.",
+    -3: "WeChat's answer could not be read; try again.",
+    65413: "WeChat has no open session for this customer with that agent: it was closed already.",
+    ev.ERR_SERVED_BY_OTHER: "Another agent is serving this customer now.",
+    65403: "WeChat refused the nickname: 1 to 16 characters, no special characters.",
+    65406: "That kf account exists already.",
+}
+
+
+def refusal_in_words(errcode: int) -> str | None:
+    """A sentence saying what WeChat's ``errcode`` means for the admin action that got it."""
+    return _REFUSALS.get(errcode) or explain(errcode)
 
 
 class ApiError(Exception):
@@ -165,6 +186,12 @@ class AdminApi:
     def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
 
+    @cached_property
+    def access(self) -> Access:
+        """Who may read and change (the config's tokens; ``router.access``)."""
+        server = self.daemon.config.server
+        return Access(server.admin_token, server.readonly_token)
+
     # ---------------------------------------------------------------- plumbing
 
     def routes(self, prefix: str = PREFIX) -> list[web.AbstractRouteDef]:
@@ -179,6 +206,7 @@ class AdminApi:
             ("POST", "/agents/{kf}/avatar", self.upload_avatar, None),
             ("POST", "/agents/{kf}/invite", self.invite_worker, None),
             ("GET", "/queue", self.queue, None),
+            ("DELETE", "/queue/{openid}", self.remove_waiting, None),
             ("GET", "/sessions", self.list_sessions, None),
             ("POST", "/sessions/{openid}/close", self.close_session, None),
             ("POST", "/sessions/{openid}/reassign", self.reassign, None),
@@ -205,7 +233,12 @@ class AdminApi:
             except WeChatError as exc:
                 log.warning("admin %s %s: WeChat said %s", request.method, request.path, exc)
                 return _answer(
-                    {"error": f"WeChat refused: {exc}", "errcode": exc.errcode, "endpoint": exc.endpoint},
+                    {
+                        "error": f"WeChat refused: {exc}",
+                        "errcode": exc.errcode,
+                        "endpoint": exc.endpoint,
+                        "explanation": refusal_in_words(exc.errcode),
+                    },
                     502,
                 )
 
@@ -213,19 +246,32 @@ class AdminApi:
         return guarded
 
     def _refuse(self, request: web.Request) -> web.Response | None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
+        """401 unless the admin token, the read-only token or a supervisor cookie identifies the request;
+        403 for a change by a read-only viewer or a cookie request without its CSRF token
+        (``router.access``)."""
         headers = {"WWW-Authenticate": 'Bearer realm="kfrouter"'}
-        if scheme.lower() != "bearer" or not given.strip():
-            return web.json_response(
-                {"error": "missing admin token: send 'Authorization: Bearer <server.admin_token>'"},
-                status=401,
-                headers=headers,
-            )
-        expected = self.daemon.config.server.admin_token
-        if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        who = self.access.identify(request, time.time())
+        if who is None:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not given.strip():
+                return web.json_response(
+                    {"error": "missing admin token: send 'Authorization: Bearer <server.admin_token>'"},
+                    status=401,
+                    headers=headers,
+                )
             log.warning("admin %s %s: wrong admin token", request.method, request.path)
             return web.json_response({"error": "wrong admin token"}, status=401, headers=headers)
+        refusal = self.access.refuse_change(request, who)
+        if refusal is not None:
+            log.warning(
+                "admin %s %s refused (%s via %s): %s",
+                request.method,
+                request.path,
+                who.role,
+                who.via,
+                refusal.message,
+            )
+            return web.json_response({"error": refusal.message}, status=refusal.status)
         return None
 
     def _client(self) -> WeChatClient:
@@ -551,6 +597,31 @@ class AdminApi:
             for o, kf, deadline in engine.reservations()
         ]
         return _answer({"waiting": waiting, "count": len(waiting), "reservations": reservations})
+
+    async def remove_waiting(self, request: web.Request) -> web.Response:
+        """Take a waiting customer out of the queue, as their own cancel would: the case ends 'removed' in
+        the session log and the engine gets ``CustomerLeft(reason='cancelled')`` (a create in flight that
+        lands anyway is closed; WeChat's wait-list entry is ignored until they write again). The customer
+        is not told."""
+        openid = request.match_info["openid"]
+        engine = self.daemon.engine
+        state = engine.state(openid)
+        if state not in (CustomerState.WAITING, CustomerState.RESERVED):
+            where = (
+                "in a session (close the session instead)"
+                if state is CustomerState.IN_SESSION
+                else "not waiting"
+            )
+            raise ApiError(404, f"customer {openid!r} is {where}", openid=openid)
+        view = engine.waiting_view(openid, self._now())
+        group = view.group if view is not None else None
+        store = self.daemon.store
+        if store is not None:
+            store.remove_waiting(openid, self._now(), "removed")
+        self._audit("remove", {"openid": openid, "group": group})
+        await self._submit(ev.CustomerLeft(openid=openid, reason="cancelled"))
+        log.info("admin: %s removed from the queue (group %s)", openid, group)
+        return _answer({"openid": openid, "group": group, "removed": True})
 
     async def list_sessions(self, request: web.Request) -> web.Response:
         """Open sessions: customer, agent, start (from the store) and duration."""

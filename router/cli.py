@@ -17,6 +17,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "kfrouter.router.config_cli",
     "kfrouter.router.demo_cli",
     "kfrouter.router.doctor_cli",
+    "kfrouter.router.report_cli",
     "kfrouter.router.run_cli",
     "kfrouter.sim.cli",
     "kfrouter.sim.fake_cli",

@@ -50,6 +50,7 @@ ENV_VARS: Mapping[str, str] = MappingProxyType(
         "wechat.token": "KFROUTER_TOKEN",
         "wechat.aes_key": "KFROUTER_AES_KEY",
         "server.admin_token": "KFROUTER_ADMIN_TOKEN",
+        "server.readonly_token": "KFROUTER_READONLY_TOKEN",
     }
 )
 """Config key -> environment variable that can provide (and then overrides) it."""
@@ -93,6 +94,7 @@ class WechatConfig:
 @frozen(kw_only=True)
 class ServerConfig:
     admin_token: str = field(repr=False)
+    readonly_token: str | None = field(default=None, repr=False)  # opens the supervisor page and GETs only
     host: str = "127.0.0.1"
     port: int = 8080
     upstream_url: str | None = None
@@ -493,7 +495,7 @@ def _range(v: float, lo: float | None, hi: float | None) -> str | None:
 
 def _redact(name: str, value: str) -> str:
     """Describe a bad value without printing a secret: its length only."""
-    if name in ("secret", "token", "aes_key", "previous_aes_key", "admin_token"):
+    if name in ("secret", "token", "aes_key", "previous_aes_key", "admin_token", "readonly_token"):
         return f"a value of {len(value)} characters"
     return repr(value)
 
@@ -635,6 +637,9 @@ class _Loader:
 
     def _server(self, s: _Section) -> ServerConfig:
         admin = self._secret(s, "admin_token", required=True, min_len=_ADMIN_TOKEN_MIN)
+        readonly = self._secret(s, "readonly_token", required=False, min_len=_ADMIN_TOKEN_MIN)
+        if readonly is not None and readonly == admin:
+            s.problem("readonly_token", "must differ from admin_token (it grants reading only)")
         host = s.get_str("host", "127.0.0.1")
         if not host:
             s.problem("host", "must not be empty")
@@ -645,7 +650,12 @@ class _Loader:
         timeout = s.get_float("upstream_timeout_s", 3.0, gt=0, hi=_MAX_UPSTREAM_TIMEOUT_S)
         s.done()
         return ServerConfig(
-            admin_token=admin or "", host=host, port=port, upstream_url=upstream, upstream_timeout_s=timeout
+            admin_token=admin or "",
+            readonly_token=readonly,
+            host=host,
+            port=port,
+            upstream_url=upstream,
+            upstream_timeout_s=timeout,
         )
 
     def _engine(self, s: _Section) -> EngineSection:

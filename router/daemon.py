@@ -753,6 +753,7 @@ class Daemon:
                 errcode=int(info.get("errcode", 0)),
                 elapsed_s=float(info.get("elapsed_s", 0.0)),
                 openid=openid if isinstance(openid, str) else None,
+                kind=str(info.get("kind", "")),
             ),
             self.clock.now(),
         )

@@ -30,7 +30,9 @@ from kfrouter.router.observe import Observation, Stepped
 
 REDACTED = "[redacted]"
 _MIN_SECRET_LEN = 4  # shorter "secrets" would redact ordinary words; config enforces longer ones
-_EXTRA_KEYS = re.compile(r"(?i)\b(appsecret|admin_token|encoding_aes_key|aes_key)=[^&\s'\"<>]*")
+_EXTRA_KEYS = re.compile(
+    r"(?i)\b(appsecret|admin_token|readonly_token|encoding_aes_key|aes_key)=[^&\s'\"<>]*"
+)
 
 # The daemon's own one-line-per-event/command messages (format strings), replaced by EventLog in JSON mode.
 _DAEMON_EVENT_FORMATS = frozenset(
@@ -179,7 +181,7 @@ def config_secrets(config: Any) -> list[str]:
     server = getattr(config, "server", None)
     for obj, names in (
         (wechat, ("secret", "token", "aes_key", "previous_aes_key")),
-        (server, ("admin_token",)),
+        (server, ("admin_token", "readonly_token")),
     ):
         for name in names:
             value = getattr(obj, name, None)

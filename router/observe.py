@@ -35,13 +35,15 @@ class Stepped:
 
 @frozen
 class ApiCalled:
-    """One executor call to the WeChat API: ``elapsed_s`` with retries; ``errcode`` 0 when ``ok``."""
+    """One executor call to the WeChat API: ``elapsed_s`` with retries; ``errcode`` 0 when ``ok``;
+    ``kind``: the kind of text, for ``message/custom/send``."""
 
     endpoint: str
     ok: bool
     errcode: int
     elapsed_s: float
     openid: str | None = None
+    kind: str = ""
 
 
 @frozen

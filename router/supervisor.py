@@ -1,22 +1,25 @@
 """The live supervisor page (``/supervisor``), ``/metrics``, and ``attach_observability(daemon)``, the one hook
-the daemon calls to get both plus the structured event log.
+the daemon calls to get both plus the history charts, the notification log and the structured event log.
 
 Routes (docs/observability.md has the details):
 
-- ``GET /metrics`` — Prometheus text; needs ``Authorization: Bearer <server.admin_token>`` (or the
-  supervisor cookie), because the callback port usually faces the internet.
+- ``GET /metrics`` — Prometheus text; needs a token (or the supervisor cookie), because the callback port
+  usually faces the internet.
 - ``GET /supervisor`` — the page (router/static/supervisor.html), or a login form answered with 401.
-  ``GET /supervisor?token=<admin token>`` and ``POST /supervisor/login`` (form field ``token``) check
-  the token and set a cookie, then redirect to ``/supervisor`` so the token leaves the address bar.
+  ``GET /supervisor?token=<token>`` and ``POST /supervisor/login`` (form field ``token``) check the token
+  and set a cookie, then redirect to ``/supervisor`` so the token leaves the address bar. The admin token
+  opens the page with its action buttons; the read-only token (``[server] readonly_token``) without them.
 - ``GET /supervisor/state`` — the snapshot the page renders, as JSON.
 - ``GET /supervisor/events`` — server-sent events: one ``snapshot`` event at once, then one after every
   change (coalesced over ``debounce_s``) and at least every ``refresh_s`` (which doubles as keep-alive).
-- ``POST /supervisor/logout``; ``GET /supervisor/static/{supervisor.css,supervisor.js}`` (no data, no
-  token needed).
+- ``GET /supervisor/history`` (JSON) and ``/supervisor/history/{waiting,in_session,service_level,
+  abandoned}.svg`` — the last 24 hours from the store, per group (``router.history``).
+- ``POST /supervisor/logout``; ``GET /supervisor/static/{supervisor.css,supervisor.js,
+  supervisor-actions.js}`` (no data, no token needed).
 
-Auth: ``Authorization: Bearer <admin token>``, or the cookie ``kfrouter_supervisor`` =
-``<expiry>.<HMAC-SHA256(admin token, expiry)>`` (HttpOnly, SameSite=Strict, 12 h). The cookie is not the
-token, expires on its own and stops working when the token changes. Anything else answers 401.
+The page's actions call the admin API (``/api/``, ``router.admin``) with the cookie and the session's
+CSRF token, which the page gets in a ``<meta>`` tag. Who may read and who may change is decided by
+``router.access`` (tokens, cookie, CSRF); everything else here is read-only.
 
 The snapshot is built from the engine's read methods on the daemon's loop (no locking needed: one
 thread). Listeners never block: they bump a version and wake the event streams.
@@ -25,31 +28,35 @@ thread). Listeners never block: they bump a version and wake the event streams.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import html
 import json
 import logging
 import math
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
+from kfrouter.router.access import ADMIN, COOKIE, COOKIE_TTL_S, Access, Principal
 from kfrouter.router.core.errors import CoreError
+from kfrouter.router.history import HistoryCache
 from kfrouter.router.logs import EventLog
 from kfrouter.router.metrics import NO_GROUP, Assignment, Metrics, assignments, group_label
+from kfrouter.router.notice_log import NoticeLog
 from kfrouter.router.observe import Observation, Observer, Stepped
 from kfrouter.router.view import DaemonView
 
 log = logging.getLogger("kfrouter.supervisor")
 
-COOKIE = "kfrouter_supervisor"
-COOKIE_TTL_S = 12 * 3600
-MAX_TOKEN_LEN = 512
-STATIC_TYPES = {"supervisor.css": "text/css", "supervisor.js": "application/javascript"}
+STATIC_TYPES = {
+    "supervisor.css": "text/css",
+    "supervisor.js": "application/javascript",
+    "supervisor-actions.js": "application/javascript",
+}
+MAX_SESSIONS_LISTED = 300
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -62,7 +69,7 @@ SECURITY_HEADERS = {
 
 
 def _static(name: str) -> str:
-    return resources.files("router").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("kfrouter.router").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def _num(value: float | None, digits: int = 3) -> float | None:
@@ -72,34 +79,7 @@ def _num(value: float | None, digits: int = 3) -> float | None:
     return round(value, digits)
 
 
-# ============================================================================ auth
-
-
-def session_cookie(token: str, expires: int) -> str:
-    mac = hmac.new(token.encode(), f"kfrouter-supervisor:{expires}".encode(), hashlib.sha256).hexdigest()
-    return f"{expires}.{mac}"
-
-
-def _cookie_ok(value: str, token: str, now: float) -> bool:
-    expires, _, _mac = value.partition(".")
-    if not expires.isdigit() or len(expires) > 12 or int(expires) <= now:
-        return False
-    return hmac.compare_digest(value.encode(), session_cookie(token, int(expires)).encode())
-
-
-def token_ok(given: str, token: str) -> bool:
-    """Constant-time comparison of a presented admin token."""
-    given = given.strip()
-    return bool(given) and len(given) <= MAX_TOKEN_LEN and hmac.compare_digest(given.encode(), token.encode())
-
-
-def authorized(request: web.Request, token: str, now: float | None = None) -> bool:
-    """A valid ``Authorization: Bearer`` header or a valid, unexpired supervisor cookie."""
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and given.strip():
-        return token_ok(given, token)
-    cookie = request.cookies.get(COOKIE)
-    return cookie is not None and _cookie_ok(cookie, token, time.time() if now is None else now)
+# ============================================================================ answers
 
 
 def _unauthorized_json() -> web.Response:
@@ -133,9 +113,11 @@ def build_snapshot(
     assigned: Counter[str],
     *,
     max_customers: int = 50,
+    session_starts: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """What the page shows, JSON-ready. Times are the daemon's clock (unix seconds); ``now`` lets the page
-    tick waits locally between snapshots."""
+    tick waits locally between snapshots. ``session_starts`` (openid -> when the session began, as far as
+    this daemon saw it) dates the open sessions."""
     now = daemon.clock.now()
     engine = daemon.engine
     estimator = daemon.estimator
@@ -238,6 +220,8 @@ def build_snapshot(
         "groups": [
             {**g, "label": g["name"] if g["name"] != NO_GROUP else "(no group)"} for g in groups.values()
         ],
+        "config_groups": [g.name for g in daemon.config.groups],
+        "sessions": _session_rows(engine.sessions(), nick, session_starts or {}),
         "recent": [
             {
                 "at": _num(r.at),
@@ -251,6 +235,22 @@ def build_snapshot(
             for r in reversed(recent)
         ],
     }
+
+
+def _session_rows(
+    sessions: Mapping[str, str], nick: Mapping[str, str], starts: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """Open sessions, longest first (those of unknown start last), at most ``MAX_SESSIONS_LISTED``."""
+    rows = sorted(sessions.items(), key=lambda kv: (starts.get(kv[0], math.inf), kv[1], kv[0]))
+    return [
+        {
+            "openid": openid,
+            "kf_account": kf,
+            "nickname": nick.get(kf, ""),
+            "started_at": _num(starts.get(openid)),
+        }
+        for openid, kf in rows[:MAX_SESSIONS_LISTED]
+    ]
 
 
 # ============================================================================ the hub
@@ -273,6 +273,7 @@ class SupervisorHub:
         self.daemon = daemon
         self.recent: deque[Assignment] = deque(maxlen=recent_size)
         self.assigned: Counter[str] = Counter()
+        self.session_starts: dict[str, float] = {}  # openid -> when their open session began
         self.max_customers = max_customers
         self.refresh_s = refresh_s
         self.debounce_s = debounce_s
@@ -292,6 +293,7 @@ class SupervisorHub:
             for a in assignments(observation, now):
                 self.recent.append(a)
                 self.assigned[a.kf_account] += 1
+                self.session_starts[a.openid] = a.at
             self.changed()
 
     def changed(self) -> None:
@@ -300,7 +302,16 @@ class SupervisorHub:
             wake.set()
 
     def snapshot(self) -> dict[str, Any]:
-        return build_snapshot(self.daemon, self.recent, self.assigned, max_customers=self.max_customers)
+        open_sessions = self.daemon.engine.sessions()
+        if len(self.session_starts) > 2 * len(open_sessions) + 100:  # forget sessions that ended
+            self.session_starts = {o: t for o, t in self.session_starts.items() if o in open_sessions}
+        return build_snapshot(
+            self.daemon,
+            self.recent,
+            self.assigned,
+            max_customers=self.max_customers,
+            session_starts=self.session_starts,
+        )
 
     def snapshot_bytes(self) -> bytes:
         """The snapshot as JSON, shared by every stream for the same version (for up to a second)."""
@@ -360,22 +371,33 @@ class SupervisorHub:
 
 
 class Observability:
-    """Metrics, the supervisor hub and the event log of one daemon (``attach_observability`` builds it)."""
+    """Metrics, the supervisor hub, the history, the notification log and the event log of one daemon
+    (``attach_observability`` builds it). What it reads of the daemon: the engine, the config, the clock
+    and the store (``daemon.store``, for the history and the notification log)."""
 
     def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
         self.metrics = Metrics(daemon)
         self.hub = SupervisorHub(daemon)
         self.event_log: EventLog | None = EventLog() if daemon.config.log.json else None
+        server = daemon.config.server
+        self.access = Access(server.admin_token, server.readonly_token)
+        self.history = HistoryCache(self._store_path, daemon.clock.now)
+        self.notices = NoticeLog(lambda: daemon.store, daemon.clock.now)
 
-    @property
-    def token(self) -> str:
-        return self.daemon.config.server.admin_token
+    def _store_path(self) -> str | None:
+        store = self.daemon.store
+        path = store.path if store is not None else self.daemon.config.store.path
+        return None if not path or str(path) == ":memory:" else str(path)
+
+    def _who(self, request: web.Request) -> Principal | None:
+        return self.access.identify(request, time.time())
 
     def observe(self, observation: Observation, now: float) -> None:
         """The daemon's observer: metrics, the page's hub, the JSON event log."""
         self.metrics.observe(observation, now)
         self.hub.observe(observation, now)
+        self.notices.observe(observation, now)
         if self.event_log is not None:
             self.event_log.observe(observation, now)
 
@@ -387,16 +409,19 @@ class Observability:
             web.post("/supervisor/logout", self.logout),
             web.get("/supervisor/state", self.state, allow_head=False),
             web.get("/supervisor/events", self.events, allow_head=False),
+            web.get("/supervisor/history", self.history_json, allow_head=False),
+            web.get("/supervisor/history/{name}.svg", self.history_svg, allow_head=False),
             web.get("/supervisor/static/{name}", self.static, allow_head=False),
         ]
 
     async def on_shutdown(self, _app: web.Application) -> None:
         self.hub.close()
+        self.notices.close()
 
     # ------------------------------------------------------------------ handlers
 
     async def metrics_page(self, request: web.Request) -> web.Response:
-        if not authorized(request, self.token):
+        if self._who(request) is None:
             return _unauthorized_json()
         return web.Response(
             body=self.metrics.render(),
@@ -406,14 +431,21 @@ class Observability:
     async def page(self, request: web.Request) -> web.Response:
         given = request.query.get("token")
         if given is not None:
-            if not token_ok(given, self.token):
-                log.warning("supervisor: wrong admin token in the URL from %s", request.remote)
-                return self._login_page("That token is not the admin token.")
-            return self._logged_in(request)
-        if not authorized(request, self.token):
+            role = self.access.role_of_token(given)
+            if role is None:
+                log.warning("supervisor: wrong token in the URL from %s", request.remote)
+                return self._login_page("That token is not the admin token nor the read-only token.")
+            return self._logged_in(request, role)
+        who = self._who(request)
+        if who is None:
             return self._login_page(None)
+        csrf = self.access.csrf_token(who) or ""
+        meta = (
+            f'<meta name="kfrouter-role" content="{html.escape(who.role)}">\n'
+            f'<meta name="kfrouter-csrf" content="{html.escape(csrf)}">'
+        )
         return web.Response(
-            text=_static("supervisor.html"),
+            text=_static("supervisor.html").replace("<!--SESSION-->", meta),
             content_type="text/html",
             charset="utf-8",
             headers=SECURITY_HEADERS,
@@ -425,10 +457,11 @@ class Observability:
         except Exception:
             return self._login_page("The login form could not be read.")
         given = form.get("token")
-        if not isinstance(given, str) or not token_ok(given, self.token):
+        role = self.access.role_of_token(given) if isinstance(given, str) else None
+        if role is None:
             log.warning("supervisor: failed login from %s", request.remote)
-            return self._login_page("That token is not the admin token.")
-        return self._logged_in(request)
+            return self._login_page("That token is not the admin token nor the read-only token.")
+        return self._logged_in(request, role)
 
     async def logout(self, request: web.Request) -> web.Response:
         resp = _see_other("/supervisor")
@@ -436,7 +469,7 @@ class Observability:
         return resp
 
     async def state(self, request: web.Request) -> web.Response:
-        if not authorized(request, self.token):
+        if self._who(request) is None:
             return _unauthorized_json()
         return web.Response(
             body=self.hub.snapshot_bytes(),
@@ -445,9 +478,41 @@ class Observability:
         )
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        if not authorized(request, self.token):
+        if self._who(request) is None:
             return _unauthorized_json()
         return await self.hub.stream(request)
+
+    async def history_json(self, request: web.Request) -> web.Response:
+        """The last 24 hours from the store in 15-minute slots, per group (``router.history``)."""
+        if self._who(request) is None:
+            return _unauthorized_json()
+        try:
+            data = await self.history.get()
+        except LookupError as exc:
+            return web.json_response({"error": str(exc)}, status=503, headers={"Cache-Control": "no-store"})
+        return web.json_response(data, headers={"Cache-Control": "no-store"})
+
+    async def history_svg(self, request: web.Request) -> web.Response:
+        """One history chart as an SVG image (``waiting``, ``in_session``, ``service_level``, ``abandoned``)."""
+        if self._who(request) is None:
+            return _unauthorized_json()
+        name = request.match_info["name"]
+        try:
+            svg = await self.history.chart(name)
+        except KeyError:
+            raise web.HTTPNotFound(text=f"no history chart {name!r}") from None
+        except LookupError as exc:
+            return web.json_response({"error": str(exc)}, status=503, headers={"Cache-Control": "no-store"})
+        return web.Response(
+            text=svg,
+            content_type="image/svg+xml",
+            charset="utf-8",
+            headers={
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'",
+            },
+        )
 
     async def static(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -463,12 +528,15 @@ class Observability:
 
     # ------------------------------------------------------------------ helpers
 
-    def _logged_in(self, request: web.Request) -> web.Response:
+    def _logged_in(self, request: web.Request, role: str) -> web.Response:
         resp = _see_other("/supervisor")
         expires = int(time.time()) + COOKIE_TTL_S
+        log.info(
+            "supervisor: %s logged in from %s", "an admin" if role == ADMIN else "a viewer", request.remote
+        )
         resp.set_cookie(
             COOKIE,
-            session_cookie(self.token, expires),
+            self.access.cookie(role, expires),
             max_age=COOKIE_TTL_S,
             path="/",
             httponly=True,

@@ -26,6 +26,7 @@ import pytest
 CB_TOKEN = "kfrTestToken42"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 ADMIN_TOKEN = "test-admin-token-0123456789"
+READONLY_TOKEN = "test-readonly-token-0123456789"
 
 
 # ---------------------------------------------------------------------------------------- waiting
@@ -162,6 +163,7 @@ def config_dict(
     upstream_timeout_s: float = 2.0,
     aes_key: str | None = None,
     encoding: str = "plain",
+    readonly_token: str | None = None,
 ) -> dict[str, Any]:
     """A complete kfrouter config as a dict (for ``Config.from_dict`` or ``toml_text``)."""
     wechat: dict[str, Any] = {
@@ -180,6 +182,8 @@ def config_dict(
     }
     if upstream_url is not None:
         server["upstream_url"] = upstream_url
+    if readonly_token is not None:
+        server["readonly_token"] = readonly_token
     return {
         "wechat": wechat,
         "server": server,

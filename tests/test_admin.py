@@ -155,6 +155,7 @@ async def test_every_route_refuses_a_missing_or_wrong_token(env: Env) -> None:
         ("POST", "/api/agents/{kf}/avatar"),
         ("POST", "/api/agents/{kf}/invite"),
         ("GET", "/api/queue"),
+        ("DELETE", "/api/queue/{openid}"),
         ("GET", "/api/sessions"),
         ("POST", "/api/sessions/{openid}/close"),
         ("POST", "/api/sessions/{openid}/reassign"),

@@ -129,7 +129,14 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "router.view",
     ),
     "sim": ("sim",),
-    "http": ("router.admin", "router.metrics", "router.supervisor"),
+    "http": (
+        "router.admin",
+        "router.metrics",
+        "router.supervisor",
+        "router.access",
+        "router.history",
+        "router.notice_log",
+    ),
     "cli": ("router.app", "router.cli", "router.demo", "policies.cli", "sim.cli", "sim.fake_cli"),
 }
 RANK = {"core": 0, "edges": 1, "app": 2, "sim": 2, "http": 3, "cli": 4}

@@ -15,10 +15,11 @@ import aiohttp
 from conftest import ADMIN_TOKEN, config_dict, wait_until
 from test_metrics_env import AUTH, ObsEnv, running_env
 
+from kfrouter.router.access import ADMIN, COOKIE, Access
 from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.core.model import CustomerState
-from kfrouter.router.supervisor import COOKIE, observability_of, session_cookie
+from kfrouter.router.supervisor import observability_of
 
 TWO_GROUPS: dict[str, Any] = {
     "groups": [
@@ -62,16 +63,18 @@ async def test_everything_is_refused_without_the_token(tmp_path: Path) -> None:
             )
             assert status == 401, path
         # a forged or expired cookie is no better
-        forged = {COOKIE: f"{int(time.time()) + 3600}.{'0' * 64}"}
-        expired = {COOKIE: session_cookie(ADMIN_TOKEN, int(time.time()) - 1)}
-        other_token = {COOKIE: session_cookie("some-other-admin-token", int(time.time()) + 3600)}
+        forged = {COOKIE: f"admin.{int(time.time()) + 3600}.nonce.{'0' * 64}"}
+        expired = {COOKIE: Access(ADMIN_TOKEN).cookie(ADMIN, int(time.time()) - 1)}
+        other_token = {COOKIE: Access("some-other-admin-token").cookie(ADMIN, int(time.time()) + 3600)}
         for cookies in (forged, expired, other_token, {COOKIE: "garbage"}):
             async with (
                 aiohttp.ClientSession(cookies=cookies) as s,
                 s.get(env.base + "/supervisor/state") as r,
             ):
                 assert r.status == 401, cookies
-        valid = {COOKIE: session_cookie(ADMIN_TOKEN, int(time.time()) + 3600)}  # the same way, a good one
+        valid = {
+            COOKIE: Access(ADMIN_TOKEN).cookie(ADMIN, int(time.time()) + 3600)
+        }  # the same way, a good one
         async with aiohttp.ClientSession(cookies=valid) as s, s.get(env.base + "/supervisor/state") as r:
             assert r.status == 200
 

@@ -261,12 +261,43 @@
     $("recent-empty").hidden = s.recent.length > 0;
   }
 
+  function renderSessions(s) {
+    const body = $("sessions");
+    const rows = [];
+    for (const x of s.sessions) {
+      const tr = el("tr");
+      tr.dataset.openid = x.openid;
+      tr.dataset.agent = x.kf_account;
+      const cust = el("td", "cust", shortId(x.openid));
+      cust.title = x.openid;
+      tr.appendChild(cust);
+      const who = el("td");
+      who.appendChild(el("span", "agent", x.nickname || x.kf_account));
+      who.title = x.kf_account;
+      tr.appendChild(who);
+      const td = el("td");
+      if (x.started_at === null) td.appendChild(el("span", "muted", "—"));
+      else td.appendChild(since(el("span"), x.started_at, ""));
+      tr.appendChild(td);
+      rows.push(tr);
+    }
+    body.replaceChildren(...rows);
+    const total = s.totals.sessions;
+    $("sessions-count").textContent = total ? String(total) : "";
+    $("sessions-empty").hidden = total > 0;
+    const more = $("sessions-more");
+    more.hidden = total <= s.sessions.length;
+    more.textContent = "+ " + (total - s.sessions.length) + " more (the longest are listed)";
+  }
+
   function render(s) {
     lastSnapshot = s;
     renderTotals(s);
     renderAgents(s);
     renderQueues(s);
     renderRecent(s);
+    renderSessions(s);
+    document.dispatchEvent(new CustomEvent("kfrouter:rendered", { detail: s }));
     firstRender = false;
     $("status").textContent = s.status;
     $("updated").textContent = new Date().toLocaleTimeString([], { hour12: false });
@@ -312,10 +343,39 @@
     };
   }
 
+  // ---------------------------------------------------------------- history (SVG images drawn by kfrouter)
+
+  function loadHistory() {
+    const stamp = String(Date.now());
+    for (const img of document.querySelectorAll("#history img[data-chart]")) {
+      img.src = "/supervisor/history/" + img.dataset.chart + ".svg?t=" + stamp;
+    }
+  }
+
+  function watchHistory() {
+    for (const img of document.querySelectorAll("#history img[data-chart]")) {
+      img.addEventListener("load", () => {
+        img.dataset.loaded = "1";
+        $("history-error").hidden = true;
+      });
+      img.addEventListener("error", () => {
+        img.dataset.loaded = "0";
+        const box = $("history-error");
+        box.hidden = false;
+        box.textContent = "History unavailable (no database, or logged out).";
+      });
+    }
+    loadHistory();
+    setInterval(loadHistory, 60000);
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    const role = document.querySelector('meta[name="kfrouter-role"]');
+    if (role && role.content !== "admin") $("role").hidden = false;
     connect();
+    watchHistory();
     setInterval(tick, 1000);
   });
 
-  window.kfrouterSupervisor = { snapshot: () => lastSnapshot };
+  window.kfrouterSupervisor = { snapshot: () => lastSnapshot, shortId: shortId, loadHistory: loadHistory };
 })();
