@@ -388,13 +388,10 @@ class Simulation:
                 if latency > 0:
                     self._push(now + latency, P_ANSWER, (openid, agent))
                     continue
-                code = self.wechat.create(agent, openid, now)  # _answer_create, inline: once per session
+                code = self._answer_create(openid, agent, now, v)
                 if code != 0:
-                    res.api_failures += 1
                     event = ev.CreateFailed(openid=openid, kf_account=agent, errcode=code)
                 else:
-                    if v is None or not v.sid:
-                        self._start_session(self._visitor(openid) if v is None else v, agent, now)
                     try:
                         more = created(openid, agent, now)
                     except CoreError as exc:
@@ -443,15 +440,18 @@ class Simulation:
         ):
             res.notify_budget_violations += 1
 
-    def _answer_create(self, openid: str, agent: str, now: float) -> ev.Event:
+    def _answer_create(self, openid: str, agent: str, now: float, v: _Visitor | None = None) -> int:
+        """WeChat's answer to a create (its errcode); on success the sim's record of the session starts.
+        ``v``: the customer's record, when the caller has it."""
         code = self.wechat.create(agent, openid, now)
         if code != 0:
             self.res.api_failures += 1
-            return ev.CreateFailed(openid=openid, kf_account=agent, errcode=code)
-        v = self._visitor(openid)
+            return code
+        if v is None:
+            v = self._visitor(openid)
         if not v.sid:
             self._start_session(v, agent, now)
-        return ev.SessionCreated(openid=openid, kf_account=agent, source="api")
+        return 0
 
     def _visitor(self, openid: str) -> _Visitor:
         v = self._visitors.get(openid)
@@ -553,28 +553,17 @@ class Simulation:
         v.outcome = outcome
 
     def _on_session_end(self, sid: int, v: _Visitor, now: float) -> None:
-        # once per session: _end_session's bookkeeping and _finish_arrival inline
+        """A session's service is over: WeChat closes it, the arrival it served is done."""
         if v.sid != sid:
             return  # closed earlier through the API
         openid = v.openid
-        agent, start, idx = v.agent, v.start, v.sess_idx
+        agent = v.agent
         code = self.wechat.close(agent, openid, now)
         if code != 0:
             raise SimError(f"t={now:.6f}: WeChat refused to close {openid!r} with {agent!r} (errcode {code})")
-        v.sid = 0
-        res = self.res
-        st = res.agents[agent]
-        st.sessions -= 1
-        st.busy_s += now - start
+        idx = self._end_session(v, now)
         if idx >= 0:
-            st.served += 1
-            self._remaining[idx] = 0.0
-            if now > res.end_t:
-                res.end_t = now
-            if v.idx == idx:
-                v.idx = -1
-            v.outcome = SERVED
-            v.last_agent = agent
+            self._finish_arrival(v, idx, SERVED)
         try:
             cmds = self._closed(openid, agent, now)
         except CoreError as exc:
@@ -769,8 +758,13 @@ class Simulation:
                     self._on_patience(idx, visitor, now)
                 elif prio == P_ANSWER:
                     who, agent = item  # type: ignore[misc]
-                    event = self._answer_create(who, agent, now)
-                    self._feed(event, now, "the create answer for {!r}", who)
+                    code = self._answer_create(who, agent, now)
+                    answer: ev.Event = (
+                        ev.CreateFailed(openid=who, kf_account=agent, errcode=code)
+                        if code
+                        else ev.SessionCreated(openid=who, kf_account=agent, source="api")
+                    )
+                    self._feed(answer, now, "the create answer for {!r}", who)
                 else:
                     ticks_at.discard(now)
                     if next_deadline() <= now:

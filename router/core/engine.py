@@ -28,7 +28,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from attrs import field, frozen
 from sortedcontainers import SortedList
@@ -71,10 +71,15 @@ _NOBODY: frozenset[str] = frozenset()
 _AVOID_NOBODY: dict[str, float] = {}
 _ANY_GROUP: tuple[str | None, ...] = (None,)
 
-# What the engine keeps of a customer who is no longer present: (last agent or None, end of their last
-# session or nan, why they left or None, openid, when the entry was written). A plain tuple: one is built
-# per customer on the hot path. The reason is None for history loaded by remember() alone.
-_Past = tuple[str | None, float, str | None, str, float]
+class _Past(NamedTuple):
+    """What the engine keeps of a customer who is no longer present. ``reason`` is None for history
+    loaded by ``remember()`` alone; ``written_at`` orders the forgetting (``sticky_window_s`` later)."""
+
+    agent: str | None  # who served them last, if anyone
+    ended_at: float  # when that session ended (nan: none)
+    reason: str | None  # why they left
+    openid: str
+    written_at: float
 
 
 def _check_overflow(_inst: object, _attr: object, value: tuple[tuple[str, float], ...]) -> None:
@@ -336,8 +341,7 @@ class Engine:
         self.facts = []
         out: list[Command] = []
         self._request(openid, group, priority, now, preferred_agent, tags, now)
-        if self._offline_since or (self._waiting_count and self._free_counts.get(None, 0) > 0):
-            self._settle(now, out)
+        self._settle(now, out)
         return out
 
     def session_created(self, openid: str, kf_account: str, now: float) -> list[Command]:
@@ -348,8 +352,7 @@ class Engine:
         self.facts = []
         out: list[Command] = []
         self._created(openid, kf_account, now)
-        if self._offline_since or (self._waiting_count and self._free_counts.get(None, 0) > 0):
-            self._settle(now, out)
+        self._settle(now, out)
         return out
 
     def session_closed(self, openid: str, kf_account: str, now: float) -> list[Command]:
@@ -359,15 +362,14 @@ class Engine:
         self.facts = []
         out: list[Command] = []
         self._closed(openid, kf_account, now)
-        if self._offline_since or (self._waiting_count and self._free_counts.get(None, 0) > 0):
-            self._settle(now, out)
+        self._settle(now, out)
         return out
 
     def _settle(self, now: float, out: list[Command]) -> None:
         """After every event: close or move what is due, then route while an agent is free."""
         if self._offline_since:
             self._sweep_sessions(now, out)
-        if self._waiting_count and self._free_counts.get(None, 0) > 0:  # _drain's own test, without a call
+        if self._waiting_count and self._free_counts.get(None, 0) > 0:
             self._drain(now, out)
 
     def tick(self, now: float) -> list[Command]:
@@ -381,10 +383,10 @@ class Engine:
             heapq.heappop(self._wakeups)
         horizon = now - self.config.sticky_window_s
         order = self._past_order
-        while order and order[0][4] < horizon:
+        while order and order[0].written_at < horizon:
             old = order.popleft()
-            if self._past.get(old[3]) is old:
-                del self._past[old[3]]
+            if self._past.get(old.openid) is old:
+                del self._past[old.openid]
         self._sweep_sessions(now, out)
         self._drain(now, out)
         return out
@@ -425,11 +427,11 @@ class Engine:
             return
         prev = self._past.get(openid)
         if prev is None:
-            self._write_past((kf_account, at, None, openid, at))
-        elif prev[0] is None or prev[1] <= at:
+            self._write_past(_Past(kf_account, at, None, openid, at))
+        elif prev.agent is None or prev.ended_at <= at:
             # keeps why they left, and is forgotten no earlier than the entry it replaces (entries loaded
             # out of time order only delay tick()'s forgetting of the ones behind them)
-            self._write_past((kf_account, at, prev[2], openid, max(prev[4], at)))
+            self._write_past(_Past(kf_account, at, prev.reason, openid, max(prev.written_at, at)))
 
     # ================================================================= reading
 
@@ -512,7 +514,7 @@ class Engine:
         if openid in self._customers:
             return None
         past = self._past.get(openid)
-        return None if past is None else past[2]
+        return None if past is None else past.reason
 
     def with_agent(self, openid: str) -> str | None:
         c = self._customers.get(openid)
@@ -527,7 +529,7 @@ class Engine:
                 return (c.with_agent, c.session_started_at)
             return None if c.last_agent is None else (c.last_agent, c.last_end)
         past = self._past.get(openid)
-        return None if past is None or past[0] is None else (past[0], past[1])
+        return None if past is None or past.agent is None else (past.agent, past.ended_at)
 
     # ================================================================= event handlers
 
@@ -566,17 +568,10 @@ class Engine:
         c.waiting_since = arrived_at
         self._customers[openid] = c
         past = self._past.get(openid)
-        if past is not None:  # _recall, inline
-            c.last_agent = past[0]
-            c.last_end = past[1]
-        # _enqueue, inline (once per customer; a new customer is WAITING with nobody already)
-        self._waiting_count += 1
-        q = self._group_queues.get(group)
-        if q is None:
-            q = self._group_queues[group] = WaitQueue()
-        q.add(c.entry)
+        if past is not None:
+            self._recall(c, past)
+        self._enqueue(c)
         if c.preferred_agent is not None:
-            self._preferring.setdefault(c.preferred_agent, set()).add(c.openid)
             c.preferred_until = c.arrived_at + self.config.preferred_wait_s
             heapq.heappush(self._wakeups, c.preferred_until)
         for _group, after in route.overflow:
@@ -652,8 +647,7 @@ class Engine:
         self._closed(e.openid, e.kf_account, now)
 
     def _closed(self, openid: str, kf: str, now: float) -> None:
-        if kf not in self._agent_map:  # _need_agent, inline: once per session
-            raise UnknownAgentError(kf, "SessionClosed")
+        self._need_agent(kf, "SessionClosed")
         c = self._customers.get(openid)
         if c is not None and c.state is _IN_SESSION and c.with_agent == kf:
             self._session_ended(c, kf, now, count=True)
@@ -789,9 +783,11 @@ class Engine:
             c = _Customer(openid, route, self._policies[route.policy], True)
             c.arrived_at = now
             self._seq += 1
-            c.entry = ((0, self._seq), openid)
+            c.entry = (queue_key(0, self._seq, self._priorities), openid)
             self._customers[openid] = c
-            self._recall(c)
+            past = self._past.get(openid)
+            if past is not None:
+                self._recall(c, past)
         elif c.state is _WAITING:
             self._dequeue(c)
         elif c.state is _RESERVED:
@@ -825,15 +821,14 @@ class Engine:
             self._session_starts.add((now, c.openid))
             heapq.heappush(self._wakeups, now + self.config.stale_session_s)
 
-    def _recall(self, c: _Customer) -> None:
-        """``c`` is back: their history from an earlier visit, if the engine still has it."""
-        past = self._past.get(c.openid)
-        if past is not None:
-            c.last_agent = past[0]
-            c.last_end = past[1]
+    @staticmethod
+    def _recall(c: _Customer, past: _Past) -> None:
+        """``c`` is back: their history from an earlier visit (``past``, the engine's entry for them)."""
+        c.last_agent = past.agent
+        c.last_end = past.ended_at
 
     def _write_past(self, past: _Past) -> None:
-        self._past[past[3]] = past
+        self._past[past.openid] = past
         self._past_order.append(past)
 
     def _leave_session(self, c: _Customer) -> None:
@@ -928,10 +923,7 @@ class Engine:
                 del self._preferring[c.preferred_agent]
 
     def _reserve(self, c: _Customer, kf: str, now: float, out: list[Command]) -> None:
-        self._waiting_count -= 1  # _dequeue, inline
-        self._group_queues[c.group].remove(c.entry)
-        if c.preferred_agent is not None:
-            self._unprefer(c)
+        self._dequeue(c)
         self._pool.reserve(kf, now)
         c.state = _RESERVED
         c.with_agent = kf
@@ -989,9 +981,7 @@ class Engine:
         c.state = _GONE
         c.with_agent = None
         del self._customers[c.openid]
-        past = (c.last_agent, c.last_end, reason, c.openid, now)  # _write_past, inline
-        self._past[c.openid] = past
-        self._past_order.append(past)
+        self._write_past(_Past(c.last_agent, c.last_end, reason, c.openid, now))
 
     # ================================================================= routing
 
@@ -1214,4 +1204,4 @@ class Engine:
             assert view.reserved == reserved.get(view.kf_account, 0), view.kf_account
             assert view.sessions >= 0 and view.reserved >= 0
         ordered = {id(p) for p in self._past_order}  # tick() reaches every remembered departure
-        assert all(id(p) in ordered and p[3] == o for o, p in self._past.items())
+        assert all(id(p) in ordered and p.openid == o for o, p in self._past.items())
