@@ -8,6 +8,7 @@ constructor. Nothing here does I/O.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -77,19 +78,20 @@ KF_ENDPOINTS: frozenset[str] = frozenset(
 TOKEN_ENDPOINTS: frozenset[str] = frozenset({TOKEN, STABLE_TOKEN})
 
 
-def resolve_endpoint(name: str) -> str:
+def resolve_endpoint(name: str, endpoints: Mapping[str, object] = ENDPOINTS) -> str:
     """Canonical endpoint for ``name``: an exact path (a leading ``/`` is allowed) or a unique suffix
-    such as ``kfsession/create`` or ``getwaitcase``. Raises ``ValueError`` naming the candidates."""
+    such as ``kfsession/create`` or ``getwaitcase``. Raises ``ValueError`` naming the candidates.
+    ``endpoints`` is the API's table (the fake WeCom passes its own)."""
     if not isinstance(name, str) or not name.strip("/"):
         raise ValueError(f"endpoint must be a non-empty string, got {name!r}")
     key = name.strip("/")
-    if key in ENDPOINTS:
+    if key in endpoints:
         return key
-    hits = [ep for ep in ENDPOINTS if ep.endswith("/" + key)]
+    hits = [ep for ep in endpoints if ep.endswith("/" + key)]
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(sorted(ENDPOINTS))}")
+        raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(sorted(endpoints))}")
     raise ValueError(f"endpoint {name!r} is ambiguous: {', '.join(sorted(hits))}")
 
 
@@ -275,6 +277,16 @@ class Fault:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"errcode must be an integer or null, got {value!r}")
 
+    def fires(self, rng: random.Random) -> bool:
+        """Whether this call fails, drawn with ``rng``; a firing rule uses up one of its ``times``."""
+        if self.times == 0:
+            return False
+        if self.rate < 1.0 and rng.random() >= self.rate:
+            return False
+        if self.times is not None:
+            self.times -= 1
+        return True
+
     @classmethod
     def from_json(cls, data: object, where: str = "fault") -> Fault:
         if not isinstance(data, Mapping):
@@ -360,32 +372,41 @@ class FakeOptions:
 
     def update(self, changes: Mapping[str, Any]) -> list[str]:
         """Apply ``changes`` (JSON from the control API) all or nothing; returns the names changed."""
-        names = {a.name for a in attrs.fields(FakeOptions)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown!r}; known: {', '.join(sorted(names))}")
-        trial = attrs.evolve(self)
-        for key, value in changes.items():
-            try:
-                setattr(trial, key, value)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"option {key}: {exc}") from None
-        for key in changes:
-            setattr(self, key, getattr(trial, key))
-        return sorted(changes)
+        return update_options(self, changes)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for a in attrs.fields(FakeOptions):
-            v = getattr(self, a.name)
-            if isinstance(v, frozenset):
-                v = sorted(v)
-            elif a.name == "rate_limits":
-                v = {k: attrs.asdict(r) for k, r in v.items()}
-            elif isinstance(v, dict):
-                v = {str(k): x for k, x in v.items()}
-            out[a.name] = v
-        return out
+        return options_json(self)
+
+
+def update_options(options: Any, changes: Mapping[str, Any]) -> list[str]:
+    """Apply ``changes`` to the mutable attrs ``options`` all or nothing (validators run on a trial
+    copy first); unknown names are refused naming the known ones. Returns the names changed."""
+    names = {a.name for a in attrs.fields(type(options))}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown!r}; known: {', '.join(sorted(names))}")
+    trial = attrs.evolve(options)
+    for key, value in changes.items():
+        try:
+            setattr(trial, key, value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"option {key}: {exc}") from None
+    for key in changes:
+        setattr(options, key, getattr(trial, key))
+    return sorted(changes)
+
+
+def options_json(options: Any) -> dict[str, Any]:
+    """The attrs ``options`` as JSON values (sets sorted, nested attrs values as dicts)."""
+    out: dict[str, Any] = {}
+    for a in attrs.fields(type(options)):
+        v = getattr(options, a.name)
+        if isinstance(v, frozenset):
+            v = sorted(v)
+        elif isinstance(v, dict):
+            v = {str(k): (attrs.asdict(x) if attrs.has(type(x)) else x) for k, x in v.items()}
+        out[a.name] = v
+    return out
 
 
 KF_ACCOUNT_PREFIX = re.compile(r"[A-Za-z0-9_]{1,10}")
