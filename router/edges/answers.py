@@ -102,3 +102,25 @@ def require_field_text(endpoint: str, row: Mapping[str, Any], key: str, path: st
     if not value:
         raise where(endpoint, f"{path}.{key}", "must not be empty")
     return value
+
+
+def get_opt_bool(endpoint: str, row: Mapping[str, Any], key: str, path: str) -> bool | None:
+    """A JSON boolean (0 / 1 accepted, as some answers use them); None when absent."""
+    raw = row.get(key)
+    if raw is None:
+        return None
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int) and raw in (0, 1):
+        return bool(raw)
+    raise where(endpoint, path, f"must be true or false, got {str(raw)[:40]!r}")
+
+
+def get_opt_map(endpoint: str, row: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any] | None:
+    """A JSON object; None when absent."""
+    raw = row.get(key)
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise where(endpoint, path, f"must be an object, got {type(raw).__name__}")
+    return raw

@@ -6,7 +6,7 @@ WeCom client passes to ``from_response``. Classes say what the caller should *do
 
 * ``WeComTokenError`` (40014 invalid, 42001 expired, 41001 missing; a subclass of ``TokenError``, so the
   shared call machinery refreshes the token and retries once). WeCom reports an expired token as 40014
-  as often as 42001 (NotNotFound403/wecom-sdk #22), so both refresh. 40001 means a wrong secret here and
+  as often as 42001 (NotFound403/wecom-sdk #22), so both refresh. 40001 means a wrong secret here and
   comes only from ``gettoken``: a ``WeComCredentialError``.
 * ``ServicerUnavailable`` (95014 not a servicer / not activated, 95019 stopped or suspended): the servicer
   cannot take customers: route to another one and mark them offline.
