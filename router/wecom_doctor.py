@@ -48,7 +48,8 @@ _SECRET_FIX = (
     "corps cannot use the 微信客服 system app's own secret: use a self-built app (自建应用) listed there."
 )
 _MODE_FIX = (
-    f"Use the secret that matches how 微信客服 is connected: with an app in {API_APPS}, that app's Secret; "
+    f"Use the secret that matches how 微信客服 is connected (WeCom's errcode page: a token of the wrong "
+    f"secret for the account's mode): with an app listed in {CONSOLE} → {API_APPS}, that app's Secret; "
     "check that the kf accounts are not bound to another app (代开发 or third-party), then restart kfrouter "
     "so it fetches a new token."
 )
