@@ -397,7 +397,9 @@ class WeComModel:
         return external_userid
 
     # ------------------------------------------------------------------ servicers (people's actions)
-    def set_servicer_status(self, userid: str, status: object, now: float, *, stop_type: object = 0) -> list[Json]:
+    def set_servicer_status(
+        self, userid: str, status: object, now: float, *, stop_type: object = 0
+    ) -> list[Json]:
         """The servicer switches 接待中 / 停止接待 in their client: ``servicer_status_change`` (event status
         1 接待中 / 2 停止接待) in every account they serve. Returns the events."""
         srv = self.servicers.get(userid)
