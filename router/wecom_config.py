@@ -95,8 +95,8 @@ def load_wecom(
     loader = cfg._Loader(source, os.environ if env is None else env, Path.cwd())
     root = cfg._Section(loader, "", dict(data))
     if root.raw("wecom") is cfg._MISSING:
-        raise cfg.ConfigError(source, [("wecom", "is required: the [wecom] table is missing")])
+        raise cfg.ConfigError.in_file(source, [("wecom", "is required: the [wecom] table is missing")])
     result = wecom_from_section(root.table("wecom"))
     if loader.problems:
-        raise cfg.ConfigError(source, loader.problems)
+        raise cfg.ConfigError.in_file(source, loader.problems)
     return result

@@ -23,9 +23,10 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from kfrouter.router.clock import SteadyClock
 from kfrouter.sim import wecom_options as wo
 from kfrouter.sim.fake_options import Fault
-from kfrouter.sim.fake_server import Clock, json_response
+from kfrouter.sim.fake_server import json_response
 from kfrouter.sim.wecom_model import Json, WeComModel
 from kfrouter.sim.wecom_options import WeComOptions
 from kfrouter.sim.wecom_push import CallbackDeliverer
@@ -58,11 +59,11 @@ class FakeWeCom:
         aes_key: str | None = None,
         options: WeComOptions | None = None,
         seed: int = 0,
-        clock: Clock | None = None,
+        clock: SteadyClock | None = None,
     ) -> None:
         self.options = options if options is not None else WeComOptions()
         self._initial_options = attrs.evolve(self.options)
-        self.clock = clock if clock is not None else Clock()
+        self.clock = clock if clock is not None else SteadyClock()
         self.model = WeComModel(corpid, secret, options=self.options, rng=random.Random(f"{seed}:{corpid}"))
         self.pusher = CallbackDeliverer(
             callback_url, token, aes_key, corpid, self.options, self.clock.now, random.Random(f"{seed}:push")
@@ -432,7 +433,7 @@ async def running_fake_wecom(
     host: str = "127.0.0.1",
     port: int = 0,
     seed: int = 0,
-    clock: Clock | None = None,
+    clock: SteadyClock | None = None,
 ) -> AsyncIterator[FakeWeCom]:
     """Start a ``FakeWeCom`` on ``host:port`` (0 = any free port); ``fake.base_url`` is its root."""
     fake = FakeWeCom(

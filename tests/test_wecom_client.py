@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from wecom_support import CORPID, SECRET, T0, client_for
 
+from kfrouter.router.clock import SteadyClock
 from kfrouter.router.edges.errors import (
     BadResponse,
     CredentialError,
@@ -31,7 +32,6 @@ from kfrouter.router.edges.wecom_errors import (
 )
 from kfrouter.router.wecom_doctor import explain
 from kfrouter.sim.fake_options import Fault
-from kfrouter.sim.fake_server import Clock
 from kfrouter.sim.wecom_server import FakeWeCom, running_fake_wecom
 
 KF = "wkA"
@@ -45,7 +45,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeWeCom]:
-    async with running_fake_wecom(CORPID, SECRET, clock=Clock(T0, frozen=True)) as f:
+    async with running_fake_wecom(CORPID, SECRET, clock=SteadyClock(T0, frozen=True)) as f:
         f.model.add_account("咨询", open_kfid=KF)
         f.model.add_servicer(KF, "alice")
         f.model.add_servicer(KF, "bob")

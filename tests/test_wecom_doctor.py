@@ -12,10 +12,10 @@ import pytest
 from wecom_support import AES_KEY, CB_TOKEN, CORPID, SECRET, T0
 
 from kfrouter.router import config as cfg
+from kfrouter.router.clock import SteadyClock
 from kfrouter.router.edges.wecom_client import WeComKfClient
 from kfrouter.router.wecom_config import WeComConfig, load_wecom
 from kfrouter.router.wecom_doctor import run_wecom_checks
-from kfrouter.sim.fake_server import Clock
 from kfrouter.sim.wecom_server import FakeWeCom, running_fake_wecom
 
 GOOD = f"""
@@ -73,7 +73,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeWeCom]:
-    async with running_fake_wecom(CORPID, SECRET, clock=Clock(T0, frozen=True)) as f:
+    async with running_fake_wecom(CORPID, SECRET, clock=SteadyClock(T0, frozen=True)) as f:
         for kfid in ("wkA", "wkB"):
             f.model.add_account(kfid, open_kfid=kfid)
             f.model.add_servicer(kfid, "alice")

@@ -18,7 +18,7 @@ requests = pytest.importorskip("requests")
 from wechatpy.exceptions import WeChatClientException  # noqa: E402
 from wecom_support import CORPID, SECRET, T0  # noqa: E402
 
-from kfrouter.sim.fake_server import Clock  # noqa: E402
+from kfrouter.router.clock import SteadyClock  # noqa: E402
 from kfrouter.sim.wecom_server import FakeWeCom, running_fake_wecom  # noqa: E402
 
 REAL_ORIGIN = "https://qyapi.weixin.qq.com"
@@ -37,7 +37,7 @@ class _Redirect(requests.adapters.HTTPAdapter):  # type: ignore[misc,name-define
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeWeCom]:
-    async with running_fake_wecom(CORPID, SECRET, clock=Clock(T0, frozen=True)) as f:
+    async with running_fake_wecom(CORPID, SECRET, clock=SteadyClock(T0, frozen=True)) as f:
         yield f
 
 

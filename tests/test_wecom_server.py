@@ -16,8 +16,8 @@ import pytest
 from conftest import wait_until
 from wecom_support import AES_KEY, CB_TOKEN, CORPID, SECRET, T0, client_for, running_receiver
 
+from kfrouter.router.clock import SteadyClock
 from kfrouter.router.wechat.wecom_kf import KfCallback
-from kfrouter.sim.fake_server import Clock
 from kfrouter.sim.wecom_options import WeComOptions
 from kfrouter.sim.wecom_server import FakeWeCom, running_fake_wecom
 
@@ -30,7 +30,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeWeCom]:
-    async with running_fake_wecom(CORPID, SECRET, clock=Clock(T0, frozen=True)) as f:
+    async with running_fake_wecom(CORPID, SECRET, clock=SteadyClock(T0, frozen=True)) as f:
         yield f
 
 
@@ -192,7 +192,7 @@ async def test_callbacks_are_encrypted_signed_and_retried_identically(http: aioh
             token=CB_TOKEN,
             aes_key=AES_KEY,
             options=options,
-            clock=Clock(T0, frozen=True),
+            clock=SteadyClock(T0, frozen=True),
         ) as fake:
             kfid = fake.model.add_account("咨询", open_kfid="wkA")
             status, _ = await control(

@@ -17,12 +17,12 @@ import pytest
 from conftest import wait_until
 from wecom_support import AES_KEY, CB_TOKEN, CORPID, SECRET, T0, client_for, running_receiver
 
+from kfrouter.router.clock import SteadyClock
 from kfrouter.router.edges.wecom_client import KfMessage
 from kfrouter.router.edges.wecom_cursor import SqliteCursorStore
 from kfrouter.router.edges.wecom_sync import SINCE_PREFIX, KfSyncPuller
 from kfrouter.router.wechat.wecom_kf import KfCallback
 from kfrouter.sim.fake_options import Fault
-from kfrouter.sim.fake_server import Clock
 from kfrouter.sim.wecom_options import WeComOptions
 from kfrouter.sim.wecom_server import FakeWeCom, running_fake_wecom
 
@@ -37,7 +37,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeWeCom]:
-    async with running_fake_wecom(CORPID, SECRET, clock=Clock(T0, frozen=True)) as f:
+    async with running_fake_wecom(CORPID, SECRET, clock=SteadyClock(T0, frozen=True)) as f:
         f.model.add_account("咨询", open_kfid=KF)
         yield f
 
@@ -213,7 +213,7 @@ async def test_invalid_token_falls_back_and_pages_are_bounded(
 
 async def test_empty_pages_with_has_more_are_followed(http: aiohttp.ClientSession, tmp_path: Path) -> None:
     async with running_fake_wecom(
-        CORPID, SECRET, options=WeComOptions(empty_page_every=2), clock=Clock(T0, frozen=True)
+        CORPID, SECRET, options=WeComOptions(empty_page_every=2), clock=SteadyClock(T0, frozen=True)
     ) as fake:
         fake.model.add_account("咨询", open_kfid=KF)
         write(fake, "x", "y", "z")
@@ -237,7 +237,7 @@ async def test_callbacks_from_the_fake_drive_the_puller_end_to_end(
             token=CB_TOKEN,
             aes_key=AES_KEY,
             options=options,
-            clock=Clock(T0, frozen=True),
+            clock=SteadyClock(T0, frozen=True),
         ) as fake:
             fake.model.add_account("咨询", open_kfid=KF)
             fake.model.add_servicer(KF, "alice")
