@@ -21,6 +21,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "kfrouter.router.run_cli",
     "kfrouter.sim.cli",
     "kfrouter.sim.fake_cli",
+    "kfrouter.sim.wecom_cli",
 )
 
 

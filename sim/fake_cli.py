@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def _options(pairs: list[str]) -> FakeOptions:
-    options = FakeOptions()
+def parse_option_pairs(pairs: list[str]) -> dict[str, object]:
+    """``--option NAME=JSON`` values as a dict (a value that is not JSON is taken as a bare word)."""
     changes: dict[str, object] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
@@ -51,7 +51,12 @@ def _options(pairs: list[str]) -> FakeOptions:
             changes[name.strip()] = json.loads(raw)
         except ValueError:
             changes[name.strip()] = raw  # a bare word such as legacy
-    options.update(changes)
+    return changes
+
+
+def _options(pairs: list[str]) -> FakeOptions:
+    options = FakeOptions()
+    options.update(parse_option_pairs(pairs))
     return options
 
 

@@ -8,6 +8,7 @@ constructor. Nothing here does I/O.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -77,19 +78,20 @@ KF_ENDPOINTS: frozenset[str] = frozenset(
 TOKEN_ENDPOINTS: frozenset[str] = frozenset({TOKEN, STABLE_TOKEN})
 
 
-def resolve_endpoint(name: str) -> str:
+def resolve_endpoint(name: str, endpoints: Mapping[str, object] = ENDPOINTS) -> str:
     """Canonical endpoint for ``name``: an exact path (a leading ``/`` is allowed) or a unique suffix
-    such as ``kfsession/create`` or ``getwaitcase``. Raises ``ValueError`` naming the candidates."""
+    such as ``kfsession/create`` or ``getwaitcase``. Raises ``ValueError`` naming the candidates.
+    ``endpoints`` is the API's table (the fake WeCom passes its own)."""
     if not isinstance(name, str) or not name.strip("/"):
         raise ValueError(f"endpoint must be a non-empty string, got {name!r}")
     key = name.strip("/")
-    if key in ENDPOINTS:
+    if key in endpoints:
         return key
-    hits = [ep for ep in ENDPOINTS if ep.endswith("/" + key)]
+    hits = [ep for ep in endpoints if ep.endswith("/" + key)]
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(sorted(ENDPOINTS))}")
+        raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(sorted(endpoints))}")
     raise ValueError(f"endpoint {name!r} is ambiguous: {', '.join(sorted(hits))}")
 
 
@@ -159,8 +161,10 @@ DEFAULT_ERROR_CODES: dict[str, int] = {
 }
 
 
-# --- converters / validators ------------------------------------------------------------------------------
-def _one_of(*allowed: object):  # type: ignore[no-untyped-def]
+# --- converters / validators (attrs validators that also run on assignment; sim.wecom_options uses them) ---
+def one_of(*allowed: object):  # type: ignore[no-untyped-def]
+    """Validator: the value is one of ``allowed``."""
+
     def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
         if value not in allowed:
             raise ValueError(f"{attr.name} must be one of {allowed!r}, got {value!r}")
@@ -168,12 +172,15 @@ def _one_of(*allowed: object):  # type: ignore[no-untyped-def]
     return check
 
 
-def _bool(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+def boolean(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    """Validator: a real bool (not 0 / 1)."""
     if not isinstance(value, bool):
         raise ValueError(f"{attr.name} must be true or false, got {value!r}")
 
 
-def _num(minimum: float, *, integer: bool = False, optional: bool = False):  # type: ignore[no-untyped-def]
+def number(minimum: float, *, integer: bool = False, optional: bool = False):  # type: ignore[no-untyped-def]
+    """Validator: a number (an int with ``integer``) >= ``minimum``; None allowed with ``optional``."""
+
     def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
         if optional and value is None:
             return
@@ -228,8 +235,8 @@ def _error_codes(value: object) -> dict[str, int]:
 class RateLimit:
     """Fixed-window call limits for one endpoint: over ``per_minute`` → 45011, over ``per_day`` → 45009."""
 
-    per_minute: int | None = field(default=None, validator=_num(1, integer=True, optional=True))
-    per_day: int | None = field(default=None, validator=_num(1, integer=True, optional=True))
+    per_minute: int | None = field(default=None, validator=number(1, integer=True, optional=True))
+    per_day: int | None = field(default=None, validator=number(1, integer=True, optional=True))
 
 
 def _rate_limits(value: object) -> dict[str, RateLimit]:
@@ -261,9 +268,9 @@ class Fault:
 
     errcode: int | None = field(default=None)
     rate: float = field(default=1.0)
-    delay_s: float = field(default=0.0, validator=_num(0.0))
-    drop_connection: bool = field(default=False, validator=_bool)
-    times: int | None = field(default=None, validator=_num(0, integer=True, optional=True))
+    delay_s: float = field(default=0.0, validator=number(0.0))
+    drop_connection: bool = field(default=False, validator=boolean)
+    times: int | None = field(default=None, validator=number(0, integer=True, optional=True))
 
     @rate.validator
     def _check_rate(self, _attr: attrs.Attribute[Any], value: object) -> None:
@@ -274,6 +281,16 @@ class Fault:
     def _check_errcode(self, _attr: attrs.Attribute[Any], value: object) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"errcode must be an integer or null, got {value!r}")
+
+    def fires(self, rng: random.Random) -> bool:
+        """Whether this call fails, drawn with ``rng``; a firing rule uses up one of its ``times``."""
+        if self.times == 0:
+            return False
+        if self.rate < 1.0 and rng.random() >= self.rate:
+            return False
+        if self.times is not None:
+            self.times -= 1
+        return True
 
     @classmethod
     def from_json(cls, data: object, where: str = "fault") -> Fault:
@@ -293,64 +310,64 @@ class FakeOptions:
     """Every switch of the fake (spec §10, §11). Defaults follow the spec's recommendations."""
 
     # §11 #1: getonlinekflist `status` style and whether `auto_accept` appears
-    online_status_style: str = field(default="new", validator=_one_of("new", "legacy"))
-    emit_auto_accept: bool = field(default=True, validator=_bool)
+    online_status_style: str = field(default="new", validator=one_of("new", "legacy"))
+    emit_auto_accept: bool = field(default=True, validator=boolean)
     # §11 #2: kf_id JSON type
-    kf_id_type: str = field(default="int", validator=_one_of("int", "str"))
+    kf_id_type: str = field(default="int", validator=one_of("int", "str"))
     # §11 #3: kfaccount/del methods accepted
     del_methods: frozenset[str] = field(default=frozenset({"GET", "POST"}), converter=_methods)
     # §11 #4: error for kfsession/create with an offline agent (0 = allowed)
-    create_offline_error: int = field(default=65415, validator=_num(0, integer=True))
+    create_offline_error: int = field(default=65415, validator=number(0, integer=True))
     # §11 #5: API-initiated create/close push kf_create_session / kf_close_session
-    push_events_on_api_actions: bool = field(default=True, validator=_bool)
+    push_events_on_api_actions: bool = field(default=True, validator=boolean)
     # §11 #6: getmsglist cursor: the returned msgid is the last record (overlap one) or the next to ask for
-    msgid_cursor: str = field(default="last_returned", validator=_one_of("last_returned", "next_to_request"))
+    msgid_cursor: str = field(default="last_returned", validator=one_of("last_returned", "next_to_request"))
     # §11 #7: push deliveries in total, pause between them, webhook answer deadline
-    delivery_attempts: int = field(default=3, validator=_num(1, integer=True))
-    retry_interval_s: float = field(default=0.0, validator=_num(0.0))
-    webhook_timeout_s: float = field(default=5.0, validator=_num(0.001))
+    delivery_attempts: int = field(default=3, validator=number(1, integer=True))
+    retry_interval_s: float = field(default=0.0, validator=number(0.0))
+    webhook_timeout_s: float = field(default=5.0, validator=number(0.001))
     # §11 #8: getsession without a session
-    no_session_createtime: int = field(default=0, validator=_num(0, integer=True))
-    getsession_include_errcode: bool = field(default=False, validator=_bool)
+    no_session_createtime: int = field(default=0, validator=number(0, integer=True))
+    getsession_include_errcode: bool = field(default=False, validator=boolean)
     # §11 #9: per-endpoint rate limits (45011 / 45009); default none
     rate_limits: dict[str, RateLimit] = field(factory=dict, converter=_rate_limits)
     # §11 #10: custom/send windows
-    window_hours: float = field(default=48.0, validator=_num(0.0))
-    window_quota: int = field(default=5, validator=_num(0, integer=True))
-    event_window_s: float = field(default=60.0, validator=_num(0.0))
-    event_window_quota: int = field(default=3, validator=_num(0, integer=True))
-    reopen_on_user_message: bool = field(default=True, validator=_bool)
+    window_hours: float = field(default=48.0, validator=number(0.0))
+    window_quota: int = field(default=5, validator=number(0, integer=True))
+    event_window_s: float = field(default=60.0, validator=number(0.0))
+    event_window_quota: int = field(default=3, validator=number(0, integer=True))
+    reopen_on_user_message: bool = field(default=True, validator=boolean)
     # §11 #11: errmsg texts
     errmsg_overrides: dict[int, str] = field(factory=dict, converter=_errmsgs)
-    errmsg_rid: bool = field(default=True, validator=_bool)  # append " rid: xxxxxxxx-xxxxxxxx-xxxxxxxx"
+    errmsg_rid: bool = field(default=True, validator=boolean)  # append " rid: xxxxxxxx-xxxxxxxx-xxxxxxxx"
     # §11 #12: every access_token is refused with 40001 (SDK retry loops must stop)
-    token_always_invalid: bool = field(default=False, validator=_bool)
+    token_always_invalid: bool = field(default=False, validator=boolean)
     # §11 #13: `openid` in the push query string
-    push_include_openid: bool = field(default=True, validator=_bool)
+    push_include_openid: bool = field(default=True, validator=boolean)
     # §11 #14: in safe mode a plaintext "success"/empty reply counts as handled
-    safe_mode_accept_plain_success: bool = field(default=True, validator=_bool)
+    safe_mode_accept_plain_success: bool = field(default=True, validator=boolean)
     # §11 #15: per-case error codes
     error_codes: dict[str, int] = field(factory=dict, converter=_error_codes)
     # getwaitcase element shape: current {latest_time, openid} or legacy {createtime, kf_account, openid}
-    waitcase_style: str = field(default="current", validator=_one_of("current", "legacy"))
+    waitcase_style: str = field(default="current", validator=one_of("current", "legacy"))
     # token lifetimes and limits (spec §4)
-    token_expires_in: int = field(default=7200, validator=_num(1, integer=True))
-    token_grace_s: float = field(default=300.0, validator=_num(0.0))
-    token_daily_quota: int | None = field(default=2000, validator=_num(1, integer=True, optional=True))
-    stable_renew_before_s: float = field(default=300.0, validator=_num(0.0))
-    stable_force_per_day: int = field(default=20, validator=_num(0, integer=True))
-    stable_force_min_interval_s: float = field(default=30.0, validator=_num(0.0))
+    token_expires_in: int = field(default=7200, validator=number(1, integer=True))
+    token_grace_s: float = field(default=300.0, validator=number(0.0))
+    token_daily_quota: int | None = field(default=2000, validator=number(1, integer=True, optional=True))
+    stable_renew_before_s: float = field(default=300.0, validator=number(0.0))
+    stable_force_per_day: int = field(default=20, validator=number(0, integer=True))
+    stable_force_min_interval_s: float = field(default=30.0, validator=number(0.0))
     # session forwarding lapses after this many idle seconds (spec §5.4); None = never
-    forward_idle_s: float | None = field(default=1800.0, validator=_num(0.0, optional=True))
+    forward_idle_s: float | None = field(default=1800.0, validator=number(0.0, optional=True))
     # WeChat's own auto-accept: queued customers go to agents with room under auto_accept
-    wechat_auto_accept: bool = field(default=False, validator=_bool)
+    wechat_auto_accept: bool = field(default=False, validator=boolean)
     # operations on openids the account has never seen answer 40003
-    check_openid: bool = field(default=True, validator=_bool)
+    check_openid: bool = field(default=True, validator=boolean)
     # misconfigurations for `kfrouter doctor`
-    kf_api_enabled: bool = field(default=True, validator=_bool)  # False: 65400 on every kf endpoint
-    ip_whitelisted: bool = field(default=True, validator=_bool)  # False: 40164 on token endpoints
-    reject_secret: bool = field(default=False, validator=_bool)  # True: every secret is wrong
-    agents_unbound: bool = field(default=False, validator=_bool)  # True: every agent counts as unbound
+    kf_api_enabled: bool = field(default=True, validator=boolean)  # False: 65400 on every kf endpoint
+    ip_whitelisted: bool = field(default=True, validator=boolean)  # False: 40164 on token endpoints
+    reject_secret: bool = field(default=False, validator=boolean)  # True: every secret is wrong
+    agents_unbound: bool = field(default=False, validator=boolean)  # True: every agent counts as unbound
 
     def errmsg(self, code: int) -> str:
         return self.errmsg_overrides.get(code) or ERRMSG.get(code, "error")
@@ -360,32 +377,41 @@ class FakeOptions:
 
     def update(self, changes: Mapping[str, Any]) -> list[str]:
         """Apply ``changes`` (JSON from the control API) all or nothing; returns the names changed."""
-        names = {a.name for a in attrs.fields(FakeOptions)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown!r}; known: {', '.join(sorted(names))}")
-        trial = attrs.evolve(self)
-        for key, value in changes.items():
-            try:
-                setattr(trial, key, value)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"option {key}: {exc}") from None
-        for key in changes:
-            setattr(self, key, getattr(trial, key))
-        return sorted(changes)
+        return update_options(self, changes)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for a in attrs.fields(FakeOptions):
-            v = getattr(self, a.name)
-            if isinstance(v, frozenset):
-                v = sorted(v)
-            elif a.name == "rate_limits":
-                v = {k: attrs.asdict(r) for k, r in v.items()}
-            elif isinstance(v, dict):
-                v = {str(k): x for k, x in v.items()}
-            out[a.name] = v
-        return out
+        return options_json(self)
+
+
+def update_options(options: Any, changes: Mapping[str, Any]) -> list[str]:
+    """Apply ``changes`` to the mutable attrs ``options`` all or nothing (validators run on a trial
+    copy first); unknown names are refused naming the known ones. Returns the names changed."""
+    names = {a.name for a in attrs.fields(type(options))}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown!r}; known: {', '.join(sorted(names))}")
+    trial = attrs.evolve(options)
+    for key, value in changes.items():
+        try:
+            setattr(trial, key, value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"option {key}: {exc}") from None
+    for key in changes:
+        setattr(options, key, getattr(trial, key))
+    return sorted(changes)
+
+
+def options_json(options: Any) -> dict[str, Any]:
+    """The attrs ``options`` as JSON values (sets sorted, nested attrs values as dicts)."""
+    out: dict[str, Any] = {}
+    for a in attrs.fields(type(options)):
+        v = getattr(options, a.name)
+        if isinstance(v, frozenset):
+            v = sorted(v)
+        elif isinstance(v, dict):
+            v = {str(k): (attrs.asdict(x) if attrs.has(type(x)) else x) for k, x in v.items()}
+        out[a.name] = v
+    return out
 
 
 KF_ACCOUNT_PREFIX = re.compile(r"[A-Za-z0-9_]{1,10}")

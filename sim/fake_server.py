@@ -144,11 +144,11 @@ class FakeWeChat:
         ep = request.path.strip("/")
         now = self.clock.now()
         if ep not in fo.ENDPOINTS:
-            return _json(self.model.err(40066, f"{request.path}"))
+            return json_response(self.model.err(40066, f"{request.path}"))
         allowed = self.options.del_methods if ep == fo.KF_DEL else frozenset(fo.ENDPOINTS[ep])
         if request.method not in allowed:
             case = "wrong_method_post" if "POST" in allowed else "wrong_method_get"
-            return _json(self.model.err(self.options.code(case), f"{request.method} {request.path}"))
+            return json_response(self.model.err(self.options.code(case), f"{request.method} {request.path}"))
         model = self.model
         try:
             if ep == fo.TOKEN:
@@ -176,7 +176,7 @@ class FakeWeChat:
                 )
         for m in self.models.values():
             self.flush(m)
-        return _json(result)
+        return json_response(result)
 
     async def _apply_fault(
         self, model: WeChatModel, ep: str, request: web.Request, fault: Fault, now: float
@@ -328,17 +328,21 @@ class FakeWeChat:
         if handler is None:
             known = sorted(self._control)
             if any(k.split(" ", 1)[1] == name for k in known):
-                return _json({"error": f"/_fake/{name}: method {request.method} not allowed"}, status=405)
-            return _json({"error": f"unknown control endpoint /_fake/{name}; known: {known}"}, status=404)
+                return json_response(
+                    {"error": f"/_fake/{name}: method {request.method} not allowed"}, status=405
+                )
+            return json_response(
+                {"error": f"unknown control endpoint /_fake/{name}; known: {known}"}, status=404
+            )
         try:
             result = await handler(request)
         except (_ControlError, ValueError) as exc:
-            return _json({"error": f"/_fake/{name}: {exc}"}, status=400)
+            return json_response({"error": f"/_fake/{name}: {exc}"}, status=400)
         for model in self.models.values():
             self.flush(model)
         if isinstance(result, dict) and result.pop("_settle", False):
             await self.settle()
-        return _json(result)
+        return json_response(result)
 
     async def _cbody(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
@@ -541,7 +545,8 @@ FAKE_KEY = web.AppKey("fake", FakeWeChat)
 
 
 # ---------------------------------------------------------------------- helpers
-def _json(payload: Json, status: int = 200) -> web.Response:
+def json_response(payload: Json, status: int = 200) -> web.Response:
+    """HTTP ``status`` with ``payload`` as UTF-8 JSON (no ASCII escapes), the way WeChat and WeCom answer."""
     return web.Response(
         status=status,
         body=json.dumps(payload, ensure_ascii=False).encode("utf-8"),

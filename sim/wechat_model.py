@@ -332,13 +332,7 @@ class WeChatModel:
     def draw_fault(self, endpoint: str) -> Fault | None:
         """The fault to apply to this call of ``endpoint``, if the draw says so."""
         rule = self.faults.get(endpoint)
-        if rule is None or rule.times == 0:
-            return None
-        if rule.rate < 1.0 and self.rng.random() >= rule.rate:
-            return None
-        if rule.times is not None:
-            rule.times -= 1
-        return rule
+        return rule if rule is not None and rule.fires(self.rng) else None
 
     # ------------------------------------------------------------------ kf accounts (spec §2.1-2.7)
     def _bad_account_format(self, kf_account: object) -> bool:

@@ -1,7 +1,7 @@
 """Async client for the WeChat Official Account customer-service API (spec §2, §6).
 
-One method per endpoint, on one shared ``aiohttp.ClientSession``. What every call goes through
-(``WeChatClient._call``):
+One method per endpoint, on one shared ``aiohttp.ClientSession``. What every call goes through is
+``router.edges.api_base.ApiClientBase``, with the Official Account's errcode table:
 
 * the access_token from a ``TokenHolder`` (single-flight, compare-and-swap), in the query string;
 * on 40001 / 40014 / 42001 / 41001: invalidate that token, refresh, retry **once** — a token that
@@ -12,43 +12,48 @@ One method per endpoint, on one shared ``aiohttp.ClientSession``. What every cal
   as the typed exceptions of ``router.edges.errors``.
 
 Answers are parsed leniently (errcode absent or 0, errcode as a string, ``kf_id`` string or number,
-legacy and current field names) but their shape is validated; a malformed answer raises
-``BadResponse`` naming the endpoint and the field. Per-endpoint counters and latencies live in
-``client.stats``. Logs go to ``kfrouter.client`` with ``access_token=`` / ``secret=`` redacted.
+legacy and current field names) but their shape is validated (``router.edges.answers``); a malformed
+answer raises ``BadResponse`` naming the endpoint and the field. Per-endpoint counters and latencies
+live in ``client.stats``. Logs go to ``kfrouter.client`` with ``access_token=`` / ``secret=`` redacted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 import random
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
-from urllib.parse import quote
 
 import aiohttp
-from attrs import define, field, frozen
+from attrs import frozen
 
 from kfrouter.router.core.errors import CoreError
 from kfrouter.router.core.model import AgentRow
-from kfrouter.router.edges.errors import (
-    BadResponse,
-    NetworkError,
-    TokenError,
-    WeChatError,
-    raise_for_response,
-    redact,
+from kfrouter.router.edges.answers import (
+    get_id,
+    get_int,
+    get_opt_str,
+    get_str,
+    require_field_text,
+    require_text,
+    rows,
+    where,
 )
+from kfrouter.router.edges.api_base import (
+    MAX_RESPONSE_BYTES,
+    ApiClientBase,
+    ClientStats,
+    EndpointStats,
+    Sleep,
+)
+from kfrouter.router.edges.errors import BadResponse
 from kfrouter.router.edges.token import TokenHolder, TokenMode, parse_token_response, token_request
 
 log = logging.getLogger("kfrouter.client")
 
 DEFAULT_BASE_URL = "https://api.weixin.qq.com"
-MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # getmsglist: up to 10 000 records per page
 MAX_HEADIMG_BYTES = 5 * 1024 * 1024  # spec §2.4
 MSGLIST_MAX_WINDOW_S = 86400  # spec §2.13: window <= 24 h
 MSGLIST_MAX_NUMBER = 10000
@@ -70,7 +75,11 @@ MSG_LIST = "/customservice/msgrecord/getmsglist"
 CUSTOM_SEND = "/cgi-bin/message/custom/send"
 CUSTOM_TYPING = "/cgi-bin/message/custom/typing"
 
-Sleep = Callable[[float], Awaitable[Any]]
+__all__ = [  # re-exported for callers that imported them from here
+    "MAX_RESPONSE_BYTES",
+    "ClientStats",
+    "EndpointStats",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,157 +154,7 @@ class MsgPage:
     msgid: int
 
 
-# --------------------------------------------------------------------------------------------------
-# Stats
-
-
-@define
-class EndpointStats:
-    """Counters for one endpoint. ``calls``: method calls; ``requests``: HTTP attempts (retries
-    included); ``failures``: calls that raised; ``errcodes``: failed attempts by errcode."""
-
-    calls: int = 0
-    requests: int = 0
-    failures: int = 0
-    retries: int = 0
-    latency_sum_s: float = 0.0
-    latency_max_s: float = 0.0
-    errcodes: Counter[int] = field(factory=Counter)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "calls": self.calls,
-            "requests": self.requests,
-            "failures": self.failures,
-            "retries": self.retries,
-            "latency_sum_s": self.latency_sum_s,
-            "latency_max_s": self.latency_max_s,
-            "errcodes": dict(self.errcodes),
-        }
-
-
-@define
-class ClientStats:
-    """Per-endpoint counters (keyed by path) plus token refreshes; read by the metrics layer."""
-
-    endpoints: dict[str, EndpointStats] = field(factory=dict)
-    token_refreshes: int = 0
-    token_invalidations: int = 0
-
-    def endpoint(self, path: str) -> EndpointStats:
-        stats = self.endpoints.get(path)
-        if stats is None:
-            stats = self.endpoints[path] = EndpointStats()
-        return stats
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "endpoints": {path: s.as_dict() for path, s in sorted(self.endpoints.items())},
-            "token_refreshes": self.token_refreshes,
-            "token_invalidations": self.token_invalidations,
-        }
-
-
-# --------------------------------------------------------------------------------------------------
-# Answer validation helpers: every message names the endpoint and the field.
-
-
-def _where(endpoint: str, path: str, msg: str) -> BadResponse:
-    return BadResponse(f"field {path!r} {msg}", endpoint)
-
-
-def _get_int(
-    endpoint: str, row: Mapping[str, Any], key: str, path: str, *, default: int | None = None
-) -> int:
-    raw = row.get(key)
-    if raw is None:
-        if default is not None:
-            return default
-        raise _where(endpoint, path, "is missing")
-    if isinstance(raw, bool):
-        raise _where(endpoint, path, f"must be an integer, got {raw!r}")
-    if isinstance(raw, int):
-        return raw
-    if isinstance(raw, float) and raw.is_integer():
-        return int(raw)
-    if isinstance(raw, str):
-        text = raw.strip()
-        if text.lstrip("-").isdigit() and len(text) <= 20:
-            return int(text)
-    raise _where(endpoint, path, f"must be an integer, got {str(raw)[:40]!r}")
-
-
-def _get_str(
-    endpoint: str, row: Mapping[str, Any], key: str, path: str, *, default: str | None = None
-) -> str:
-    raw = row.get(key)
-    if raw is None:
-        if default is not None:
-            return default
-        raise _where(endpoint, path, "is missing")
-    if not isinstance(raw, str):
-        raise _where(endpoint, path, f"must be a string, got {type(raw).__name__}")
-    return raw
-
-
-def _get_opt_str(endpoint: str, row: Mapping[str, Any], key: str, path: str) -> str | None:
-    raw = row.get(key)
-    if raw is None or raw == "":
-        return None
-    if not isinstance(raw, str):
-        raise _where(endpoint, path, f"must be a string, got {type(raw).__name__}")
-    return raw
-
-
-def _get_id(endpoint: str, row: Mapping[str, Any], key: str, path: str) -> str:
-    """``kf_id`` arrives as a string in the examples and as a number per the newer doc (§2.6)."""
-    raw = row.get(key)
-    if raw is None:
-        return ""
-    if isinstance(raw, bool) or not isinstance(raw, str | int):
-        raise _where(endpoint, path, f"must be a string or an integer, got {type(raw).__name__}")
-    return str(raw)
-
-
-def _get_list(endpoint: str, data: Mapping[str, Any], key: str, *, default_empty: bool = False) -> list[Any]:
-    raw = data.get(key)
-    if raw is None and default_empty:
-        return []
-    if not isinstance(raw, list):
-        what = "is missing" if raw is None else f"must be a list, got {type(raw).__name__}"
-        raise _where(endpoint, key, what)
-    return raw
-
-
-def _rows(
-    endpoint: str, data: Mapping[str, Any], key: str, *, default_empty: bool = False
-) -> list[tuple[str, Mapping[str, Any]]]:
-    out = []
-    for i, row in enumerate(_get_list(endpoint, data, key, default_empty=default_empty)):
-        path = f"{key}[{i}]"
-        if not isinstance(row, Mapping):
-            raise _where(endpoint, path, f"must be an object, got {type(row).__name__}")
-        out.append((path, row))
-    return out
-
-
-def _require_text(name: str, value: object, *, max_len: int | None = None) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-    if max_len is not None and len(value) > max_len:
-        raise ValueError(f"{name} must be at most {max_len} characters, got {len(value)}")
-    return value
-
-
-def _query_string(query: Mapping[str, str]) -> str:
-    # '@' stays literal: WeChat once rejected '%40' in kf_account (spec §1.8); everything else is quoted.
-    return "&".join(f"{quote(k, safe='')}={quote(v, safe='@')}" for k, v in query.items())
-
-
-# --------------------------------------------------------------------------------------------------
-
-
-class WeChatClient:
+class WeChatClient(ApiClientBase):
     """The customer-service API of one Official Account (``appid``). See the module docstring."""
 
     def __init__(
@@ -316,36 +175,25 @@ class WeChatClient:
         token_margin_s: float = 120.0,
         tokens: TokenHolder | None = None,
     ) -> None:
-        _require_text("appid", appid)
-        _require_text("secret", secret)
+        require_text("appid", appid)
+        require_text("secret", secret)
         if token_mode not in ("stable", "basic"):
             raise ValueError(f"token_mode must be 'stable' or 'basic', got {token_mode!r}")
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
-        if not (backoff_base >= 0 and backoff_cap >= 0):
-            raise ValueError(
-                f"backoff_base and backoff_cap must be >= 0, got {backoff_base!r}, {backoff_cap!r}"
-            )
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-        self._session = session
         self.appid = appid
         self._secret = secret
-        self.base_url = base_url.rstrip("/")
         self.token_mode: TokenMode = token_mode
-        self.retries = retries
-        self.backoff_base = float(backoff_base)
-        self.backoff_cap = float(backoff_cap)
-        self._rng = rng if rng is not None else random.Random()
-        self._timeout = aiohttp.ClientTimeout(total=float(timeout_s))
-        self._sleep = sleep
-        self.stats = ClientStats()
-        # told about every error a call finally ends with (the daemon explains operator problems once)
-        self.on_error: Callable[[WeChatError], None] | None = None
-        self.tokens = (
-            tokens
-            if tokens is not None
-            else TokenHolder(self._fetch_token, margin_s=token_margin_s, clock=clock)
+        self._init_base(
+            session,
+            base_url,
+            retries=retries,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            rng=rng,
+            timeout_s=timeout_s,
+            sleep=sleep,
+            clock=clock,
+            token_margin_s=token_margin_s,
+            tokens=tokens,
         )
 
     def __repr__(self) -> str:  # never show the secret
@@ -358,23 +206,23 @@ class WeChatClient:
     async def add_kf_account(self, kf_account: str, nickname: str) -> None:
         """``kfaccount/add`` (§2.1): ``kf_account`` is ``prefix@wechat_id``, nickname ≤ 16 chars."""
         body = {
-            "kf_account": _require_text("kf_account", kf_account),
-            "nickname": _require_text("nickname", nickname),
+            "kf_account": require_text("kf_account", kf_account),
+            "nickname": require_text("nickname", nickname),
         }
         await self._call(KF_ADD, "POST", json_body=body)
 
     async def update_kf_account(self, kf_account: str, nickname: str) -> None:
         """``kfaccount/update`` (§2.2)."""
         body = {
-            "kf_account": _require_text("kf_account", kf_account),
-            "nickname": _require_text("nickname", nickname),
+            "kf_account": require_text("kf_account", kf_account),
+            "nickname": require_text("nickname", nickname),
         }
         await self._call(KF_UPDATE, "POST", json_body=body)
 
     async def delete_kf_account(self, kf_account: str, *, method: Literal["POST", "GET"] = "POST") -> None:
         """``kfaccount/del`` (§2.3): POST with a JSON body (current doc) or GET with a query (legacy).
         The POST also carries ``kf_account`` in the query so either server reading works."""
-        kf_account = _require_text("kf_account", kf_account)
+        kf_account = require_text("kf_account", kf_account)
         if method == "GET":
             await self._call(KF_DEL, "GET", query={"kf_account": kf_account})
         elif method == "POST":
@@ -393,7 +241,7 @@ class WeChatClient:
         content_type: str = "image/jpeg",
     ) -> None:
         """``kfaccount/uploadheadimg`` (§2.4): multipart field ``media``, ≤ 5 MB."""
-        kf_account = _require_text("kf_account", kf_account)
+        kf_account = require_text("kf_account", kf_account)
         if not isinstance(image, bytes | bytearray) or not image:
             raise ValueError("image must be non-empty bytes")
         if len(image) > MAX_HEADIMG_BYTES:
@@ -410,8 +258,8 @@ class WeChatClient:
     async def invite_kf_worker(self, kf_account: str, invite_wx: str) -> None:
         """``kfaccount/inviteworker`` (§2.5): invite a WeChat user to bind ``kf_account``."""
         body = {
-            "kf_account": _require_text("kf_account", kf_account),
-            "invite_wx": _require_text("invite_wx", invite_wx),
+            "kf_account": require_text("kf_account", kf_account),
+            "invite_wx": require_text("invite_wx", invite_wx),
         }
         await self._call(KF_INVITE, "POST", json_body=body)
 
@@ -419,21 +267,21 @@ class WeChatClient:
         """``getkflist`` (§2.6): every kf account, bound or not."""
         data = await self._call(KF_LIST, "GET")
         out = []
-        for path, row in _rows(KF_LIST, data, "kf_list"):
+        for path, row in rows(KF_LIST, data, "kf_list"):
             out.append(
                 KfAccountInfo(
-                    kf_account=_get_str(KF_LIST, row, "kf_account", f"{path}.kf_account"),
-                    kf_id=_get_id(KF_LIST, row, "kf_id", f"{path}.kf_id"),
-                    nickname=_get_str(KF_LIST, row, "kf_nick", f"{path}.kf_nick", default=""),
-                    headimgurl=_get_str(KF_LIST, row, "kf_headimgurl", f"{path}.kf_headimgurl", default=""),
-                    kf_wx=_get_opt_str(KF_LIST, row, "kf_wx", f"{path}.kf_wx"),
-                    invite_wx=_get_opt_str(KF_LIST, row, "invite_wx", f"{path}.invite_wx"),
+                    kf_account=get_str(KF_LIST, row, "kf_account", f"{path}.kf_account"),
+                    kf_id=get_id(KF_LIST, row, "kf_id", f"{path}.kf_id"),
+                    nickname=get_str(KF_LIST, row, "kf_nick", f"{path}.kf_nick", default=""),
+                    headimgurl=get_str(KF_LIST, row, "kf_headimgurl", f"{path}.kf_headimgurl", default=""),
+                    kf_wx=get_opt_str(KF_LIST, row, "kf_wx", f"{path}.kf_wx"),
+                    invite_wx=get_opt_str(KF_LIST, row, "invite_wx", f"{path}.invite_wx"),
                     invite_expire_time=(
                         None
                         if row.get("invite_expire_time") in (None, "")
-                        else _get_int(KF_LIST, row, "invite_expire_time", f"{path}.invite_expire_time")
+                        else get_int(KF_LIST, row, "invite_expire_time", f"{path}.invite_expire_time")
                     ),
-                    invite_status=_get_opt_str(KF_LIST, row, "invite_status", f"{path}.invite_status"),
+                    invite_status=get_opt_str(KF_LIST, row, "invite_status", f"{path}.invite_status"),
                 )
             )
         return out
@@ -443,12 +291,12 @@ class WeChatClient:
         (seen in the new doc's example) cannot be routed to and are skipped with a log line."""
         data = await self._call(KF_ONLINE_LIST, "GET")
         out = []
-        for path, row in _rows(KF_ONLINE_LIST, data, "kf_online_list"):
-            account = _get_str(KF_ONLINE_LIST, row, "kf_account", f"{path}.kf_account")
-            status = _get_int(KF_ONLINE_LIST, row, "status", f"{path}.status")
-            accepted = _get_int(KF_ONLINE_LIST, row, "accepted_case", f"{path}.accepted_case", default=0)
-            auto_accept = _get_int(KF_ONLINE_LIST, row, "auto_accept", f"{path}.auto_accept", default=0)
-            kf_id = _get_id(KF_ONLINE_LIST, row, "kf_id", f"{path}.kf_id")
+        for path, row in rows(KF_ONLINE_LIST, data, "kf_online_list"):
+            account = get_str(KF_ONLINE_LIST, row, "kf_account", f"{path}.kf_account")
+            status = get_int(KF_ONLINE_LIST, row, "status", f"{path}.status")
+            accepted = get_int(KF_ONLINE_LIST, row, "accepted_case", f"{path}.accepted_case", default=0)
+            auto_accept = get_int(KF_ONLINE_LIST, row, "auto_accept", f"{path}.auto_accept", default=0)
+            kf_id = get_id(KF_ONLINE_LIST, row, "kf_id", f"{path}.kf_id")
             if not account:
                 log.info("%s: %s has an empty kf_account (kf_id=%r); skipped", KF_ONLINE_LIST, path, kf_id)
                 continue
@@ -471,36 +319,36 @@ class WeChatClient:
     async def create_session(self, openid: str, kf_account: str) -> None:
         """``kfsession/create`` (§2.8). Raises e.g. ``ServedByOther`` (65414), ``AgentOffline`` (65415)."""
         body = {
-            "kf_account": _require_text("kf_account", kf_account),
-            "openid": _require_text("openid", openid),
+            "kf_account": require_text("kf_account", kf_account),
+            "openid": require_text("openid", openid),
         }
         await self._call(SESSION_CREATE, "POST", json_body=body)
 
     async def close_session(self, openid: str, kf_account: str) -> None:
         """``kfsession/close`` (§2.9). Raises ``NoSession`` (65413) when there is none."""
         body = {
-            "kf_account": _require_text("kf_account", kf_account),
-            "openid": _require_text("openid", openid),
+            "kf_account": require_text("kf_account", kf_account),
+            "openid": require_text("openid", openid),
         }
         await self._call(SESSION_CLOSE, "POST", json_body=body)
 
     async def get_session(self, openid: str) -> SessionInfo:
         """``kfsession/getsession`` (§2.10); an empty ``kf_account`` means nobody serves the user."""
-        data = await self._call(SESSION_GET, "GET", query={"openid": _require_text("openid", openid)})
-        account = _get_str(SESSION_GET, data, "kf_account", "kf_account", default="")
-        createtime = _get_int(SESSION_GET, data, "createtime", "createtime", default=0)
+        data = await self._call(SESSION_GET, "GET", query={"openid": require_text("openid", openid)})
+        account = get_str(SESSION_GET, data, "kf_account", "kf_account", default="")
+        createtime = get_int(SESSION_GET, data, "createtime", "createtime", default=0)
         return SessionInfo(kf_account=account or None, createtime=createtime)
 
     async def get_session_list(self, kf_account: str) -> list[SessionEntry]:
         """``kfsession/getsessionlist`` (§2.11): the customers this agent serves now."""
-        query = {"kf_account": _require_text("kf_account", kf_account)}
+        query = {"kf_account": require_text("kf_account", kf_account)}
         data = await self._call(SESSION_LIST, "GET", query=query)
         return [
             SessionEntry(
-                openid=_require_field_text(SESSION_LIST, row, "openid", path),
-                createtime=_get_int(SESSION_LIST, row, "createtime", f"{path}.createtime", default=0),
+                openid=require_field_text(SESSION_LIST, row, "openid", path),
+                createtime=get_int(SESSION_LIST, row, "createtime", f"{path}.createtime", default=0),
             )
-            for path, row in _rows(SESSION_LIST, data, "sessionlist", default_empty=True)
+            for path, row in rows(SESSION_LIST, data, "sessionlist", default_empty=True)
         ]
 
     async def get_wait_case(self) -> WaitCase:
@@ -508,18 +356,18 @@ class WeChatClient:
         (``createtime`` + ``kf_account``)."""
         data = await self._call(SESSION_WAITCASE, "GET")
         entries = []
-        for path, row in _rows(SESSION_WAITCASE, data, "waitcaselist", default_empty=True):
+        for path, row in rows(SESSION_WAITCASE, data, "waitcaselist", default_empty=True):
             key = "latest_time" if "latest_time" in row else "createtime"
             entries.append(
                 WaitEntry(
-                    openid=_require_field_text(SESSION_WAITCASE, row, "openid", path),
-                    latest_time=_get_int(SESSION_WAITCASE, row, key, f"{path}.{key}", default=0),
-                    kf_account=_get_opt_str(SESSION_WAITCASE, row, "kf_account", f"{path}.kf_account"),
+                    openid=require_field_text(SESSION_WAITCASE, row, "openid", path),
+                    latest_time=get_int(SESSION_WAITCASE, row, key, f"{path}.{key}", default=0),
+                    kf_account=get_opt_str(SESSION_WAITCASE, row, "kf_account", f"{path}.kf_account"),
                 )
             )
-        count = _get_int(SESSION_WAITCASE, data, "count", "count", default=len(entries))
+        count = get_int(SESSION_WAITCASE, data, "count", "count", default=len(entries))
         if count < len(entries):
-            raise _where(SESSION_WAITCASE, "count", f"is {count} but waitcaselist has {len(entries)} rows")
+            raise where(SESSION_WAITCASE, "count", f"is {count} but waitcaselist has {len(entries)} rows")
         return WaitCase(count=count, entries=tuple(entries))
 
     # ---------------------------------------------------------------------------------- records
@@ -548,16 +396,16 @@ class WeChatClient:
         data = await self._call(MSG_LIST, "POST", json_body=body)
         records = tuple(
             MsgRecord(
-                openid=_get_str(MSG_LIST, row, "openid", f"{path}.openid"),
-                opercode=_get_int(MSG_LIST, row, "opercode", f"{path}.opercode"),
-                text=_get_str(MSG_LIST, row, "text", f"{path}.text", default=""),
-                time=_get_int(MSG_LIST, row, "time", f"{path}.time"),
-                worker=_get_str(MSG_LIST, row, "worker", f"{path}.worker", default=""),
+                openid=get_str(MSG_LIST, row, "openid", f"{path}.openid"),
+                opercode=get_int(MSG_LIST, row, "opercode", f"{path}.opercode"),
+                text=get_str(MSG_LIST, row, "text", f"{path}.text", default=""),
+                time=get_int(MSG_LIST, row, "time", f"{path}.time"),
+                worker=get_str(MSG_LIST, row, "worker", f"{path}.worker", default=""),
             )
-            for path, row in _rows(MSG_LIST, data, "recordlist", default_empty=True)
+            for path, row in rows(MSG_LIST, data, "recordlist", default_empty=True)
         )
-        returned_number = _get_int(MSG_LIST, data, "number", "number", default=len(records))
-        returned_msgid = _get_int(MSG_LIST, data, "msgid", "msgid", default=msgid)
+        returned_number = get_int(MSG_LIST, data, "number", "number", default=len(records))
+        returned_msgid = get_int(MSG_LIST, data, "msgid", "msgid", default=msgid)
         return MsgPage(records=records, number=returned_number, msgid=returned_msgid)
 
     async def iter_msg_records(
@@ -597,18 +445,20 @@ class WeChatClient:
         """``message/custom/send`` text (§6.1), optionally as agent ``kf_account``.
         Raises ``WindowClosed`` (45015 / 45047) — never retried."""
         body: dict[str, Any] = {
-            "touser": _require_text("openid", openid),
+            "touser": require_text("openid", openid),
             "msgtype": "text",
-            "text": {"content": _require_text("content", content)},
+            "text": {"content": require_text("content", content)},
         }
         if kf_account is not None:
-            body["customservice"] = {"kf_account": _require_text("kf_account", kf_account)}
+            body["customservice"] = {"kf_account": require_text("kf_account", kf_account)}
         await self._call(CUSTOM_SEND, "POST", json_body=body)
 
     async def typing(self, openid: str, typing: bool = True) -> None:
         """``message/custom/typing`` (§6.2): ``Typing`` or ``CancelTyping``."""
-        body = {"touser": _require_text("openid", openid), "command": "Typing" if typing else "CancelTyping"}
+        body = {"touser": require_text("openid", openid), "command": "Typing" if typing else "CancelTyping"}
         await self._call(CUSTOM_TYPING, "POST", json_body=body)
+
+    # ---------------------------------------------------------------------------------- machinery
 
     # ---------------------------------------------------------------------------------- machinery
 
@@ -616,161 +466,4 @@ class WeChatClient:
         method, path, query, body = token_request(
             self.token_mode, self.appid, self._secret, force_refresh=force_refresh
         )
-        stats = self.stats.endpoint(path)
-        stats.calls += 1
-        try:
-            data = await self._request(
-                stats, method, path, query, (lambda: body) if body is not None else None, "application/json"
-            )
-            result = parse_token_response(path, data)
-        except WeChatError as exc:
-            stats.failures += 1
-            stats.errcodes[exc.errcode] += 1
-            raise
-        self.stats.token_refreshes += 1
-        return result
-
-    async def _call(
-        self,
-        path: str,
-        method: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        json_body: Any = None,
-        form: Callable[[], aiohttp.FormData] | None = None,
-    ) -> dict[str, Any]:
-        """``_attempts``, telling ``on_error`` (when set) about the error a call finally ends with."""
-        try:
-            return await self._attempts(path, method, query=query, json_body=json_body, form=form)
-        except WeChatError as exc:
-            if self.on_error is not None:
-                self.on_error(exc)
-            raise
-
-    async def _attempts(
-        self,
-        path: str,
-        method: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        json_body: Any = None,
-        form: Callable[[], aiohttp.FormData] | None = None,
-    ) -> dict[str, Any]:
-        """Call ``path`` with token, one token retry and bounded backoff; the parsed JSON on success."""
-        stats = self.stats.endpoint(path)
-        stats.calls += 1
-        body_factory: Callable[[], Any] | None
-        content_type: str | None = None
-        if form is not None:
-            body_factory = form
-        elif json_body is not None:
-            encoded = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
-            body_factory = functools.partial(bytes, encoded)
-            content_type = "application/json; charset=utf-8"
-        else:
-            body_factory = None
-        token_retry_used = False
-        attempt = 0
-        while True:
-            token: str | None = None
-            try:
-                token = await self.tokens.get()
-                full_query = {"access_token": token, **(query or {})}
-                data = await self._request(stats, method, path, full_query, body_factory, content_type)
-                raise_for_response(path, data)
-                return data
-            except TokenError as exc:
-                stats.errcodes[exc.errcode] += 1
-                if token_retry_used or token is None:
-                    stats.failures += 1
-                    log.warning(
-                        "%s: token rejected again after a refresh (errcode %s); giving up", path, exc.errcode
-                    )
-                    raise
-                token_retry_used = True
-                stats.retries += 1
-                if self.tokens.invalidate(token):
-                    self.stats.token_invalidations += 1
-                log.info("%s: token rejected (errcode %s); refreshing and retrying once", path, exc.errcode)
-            except WeChatError as exc:
-                if exc.endpoint == path:
-                    stats.errcodes[exc.errcode] += 1
-                if not exc.retryable or attempt >= self.retries:
-                    stats.failures += 1
-                    raise
-                delay = self._rng.uniform(0.0, min(self.backoff_cap, self.backoff_base * (2**attempt)))
-                attempt += 1
-                stats.retries += 1
-                log.info("%s: %s; retry %d/%d in %.3fs", path, exc, attempt, self.retries, delay)
-                await self._sleep(delay)
-
-    async def _request(
-        self,
-        stats: EndpointStats,
-        method: str,
-        path: str,
-        query: Mapping[str, str],
-        body_factory: Callable[[], Any] | None,
-        content_type: str | None,
-    ) -> dict[str, Any]:
-        """One HTTP attempt: the JSON object answered, or ``NetworkError`` / ``BadResponse``."""
-        url = f"{self.base_url}{path}"
-        if query:
-            url = f"{url}?{_query_string(query)}"
-        headers = {"Content-Type": content_type} if content_type else None
-        stats.requests += 1
-        started = time.perf_counter()
-        status = 0
-        try:
-            async with self._session.request(
-                method,
-                url,
-                data=body_factory() if body_factory is not None else None,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                raw = await _read_capped(resp, path)
-        except TimeoutError:
-            raise NetworkError(f"no answer within {self._timeout.total}s", path) from None
-        except aiohttp.ClientError as exc:
-            raise NetworkError(f"{type(exc).__name__}: {redact(str(exc))}", path) from None
-        finally:
-            elapsed = time.perf_counter() - started
-            stats.latency_sum_s += elapsed
-            stats.latency_max_s = max(stats.latency_max_s, elapsed)
-            log.debug("%s %s -> HTTP %s in %.1f ms", method, redact(url), status, elapsed * 1000)
-        if status >= 500:
-            raise NetworkError(f"HTTP {status}", path)
-        if status != 200:
-            raise BadResponse(f"HTTP {status} (expected 200)", path)
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BadResponse(
-                f"answer is not UTF-8 JSON ({type(exc).__name__}, {len(raw)} bytes)", path
-            ) from None
-        if not isinstance(data, dict):
-            raise BadResponse(f"answer must be a JSON object, got {type(data).__name__}", path)
-        return data
-
-
-def _require_field_text(endpoint: str, row: Mapping[str, Any], key: str, path: str) -> str:
-    value = _get_str(endpoint, row, key, f"{path}.{key}")
-    if not value:
-        raise _where(endpoint, f"{path}.{key}", "must not be empty")
-    return value
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, path: str) -> bytes:
-    if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
-        raise BadResponse(f"answer of {resp.content_length} bytes exceeds {MAX_RESPONSE_BYTES}", path)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise BadResponse(f"answer exceeds {MAX_RESPONSE_BYTES} bytes", path)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        return await self._token_call(method, path, query, body, parse_token_response)

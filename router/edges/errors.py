@@ -5,6 +5,10 @@ answer into the matching exception. Local failures use negative codes WeChat nev
 ``-2`` (network: timeout, connection error, 5xx) and ``-3`` (a malformed answer). Every message names
 the endpoint and the errcode and passes through ``redact`` so it never carries an access token or the
 AppSecret, whatever WeChat or aiohttp put in the text.
+
+The errcode -> class table is a parameter (``families``): the Official Account API uses
+``OA_FAMILIES`` (the default); another API family with its own codes (WeCom 微信客服,
+``router.edges.wecom_errors``) passes its own tuple, reusing these classes where the meaning is shared.
 """
 
 from __future__ import annotations
@@ -143,7 +147,9 @@ class BadResponse(WeChatError):
         super().__init__(BAD_RESPONSE_ERRCODE, errmsg, endpoint)
 
 
-_FAMILIES: tuple[type[WeChatError], ...] = (
+Families = tuple[type[WeChatError], ...]
+
+OA_FAMILIES: Families = (
     TokenError,
     RateLimited,
     SystemBusy,
@@ -159,9 +165,10 @@ _FAMILIES: tuple[type[WeChatError], ...] = (
 )
 
 
-def error_class(errcode: int) -> type[WeChatError]:
-    """The most specific class for ``errcode``; ``WeChatError`` for codes without a family."""
-    for cls in _FAMILIES:
+def error_class(errcode: int, families: Families = OA_FAMILIES) -> type[WeChatError]:
+    """The most specific class for ``errcode`` in ``families`` (first match wins, so subclasses come
+    before their catch-all); ``WeChatError`` for codes without a family."""
+    for cls in families:
         if errcode in cls.CODES:
             return cls
     return WeChatError
@@ -184,20 +191,22 @@ def parse_errcode(endpoint: str, data: Mapping[str, Any]) -> int:
     raise BadResponse(f"field 'errcode' must be an integer, got {redact(repr(raw))[:80]}", endpoint)
 
 
-def from_errcode(errcode: int, errmsg: str, endpoint: str) -> WeChatError:
-    return error_class(errcode)(errcode, errmsg, endpoint)
+def from_errcode(errcode: int, errmsg: str, endpoint: str, families: Families = OA_FAMILIES) -> WeChatError:
+    return error_class(errcode, families)(errcode, errmsg, endpoint)
 
 
-def from_response(endpoint: str, data: Mapping[str, Any]) -> WeChatError | None:
+def from_response(
+    endpoint: str, data: Mapping[str, Any], families: Families = OA_FAMILIES
+) -> WeChatError | None:
     """The exception for a failed answer, or None when it is a success (errcode 0 or absent)."""
     errcode = parse_errcode(endpoint, data)
     if errcode == 0:
         return None
     errmsg = data.get("errmsg", "")
-    return from_errcode(errcode, errmsg if isinstance(errmsg, str) else repr(errmsg), endpoint)
+    return from_errcode(errcode, errmsg if isinstance(errmsg, str) else repr(errmsg), endpoint, families)
 
 
-def raise_for_response(endpoint: str, data: Mapping[str, Any]) -> None:
-    error = from_response(endpoint, data)
+def raise_for_response(endpoint: str, data: Mapping[str, Any], families: Families = OA_FAMILIES) -> None:
+    error = from_response(endpoint, data, families)
     if error is not None:
         raise error

@@ -25,7 +25,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
-from kfrouter.router.edges.errors import BadResponse, CredentialError, TokenError, WeChatError, from_response
+from kfrouter.router.edges.errors import (
+    OA_FAMILIES,
+    BadResponse,
+    CredentialError,
+    Families,
+    TokenError,
+    WeChatError,
+    from_response,
+)
 
 log = logging.getLogger("kfrouter.client")
 
@@ -56,13 +64,16 @@ def token_request(
     raise ValueError(f"token_mode must be 'stable' or 'basic', got {mode!r}")
 
 
-def parse_token_response(endpoint: str, data: Mapping[str, Any]) -> tuple[str, float]:
+def parse_token_response(
+    endpoint: str, data: Mapping[str, Any], families: Families = OA_FAMILIES
+) -> tuple[str, float]:
     """Validate a token answer into ``(access_token, expires_in)``.
 
     An errcode from the token endpoint is a credential problem (40001 here means "wrong AppSecret"),
-    so token-family codes become ``CredentialError``; -1 / 45009 keep their own classes.
+    so token-family codes become ``CredentialError``; -1 / 45009 keep their own classes. ``families``
+    is the API's errcode table (WeCom's ``gettoken`` answers in the same shape with its own codes).
     """
-    error = from_response(endpoint, data)
+    error = from_response(endpoint, data, families)
     if error is not None:
         if isinstance(error, TokenError):
             raise CredentialError(error.errcode, error.errmsg, endpoint)

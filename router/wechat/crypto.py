@@ -6,6 +6,10 @@
 trailing appid (WxJava skips it; we don't). Key rotation: the previous EncodingAESKey is tried when
 the current one fails, and replies can be encrypted with whichever key worked.
 
+WeCom (企业微信, e.g. 微信客服 callbacks) uses the same framing with the corp id as the trailing
+"receive id": pass the corpid as ``appid`` and ``id_name="corpid"`` (messages then say corpid).
+WeCom's URL check sends an *encrypted* echostr signed with ``msg_signature``: ``decrypt_echostr``.
+
 Pure: the 16 random bytes are an argument (pass ``os.urandom(16)`` or ``secrets.token_bytes(16)``).
 Errors never contain a key or the token.
 """
@@ -109,12 +113,19 @@ class SafeModeCrypto:
     """Encrypts and decrypts safe-mode messages for one account (token, EncodingAESKey, appid)."""
 
     def __init__(
-        self, token: str, encoding_aes_key: str, appid: str, previous_aes_key: str | None = None
+        self,
+        token: str,
+        encoding_aes_key: str,
+        appid: str,
+        previous_aes_key: str | None = None,
+        *,
+        id_name: str = "appid",
     ) -> None:
         if not isinstance(token, str) or not token:
             raise WeChatCodecError("token must be a non-empty string")
         if not isinstance(appid, str) or not appid:
-            raise WeChatCodecError(f"appid must be a non-empty string, got {appid!r}")
+            raise WeChatCodecError(f"{id_name} must be a non-empty string, got {appid!r}")
+        self.id_name = id_name  # what the trailing receive id is called in messages: appid / corpid
         self._token = token
         self._key = decode_aes_key(encoding_aes_key)
         self._prev_key = (
@@ -124,7 +135,7 @@ class SafeModeCrypto:
         self._appid_bytes = appid.encode("utf-8")
 
     def __repr__(self) -> str:  # never show the token or keys
-        return f"SafeModeCrypto(appid={self.appid!r}, previous_key={self._prev_key is not None})"
+        return f"SafeModeCrypto({self.id_name}={self.appid!r}, previous_key={self._prev_key is not None})"
 
     @property
     def has_previous_key(self) -> bool:
@@ -167,7 +178,7 @@ class SafeModeCrypto:
             got = tail.decode("utf-8", "replace")
             shown = got if len(got) <= 40 else got[:40] + "..."
             raise AppIdMismatch(
-                f"decrypted message is for appid {shown!r}, but this account is {self.appid!r}",
+                f"decrypted message is for {self.id_name} {shown!r}, but this account is {self.appid!r}",
                 got=got,
                 expected=self.appid,
             )
@@ -212,6 +223,17 @@ class SafeModeCrypto:
     def decrypt(self, encrypt_b64: str) -> str:
         """Decrypted text of an ``Encrypt`` value (see ``decrypt_detailed``)."""
         return self.decrypt_detailed(encrypt_b64).text
+
+    def decrypt_echostr(self, echostr: str, msg_signature: str, timestamp: str | int, nonce: str) -> str:
+        """WeCom's callback URL check (GET): verify ``msg_signature`` over the encrypted ``echostr``,
+        decrypt it and check the receive id; the plaintext is what the URL must answer."""
+        if not isinstance(echostr, str) or not echostr:
+            raise InvalidPush("echostr is missing or empty")
+        if not signature.verify(msg_signature, self._token, timestamp, nonce, echostr):
+            raise SignatureMismatch(
+                "msg_signature does not match sha1(sorted(token, timestamp, nonce, echostr)) for this URL check"
+            )
+        return self.decrypt(echostr)
 
     # -- signed envelopes -----------------------------------------------------------------------
 
