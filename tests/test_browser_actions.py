@@ -58,7 +58,8 @@ class Tab:
         except AssertionError:
             return None  # between documents (a redirect)
 
-    async def until(self, expr: str, message: str, timeout: float = 10.0) -> Any:
+    # a headless browser on a loaded two-core machine can take seconds to repaint: wait up to 30 s
+    async def until(self, expr: str, message: str, timeout: float = 30.0) -> Any:
         return await wait_until(lambda: self.maybe(expr), timeout=timeout, message=message)
 
     async def open(self, url: str) -> None:
