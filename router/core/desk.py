@@ -158,8 +158,8 @@ class Desk:
     ) -> list[Command]:
         commands = self.engine.customer_requested(openid, group, priority, preferred_agent, tags, now)
         self._cancelled_creates.pop(openid, None)
-        if self.estimator is None and self.notifier is None and not self.observers:
-            return commands  # nothing follows from the facts
+        if self._nothing_follows():
+            return commands
         request = ev.CustomerRequested(
             openid=openid,
             group=group,
@@ -171,10 +171,27 @@ class Desk:
         return self._follow(commands, now, request).commands
 
     def session_created(self, openid: str, kf_account: str, now: float) -> list[Command]:
-        return self._follow(self.engine.session_created(openid, kf_account, now), now, None).commands
+        commands = self.engine.session_created(openid, kf_account, now)
+        if self._nothing_follows():
+            return commands
+        return self._follow(commands, now, None).commands
 
     def session_closed(self, openid: str, kf_account: str, now: float) -> list[Command]:
-        return self._follow(self.engine.session_closed(openid, kf_account, now), now, None).commands
+        commands = self.engine.session_closed(openid, kf_account, now)
+        if self._nothing_follows():
+            return commands
+        return self._follow(commands, now, None).commands
+
+    def _nothing_follows(self) -> bool:
+        """True when following a typed call's facts could change nothing: no estimator, notifier or
+        observer reads them, and no cancel or request is remembered (those calls bring no cancel)."""
+        return (
+            self.estimator is None
+            and self.notifier is None
+            and not self.observers
+            and not self._cancelled_creates
+            and not self._requests
+        )
 
     def consider(self, inbound: Inbound, now: float) -> Answer:
         """What the customer's message means and what to do (router/core/intake.py). Reads the engine and
