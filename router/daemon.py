@@ -209,7 +209,7 @@ class Daemon:
         self._guard = SnapshotGuard()
         self._rng = random.Random(self.options.seed)
         self._started_at = time.time()
-        w = config.wechat
+        w = config.oa
         encrypted = w.encoding != "plain" and w.aes_key is not None
         self._crypto = (
             SafeModeCrypto(w.token, w.aes_key, w.appid, w.previous_aes_key)
@@ -320,8 +320,8 @@ class Daemon:
                 "listening on http://%s:%s%s (appid %s)",
                 self.config.server.host,
                 self.port,
-                self.config.wechat.callback_path,
-                self.config.wechat.appid,
+                self.config.oa.callback_path,
+                self.config.oa.appid,
             )
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -357,7 +357,7 @@ class Daemon:
         log.info("start-up checks: %d problem(s), %d check(s) in all", n, len(results))
 
     def _build_edges(self, http: aiohttp.ClientSession) -> None:
-        w = self.config.wechat
+        w = self.config.oa
         o = self.options
         mode: TokenMode = "stable" if w.token_mode == "stable" else "basic"
         self.client = WeChatClient(

@@ -460,7 +460,7 @@ async def run_demo(
             try:
                 await _until(daemon.listening, task, "the daemon did not start listening")
                 base = f"http://127.0.0.1:{daemon.port}"
-                summary.webhook = base + config.wechat.callback_path
+                summary.webhook = base + config.oa.callback_path
                 fake.pusher.webhook = summary.webhook
                 await _until(daemon.started, task, "the daemon did not finish starting")
                 if any(r.canonical == "/supervisor" for r in daemon.app.router.resources()):
