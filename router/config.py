@@ -1043,13 +1043,21 @@ def wecom_from_section(s: _Section) -> WeComConfig:
         what="a corp id (企业ID): 6-64 letters or digits, e.g. ww0123456789abcdef",
     )
     secret = loader._secret(
-        s, "secret", required=True, pattern=_WECOM_SECRET_RE, what="the kf app's secret (1-256 characters, no spaces)"
+        s,
+        "secret",
+        required=True,
+        pattern=_WECOM_SECRET_RE,
+        what="the kf app's secret (1-256 characters, no spaces)",
     )
     token = loader._secret(
         s, "token", required=True, pattern=_TOKEN_RE, what="3-32 letters or digits (the callback Token)"
     )
     aes_key = loader._secret(
-        s, "aes_key", required=True, pattern=_AES_KEY_RE, what="43 letters or digits (the callback EncodingAESKey)"
+        s,
+        "aes_key",
+        required=True,
+        pattern=_AES_KEY_RE,
+        what="43 letters or digits (the callback EncodingAESKey)",
     )
     if s.raw("open_kfids") is _MISSING:
         s.problem(
