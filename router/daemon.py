@@ -153,6 +153,19 @@ def notify_texts(config: Config) -> core_notify.NotifyConfig:
         return build({})
 
 
+def build_desk(config: Config, options: DaemonOptions) -> Desk:
+    """The application core of one account (engine, estimator, notifier and the rules that join them,
+    router/core/desk.py) as ``config`` and ``options`` say; the OA and the WeCom daemons both use it."""
+    texts = notify_texts(config)
+    return Desk(
+        Engine(config.engine_config(), load_policies(sorted(config.policy_names()))),
+        estimator=WaitEstimator(),
+        notifier=core_notify.Notifier(texts) if config.notify.enabled else None,
+        sweep_every_s=options.eta_every_s,
+        intake=IntakeSettings(routing=config.routing, texts=texts, choice_ttl_s=options.choice_ttl_s),
+    )
+
+
 class Daemon:
     """kfrouter for one Official Account. See the module docstring and docs/daemon.md.
 
@@ -173,17 +186,7 @@ class Daemon:
         self.config = config
         self.options = options if options is not None else DaemonOptions()
         self.clock: Clock = clock if clock is not None else SteadyClock()
-        texts = notify_texts(config)
-        # the application core: engine, estimator, notifier and the rules that join them (router/core/desk.py)
-        self.desk = Desk(
-            Engine(config.engine_config(), load_policies(sorted(config.policy_names()))),
-            estimator=WaitEstimator(),
-            notifier=core_notify.Notifier(texts) if config.notify.enabled else None,
-            sweep_every_s=self.options.eta_every_s,
-            intake=IntakeSettings(
-                routing=config.routing, texts=texts, choice_ttl_s=self.options.choice_ttl_s
-            ),
-        )
+        self.desk = build_desk(config, self.options)
         self.engine = self.desk.engine
         self.estimator: WaitEstimator | None = self.desk.estimator
         self.notifier: core_notify.Notifier | None = self.desk.notifier

@@ -453,7 +453,10 @@ async def run_demo(
                 store=Path(tmp) / "kfrouter.db",
                 port=options.port,
             )
-            daemon = build_daemon(config, options=DaemonOptions(seed=seed, create_timeout_s=5.0, api_timeout_s=5.0))
+            daemon = build_daemon(
+                config, options=DaemonOptions(seed=seed, create_timeout_s=5.0, api_timeout_s=5.0)
+            )
+            assert isinstance(daemon, Daemon)  # the demo is an Official Account
             run.daemon = daemon
             daemon.observers.append(run.on_daemon)
             task = asyncio.create_task(daemon.run(), name="kfrouter-demo-daemon")
