@@ -49,6 +49,9 @@ ENV_VARS: Mapping[str, str] = MappingProxyType(
         "wechat.secret": "KFROUTER_SECRET",
         "wechat.token": "KFROUTER_TOKEN",
         "wechat.aes_key": "KFROUTER_AES_KEY",
+        "wecom.secret": "KFROUTER_WECOM_SECRET",
+        "wecom.token": "KFROUTER_WECOM_TOKEN",
+        "wecom.aes_key": "KFROUTER_WECOM_AES_KEY",
         "server.admin_token": "KFROUTER_ADMIN_TOKEN",
         "server.readonly_token": "KFROUTER_READONLY_TOKEN",
     }
@@ -64,6 +67,10 @@ _ADMIN_TOKEN_MIN = 16  # characters; an admin token guards pausing agents and cl
 _MAX_UPSTREAM_TIMEOUT_S = 4.5  # WeChat gives up after 5 s; keep time to answer it ourselves
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 _LEVELS = ("debug", "info", "warning", "error")
+WECOM_API_BASE = "https://qyapi.weixin.qq.com"
+_CORPID_RE = re.compile(r"[A-Za-z0-9]{6,64}")
+_OPEN_KFID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
+_WECOM_SECRET_RE = re.compile(r"\S{1,256}")
 
 
 # One set of message kinds, placeholders and built-in texts, shared with the notification planner
@@ -89,6 +96,20 @@ class WechatConfig:
     token_mode: str = "stable"  # stable | classic
     callback_path: str = "/wechat"
     encoding: str = "plain"  # plain | compatible | safe
+
+
+@frozen(kw_only=True)
+class WeComConfig:
+    """One WeCom corp's 微信客服 credentials and the kf accounts kfrouter serves (``[wecom]``, read by
+    ``wecom_from_section``; docs/wecom.md)."""
+
+    corpid: str
+    secret: str = field(repr=False)
+    token: str = field(repr=False)
+    aes_key: str = field(repr=False)
+    open_kfids: tuple[str, ...]
+    api_base: str = WECOM_API_BASE
+    callback_path: str = "/wecom"
 
 
 @frozen(kw_only=True)
@@ -184,8 +205,9 @@ class AgentPlan:
 @frozen(kw_only=True)
 class Config:
     source: str
-    wechat: WechatConfig
+    wechat: WechatConfig | None  # an Official Account (多客服) ...
     server: ServerConfig
+    wecom: WeComConfig | None = None  # ... or WeCom 微信客服: exactly one of the two
     engine: EngineSection = EngineSection()
     groups: tuple[GroupConfig, ...] = ()
     routing: RoutingConfig = field(factory=RoutingConfig)
@@ -207,6 +229,25 @@ class Config:
         """Validate an already parsed TOML document. ``env`` defaults to ``os.environ``; relative paths
         resolve against ``base_dir`` (default: the current directory)."""
         return _Loader(source, os.environ if env is None else env, base_dir or Path.cwd()).load(data)
+
+    @property
+    def backend(self) -> str:
+        """``"wecom"`` for a ``[wecom]`` account, ``"wechat"`` for an Official Account."""
+        return "wecom" if self.wecom is not None else "wechat"
+
+    @property
+    def account(self) -> str:
+        """Who is served, for pages and metrics: the appid, or the WeCom corp id."""
+        if self.wecom is not None:
+            return self.wecom.corpid
+        return self.oa.appid
+
+    @property
+    def oa(self) -> WechatConfig:
+        """The ``[wechat]`` table; raises ``ConfigError`` for a ``[wecom]`` config (the caller is OA-only)."""
+        if self.wechat is None:
+            raise ConfigError(f"{self.source}: this account is [wecom]; [wechat] is needed here")
+        return self.wechat
 
     def group(self, name: str) -> GroupConfig | None:
         return next((g for g in self.groups if g.name == name), None)
@@ -528,7 +569,27 @@ class _Loader:
 
     def load(self, data: Mapping[str, Any]) -> Config:
         root = _Section(self, "", dict(data))
-        wechat = self._wechat(root.table("wechat"))
+        has_wechat, has_wecom = root.raw("wechat") is not _MISSING, root.raw("wecom") is not _MISSING
+        wechat: WechatConfig | None = None
+        wecom: WeComConfig | None = None
+        if has_wechat and has_wecom:
+            self.problem(
+                "wecom",
+                "a config serves one account: [wechat] (an Official Account) or [wecom] (WeCom 微信客服), "
+                "not both",
+            )
+            root.used.add("wecom")
+        if has_wecom and not has_wechat:
+            wecom = wecom_from_section(root.table("wecom"))
+        else:
+            before = len(self.problems)
+            wechat = self._wechat(root.table("wechat"))  # its secrets may all come from the environment
+            if not has_wechat and len(self.problems) > before:
+                self.problem(
+                    "wechat",
+                    "is missing: a config needs a [wechat] table (an Official Account) or a [wecom] table "
+                    "(WeCom 微信客服)",
+                )
         server = self._server(root.table("server"))
         engine = self._engine(root.table("engine"))
         groups = self._groups(root.tables("groups"), engine)
@@ -544,6 +605,7 @@ class _Loader:
         return Config(
             source=self.source,
             wechat=wechat,
+            wecom=wecom,
             server=server,
             engine=engine,
             groups=groups,
@@ -968,3 +1030,61 @@ def _template_problem(text: str, allowed: frozenset[str]) -> str | None:
                 f"unknown placeholder {{{f}}} (allowed: {', '.join('{' + a + '}' for a in sorted(allowed))})"
             )
     return None
+
+
+def wecom_from_section(s: _Section) -> WeComConfig:
+    """Read and check the ``[wecom]`` table ``s``; problems go to its loader (nothing is raised here).
+    ``secret``, ``token`` and ``aes_key`` may come from the environment (``ENV_VARS``) like ``[wechat]``'s."""
+    loader = s.loader
+    corpid = s.get_str(
+        "corpid",
+        required=True,
+        pattern=_CORPID_RE,
+        what="a corp id (企业ID): 6-64 letters or digits, e.g. ww0123456789abcdef",
+    )
+    secret = loader._secret(
+        s,
+        "secret",
+        required=True,
+        pattern=_WECOM_SECRET_RE,
+        what="the kf app's secret (1-256 characters, no spaces)",
+    )
+    token = loader._secret(
+        s, "token", required=True, pattern=_TOKEN_RE, what="3-32 letters or digits (the callback Token)"
+    )
+    aes_key = loader._secret(
+        s,
+        "aes_key",
+        required=True,
+        pattern=_AES_KEY_RE,
+        what="43 letters or digits (the callback EncodingAESKey)",
+    )
+    if s.raw("open_kfids") is _MISSING:
+        s.problem(
+            "open_kfids", "is required: the open_kfid of every kf account kfrouter routes (kf/account/list)"
+        )
+        open_kfids: tuple[str, ...] = ()
+    else:
+        open_kfids = s.get_str_list(
+            "open_kfids",
+            pattern=_OPEN_KFID_RE,
+            what="an open_kfid (1-64 characters of letters, digits, '_' or '-')",
+        )
+        if not open_kfids and isinstance(s.raw("open_kfids"), list) and not s.raw("open_kfids"):
+            s.problem("open_kfids", "must list at least one kf account")
+    api_base = s.get_str("api_base", WECOM_API_BASE).rstrip("/")
+    if (reason := _url_problem(api_base, https_only=True)) is not None:
+        s.problem("api_base", reason)
+    path = s.get_str("callback_path", "/wecom")
+    if not path.startswith("/") or any(c.isspace() for c in path) or "?" in path or "#" in path:
+        s.problem("callback_path", f"must be an absolute URL path such as '/wecom', got {path!r}")
+    s.done()
+    return WeComConfig(
+        corpid=corpid,
+        secret=secret or "",
+        token=token or "",
+        aes_key=aes_key or "",
+        open_kfids=open_kfids,
+        api_base=api_base,
+        callback_path=path,
+    )

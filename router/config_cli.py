@@ -67,7 +67,12 @@ def _check_config(args: argparse.Namespace) -> int:
     print(
         f"ok: {len(cfg.groups)} groups, {len(cfg.agents)} agents, {len(cfg.routing.rules)} routing rules, "
         f"{len(cfg.routing.customers)} listed customers; mode {cfg.routing.mode}; policies: {policies}; "
-        f"encoding {cfg.wechat.encoding}; store {cfg.store.path}"
+        + (
+            f"wecom {cfg.wecom.corpid}, {len(cfg.wecom.open_kfids)} kf account(s)"
+            if cfg.wecom is not None
+            else f"encoding {cfg.oa.encoding}"
+        )
+        + f"; store {cfg.store.path}"
         + (f"; secrets from the environment: {', '.join(env)}" if env else "")
     )
     return 0

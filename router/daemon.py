@@ -153,6 +153,19 @@ def notify_texts(config: Config) -> core_notify.NotifyConfig:
         return build({})
 
 
+def build_desk(config: Config, options: DaemonOptions) -> Desk:
+    """The application core of one account (engine, estimator, notifier and the rules that join them,
+    router/core/desk.py) as ``config`` and ``options`` say; the OA and the WeCom daemons both use it."""
+    texts = notify_texts(config)
+    return Desk(
+        Engine(config.engine_config(), load_policies(sorted(config.policy_names()))),
+        estimator=WaitEstimator(),
+        notifier=core_notify.Notifier(texts) if config.notify.enabled else None,
+        sweep_every_s=options.eta_every_s,
+        intake=IntakeSettings(routing=config.routing, texts=texts, choice_ttl_s=options.choice_ttl_s),
+    )
+
+
 class Daemon:
     """kfrouter for one Official Account. See the module docstring and docs/daemon.md.
 
@@ -173,17 +186,7 @@ class Daemon:
         self.config = config
         self.options = options if options is not None else DaemonOptions()
         self.clock: Clock = clock if clock is not None else SteadyClock()
-        texts = notify_texts(config)
-        # the application core: engine, estimator, notifier and the rules that join them (router/core/desk.py)
-        self.desk = Desk(
-            Engine(config.engine_config(), load_policies(sorted(config.policy_names()))),
-            estimator=WaitEstimator(),
-            notifier=core_notify.Notifier(texts) if config.notify.enabled else None,
-            sweep_every_s=self.options.eta_every_s,
-            intake=IntakeSettings(
-                routing=config.routing, texts=texts, choice_ttl_s=self.options.choice_ttl_s
-            ),
-        )
+        self.desk = build_desk(config, self.options)
         self.engine = self.desk.engine
         self.estimator: WaitEstimator | None = self.desk.estimator
         self.notifier: core_notify.Notifier | None = self.desk.notifier
@@ -209,7 +212,7 @@ class Daemon:
         self._guard = SnapshotGuard()
         self._rng = random.Random(self.options.seed)
         self._started_at = time.time()
-        w = config.wechat
+        w = config.oa
         encrypted = w.encoding != "plain" and w.aes_key is not None
         self._crypto = (
             SafeModeCrypto(w.token, w.aes_key, w.appid, w.previous_aes_key)
@@ -320,8 +323,8 @@ class Daemon:
                 "listening on http://%s:%s%s (appid %s)",
                 self.config.server.host,
                 self.port,
-                self.config.wechat.callback_path,
-                self.config.wechat.appid,
+                self.config.oa.callback_path,
+                self.config.oa.appid,
             )
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -357,7 +360,7 @@ class Daemon:
         log.info("start-up checks: %d problem(s), %d check(s) in all", n, len(results))
 
     def _build_edges(self, http: aiohttp.ClientSession) -> None:
-        w = self.config.wechat
+        w = self.config.oa
         o = self.options
         mode: TokenMode = "stable" if w.token_mode == "stable" else "basic"
         self.client = WeChatClient(

@@ -453,14 +453,17 @@ async def run_demo(
                 store=Path(tmp) / "kfrouter.db",
                 port=options.port,
             )
-            daemon = build_daemon(config, options=DaemonOptions(seed=seed, create_timeout_s=5.0, api_timeout_s=5.0))
+            daemon = build_daemon(
+                config, options=DaemonOptions(seed=seed, create_timeout_s=5.0, api_timeout_s=5.0)
+            )
+            assert isinstance(daemon, Daemon)  # the demo is an Official Account
             run.daemon = daemon
             daemon.observers.append(run.on_daemon)
             task = asyncio.create_task(daemon.run(), name="kfrouter-demo-daemon")
             try:
                 await _until(daemon.listening, task, "the daemon did not start listening")
                 base = f"http://127.0.0.1:{daemon.port}"
-                summary.webhook = base + config.wechat.callback_path
+                summary.webhook = base + config.oa.callback_path
                 fake.pusher.webhook = summary.webhook
                 await _until(daemon.started, task, "the daemon did not finish starting")
                 if any(r.canonical == "/supervisor" for r in daemon.app.router.resources()):

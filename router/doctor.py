@@ -623,7 +623,7 @@ async def check_group_agents(p: Probe) -> CheckResult:
 async def check_aes_key(p: Probe) -> CheckResult:
     """5. The EncodingAESKey decodes to 32 bytes and round-trips a test message with the appid."""
     name = "aes-key"
-    w = p.config.wechat
+    w = p.config.oa
     if w.aes_key is None:
         return CheckResult(name=name, status="ok", title=f"not used (encoding = {w.encoding!r})")
     where = f"{CONSOLE} → {BASIC_CONFIG} → 服务器配置 (消息加解密密钥 EncodingAESKey)"
@@ -674,7 +674,7 @@ async def check_aes_key(p: Probe) -> CheckResult:
 async def check_callback_token(p: Probe) -> CheckResult:
     """6. The callback Token has WeChat's format (3-32 letters or digits)."""
     name = "callback-token"
-    reason = check_token_format(p.config.wechat.token)
+    reason = check_token_format(p.config.oa.token)
     if reason is None:
         return CheckResult(
             name=name, status="ok", title="callback Token has WeChat's format (3-32 letters/digits)"

@@ -73,12 +73,27 @@ def _doctor(args: argparse.Namespace) -> int:
 
 async def _run(cfg: Config) -> list[CheckResult]:
     async with aiohttp.ClientSession() as http:
+        if cfg.wecom is not None:  # a WeCom 微信客服 account: its own checks (router/wecom_doctor.py)
+            from kfrouter.router.edges.wecom_client import WeComKfClient
+            from kfrouter.router.wecom_doctor import run_wecom_checks
+
+            kf = WeComKfClient(
+                http,
+                cfg.wecom.corpid,
+                cfg.wecom.secret,
+                cfg.wecom.api_base,
+                retries=_RETRIES,
+                backoff_base=_BACKOFF_BASE_S,
+                backoff_cap=_BACKOFF_CAP_S,
+                timeout_s=_TIMEOUT_S,
+            )
+            return await run_wecom_checks(cfg.wecom, kf)
         client = WeChatClient(
             http,
-            cfg.wechat.appid,
-            cfg.wechat.secret,
-            base_url=cfg.wechat.api_base,
-            token_mode=token_mode_for_client(cfg.wechat.token_mode),
+            cfg.oa.appid,
+            cfg.oa.secret,
+            base_url=cfg.oa.api_base,
+            token_mode=token_mode_for_client(cfg.oa.token_mode),
             retries=_RETRIES,
             backoff_base=_BACKOFF_BASE_S,
             backoff_cap=_BACKOFF_CAP_S,

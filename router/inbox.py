@@ -183,7 +183,7 @@ class Intake:
         self.engine = desk.engine
         self.inbox = inbox
         self.clock = clock
-        self.path = config.wechat.callback_path
+        self.path = config.oa.callback_path
         self._crypto = crypto
         self._observe = observe
         self.store: Store | None = None

@@ -256,7 +256,7 @@ class _LiveCollector(Collector):
 
     def _status(self, d: DaemonView) -> Iterator[Metric]:
         info = GaugeMetricFamily("kfrouter_info", "kfrouter build and account.", labels=["version", "appid"])
-        info.add_metric([kfrouter.router.__version__, d.config.wechat.appid], 1)
+        info.add_metric([kfrouter.router.__version__, d.config.account], 1)
         yield info
         ready = d.started.is_set() and not d.stopping
         yield GaugeMetricFamily(

@@ -201,7 +201,8 @@ def build_snapshot(
     status = "stopping" if daemon.stopping else ("running" if daemon.started.is_set() else "starting")
     return {
         "now": _num(now),
-        "appid": daemon.config.wechat.appid,
+        "appid": daemon.config.account,
+        "backend": daemon.config.backend,
         "status": status,
         "totals": {
             "waiting": len(waiting),

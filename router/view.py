@@ -10,6 +10,7 @@ counters.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from kfrouter.router.clock import Clock
@@ -22,10 +23,15 @@ from kfrouter.router.core.events import Event
 from kfrouter.router.edges.client import WeChatClient
 from kfrouter.router.edges.store import Store
 from kfrouter.router.edges.upstream import Upstream
-from kfrouter.router.edges.webhook import PushReceiver
 from kfrouter.router.executor import Executor
-from kfrouter.router.inbox import Intake
 from kfrouter.router.pollers import AgentPoller, WaitlistPoller
+
+
+class Counted(Protocol):
+    """Something that counts what it saw (the webhook receiver, the intake): name -> count."""
+
+    @property
+    def stats(self) -> Mapping[str, int]: ...
 
 
 class DaemonView(Protocol):
@@ -56,10 +62,10 @@ class DaemonView(Protocol):
     def upstream(self) -> Upstream | None: ...
 
     @property
-    def intake(self) -> Intake: ...
+    def intake(self) -> Counted: ...
 
     @property
-    def receiver(self) -> PushReceiver: ...
+    def receiver(self) -> Counted: ...
 
     @property
     def started(self) -> asyncio.Event: ...

@@ -16,75 +16,24 @@ secrets are described by their length only and left out of ``repr``. A key liste
 ``router.config.ENV_VARS`` (e.g. once ``wecom.secret`` is mapped to an environment variable) is read the
 way ``[wechat]`` secrets are: a non-empty environment variable wins over the file.
 
-``wecom_from_section`` is the piece ``router.config``'s loader calls for ``root.table("wecom")``;
-``load_wecom`` validates the ``[wecom]`` table of a parsed document on its own (tests, the doctor).
+``WeComConfig`` and ``wecom_from_section`` live in ``router.config`` (its loader reads ``[wecom]`` in place of
+``[wechat]``; they are re-exported here); ``load_wecom`` validates the ``[wecom]`` table of a parsed
+document on its own (tests, the doctor). ``callback_path`` (default ``/wecom``) is where the daemon
+receives WeCom's callbacks.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from attrs import field, frozen
-
 from kfrouter.router import config as cfg
 
-DEFAULT_API_BASE = "https://qyapi.weixin.qq.com"
-_CORPID_RE = re.compile(r"[A-Za-z0-9]{6,64}")
-_OPEN_KFID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
-_SECRET_RE = re.compile(r"\S{1,256}")
-
-
-@frozen(kw_only=True)
-class WeComConfig:
-    """One WeCom corp's 微信客服 credentials and the kf accounts kfrouter serves."""
-
-    corpid: str
-    secret: str = field(repr=False)
-    token: str = field(repr=False)
-    aes_key: str = field(repr=False)
-    open_kfids: tuple[str, ...]
-    api_base: str = DEFAULT_API_BASE
-
-
-def _value(s: cfg._Section, name: str, pattern: re.Pattern[str], what: str) -> str:
-    """A required string; read like a ``[wechat]`` secret when ``router.config`` maps it to an env var."""
-    if s.key(name) in cfg.ENV_VARS:
-        return s.loader._secret(s, name, required=True, pattern=pattern, what=what) or ""
-    return s.get_str(name, required=True, pattern=pattern, what=what)
-
-
-def wecom_from_section(s: cfg._Section) -> WeComConfig:
-    """Read and check the ``[wecom]`` table ``s``; problems go to its loader (nothing is raised here)."""
-    corpid = _value(
-        s, "corpid", _CORPID_RE, "a corp id (企业ID): 6-64 letters or digits, e.g. ww0123456789abcdef"
-    )
-    secret = _value(s, "secret", _SECRET_RE, "the kf app's secret (1-256 characters, no spaces)")
-    token = _value(s, "token", cfg._TOKEN_RE, "3-32 letters or digits (the callback Token)")
-    aes_key = _value(s, "aes_key", cfg._AES_KEY_RE, "43 letters or digits (the callback EncodingAESKey)")
-    if s.raw("open_kfids") is cfg._MISSING:
-        s.problem(
-            "open_kfids", "is required: the open_kfid of every kf account kfrouter routes (kf/account/list)"
-        )
-        open_kfids: tuple[str, ...] = ()
-    else:
-        open_kfids = s.get_str_list(
-            "open_kfids",
-            pattern=_OPEN_KFID_RE,
-            what="an open_kfid (1-64 characters of letters, digits, '_' or '-')",
-        )
-        if not open_kfids and isinstance(s.raw("open_kfids"), list) and not s.raw("open_kfids"):
-            s.problem("open_kfids", "must list at least one kf account")
-    api_base = s.get_str("api_base", DEFAULT_API_BASE).rstrip("/")
-    if (reason := cfg._url_problem(api_base, https_only=True)) is not None:
-        s.problem("api_base", reason)
-    s.done()
-    return WeComConfig(
-        corpid=corpid, secret=secret, token=token, aes_key=aes_key, open_kfids=open_kfids, api_base=api_base
-    )
+DEFAULT_API_BASE = cfg.WECOM_API_BASE
+WeComConfig = cfg.WeComConfig
+wecom_from_section = cfg.wecom_from_section
 
 
 def load_wecom(

@@ -1,0 +1,109 @@
+"""``[wecom]`` inside ``kfrouter.toml``: a config is an Official Account or a WeCom account, never both or
+neither; ``kfrouter check-config`` validates ``[wecom]`` naming the key; OA configs are unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kfrouter.router.config import Config, ConfigError, load_config
+
+ADMIN = "admin-token-0123456789"
+WECOM = {
+    "corpid": "ww0123456789abcdef",
+    "secret": "kf-app-secret-0123",
+    "token": "kfrTestToken42",
+    "aes_key": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+    "open_kfids": ["wkAJ2GCAAASSm4_FhToWMFea0xAFfd3Q"],
+}
+WECHAT = {"appid": "wx0123456789", "secret": "s", "token": "tok123"}
+
+
+def load(data: dict[str, Any], env: dict[str, str] | None = None) -> Config:
+    return Config.from_dict({"server": {"admin_token": ADMIN}, **data}, source="k.toml", env=env or {})
+
+
+def test_wecom_config_loads_without_wechat() -> None:
+    cfg = load({"wecom": WECOM})
+    assert cfg.wechat is None and cfg.wecom is not None
+    assert cfg.backend == "wecom" and cfg.account == "ww0123456789abcdef"
+    assert cfg.wecom.open_kfids == ("wkAJ2GCAAASSm4_FhToWMFea0xAFfd3Q",)
+    assert cfg.wecom.callback_path == "/wecom"
+    with pytest.raises(ConfigError, match=r"\[wecom\]"):
+        _ = cfg.oa
+
+
+def test_oa_config_unchanged() -> None:
+    cfg = load({"wechat": WECHAT})
+    assert cfg.wecom is None and cfg.backend == "wechat" and cfg.oa.appid == "wx0123456789"
+
+
+def test_both_tables_refused() -> None:
+    with pytest.raises(ConfigError, match=r"wecom: a config serves one account"):
+        load({"wechat": WECHAT, "wecom": WECOM})
+
+
+def test_neither_table_refused_clearly() -> None:
+    with pytest.raises(ConfigError) as info:
+        load({})
+    text = str(info.value)
+    assert "wechat.appid" in text and "[wecom] table" in text
+
+
+def test_oa_from_environment_alone_still_valid() -> None:
+    env = {"KFROUTER_APPID": "wx0123456789", "KFROUTER_SECRET": "s", "KFROUTER_TOKEN": "tok123"}
+    assert load({}, env).oa.appid == "wx0123456789"
+
+
+def test_wecom_errors_name_the_key() -> None:
+    bad = {**WECOM, "open_kfids": ["ok", "bad id"], "callback_path": "wecom"}
+    with pytest.raises(ConfigError) as info:
+        load({"wecom": bad})
+    text = str(info.value)
+    assert "wecom.open_kfids[1]" in text and "wecom.callback_path" in text
+
+
+def test_wecom_secret_from_environment() -> None:
+    data = {k: v for k, v in WECOM.items() if k != "secret"}
+    cfg = load({"wecom": data}, {"KFROUTER_WECOM_SECRET": "from-env-secret"})
+    assert cfg.wecom is not None and cfg.wecom.secret == "from-env-secret"
+    assert cfg.secret_sources["wecom.secret"] == "KFROUTER_WECOM_SECRET"
+
+
+def _toml(tables: dict[str, dict[str, Any]]) -> str:
+    def value(v: Any) -> str:
+        return "[" + ", ".join(f'"{x}"' for x in v) + "]" if isinstance(v, list) else f'"{v}"'
+
+    return "\n".join(
+        f"[{name}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in body.items()) + "\n"
+        for name, body in tables.items()
+    )
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(_toml({"server": {"admin_token": ADMIN}, "wecom": WECOM}), encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "-m", "kfrouter.router.cli", "check-config", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "wecom ww0123456789abcdef, 1 kf account(s)" in out.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        _toml({"server": {"admin_token": ADMIN}, "wecom": {**WECOM, "aes_key": "short"}}), encoding="utf-8"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "kfrouter.router.cli", "check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "wecom.aes_key" in out.stderr and "short" not in out.stderr
+    assert load_config(good).wecom is not None
