@@ -92,6 +92,12 @@ class Desk:
         self.sweep_every_s = float(sweep_every_s)
         self._sweeps = notifier is not None and estimator is not None
         self._next_sweep = math.inf  # while customers wait: the next estimate sweep
+        # next_deadline(): the earliest time at which ``tick`` has work to do, ``inf`` when none — the
+        # engine's timers, and the estimate sweep when there is one (else the engine's own, called as is:
+        # the simulator asks after every step)
+        self.next_deadline: Callable[[], float] = (
+            self._deadline_with_sweeps if self._sweeps else engine.next_deadline
+        )
         self.intake = (
             IntakeRules(
                 engine, intake.routing, intake.texts, estimator=estimator, choice_ttl_s=intake.choice_ttl_s
@@ -129,9 +135,7 @@ class Desk:
             self._schedule_sweep(now)
         return step
 
-    def next_deadline(self) -> float:
-        """The earliest time at which ``tick`` has work to do (the engine's timers, the estimate sweep);
-        ``inf`` when none."""
+    def _deadline_with_sweeps(self) -> float:
         return min(self.engine.next_deadline(), self._next_sweep)
 
     def _schedule_sweep(self, now: float) -> None:
