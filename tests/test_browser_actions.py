@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import test_browser_supervisor as tbs
 from aiohttp import web
 from conftest import ADMIN_TOKEN, READONLY_TOKEN, wait_until
@@ -88,6 +89,22 @@ class Tab:
         for kind in ("mousePressed", "mouseReleased"):
             await self.page.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
+    async def open_dialog(self, selector: str, action: str, tries: int = 5) -> None:
+        """Click an action button until its dialog is open: the live stream may re-render the table
+        between finding the button and the click landing (a person would click again)."""
+        for _ in range(tries):
+            await self.click(selector)
+            if await self.maybe_within("document.getElementById('action-dialog').open", 3.0):
+                return
+        pytest.fail(f"the {action} dialog did not open after {tries} clicks on {selector}")
+
+    async def maybe_within(self, expr: str, seconds: float) -> bool:
+        try:
+            await self.until(expr, expr, seconds)
+        except pytest.fail.Exception:
+            return False
+        return True
+
     async def confirm(self, action: str) -> str:
         """Confirm the open dialog of ``action``; the notice that follows (its kind and text)."""
         await self.until("document.getElementById('action-dialog').open", f"the {action} dialog")
@@ -151,14 +168,14 @@ async def test_each_action_clicked_changes_what_wechat_sees(tmp_path: Path) -> N
         row = '#agents tr[data-agent="{}"] button[data-action="{}"]'
 
         # a dialog cancelled changes nothing
-        await t.click(row.format("a1@test", "pause"))
+        await t.open_dialog(row.format("a1@test", "pause"), "pause")
         await t.until("document.getElementById('action-dialog').open", "the dialog")
         await t.click("#action-cancel")
         assert not await t.js("document.getElementById('action-dialog').open")
         assert not engine.agent("a1@test").paused  # type: ignore[union-attr]
 
         # pause Alice: the next customers all go to Bob
-        await t.click(row.format("a1@test", "pause"))
+        await t.open_dialog(row.format("a1@test", "pause"), "pause")
         result = await t.confirm("pause")
         assert result == "ok: Paused Alice (a1@test): no new customers until resumed."
         assert engine.agent("a1@test").paused  # type: ignore[union-attr]
@@ -171,7 +188,7 @@ async def test_each_action_clicked_changes_what_wechat_sees(tmp_path: Path) -> N
             assert await env.assigned(openid) == "a2@test"
 
         # Bob now serves billing only, at most 2 at a time: a general customer finds nobody
-        await t.click(row.format("a2@test", "edit"))
+        await t.open_dialog(row.format("a2@test", "edit"), "edit")
         await t.until("document.getElementById('action-dialog').open", "the edit dialog")
         await t.click('#action-fields input[name="group"][value="general"]')
         await t.click('#action-fields input[name="group"][value="billing"]')
@@ -193,13 +210,13 @@ async def test_each_action_clicked_changes_what_wechat_sees(tmp_path: Path) -> N
         assert engine.state("oC3_customer") is CustomerState.WAITING
 
         # remove the waiting customer: never served, even once someone is free
-        await t.click('#queues li[data-openid="oC3_customer"] button[data-action="remove"]')
+        await t.open_dialog('#queues li[data-openid="oC3_customer"] button[data-action="remove"]', "remove")
         assert await t.confirm("remove") == "ok: Removed oC3_customer from the general queue."
         assert engine.state("oC3_customer") is CustomerState.GONE
 
         # resume Alice: she takes the next customer
         await t.until(f"!!document.querySelector('{row.format('a1@test', 'resume')}')", "the resume button")
-        await t.click(row.format("a1@test", "resume"))
+        await t.open_dialog(row.format("a1@test", "resume"), "resume")
         assert (
             await t.confirm("resume")
             == "ok: Resumed Alice (a1@test): kfrouter assigns customers to them again."
@@ -210,7 +227,9 @@ async def test_each_action_clicked_changes_what_wechat_sees(tmp_path: Path) -> N
         assert not [c for c in (await env.ctl.state())["create_log"] if c["openid"] == "oC3_customer"]
 
         # reassign c1 from Bob to Alice: WeChat ends with Alice serving them
-        await t.click('#sessions tr[data-openid="oC1_customer"] button[data-action="reassign"]')
+        await t.open_dialog(
+            '#sessions tr[data-openid="oC1_customer"] button[data-action="reassign"]', "reassign"
+        )
         await t.until("!!document.getElementById('action-to')", "the agent list")
         await t.js(
             "(() => { const s = document.getElementById('action-to'); s.value = 'a1@test';"
@@ -227,13 +246,13 @@ async def test_each_action_clicked_changes_what_wechat_sees(tmp_path: Path) -> N
         await t.until(
             "!!document.querySelector('#sessions tr[data-openid=\"oC2_customer\"]')", "c2's session"
         )
-        await t.click('#sessions tr[data-openid="oC2_customer"] button[data-action="close"]')
+        await t.open_dialog('#sessions tr[data-openid="oC2_customer"] button[data-action="close"]', "close")
         assert await t.confirm("close") == "ok: Closed the session of oC2_customer with Bob (a2@test)."
         await wait_until(lambda: _without(env, "oC2_customer"), message="c2's session closed at WeChat")
 
         # WeChat refuses a close: the page says so, in words
         await env.ctl.fault("kfsession/close", errcode=65414, times=1)
-        await t.click('#sessions tr[data-openid="oC4_customer"] button[data-action="close"]')
+        await t.open_dialog('#sessions tr[data-openid="oC4_customer"] button[data-action="close"]', "close")
         result = await t.confirm("close")
         assert result.startswith("error: WeChat refused: ") and "errcode 65414" in result
         assert result.endswith("— Another agent is serving this customer now.")
