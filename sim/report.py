@@ -3,7 +3,8 @@
 Definitions (docs/simulator.md has the long form):
 
 - waits are measured from arrival to session creation, over *served* customers; percentiles use the
-  nearest-rank method on the sorted waits;
+  nearest-rank method on the sorted waits — exact: the run keeps every served wait in an ``array('d')``
+  (``sim.tally.Tally``, 8 bytes a customer) and nothing else per customer;
 - ``service_level_20s``: share of all arrivals served within 20 s;
 - ``utilization``: session-seconds / (max_sessions × online seconds), agents' online time clipped to the
   last customer event;
@@ -12,7 +13,8 @@ Definitions (docs/simulator.md has the long form):
 - ``load_fairness``: Jain's index (Σx)² / (n Σx²) of per-agent session-seconds over the agents that were
   online before the last customer event (agents whose shift starts later do not count);
 - hit rates are shares of *served* customers: ``affinity_hit_rate`` among those with a group,
-  ``sticky_hit_rate`` among returning customers, ``preference_hit_rate`` among those naming an agent;
+  ``sticky_hit_rate`` among returning customers (back within the engine's sticky window of when they
+  last left), ``preference_hit_rate`` among those naming an agent;
 - ``eta_*``: accuracy of the wait estimates given to customers who had to wait (``sim.eta``,
   docs/estimates.md): ``eta_rrmse`` = RMSE / mean actual wait, ``eta_bias_s``, and the baselines.
 
@@ -23,10 +25,11 @@ from __future__ import annotations
 
 import json
 import math
+from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
 
-from kfrouter.sim.runner import ABANDONED, SERVED, UNSERVED, RunResult
+from kfrouter.sim.runner import RunResult
 
 BASELINE = "wechat-native"
 SERVICE_LEVEL_S = 20.0
@@ -50,15 +53,6 @@ def jain(values: Sequence[float]) -> float | None:
     return total * total / (len(values) * squares)
 
 
-def _share(hits: Sequence[bool | None], served_mask: Sequence[bool]) -> float | None:
-    n = k = 0
-    for h, s in zip(hits, served_mask, strict=True):
-        if h is not None and s:
-            n += 1
-            k += h
-    return k / n if n else None
-
-
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
 
@@ -66,11 +60,11 @@ def _r(x: float | None) -> float | None:
 def metrics(res: RunResult) -> dict[str, Any]:
     """The report row of one run."""
     n = res.customers
-    served_mask = [o == SERVED for o in res.outcome]
-    waits = sorted(w for w, s in zip(res.wait, served_mask, strict=True) if s)
+    tally = res.tally
+    waits = sorted(tally.waits)
     served = len(waits)
-    abandoned = sum(1 for o in res.outcome if o == ABANDONED)
-    unserved = sum(1 for o in res.outcome if o == UNSERVED)
+    abandoned = tally.abandoned
+    unserved = n - served - abandoned
     end = res.end_t
     capacity_s = 0.0
     busy: list[float] = []  # per agent online at some time before the end
@@ -93,14 +87,14 @@ def metrics(res: RunResult) -> dict[str, Any]:
         "wait_p90_s": _r(percentile(waits, 90)) if served else None,
         "wait_p95_s": _r(percentile(waits, 95)) if served else None,
         "wait_p99_s": _r(percentile(waits, 99)) if served else None,
-        "p_wait": _r(sum(1 for w in waits if w > 0) / served) if served else None,
-        "service_level_20s": _r(sum(1 for w in waits if w <= SERVICE_LEVEL_S) / n) if n else None,
+        "p_wait": _r((served - bisect_right(waits, 0.0)) / served) if served else None,
+        "service_level_20s": _r(bisect_right(waits, SERVICE_LEVEL_S) / n) if n else None,
         "utilization": _r(math.fsum(busy) / capacity_s) if capacity_s > 0 else None,
         "handle_mean_s": _r(handle_s / sessions) if sessions else None,
         "load_fairness": _r(jain(busy)),
-        "affinity_hit_rate": _r(_share(res.own_group, served_mask)),
-        "sticky_hit_rate": _r(_share(res.sticky, served_mask)),
-        "preference_hit_rate": _r(_share(res.preferred, served_mask)),
+        "affinity_hit_rate": _r(tally.affinity.rate()),
+        "sticky_hit_rate": _r(tally.sticky.rate()),
+        "preference_hit_rate": _r(tally.preference.rate()),
         "capacity_violations": res.capacity_violations,
         "double_assignments": res.double_assignments,
         "absorbed_arrivals": res.absorbed_arrivals,
