@@ -928,7 +928,7 @@ def test_session_cores_decide_as_the_json_methods(
 
 
 def test_a_model_that_remembers_no_openids() -> None:
-    with pytest.raises(ValueError, match="remember_openids=False needs options.check_openid=False"):
+    with pytest.raises(ValueError, match=r"remember_openids=False needs options\.check_openid=False"):
         WeChatModel("wxAPP", "SECRET", wxid="test", options=FakeOptions(), remember_openids=False)
     m = WeChatModel(
         "wxAPP",
