@@ -15,10 +15,10 @@ import pytest
 from kfrouter.router.cli import main
 from kfrouter.sim import parallel
 from kfrouter.sim.confidence import mean_ci95, t_central, t_quantile
-from kfrouter.sim.gen import GenError, header_for, params_from_header
+from kfrouter.sim.gen import GenError, generate, header_for, params_from_header
 from kfrouter.sim.report import mean_row, strip_nondeterministic
 from kfrouter.sim.runner import RunConfig
-from kfrouter.sim.trace import Header, TraceReader
+from kfrouter.sim.trace import Header, TraceReader, write_trace
 
 FOUR = [
     "--policy",
@@ -246,6 +246,15 @@ def test_params_from_header_names_what_is_wrong(trace: Path) -> None:
         )
         with pytest.raises(GenError, match=expected):
             params_from_header(bad)
+    # the generator's newer options, left out of the header at their default, come back too
+    skilled = gen(trace.parent / "skilled.jsonl", "--cross-skill", "0.6", "--same-agent-factor", "0.8")
+    with TraceReader(skilled) as reader:
+        header2 = reader.header
+    params2 = params_from_header(header2)
+    assert (params2.cross_skill, params2.same_agent_factor) == (0.6, 0.8) and header_for(params2) == header2
+    again = trace.parent / "again.jsonl"
+    write_trace(again, header_for(params2), generate(params2))
+    assert again.read_bytes() == skilled.read_bytes()
     extra = Header(created_by="kfrouter sim gen", meta={"params": {**raw, "colour": 1}})
     with pytest.raises(GenError, match=r"unknown keys \['colour'\], missing keys \[\]"):
         params_from_header(extra)
