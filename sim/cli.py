@@ -155,6 +155,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="plan the texts to waiting customers as the daemon does (messages_sent, "
         "messages_per_customer_max, notify_budget_violations columns)",
     )
+    r.add_argument(
+        "--jobs",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="run up to N simulations at once in worker processes (default: the number of cores)",
+    )
+    r.add_argument(
+        "--replications",
+        type=_count,
+        default=1,
+        metavar="K",
+        help="K replications (seeds) of every policy: means with 95%% confidence intervals "
+        "(<metric>_ci95); see docs/simulator.md for what a replication of a trace file is",
+    )
     r.set_defaults(func=_run)
 
     t = simsub.add_parser(
@@ -216,6 +231,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     e.set_defaults(func=_erlang)
 
 
+def _count(text: str) -> int:
+    """An argument that counts something: an integer >= 1 (argparse names the option and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def _fail(cmd: str, msg: str, code: int = EXIT_USAGE) -> int:
     print(f"kfrouter sim {cmd}: error: {msg}", file=sys.stderr)
     return code
@@ -274,12 +300,15 @@ def _gen(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from kfrouter.policies.registry import available_policies, load_policy
     from kfrouter.router.core.errors import ConfigError
+    from kfrouter.sim import parallel
     from kfrouter.sim.plot import PlotUnavailable, require_matplotlib, write_plots
     from kfrouter.sim.progress import Progress
-    from kfrouter.sim.report import BASELINE, build_report, to_json, to_text
-    from kfrouter.sim.runner import RunConfig, RunResult, SimError, run_trace
+    from kfrouter.sim.report import BASELINE, build_replicated_report, to_json, to_text
+    from kfrouter.sim.runner import RunConfig
     from kfrouter.sim.trace import TraceError, TraceReader
 
+    if args.plot is not None and args.replications > 1:
+        return _fail("run", "--plot draws one run of each policy: it cannot be combined with --replications")
     if args.plot is not None:
         try:
             require_matplotlib()
@@ -298,35 +327,39 @@ def _run(args: argparse.Namespace) -> int:
         return _fail("run", f"{args.trace}: no such file")
     try:
         with TraceReader(args.trace) as reader:
-            seed = args.seed if args.seed is not None else (reader.header.seed or 0)
-        results: list[RunResult] = []
-        for name in names:
-            cfg = RunConfig(
-                policy=name,
-                seed=seed,
-                default_capacity=args.default_capacity,
-                reservation_timeout_s=args.reservation_timeout,
-                overflow_after_s=None if args.no_overflow else args.overflow_after,
-                preferred_wait_s=args.preferred_wait,
-                on_agent_offline=args.on_agent_offline,
-                offline_grace_s=args.offline_grace,
-                stale_session_s=args.stale_session,
-                create_latency_s=args.create_latency,
-                create_failure_rate=args.create_failure_rate,
-                create_failure_errcode=args.create_failure_errcode,
-                timeline=args.plot is not None,
-                eta=args.eta,
-                notify=args.notify,
-            )
-            with Progress(f"{name:>14}") as bar:
-                results.append(run_trace(args.trace, cfg, progress=bar.update))
+            header = reader.header
+            seed = args.seed if args.seed is not None else (header.seed or 0)
+        base = RunConfig(
+            policy=names[0],
+            seed=seed,
+            default_capacity=args.default_capacity,
+            reservation_timeout_s=args.reservation_timeout,
+            overflow_after_s=None if args.no_overflow else args.overflow_after,
+            preferred_wait_s=args.preferred_wait,
+            on_agent_offline=args.on_agent_offline,
+            offline_grace_s=args.offline_grace,
+            stale_session_s=args.stale_session,
+            create_latency_s=args.create_latency,
+            create_failure_rate=args.create_failure_rate,
+            create_failure_errcode=args.create_failure_errcode,
+            timeline=args.plot is not None,
+            eta=args.eta,
+            notify=args.notify,
+        )
+        jobs = parallel.plan(args.trace, header, names, base, args.replications)
     except TraceError as exc:
         return _fail("run", str(exc))
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError) as exc:  # parallel.ReplicationError too
         return _fail("run", str(exc))
-    except SimError as exc:
-        return _fail("run", str(exc), EXIT_FAILED)
-    report = build_report(results, file=args.trace)
+    workers = args.jobs if args.jobs is not None else parallel.default_jobs()
+    with Progress(f"{len(jobs)} runs") as bar:
+        outcomes = parallel.run_jobs(jobs, workers, progress=bar.update)
+    failed = parallel.first_failure(outcomes)
+    if failed is not None:
+        return _fail("run", failed.message, failed.exit_code)
+    replications = parallel.by_replication(jobs, outcomes)
+    results = replications[0]
+    report = build_replicated_report(replications, file=args.trace)
     print(to_json(report) if args.json else to_text(report))
     if args.plot is not None:
         for path in write_plots(results, args.plot):

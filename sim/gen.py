@@ -18,7 +18,7 @@ import random
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TypeVar
 
 from kfrouter.sim.trace import AgentOffline, AgentOnline, Header, Record, new_arrival
@@ -329,8 +329,101 @@ def header_for(params: GenParams) -> Header:
     return Header(
         name=params.name,
         seed=params.seed,
-        created_by="kfrouter sim gen",
+        created_by=GENERATED_BY,
         meta={"params": meta, "groups": [g for g, _ in params.groups], **extra, **params.extra},
+    )
+
+
+GENERATED_BY = "kfrouter sim gen"  # Header.created_by of the traces header_for describes
+
+
+def params_from_header(header: Header, seed: int | None = None) -> GenParams:
+    """The GenParams that :func:`header_for` wrote into ``header`` (a trace made by ``sim gen``), with
+    ``seed`` instead of the header's when given: ``generate`` then makes the same trace again, or with
+    another seed a replication of it. GenError names the key when the header does not describe one."""
+    raw = header.meta.get("params")
+    if header.created_by != GENERATED_BY or not isinstance(raw, dict):
+        raise GenError(f"the trace was not made by {GENERATED_BY!r} (no 'params' in its header)")
+    optional = {"cross_skill", "same_agent_factor"}  # header_for leaves them out at their default, 1
+    known = {f.name for f in fields(GenParams)} - {"seed", "name", "extra"}
+    unknown, missing = sorted(set(raw) - known), sorted(known - optional - set(raw))
+    if unknown or missing:
+        raise GenError(f"header params: unknown keys {unknown}, missing keys {missing}")
+
+    def bad(key: str, expected: str) -> GenError:
+        return GenError(f"header params: {key!r} must be {expected}, got {raw[key]!r}")
+
+    def integer(key: str) -> int:
+        v = raw[key]
+        if type(v) is not int:
+            raise bad(key, "an integer")
+        return v
+
+    def number(key: str) -> float:
+        v = raw[key]
+        if type(v) not in (int, float):
+            raise bad(key, "a number")
+        return float(v)
+
+    def number_or_null(key: str) -> float | None:
+        return None if raw[key] is None else number(key)
+
+    def number_or_one(key: str) -> float:
+        return number(key) if key in raw else 1.0
+
+    def text(key: str) -> str:
+        v = raw[key]
+        if type(v) is not str:
+            raise bad(key, "a string")
+        return v
+
+    def rows(key: str, width: int) -> list[list[object]]:
+        v = raw[key]
+        if type(v) is not list or not all(type(r) is list and len(r) == width for r in v):
+            raise bad(key, f"a list of {width}-item lists")
+        return v
+
+    def segments(key: str) -> tuple[Segment, ...]:
+        out = []
+        for a, b, c in rows(key, 3):
+            if not all(type(x) in (int, float) for x in (a, b, c)):
+                raise bad(key, "a list of [start_h, end_h, value] numbers")
+            out.append(Segment(float(a), float(b), float(c)))  # type: ignore[arg-type]
+        return tuple(out)
+
+    groups: list[tuple[str, float]] = []
+    for g, w in rows("groups", 2):
+        if type(g) is not str or type(w) not in (int, float):
+            raise bad("groups", "a list of [name, share]")
+        groups.append((g, float(w)))  # type: ignore[arg-type]
+    priorities: list[tuple[int, float]] = []
+    for prio, w in rows("priorities", 2):
+        if type(prio) is not int or type(w) not in (int, float):
+            raise bad("priorities", "a list of [priority, share]")
+        priorities.append((prio, float(w)))  # type: ignore[arg-type]
+    return GenParams(
+        agents=integer("agents"),
+        max_sessions=integer("max_sessions"),
+        customers=integer("customers"),
+        arrival_rate=number_or_null("arrival_rate"),
+        arrival_profile=segments("arrival_profile"),
+        service_mean=number("service_mean"),
+        service_dist=text("service_dist"),
+        service_cv=number("service_cv"),
+        patience_mean=number_or_null("patience_mean"),
+        groups=tuple(groups),
+        priorities=tuple(priorities),
+        returning=number("returning"),
+        return_gap=number("return_gap"),
+        preferred=number("preferred"),
+        shifts=segments("shifts"),
+        seed=(header.seed or 0) if seed is None else seed,
+        name=header.name,
+        agent_domain=text("agent_domain"),
+        cross_skill=number_or_one("cross_skill"),
+        same_agent_factor=number_or_one("same_agent_factor"),
+        # header_for copies same_agent_factor to the top level, where the replay's service model reads it
+        extra={k: v for k, v in header.meta.items() if k not in ("params", "groups", "same_agent_factor")},
     )
 
 

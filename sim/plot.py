@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kfrouter.sim.runner import SERVED, RunResult
+from kfrouter.sim.runner import RunResult
 
 INSTALL_HINT = "plots need matplotlib: pip install 'kfrouter[plot]'"
 _MAX_POINTS = 20_000  # points per line; longer series are thinned (every k-th point, last kept)
@@ -47,7 +47,7 @@ def write_plots(results: list[RunResult], out_dir: str | Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for res in results:
-        waits = sorted(w for w, o in zip(res.wait, res.outcome, strict=True) if o == SERVED)
+        waits = sorted(res.tally.waits)
         if not waits:
             continue
         n = len(waits)

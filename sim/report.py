@@ -3,7 +3,8 @@
 Definitions (docs/simulator.md has the long form):
 
 - waits are measured from arrival to session creation, over *served* customers; percentiles use the
-  nearest-rank method on the sorted waits;
+  nearest-rank method on the sorted waits — exact: the run keeps every served wait in an ``array('d')``
+  (``sim.tally.Tally``, 8 bytes a customer) and nothing else per customer;
 - ``service_level_20s``: share of all arrivals served within 20 s;
 - ``utilization``: session-seconds / (max_sessions × online seconds), agents' online time clipped to the
   last customer event;
@@ -12,7 +13,8 @@ Definitions (docs/simulator.md has the long form):
 - ``load_fairness``: Jain's index (Σx)² / (n Σx²) of per-agent session-seconds over the agents that were
   online before the last customer event (agents whose shift starts later do not count);
 - hit rates are shares of *served* customers: ``affinity_hit_rate`` among those with a group,
-  ``sticky_hit_rate`` among returning customers, ``preference_hit_rate`` among those naming an agent;
+  ``sticky_hit_rate`` among returning customers (back within the engine's sticky window of when they
+  last left), ``preference_hit_rate`` among those naming an agent;
 - ``messages_sent``, ``messages_per_customer_max``, ``notify_budget_violations`` (``sim run --notify``): the
   texts the Desk's notifier planned for waiting customers, as the daemon sends them; the most one customer
   got in one waiting spell; texts past the budget (must be 0: checked independently of the notifier).
@@ -20,16 +22,23 @@ Definitions (docs/simulator.md has the long form):
   docs/estimates.md): ``eta_rrmse`` = RMSE / mean actual wait, ``eta_bias_s``, and the baselines.
 
 Everything except ``wall_s`` and ``customers_per_s`` is a function of the trace, the policy and the seed.
+
+Replications (``build_replicated_report``): every numeric metric of a policy is the mean over the
+replications, with ``<metric>_ci95``, the half-width of its 95 % Student-t confidence interval
+(``sim.confidence``), over the replications where the metric is defined (None with fewer than two);
+``vs_<baseline>`` compares the means; each replication's own rows are kept under ``replications``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from bisect import bisect_right
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
-from kfrouter.sim.runner import ABANDONED, SERVED, UNSERVED, RunResult
+from kfrouter.sim.confidence import mean_ci95
+from kfrouter.sim.runner import RunResult
 
 BASELINE = "wechat-native"
 SERVICE_LEVEL_S = 20.0
@@ -53,15 +62,6 @@ def jain(values: Sequence[float]) -> float | None:
     return total * total / (len(values) * squares)
 
 
-def _share(hits: Sequence[bool | None], served_mask: Sequence[bool]) -> float | None:
-    n = k = 0
-    for h, s in zip(hits, served_mask, strict=True):
-        if h is not None and s:
-            n += 1
-            k += h
-    return k / n if n else None
-
-
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
 
@@ -69,11 +69,11 @@ def _r(x: float | None) -> float | None:
 def metrics(res: RunResult) -> dict[str, Any]:
     """The report row of one run."""
     n = res.customers
-    served_mask = [o == SERVED for o in res.outcome]
-    waits = sorted(w for w, s in zip(res.wait, served_mask, strict=True) if s)
+    tally = res.tally
+    waits = sorted(tally.waits)
     served = len(waits)
-    abandoned = sum(1 for o in res.outcome if o == ABANDONED)
-    unserved = sum(1 for o in res.outcome if o == UNSERVED)
+    abandoned = tally.abandoned
+    unserved = n - served - abandoned
     end = res.end_t
     capacity_s = 0.0
     busy: list[float] = []  # per agent online at some time before the end
@@ -96,14 +96,14 @@ def metrics(res: RunResult) -> dict[str, Any]:
         "wait_p90_s": _r(percentile(waits, 90)) if served else None,
         "wait_p95_s": _r(percentile(waits, 95)) if served else None,
         "wait_p99_s": _r(percentile(waits, 99)) if served else None,
-        "p_wait": _r(sum(1 for w in waits if w > 0) / served) if served else None,
-        "service_level_20s": _r(sum(1 for w in waits if w <= SERVICE_LEVEL_S) / n) if n else None,
+        "p_wait": _r((served - bisect_right(waits, 0.0)) / served) if served else None,
+        "service_level_20s": _r(bisect_right(waits, SERVICE_LEVEL_S) / n) if n else None,
         "utilization": _r(math.fsum(busy) / capacity_s) if capacity_s > 0 else None,
         "handle_mean_s": _r(handle_s / sessions) if sessions else None,
         "load_fairness": _r(jain(busy)),
-        "affinity_hit_rate": _r(_share(res.own_group, served_mask)),
-        "sticky_hit_rate": _r(_share(res.sticky, served_mask)),
-        "preference_hit_rate": _r(_share(res.preferred, served_mask)),
+        "affinity_hit_rate": _r(tally.affinity.rate()),
+        "sticky_hit_rate": _r(tally.sticky.rate()),
+        "preference_hit_rate": _r(tally.preference.rate()),
         "capacity_violations": res.capacity_violations,
         "double_assignments": res.double_assignments,
         "absorbed_arrivals": res.absorbed_arrivals,
@@ -191,18 +191,79 @@ def build_report(
     }
 
 
+def _is_number(v: object) -> TypeGuard[float]:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def mean_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One policy's rows from several replications as one: every numeric metric's mean and ``_ci95``;
+    any other value kept when the replications agree, else the list of them."""
+    out: dict[str, Any] = {"policy": rows[0]["policy"]}
+    for key in rows[0]:
+        if key == "policy" or key.startswith("vs_"):
+            continue  # compare() works on the means
+        values = [r.get(key) for r in rows]
+        numbers = [v for v in values if _is_number(v)]
+        if numbers and all(v is None or _is_number(v) for v in values):
+            mean, half = mean_ci95(numbers)
+            out[key] = _r(mean)
+            out[f"{key}_ci95"] = _r(half)
+        elif all(v is None for v in values):  # a metric undefined in every replication
+            out[key] = None
+            out[f"{key}_ci95"] = None
+        else:
+            out[key] = values[0] if all(v == values[0] for v in values) else values
+    return out
+
+
+def build_replicated_report(
+    replications: list[list[RunResult]], file: str | None = None, baseline: str = BASELINE
+) -> dict[str, Any]:
+    """The report of the same policies over several replications (each a list of results in the same
+    policy order): means with 95 % intervals per policy, each replication's rows under ``replications``.
+    One replication gives the plain report."""
+    if not replications:
+        raise ValueError("no replications to report")
+    if len(replications) == 1:
+        return build_report(replications[0], file, baseline)
+    reports = [build_report(results, file, baseline) for results in replications]
+    names = [r["policy"] for r in reports[0]["policies"]]
+    for k, rep in enumerate(reports):
+        if [r["policy"] for r in rep["policies"]] != names:
+            raise ValueError(f"replication {k} ran other policies than replication 0")
+    rows = [mean_row([rep["policies"][i] for rep in reports]) for i in range(len(names))]
+    compare(rows, baseline)
+    return {
+        "trace": reports[0]["trace"],
+        "run": {**reports[0]["run"], "replications": len(reports)},
+        "policies": rows,
+        "replications": [
+            {
+                "replication": k,
+                "trace_seed": results[0].header.seed,
+                "run_seed": results[0].config.seed,
+                "policies": rep["policies"],
+            }
+            for k, (results, rep) in enumerate(zip(replications, reports, strict=True))
+        ],
+    }
+
+
 def to_json(report: dict[str, Any]) -> str:
     return json.dumps(report, ensure_ascii=False, sort_keys=False, allow_nan=False)
 
 
 def strip_nondeterministic(report: dict[str, Any]) -> dict[str, Any]:
-    """The report without the wall-clock fields (for comparing runs)."""
-    return {
-        **report,
-        "policies": [
-            {k: v for k, v in row.items() if k not in _NONDETERMINISTIC} for row in report["policies"]
-        ],
-    }
+    """The report without the wall-clock fields and their intervals (for comparing runs)."""
+    drop = {*_NONDETERMINISTIC, *(f"{k}_ci95" for k in _NONDETERMINISTIC)}
+
+    def rows(policies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in row.items() if k not in drop} for row in policies]
+
+    out = {**report, "policies": rows(report["policies"])}
+    if "replications" in report:
+        out["replications"] = [{**r, "policies": rows(r["policies"])} for r in report["replications"]]
+    return out
 
 
 _TABLE_ROWS = (
@@ -245,12 +306,13 @@ _OPTIONAL_ROWS = frozenset(
 )
 
 
-def _cell(v: object) -> str:
+def _cell(v: object, ci95: object = None) -> str:
     if v is None:
         return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.0f}"
-    return str(v)
+    text = str(v) if not isinstance(v, float) else f"{v:.4g}" if abs(v) < 1e5 else f"{v:.0f}"
+    if isinstance(ci95, float | int) and not isinstance(ci95, bool):
+        text += f"±{ci95:.2g}"
+    return text
 
 
 def to_text(report: dict[str, Any]) -> str:
@@ -261,14 +323,20 @@ def to_text(report: dict[str, Any]) -> str:
         f"trace {t['name'] or '-'} ({t['file'] or 'in memory'}): {t['customers']} arrivals, {t['agents']} agents"
         + (f", skipped {t['skipped']}" if t["skipped"] else "")
     ]
+    k = report["run"].get("replications")
+    if k:
+        lines.append(f"{k} replications: mean ± half-width of the 95% confidence interval")
     names = [r["policy"] for r in rows]
-    width = max(12, *(len(n) + 2 for n in names))
+    table = [
+        (key, [_cell(r.get(key), r.get(f"{key}_ci95")) for r in rows])
+        for key in _TABLE_ROWS
+        # not measured in this run (sim run --eta, --notify)
+        if not (key in _OPTIONAL_ROWS and all(r.get(key) is None for r in rows))
+    ]
+    width = max(12, *(len(n) + 2 for n in names), *(len(c) + 2 for _, cells in table for c in cells))
     head = f"{'':<26}" + "".join(f"{n:>{width}}" for n in names)
     lines += [head, "-" * len(head)]
-    for key in _TABLE_ROWS:
-        if key in _OPTIONAL_ROWS and all(r.get(key) is None for r in rows):
-            continue  # not measured in this run (sim run --eta, --notify)
-        lines.append(f"{key:<26}" + "".join(f"{_cell(r.get(key)):>{width}}" for r in rows))
+    lines += [f"{key:<26}" + "".join(f"{c:>{width}}" for c in cells) for key, cells in table]
     baseline = report["run"]["baseline"]
     if baseline:
         lines.append("")

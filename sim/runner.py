@@ -11,9 +11,12 @@ latency a create is answered at once, before the next item. docs/simulator.md de
 
 Resources and errors: the run owns nothing but memory; a record the engine refuses (``CoreError``) or a
 model refusal the replay cannot explain raises :class:`SimError` naming the virtual time and the item.
-Metrics are kept per arrival (index = order in the trace) and checked as the run goes:
-``capacity_violations`` (an agent holding more sessions than its ``max_sessions``) and
-``double_assignments`` (a create for an arrival that already has a session).
+Memory: what a customer is owed lives on their ``_Visitor`` while they are present; once an arrival is
+settled (first session, or gone) its facts go to ``sim.tally.Tally`` (streaming; ``ArrivalLog`` keeps one
+entry per arrival only with ``RunConfig.arrivals``), and a visitor is forgotten ``sticky_window_s`` after
+they left (the engine's window: a customer back later is a new customer to the sticky metric too).
+Checked as the run goes: ``capacity_violations`` (an agent holding more sessions than its
+``max_sessions``) and ``double_assignments`` (a create for an arrival that already has a session).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import heapq
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -40,18 +44,12 @@ from kfrouter.router.core.model import AgentRow, CustomerState
 from kfrouter.router.core.notify import Notifier, NotifyConfig
 from kfrouter.sim.eta import EtaTracker
 from kfrouter.sim.service import ServiceModel
+from kfrouter.sim.tally import ABANDONED, SERVED, ArrivalLog, Tally
 from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader
 from kfrouter.sim.wechat_replay import ReplayWeChat
 
 # heap priorities at equal times
 P_ANSWER, P_END, P_TRACE, P_PATIENCE, P_TICK = 0, 1, 2, 3, 4
-
-# outcome per arrival
-UNSERVED, SERVED, ABANDONED = 0, 1, 2
-
-# per-arrival lists grow by this many default entries at a time (cut to size when the run ends), so an
-# arrival stores a few fields instead of appending to ten lists
-_CHUNK = 4096
 
 _NO_TAGS: frozenset[str] = frozenset()
 
@@ -73,7 +71,8 @@ class RunConfig:
     default because it doubles the cost of a replay. ``notify``: the Desk's notifier plans the texts to
     waiting customers (router/core/notify.py, default budget; every arrival is a message from the
     customer, which opens WeChat's window), as the daemon would send them; ``RunResult`` counts them and
-    checks each against the budget."""
+    checks each against the budget. ``arrivals``: also keep one entry per arrival (``RunResult.arrivals``,
+    ``sim.tally.ArrivalLog``; tests and batch means; costs memory per customer)."""
 
     policy: str
     seed: int = 0
@@ -93,6 +92,7 @@ class RunConfig:
     notify: bool = False
     notify_config: NotifyConfig | None = None  # the notifier's settings (None: its defaults)
     record_texts: bool = False  # keep every text (RunResult.texts), e.g. to compare with the daemon's
+    arrivals: bool = False
 
     def __post_init__(self) -> None:
         if self.create_latency_s < 0 or not math.isfinite(self.create_latency_s):
@@ -132,15 +132,9 @@ class RunResult:
     policy: str
     config: RunConfig
     header: Header
-    # per arrival, in trace order
-    arrival_t: list[float] = field(default_factory=list)
-    wait: list[float] = field(default_factory=list)  # served: until the session; abandoned: until leaving
-    outcome: bytearray = field(default_factory=bytearray)
-    agent: list[str | None] = field(default_factory=list)
-    group: list[str | None] = field(default_factory=list)
-    own_group: list[bool | None] = field(default_factory=list)  # served by an agent of its group
-    sticky: list[bool | None] = field(default_factory=list)  # returning: served by the previous agent
-    preferred: list[bool | None] = field(default_factory=list)  # named an agent: served by that agent
+    customers: int = 0  # arrivals (absorbed ones excluded)
+    tally: Tally = field(default_factory=Tally)  # served waits, abandonments, hit rates (streaming)
+    arrivals: ArrivalLog | None = None  # one entry per arrival, with RunConfig.arrivals
     agents: dict[str, AgentStats] = field(default_factory=dict)
     absorbed_arrivals: int = 0  # arrivals of customers still in the system (the engine absorbs them)
     texts: list[SentText] = field(default_factory=list)  # RunConfig.record_texts
@@ -162,10 +156,6 @@ class RunResult:
     timeline: list[tuple[float, int]] = field(default_factory=list)
     unrouted_groups: set[str] = field(default_factory=set)  # arrival groups missing from ``groups``
     eta: dict[str, Any] | None = None  # wait-estimate accuracy (sim.eta.EtaTracker.summary)
-
-    @property
-    def customers(self) -> int:
-        return len(self.arrival_t)
 
 
 def engine_config(policy_obj: object, cfg: RunConfig, groups: Iterable[str]) -> EngineConfig:
@@ -198,21 +188,30 @@ def engine_config(policy_obj: object, cfg: RunConfig, groups: Iterable[str]) -> 
 
 
 class _Visitor:
-    """The replay's record of one customer, kept for the whole run (one table lookup per step instead of
-    one per question). ``idx``: index of their current arrival (-1: not in the system); ``sid`` (0: none;
-    else the heap sequence number of the session's end), ``agent``, ``start``, ``sess_idx``: their open
-    session and the arrival it serves (-1: a ghost session, opened after they left); ``outcome`` and ``last_agent``: of their last finished arrival and last
-    session (None before any)."""
+    """The replay's record of one customer (one table lookup per step instead of one per question), kept
+    while they are present and ``sticky_window_s`` after they left (``Simulation._forget``).
+    ``idx``: index of their current arrival (-1: not in the system), with what that arrival brought:
+    ``arrived``, ``group``, ``preferred`` (the agent named), ``remaining`` (service still owed) and
+    ``started`` (had a session); ``sid`` (0: none; else the heap sequence number of the session's end),
+    ``agent``, ``start``, ``sess_idx``: their open session and the arrival it serves (-1: a ghost session,
+    opened after they left); ``outcome`` and ``last_agent``: of their last finished arrival and last
+    session (None before any); ``left``: when they last left (an arrival settled, a ghost session ended)."""
 
     __slots__ = (
         "agent",
+        "arrived",
+        "group",
         "idx",
         "last_agent",
+        "left",
         "openid",
         "outcome",
+        "preferred",
+        "remaining",
         "sess_idx",
         "sid",
         "start",
+        "started",
         "texts",
         "window_start",
         "window_texts",
@@ -231,6 +230,12 @@ class _Visitor:
         self.sess_idx = -1
         self.outcome: int | None = None
         self.last_agent: str | None = None
+        self.arrived = 0.0
+        self.group: str | None = None
+        self.preferred: str | None = None
+        self.remaining = 0.0
+        self.started = False
+        self.left = math.nan
 
 
 def _in_blocks(records: Iterator[Record], size: int = 2048) -> Iterator[Record]:
@@ -276,12 +281,14 @@ class Simulation:
         self._heap: list[tuple[float, int, int, object]] = []
         self._seq = 0
         self._ticks_at: set[float] = set()
-        self._visitors: dict[str, _Visitor] = {}  # every customer of the run
-        self._n = 0  # arrivals so far (the per-arrival lists are longer while the run goes: _grow)
-        self._started: bytearray = bytearray()  # 1 once an arrival got a session
-        self._remaining: list[float] = []  # service still owed to each arrival
+        self._visitors: dict[str, _Visitor] = {}  # customers present, and those who left lately
+        # (when they left, visitor) in order of leaving: _forget drops visitors sticky_window_s after that
+        self._left: deque[tuple[float, _Visitor]] = deque()
+        self._window = math.inf  # the engine's sticky_window_s (set by _run)
+        self._tally = self.res.tally
+        self._log = self.res.arrivals = ArrivalLog() if cfg.arrivals else None
+        self._n = 0  # arrivals so far
         self._waiting = 0
-        self._preferred: dict[int, str] = {}
         self.now = 0.0
         self.eta = EtaTracker() if cfg.eta else None
         self._check_engine = cfg.check_engine
@@ -482,9 +489,9 @@ class Simulation:
         ):
             v.texts = 0  # routed again: a new waiting spell, with a quota of its own
             return
-        if self._remaining[idx] > 1e-9:
+        if v.remaining > 1e-9:
             self.res.sessions_cut += 1
-        self._finish_arrival(v, idx, SERVED)
+        self._finish_arrival(v, idx, SERVED, now)
 
     # ------------------------------------------------------------------------------------ sessions
 
@@ -513,20 +520,24 @@ class Simulation:
             heapq.heappush(self._heap, (now, P_END, sid, v))
             return
         service = self._service
-        if service.active and not self._started[idx]:  # the session's length depends on who serves it
-            self._remaining[idx] = service.length(self._remaining[idx], res.group[idx], agent, v.last_agent)
-        heapq.heappush(self._heap, (now + self._remaining[idx], P_END, sid, v))
-        if self._started[idx]:
+        if service.active and not v.started:  # the session's length depends on who serves it
+            v.remaining = service.length(v.remaining, v.group, agent, v.last_agent)
+        heapq.heappush(self._heap, (now + v.remaining, P_END, sid, v))
+        if v.started:
             res.reassignments += 1  # moved by the engine: the service goes on with this agent
             return
-        self._started[idx] = 1
-        res.outcome[idx] = SERVED
-        res.wait[idx] = now - res.arrival_t[idx]
-        res.agent[idx] = agent
-        g = res.group[idx]
-        res.own_group[idx] = None if g is None else g in st.groups
-        if res.sticky[idx] is not None:
-            res.sticky[idx] = v.last_agent == agent
+        # the arrival is settled: its facts go to the tally (v.last_agent is still their previous visit's)
+        v.started = True
+        wait = now - v.arrived
+        g = v.group
+        own = None if g is None else g in st.groups
+        last = v.last_agent
+        sticky = None if last is None else last == agent
+        named = v.preferred
+        preferred = None if named is None else named == agent
+        self._tally.add_served(wait, own, sticky, preferred)
+        if self._log is not None:
+            self._log.served(idx, wait, agent, own, sticky, preferred)
         self._waiting -= 1
         if self._timeline:
             self._mark_timeline(now)
@@ -542,15 +553,32 @@ class Simulation:
         if idx >= 0:
             st.served += 1
             v.last_agent = agent
-            self._remaining[idx] -= now - start
+            v.remaining -= now - start
             if now > res.end_t:  # max(), without the call
                 res.end_t = now
         return idx
 
-    def _finish_arrival(self, v: _Visitor, idx: int, outcome: int) -> None:
+    def _finish_arrival(self, v: _Visitor, idx: int, outcome: int, now: float) -> None:
         if v.idx == idx:
             v.idx = -1
         v.outcome = outcome
+        self._idle(v, now)
+
+    def _idle(self, v: _Visitor, now: float) -> None:
+        """``v`` left the system at ``now`` (forgotten after the sticky window unless they come back)."""
+        v.left = now
+        self._left.append((now, v))
+
+    def _forget(self, now: float) -> None:
+        """Drop the visitors who left more than ``sticky_window_s`` before ``now`` and have not been back
+        (nor have a session open) since: nothing per customer outlives the engine's sticky window."""
+        left = self._left
+        visitors = self._visitors
+        horizon = now - self._window
+        while left and left[0][0] < horizon:
+            t, v = left.popleft()
+            if v.left == t and v.idx < 0 and not v.sid and visitors.get(v.openid) is v:
+                del visitors[v.openid]
 
     def _on_session_end(self, sid: int, v: _Visitor, now: float) -> None:
         """A session's service is over: WeChat closes it, the arrival it served is done."""
@@ -563,7 +591,9 @@ class Simulation:
             raise SimError(f"t={now:.6f}: WeChat refused to close {openid!r} with {agent!r} (errcode {code})")
         idx = self._end_session(v, now)
         if idx >= 0:
-            self._finish_arrival(v, idx, SERVED)
+            self._finish_arrival(v, idx, SERVED, now)
+        else:
+            self._idle(v, now)  # a ghost session ended: the customer is idle again
         try:
             cmds = self._closed(openid, agent, now)
         except CoreError as exc:
@@ -572,22 +602,14 @@ class Simulation:
 
     # ------------------------------------------------------------------------------------ trace records
 
-    def _grow(self) -> None:
-        """Add _CHUNK default entries to every per-arrival list (cut to size by _finish)."""
-        res = self.res
-        res.arrival_t.extend([0.0] * _CHUNK)
-        res.wait.extend([math.nan] * _CHUNK)
-        res.outcome.extend(bytes(_CHUNK))  # UNSERVED
-        for lst in (res.agent, res.group, res.own_group, res.sticky, res.preferred):
-            lst.extend([None] * _CHUNK)
-        self._started.extend(bytes(_CHUNK))
-        self._remaining.extend([0.0] * _CHUNK)
-
     def _on_arrival(self, rec: Arrival, now: float) -> None:
         # once per customer: attributes read once into locals
         res = self.res
         customer = rec.customer
         group = rec.group
+        left = self._left
+        if left and left[0][0] < now - self._window:
+            self._forget(now)
         v = self._visitors.get(customer)
         if v is None:
             v = self._visitors[customer] = _Visitor(customer)
@@ -595,24 +617,21 @@ class Simulation:
             res.absorbed_arrivals += 1
             return
         idx = self._n
-        if idx == len(self._remaining):
-            self._grow()
         self._n = idx + 1
-        res.arrival_t[idx] = now
-        res.group[idx] = group
-        if v.last_agent is not None:
-            res.sticky[idx] = False  # a returning customer: True once served by the same agent
-        self._remaining[idx] = rec.service_s
+        preferred = rec.preferred_agent
         v.idx = idx
+        v.arrived = now
+        v.group = group
+        v.preferred = preferred
+        v.remaining = rec.service_s
+        v.started = False
+        if self._log is not None:  # a returning customer: v.last_agent is set
+            self._log.arrived(idx, now, group, v.last_agent is not None, preferred)
         self._waiting += 1
         if self._timeline:
             self._mark_timeline(now)
         if now > res.end_t:  # max(), without the call
             res.end_t = now
-        preferred = rec.preferred_agent
-        if preferred is not None:
-            res.preferred[idx] = False
-            self._preferred[idx] = preferred
         if group is not None and group not in self._groups:
             res.unrouted_groups.add(group)
         if rec.patience_s is not None:
@@ -633,14 +652,15 @@ class Simulation:
         self._took(cmds, now)
 
     def _on_patience(self, idx: int, v: _Visitor, now: float) -> None:
-        if self._started[idx] or v.idx != idx:
+        if v.started or v.idx != idx:
             return
         openid = v.openid
         res = self.res
-        res.outcome[idx] = ABANDONED
-        res.wait[idx] = now - res.arrival_t[idx]
+        self._tally.add_abandoned()
+        if self._log is not None:
+            self._log.abandoned(idx, now - v.arrived)
         res.end_t = max(res.end_t, now)
-        self._finish_arrival(v, idx, ABANDONED)
+        self._finish_arrival(v, idx, ABANDONED, now)
         self._waiting -= 1
         self._mark_timeline(now)
         self.wechat.leave(openid)
@@ -718,6 +738,8 @@ class Simulation:
             self.eta = None  # a stand-in engine (tests) has no read API to estimate from
         engine = self.engine
         self._bind_engine(engine)
+        # visitors are kept as long as the engine remembers a customer (a stand-in engine: for the run)
+        self._window = getattr(getattr(engine, "config", None), "sticky_window_s", math.inf)
         heap = self._heap
         heappop = heapq.heappop
         records = self._records
@@ -786,12 +808,7 @@ class Simulation:
 
     def _finish(self) -> None:
         res = self.res
-        n = self._n
-        for lst in (res.arrival_t, res.wait, res.outcome, res.agent, res.group, res.own_group, res.sticky):
-            del lst[n:]
-        del res.preferred[n:]
-        for idx, agent in self._preferred.items():
-            res.preferred[idx] = res.agent[idx] == agent
+        res.customers = self._n
         end = res.end_t
         for st in res.agents.values():
             if st.online_since is not None:

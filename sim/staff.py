@@ -23,12 +23,13 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kfrouter.sim.erlang import erlang_a, erlang_a_service_level
-from kfrouter.sim.runner import ABANDONED, SERVED, RunConfig, RunResult, Simulation
+from kfrouter.sim.runner import RunConfig, RunResult, Simulation
+from kfrouter.sim.tally import ABANDONED, SERVED
 from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader
 
 HOUR_S = 3600.0
@@ -247,15 +248,21 @@ def _merged(path: str | Path, plan: Sequence[int], load: Workload) -> Iterator[R
 def simulate(
     path: str | Path, plan: Sequence[int], load: Workload, cfg: RunConfig, header: Header
 ) -> RunResult:
-    """Replay the trace's arrivals with the agents of ``plan``."""
-    return Simulation(header, _merged(path, plan, load), cfg, groups=set(load.groups)).run()
+    """Replay the trace's arrivals with the agents of ``plan``, keeping every arrival's entry (the
+    measures are per hour of the day: ``achieved``)."""
+    return Simulation(
+        header, _merged(path, plan, load), replace(cfg, arrivals=True), groups=set(load.groups)
+    ).run()
 
 
 def achieved(res: RunResult, target: StaffTarget) -> list[float | None]:
     """The target's measure per hour of the day in a replay (None: no arrival in that hour)."""
+    if res.arrivals is None:
+        raise ValueError("achieved: the replay kept no per-arrival entries (RunConfig.arrivals)")
+    log = res.arrivals
     n = [0] * 24
     hit = [0] * 24
-    for t, wait, outcome in zip(res.arrival_t, res.wait, res.outcome, strict=True):
+    for t, wait, outcome in zip(log.arrival_t, log.wait, log.outcome, strict=True):
         h = int((t % DAY_S) // HOUR_S)
         n[h] += 1
         if target.metric == "abandon_rate":

@@ -136,7 +136,10 @@ class WeChatModel:
 
     ``appid``/``secret``: credentials the token endpoints accept; ``wxid``: the account's WeChat ID,
     the required suffix of kf accounts; ``original_id``: the ``gh_...`` id used as ``ToUserName`` in
-    pushes. ``options`` may be shared with a server and changed at run time.
+    pushes. ``options`` may be shared with a server and changed at run time. ``history=False``: keep no
+    create log, message records or sent texts; ``remember_openids=False``: keep no set of every openid
+    ever seen (``known`` stays empty), for a driver that only names openids it put on the wait list (the
+    simulator's replay, where the set would grow with every customer); needs ``check_openid`` off.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class WeChatModel:
         options: FakeOptions | None = None,
         rng: random.Random | None = None,
         history: bool = True,
+        remember_openids: bool = True,
     ) -> None:
         for name, value in (("appid", appid), ("secret", secret), ("wxid", wxid)):
             if not isinstance(value, str) or not value:
@@ -160,6 +164,9 @@ class WeChatModel:
         self.options = options if options is not None else FakeOptions()
         self.rng = rng if rng is not None else random.Random(0)
         self.history = history  # False: keep no create_log / records / sent (long simulations)
+        self.remember_openids = remember_openids
+        if not remember_openids and self.options.check_openid:
+            raise ValueError("WeChatModel: remember_openids=False needs options.check_openid=False")
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -196,7 +203,8 @@ class WeChatModel:
         return self._known
 
     def _fold_seen(self) -> None:
-        self._known.update(self._seen_lately)
+        if self.remember_openids:
+            self._known.update(self._seen_lately)
         self._seen_lately.clear()
 
     def reset(self) -> None:
@@ -532,7 +540,7 @@ class WeChatModel:
             if serving is None:
                 code = 0
                 waiting.pop(openid, None)
-                if not opts.check_openid and openid not in self.known:
+                if not opts.check_openid and self.remember_openids and openid not in self.known:
                     self._strangers.add(openid)
                 self.sessions[openid] = agent
                 agent.sessions[openid] = now
@@ -768,7 +776,8 @@ class WeChatModel:
         cust = self.customers.get(openid)
         if cust is None:
             cust = self.customers[openid] = _Customer()
-            self._known.add(openid)
+            if self.remember_openids:
+                self._known.add(openid)
         return cust
 
     def follow(self, openid: str, now: float) -> Json:

@@ -5,7 +5,10 @@ The replay calls the model's bare-result cores (``create_errcode``, ``close_errc
 ``transfer_result``, ``leave_result``: the rules the fake server's JSON answers wrap), so nothing is
 built per call. Agents of any name shape get a model account; replay options switch off push objects
 and random ``rid`` values in errmsg; failures are injected through the model's fault rules; the model
-keeps no history (create log, message records), which nothing in a replay reads.
+keeps no history (create log, message records), which nothing in a replay reads, and no set of every
+openid it has seen: the replay names only customers it put on the wait list, so WeChat's check for
+unknown openids (``check_openid``, 40003) could never fail and is off, and memory does not grow with
+every customer of a long trace.
 """
 
 from __future__ import annotations
@@ -34,9 +37,17 @@ class ReplayWeChat:
     leave: Callable[[str], object]  # the customer stops waiting (gave up)
 
     def __init__(self, rng: random.Random, failure_rate: float = 0.0, failure_errcode: int = -1) -> None:
-        opts = fo.FakeOptions(push_events_on_api_actions=False, errmsg_rid=False, forward_idle_s=None)
+        opts = fo.FakeOptions(
+            push_events_on_api_actions=False, errmsg_rid=False, forward_idle_s=None, check_openid=False
+        )
         self.model = WeChatModel(
-            "wxsimulator", "simulator-secret", wxid=_MODEL_WXID, options=opts, rng=rng, history=False
+            "wxsimulator",
+            "simulator-secret",
+            wxid=_MODEL_WXID,
+            options=opts,
+            rng=rng,
+            history=False,
+            remember_openids=False,
         )
         self._fault: fo.Fault | None = None
         if failure_rate > 0:

@@ -294,6 +294,25 @@ def test_tick_forgets_departures_older_than_the_sticky_window() -> None:
         e.handle(CustomerLeft(openid="o1", reason="cancelled"), 163.0)
 
 
+def test_departures_forget_what_is_older_than_the_sticky_window_without_a_tick() -> None:
+    # the simulator calls tick() only at deadlines: with none pending, the departures themselves must keep
+    # the table of customers who left to the window, or it holds everyone ever served
+    e = make_engine(sticky_window_s=100.0)
+    online(e, "a@x")
+    assert e.next_deadline() == math.inf
+    for i in range(50):  # one customer every 10 s, each served for 1 s
+        openid, t = f"o{i}", 10.0 * i
+        e.customer_requested(openid, None, 0, None, frozenset(), t)
+        e.session_created(openid, "a@x", t)
+        e.session_closed(openid, "a@x", t + 1.0)
+        e.check()
+    # the last departure was at 491: those who left before 391 are forgotten; o39, who left at 391, and
+    # the ten after are not (the same rule as tick's: older than the window)
+    assert [e.history(f"o{i}") is None for i in (37, 38, 39, 49)] == [True, True, False, False]
+    assert e.gone_reason("o39") == "served" and e.state("o38") is CustomerState.UNKNOWN
+    assert len(e._past) == len(e._past_order) == 11
+
+
 def test_typed_calls_refuse_what_the_events_refuse() -> None:
     e = make_engine()
     with pytest.raises(CoreError, match="openid must be a non-empty string, got ''"):

@@ -925,3 +925,23 @@ def test_session_cores_decide_as_the_json_methods(
             assert via_json.leave_queue(openid) == {"result": via_core.leave_result(openid)}
     assert via_json.snapshot(now) == via_core.snapshot(now)
     assert via_json.drain_outbox() == via_core.drain_outbox()
+
+
+def test_a_model_that_remembers_no_openids() -> None:
+    with pytest.raises(ValueError, match=r"remember_openids=False needs options\.check_openid=False"):
+        WeChatModel("wxAPP", "SECRET", wxid="test", options=FakeOptions(), remember_openids=False)
+    m = WeChatModel(
+        "wxAPP",
+        "SECRET",
+        wxid="test",
+        options=FakeOptions(check_openid=False, push_events_on_api_actions=False),
+        remember_openids=False,
+    )
+    with_agents(m, "a1@test")
+    for i in range(SEEN_BATCH * 3):  # past several batches of openids seen lately
+        openid = f"u{i}"
+        assert m.transfer_result(openid, T0) == "waiting"
+        assert m.create_errcode("a1@test", openid, T0) == 0
+        assert m.close_errcode("a1@test", openid, T0 + 1) == 0
+    customer(m, "w1")  # a message from the user does not make them remembered either
+    assert m.known == set() and m._strangers == set() and m.sessions == {} and m.waiting == {}

@@ -53,10 +53,12 @@ TINY: list[Record] = [
 
 
 def test_metrics_of_a_hand_checked_run() -> None:
-    res = run_records(Header(name="tiny"), TINY, RunConfig(policy="least-load"), groups={"sales", "support"})
+    res = run_records(
+        Header(name="tiny"), TINY, RunConfig(policy="least-load", arrivals=True), groups={"sales", "support"}
+    )
     row = metrics(res)
     # c1 -> a1 at 0, c2 -> its preferred a2 at 0, c3 waits until a1 frees at 10, c4 leaves at 7
-    assert res.agent == ["a1@x", "a2@x", "a1@x", None]
+    assert res.arrivals is not None and res.arrivals.agent == ["a1@x", "a2@x", "a1@x", None]
     assert row["customers"] == 4 and row["served"] == 3 and row["abandoned"] == 1 and row["unserved"] == 0
     assert row["wait_mean_s"] == pytest.approx(5 / 3)
     assert row["wait_p50_s"] == 0.0 and row["wait_p99_s"] == 5.0

@@ -11,7 +11,8 @@ import pytest
 
 from kfrouter.sim.erlang import erlang_a, erlang_c
 from kfrouter.sim.gen import GenParams, generate, header_for
-from kfrouter.sim.runner import ABANDONED, RunConfig, RunResult, groups_of, run_records
+from kfrouter.sim.runner import RunConfig, RunResult, groups_of, run_records
+from kfrouter.sim.tally import ABANDONED
 
 BATCHES = 20
 CONFIDENCE = 0.99
@@ -54,10 +55,14 @@ def batch_ci(values: list[float], warmup: int) -> tuple[float, float]:
 def replay(params: GenParams) -> RunResult:
     header = header_for(params)
     res = run_records(
-        header, generate(params), RunConfig(policy="least-load", seed=params.seed), groups=groups_of(header)
+        header,
+        generate(params),
+        RunConfig(policy="least-load", seed=params.seed, arrivals=True),
+        groups=groups_of(header),
     )
     assert res.customers == params.customers
     assert res.capacity_violations == 0 and res.double_assignments == 0
+    assert res.arrivals is not None  # per-arrival entries, in arrival order, for the batch means
     return res
 
 
@@ -74,7 +79,8 @@ def test_mmc_reproduces_erlang_c() -> None:
     )
     res = replay(params)
     theory = erlang_c(lam, mu, c)
-    waits = res.wait  # nobody leaves, so every arrival is served
+    assert res.arrivals is not None
+    waits = res.arrivals.wait  # nobody leaves, so every arrival is served
     assert all(not math.isnan(w) for w in waits)
     mean, half = batch_ci(waits, warmup=2_000)
     assert abs(mean - theory.mean_wait) <= half, (mean, half, theory.mean_wait)
@@ -97,10 +103,10 @@ def test_mmc_plus_m_reproduces_erlang_a() -> None:
     )
     res = replay(params)
     theory = erlang_a(lam, mu, c, theta)
-    abandoned = [1.0 if o == ABANDONED else 0.0 for o in res.outcome]
+    abandoned = [1.0 if o == ABANDONED else 0.0 for o in res.arrivals.outcome]
     p, half = batch_ci(abandoned, warmup=1_000)
     assert abs(p - theory.p_abandon) <= half, (p, half, theory.p_abandon)
     assert half < 0.2 * theory.p_abandon
     # time in queue (until served or until leaving) over every arrival: E[W] = P(Ab) / theta
-    w, w_half = batch_ci(res.wait, warmup=1_000)
+    w, w_half = batch_ci(res.arrivals.wait, warmup=1_000)
     assert abs(w - theory.mean_wait) <= w_half, (w, w_half, theory.mean_wait)

@@ -286,8 +286,10 @@ class Engine:
         # Customers no longer present: openid -> _Past (why they left, who served them last), one table for
         # both so a departure costs one insert into a big table. A customer who comes back keeps their
         # entry (the customers present are looked at first) and it is replaced when they leave again.
-        # ``_past_order`` holds the entries in the order they were written; tick() forgets those written
-        # more than sticky_window_s ago (an entry no longer in ``_past``, replaced, is just dropped).
+        # ``_past_order`` holds the entries in the order they were written; tick() and every departure
+        # forget those written more than sticky_window_s ago (an entry no longer in ``_past``, replaced, is
+        # just dropped): with no deadline pending tick() may not run for days (the simulator calls it only
+        # at deadlines), and the table must not grow with every customer ever seen.
         self._past: dict[str, _Past] = {}
         self._past_order: deque[_Past] = deque()
         self._seq = 0
@@ -381,12 +383,7 @@ class Engine:
             self._release(c, now, "timeout")
         while self._wakeups and self._wakeups[0] <= now:
             heapq.heappop(self._wakeups)
-        horizon = now - self.config.sticky_window_s
-        order = self._past_order
-        while order and order[0].written_at < horizon:
-            old = order.popleft()
-            if self._past.get(old.openid) is old:
-                del self._past[old.openid]
+        self._forget_past(now - self.config.sticky_window_s)
         self._sweep_sessions(now, out)
         self._drain(now, out)
         return out
@@ -827,6 +824,14 @@ class Engine:
         c.last_agent = past.agent
         c.last_end = past.ended_at
 
+    def _forget_past(self, horizon: float) -> None:
+        """Forget the departures written before ``horizon`` (now minus the sticky window)."""
+        order = self._past_order
+        while order and order[0].written_at < horizon:
+            old = order.popleft()
+            if self._past.get(old.openid) is old:
+                del self._past[old.openid]
+
     def _write_past(self, past: _Past) -> None:
         self._past[past.openid] = past
         self._past_order.append(past)
@@ -982,6 +987,9 @@ class Engine:
         c.with_agent = None
         del self._customers[c.openid]
         self._write_past(_Past(c.last_agent, c.last_end, reason, c.openid, now))
+        horizon = now - self.config.sticky_window_s
+        if self._past_order[0].written_at < horizon:  # departures past the window: forgotten as we go
+            self._forget_past(horizon)
 
     # ================================================================= routing
 
