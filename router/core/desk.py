@@ -144,7 +144,7 @@ class Desk:
 
     # The simulator's typed calls: ``handle`` for the three events every customer brings, without building
     # the event (the engine's typed calls), followed through the same way. They return the commands alone;
-    # the step's facts are ``facts`` until the next call.
+    # the step's facts are ``facts`` until the next call (none recorded while nothing reads them: _quiet).
 
     @property
     def facts(self) -> list[Fact]:
@@ -160,9 +160,10 @@ class Desk:
         tags: frozenset[str],
         now: float,
     ) -> list[Command]:
+        quiet = self._quiet()
         commands = self.engine.customer_requested(openid, group, priority, preferred_agent, tags, now)
         self._cancelled_creates.pop(openid, None)
-        if self._nothing_follows():
+        if quiet:
             return commands
         request = ev.CustomerRequested(
             openid=openid,
@@ -175,27 +176,28 @@ class Desk:
         return self._follow(commands, now, request).commands
 
     def session_created(self, openid: str, kf_account: str, now: float) -> list[Command]:
+        quiet = self._quiet()
         commands = self.engine.session_created(openid, kf_account, now)
-        if self._nothing_follows():
-            return commands
-        return self._follow(commands, now, None).commands
+        return commands if quiet else self._follow(commands, now, None).commands
 
     def session_closed(self, openid: str, kf_account: str, now: float) -> list[Command]:
+        quiet = self._quiet()
         commands = self.engine.session_closed(openid, kf_account, now)
-        if self._nothing_follows():
-            return commands
-        return self._follow(commands, now, None).commands
+        return commands if quiet else self._follow(commands, now, None).commands
 
-    def _nothing_follows(self) -> bool:
-        """True when following a typed call's facts could change nothing: no estimator, notifier or
-        observer reads them, and no cancel or request is remembered (those calls bring no cancel)."""
-        return (
+    def _quiet(self) -> bool:
+        """Whether a typed call's facts could change nothing (no estimator, notifier or observer reads
+        them, no cancel or request is remembered: those calls bring no cancel). Then the engine does not
+        even record them (``Engine.typed_facts``) and the Desk does not follow them."""
+        quiet = (
             self.estimator is None
             and self.notifier is None
             and not self.observers
             and not self._cancelled_creates
             and not self._requests
         )
+        self.engine.typed_facts = not quiet
+        return quiet
 
     def consider(self, inbound: Inbound, now: float) -> Answer:
         """What the customer's message means and what to do (router/core/intake.py). Reads the engine and

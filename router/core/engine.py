@@ -71,6 +71,7 @@ _NOBODY: frozenset[str] = frozenset()
 _AVOID_NOBODY: dict[str, float] = {}
 _ANY_GROUP: tuple[str | None, ...] = (None,)
 
+
 class _Past(NamedTuple):
     """What the engine keeps of a customer who is no longer present. ``reason`` is None for history
     loaded by ``remember()`` alone; ``written_at`` orders the forgetting (``sticky_window_s`` later)."""
@@ -253,7 +254,10 @@ class Engine:
         self._default_route = config.default_route
         # policies that choose a customer for a free agent (optional ``choose``; see _offer_free_agents), and
         # whether every policy does (then the per-customer pass of _drain has nothing left to do)
-        used = [self._policies[n] for n in dict.fromkeys(r.policy for r in (config.default_route, *config.routes.values()))]
+        used = [
+            self._policies[n]
+            for n in dict.fromkeys(r.policy for r in (config.default_route, *config.routes.values()))
+        ]
         self._choosers = [p for p in used if callable(getattr(p, "choose", None))]
         self._only_choosers = len(self._choosers) == len(used)
         for p in self._policies.values():  # optional ``attach(reader)``: the policy may read the queue
@@ -293,8 +297,12 @@ class Engine:
         self._past: dict[str, _Past] = {}
         self._past_order: deque[_Past] = deque()
         self._seq = 0
-        # what the last call (handle, tick or a typed call) changed, in order: see router/core/facts.py
+        # what the last call (handle, tick or a typed call) changed, in order: see router/core/facts.py.
+        # handle() and tick() always record them; the typed calls only while ``typed_facts`` (a Desk turns
+        # it off while nothing would read them: a fact is an object per change, in the simulator's hot path)
         self.facts: list[Fact] = []
+        self.typed_facts = True
+        self._recording = True
 
     # ================================================================= inputs
 
@@ -302,6 +310,7 @@ class Engine:
         handler = self._HANDLERS.get(type(event))
         if handler is None:
             raise CoreError(f"handle: unsupported event {event!r}")
+        self._recording = True
         self.facts = []
         out: list[Command] = []
         handler(self, event, now, out)
@@ -340,6 +349,7 @@ class Engine:
                 tags=tags,  # type: ignore[arg-type]  # attrs' converter takes any iterable
             )
             return self.handle(event, now)
+        self._recording = self.typed_facts
         self.facts = []
         out: list[Command] = []
         self._request(openid, group, priority, now, preferred_agent, tags, now)
@@ -351,6 +361,7 @@ class Engine:
         engine does not read it)."""
         if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
             return self.handle(ev.SessionCreated(openid=openid, kf_account=kf_account, source="api"), now)
+        self._recording = self.typed_facts
         self.facts = []
         out: list[Command] = []
         self._created(openid, kf_account, now)
@@ -361,6 +372,7 @@ class Engine:
         """``handle(SessionClosed(openid=..., kf_account=...), now)``."""
         if type(openid) is not str or not openid or type(kf_account) is not str or not kf_account:
             return self.handle(ev.SessionClosed(openid=openid, kf_account=kf_account), now)
+        self._recording = self.typed_facts
         self.facts = []
         out: list[Command] = []
         self._closed(openid, kf_account, now)
@@ -376,6 +388,7 @@ class Engine:
 
     def tick(self, now: float) -> list[Command]:
         """Expire reservations whose deadline passed, then drain (overflow or avoid periods may have ended)."""
+        self._recording = True
         self.facts = []
         out: list[Command] = []
         while (head := self._reservation_head()) is not None and head[0] <= now:
@@ -574,7 +587,8 @@ class Engine:
         for _group, after in route.overflow:
             if c.arrived_at + after > now:
                 heapq.heappush(self._wakeups, c.arrived_at + after)
-        self.facts.append(Queued(openid, group, priority, arrived_at))
+        if self._recording:
+            self.facts.append(Queued(openid, group, priority, arrived_at))
 
     def _on_agents_seen(self, e: ev.AgentsSeen, now: float, out: list[Command]) -> None:
         seen: set[str] = set()
@@ -802,9 +816,10 @@ class Engine:
         """``queued``: the customer waited in our queue for this session (its wait is known: from arrival,
         or from being routed again); False for a session adopted from WeChat or moved between agents."""
         c.had_session = True
-        self.facts.append(
-            Assigned(c.openid, kf, c.group, now - c.waiting_since if queued else 0.0, queued, previous)
-        )
+        if self._recording:
+            self.facts.append(
+                Assigned(c.openid, kf, c.group, now - c.waiting_since if queued else 0.0, queued, previous)
+            )
         c.state = _IN_SESSION
         c.with_agent = kf
         c.session_started_at = now
@@ -852,7 +867,8 @@ class Engine:
         """The session of ``c`` with ``kf`` is closed: the customer leaves, or is routed again."""
         if count:
             self._pool.add_sessions(kf, -1)
-        self.facts.append(SessionEnded(c.openid, kf, c.group, now - c.session_started_at))
+        if self._recording:
+            self.facts.append(SessionEnded(c.openid, kf, c.group, now - c.session_started_at))
         self._leave_session(c)
         c.last_agent = kf
         c.last_end = now
@@ -860,7 +876,8 @@ class Engine:
             self._finish(c, "closed_stale" if c.closing == "stale" else "served", now, waiting=False, kf=kf)
             return
         c.waiting_since = now
-        self.facts.append(Requeued(c.openid, kf, c.group))
+        if self._recording:
+            self.facts.append(Requeued(c.openid, kf, c.group))
         # routed again: back to its old place (so overflow is open at once), away from the agent it leaves,
         # towards the one asked for
         c.closing = None
@@ -935,7 +952,8 @@ class Engine:
         deadline = c.reservation_deadline = now + self.config.reservation_timeout_s
         self._reserved[c.openid] = deadline
         heapq.heappush(self._reservation_heap, (deadline, c.openid))
-        self.facts.append(Reserved(c.openid, kf))
+        if self._recording:
+            self.facts.append(Reserved(c.openid, kf))
         out.append(create_session(c.openid, kf))
 
     def _end_reservation(self, c: _Customer, *, confirmed: bool) -> None:
@@ -960,7 +978,8 @@ class Engine:
         assert kf is not None
         self._end_reservation(c, confirmed=False)
         self._avoid(c, kf, now)
-        self.facts.append(Released(c.openid, kf, reason))
+        if self._recording:
+            self.facts.append(Released(c.openid, kf, reason))
         self._enqueue(c)
 
     def _avoid(self, c: _Customer, kf: str, now: float) -> None:
@@ -980,7 +999,10 @@ class Engine:
         """The visit of ``c`` is over (``facts.Left``): ``waiting`` when no session started, ``kf`` the
         agent they were reserved with or served by."""
         waiting = waiting and not c.had_session  # a moved customer who leaves the queue was served before
-        self.facts.append(Left(c.openid, reason, c.group, waiting, now - c.arrived_at if waiting else 0.0, kf))
+        if self._recording:
+            self.facts.append(
+                Left(c.openid, reason, c.group, waiting, now - c.arrived_at if waiting else 0.0, kf)
+            )
         if c.state is _IN_SESSION and c.with_agent is not None:
             self._leave_session(c)
         c.state = _GONE
