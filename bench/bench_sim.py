@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kfrouter.sim.erlang import erlang_c
+from kfrouter.sim.gc_policy import tune_for_replay
 from kfrouter.sim.gen import GenParams, generate, header_for
 from kfrouter.sim.runner import RunConfig, groups_of, run_records, run_trace
 from kfrouter.sim.trace import write_trace
@@ -216,16 +217,11 @@ def breakdown(c: int, lam: float, mu: float, n: int, seed: int, policy: str) -> 
         for name, fn in originals.items():
             setattr(Engine, name, fn)
     engine = Simulation(header, [], cfg, groups=groups_of(header))._make_engine()
-    old = gc.get_threshold()
-    gc.set_threshold(50_000, 20, 100)  # as Simulation.run does
-    try:
-        bound = {name: getattr(engine, name) for name in entry_points}
-        t0 = time.perf_counter()
-        for name, args in calls:
-            bound[name](*args)
-        engine_s = time.perf_counter() - t0
-    finally:
-        gc.set_threshold(*old)
+    bound = {name: getattr(engine, name) for name in entry_points}
+    t0 = time.perf_counter()
+    for name, args in calls:
+        bound[name](*args)
+    engine_s = time.perf_counter() - t0
 
     wechat = ReplayWeChat(random.Random(seed), cfg.create_failure_rate, cfg.create_failure_errcode)
     for i in range(c):
@@ -262,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--breakdown", action="store_true", help="wall-clock split of kfrouter's time")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    # every tool runs in this process with the collector tuned for replays (sim/gc_policy.py), as
+    # `kfrouter sim run` does: the same setting for Ciw and SimPy as for kfrouter
+    tune_for_replay()
     c, lam, mu, n = args.agents, args.arrivals_per_min / 60.0, args.services_per_min / 60.0, args.customers
     theory = erlang_c(lam, mu, c)
 

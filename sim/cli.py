@@ -299,6 +299,9 @@ def _gen(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from kfrouter.policies.registry import available_policies, load_policy
+    from kfrouter.sim.gc_policy import tune_for_replay
+
+    tune_for_replay()  # this process replays: the program's choice (sim/gc_policy.py)
     from kfrouter.router.core.errors import ConfigError
     from kfrouter.sim import parallel
     from kfrouter.sim.plot import PlotUnavailable, require_matplotlib, write_plots

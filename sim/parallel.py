@@ -30,6 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import NamedTuple
 
+from kfrouter.sim.gc_policy import tune_for_replay
 from kfrouter.sim.gen import GENERATED_BY, GenError, GenParams, header_for, params_from_header
 from kfrouter.sim.runner import RunConfig, RunResult
 from kfrouter.sim.trace import Header
@@ -144,7 +145,9 @@ def run_jobs(
                 return outcomes + [outcome] * (n - i - 1)
         return outcomes
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, n), mp_context=ctx, initializer=tune_for_replay
+    ) as pool:
         futures: list[Future[Outcome]] = [pool.submit(run_job, job) for job in jobs]
         pending = set(futures)
         done = 0

@@ -22,7 +22,6 @@ Checked as the run goes: ``capacity_violations`` (an agent holding more sessions
 from __future__ import annotations
 
 import dataclasses
-import gc
 import heapq
 import math
 import random
@@ -721,17 +720,6 @@ class Simulation:
             self.res.timeline.append((now, self._waiting))
 
     def run(self) -> RunResult:
-        # The replay allocates millions of short-lived objects and keeps every arrival's record: with
-        # the default thresholds the cyclic GC rescans that growing heap over and over (about 30% of
-        # the run at 200,000 customers). Collect gen 0 less often for the run; restore afterwards.
-        old = gc.get_threshold()
-        gc.set_threshold(max(old[0], 50_000), max(old[1], 20), max(old[2], 100))
-        try:
-            return self._run()
-        finally:
-            gc.set_threshold(*old)
-
-    def _run(self) -> RunResult:
         wall0 = time.perf_counter()
         self.engine = self._make_engine()
         if not isinstance(self.engine, Engine):
