@@ -1,0 +1,268 @@
+"""What the store needs from a database, written once for SQLite and PostgreSQL: a ``Session`` (one
+connection, used by one thread at a time) runs transactions with savepoint nesting, enters an account's
+scope and checks the account's lease fence; a ``Database`` owns a write session, a read session and the
+group-commit writer, and is shared by the ``Store`` of every account opened on it.
+
+Rules of this module:
+
+- **One connection, one lock.** A session's lock is held for a whole transaction; the thread inside it is
+  ``Session.owner``. Nested ``transaction()`` calls are savepoints (``sp1``, ``sp2``, ...).
+- **A write unit** is the outermost transaction of one account: a direct call from the daemon, or one job
+  of a group-commit batch (the batch itself is one transaction of no account, its jobs are savepoints).
+  Entering a unit sets the account's scope (PostgreSQL: ``search_path``) and remembers the lease epoch
+  the writer carries; the first write to the account's rows in the unit checks the fence
+  (``Session.fence``), and the database keeps refusing stale writes on its own (see the backends).
+- **Hooks after commit** (``Session.after_commit``) run once the outermost transaction committed, and are
+  dropped with a rolled-back savepoint or transaction: a wake-up must not announce what was not written.
+- Backends differ only through ``Dialect``: how a transaction begins, how a scope is entered, how the
+  fence is checked, how a broken connection is replaced.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from kfrouter.router.edges.store_values import StoreError
+
+log = logging.getLogger("kfrouter.store")
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Conn(Protocol):
+    """A DB-API connection as the store uses it: ``execute(sql, params)`` with ``?`` placeholders."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Cursor: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Whose rows a transaction touches. ``appid`` None: a SQLite store opened without one (no leases);
+    ``scope``: the backend's way in (PostgreSQL: the ``search_path`` of the account's schema)."""
+
+    appid: str | None
+    scope: str | None = None
+
+
+class Dialect(Protocol):
+    def begin(self, conn: Conn, write: bool) -> None: ...
+
+    def enter(self, conn: Conn, account: Account) -> None: ...
+
+    def fence(self, conn: Conn, appid: str, epoch: int | None) -> None:
+        """Raise ``StaleLease`` unless the account is not leased, or leased with ``epoch``, unexpired."""
+        ...
+
+    def ready(self, conn: Conn) -> Conn:
+        """The connection to begin a transaction on: ``conn``, or a new one if it broke."""
+        ...
+
+
+class Session:
+    """One connection and its transactions (see the module docstring)."""
+
+    def __init__(self, name: str, conn: Conn, dialect: Dialect) -> None:
+        self.name = name
+        self.conn = conn
+        self.dialect = dialect
+        self.lock = threading.RLock()
+        self.depth = 0
+        self.owner: int | None = None
+        self.before_begin: Callable[[], None] | None = None
+        self._account: Account | None = None
+        self._epoch: int | None = None
+        self._fenced = False
+        self._after: list[Callable[[], None]] = []
+
+    def held_here(self) -> bool:
+        """Whether the calling thread is inside a transaction of this session."""
+        return self.owner == threading.get_ident()
+
+    @contextmanager
+    def transaction(
+        self, account: Account | None, *, write: bool, epoch: int | None = None
+    ) -> Iterator[Conn]:
+        """Begin (or, nested, a savepoint); commit when the block ends, roll back if it raises."""
+        with self.lock:
+            depth = self.depth
+            if depth == 0:
+                if self.before_begin is not None:
+                    self.before_begin()
+                self.conn = self.dialect.ready(self.conn)
+                try:
+                    self.dialect.begin(self.conn, write)
+                except StoreError:  # the connection died while idle (server restart): one new try
+                    fresh = self.dialect.ready(self.conn)
+                    if fresh is self.conn:
+                        raise
+                    self.conn = fresh
+                    self.dialect.begin(self.conn, write)
+                self.owner = threading.get_ident()
+            else:
+                self.conn.execute(f"SAVEPOINT sp{depth}")
+            self.depth = depth + 1
+            saved = (self._account, self._epoch, self._fenced, len(self._after))
+            entered = False
+            ok = False
+            try:
+                if account is not None and account != self._account:
+                    if self._account is not None:
+                        raise StoreError(
+                            f"a transaction of account {account.appid!r} cannot run inside one of "
+                            f"{self._account.appid!r}"
+                        )
+                    self.dialect.enter(self.conn, account)
+                    self._account, self._epoch, self._fenced = account, epoch, False
+                    entered = True
+                yield self.conn
+                ok = True
+            finally:
+                if entered or not ok:
+                    self._account, self._epoch, self._fenced = saved[0], saved[1], saved[2]
+                if not ok:
+                    del self._after[saved[3] :]
+                self.depth = depth
+                if depth == 0:
+                    self.owner = None
+                self._finish(depth, ok)
+
+    def _finish(self, depth: int, ok: bool) -> None:
+        if ok:
+            try:
+                self.conn.execute("COMMIT" if depth == 0 else f"RELEASE SAVEPOINT sp{depth}")
+            except BaseException:
+                self._rollback(depth)
+                raise
+            if depth == 0 and self._after:
+                hooks, self._after = self._after, []
+                for hook in hooks:
+                    try:
+                        hook()
+                    except Exception:
+                        log.exception("store: a hook after commit failed")
+            return
+        self._rollback(depth)
+
+    def _rollback(self, depth: int) -> None:
+        if depth == 0:
+            self._after.clear()
+        try:
+            if depth == 0:
+                self.conn.execute("ROLLBACK")
+            else:
+                self.conn.execute(f"ROLLBACK TO SAVEPOINT sp{depth}")
+                self.conn.execute(f"RELEASE SAVEPOINT sp{depth}")
+        except Exception as exc:  # the connection broke or the transaction is already gone
+            log.debug("store: %s rollback at depth %d: %s", self.name, depth, exc)
+
+    def fence(self) -> None:
+        """Check the lease fence of the current write unit, once per unit (the caller is about to write
+        the account's rows)."""
+        account = self._account
+        if self._fenced or account is None or account.appid is None:
+            return
+        self.dialect.fence(self.conn, account.appid, self._epoch)
+        self._fenced = True
+
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once the outermost transaction commits (dropped if it rolls back)."""
+        if self.depth == 0:
+            raise StoreError("after_commit needs an open transaction")
+        self._after.append(hook)
+
+
+class Database(abc.ABC):
+    """A SQLite file or a PostgreSQL database: its sessions, its group-commit writer (``commits``) and the
+    wake-ups of shared-inbox waiters. Shared by every ``Store`` opened on it."""
+
+    kind: ClassVar[str]
+    location: str
+    writes: Session
+    reads: Session
+
+    def __init__(self) -> None:
+        from kfrouter.router.edges.store_commit import GroupCommit
+
+        self.commits = GroupCommit(self.writes, name=f"kfrouter-store-{self.kind}")
+        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+        self._waiters_lock = threading.Lock()
+        self.closed = False
+
+    @abc.abstractmethod
+    def account(self, appid: str | None) -> Account:
+        """Register (and migrate) an account; its ``Account`` for transactions."""
+
+    @abc.abstractmethod
+    def schema_version(self, account: Account) -> int: ...
+
+    @abc.abstractmethod
+    def _close_connections(self) -> None: ...
+
+    def close(self) -> None:
+        """Commit what was submitted, stop the writer, close the connections (idempotent)."""
+        if self.closed:
+            return
+        try:
+            self.commits.close()
+        finally:
+            self.closed = True
+            self._close_connections()
+
+    # ------------------------------------------------------------------ shared-inbox wake-ups
+
+    async def wait_pushes(self, appid: str, timeout_s: float) -> bool:
+        """Wait until a push for ``appid`` may have reached the shared inbox, at most ``timeout_s``;
+        True if woken (a notification), False on timeout (the caller polls either way)."""
+        event = self._event(appid)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
+        except TimeoutError:
+            return False
+        event.clear()  # before the caller's next poll: a push after it wakes the next wait
+        return True
+
+    def _event(self, appid: str) -> asyncio.Event:
+        loop = asyncio.get_running_loop()
+        with self._waiters_lock:
+            hit = self._waiters.get(appid)
+            if hit is None or hit[0] is not loop:
+                hit = (loop, asyncio.Event())
+                self._waiters[appid] = hit
+        self._started_waiting(loop)
+        return hit[1]
+
+    def _started_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hook: a backend with notifications starts listening on ``loop`` here (SQLite has none: its
+        waiters are woken by writes of this process, and poll)."""
+        return
+
+    def wake(self, appid: str) -> None:
+        """Wake the waiters of ``appid`` (from any thread)."""
+        with self._waiters_lock:
+            hit = self._waiters.get(appid)
+        if hit is None:
+            return
+        loop, event = hit
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:  # that loop is closed
+            with self._waiters_lock:
+                if self._waiters.get(appid) is hit:
+                    del self._waiters[appid]
