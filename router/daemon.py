@@ -30,6 +30,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -307,7 +308,8 @@ class Daemon:
         runner: web.AppRunner | None = None
         try:
             if self.store is None:
-                self.store = Store(self.config.store.path)
+                sc = self.config.store
+                self.store = Store(sc.url, appid=self.config.wechat.appid) if sc.url else Store(sc.path)
             self.intake.store = self.store
             self._build_edges(http)
             runner = web.AppRunner(
@@ -658,18 +660,31 @@ class Daemon:
                         cmd.kf_account,
                     )
                     continue
-                if self.store is not None:
-                    try:
-                        self.store.add_reservation(cmd.openid, cmd.kf_account, now)
-                    except Exception:
-                        log.exception("store: reservation %s -> %s not recorded", cmd.openid, cmd.kf_account)
                 log.info("command CreateSession %s -> %s", cmd.openid, cmd.kf_account)
+                if self.store is not None:  # sent once its reservation is durable (next group commit)
+                    self.store.defer(
+                        partial(
+                            Store.add_reservation,
+                            openid=cmd.openid,
+                            kf_account=cmd.kf_account,
+                            created_at=now,
+                        ),
+                        f"reservation {cmd.openid} -> {cmd.kf_account}",
+                        then=partial(self._submit_command, cmd, now),
+                    )
+                    continue
             elif isinstance(cmd, CloseSession):
                 log.info("command CloseSession %s (%s)", cmd.openid, cmd.kf_account)
             elif isinstance(cmd, SendText):
                 log.info("command SendText %s (%s)", cmd.openid, cmd.kind)
-            if not self._executor.submit(cmd, at=now):
-                log.info("command %s for %s dropped: shutting down", type(cmd).__name__, cmd.openid)
+            self._submit_command(cmd, now)
+
+    def _submit_command(self, cmd: Command, at: float, _stored: BaseException | None = None) -> None:
+        """Hand ``cmd`` (made at ``at``) to the executor; a create comes here once its reservation is
+        stored (``_stored``: why it was not, already logged by the store)."""
+        assert self._executor is not None
+        if not self._executor.submit(cmd, at=at):
+            log.info("command %s for %s dropped: shutting down", type(cmd).__name__, cmd.openid)
 
     def _on_step_error(self, item: Item, exc: Exception) -> None:
         name = type(item.payload).__name__
@@ -703,16 +718,8 @@ class Daemon:
             if again is None:
                 return
             event = again
-        try:
-            if store is not None:
-                if isinstance(event, ev.SessionCreated):
-                    store.record_session_start(event.openid, event.kf_account, now)
-                elif isinstance(event, ev.CreateFailed):
-                    store.end_reservation(event.openid)
-                elif isinstance(event, ev.SessionClosed):
-                    store.record_session_end(event.openid, event.kf_account, now)
-        except Exception:
-            log.exception("store: outcome %s not recorded", type(event).__name__)
+        if store is not None and isinstance(event, ev.SessionCreated | ev.CreateFailed | ev.SessionClosed):
+            store.defer(partial(_record_outcome, event=event, now=now), f"outcome {type(event).__name__}")
         self._inbox.put(event)
 
     def _requested_again(self, openid: str) -> ev.CustomerRequested | None:
@@ -859,3 +866,13 @@ class Daemon:
     async def _healthz(self, request: web.Request) -> web.Response:
         body = self.health()
         return web.json_response(body, status=503 if self._stopping else 200)
+
+
+def _record_outcome(store: Store, event: ev.Event, now: float) -> None:
+    """An API result as the store keeps it (a job of the store's group commit)."""
+    if isinstance(event, ev.SessionCreated):
+        store.record_session_start(event.openid, event.kf_account, now)
+    elif isinstance(event, ev.CreateFailed):
+        store.end_reservation(event.openid)
+    elif isinstance(event, ev.SessionClosed):
+        store.record_session_end(event.openid, event.kf_account, now)
