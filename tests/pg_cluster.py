@@ -5,7 +5,8 @@ listening on a free port of 127.0.0.1 only; stopped (``pg_ctl stop -m immediate`
 Rules: nothing here touches a server that already runs on the machine; every subprocess has a timeout;
 ``unavailable()`` says why no cluster can be made (no PostgreSQL binaries, no psycopg), and the pytest
 fixtures (``tests/conftest.py``) skip with that reason — or fail when ``CI=true``: CI must never skip them.
-``fsync=off``: the tests kill clients, never this server, so server-side durability is not what they check.
+``fsync=off`` unless ``durable=True`` (benchmarks): the tests kill clients, never this server, so server-side
+durability is not what they check.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ _names = itertools.count(1)
 
 
 def bin_dir() -> Path | None:
-    """Where ``initdb`` and ``pg_ctl`` are: ``$PG_BINDIR``, the PATH, or Debian's /usr/lib/postgresql/N/bin
-    (the newest N)."""
+    """Where ``initdb`` and ``pg_ctl`` are: ``$PG_BINDIR`` when set (and nowhere else then), the PATH, or
+    Debian's /usr/lib/postgresql/N/bin (the newest N)."""
     env = os.environ.get("PG_BINDIR")
-    if env and (Path(env) / "initdb").is_file():
-        return Path(env)
+    if env:
+        return Path(env) if (Path(env) / "initdb").is_file() else None
     found = shutil.which("initdb")
     if found and shutil.which("pg_ctl"):
         return Path(found).resolve().parent
@@ -77,7 +78,8 @@ class PgCluster:
         self._user = user
 
     @classmethod
-    def start(cls) -> PgCluster:
+    def start(cls, *, durable: bool = False) -> PgCluster:
+        """``durable``: the server's default fsync settings (benchmarks); otherwise fsync is off."""
         reason = unavailable()
         if reason is not None:
             raise RuntimeError(reason)
@@ -103,10 +105,9 @@ class PgCluster:
             )
             for _attempt in range(3):  # the free port may be taken before the server binds it
                 cluster.port = _free_port()
-                options = (
-                    f"-p {cluster.port} -c listen_addresses=127.0.0.1 -k {base} -c fsync=off "
-                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-                )
+                options = f"-p {cluster.port} -c listen_addresses=127.0.0.1 -k {base} -c max_connections=200"
+                if not durable:
+                    options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
                 done = cluster._run(
                     "pg_ctl", "-D", str(base / "data"), "-o", options, "-l", str(base / "log"), "-w", "-t", "30",
                     "start", check=False,

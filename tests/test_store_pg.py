@@ -5,6 +5,8 @@ refused, and a connection the server dropped is replaced."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -114,8 +116,31 @@ def test_a_connection_the_server_dropped_is_replaced(pg_url: str) -> None:
         database.close()
 
 
-def test_bad_urls_are_store_errors() -> None:
+def test_bad_urls_need_no_server() -> None:
     with pytest.raises(StoreError, match="must start with postgresql://"):
         PgDatabase("mysql://x")
     with pytest.raises(StoreError, match="cannot connect"):
         PgDatabase("postgresql://nobody@127.0.0.1:1/none")
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("", "1 skipped"), ("true", "1 error")])
+def test_without_postgresql_the_tests_skip_but_ci_fails_them(ci: str, outcome: str) -> None:
+    """PG_BINDIR pointing nowhere: no server binaries. A test that needs the cluster is skipped with
+    that reason — or, with CI=true, errors; a test that needs no server still runs."""
+    env = {**os.environ, "PG_BINDIR": "/nonexistent", "CI": ci}
+    tests = [
+        f"{__file__}::test_bad_urls_need_no_server",
+        f"{__file__}::test_daemons_starting_together_migrate_once",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-rsf", "-p", "no:cacheprovider", *tests],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert outcome in done.stdout and "1 passed" in done.stdout, done.stdout
+    assert "no PostgreSQL server binaries (initdb, pg_ctl)" in done.stdout
+    if ci:  # an error of the run, not a skip: CI must never skip these
+        assert "CI=true and the PostgreSQL tests cannot run" in done.stdout

@@ -20,9 +20,10 @@ Rules of this module:
   logged); ``submit(work)`` returns a ``concurrent.futures.Future``. Direct calls (``store.add_waiting(...)``,
   ``with store.transaction(): ...``) still work from any thread and first commit what is queued, so
   writes keep their order and a read sees every write submitted before it.
-- **One transaction per logical step.** Each public write is one transaction (a savepoint inside an
-  enclosing one); ``with store.transaction():`` or one ``commit`` job groups several. Do not hold
-  ``transaction()`` across an ``await``.
+- **One transaction per logical step.** Each public write is one transaction on its own; inside an
+  enclosing one (``with store.transaction():``, a ``commit`` job) it is part of that one — an exception
+  from it must end the enclosing block, which rolls back (nested ``transaction()`` blocks and commit
+  jobs are savepoints). Do not hold ``transaction()`` across an ``await``.
 - **One SQL text for both backends**: ``?`` placeholders, ``ON CONFLICT`` upserts, ``RETURNING``; a
   PostgreSQL account's tables are named like a SQLite file's (its schema is the ``search_path``).
 - **Leases and fencing.** ``acquire_lease`` / ``renew_lease`` / ``release_lease`` run in their own
@@ -177,19 +178,21 @@ class Store:
     def transaction(self, *, write: bool = True) -> Iterator[None]:
         """One atomic unit: committed when the block ends, rolled back if it raises. Nested blocks are
         savepoints. ``write=False`` starts a read snapshot."""
-        with self._tx(write=write):
+        with self._tx(write=write, savepoint=True):
             yield
 
     @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Conn]:
+    def _tx(self, *, write: bool, savepoint: bool = False) -> Iterator[Conn]:
+        """A transaction of this account; a store method (``savepoint=False``) inside an open one is part
+        of it, without a savepoint of its own (a round trip each with PostgreSQL)."""
         writes = self._db.writes
         if write or writes.held_here():
             epoch = self._lease.epoch if self._lease is not None else None
-            with writes.transaction(self._account, write=True, epoch=epoch) as c:
+            with writes.transaction(self._account, write=True, epoch=epoch, savepoint=savepoint) as c:
                 yield c
             return
         self._db.commits.drain_here()  # a read sees every write submitted before it
-        with self._db.reads.transaction(self._account, write=False) as c:
+        with self._db.reads.transaction(self._account, write=False, savepoint=savepoint) as c:
             yield c
 
     @contextmanager

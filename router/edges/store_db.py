@@ -87,7 +87,10 @@ class Session:
         self.before_begin: Callable[[], None] | None = None
         self._account: Account | None = None
         self._epoch: int | None = None
-        self._fenced = False
+        # What the connection's open transaction already did, by the level that did it: the scope set
+        # ("scope") and each fence checked ("fence:<appid>" -> epoch). A RELEASE hands a level's facts to
+        # its parent, a ROLLBACK TO forgets them, the end of the transaction clears them all.
+        self._facts: dict[str, tuple[int, object]] = {}
         self._after: list[Callable[[], None]] = []
 
     def held_here(self) -> bool:
@@ -96,72 +99,105 @@ class Session:
 
     @contextmanager
     def transaction(
-        self, account: Account | None, *, write: bool, epoch: int | None = None
+        self, account: Account | None, *, write: bool, epoch: int | None = None, savepoint: bool = True
     ) -> Iterator[Conn]:
-        """Begin (or, nested, a savepoint); commit when the block ends, roll back if it raises."""
+        """Begin (or, nested, a savepoint — or nothing with ``savepoint=False``: the block is then part of
+        the enclosing transaction, which an exception from it must end); commit when the block ends,
+        roll back if it raises."""
         with self.lock:
             depth = self.depth
             if depth == 0:
-                if self.before_begin is not None:
-                    self.before_begin()
-                self.conn = self.dialect.ready(self.conn)
-                try:
-                    self.dialect.begin(self.conn, write)
-                except StoreError:  # the connection died while idle (server restart): one new try
-                    fresh = self.dialect.ready(self.conn)
-                    if fresh is self.conn:
-                        raise
-                    self.conn = fresh
-                    self.dialect.begin(self.conn, write)
-                self.owner = threading.get_ident()
+                self._begin(write)
+            elif not savepoint:
+                with self._unit(account, epoch):
+                    yield self.conn
+                return
             else:
                 self.conn.execute(f"SAVEPOINT sp{depth}")
             self.depth = depth + 1
-            saved = (self._account, self._epoch, self._fenced, len(self._after))
-            entered = False
+            mark = len(self._after)
             ok = False
             try:
-                if account is not None and account != self._account:
-                    if self._account is not None:
-                        raise StoreError(
-                            f"a transaction of account {account.appid!r} cannot run inside one of "
-                            f"{self._account.appid!r}"
-                        )
-                    self.dialect.enter(self.conn, account)
-                    self._account, self._epoch, self._fenced = account, epoch, False
-                    entered = True
-                yield self.conn
+                with self._unit(account, epoch):
+                    yield self.conn
                 ok = True
             finally:
-                if entered or not ok:
-                    self._account, self._epoch, self._fenced = saved[0], saved[1], saved[2]
                 if not ok:
-                    del self._after[saved[3] :]
+                    del self._after[mark:]
                 self.depth = depth
                 if depth == 0:
                     self.owner = None
                 self._finish(depth, ok)
 
+    def _begin(self, write: bool) -> None:
+        if self.before_begin is not None:
+            self.before_begin()
+        self.conn = self.dialect.ready(self.conn)
+        try:
+            self.dialect.begin(self.conn, write)
+        except StoreError:  # the connection died while idle (server restart): one new try
+            fresh = self.dialect.ready(self.conn)
+            if fresh is self.conn:
+                raise
+            self.conn = fresh
+            self.dialect.begin(self.conn, write)
+        self._facts.clear()
+        self.owner = threading.get_ident()
+
+    @contextmanager
+    def _unit(self, account: Account | None, epoch: int | None) -> Iterator[None]:
+        """Enter ``account`` (a write unit carrying ``epoch``) unless the block is already inside it."""
+        if account is None or account == self._account:
+            yield
+            return
+        if self._account is not None:
+            raise StoreError(
+                f"a transaction of account {account.appid!r} cannot run inside one of {self._account.appid!r}"
+            )
+        if self._fact("scope") != account.scope:
+            self.dialect.enter(self.conn, account)
+            self._facts["scope"] = (self.depth, account.scope)
+        self._account, self._epoch = account, epoch
+        try:
+            yield
+        finally:
+            self._account, self._epoch = None, None
+
+    def _fact(self, name: str) -> object:
+        hit = self._facts.get(name)
+        return None if hit is None else hit[1]
+
     def _finish(self, depth: int, ok: bool) -> None:
+        inner = depth + 1
         if ok:
             try:
                 self.conn.execute("COMMIT" if depth == 0 else f"RELEASE SAVEPOINT sp{depth}")
             except BaseException:
                 self._rollback(depth)
                 raise
-            if depth == 0 and self._after:
+            if depth == 0:
+                self._facts.clear()
                 hooks, self._after = self._after, []
                 for hook in hooks:
                     try:
                         hook()
                     except Exception:
                         log.exception("store: a hook after commit failed")
+            else:  # what the savepoint did now belongs to the enclosing level
+                for name, (level, value) in list(self._facts.items()):
+                    if level >= inner:
+                        self._facts[name] = (depth, value)
             return
         self._rollback(depth)
 
     def _rollback(self, depth: int) -> None:
         if depth == 0:
             self._after.clear()
+            self._facts.clear()
+        else:
+            for name, (level, _value) in list(self._facts.items()):
+                if level > depth:
+                    del self._facts[name]
         try:
             if depth == 0:
                 self.conn.execute("ROLLBACK")
@@ -172,13 +208,18 @@ class Session:
             log.debug("store: %s rollback at depth %d: %s", self.name, depth, exc)
 
     def fence(self) -> None:
-        """Check the lease fence of the current write unit, once per unit (the caller is about to write
-        the account's rows)."""
+        """Check the lease fence of the current write unit (the caller is about to write the account's
+        rows) — once per transaction and epoch: the check holds until the transaction ends (PostgreSQL
+        keeps the lease row locked, SQLite the whole database)."""
         account = self._account
-        if self._fenced or account is None or account.appid is None:
+        if account is None or account.appid is None:
+            return
+        key = f"fence:{account.appid}"
+        hit = self._facts.get(key)
+        if hit is not None and hit[1] == self._epoch:
             return
         self.dialect.fence(self.conn, account.appid, self._epoch)
-        self._fenced = True
+        self._facts[key] = (self.depth, self._epoch)
 
     def after_commit(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` once the outermost transaction commits (dropped if it rolls back)."""
