@@ -166,6 +166,7 @@ class Child:
         for var in ("KFROUTER_APPID", "KFROUTER_SECRET", "KFROUTER_TOKEN", "KFROUTER_AES_KEY"):
             env.pop(var, None)
         env.pop("KFROUTER_ADMIN_TOKEN", None)
+        env.pop("KFROUTER_STORE_URL", None)
         with open(log_path, "ab") as log_file:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,

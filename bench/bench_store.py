@@ -1,7 +1,7 @@
 """Store bench: durable push commits per second, one transaction per push (the reference, measured in the
 same run) against group commit with many pushes in flight — on SQLite (``synchronous=FULL``, files in
 ``--workdir``) and, with ``--pg``, on PostgreSQL (a throw-away cluster from tests/pg_cluster.py, or
-``--pg-url``).
+``--store-url``).
 
 What one push is: the webhook's write unit — claim the push key, queue the customer (waiting row + case),
 log the input — committed before the answer.
@@ -13,7 +13,7 @@ log the input — committed before the answer.
   latency p50/p99 of one ``commit`` (submit to answer), pushes per batch.
 
 No HTTP here: ``bench/load_webhook.py`` measures the daemon end to end. Run:
-``python bench/bench_store.py [--pushes 3000] [--inflight 64] [--pg] [--pg-url URL]``.
+``python bench/bench_store.py [--pushes 3000] [--inflight 64] [--pg] [--store-url URL]``.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inflight", type=int, default=64, help="pushes in flight at once (group)")
     p.add_argument("--workdir", help="where the SQLite file goes (default: a new temp dir)")
     p.add_argument("--pg", action="store_true", help="also PostgreSQL, in a throw-away cluster")
-    p.add_argument("--pg-url", help="also PostgreSQL, at this URL (an empty database)")
+    p.add_argument("--store-url", help="also PostgreSQL, at this URL (an empty database)")
     p.add_argument("--json", help="also write the result as JSON to this file")
     args = p.parse_args(argv)
     if min(args.pushes, args.reference_pushes, args.inflight) < 1:
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     result["sqlite"] = run_backend("sqlite", str(workdir / "bench.db"), args)
     cluster = None
     try:
-        pg_url = args.pg_url
+        pg_url = args.store_url
         if pg_url is None and args.pg:
             sys.path.insert(0, str(ROOT / "tests"))
             import pg_cluster

@@ -9,7 +9,7 @@ Rules of this module:
   the file and the key path, e.g. ``kfrouter.toml: groups[1].overflow[0].after_s: must be >= 0, got -5``.
   Array indices in paths are 0-based, as in TOML libraries and JSON paths.
 - Secrets may come from the environment (``KFROUTER_APPID``, ``KFROUTER_SECRET``, ``KFROUTER_TOKEN``,
-  ``KFROUTER_AES_KEY``, ``KFROUTER_ADMIN_TOKEN``). **A non-empty environment variable wins over the file**:
+  ``KFROUTER_AES_KEY``, ``KFROUTER_ADMIN_TOKEN``, ``KFROUTER_STORE_URL``). **A non-empty environment variable wins over the file**:
   the file is usually committed with development values and the deployment injects production ones; the
   origin of every secret is kept in :attr:`Config.secret_sources` (names only, never values). Secret
   fields are left out of ``repr`` so a logged config never shows them.

@@ -64,6 +64,7 @@ def _check_config(args: argparse.Namespace) -> int:
         return 2
     env = sorted(origin for origin in cfg.secret_sources.values() if origin != "file")
     policies = ", ".join(sorted(cfg.policy_names()))
+    store = cfg.store.path if cfg.store.url is None else _without_password(cfg.store.url)
     print(
         f"ok: {len(cfg.groups)} groups, {len(cfg.agents)} agents, {len(cfg.routing.rules)} routing rules, "
         f"{len(cfg.routing.customers)} listed customers; mode {cfg.routing.mode}; policies: {policies}; "
@@ -72,10 +73,22 @@ def _check_config(args: argparse.Namespace) -> int:
             if cfg.wecom is not None
             else f"encoding {cfg.oa.encoding}"
         )
-        + f"; store {cfg.store.path}"
+        + f"; store {store}"
         + (f"; secrets from the environment: {', '.join(env)}" if env else "")
     )
     return 0
+
+
+def _without_password(url: str) -> str:
+    """A store URL as it may be printed: the password replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
 def _trace_export(args: argparse.Namespace) -> int:

@@ -312,6 +312,7 @@ class Processes:
             "KFROUTER_TOKEN",
             "KFROUTER_AES_KEY",
             "KFROUTER_ADMIN_TOKEN",
+            "KFROUTER_STORE_URL",
         ):
             env.pop(var, None)
         try:

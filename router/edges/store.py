@@ -198,8 +198,14 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Conn]:
         """A write to the account's rows: fenced by the lease this store carries."""
+        writes = self._db.writes
+        joined = writes.inside(self._account)
+        if joined is not None:  # the usual case in a commit job: no nesting machinery
+            writes.fence()
+            yield joined
+            return
         with self._tx(write=True) as c:
-            self._db.writes.fence()
+            writes.fence()
             yield c
 
     def _read(self) -> Any:

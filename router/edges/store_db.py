@@ -97,6 +97,13 @@ class Session:
         """Whether the calling thread is inside a transaction of this session."""
         return self.owner == threading.get_ident()
 
+    def inside(self, account: Account) -> Conn | None:
+        """The connection, if the calling thread is inside a unit of ``account`` (then a store call just
+        joins it); else None."""
+        if self.owner == threading.get_ident() and self._account == account:
+            return self.conn
+        return None
+
     @contextmanager
     def transaction(
         self, account: Account | None, *, write: bool, epoch: int | None = None, savepoint: bool = True
