@@ -268,6 +268,16 @@ class Database(abc.ABC):
             return
         try:
             self.commits.close()
+            stats = self.commits.stats
+            if stats.jobs:
+                log.info(
+                    "store %s: %d writes committed in %d transactions (largest %d, %d refused)",
+                    self.location,
+                    stats.jobs,
+                    stats.batches,
+                    stats.largest,
+                    stats.failed,
+                )
         finally:
             self.closed = True
             self._close_connections()
