@@ -18,7 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t = sub.add_parser("trace", help="recorded traffic as a simulator trace")
     tsub = t.add_subparsers(dest="trace_command", metavar="ACTION", required=True)
     e = tsub.add_parser("export", help="write the store's session log as a trace (JSON Lines)")
-    e.add_argument("--db", required=True, metavar="FILE", help="the kfrouter SQLite store")
+    e.add_argument(
+        "--db", required=True, metavar="FILE|URL", help="the kfrouter SQLite store, or a postgresql:// URL"
+    )
+    e.add_argument("--appid", help="the account to export (needed with a postgresql:// URL)")
     e.add_argument("--out", required=True, metavar="TRACE.jsonl", help="output file ('-' for stdout)")
     e.add_argument(
         "--since",
@@ -100,11 +103,18 @@ def _trace_export(args: argparse.Namespace) -> int:
     if args.default_capacity < 1:
         print("--default-capacity must be >= 1", file=sys.stderr)
         return 2
-    if not Path(args.db).is_file():
+    postgres = args.db.startswith(("postgresql://", "postgres://"))
+    where = _without_password(args.db) if postgres else args.db
+    if postgres and not args.appid:
+        print(
+            f"{where}: --appid is needed to export from PostgreSQL (one account at a time)", file=sys.stderr
+        )
+        return 2
+    if not postgres and not Path(args.db).is_file():
         print(f"{args.db}: no such database file", file=sys.stderr)
         return 2
     try:
-        with Store(args.db) as store:
+        with Store(args.db, appid=args.appid) as store:
             if args.out == "-":
                 stats = store.export_trace(
                     sys.stdout, since=args.since, name=args.name, default_capacity=args.default_capacity
@@ -115,7 +125,7 @@ def _trace_export(args: argparse.Namespace) -> int:
                         out, since=args.since, name=args.name, default_capacity=args.default_capacity
                     )
     except (StoreError, sqlite3.Error, OSError) as exc:
-        print(f"{args.db}: {exc}", file=sys.stderr)
+        print(f"{where}: {exc}", file=sys.stderr)
         return 2
     print(
         f"wrote {stats.arrivals} arrivals ({stats.served} served, {stats.left} left), {stats.agent_lines} agent "
