@@ -8,9 +8,13 @@ Method (docs/reliability.md has the reasoning):
   takes plaintext *and* AES pushes) and the reference (``bench/_harness.py reference``: a bare aiohttp
   handler answering ``success``). This process only generates load, so it never shares an event loop
   with what it measures.
-- Every push is a distinct customer whose text asks for a human: the daemon commits the request to
-  SQLite before it answers, then routes it (reservation, ``kfsession/create`` at the fake, the fake's
-  ``kf_create_session`` push back). Plaintext and AES pushes alternate.
+- Every push is a distinct customer whose text asks for a human: the daemon commits the request (a job of
+  the store's group commit) before it answers, then routes it (reservation, ``kfsession/create`` at the
+  fake, the fake's ``kf_create_session`` push back). Plaintext and AES pushes alternate.
+- Two daemon ladders (``--mode``): *routed* (agents online at the fake) and *intake* (a second daemon and
+  fake with nobody online: every push is committed and queued, nothing is routed — the durable intake
+  alone). ``--chatter`` adds a ladder of texts not for kfrouter (nothing committed). ``--pg`` /
+  ``--store-url`` put the daemons' store on PostgreSQL; ``--profile FILE`` runs them under cProfile.
 - Open loop: request *i* of a step is due at ``t0 + i / rate`` whatever happened to the others
   (aiohttp client, at most ``--connections`` connections; a request waiting for a connection is late,
   and that lateness counts). Latency is measured from the due time to the end of the answer, so a
@@ -21,7 +25,8 @@ Method (docs/reliability.md has the reasoning):
 - Sustained rate: the highest achieved rate of a step with p99 <= 1 s, no error and at least 95 % of the
   offered rate achieved. The same ladder runs against the reference first; the ratio is printed.
 
-Run:  python bench/load_webhook.py [--quick] [--rates 50,100,200,400,800] [--step-s 4] [--json out.json]
+Run:  python bench/load_webhook.py [--quick] [--rates 50,100,200,400,800] [--step-s 4] [--mode both]
+      [--chatter] [--pg] [--json out.json]
 """
 
 from __future__ import annotations
