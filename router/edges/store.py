@@ -561,9 +561,9 @@ class Store:
         check_text("owner", owner)
         ttl = check_positive("ttl_s", ttl_s)
         with self._lease_tx() as c:
-            rows = c.execute(
+            rows = c.execute(  # one reading of the clock: "WHERE true" lets SQLite parse the upsert
                 "INSERT INTO leases(appid, owner, epoch, expires_at, granted_at) "
-                "VALUES (?, ?, 1, db_now() + ?, db_now()) "
+                "SELECT ?, ?, 1, clock.t + ?, clock.t FROM (SELECT db_now() AS t) AS clock WHERE true "
                 "ON CONFLICT(appid) DO UPDATE SET "
                 "epoch = CASE WHEN leases.owner = excluded.owner AND leases.expires_at > excluded.granted_at "
                 "THEN leases.epoch ELSE leases.epoch + 1 END, "
@@ -581,8 +581,9 @@ class Store:
         ttl = check_positive("ttl_s", ttl_s)
         with self._lease_tx() as c:
             rows = c.execute(
-                "UPDATE leases SET expires_at = db_now() + ?, granted_at = db_now() "
-                "WHERE appid = ? AND owner = ? AND epoch = ? AND expires_at > db_now() "
+                "UPDATE leases SET expires_at = clock.t + ?, granted_at = clock.t "
+                "FROM (SELECT db_now() AS t) AS clock "
+                "WHERE appid = ? AND owner = ? AND epoch = ? AND expires_at > clock.t "
                 f"RETURNING {_LEASE_COLUMNS}",
                 (ttl, appid, lease.owner, lease.epoch),
             ).fetchall()
