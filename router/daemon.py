@@ -309,7 +309,7 @@ class Daemon:
         try:
             if self.store is None:
                 sc = self.config.store
-                self.store = Store(sc.url, appid=self.config.wechat.appid) if sc.url else Store(sc.path)
+                self.store = Store(sc.url, appid=self.config.oa.appid) if sc.url else Store(sc.path)
             self.intake.store = self.store
             self._build_edges(http)
             runner = web.AppRunner(
