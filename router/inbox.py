@@ -162,8 +162,11 @@ class Intake:
     (``await store.commit(work)``: pushes that arrive together share one transaction and one fsync):
 
     - a request for a human: the waiting customer (and their case in the session log) + the input;
-    - a cancel: the customer leaves the queue, their case is closed 'cancelled';
-    - ``kf_create_session`` / ``kf_close_session`` / ``kf_switch_session``: the session log + the input.
+      handed to the inbox once committed;
+    - a cancel: the customer leaves the queue, their case is closed 'cancelled'; likewise;
+    - ``kf_create_session`` / ``kf_close_session`` / ``kf_switch_session``: the session log + the input;
+      handed to the inbox on arrival (WeChat's record of what happened, kept in order with the API
+      outcomes), answered once committed.
 
     Pushes that are not for kfrouter (and messages of customers in a session, which WeChat normally
     sends to the agent) go to the upstream handler, whose reply is passed back.
@@ -247,10 +250,12 @@ class Intake:
                 s.record_session_switch(event.openid, event.to_account, now)
             return True
 
+        # WeChat's record of what happened: handed on in arrival order (an API outcome or an admin action
+        # must not overtake it while it commits), answered once committed. A repeat after a restart reaches
+        # the engine again, which takes a session event it already knows as no change.
+        self.inbox.put(event)
         if not await store.commit(work):
             log.info("push %s already handled before a restart", push.dedup_key)
-            return None
-        self.inbox.put(event)
         return None
 
     async def _user_push(self, push: UserMessage | MenuClick, raw: str, now: float) -> str | None:
