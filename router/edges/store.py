@@ -52,7 +52,8 @@ from typing import IO, Any, TypeVar
 
 from kfrouter.router.edges import store_export
 from kfrouter.router.edges.store_commit import Job
-from kfrouter.router.edges.store_db import Conn, Database
+from kfrouter.router.edges.store_database import Database
+from kfrouter.router.edges.store_db import Conn
 from kfrouter.router.edges.store_sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteDatabase
 from kfrouter.router.edges.store_values import (
     AgentSettings,

@@ -1,17 +1,19 @@
 """What the store needs from a database, written once for SQLite and PostgreSQL: a ``Session`` (one
 connection, used by one thread at a time) runs transactions with savepoint nesting, enters an account's
-scope and checks the account's lease fence; a ``Database`` owns a write session, a read session and the
-group-commit writer, and is shared by the ``Store`` of every account opened on it.
+scope and checks the account's lease fence. (``router.edges.store_database.Database`` owns a write
+session, a read session and the group-commit writer.)
 
 Rules of this module:
 
 - **One connection, one lock.** A session's lock is held for a whole transaction; the thread inside it is
-  ``Session.owner``. Nested ``transaction()`` calls are savepoints (``sp1``, ``sp2``, ...).
+  ``Session.owner``. Nested ``transaction()`` calls are savepoints (``sp1``, ``sp2``, ...), or with
+  ``savepoint=False`` just part of the enclosing transaction (a store method joining its caller's).
 - **A write unit** is the outermost transaction of one account: a direct call from the daemon, or one job
   of a group-commit batch (the batch itself is one transaction of no account, its jobs are savepoints).
   Entering a unit sets the account's scope (PostgreSQL: ``search_path``) and remembers the lease epoch
-  the writer carries; the first write to the account's rows in the unit checks the fence
-  (``Session.fence``), and the database keeps refusing stale writes on its own (see the backends).
+  the writer carries; the first write to the account's rows checks the fence (``Session.fence``, once
+  per transaction and epoch: the check holds until the transaction ends), and the database keeps
+  refusing stale writes on its own (see the backends).
 - **Hooks after commit** (``Session.after_commit``) run once the outermost transaction committed, and are
   dropped with a rolled-back savepoint or transaction: a wake-up must not announce what was not written.
 - Backends differ only through ``Dialect``: how a transaction begins, how a scope is entered, how the
@@ -20,14 +22,12 @@ Rules of this module:
 
 from __future__ import annotations
 
-import abc
-import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from kfrouter.router.edges.store_values import StoreError
 
@@ -233,94 +233,3 @@ class Session:
         if self.depth == 0:
             raise StoreError("after_commit needs an open transaction")
         self._after.append(hook)
-
-
-class Database(abc.ABC):
-    """A SQLite file or a PostgreSQL database: its sessions, its group-commit writer (``commits``) and the
-    wake-ups of shared-inbox waiters. Shared by every ``Store`` opened on it."""
-
-    kind: ClassVar[str]
-    location: str
-    writes: Session
-    reads: Session
-
-    def __init__(self) -> None:
-        from kfrouter.router.edges.store_commit import GroupCommit
-
-        self.commits = GroupCommit(self.writes, name=f"kfrouter-store-{self.kind}")
-        self._waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
-        self._waiters_lock = threading.Lock()
-        self.closed = False
-
-    @abc.abstractmethod
-    def account(self, appid: str | None) -> Account:
-        """Register (and migrate) an account; its ``Account`` for transactions."""
-
-    @abc.abstractmethod
-    def schema_version(self, account: Account) -> int: ...
-
-    @abc.abstractmethod
-    def _close_connections(self) -> None: ...
-
-    def close(self) -> None:
-        """Commit what was submitted, stop the writer, close the connections (idempotent)."""
-        if self.closed:
-            return
-        try:
-            self.commits.close()
-            stats = self.commits.stats
-            if stats.jobs:
-                log.info(
-                    "store %s: %d writes committed in %d transactions (largest %d, %d refused)",
-                    self.location,
-                    stats.jobs,
-                    stats.batches,
-                    stats.largest,
-                    stats.failed,
-                )
-        finally:
-            self.closed = True
-            self._close_connections()
-
-    # ------------------------------------------------------------------ shared-inbox wake-ups
-
-    async def wait_pushes(self, appid: str, timeout_s: float) -> bool:
-        """Wait until a push for ``appid`` may have reached the shared inbox, at most ``timeout_s``;
-        True if woken (a notification), False on timeout (the caller polls either way)."""
-        event = self._event(appid)
-        try:
-            async with asyncio.timeout(timeout_s):
-                await event.wait()
-        except TimeoutError:
-            return False
-        event.clear()  # before the caller's next poll: a push after it wakes the next wait
-        return True
-
-    def _event(self, appid: str) -> asyncio.Event:
-        loop = asyncio.get_running_loop()
-        with self._waiters_lock:
-            hit = self._waiters.get(appid)
-            if hit is None or hit[0] is not loop:
-                hit = (loop, asyncio.Event())
-                self._waiters[appid] = hit
-        self._started_waiting(loop)
-        return hit[1]
-
-    def _started_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Hook: a backend with notifications starts listening on ``loop`` here (SQLite has none: its
-        waiters are woken by writes of this process, and poll)."""
-        return
-
-    def wake(self, appid: str) -> None:
-        """Wake the waiters of ``appid`` (from any thread)."""
-        with self._waiters_lock:
-            hit = self._waiters.get(appid)
-        if hit is None:
-            return
-        loop, event = hit
-        try:
-            loop.call_soon_threadsafe(event.set)
-        except RuntimeError:  # that loop is closed
-            with self._waiters_lock:
-                if self._waiters.get(appid) is hit:
-                    del self._waiters[appid]

@@ -41,7 +41,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kfrouter.router.edges.store_db import Account, Conn, Cursor, Database, Session
+from kfrouter.router.edges.store_database import Database
+from kfrouter.router.edges.store_db import Account, Conn, Cursor, Session
 from kfrouter.router.edges.store_values import StaleLease, StoreError, check_appid
 
 log = logging.getLogger("kfrouter.store")

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kfrouter.router.edges.store_db import Account, Conn, Database, Session
+from kfrouter.router.edges.store_database import Database
+from kfrouter.router.edges.store_db import Account, Conn, Session
 from kfrouter.router.edges.store_values import StaleLease, StoreError
 
 MIGRATIONS: tuple[str, ...] = (
