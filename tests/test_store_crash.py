@@ -7,16 +7,21 @@ surviving a power cut is what ``synchronous=FULL`` adds, which a test cannot sim
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import aiohttp
 import pytest
+from conftest import CB_TOKEN, Processes, config_dict, free_port, toml_text, wait_until
 
 from kfrouter.router.edges.store import Store
+from kfrouter.router.wechat import replies, signature
 
 WRITER = textwrap.dedent(
     """
@@ -151,3 +156,55 @@ def test_group_commit_loses_nothing_answered_under_kill_9(crash_target: str) -> 
         assert logged == queued  # all-or-nothing per push, even in a batch cut short
         assert all(s.is_processed(f"msg:{o[1:]}") for o in queued)
         assert len(s.session_log()) == len(queued)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_daemon_killed_mid_stream_loses_no_answered_push(
+    backend: str,
+    processes: Processes,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """``kfrouter run`` with 16 pushes in flight (every one a new customer; nobody online, so they queue),
+    SIGKILL after 300 answers: every customer answered "success" is in the store."""
+    port = free_port()
+    fake = await processes.fake(webhook=f"http://127.0.0.1:{port}/wechat")
+    data = config_dict(api_base=fake.url, store=tmp_path / "kfrouter.db", port=port)
+    data["log"] = {"level": "warning"}
+    url = str(request.getfixturevalue("pg_url")) if backend == "postgresql" else None
+    if url is not None:
+        data["store"]["url"] = url
+    config = tmp_path / "kfrouter.toml"
+    config.write_text(toml_text(data))
+    daemon = await processes.daemon(config)
+    answered: set[str] = set()
+    stop = asyncio.Event()
+
+    async def pusher(lane: int, lanes: int) -> None:
+        i = lane
+        while not stop.is_set():
+            openid = f"c{i}"
+            xml = replies.build_text_message("gh_crash", openid, int(time.time()), "human please", 10_000 + i)
+            ts, nonce = str(int(time.time())), str(100_000 + i)
+            params = {"signature": signature.sign(CB_TOKEN, ts, nonce), "timestamp": ts, "nonce": nonce}
+            try:
+                async with http.post(f"http://127.0.0.1:{port}/wechat", params=params, data=xml) as resp:
+                    if resp.status == 200 and (await resp.text()).strip() == "success":
+                        answered.add(openid)
+            except aiohttp.ClientError:
+                return  # the daemon is gone
+            i += lanes
+
+    tasks = [asyncio.create_task(pusher(k, 16)) for k in range(16)]
+    try:
+        await wait_until(lambda: len(answered) >= 300, timeout=60, message="300 answered pushes")
+        await daemon.kill9()  # pushes in flight, a batch maybe being committed
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert daemon.proc.returncode == -signal.SIGKILL
+    with Store(url or tmp_path / "kfrouter.db", appid="wx_test_app") as s:
+        stored = {w.openid for w in s.load_state().waiting}
+        assert answered <= stored, f"answered but lost: {sorted(answered - stored)[:10]}"
+        assert all(s.is_processed(f"msg:{10_000 + int(o[1:])}") for o in answered)
