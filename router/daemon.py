@@ -719,7 +719,16 @@ class Daemon:
                 return
             event = again
         if store is not None and isinstance(event, ev.SessionCreated | ev.CreateFailed | ev.SessionClosed):
-            store.defer(partial(_record_outcome, event=event, now=now), f"outcome {type(event).__name__}")
+            store.defer(  # with the next group commit; the engine gets it once it is stored
+                partial(_record_outcome, event=event, now=now),
+                f"outcome {type(event).__name__}",
+                then=partial(self._stored_outcome, event),
+            )
+            return
+        self._inbox.put(event)
+
+    def _stored_outcome(self, event: ev.Event, _error: BaseException | None) -> None:
+        """An API result's write is done (a failure is logged by the store): the engine gets it."""
         self._inbox.put(event)
 
     def _requested_again(self, openid: str) -> ev.CustomerRequested | None:
