@@ -108,6 +108,15 @@ class DaemonOptions:
 
 
 @frozen
+class _Recheck:
+    """A 65414 nobody confirmed, on its way to the engine task: route the customer again if they are
+    still waiting in the store and the engine no longer holds them (decided when applied, after the
+    ``CreateFailed`` before it)."""
+
+    openid: str
+
+
+@frozen
 class _Snapshot:
     """An agents poll on its way to the engine: rows and the input counter when the poll started."""
 
@@ -551,6 +560,9 @@ class Daemon:
         payload = item.payload
         if payload is None:
             return None  # a barrier
+        if isinstance(payload, _Recheck):
+            again = self._requested_again(payload.openid)
+            return None if again is None else self._apply(again, now)
         if isinstance(payload, _Snapshot):
             rows = payload.rows
             if payload.mark is not None:
@@ -713,23 +725,21 @@ class Daemon:
         """An API result from the executor: persist it, then hand it to the engine."""
         now = self.clock.now()
         store = self.store
-        if isinstance(event, ev.CustomerRequested):  # a 65414 nobody confirmed: route them again
-            again = self._requested_again(event.openid)
-            if again is None:
-                return
-            event = again
-        if store is not None and isinstance(event, ev.SessionCreated | ev.CreateFailed | ev.SessionClosed):
-            store.defer(  # with the next group commit; the engine gets it once it is stored
-                partial(_record_outcome, event=event, now=now),
-                f"outcome {type(event).__name__}",
-                then=partial(self._stored_outcome, event),
-            )
+        # a CustomerRequested is a 65414 nobody confirmed: whether to route them again is decided in the
+        # engine task, after the CreateFailed that came before it
+        payload: Any = _Recheck(event.openid) if isinstance(event, ev.CustomerRequested) else event
+        if store is None:
+            self._inbox.put(payload)
             return
-        self._inbox.put(event)
+        store.defer(  # every outcome in order through the next group commit, then to the engine
+            partial(_record_outcome, event=event, now=now),
+            f"outcome {type(event).__name__}",
+            then=partial(self._stored_outcome, payload),
+        )
 
-    def _stored_outcome(self, event: ev.Event, _error: BaseException | None) -> None:
+    def _stored_outcome(self, payload: Any, _error: BaseException | None) -> None:
         """An API result's write is done (a failure is logged by the store): the engine gets it."""
-        self._inbox.put(event)
+        self._inbox.put(payload)
 
     def _requested_again(self, openid: str) -> ev.CustomerRequested | None:
         """The customer's request as the store keeps it, if they are still waiting there (not served or
@@ -878,7 +888,7 @@ class Daemon:
 
 
 def _record_outcome(store: Store, event: ev.Event, now: float) -> None:
-    """An API result as the store keeps it (a job of the store's group commit)."""
+    """An API result as the store keeps it (a job of the store's group commit; nothing for the others)."""
     if isinstance(event, ev.SessionCreated):
         store.record_session_start(event.openid, event.kf_account, now)
     elif isinstance(event, ev.CreateFailed):
