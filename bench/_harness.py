@@ -80,9 +80,11 @@ def config_toml(
     polling_s: float = 1.0,
     engine: Mapping[str, Any] | None = None,
     log_level: str = "warning",
+    store_url: str | None = None,
 ) -> str:
     """A complete config: one group ``general`` holding every agent at ``capacity`` sessions each, keyword
-    routing (``human`` asks, ``cancel`` leaves), notifications off, polls every ``polling_s``."""
+    routing (``human`` asks, ``cancel`` leaves), notifications off, polls every ``polling_s``; the store
+    in the SQLite file ``store``, or at ``store_url`` (PostgreSQL) when given."""
     tables: list[tuple[str, Mapping[str, Any]]] = [
         (
             "wechat",
@@ -118,7 +120,7 @@ def config_toml(
             },
         ),
         ("notify", {"enabled": False}),
-        ("store", {"path": str(store)}),
+        ("store", {"path": str(store), **({"url": store_url} if store_url else {})}),
         ("log", {"level": log_level}),
     ]
     lines: list[str] = []
@@ -164,6 +166,7 @@ class Child:
         for var in ("KFROUTER_APPID", "KFROUTER_SECRET", "KFROUTER_TOKEN", "KFROUTER_AES_KEY"):
             env.pop(var, None)
         env.pop("KFROUTER_ADMIN_TOKEN", None)
+        env.pop("KFROUTER_STORE_URL", None)
         with open(log_path, "ab") as log_file:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -219,9 +222,14 @@ class Child:
             return None
 
 
-async def start_daemon(config_path: Path, log_path: Path, *extra: str, timeout: float = 30.0) -> Child:
-    """``kfrouter run --config FILE`` in its own process (its own event loop)."""
+async def start_daemon(
+    config_path: Path, log_path: Path, *extra: str, timeout: float = 30.0, profile: Path | None = None
+) -> Child:
+    """``kfrouter run --config FILE`` in its own process (its own event loop); ``profile``: run it under
+    cProfile, the statistics written to that file when it stops."""
     argv = ["-m", "kfrouter.router.cli", "run", "--config", str(config_path), *extra]
+    if profile is not None:
+        argv = ["-m", "cProfile", "-o", str(profile), *argv]
     return await Child.start("daemon", argv, ready_prefix=DAEMON_READY, log_path=log_path, timeout=timeout)
 
 

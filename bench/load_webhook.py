@@ -8,9 +8,13 @@ Method (docs/reliability.md has the reasoning):
   takes plaintext *and* AES pushes) and the reference (``bench/_harness.py reference``: a bare aiohttp
   handler answering ``success``). This process only generates load, so it never shares an event loop
   with what it measures.
-- Every push is a distinct customer whose text asks for a human: the daemon commits the request to
-  SQLite before it answers, then routes it (reservation, ``kfsession/create`` at the fake, the fake's
-  ``kf_create_session`` push back). Plaintext and AES pushes alternate.
+- Every push is a distinct customer whose text asks for a human: the daemon commits the request (a job of
+  the store's group commit) before it answers, then routes it (reservation, ``kfsession/create`` at the
+  fake, the fake's ``kf_create_session`` push back). Plaintext and AES pushes alternate.
+- Two daemon ladders (``--mode``): *routed* (agents online at the fake) and *intake* (a second daemon and
+  fake with nobody online: every push is committed and queued, nothing is routed — the durable intake
+  alone). ``--chatter`` adds a ladder of texts not for kfrouter (nothing committed). ``--pg`` /
+  ``--store-url`` put the daemons' store on PostgreSQL; ``--profile FILE`` runs them under cProfile.
 - Open loop: request *i* of a step is due at ``t0 + i / rate`` whatever happened to the others
   (aiohttp client, at most ``--connections`` connections; a request waiting for a connection is late,
   and that lateness counts). Latency is measured from the due time to the end of the answer, so a
@@ -21,7 +25,8 @@ Method (docs/reliability.md has the reasoning):
 - Sustained rate: the highest achieved rate of a step with p99 <= 1 s, no error and at least 95 % of the
   offered rate achieved. The same ladder runs against the reference first; the ratio is printed.
 
-Run:  python bench/load_webhook.py [--quick] [--rates 50,100,200,400,800] [--step-s 4] [--json out.json]
+Run:  python bench/load_webhook.py [--quick] [--rates 50,100,200,400,800] [--step-s 4] [--mode both]
+      [--chatter] [--pg] [--json out.json]
 """
 
 from __future__ import annotations
@@ -219,111 +224,162 @@ def summarize(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- main
 
 
+async def start_fake(
+    http: aiohttp.ClientSession, workdir: Path, port: int, agents: list[str], log: str
+) -> h.Child:
+    """The fake WeChat pushing to the daemon on ``port``, with ``agents`` online (none: nobody to route to)."""
+    fake = await h.Child.start(
+        "fake",
+        [
+            "-m",
+            "kfrouter.router.cli",
+            "fake-wechat",
+            "--appid",
+            h.APPID,
+            "--secret",
+            h.SECRET,
+            "--wxid",
+            h.WXID,
+            "--webhook",
+            f"http://{h.HOST}:{port}/wechat",
+            "--token",
+            h.CB_TOKEN,
+            "--option",
+            "check_openid=false",
+        ],
+        ready_prefix="http://",
+        log_path=workdir / log,
+    )
+    fake.url = "http://" + fake.url
+    if agents:
+        async with http.post(
+            f"{fake.url}/_fake/agents", json={"agents": [{"kf_account": a, "online": True} for a in agents]}
+        ) as resp:
+            resp.raise_for_status()
+    return fake
+
+
+async def start_bench_daemon(
+    http: aiohttp.ClientSession, args: argparse.Namespace, workdir: Path, name: str, fake: h.Child, port: int
+) -> h.Child:
+    agents = h.agent_names(args.agents)
+    config = workdir / f"{name}.toml"
+    store_url = None
+    if args.store_url:
+        store_url = args.store_url
+    elif args.pg_cluster is not None:
+        store_url = args.pg_cluster.new_database(name)
+    config.write_text(
+        h.config_toml(
+            api_base=fake.url,
+            store=workdir / f"{name}.db",
+            port=port,
+            agents=agents,
+            capacity=args.capacity,
+            encoding="compatible",
+            polling_s=2.0,
+            log_level=args.log_level,
+            store_url=store_url,
+        )
+    )
+    profile = Path(f"{args.profile}.{name}") if args.profile else None
+    daemon = await h.start_daemon(config, workdir / f"{name}.log", profile=profile)
+    if await h.wait_for(http, daemon.url, lambda x: x.get("status") == "running", timeout=30) is None:
+        raise RuntimeError(f"daemon not routing within 30 s:\n{daemon.log_tail()}")
+    return daemon
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kfr-load-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rates = ladder_rates([float(r) for r in args.rates.split(",")], args.cap)
     rng = random.Random(args.seed)
-    daemon_port = _free_port()
     children: list[h.Child] = []
     result: dict[str, Any] = {"workdir": str(workdir), "cores": os.cpu_count()}
+    result["store"] = "postgresql" if (args.store_url or args.pg_cluster) else "sqlite"
     result["commit_ms_before"] = h.commit_latency_ms(workdir)
     print(f"one push commit (fsync) in {workdir}: {result['commit_ms_before']} ms (median)", flush=True)
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=args.connections, force_close=False)
     ) as http:
         try:
-            fake = await h.Child.start(
-                "fake",
-                [
-                    "-m",
-                    "kfrouter.router.cli",
-                    "fake-wechat",
-                    "--appid",
-                    h.APPID,
-                    "--secret",
-                    h.SECRET,
-                    "--wxid",
-                    h.WXID,
-                    "--webhook",
-                    f"http://{h.HOST}:{daemon_port}/wechat",
-                    "--token",
-                    h.CB_TOKEN,
-                    "--option",
-                    "check_openid=false",
-                ],
-                ready_prefix="http://",
-                log_path=workdir / "fake.log",
-            )
-            fake.url = "http://" + fake.url
-            children.append(fake)
-            agents = h.agent_names(args.agents)
-            async with http.post(
-                f"{fake.url}/_fake/agents",
-                json={"agents": [{"kf_account": a, "online": True} for a in agents]},
-            ) as resp:
-                resp.raise_for_status()
-            config = workdir / "kfrouter.toml"
-            config.write_text(
-                h.config_toml(
-                    api_base=fake.url,
-                    store=workdir / "kfrouter.db",
-                    port=daemon_port,
-                    agents=agents,
-                    capacity=args.capacity,
-                    encoding="compatible",
-                    polling_s=2.0,
-                    log_level=args.log_level,
-                )
-            )
             reference = await h.start_reference(workdir / "reference.log")
             children.append(reference)
             print(f"reference: bare aiohttp 'success' handler at {reference.url}", flush=True)
-            ref_steps = await run_ladder(
-                "reference", http, f"{reference.url}/wechat", rates, args.step_s, rng=rng
+            result["reference"] = summarize(
+                await run_ladder("reference", http, f"{reference.url}/wechat", rates, args.step_s, rng=rng)
             )
             await reference.terminate()
-            daemon = await h.start_daemon(config, workdir / "daemon.log")
-            children.append(daemon)
-            if await h.wait_for(http, daemon.url, lambda x: x.get("status") == "running", timeout=30) is None:
-                raise RuntimeError(f"daemon not routing within 30 s:\n{daemon.log_tail()}")
-            print(f"daemon: kfrouter run at {daemon.url} ({args.agents} agents online)", flush=True)
-            daemon_steps = await run_ladder(
-                "daemon", http, f"{daemon.url}/wechat", rates, args.step_s, rng=rng, daemon=daemon
-            )
-            if args.chatter:
-                print("daemon, pushes not for kfrouter (nothing committed, answered at once):", flush=True)
-                chatter_steps = await run_ladder(
-                    "chatter",
-                    http,
-                    f"{daemon.url}/wechat",
-                    rates,
-                    args.step_s,
-                    rng=rng,
-                    daemon=daemon,
-                    text="what time do you open?",
+
+            if args.mode in ("routed", "both"):
+                port = _free_port()
+                fake = await start_fake(http, workdir, port, h.agent_names(args.agents), "fake.log")
+                children.append(fake)
+                daemon = await start_bench_daemon(http, args, workdir, "daemon", fake, port)
+                children.append(daemon)
+                print(f"daemon: kfrouter run at {daemon.url} ({args.agents} agents online)", flush=True)
+                daemon_steps = await run_ladder(
+                    "daemon", http, f"{daemon.url}/wechat", rates, args.step_s, rng=rng, daemon=daemon
                 )
-                result["daemon_chatter"] = summarize(chatter_steps)
-            async with http.get(f"{fake.url}/_fake/state") as resp:
-                state = await resp.json()
-            created = sum(1 for c in state["create_log"] if c["errcode"] == 0)
-            answered = sum(s["ok"] for s in daemon_steps)
-            result["routed"] = {"answered_success": answered, "sessions_created": created}
-            result["reference"] = summarize(ref_steps)
-            result["daemon"] = summarize(daemon_steps)
-            result["daemon_exit"] = await daemon.terminate()
+                if args.chatter:
+                    print(
+                        "daemon, pushes not for kfrouter (nothing committed, answered at once):", flush=True
+                    )
+                    chatter_steps = await run_ladder(
+                        "chatter",
+                        http,
+                        f"{daemon.url}/wechat",
+                        rates,
+                        args.step_s,
+                        rng=rng,
+                        daemon=daemon,
+                        text="what time do you open?",
+                    )
+                    result["daemon_chatter"] = summarize(chatter_steps)
+                async with http.get(f"{fake.url}/_fake/state") as resp:
+                    state = await resp.json()
+                created = sum(1 for c in state["create_log"] if c["errcode"] == 0)
+                answered = sum(s["ok"] for s in daemon_steps)
+                result["routed"] = {"answered_success": answered, "sessions_created": created}
+                result["daemon"] = summarize(daemon_steps)
+                result["daemon_exit"] = await daemon.terminate()
+                await fake.terminate()
+
+            if args.mode in ("intake", "both"):
+                port = _free_port()
+                fake = await start_fake(http, workdir, port, [], "fake-intake.log")
+                children.append(fake)
+                daemon = await start_bench_daemon(http, args, workdir, "intake", fake, port)
+                children.append(daemon)
+                print(
+                    f"intake: kfrouter run at {daemon.url} (nobody online: customers are queued)", flush=True
+                )
+                intake_steps = await run_ladder(
+                    "intake", http, f"{daemon.url}/wechat", rates, args.step_s, rng=rng, daemon=daemon
+                )
+                health = await h.health(http, daemon.url)
+                result["intake"] = summarize(intake_steps)
+                result["intake"]["answered_success"] = sum(s["ok"] for s in intake_steps)
+                result["intake"]["queued_at_end"] = health.get("queue")
+                result["intake_exit"] = await daemon.terminate()
         finally:
             for child in reversed(children):
                 await child.terminate(timeout=10)
     result["commit_ms_after"] = h.commit_latency_ms(workdir)
     ref = result["reference"]["sustained_rps"]
-    dae = result["daemon"]["sustained_rps"]
-    result["ratio_sustained"] = round(dae / ref, 3) if ref else None
-    p50s = [
-        (d["p50_ms"], r["p50_ms"])
-        for d, r in zip(result["daemon"]["steps"], result["reference"]["steps"], strict=False)
-    ]
-    result["p50_ratio_first_step"] = round(p50s[0][0] / p50s[0][1], 1) if p50s and p50s[0][1] else None
+    for key in ("daemon", "intake"):
+        if key in result:
+            dae = result[key]["sustained_rps"]
+            result[f"ratio_{key}"] = round(dae / ref, 3) if ref else None
+            steps = result[key]["steps"]
+            at_1000 = next((s for s in steps if s["offered_rps"] == 1000), None)
+            result[key]["p99_ms_at_1000"] = at_1000["p99_ms"] if at_1000 else None
+    if "daemon" in result:
+        p50s = [
+            (d["p50_ms"], r["p50_ms"])
+            for d, r in zip(result["daemon"]["steps"], result["reference"]["steps"], strict=False)
+        ]
+        result["p50_ratio_first_step"] = round(p50s[0][0] / p50s[0][1], 1) if p50s and p50s[0][1] else None
     return result
 
 
@@ -340,7 +396,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rates", default="50,100,200,400,800", help="comma-separated req/s of the first steps")
     p.add_argument("--cap", type=float, default=3200.0, help="highest rate tried (the ladder doubles to it)")
     p.add_argument("--step-s", type=float, default=4.0, help="seconds per step")
-    p.add_argument("--agents", type=int, default=20, help="agents online at the fake")
+    p.add_argument(
+        "--mode",
+        choices=("routed", "intake", "both"),
+        default="both",
+        help="routed: agents online, every customer routed; intake: nobody online, every customer "
+        "committed and queued (the durable intake alone); both (default)",
+    )
+    p.add_argument("--agents", type=int, default=20, help="agents online at the fake (routed ladder)")
     p.add_argument("--capacity", type=int, default=1000, help="sessions per agent (1..1000)")
     p.add_argument("--connections", type=int, default=512, help="client connection limit")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
@@ -351,37 +414,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--chatter",
         action="store_true",
-        help="also a daemon ladder of pushes that are not for kfrouter (no SQLite commit): the cost of durability",
+        help="also a daemon ladder of pushes that are not for kfrouter (no commit): the cost of durability",
     )
+    p.add_argument("--store-url", help="the daemons' store: this PostgreSQL URL (an empty database)")
+    p.add_argument(
+        "--pg",
+        action="store_true",
+        help="the daemons' store: PostgreSQL in a throw-away cluster (tests/pg_cluster.py)",
+    )
+    p.add_argument("--profile", help="run the daemons under cProfile; statistics to PROFILE.<daemon>")
     args = p.parse_args(argv)
     if args.quick:
         args.rates, args.cap, args.step_s = "50,100,200", 200.0, 2.0
-    result = asyncio.run(main_async(args))
+    args.pg_cluster = None
+    if args.pg and not args.store_url:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        import pg_cluster
+
+        reason = pg_cluster.unavailable()
+        if reason is not None:
+            p.error(f"--pg: {reason}")
+        args.pg_cluster = pg_cluster.PgCluster.start(durable=True)
+    try:
+        result = asyncio.run(main_async(args))
+    finally:
+        if args.pg_cluster is not None:
+            args.pg_cluster.stop()
+            args.pg_cluster = None
     print()
+    print(f"store: {result['store']}")
     print(
         f"reference: sustained {result['reference']['sustained_rps']}/s; p99 > 1 s at "
         f"{result['reference']['p99_crosses_1s_at_offered_rps']} offered/s"
     )
-    print(
-        f"daemon:    sustained {result['daemon']['sustained_rps']}/s; p99 > 1 s at "
-        f"{result['daemon']['p99_crosses_1s_at_offered_rps']} offered/s"
-    )
-    print(
-        f"ratio daemon/reference (sustained): {result['ratio_sustained']}; "
-        f"p50 ratio at the first step: {result['p50_ratio_first_step']}x"
-    )
+    for key, label in (("daemon", "daemon, routed"), ("intake", "daemon, intake")):
+        if key in result:
+            r = result[key]
+            print(
+                f"{label}: sustained {r['sustained_rps']}/s (ratio to the reference {result[f'ratio_{key}']}); "
+                f"p99 at 1000/s offered: {r['p99_ms_at_1000']} ms; p99 > 1 s at "
+                f"{r['p99_crosses_1s_at_offered_rps']} offered/s"
+            )
+    if "p50_ratio_first_step" in result:
+        print(f"p50 ratio daemon/reference at the first step: {result['p50_ratio_first_step']}x")
     if "daemon_chatter" in result:
         c = result["daemon_chatter"]
         print(
             f"daemon, not-for-us pushes: sustained {c['sustained_rps']}/s; p99 > 1 s at "
             f"{c['p99_crosses_1s_at_offered_rps']} offered/s"
         )
-    print(f"routed: {result['routed']}")
+    if "routed" in result:
+        print(f"routed: {result['routed']}")
+    if "intake" in result:
+        print(
+            f"intake: {result['intake']['answered_success']} answered success, "
+            f"{result['intake']['queued_at_end']} waiting in the engine at the end"
+        )
     print(
         f"one push commit (fsync): {result['commit_ms_before']} ms before, {result['commit_ms_after']} ms after"
     )
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     return 0
 
 

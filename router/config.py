@@ -9,7 +9,7 @@ Rules of this module:
   the file and the key path, e.g. ``kfrouter.toml: groups[1].overflow[0].after_s: must be >= 0, got -5``.
   Array indices in paths are 0-based, as in TOML libraries and JSON paths.
 - Secrets may come from the environment (``KFROUTER_APPID``, ``KFROUTER_SECRET``, ``KFROUTER_TOKEN``,
-  ``KFROUTER_AES_KEY``, ``KFROUTER_ADMIN_TOKEN``). **A non-empty environment variable wins over the file**:
+  ``KFROUTER_AES_KEY``, ``KFROUTER_ADMIN_TOKEN``, ``KFROUTER_STORE_URL``). **A non-empty environment variable wins over the file**:
   the file is usually committed with development values and the deployment injects production ones; the
   origin of every secret is kept in :attr:`Config.secret_sources` (names only, never values). Secret
   fields are left out of ``repr`` so a logged config never shows them.
@@ -54,6 +54,7 @@ ENV_VARS: Mapping[str, str] = MappingProxyType(
         "wecom.aes_key": "KFROUTER_WECOM_AES_KEY",
         "server.admin_token": "KFROUTER_ADMIN_TOKEN",
         "server.readonly_token": "KFROUTER_READONLY_TOKEN",
+        "store.url": "KFROUTER_STORE_URL",
     }
 )
 """Config key -> environment variable that can provide (and then overrides) it."""
@@ -62,6 +63,7 @@ ENV_VARS: Mapping[str, str] = MappingProxyType(
 _TOKEN_RE = re.compile(r"[A-Za-z0-9]{3,32}")
 _AES_KEY_RE = re.compile(r"[A-Za-z0-9]{43}")
 _APPID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_STORE_URL_RE = re.compile(r"postgres(ql)?://\S+")
 _GROUP_RE = re.compile(r"[^\s.\[\]\"]{1,64}")
 _ADMIN_TOKEN_MIN = 16  # characters; an admin token guards pausing agents and closing sessions
 _MAX_UPSTREAM_TIMEOUT_S = 4.5  # WeChat gives up after 5 s; keep time to answer it ourselves
@@ -183,8 +185,11 @@ class NotifySection:
 
 @frozen(kw_only=True)
 class StoreConfig:
+    """``url`` (PostgreSQL) replaces ``path`` (SQLite) when set."""
+
     path: Path = Path("kfrouter.db")
     dedup_keep_s: float = 600.0
+    url: str | None = field(default=None, repr=False)  # may hold a password
 
 
 @frozen(kw_only=True)
@@ -536,7 +541,7 @@ def _range(v: float, lo: float | None, hi: float | None) -> str | None:
 
 def _redact(name: str, value: str) -> str:
     """Describe a bad value without printing a secret: its length only."""
-    if name in ("secret", "token", "aes_key", "previous_aes_key", "admin_token", "readonly_token"):
+    if name in ("secret", "token", "aes_key", "previous_aes_key", "admin_token", "readonly_token", "url"):
         return f"a value of {len(value)} characters"
     return repr(value)
 
@@ -997,8 +1002,9 @@ class _Loader:
         if raw != ":memory:" and not path.is_absolute():
             path = self.base_dir / path
         keep = s.get_float("dedup_keep_s", 600.0, lo=20)  # WeChat retries for ~15 s (3 x 5 s); keep more
+        url = self._secret(s, "url", required=False, pattern=_STORE_URL_RE, what="a postgresql:// URL")
         s.done()
-        return StoreConfig(path=path, dedup_keep_s=keep)
+        return StoreConfig(path=path, dedup_keep_s=keep, url=url)
 
     def _log(self, s: _Section) -> LogConfig:
         out = LogConfig(level=s.get_str("level", "info", choices=_LEVELS), json=s.get_bool("json", False))

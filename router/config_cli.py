@@ -18,7 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t = sub.add_parser("trace", help="recorded traffic as a simulator trace")
     tsub = t.add_subparsers(dest="trace_command", metavar="ACTION", required=True)
     e = tsub.add_parser("export", help="write the store's session log as a trace (JSON Lines)")
-    e.add_argument("--db", required=True, metavar="FILE", help="the kfrouter SQLite store")
+    e.add_argument(
+        "--db", required=True, metavar="FILE|URL", help="the kfrouter SQLite store, or a postgresql:// URL"
+    )
+    e.add_argument("--appid", help="the account to export (needed with a postgresql:// URL)")
     e.add_argument("--out", required=True, metavar="TRACE.jsonl", help="output file ('-' for stdout)")
     e.add_argument(
         "--since",
@@ -64,6 +67,7 @@ def _check_config(args: argparse.Namespace) -> int:
         return 2
     env = sorted(origin for origin in cfg.secret_sources.values() if origin != "file")
     policies = ", ".join(sorted(cfg.policy_names()))
+    store = cfg.store.path if cfg.store.url is None else _without_password(cfg.store.url)
     print(
         f"ok: {len(cfg.groups)} groups, {len(cfg.agents)} agents, {len(cfg.routing.rules)} routing rules, "
         f"{len(cfg.routing.customers)} listed customers; mode {cfg.routing.mode}; policies: {policies}; "
@@ -72,10 +76,22 @@ def _check_config(args: argparse.Namespace) -> int:
             if cfg.wecom is not None
             else f"encoding {cfg.oa.encoding}"
         )
-        + f"; store {cfg.store.path}"
+        + f"; store {store}"
         + (f"; secrets from the environment: {', '.join(env)}" if env else "")
     )
     return 0
+
+
+def _without_password(url: str) -> str:
+    """A store URL as it may be printed: the password replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
 def _trace_export(args: argparse.Namespace) -> int:
@@ -87,11 +103,18 @@ def _trace_export(args: argparse.Namespace) -> int:
     if args.default_capacity < 1:
         print("--default-capacity must be >= 1", file=sys.stderr)
         return 2
-    if not Path(args.db).is_file():
+    postgres = args.db.startswith(("postgresql://", "postgres://"))
+    where = _without_password(args.db) if postgres else args.db
+    if postgres and not args.appid:
+        print(
+            f"{where}: --appid is needed to export from PostgreSQL (one account at a time)", file=sys.stderr
+        )
+        return 2
+    if not postgres and not Path(args.db).is_file():
         print(f"{args.db}: no such database file", file=sys.stderr)
         return 2
     try:
-        with Store(args.db) as store:
+        with Store(args.db, appid=args.appid) as store:
             if args.out == "-":
                 stats = store.export_trace(
                     sys.stdout, since=args.since, name=args.name, default_capacity=args.default_capacity
@@ -102,7 +125,7 @@ def _trace_export(args: argparse.Namespace) -> int:
                         out, since=args.since, name=args.name, default_capacity=args.default_capacity
                     )
     except (StoreError, sqlite3.Error, OSError) as exc:
-        print(f"{args.db}: {exc}", file=sys.stderr)
+        print(f"{where}: {exc}", file=sys.stderr)
         return 2
     print(
         f"wrote {stats.arrivals} arrivals ({stats.served} served, {stats.left} left), {stats.agent_lines} agent "

@@ -30,6 +30,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -104,6 +105,15 @@ class DaemonOptions:
     startup_backoff_max_s: float = field(default=30.0, validator=_positive)
     self_check: bool = True  # run kfrouter doctor's read-only checks at start and log what they find
     seed: int | None = None  # poll jitter
+
+
+@frozen
+class _Recheck:
+    """A 65414 nobody confirmed, on its way to the engine task: route the customer again if they are
+    still waiting in the store and the engine no longer holds them (decided when applied, after the
+    ``CreateFailed`` before it)."""
+
+    openid: str
 
 
 @frozen
@@ -307,7 +317,8 @@ class Daemon:
         runner: web.AppRunner | None = None
         try:
             if self.store is None:
-                self.store = Store(self.config.store.path)
+                sc = self.config.store
+                self.store = Store(sc.url, appid=self.config.oa.appid) if sc.url else Store(sc.path)
             self.intake.store = self.store
             self._build_edges(http)
             runner = web.AppRunner(
@@ -549,6 +560,9 @@ class Daemon:
         payload = item.payload
         if payload is None:
             return None  # a barrier
+        if isinstance(payload, _Recheck):
+            again = self._requested_again(payload.openid)
+            return None if again is None else self._apply(again, now)
         if isinstance(payload, _Snapshot):
             rows = payload.rows
             if payload.mark is not None:
@@ -658,18 +672,31 @@ class Daemon:
                         cmd.kf_account,
                     )
                     continue
-                if self.store is not None:
-                    try:
-                        self.store.add_reservation(cmd.openid, cmd.kf_account, now)
-                    except Exception:
-                        log.exception("store: reservation %s -> %s not recorded", cmd.openid, cmd.kf_account)
                 log.info("command CreateSession %s -> %s", cmd.openid, cmd.kf_account)
+                if self.store is not None:  # sent once its reservation is durable (next group commit)
+                    self.store.defer(
+                        partial(
+                            Store.add_reservation,
+                            openid=cmd.openid,
+                            kf_account=cmd.kf_account,
+                            created_at=now,
+                        ),
+                        f"reservation {cmd.openid} -> {cmd.kf_account}",
+                        then=partial(self._submit_command, cmd, now),
+                    )
+                    continue
             elif isinstance(cmd, CloseSession):
                 log.info("command CloseSession %s (%s)", cmd.openid, cmd.kf_account)
             elif isinstance(cmd, SendText):
                 log.info("command SendText %s (%s)", cmd.openid, cmd.kind)
-            if not self._executor.submit(cmd, at=now):
-                log.info("command %s for %s dropped: shutting down", type(cmd).__name__, cmd.openid)
+            self._submit_command(cmd, now)
+
+    def _submit_command(self, cmd: Command, at: float, _stored: BaseException | None = None) -> None:
+        """Hand ``cmd`` (made at ``at``) to the executor; a create comes here once its reservation is
+        stored (``_stored``: why it was not, already logged by the store)."""
+        assert self._executor is not None
+        if not self._executor.submit(cmd, at=at):
+            log.info("command %s for %s dropped: shutting down", type(cmd).__name__, cmd.openid)
 
     def _on_step_error(self, item: Item, exc: Exception) -> None:
         name = type(item.payload).__name__
@@ -698,22 +725,21 @@ class Daemon:
         """An API result from the executor: persist it, then hand it to the engine."""
         now = self.clock.now()
         store = self.store
-        if isinstance(event, ev.CustomerRequested):  # a 65414 nobody confirmed: route them again
-            again = self._requested_again(event.openid)
-            if again is None:
-                return
-            event = again
-        try:
-            if store is not None:
-                if isinstance(event, ev.SessionCreated):
-                    store.record_session_start(event.openid, event.kf_account, now)
-                elif isinstance(event, ev.CreateFailed):
-                    store.end_reservation(event.openid)
-                elif isinstance(event, ev.SessionClosed):
-                    store.record_session_end(event.openid, event.kf_account, now)
-        except Exception:
-            log.exception("store: outcome %s not recorded", type(event).__name__)
-        self._inbox.put(event)
+        # a CustomerRequested is a 65414 nobody confirmed: whether to route them again is decided in the
+        # engine task, after the CreateFailed that came before it
+        payload: Any = _Recheck(event.openid) if isinstance(event, ev.CustomerRequested) else event
+        if store is None:
+            self._inbox.put(payload)
+            return
+        store.defer(  # every outcome in order through the next group commit, then to the engine
+            partial(_record_outcome, event=event, now=now),
+            f"outcome {type(event).__name__}",
+            then=partial(self._stored_outcome, payload),
+        )
+
+    def _stored_outcome(self, payload: Any, _error: BaseException | None) -> None:
+        """An API result's write is done (a failure is logged by the store): the engine gets it."""
+        self._inbox.put(payload)
 
     def _requested_again(self, openid: str) -> ev.CustomerRequested | None:
         """The customer's request as the store keeps it, if they are still waiting there (not served or
@@ -859,3 +885,13 @@ class Daemon:
     async def _healthz(self, request: web.Request) -> web.Response:
         body = self.health()
         return web.json_response(body, status=503 if self._stopping else 200)
+
+
+def _record_outcome(store: Store, event: ev.Event, now: float) -> None:
+    """An API result as the store keeps it (a job of the store's group commit; nothing for the others)."""
+    if isinstance(event, ev.SessionCreated):
+        store.record_session_start(event.openid, event.kf_account, now)
+    elif isinstance(event, ev.CreateFailed):
+        store.end_reservation(event.openid)
+    elif isinstance(event, ev.SessionClosed):
+        store.record_session_end(event.openid, event.kf_account, now)

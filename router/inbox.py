@@ -158,11 +158,15 @@ class Intake:
     it is driven by the engine task alone.
 
     What is committed before the answer, each in one transaction with the push's dedup key (so a push
-    WeChat delivers again after a restart is not applied twice):
+    WeChat delivers again after a restart is not applied twice) — a job of the store's group commit
+    (``await store.commit(work)``: pushes that arrive together share one transaction and one fsync):
 
     - a request for a human: the waiting customer (and their case in the session log) + the input;
-    - a cancel: the customer leaves the queue, their case is closed 'cancelled';
-    - ``kf_create_session`` / ``kf_close_session`` / ``kf_switch_session``: the session log + the input.
+      handed to the inbox once committed;
+    - a cancel: the customer leaves the queue, their case is closed 'cancelled'; likewise;
+    - ``kf_create_session`` / ``kf_close_session`` / ``kf_switch_session``: the session log + the input;
+      handed to the inbox on arrival (WeChat's record of what happened, kept in order with the API
+      outcomes), answered once committed.
 
     Pushes that are not for kfrouter (and messages of customers in a session, which WeChat normally
     sends to the agent) go to the upstream handler, whose reply is passed back.
@@ -213,36 +217,45 @@ class Intake:
         self._observe(PushReceived(type(push).__name__, push.openid), now)
         if isinstance(push, KfCreateSession):
             event: ev.Event = ev.SessionCreated(openid=push.openid, kf_account=push.kf_account, source="push")
-            return self._kf_event(push, event, now)
+            return await self._kf_event(push, event, now)
         if isinstance(push, KfCloseSession):
-            return self._kf_event(push, ev.SessionClosed(openid=push.openid, kf_account=push.kf_account), now)
+            return await self._kf_event(
+                push, ev.SessionClosed(openid=push.openid, kf_account=push.kf_account), now
+            )
         if isinstance(push, KfSwitchSession):
             event = ev.SessionSwitched(
                 openid=push.openid, from_account=push.from_kf_account, to_account=push.to_kf_account
             )
-            return self._kf_event(push, event, now)
+            return await self._kf_event(push, event, now)
         if isinstance(push, UserMessage | MenuClick):
             return await self._user_push(push, raw, now)
         assert isinstance(push, GenericEvent)
         return await self._forward(push, raw)
 
-    def _kf_event(
+    async def _kf_event(
         self, push: KfCreateSession | KfCloseSession | KfSwitchSession, event: ev.Event, now: float
     ) -> str | None:
         store = self.store
         assert store is not None
-        with store.transaction():
-            if not store.claim_push(push.dedup_key, now):
-                log.info("push %s already handled before a restart", push.dedup_key)
-                return None
-            store.append_event(now, push.event, fields_of(event))
+
+        def work(s: Store) -> bool:  # one write unit of the next group commit
+            if not s.claim_push(push.dedup_key, now):
+                return False
+            s.append_event(now, push.event, fields_of(event))
             if isinstance(event, ev.SessionCreated):
-                store.record_session_start(event.openid, event.kf_account, now)
+                s.record_session_start(event.openid, event.kf_account, now)
             elif isinstance(event, ev.SessionClosed):
-                store.record_session_end(event.openid, event.kf_account, now)
+                s.record_session_end(event.openid, event.kf_account, now)
             elif isinstance(event, ev.SessionSwitched):
-                store.record_session_switch(event.openid, event.to_account, now)
+                s.record_session_switch(event.openid, event.to_account, now)
+            return True
+
+        # WeChat's record of what happened: handed on in arrival order (an API outcome or an admin action
+        # must not overtake it while it commits), answered once committed. A repeat after a restart reaches
+        # the engine again, which takes a session event it already knows as no change.
         self.inbox.put(event)
+        if not await store.commit(work):
+            log.info("push %s already handled before a restart", push.dedup_key)
         return None
 
     async def _user_push(self, push: UserMessage | MenuClick, raw: str, now: float) -> str | None:
@@ -256,10 +269,10 @@ class Intake:
             inbound = rules.Inbound(openid=openid, msg_type="event", event="CLICK", event_key=push.key)
         answer = self.desk.consider(inbound, now)
         if isinstance(answer, Request):
-            self._request_human(push, answer, now)
+            await self._request_human(push, answer, now)
             return None
         if isinstance(answer, Leave):
-            return self._cancel(push, answer, now)
+            return await self._cancel(push, answer, now)
         if isinstance(answer, Reply):
             log.info("push from %s: replied (%s)", openid, answer.why)
             if answer.why == "listed":
@@ -271,23 +284,26 @@ class Intake:
         log.info("push from %s not for kfrouter (%s): forwarded upstream", openid, answer.reason)
         return await self._forward(push, raw)
 
-    def _request_human(self, push: UserMessage | MenuClick, answer: Request, now: float) -> None:
+    async def _request_human(self, push: UserMessage | MenuClick, answer: Request, now: float) -> None:
         store = self.store
         assert store is not None
         e = answer.event
         tags = tuple(sorted(e.tags))
-        with store.transaction():
-            if not store.claim_push(push.dedup_key, now):
-                log.info("push %s already handled before a restart", push.dedup_key)
-                return
-            store.add_waiting(
-                WaitingRow(push.openid, e.group, e.priority, now, e.text, e.preferred_agent, tags)
-            )
-            store.append_event(
+
+        def work(s: Store) -> bool:  # one write unit of the next group commit
+            if not s.claim_push(push.dedup_key, now):
+                return False
+            s.add_waiting(WaitingRow(push.openid, e.group, e.priority, now, e.text, e.preferred_agent, tags))
+            s.append_event(
                 now,
                 "customer_requested",
                 {"openid": push.openid, "group": e.group, "priority": e.priority, "matched": answer.matched},
             )
+            return True
+
+        if not await store.commit(work):
+            log.info("push %s already handled before a restart", push.dedup_key)
+            return
         log.info(
             "push from %s asks for a human (%s): group %s, priority %d",
             push.openid,
@@ -297,14 +313,19 @@ class Intake:
         )
         self.inbox.put(e)
 
-    def _cancel(self, push: UserMessage | MenuClick, answer: Leave, now: float) -> str | None:
+    async def _cancel(self, push: UserMessage | MenuClick, answer: Leave, now: float) -> str | None:
         store = self.store
         assert store is not None
-        with store.transaction():
-            if not store.claim_push(push.dedup_key, now):
-                return None
-            store.remove_waiting(push.openid, now, "cancelled")
-            store.append_event(now, "cancel", {"openid": push.openid, "matched": answer.matched})
+
+        def work(s: Store) -> bool:  # one write unit of the next group commit
+            if not s.claim_push(push.dedup_key, now):
+                return False
+            s.remove_waiting(push.openid, now, "cancelled")
+            s.append_event(now, "cancel", {"openid": push.openid, "matched": answer.matched})
+            return True
+
+        if not await store.commit(work):
+            return None
         log.info("push from %s cancels their wait (%s)", push.openid, answer.matched)
         self.inbox.put(ev.CustomerLeft(openid=push.openid, reason="cancelled"))
         return self._text_reply(push, answer.reply)

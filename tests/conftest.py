@@ -312,6 +312,7 @@ class Processes:
             "KFROUTER_TOKEN",
             "KFROUTER_AES_KEY",
             "KFROUTER_ADMIN_TOKEN",
+            "KFROUTER_STORE_URL",
         ):
             env.pop(var, None)
         try:
@@ -420,3 +421,33 @@ def recorder(into: list[dict[str, Any]]) -> Callable[[Any, float], None]:
 
     return observe
 
+
+# ---------------------------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_unavailable(reason: str) -> None:
+    """Skip a PostgreSQL test with ``reason`` — or fail it under CI, which must never skip them."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true and the PostgreSQL tests cannot run: {reason}")
+    pytest.skip(f"no PostgreSQL: {reason}")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterable[Any]:
+    """A throw-away PostgreSQL cluster for the whole session (``tests/pg_cluster.py``)."""
+    import pg_cluster as pgc
+
+    reason = pgc.unavailable()
+    if reason is not None:
+        _pg_unavailable(reason)
+    cluster = pgc.PgCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """The URL of a new, empty database in the throw-away cluster."""
+    return str(pg_cluster.new_database())

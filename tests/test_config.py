@@ -392,3 +392,16 @@ def test_offline_and_stale_settings_reach_the_engine() -> None:
     assert (ec.routes["g"].on_agent_offline, ec.routes["g"].offline_grace_s) == ("reassign", 30.0)
     doc["engine"] = {"stale_message": "bye"}
     assert ("engine.stale_message", "only applies when stale_session_s is set") in problems(doc)
+
+
+def test_store_url_selects_postgresql_from_the_file_or_the_environment() -> None:
+    doc = copy.deepcopy(MINIMAL)
+    doc["store"] = {"url": "postgresql://kf:pw@db:5432/kf"}
+    cfg = Config.from_dict(doc, source="test.toml", env={})
+    assert cfg.store.url == "postgresql://kf:pw@db:5432/kf" and "pw" not in repr(cfg.store)
+    env = {"KFROUTER_STORE_URL": "postgres://db/other"}
+    assert Config.from_dict(doc, source="test.toml", env=env).store.url == "postgres://db/other"
+    assert Config.from_dict(copy.deepcopy(MINIMAL), source="test.toml", env={}).store.url is None
+    doc["store"] = {"url": "mysql://kf:secret-pw@db/kf"}
+    [(key, message)] = problems(doc)
+    assert key == "store.url" and "postgresql:// URL" in message and "secret-pw" not in message

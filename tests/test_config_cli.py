@@ -18,6 +18,7 @@ SECRET_VARS = (
     "KFROUTER_TOKEN",
     "KFROUTER_AES_KEY",
     "KFROUTER_ADMIN_TOKEN",
+    "KFROUTER_STORE_URL",
 )
 
 
@@ -111,3 +112,19 @@ def test_trace_export_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as info:
         main(["trace", "export", "--db", str(not_db), "--out", "-", "--since", "yesterday"])
     assert info.value.code == 2
+
+
+def test_trace_export_from_postgresql(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Store(pg_url, appid="wx_export") as s:
+        s.add_waiting(WaitingRow(openid="o1", group="g", priority=0, arrived_at=1_700_000_010.0))
+        s.record_session_start("o1", "a@x", 1_700_000_020.0)
+        s.record_session_end("o1", "a@x", 1_700_000_200.0)
+    out = tmp_path / "pg.jsonl"
+    assert main(["trace", "export", "--db", pg_url, "--out", str(out)]) == 2
+    assert "--appid is needed" in capsys.readouterr().err
+    assert main(["trace", "export", "--db", pg_url, "--appid", "wx_export", "--out", str(out)]) == 0
+    assert "wrote 1 arrivals (1 served, 0 left)" in capsys.readouterr().err
+    _header, records, _ = read_trace(out)
+    assert [(r.customer, r.service_s) for r in records if isinstance(r, Arrival)] == [("o1", 180.0)]

@@ -421,7 +421,8 @@ async def test_a_session_moved_by_kfrouter_is_closed_once_and_counted_once(make_
         lambda: env.daemon.engine.state("m1") is CustomerState.RESERVED, message="m1 re-reserved"
     )
     with Store(env.daemon.config.store.path) as mid:  # a crash now would not lose m1
-        state = mid.load_state()
+        # the create is sent once its reservation is durable (the store's next group commit)
+        state = await wait_until(lambda: (st := mid.load_state()).reservations and st, message="stored")
         assert [(w.openid, w.group) for w in state.waiting] == [("m1", "general")]
         assert [(r.openid, r.kf_account) for r in state.reservations] == [("m1", other)]
     assert await env.assigned("m1", to=other) == other
@@ -488,7 +489,7 @@ async def test_shutdown_refuses_new_pushes_and_keeps_calls_in_flight_for_next_st
     env = await make_env(options=DaemonOptions(create_timeout_s=5.0, shutdown_timeout_s=0.5))
     await env.ctl.fault("kfsession/create", delay_s=2.0)
     await env.ctl.say("z1", "human")
-    await wait_until(lambda: env.daemon.engine.reservations(), message="a create in flight")
+    await wait_until(lambda: env.daemon.health()["commands_pending"], message="a create in flight")
     env.daemon.stop()
     await wait_until(lambda: env.daemon.stopping, message="stopping")
     xml = replies.build_text_message("gh_x", "z2", int(time.time()), "human", 99)

@@ -17,7 +17,11 @@ def run_cli(args: list[str], extra_path: Path) -> subprocess.CompletedProcess[st
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(extra_path), env.get("PYTHONPATH", "")])
     return subprocess.run(
-        [sys.executable, "-m", "kfrouter.router.cli", *args], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "kfrouter.router.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
 
 

@@ -1,4 +1,8 @@
-"""router.edges.store: real SQLite files, durability, the request lifecycle, trace export."""
+"""router.edges.store, the same contract on both backends: a real SQLite file and a database in a
+throw-away PostgreSQL cluster (``pg_url``: skipped where no PostgreSQL exists, failed under CI=true).
+Durability, the request lifecycle, atomicity, a model check and the trace export; backend-specific checks
+(WAL, PRAGMAs, schema versions, unusable files) at the end. Group commit, leases, the shared inbox and
+tokens: tests/test_store_shared.py."""
 
 from __future__ import annotations
 
@@ -6,19 +10,36 @@ import io
 import itertools
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kfrouter.router.edges.store import SCHEMA_VERSION, Store, StoreError, WaitingRow
+from kfrouter.router.edges.store_pg import PgDatabase
 from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, read_trace
+
+APPID = "wx_store_test"
+BACKENDS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "kf.db"
+
+
+@pytest.fixture(params=BACKENDS)
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store lives: a SQLite file, or a new database of the throw-away PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return str(tmp_path / "kf.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+def open_store(target: str, **kw: object) -> Store:
+    return Store(target, appid=APPID, **kw)  # type: ignore[arg-type]
 
 
 def waiting(
@@ -30,27 +51,8 @@ def waiting(
 # ---------------------------------------------------------------------------------------------- file
 
 
-def test_new_file_is_wal_full_and_at_the_current_schema(db: Path) -> None:
-    with Store(db) as s:
-        assert s.pragma("journal_mode") == "wal"
-        assert s.pragma("synchronous") == 2  # FULL
-        assert s.schema_version == SCHEMA_VERSION
-    with Store(db, synchronous="NORMAL") as s:
-        assert s.pragma("synchronous") == 1 and s.schema_version == SCHEMA_VERSION
-
-
-def test_bad_options_and_newer_schema_are_refused(db: Path) -> None:
-    with pytest.raises(StoreError, match="synchronous must be one of"):
-        Store(db, synchronous="OFF")
-    raw = sqlite3.connect(db)
-    raw.execute(f"PRAGMA user_version={SCHEMA_VERSION + 5}")
-    raw.close()
-    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 5} is newer"):
-        Store(db)
-
-
-def test_state_survives_close_and_reopen(db: Path) -> None:
-    with Store(db) as s:
+def test_state_survives_close_and_reopen(target: str) -> None:
+    with open_store(target) as s:
         s.add_waiting(waiting("o-old", 10.0, text="人工", tags=("vip", "zh")))
         s.add_waiting(waiting("o-vip", 20.0, group="vip", priority=5, preferred="erin@shop"))
         s.add_waiting(waiting("o-new", 30.0))
@@ -59,7 +61,7 @@ def test_state_survives_close_and_reopen(db: Path) -> None:
         s.record_session_start("o-served", "bob@shop", 6.0)
         s.set_agent("alice@shop", 1.0, groups=["general", "billing"], max_sessions=4, nickname="小王")
         s.set_agent("bob@shop", 2.0, paused=True)
-    with Store(db) as s:
+    with open_store(target) as s:
         st_ = s.load_state()
     assert [w.openid for w in st_.waiting] == ["o-vip", "o-old", "o-new"]  # priority, then arrival
     assert st_.waiting[1] == waiting("o-old", 10.0, text="人工", tags=("vip", "zh"))
@@ -80,8 +82,8 @@ def test_state_survives_close_and_reopen(db: Path) -> None:
     assert (bob.groups, bob.max_sessions, bob.paused) == (None, None, True)
 
 
-def test_history_window_limits_loaded_history(db: Path) -> None:
-    with Store(db) as s:
+def test_history_window_limits_loaded_history(target: str) -> None:
+    with open_store(target) as s:
         s.record_session_start("o1", "a@x", 100.0)
         s.record_session_start("o2", "b@x", 500.0)
         assert set(s.load_state(history_since=200.0).history) == {"o2"}
@@ -90,8 +92,8 @@ def test_history_window_limits_loaded_history(db: Path) -> None:
 # ---------------------------------------------------------------------------------------------- lifecycle
 
 
-def test_request_lifecycle_served(db: Path) -> None:
-    with Store(db) as s:
+def test_request_lifecycle_served(target: str) -> None:
+    with open_store(target) as s:
         assert s.add_waiting(waiting("o1", 100.0))
         assert not s.add_waiting(waiting("o1", 101.0))  # already waiting: nothing written
         s.add_reservation("o1", "a@x", 102.0)
@@ -117,8 +119,8 @@ def test_request_lifecycle_served(db: Path) -> None:
         assert h is not None and (h.kf_account, h.at) == ("c@x", 200.0)
 
 
-def test_request_lifecycle_left(db: Path) -> None:
-    with Store(db) as s:
+def test_request_lifecycle_left(target: str) -> None:
+    with open_store(target) as s:
         s.add_waiting(waiting("o1", 100.0))
         s.add_reservation("o1", "a@x", 101.0)
         assert s.remove_waiting("o1", 130.0, "cancelled")
@@ -133,8 +135,8 @@ def test_request_lifecycle_left(db: Path) -> None:
         assert [c.outcome for c in s.session_log()] == ["cancelled", None]
 
 
-def test_a_new_request_closes_a_session_whose_close_we_missed(db: Path) -> None:
-    with Store(db) as s:
+def test_a_new_request_closes_a_session_whose_close_we_missed(target: str) -> None:
+    with open_store(target) as s:
         s.add_waiting(waiting("o1", 100.0))
         s.record_session_start("o1", "a@x", 110.0)
         s.add_waiting(waiting("o1", 500.0))  # WeChat only pushes to us outside a session: it ended
@@ -143,16 +145,16 @@ def test_a_new_request_closes_a_session_whose_close_we_missed(db: Path) -> None:
         assert second.outcome is None and second.requested_at == 500.0
 
 
-def test_session_without_a_request_is_logged(db: Path) -> None:
-    with Store(db) as s:
+def test_session_without_a_request_is_logged(target: str) -> None:
+    with open_store(target) as s:
         s.record_session_start("o1", "a@x", 50.0)  # agent-initiated or from WeChat's own queue
         assert s.record_session_end("o1", "a@x", 80.0)
         [case] = s.session_log()
         assert (case.requested_at, case.started_at, case.outcome) == (50.0, 50.0, "served")
 
 
-def test_set_agent_changes_only_given_fields(db: Path) -> None:
-    with Store(db) as s:
+def test_set_agent_changes_only_given_fields(target: str) -> None:
+    with open_store(target) as s:
         s.set_agent("a@x", 1.0, groups=["g1"], max_sessions=3, tags=["zh"])
         s.set_agent("a@x", 2.0, paused=True)
         a = s.agents()["a@x"]
@@ -165,8 +167,8 @@ def test_set_agent_changes_only_given_fields(db: Path) -> None:
         assert s.remove_agent("a@x") and s.agents() == {}
 
 
-def test_processed_push_keys_and_pruning(db: Path) -> None:
-    with Store(db) as s:
+def test_processed_push_keys_and_pruning(target: str) -> None:
+    with open_store(target) as s:
         assert s.claim_push("msg:1", 100.0)
         assert not s.claim_push("msg:1", 104.0)  # WeChat's retry
         assert s.claim_push("evt:o1:99:CLICK", 120.0)
@@ -174,8 +176,8 @@ def test_processed_push_keys_and_pruning(db: Path) -> None:
         assert not s.is_processed("msg:1") and s.is_processed("evt:o1:99:CLICK")
 
 
-def test_event_log(db: Path) -> None:
-    with Store(db) as s:
+def test_event_log(target: str) -> None:
+    with open_store(target) as s:
         seq1 = s.append_event(10.0, "push", {"openid": "o1", "text": "人工"})
         seq2 = s.append_event(20.0, "agent_online", {"agent": "a@x", "groups": [], "max_sessions": 2})
         assert seq2 > seq1
@@ -201,8 +203,8 @@ def test_event_log(db: Path) -> None:
         (lambda s: s.append_event(1.0, "", {}), "kind must be a non-empty string"),
     ],
 )
-def test_invalid_arguments_are_refused_by_name(db: Path, call: object, fragment: str) -> None:
-    with Store(db) as s:
+def test_invalid_arguments_are_refused_by_name(target: str, call: object, fragment: str) -> None:
+    with open_store(target) as s:
         with pytest.raises(StoreError, match=fragment):
             call(s)  # type: ignore[operator]
         assert s.load_state().waiting == []
@@ -211,8 +213,8 @@ def test_invalid_arguments_are_refused_by_name(db: Path, call: object, fragment:
 # ---------------------------------------------------------------------------------------------- atomicity
 
 
-def test_a_failed_transaction_leaves_nothing(db: Path) -> None:
-    with Store(db) as s:
+def test_a_failed_transaction_leaves_nothing(target: str) -> None:
+    with open_store(target) as s:
         with pytest.raises(RuntimeError), s.transaction():
             assert s.claim_push("msg:1", 1.0)
             s.add_waiting(waiting("o1", 1.0))
@@ -220,8 +222,8 @@ def test_a_failed_transaction_leaves_nothing(db: Path) -> None:
         assert not s.is_processed("msg:1") and s.load_state().waiting == [] and s.session_log() == []
 
 
-def test_nested_transaction_is_a_savepoint(db: Path) -> None:
-    with Store(db) as s:
+def test_nested_transaction_is_a_savepoint(target: str) -> None:
+    with open_store(target) as s:
         with s.transaction():
             s.add_waiting(waiting("o1", 1.0))
             with pytest.raises(RuntimeError), s.transaction():
@@ -231,22 +233,22 @@ def test_nested_transaction_is_a_savepoint(db: Path) -> None:
         assert [w.openid for w in s.load_state().waiting] == ["o1", "o3"]
 
 
-def test_commit_is_visible_to_another_connection_before_close(db: Path) -> None:
+def test_commit_is_visible_to_another_connection_before_close(target: str) -> None:
     """A write committed by the daemon is on disk for any other process, with the daemon still running
     (and never closed: the moment of a crash); an open transaction is not."""
-    writer = Store(db)
+    writer = open_store(target)
     writer.add_waiting(waiting("o1", 1.0))
     with writer.transaction():
         writer.add_waiting(waiting("o2", 2.0))
-        other = Store(db)
+        other = open_store(target)
         assert [w.openid for w in other.load_state().waiting] == ["o1"]
     assert [w.openid for w in other.load_state().waiting] == ["o1", "o2"]
     other.close()
     writer.close()
 
 
-def test_threads_share_one_store(db: Path) -> None:
-    with Store(db, synchronous="NORMAL") as s:
+def test_threads_share_one_store(target: str) -> None:
+    with open_store(target) as s:
         errors: list[BaseException] = []
 
         def work(k: int) -> None:
@@ -280,11 +282,27 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
-@given(OPS)
-def test_store_matches_a_simple_model(ops: list[tuple[str, str, str]]) -> None:
+@pytest.fixture(params=BACKENDS)
+def fresh_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], Store]]:
+    """A new, empty store per call: SQLite in memory, or a new account (schema) of one PostgreSQL database."""
+    if request.param == "sqlite":
+        yield lambda: Store(":memory:")
+        return
+    database = PgDatabase(request.getfixturevalue("pg_url"))
+    names = itertools.count(1)
+    try:
+        yield lambda: Store(database, appid=f"model{next(names)}")
+    finally:
+        database.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_store_matches_a_simple_model(
+    fresh_store: Callable[[], Store], ops: list[tuple[str, str, str]]
+) -> None:
     """Any sequence of lifecycle calls keeps the store equal to a naive model of waiting / in session."""
-    s = Store(":memory:")
+    s = fresh_store()
     waiting_m: set[str] = set()
     reserved: dict[str, str] = {}
     session: dict[str, str] = {}
@@ -350,8 +368,8 @@ def _recorded(s: Store) -> None:
     s.record_session_start("o5", "a@x", 1220.0)
 
 
-def test_export_trace_is_read_back_by_the_simulator(db: Path) -> None:
-    with Store(db) as s:
+def test_export_trace_is_read_back_by_the_simulator(target: str) -> None:
+    with open_store(target) as s:
         _recorded(s)
         buf = io.StringIO()
         stats = s.export_trace(buf, name="shop")
@@ -393,8 +411,8 @@ def test_export_trace_is_read_back_by_the_simulator(db: Path) -> None:
     assert len(marked) == 1 and '"customer": "o3"' in marked[0]
 
 
-def test_export_since_folds_earlier_agent_state(db: Path) -> None:
-    with Store(db) as s:
+def test_export_since_folds_earlier_agent_state(target: str) -> None:
+    with open_store(target) as s:
         _recorded(s)
         buf = io.StringIO()
         stats = s.export_trace(buf, since=1008.0, default_capacity=2)
@@ -409,16 +427,16 @@ def test_export_since_folds_earlier_agent_state(db: Path) -> None:
     assert arrivals[1].service_s == 60.0  # the median of the served customers in this window
 
 
-def test_export_of_an_empty_store_is_a_valid_trace(db: Path) -> None:
-    with Store(db) as s:
+def test_export_of_an_empty_store_is_a_valid_trace(target: str) -> None:
+    with open_store(target) as s:
         buf = io.StringIO()
         stats = s.export_trace(buf)
     header, records, _ = read_trace(buf.getvalue().splitlines())
     assert header.version == 1 and records == [] and stats.arrivals == 0
 
 
-def test_export_refuses_a_malformed_agent_event(db: Path) -> None:
-    with Store(db) as s:
+def test_export_refuses_a_malformed_agent_event(target: str) -> None:
+    with open_store(target) as s:
         seq = s.append_event(1.0, "agent_online", {"agent": "a@x", "groups": "general"})
         with pytest.raises(StoreError, match=f"event {seq} \\(agent_online\\): 'groups'"):
             s.export_trace(io.StringIO())
@@ -431,3 +449,25 @@ def test_unusable_files_are_store_errors(tmp_path: Path) -> None:
     junk.write_bytes(b"not a database" * 200)
     with pytest.raises(StoreError, match="not a usable kfrouter database"):
         Store(junk)
+
+
+# ---------------------------------------------------------------------------------------------- SQLite
+
+
+def test_new_file_is_wal_full_and_at_the_current_schema(db: Path) -> None:
+    with Store(db) as s:
+        assert s.pragma("journal_mode") == "wal"
+        assert s.pragma("synchronous") == 2  # FULL
+        assert s.schema_version == SCHEMA_VERSION
+    with Store(db, synchronous="NORMAL") as s:
+        assert s.pragma("synchronous") == 1 and s.schema_version == SCHEMA_VERSION
+
+
+def test_bad_options_and_newer_schema_are_refused(db: Path) -> None:
+    with pytest.raises(StoreError, match="synchronous must be one of"):
+        Store(db, synchronous="OFF")
+    raw = sqlite3.connect(db)
+    raw.execute(f"PRAGMA user_version={SCHEMA_VERSION + 5}")
+    raw.close()
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 5} is newer"):
+        Store(db)

@@ -1,282 +1,163 @@
-"""The durable state of one Official Account in SQLite: waiting customers, reservations, agent settings,
-customer history, the session log, the input event log and processed-push keys.
+"""The durable state of an Official Account: waiting customers, reservations, agent settings, customer
+history, the session log, the input event log and processed-push keys — plus, for several daemons
+sharing a database, the account's lease, the shared push inbox and the shared access token.
+
+``Store`` is the one interface; the database behind it is a backend (``router.edges.store_db``):
+
+- **SQLite** (``Store(path)``, the embedded default, ``router.edges.store_sqlite``): one file per account,
+  WAL, ``synchronous=FULL``. Nothing to install or start.
+- **PostgreSQL** (``Store("postgresql://...", appid=...)`` or ``Store(PgDatabase(url), appid=...)`` to
+  share one database object among the accounts of a process; ``router.edges.store_pg``): one schema per
+  account, leases fenced by the database, LISTEN/NOTIFY for the shared inbox.
 
 Rules of this module:
 
-- **One database file per Official Account (appid).** Rows carry no appid; a daemon serving several
-  accounts opens one ``Store`` per account. Moving an account to another machine is moving one file.
 - **Durable before "success".** After WeChat receives "success" it never sends that push again, so the
-  webhook commits what the customer told us first. ``synchronous=FULL`` (the default) makes every commit
-  reach the disk: with WAL, ``NORMAL`` only fsyncs at checkpoints, so a power cut or kernel crash may roll
-  back the last commits — exactly the pushes WeChat will not resend. FULL costs one fsync per commit:
-  on the development container one push step (claim key + add waiting + log input, one transaction) took
-  3.3 ms with FULL against 0.28 ms with NORMAL (300 steps in a loop, files under /tmp). Pushes arrive at
-  tens per second at most, so FULL is affordable. ``NORMAL`` is accepted for the simulator and benchmarks.
-- **WAL journal**: readers (``kfrouter trace export`` on a live database) never block the writer.
-- **One transaction per logical step.** Each public write is one transaction; ``with store.transaction():``
-  groups several (e.g. claim the push key, add the waiting customer, log the input) into one commit.
-  Nested ``transaction()`` blocks are savepoints.
-- **Threads**: one connection guarded by a lock, so calls are serialised and safe from any thread. The
-  intended use is from the event-loop thread directly (each call is a few SQL statements plus, for
-  writes, one fsync) or from one dedicated worker thread; do not hold ``transaction()`` across an
-  ``await``. The Python ``sqlite3`` statement cache (constant SQL text) makes statements prepared once.
-- **Time is an argument** (seconds since the epoch, as the daemon's clock gives them); nothing here reads
-  the clock.
-- The schema is versioned with ``PRAGMA user_version`` and the ``MIGRATIONS`` list: migration *i* moves
-  the database from version *i* to *i + 1*, each in its own transaction. A database newer than this code
-  is refused.
+  webhook commits what the customer told us first.
+- **Group commit** (``router.edges.store_commit``): ``await store.commit(work)`` runs ``work(store)`` in the
+  next batch of the writer thread — the pushes that arrive together share one transaction and one fsync —
+  and returns once that batch committed. ``defer(work, what)`` queues without waiting (a failure is
+  logged); ``submit(work)`` returns a ``concurrent.futures.Future``. Direct calls (``store.add_waiting(...)``,
+  ``with store.transaction(): ...``) still work from any thread and first commit what is queued, so
+  writes keep their order and a read sees every write submitted before it.
+- **One transaction per logical step.** Each public write is one transaction on its own; inside an
+  enclosing one (``with store.transaction():``, a ``commit`` job) it is part of that one — an exception
+  from it must end the enclosing block, which rolls back (nested ``transaction()`` blocks and commit
+  jobs are savepoints). Do not hold ``transaction()`` across an ``await``.
+- **One SQL text for both backends**: ``?`` placeholders, ``ON CONFLICT`` upserts, ``RETURNING``; a
+  PostgreSQL account's tables are named like a SQLite file's (its schema is the ``search_path``).
+- **Leases and fencing.** ``acquire_lease`` / ``renew_lease`` / ``release_lease`` run in their own
+  transaction on the database's clock; ``use_lease(lease)`` makes every later write of this store carry
+  the lease's epoch. Once an account has a lease row, a write that does not carry the current epoch of a
+  live lease is refused with ``StaleLease`` (PostgreSQL: by a function and triggers in the database;
+  SQLite: in the write transaction, under SQLite's single write lock). Writing a shared push is not
+  fenced (any daemon receives pushes); acknowledging one and storing a token are.
+- **Time is an argument** (seconds since the epoch, as the daemon's clock gives them), except lease
+  times, which are the database's clock (``db_now()``: one clock for every daemon).
+- Arguments are checked before anything is written; errors name the argument and the value.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
+import logging
 import math
-import sqlite3
-import statistics
-import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-MIGRATIONS: tuple[str, ...] = (
-    # 0 -> 1
-    """
-    CREATE TABLE agents (
-        kf_account   TEXT PRIMARY KEY,
-        groups       TEXT,              -- JSON array, NULL: not set locally (the config decides)
-        max_sessions INTEGER,           -- NULL: not set locally
-        paused       INTEGER NOT NULL DEFAULT 0,
-        nickname     TEXT,
-        tags         TEXT,              -- JSON array or NULL
-        updated_at   REAL NOT NULL
-    );
-    CREATE TABLE waiting (
-        openid     TEXT PRIMARY KEY,
-        grp        TEXT,
-        priority   INTEGER NOT NULL,
-        arrived_at REAL NOT NULL,
-        text       TEXT NOT NULL,
-        preferred  TEXT,
-        tags       TEXT NOT NULL        -- JSON array
-    );
-    CREATE TABLE reservations (
-        openid     TEXT PRIMARY KEY,
-        kf_account TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE history (
-        openid     TEXT PRIMARY KEY,
-        kf_account TEXT NOT NULL,
-        at         REAL NOT NULL
-    );
-    CREATE TABLE sessions (             -- one row per request for a human ("case")
-        id           INTEGER PRIMARY KEY,
-        openid       TEXT NOT NULL,
-        grp          TEXT,
-        priority     INTEGER NOT NULL,
-        text         TEXT NOT NULL,
-        preferred    TEXT,
-        tags         TEXT NOT NULL,
-        requested_at REAL NOT NULL,
-        kf_account   TEXT,
-        started_at   REAL,
-        ended_at     REAL,
-        outcome      TEXT               -- NULL while open; 'served' or why the customer left
-    );
-    CREATE UNIQUE INDEX sessions_open ON sessions(openid) WHERE outcome IS NULL;
-    CREATE INDEX sessions_requested ON sessions(requested_at);
-    CREATE TABLE events (
-        seq     INTEGER PRIMARY KEY,
-        t       REAL NOT NULL,
-        kind    TEXT NOT NULL,
-        payload TEXT NOT NULL           -- JSON object
-    );
-    CREATE INDEX events_t ON events(t);
-    CREATE TABLE processed (
-        dedup_key   TEXT PRIMARY KEY,
-        answered_at REAL NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX processed_at ON processed(answered_at);
-    """,
+from kfrouter.router.edges import store_export
+from kfrouter.router.edges.store_commit import Job
+from kfrouter.router.edges.store_database import Database
+from kfrouter.router.edges.store_db import Conn
+from kfrouter.router.edges.store_sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteDatabase
+from kfrouter.router.edges.store_values import (
+    AgentSettings,
+    CommitStats,
+    ExportStats,
+    HistoryRow,
+    Lease,
+    LeaseRow,
+    Reservation,
+    SessionRow,
+    SharedPush,
+    StaleLease,
+    StoredState,
+    StoredToken,
+    StoreError,
+    WaitingRow,
+    check_appid,
+    check_int,
+    check_positive,
+    check_text,
+    check_time,
+    dumps,
+    str_tuple,
+    tags_json,
 )
-SCHEMA_VERSION = len(MIGRATIONS)
 
-_SYNCHRONOUS = ("FULL", "NORMAL")
-_AGENT_EVENT_KINDS = ("agent_online", "agent_offline")
-_MIN_DURATION_S = 0.001  # a trace needs service_s / patience_s > 0
-_DEFAULT_SERVICE_S = 60.0  # imputed service time when an export has no served customer to learn from
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "AgentSettings",
+    "CommitStats",
+    "ExportStats",
+    "HistoryRow",
+    "Lease",
+    "LeaseRow",
+    "Reservation",
+    "SessionRow",
+    "SharedPush",
+    "StaleLease",
+    "Store",
+    "StoreError",
+    "StoredState",
+    "StoredToken",
+    "WaitingRow",
+    "open_database",
+]
 
-
-class StoreError(Exception):
-    """The database cannot be used (wrong schema version, not WAL) or an argument is invalid."""
-
-
-@dataclass(frozen=True, slots=True)
-class WaitingRow:
-    openid: str
-    group: str | None
-    priority: int
-    arrived_at: float
-    text: str = ""
-    preferred: str | None = None
-    tags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class AgentSettings:
-    """Settings made locally (admin API); ``None`` fields were never set here."""
-
-    kf_account: str
-    groups: tuple[str, ...] | None
-    max_sessions: int | None
-    paused: bool
-    nickname: str | None
-    tags: tuple[str, ...] | None
-    updated_at: float
+T = TypeVar("T")
+log = logging.getLogger("kfrouter.store")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_LEASE_COLUMNS = "owner, epoch, expires_at, granted_at"
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    openid: str
-    kf_account: str
-    created_at: float
+def open_database(target: str | Path, *, synchronous: str = "FULL") -> Database:
+    """The database at ``target``: a ``postgresql://`` URL or a SQLite path (``:memory:`` too)."""
+    if isinstance(target, str) and target.startswith(POSTGRES_SCHEMES):
+        if synchronous != "FULL":
+            raise StoreError("synchronous applies to SQLite only; PostgreSQL commits are durable")
+        from kfrouter.router.edges.store_pg import PgDatabase
 
-
-@dataclass(frozen=True, slots=True)
-class HistoryRow:
-    openid: str
-    kf_account: str
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRow:
-    """One request for a human, from ``requested_at`` to served/left."""
-
-    id: int
-    openid: str
-    group: str | None
-    priority: int
-    text: str
-    preferred: str | None
-    tags: tuple[str, ...]
-    requested_at: float
-    kf_account: str | None
-    started_at: float | None
-    ended_at: float | None
-    outcome: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredState:
-    """Everything the daemon reloads after a restart. ``waiting`` is in queue order (priority, arrival);
-    ``in_session`` maps openid -> (kf_account, started_at) for sessions not yet closed."""
-
-    agents: dict[str, AgentSettings]
-    waiting: list[WaitingRow]
-    reservations: list[Reservation]
-    history: dict[str, HistoryRow]
-    in_session: dict[str, tuple[str, float]]
-
-
-@dataclass(frozen=True, slots=True)
-class ExportStats:
-    arrivals: int
-    served: int
-    left: int
-    open: int  # still waiting or in session: skipped
-    agent_lines: int
-
-
-# ---------------------------------------------------------------------------------------------- checks
-
-
-def _text(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise StoreError(f"{name} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _time(name: str, value: object) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise StoreError(f"{name} must be a finite number of seconds, got {value!r}")
-    return float(value)
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
-
-
-def _str_tuple(name: str, value: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(value, str):
-        raise StoreError(f"{name} must be a collection of strings, got the string {value!r}")
-    out = tuple(value)
-    for v in out:
-        _text(name, v)
-    return out
-
-
-def _tags_json(value: str | None) -> tuple[str, ...] | None:
-    return None if value is None else tuple(json.loads(value))
-
-
-# ---------------------------------------------------------------------------------------------- store
+        return PgDatabase(target)
+    return SqliteDatabase(target, synchronous=synchronous)
 
 
 class Store:
-    """The SQLite store of one Official Account. ``Store(path)`` opens (creating and migrating) it."""
+    """The store of one account (see the module docstring). ``target``: a SQLite path, a
+    ``postgresql://`` URL, or a ``Database`` shared with other stores (not closed by this one)."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
-        if synchronous not in _SYNCHRONOUS:
-            raise StoreError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
-        self.path = str(path)
-        self._lock = threading.RLock()
-        self._depth = 0
-        # isolation_level=None: no implicit transactions, this class issues BEGIN/COMMIT itself.
+    def __init__(
+        self, target: str | Path | Database, *, appid: str | None = None, synchronous: str = "FULL"
+    ) -> None:
+        if appid is not None:
+            check_appid(appid)
+        if isinstance(target, Database):
+            self._db, self._own = target, False
+        else:
+            self._db, self._own = open_database(target, synchronous=synchronous), True
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
-        try:
-            self._setup(synchronous)
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise StoreError(f"{self.path}: not a usable kfrouter database: {exc}") from None
+            self._account = self._db.account(appid)
         except BaseException:
-            self._db.close()
+            if self._own:
+                self._db.close()
             raise
-
-    def _setup(self, synchronous: str) -> None:
-        db = self._db
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal" and self.path != ":memory:":
-            raise StoreError(f"{self.path}: could not switch to WAL journal mode (got {mode!r})")
-        db.execute(f"PRAGMA synchronous={synchronous}")
-        db.execute("PRAGMA foreign_keys=ON")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path}: database schema version {version} is newer than this kfrouter supports "
-                f"({SCHEMA_VERSION}); upgrade kfrouter"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _statements(MIGRATIONS[target - 1]):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={target}")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        self.appid = appid
+        self.path = self._db.location
+        self._lease: Lease | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
+    @property
+    def database(self) -> Database:
+        return self._db
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.kind
+
     def close(self) -> None:
-        with self._lock:
+        """Commit what was submitted; close the database if this store opened it."""
+        if self._own:
             self._db.close()
+        elif not self._db.closed:
+            self._db.commits.drain_here()
 
     def __enter__(self) -> Store:
         return self
@@ -286,92 +167,153 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        with self._lock:
-            version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
-            return version
+        return self._db.schema_version(self._account)
 
     def pragma(self, name: str) -> Any:
-        """Read one PRAGMA (``journal_mode``, ``synchronous``, ...), for checks and diagnostics."""
-        if not name.replace("_", "").isalnum():
-            raise StoreError(f"not a pragma name: {name!r}")
-        with self._lock:
-            return self._db.execute(f"PRAGMA {name}").fetchone()[0]
+        """Read one SQLite PRAGMA (``journal_mode``, ``synchronous``, ...), for checks and diagnostics."""
+        if not isinstance(self._db, SqliteDatabase):
+            raise StoreError(f"pragma {name!r}: PRAGMAs exist in SQLite only (this store is {self.backend})")
+        return self._db.pragma(name)
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[None]:
         """One atomic unit: committed when the block ends, rolled back if it raises. Nested blocks are
-        savepoints. ``write=False`` starts a read snapshot (``BEGIN DEFERRED``)."""
-        with self._lock:
-            depth = self._depth
-            if depth == 0:
-                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            else:
-                self._db.execute(f"SAVEPOINT sp{depth}")
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self._depth -= 1
-                if depth == 0:
-                    self._db.execute("ROLLBACK")
-                else:
-                    self._db.execute(f"ROLLBACK TO sp{depth}")
-                    self._db.execute(f"RELEASE sp{depth}")
-                raise
-            self._depth -= 1
-            self._db.execute("COMMIT" if depth == 0 else f"RELEASE sp{depth}")
+        savepoints. ``write=False`` starts a read snapshot."""
+        with self._tx(write=write, savepoint=True):
+            yield
+
+    @contextmanager
+    def _tx(self, *, write: bool, savepoint: bool = False) -> Iterator[Conn]:
+        """A transaction of this account; a store method (``savepoint=False``) inside an open one is part
+        of it, without a savepoint of its own (a round trip each with PostgreSQL)."""
+        writes = self._db.writes
+        if write or writes.held_here():
+            epoch = self._lease.epoch if self._lease is not None else None
+            with writes.transaction(self._account, write=True, epoch=epoch, savepoint=savepoint) as c:
+                yield c
+            return
+        self._db.commits.drain_here()  # a read sees every write submitted before it
+        with self._db.reads.transaction(self._account, write=False, savepoint=savepoint) as c:
+            yield c
+
+    @contextmanager
+    def _write(self) -> Iterator[Conn]:
+        """A write to the account's rows: fenced by the lease this store carries."""
+        writes = self._db.writes
+        joined = writes.inside(self._account)
+        if joined is not None:  # the usual case in a commit job: no nesting machinery
+            writes.fence()
+            yield joined
+            return
+        with self._tx(write=True) as c:
+            writes.fence()
+            yield c
+
+    def _read(self) -> Any:
+        return self._tx(write=False)
+
+    # ---------------------------------------------------------------- group commit
+
+    async def commit(self, work: Callable[[Store], T]) -> T:
+        """Run ``work(self)`` in the writer's next batch (one write unit of this account, carrying this
+        store's lease); return its result once the batch committed, or raise what it raised (it alone
+        was rolled back) or what failed the commit. Cancelling the caller does not undo the write."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._db.commits.submit(self._job(work, "commit", afuture=fut, loop=loop))
+        return await fut
+
+    def submit(self, work: Callable[[Store], T]) -> concurrent.futures.Future[T]:
+        """``commit`` for threads: the future is settled once the batch committed."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._db.commits.submit(self._job(work, "submit", future=fut))
+        return fut
+
+    def defer(
+        self,
+        work: Callable[[Store], Any],
+        what: str,
+        *,
+        then: Callable[[BaseException | None], Any] | None = None,
+    ) -> None:
+        """Queue ``work(self)`` for the next batch without waiting; a failure is logged with ``what``.
+        ``then(error)`` (error None: committed) runs on the calling event loop once the batch is done —
+        e.g. an API call that must not start before the write that records it is durable."""
+        if then is None:
+            self._db.commits.submit(self._job(work, what))
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        fut.add_done_callback(partial(_then, what, then))
+        self._db.commits.submit(self._job(work, what, afuture=fut, loop=loop))
+
+    def flush(self) -> None:
+        """Return once everything submitted so far is committed (or failed)."""
+        if self._db.writes.held_here():
+            raise StoreError("flush() inside a transaction would wait for itself")
+        self._db.commits.drain_here()
+
+    @property
+    def commit_stats(self) -> CommitStats:
+        return self._db.commits.stats
+
+    def _job(self, work: Callable[[Store], Any], what: str, **futures: Any) -> Job:
+        if not callable(work):
+            raise StoreError(f"{what}: work must be a function of the store, got {work!r}")
+        epoch = self._lease.epoch if self._lease is not None else None
+        return Job(self, self._account, epoch, work, what, **futures)
 
     # ---------------------------------------------------------------- processed pushes
 
     def claim_push(self, dedup_key: str, answered_at: float) -> bool:
         """Record that the push ``dedup_key`` is being handled; ``False`` if it was already (a retry).
         Do it in the same transaction as what the push changes, so a crash leaves both or neither."""
-        _text("dedup_key", dedup_key)
-        t = _time("answered_at", answered_at)
-        with self.transaction():
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO processed(dedup_key, answered_at) VALUES (?, ?)", (dedup_key, t)
+        check_text("dedup_key", dedup_key)
+        t = check_time("answered_at", answered_at)
+        with self._write() as c:
+            cur = c.execute(
+                "INSERT INTO processed(dedup_key, answered_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (dedup_key, t),
             )
             return cur.rowcount == 1
 
     def is_processed(self, dedup_key: str) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM processed WHERE dedup_key = ?", (dedup_key,)).fetchone()
-            return row is not None
+        with self._read() as c:
+            return (
+                c.execute("SELECT 1 FROM processed WHERE dedup_key = ?", (dedup_key,)).fetchone() is not None
+            )
 
     def prune_processed(self, before: float) -> int:
         """Forget push keys answered before ``before``; returns how many."""
-        with self.transaction():
-            return self._db.execute(
-                "DELETE FROM processed WHERE answered_at < ?", (_time("before", before),)
-            ).rowcount
+        t = check_time("before", before)
+        with self._write() as c:
+            return int(c.execute("DELETE FROM processed WHERE answered_at < ?", (t,)).rowcount)
 
     # ---------------------------------------------------------------- waiting customers
 
     def add_waiting(self, row: WaitingRow) -> bool:
         """A customer asks for a human: queue them and open their case in the session log. ``False`` (and
         nothing written) if they are already waiting."""
-        _text("openid", row.openid)
-        t = _time("arrived_at", row.arrived_at)
-        if not isinstance(row.priority, int) or isinstance(row.priority, bool):
-            raise StoreError(f"priority must be an integer, got {row.priority!r}")
-        tags = _dumps(list(_str_tuple("tags", row.tags)))
-        with self.transaction():
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO waiting(openid, grp, priority, arrived_at, text, preferred, tags) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        check_text("openid", row.openid)
+        t = check_time("arrived_at", row.arrived_at)
+        check_int("priority", row.priority)
+        tags = dumps(list(str_tuple("tags", row.tags)))
+        with self._write() as c:
+            cur = c.execute(
+                "INSERT INTO waiting(openid, grp, priority, arrived_at, text, preferred, tags) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (row.openid, row.group, row.priority, t, row.text, row.preferred, tags),
             )
             if cur.rowcount == 0:
                 return False
             # One open case per customer: a session we never saw close has ended by now (WeChat pushes a
             # customer's messages to us only outside a session); any other open case is superseded.
-            self._db.execute(
+            c.execute(
                 "UPDATE sessions SET outcome = CASE WHEN started_at IS NULL THEN 'superseded' ELSE 'served' END, "
                 "ended_at = ? WHERE openid = ? AND outcome IS NULL",
                 (t, row.openid),
             )
-            self._db.execute(
+            c.execute(
                 "INSERT INTO sessions(openid, grp, priority, text, preferred, tags, requested_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (row.openid, row.group, row.priority, row.text, row.preferred, tags, t),
@@ -381,35 +323,42 @@ class Store:
     def remove_waiting(self, openid: str, at: float, reason: str = "left") -> bool:
         """A waiting customer gave up (``reason``: 'left', 'cancelled', 'patience', ...): drop them and their
         reservation and close their case. ``False`` if they were not waiting."""
-        _text("openid", openid)
-        _text("reason", reason)
+        check_text("openid", openid)
+        check_text("reason", reason)
         if reason == "served":
             raise StoreError("reason 'served' is recorded by record_session_end, not remove_waiting")
-        t = _time("at", at)
-        with self.transaction():
-            gone = self._db.execute("DELETE FROM waiting WHERE openid = ?", (openid,)).rowcount
-            self._db.execute("DELETE FROM reservations WHERE openid = ?", (openid,))
-            self._db.execute(
+        t = check_time("at", at)
+        with self._write() as c:
+            gone = c.execute("DELETE FROM waiting WHERE openid = ?", (openid,)).rowcount
+            c.execute("DELETE FROM reservations WHERE openid = ?", (openid,))
+            c.execute(
                 "UPDATE sessions SET outcome = ?, ended_at = ? "
                 "WHERE openid = ? AND outcome IS NULL AND started_at IS NULL",
                 (reason, t, openid),
             )
-            return gone == 1
+            return bool(gone == 1)
 
     # ---------------------------------------------------------------- reservations
 
     def add_reservation(self, openid: str, kf_account: str, created_at: float) -> None:
         """A ``CreateSession`` is in flight for ``openid`` with ``kf_account`` (replaces an older one)."""
-        row = (_text("openid", openid), _text("kf_account", kf_account), _time("created_at", created_at))
-        with self.transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO reservations(openid, kf_account, created_at) VALUES (?, ?, ?)", row
+        row = (
+            check_text("openid", openid),
+            check_text("kf_account", kf_account),
+            check_time("created_at", created_at),
+        )
+        with self._write() as c:
+            c.execute(
+                "INSERT INTO reservations(openid, kf_account, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(openid) DO UPDATE SET kf_account = excluded.kf_account, "
+                "created_at = excluded.created_at",
+                row,
             )
 
     def end_reservation(self, openid: str) -> bool:
         """The reservation ended without a session (failed, timed out); the customer stays waiting."""
-        with self.transaction():
-            return self._db.execute("DELETE FROM reservations WHERE openid = ?", (openid,)).rowcount == 1
+        with self._write() as c:
+            return bool(c.execute("DELETE FROM reservations WHERE openid = ?", (openid,)).rowcount == 1)
 
     # ---------------------------------------------------------------- sessions
 
@@ -417,28 +366,28 @@ class Store:
         """A session exists: the customer leaves the queue (and their reservation), their case records the
         agent and the start, and the agent becomes their last agent. Repeating it (API answer, then the
         push) changes nothing; a different agent replaces the first (as a switch would)."""
-        _text("openid", openid)
-        _text("kf_account", kf_account)
-        t = _time("started_at", started_at)
-        with self.transaction():
-            self._db.execute("DELETE FROM waiting WHERE openid = ?", (openid,))
-            self._db.execute("DELETE FROM reservations WHERE openid = ?", (openid,))
-            row = self._db.execute(
+        check_text("openid", openid)
+        check_text("kf_account", kf_account)
+        t = check_time("started_at", started_at)
+        with self._write() as c:
+            c.execute("DELETE FROM waiting WHERE openid = ?", (openid,))
+            c.execute("DELETE FROM reservations WHERE openid = ?", (openid,))
+            row = c.execute(
                 "SELECT id, started_at FROM sessions WHERE openid = ? AND outcome IS NULL", (openid,)
             ).fetchone()
             if row is None:  # not requested through us (agent-initiated, WeChat's own queue, restore)
-                self._db.execute(
+                c.execute(
                     "INSERT INTO sessions(openid, priority, text, tags, requested_at, kf_account, started_at) "
                     "VALUES (?, 0, '', '[]', ?, ?, ?)",
                     (openid, t, kf_account, t),
                 )
             elif row[1] is None:
-                self._db.execute(
+                c.execute(
                     "UPDATE sessions SET kf_account = ?, started_at = ? WHERE id = ?", (kf_account, t, row[0])
                 )
             else:
-                self._db.execute("UPDATE sessions SET kf_account = ? WHERE id = ?", (kf_account, row[0]))
-            self._set_history(openid, kf_account, t)
+                c.execute("UPDATE sessions SET kf_account = ? WHERE id = ?", (kf_account, row[0]))
+            _set_history(c, openid, kf_account, t)
 
     def record_session_switch(self, openid: str, to_account: str, at: float) -> None:
         """An agent handed the customer to ``to_account``."""
@@ -446,48 +395,32 @@ class Store:
 
     def record_session_end(self, openid: str, kf_account: str, ended_at: float) -> bool:
         """The session closed: the case is 'served'. ``False`` if no session of ``openid`` was open."""
-        _text("openid", openid)
-        _text("kf_account", kf_account)
-        t = _time("ended_at", ended_at)
-        with self.transaction():
-            cur = self._db.execute(
+        check_text("openid", openid)
+        check_text("kf_account", kf_account)
+        t = check_time("ended_at", ended_at)
+        with self._write() as c:
+            cur = c.execute(
                 "UPDATE sessions SET outcome = 'served', ended_at = ?, kf_account = ? "
                 "WHERE openid = ? AND outcome IS NULL AND started_at IS NOT NULL",
                 (t, kf_account, openid),
             )
             if cur.rowcount == 0:
                 return False
-            self._set_history(openid, kf_account, t)
+            _set_history(c, openid, kf_account, t)
             return True
-
-    def _set_history(self, openid: str, kf_account: str, at: float) -> None:
-        self._db.execute(
-            "INSERT INTO history(openid, kf_account, at) VALUES (?, ?, ?) "
-            "ON CONFLICT(openid) DO UPDATE SET kf_account = excluded.kf_account, at = excluded.at "
-            "WHERE excluded.at >= history.at",
-            (openid, kf_account, at),
-        )
 
     def history(self, openid: str) -> HistoryRow | None:
         """Who served ``openid`` last, and when (session start, updated at its end)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT kf_account, at FROM history WHERE openid = ?", (openid,)
-            ).fetchone()
+        with self._read() as c:
+            row = c.execute("SELECT kf_account, at FROM history WHERE openid = ?", (openid,)).fetchone()
         return None if row is None else HistoryRow(openid, row[0], row[1])
 
     def session_log(self, since: float | None = None, until: float | None = None) -> list[SessionRow]:
         """Cases requested in ``[since, until)``, oldest first (for wait estimates and reports)."""
-        lo = -math.inf if since is None else _time("since", since)
-        hi = math.inf if until is None else _time("until", until)
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, openid, grp, priority, text, preferred, tags, requested_at, kf_account, "
-                "started_at, ended_at, outcome FROM sessions WHERE requested_at >= ? AND requested_at < ? "
-                "ORDER BY requested_at, id",
-                (lo, hi),
-            ).fetchall()
-        return [_session_row(r) for r in rows]
+        lo = -math.inf if since is None else check_time("since", since)
+        hi = math.inf if until is None else check_time("until", until)
+        with self._read() as c:
+            return _session_log(c, lo, hi)
 
     # ---------------------------------------------------------------- agents
 
@@ -504,50 +437,35 @@ class Store:
         tags: Iterable[str] | None = None,
     ) -> None:
         """Save local settings of an agent; ``None`` leaves a setting as it is (as ``AgentConfigured``)."""
-        _text("kf_account", kf_account)
-        t = _time("at", at)
-        if max_sessions is not None and (
-            not isinstance(max_sessions, int) or isinstance(max_sessions, bool) or max_sessions < 1
-        ):
-            raise StoreError(f"max_sessions must be an integer >= 1, got {max_sessions!r}")
-        g = None if groups is None else _dumps(sorted(_str_tuple("groups", groups)))
-        tg = None if tags is None else _dumps(sorted(_str_tuple("tags", tags)))
-        with self.transaction():
-            self._db.execute(
+        check_text("kf_account", kf_account)
+        t = check_time("at", at)
+        if max_sessions is not None:
+            check_int("max_sessions", max_sessions, lo=1)
+        g = None if groups is None else dumps(sorted(str_tuple("groups", groups)))
+        tg = None if tags is None else dumps(sorted(str_tuple("tags", tags)))
+        p = None if paused is None else int(bool(paused))
+        with self._write() as c:
+            c.execute(
                 "INSERT INTO agents(kf_account, updated_at) VALUES (?, ?) "
                 "ON CONFLICT(kf_account) DO UPDATE SET updated_at = excluded.updated_at",
                 (kf_account, t),
             )
-            self._db.execute(
+            c.execute(
                 "UPDATE agents SET groups = coalesce(?, groups), "
-                "max_sessions = CASE WHEN ? THEN NULL ELSE coalesce(?, max_sessions) END, "
+                "max_sessions = CASE WHEN ? = 1 THEN NULL ELSE coalesce(?, max_sessions) END, "
                 "paused = coalesce(?, paused), nickname = coalesce(?, nickname), tags = coalesce(?, tags) "
                 "WHERE kf_account = ?",
-                (g, clear_max_sessions, max_sessions, paused, nickname, tg, kf_account),
+                (g, int(bool(clear_max_sessions)), max_sessions, p, nickname, tg, kf_account),
             )
 
     def agents(self) -> dict[str, AgentSettings]:
         """Local settings of every agent that has any."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT kf_account, groups, max_sessions, paused, nickname, tags, updated_at FROM agents"
-            ).fetchall()
-        return {
-            r[0]: AgentSettings(
-                kf_account=r[0],
-                groups=_tags_json(r[1]),
-                max_sessions=r[2],
-                paused=bool(r[3]),
-                nickname=r[4],
-                tags=_tags_json(r[5]),
-                updated_at=r[6],
-            )
-            for r in rows
-        }
+        with self._read() as c:
+            return _agents(c)
 
     def remove_agent(self, kf_account: str) -> bool:
-        with self.transaction():
-            return self._db.execute("DELETE FROM agents WHERE kf_account = ?", (kf_account,)).rowcount == 1
+        with self._write() as c:
+            return bool(c.execute("DELETE FROM agents WHERE kf_account = ?", (kf_account,)).rowcount == 1)
 
     # ---------------------------------------------------------------- input log
 
@@ -556,69 +474,64 @@ class Store:
 
         Kinds ``agent_online`` (payload ``agent``, ``groups``, ``max_sessions``) and ``agent_offline``
         (``agent``) become agent lines of an exported trace."""
-        when = _time("t", t)
-        _text("kind", kind)
+        when = check_time("t", t)
+        check_text("kind", kind)
         try:
-            body = _dumps(dict(payload))
+            body = dumps(dict(payload))
         except (TypeError, ValueError) as exc:
             raise StoreError(f"payload of {kind!r} is not JSON-serialisable: {exc}") from None
-        with self.transaction():
-            cur = self._db.execute(
-                "INSERT INTO events(t, kind, payload) VALUES (?, ?, ?)", (when, kind, body)
-            )
-            return int(cur.lastrowid or 0)
+        with self._write() as c:
+            rows = c.execute(
+                "INSERT INTO events(t, kind, payload) VALUES (?, ?, ?) RETURNING seq", (when, kind, body)
+            ).fetchall()
+            return int(rows[0][0])
 
     def events(
         self, since: float | None = None, kinds: Iterable[str] | None = None
     ) -> list[tuple[int, float, str, dict[str, Any]]]:
         """Logged inputs at or after ``since``: ``(seq, t, kind, payload)`` in order."""
-        lo = -math.inf if since is None else _time("since", since)
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, t, kind, payload FROM events WHERE t >= ? ORDER BY t, seq", (lo,)
-            ).fetchall()
-        wanted = None if kinds is None else set(kinds)
-        return [(s, t, k, json.loads(p)) for s, t, k, p in rows if wanted is None or k in wanted]
+        lo = -math.inf if since is None else check_time("since", since)
+        with self._read() as c:
+            return _events(c, lo, None if kinds is None else set(kinds))
 
     def prune_events(self, before: float) -> int:
-        with self.transaction():
-            return self._db.execute("DELETE FROM events WHERE t < ?", (_time("before", before),)).rowcount
+        t = check_time("before", before)
+        with self._write() as c:
+            return int(c.execute("DELETE FROM events WHERE t < ?", (t,)).rowcount)
 
     # ---------------------------------------------------------------- restart
 
     def load_state(self, history_since: float | None = None) -> StoredState:
         """Everything needed to rebuild the engine, read from one consistent snapshot. ``history_since``
         limits customer history (pass ``now - sticky_window_s``)."""
-        lo = -math.inf if history_since is None else _time("history_since", history_since)
-        with self.transaction(write=False):
-            agents = self.agents()
+        lo = -math.inf if history_since is None else check_time("history_since", history_since)
+        with self._read() as c:
+            agents = _agents(c)
             waiting = [
                 WaitingRow(r[0], r[1], r[2], r[3], r[4], r[5], tuple(json.loads(r[6])))
-                for r in self._db.execute(
+                for r in c.execute(
                     "SELECT openid, grp, priority, arrived_at, text, preferred, tags FROM waiting "
                     "ORDER BY priority DESC, arrived_at, rowid"
                 )
             ]
             reservations = [
                 Reservation(*r)
-                for r in self._db.execute(
+                for r in c.execute(
                     "SELECT openid, kf_account, created_at FROM reservations ORDER BY created_at"
                 )
             ]
             history = {
                 r[0]: HistoryRow(*r)
-                for r in self._db.execute("SELECT openid, kf_account, at FROM history WHERE at >= ?", (lo,))
+                for r in c.execute("SELECT openid, kf_account, at FROM history WHERE at >= ?", (lo,))
             }
             in_session = {
                 r[0]: (r[1], r[2])
-                for r in self._db.execute(
+                for r in c.execute(
                     "SELECT openid, kf_account, started_at FROM sessions "
                     "WHERE outcome IS NULL AND started_at IS NOT NULL"
                 )
             }
         return StoredState(agents, waiting, reservations, history, in_session)
-
-    # ---------------------------------------------------------------- trace export
 
     def export_trace(
         self,
@@ -628,153 +541,277 @@ class Store:
         name: str = "recorded",
         default_capacity: int = 3,
     ) -> ExportStats:
-        """Write the session log as a trace (spec/trace-format.md, version 1) to ``out``.
-
-        Times are relative to ``since`` (default: the first logged input). ``service_s`` runs from session
-        start to end; ``patience_s`` is null for served customers and the observed wait for those who left.
-        Customers still waiting or in session are skipped. A customer who left was never served, so their
-        ``service_s`` is the median of the served ones (60 s if none), marked ``"x-imputed_service": true``.
-        Agent lines come from ``agent_online``/``agent_offline`` events; an agent who served someone but
-        never appears there is put online at ``t = 0`` with its stored settings."""
-        with self.transaction(write=False):
-            cases = self.session_log(since)
-            agent_events = self.events(kinds=_AGENT_EVENT_KINDS)
-            agents = self.agents()
-        served: list[tuple[SessionRow, float]] = []  # (case, service_s)
-        left: list[tuple[SessionRow, float]] = []  # (case, patience_s)
-        for c in cases:
-            if c.outcome is None or c.ended_at is None:
-                continue
-            if c.outcome == "served" and c.started_at is not None:
-                served.append((c, max(_MIN_DURATION_S, c.ended_at - c.started_at)))
-            elif c.started_at is None:
-                left.append((c, max(_MIN_DURATION_S, c.ended_at - c.requested_at)))
-        firsts = [c.requested_at for c in cases] + [t for _s, t, _k, _p in agent_events]
-        t0 = since if since is not None else (min(firsts) if firsts else 0.0)
-        lines: list[tuple[float, int, dict[str, Any]]] = []  # (t, 0 agent / 1 arrival, line)
-
-        # Agent lines: the state before t0 folded into t = 0, later changes at their time.
-        before: dict[str, dict[str, Any] | None] = {}
-        for seq, t, kind, payload in agent_events:
-            line = _agent_line(seq, kind, payload, default_capacity)
-            if t < t0:
-                before[line["agent"]] = line if kind == "agent_online" else None
-            else:
-                lines.append((t - t0, 0, {"t": t - t0, **line}))
-        for initial in before.values():
-            if initial is not None:
-                lines.append((0.0, 0, {"t": 0.0, **initial}))
-        described = {p.get("agent") for _s, _t, _k, p in agent_events}
-        for kf in sorted({c.kf_account for c, _ in served if c.kf_account is not None} - described):
-            a = agents.get(kf)
-            line = {
-                "t": 0.0,
-                "kind": "agent_online",
-                "agent": kf,
-                "groups": list(a.groups) if a is not None and a.groups is not None else [],
-                "max_sessions": a.max_sessions
-                if a is not None and a.max_sessions is not None
-                else default_capacity,
-            }
-            lines.append((0.0, 0, line))
-
-        imputed = statistics.median(s for _c, s in served) if served else _DEFAULT_SERVICE_S
-        for c, service in served:
-            lines.append((c.requested_at - t0, 1, _arrival(c, t0, service, None)))
-        for c, patience in left:
-            lines.append(
-                (c.requested_at - t0, 1, {**_arrival(c, t0, imputed, patience), "x-imputed_service": True})
-            )
-
-        lines.sort(key=lambda item: (item[0], item[1]))
-        header = {
-            "kind": "header",
-            "version": 1,
-            "name": name,
-            "seed": None,
-            "created_by": "kfrouter trace export",
-            "recorded_from": t0,
-        }
-        out.write(_dumps_line(header))
-        for _t, _order, line in lines:
-            out.write(_dumps_line(line))
-        return ExportStats(
-            arrivals=len(served) + len(left),
-            served=len(served),
-            left=len(left),
-            open=len(cases) - len(served) - len(left),
-            agent_lines=sum(1 for _t, order, _l in lines if order == 0),
+        """Write the session log as a trace (spec/trace-format.md, version 1) to ``out``; see
+        ``router.edges.store_export``."""
+        lo = -math.inf if since is None else check_time("since", since)
+        with self._read() as c:
+            cases = _session_log(c, lo, math.inf)
+            agent_events = _events(c, -math.inf, set(store_export.AGENT_EVENT_KINDS))
+            agents = _agents(c)
+        return store_export.write_trace(
+            out, cases, agent_events, agents, since=since, name=name, default_capacity=default_capacity
         )
 
+    # ---------------------------------------------------------------- leases
 
-def _agent_line(seq: int, kind: str, payload: Mapping[str, Any], default_capacity: int) -> dict[str, Any]:
-    agent = payload.get("agent")
-    if not isinstance(agent, str) or not agent:
-        raise StoreError(f"event {seq} ({kind}): payload needs a non-empty 'agent', got {payload!r}")
-    if kind == "agent_offline":
-        return {"kind": kind, "agent": agent}
-    groups = payload.get("groups") or []
-    cap = payload.get("max_sessions") or default_capacity
-    if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
-        raise StoreError(f"event {seq} (agent_online): 'groups' must be a list of names, got {groups!r}")
-    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
-        raise StoreError(f"event {seq} (agent_online): 'max_sessions' must be an integer >= 1, got {cap!r}")
-    line = {"kind": kind, "agent": agent, "groups": groups, "max_sessions": cap}
-    nickname = payload.get("nickname")
-    if isinstance(nickname, str) and nickname:
-        line["nickname"] = nickname  # replays tell customers the same name
-    return line
+    def acquire_lease(self, owner: str, ttl_s: float) -> Lease | None:
+        """Take the account's lease for ``ttl_s`` seconds if it is free, expired or already ``owner``'s
+        (then it is renewed, same epoch); ``None`` if another owner holds it. A change of owner — or the
+        same owner after its lease expired — starts a new epoch."""
+        appid = self._need_appid("acquire_lease")
+        check_text("owner", owner)
+        ttl = check_positive("ttl_s", ttl_s)
+        with self._lease_tx() as c:
+            rows = c.execute(  # one reading of the clock: "WHERE true" lets SQLite parse the upsert
+                "INSERT INTO leases(appid, owner, epoch, expires_at, granted_at) "
+                "SELECT ?, ?, 1, clock.t + ?, clock.t FROM (SELECT db_now() AS t) AS clock WHERE true "
+                "ON CONFLICT(appid) DO UPDATE SET "
+                "epoch = CASE WHEN leases.owner = excluded.owner AND leases.expires_at > excluded.granted_at "
+                "THEN leases.epoch ELSE leases.epoch + 1 END, "
+                "owner = excluded.owner, expires_at = excluded.expires_at, granted_at = excluded.granted_at "
+                "WHERE leases.owner = excluded.owner OR leases.expires_at <= excluded.granted_at "
+                f"RETURNING {_LEASE_COLUMNS}",
+                (appid, owner, ttl),
+            ).fetchall()
+        return _lease(appid, rows)
+
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease | None:
+        """Extend a live lease by ``ttl_s`` from now (database clock); ``None`` if it expired or was taken
+        (acquire again: a new epoch, and reload what another owner may have written)."""
+        appid = self._lease_appid(lease)
+        ttl = check_positive("ttl_s", ttl_s)
+        with self._lease_tx() as c:
+            rows = c.execute(
+                "UPDATE leases SET expires_at = clock.t + ?, granted_at = clock.t "
+                "FROM (SELECT db_now() AS t) AS clock "
+                "WHERE appid = ? AND owner = ? AND epoch = ? AND expires_at > clock.t "
+                f"RETURNING {_LEASE_COLUMNS}",
+                (ttl, appid, lease.owner, lease.epoch),
+            ).fetchall()
+        return _lease(appid, rows)
+
+    def release_lease(self, lease: Lease) -> bool:
+        """Give the lease up now (it expires at once; the next owner starts a new epoch). ``False`` if it
+        was no longer held."""
+        appid = self._lease_appid(lease)
+        if self._lease is not None and self._lease.epoch == lease.epoch:
+            self._lease = None
+        with self._lease_tx() as c:
+            cur = c.execute(
+                "UPDATE leases SET expires_at = db_now() "
+                "WHERE appid = ? AND owner = ? AND epoch = ? AND expires_at > db_now()",
+                (appid, lease.owner, lease.epoch),
+            )
+            return bool(cur.rowcount == 1)
+
+    def lease_row(self) -> LeaseRow | None:
+        """The account's lease as the database has it now (any owner), or ``None`` if never leased."""
+        appid = self._need_appid("lease_row")
+        with self._read() as c:
+            row = c.execute(
+                "SELECT appid, owner, epoch, expires_at, expires_at > db_now() FROM leases WHERE appid = ?",
+                (appid,),
+            ).fetchone()
+        return None if row is None else LeaseRow(row[0], row[1], int(row[2]), float(row[3]), bool(row[4]))
+
+    def leases(self) -> list[LeaseRow]:
+        """Every lease row of the database (all accounts), by appid."""
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT appid, owner, epoch, expires_at, expires_at > db_now() FROM leases ORDER BY appid"
+            ).fetchall()
+        return [LeaseRow(r[0], r[1], int(r[2]), float(r[3]), bool(r[4])) for r in rows]
+
+    def use_lease(self, lease: Lease | None) -> None:
+        """Carry ``lease``'s epoch on every later write of this store (``None``: carry none)."""
+        if lease is not None:
+            self._lease_appid(lease)
+        self._lease = lease
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease this store's writes carry."""
+        return self._lease
+
+    def db_now(self) -> float:
+        """The database's clock (seconds since the epoch), the one lease times use."""
+        with self._read() as c:
+            return float(c.execute("SELECT db_now()").fetchone()[0])
+
+    @contextmanager
+    def _lease_tx(self) -> Iterator[Conn]:
+        if self._db.writes.held_here():
+            raise StoreError(
+                "lease operations run in their own transaction, not inside transaction() or commit()"
+            )
+        with self._tx(write=True) as c:
+            yield c
+
+    def _need_appid(self, what: str) -> str:
+        if self.appid is None:
+            raise StoreError(f"{what}: this store was opened without an appid (Store(..., appid=...))")
+        return self.appid
+
+    def _lease_appid(self, lease: Lease) -> str:
+        appid = self._need_appid("lease")
+        if not isinstance(lease, Lease) or lease.appid != appid:
+            raise StoreError(f"lease must be a Lease of account {appid}, got {lease!r}")
+        return appid
+
+    # ---------------------------------------------------------------- shared push inbox
+
+    def put_shared_push(
+        self, dedup_key: str, raw: str, received_at: float, *, received_by: str, query: str = ""
+    ) -> bool:
+        """Keep a push this daemon received for an account it does not own (not fenced: any daemon may
+        receive). ``False`` if that push (``dedup_key``) is already there. Waiters are woken after the
+        commit (PostgreSQL: NOTIFY ``kfrouter_push``; in this process directly)."""
+        appid = self._need_appid("put_shared_push")
+        check_text("dedup_key", dedup_key)
+        check_text("raw", raw)
+        check_text("received_by", received_by)
+        t = check_time("received_at", received_at)
+        if not isinstance(query, str):
+            raise StoreError(f"query must be a string, got {query!r}")
+        with self._tx(write=True) as c:
+            cur = c.execute(
+                "INSERT INTO shared_pushes(appid, dedup_key, raw, query, received_at, received_by) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (appid, dedup_key, raw, query, t, received_by),
+            )
+            added = cur.rowcount == 1
+            if added:
+                db = self._db
+                db.writes.after_commit(lambda: db.wake(appid))
+            return added
+
+    def shared_pushes(self, limit: int = 100) -> list[SharedPush]:
+        """Pushes waiting in the shared inbox for this account, oldest first."""
+        appid = self._need_appid("shared_pushes")
+        n = check_int("limit", limit, lo=1)
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT id, appid, dedup_key, raw, query, received_at, received_by FROM shared_pushes "
+                "WHERE appid = ? ORDER BY id LIMIT ?",
+                (appid, n),
+            ).fetchall()
+        return [SharedPush(int(r[0]), r[1], r[2], r[3], r[4], float(r[5]), r[6]) for r in rows]
+
+    def ack_shared_push(self, push_id: int) -> bool:
+        """The owner took push ``push_id`` (fenced: do it in the same write unit as what the push
+        changes, so it is handled exactly once). ``False`` if it was already taken."""
+        appid = self._need_appid("ack_shared_push")
+        check_int("push_id", push_id, lo=1)
+        with self._write() as c:
+            cur = c.execute("DELETE FROM shared_pushes WHERE id = ? AND appid = ?", (push_id, appid))
+            return bool(cur.rowcount == 1)
+
+    async def wait_shared_pushes(self, timeout_s: float) -> bool:
+        """Wait until a push for this account may have reached the shared inbox, at most ``timeout_s``
+        (the polling fallback); True if woken. Poll ``shared_pushes()`` after every return."""
+        appid = self._need_appid("wait_shared_pushes")
+        return await self._db.wait_pushes(appid, check_positive("timeout_s", timeout_s))
+
+    # ---------------------------------------------------------------- shared access token
+
+    def save_token(self, access_token: str, expires_at: float, refreshed_at: float) -> None:
+        """Store the account's access token (fenced: only the lease owner fetches and stores it)."""
+        appid = self._need_appid("save_token")
+        check_text("access_token", access_token)
+        exp = check_time("expires_at", expires_at)
+        ref = check_time("refreshed_at", refreshed_at)
+        epoch = self._lease.epoch if self._lease is not None else 0
+        with self._write() as c:
+            c.execute(
+                "INSERT INTO tokens(appid, access_token, expires_at, refreshed_at, epoch) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(appid) DO UPDATE SET access_token = excluded.access_token, "
+                "expires_at = excluded.expires_at, refreshed_at = excluded.refreshed_at, epoch = excluded.epoch",
+                (appid, access_token, exp, ref, epoch),
+            )
+
+    def token(self) -> StoredToken | None:
+        """The account's stored access token (any daemon reads it)."""
+        appid = self._need_appid("token")
+        with self._read() as c:
+            row = c.execute(
+                "SELECT appid, access_token, expires_at, refreshed_at, epoch FROM tokens WHERE appid = ?",
+                (appid,),
+            ).fetchone()
+        return None if row is None else StoredToken(row[0], row[1], float(row[2]), float(row[3]), int(row[4]))
 
 
-def _arrival(c: SessionRow, t0: float, service_s: float, patience_s: float | None) -> dict[str, Any]:
-    line: dict[str, Any] = {
-        "t": c.requested_at - t0,
-        "kind": "arrival",
-        "customer": c.openid,
-        "group": c.group,
-        "priority": c.priority,
-        "service_s": service_s,
-        "patience_s": patience_s,
-    }
-    if c.text:
-        line["text"] = c.text
-    if c.preferred:
-        line["preferred_agent"] = c.preferred
-    if c.tags:
-        line["tags"] = list(c.tags)
-    return line
+# ---------------------------------------------------------------------------------------------- helpers
 
 
-def _session_row(r: tuple[Any, ...]) -> SessionRow:
-    return SessionRow(
-        id=r[0],
-        openid=r[1],
-        group=r[2],
-        priority=r[3],
-        text=r[4],
-        preferred=r[5],
-        tags=tuple(json.loads(r[6])),
-        requested_at=r[7],
-        kf_account=r[8],
-        started_at=r[9],
-        ended_at=r[10],
-        outcome=r[11],
+def _set_history(c: Conn, openid: str, kf_account: str, at: float) -> None:
+    c.execute(
+        "INSERT INTO history(openid, kf_account, at) VALUES (?, ?, ?) "
+        "ON CONFLICT(openid) DO UPDATE SET kf_account = excluded.kf_account, at = excluded.at "
+        "WHERE excluded.at >= history.at",
+        (openid, kf_account, at),
     )
 
 
-def _dumps_line(obj: Mapping[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
+def _agents(c: Conn) -> dict[str, AgentSettings]:
+    rows = c.execute(
+        "SELECT kf_account, groups, max_sessions, paused, nickname, tags, updated_at FROM agents"
+    ).fetchall()
+    return {
+        r[0]: AgentSettings(
+            kf_account=r[0],
+            groups=tags_json(r[1]),
+            max_sessions=r[2],
+            paused=bool(r[3]),
+            nickname=r[4],
+            tags=tags_json(r[5]),
+            updated_at=r[6],
+        )
+        for r in rows
+    }
 
 
-def _statements(script: str) -> list[str]:
-    """Split a migration script into statements (``sqlite3.complete_statement`` decides where one ends)."""
-    out: list[str] = []
-    buf = ""
-    for line in script.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            out.append(buf.strip())
-            buf = ""
-    if buf.strip():
-        raise StoreError(f"incomplete SQL statement in a migration: {buf.strip()[:60]!r}")
-    return out
+def _session_log(c: Conn, lo: float, hi: float) -> list[SessionRow]:
+    rows = c.execute(
+        "SELECT id, openid, grp, priority, text, preferred, tags, requested_at, kf_account, "
+        "started_at, ended_at, outcome FROM sessions WHERE requested_at >= ? AND requested_at < ? "
+        "ORDER BY requested_at, id",
+        (lo, hi),
+    ).fetchall()
+    return [
+        SessionRow(
+            id=int(r[0]),
+            openid=r[1],
+            group=r[2],
+            priority=r[3],
+            text=r[4],
+            preferred=r[5],
+            tags=tuple(json.loads(r[6])),
+            requested_at=r[7],
+            kf_account=r[8],
+            started_at=r[9],
+            ended_at=r[10],
+            outcome=r[11],
+        )
+        for r in rows
+    ]
+
+
+def _events(c: Conn, lo: float, kinds: set[str] | None) -> list[tuple[int, float, str, dict[str, Any]]]:
+    rows = c.execute(
+        "SELECT seq, t, kind, payload FROM events WHERE t >= ? ORDER BY t, seq", (lo,)
+    ).fetchall()
+    return [(int(s), t, k, json.loads(p)) for s, t, k, p in rows if kinds is None or k in kinds]
+
+
+def _then(what: str, then: Callable[[BaseException | None], Any], fut: asyncio.Future[Any]) -> None:
+    error = None if fut.cancelled() else fut.exception()
+    if error is not None:
+        log.error("store: %s not committed: %s: %s", what, type(error).__name__, error)
+    then(error)
+
+
+def _lease(appid: str, rows: list[Any]) -> Lease | None:
+    if not rows:
+        return None
+    owner, epoch, expires_at, granted_at = rows[0]
+    return Lease(appid, owner, int(epoch), float(expires_at), float(granted_at))
