@@ -74,18 +74,17 @@ class Tab:
         await self.until("document.getElementById('live').dataset.state === 'live'", "the live stream")
 
     async def click(self, selector: str) -> None:
-        """A real mouse click in the middle of the element (it must be visible and not covered)."""
+        """A real mouse click in the middle of the element, once it is on the page, visible and not covered
+        (a notice or a re-render may be in the way for a moment: waited for, within the usual bound)."""
         sel = json.dumps(selector)
-        await self.until(f"!!document.querySelector({sel})", f"{selector} on the page")
-        box = await self.js(
-            f"(() => {{ const e = document.querySelector({sel}); e.scrollIntoView({{block: 'center'}});"
-            " const r = e.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2,"
-            " r.width, r.height]; })()"
+        spot = (
+            f"(() => {{ const e = document.querySelector({sel}); if (!e) return null;"
+            " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+            " if (!(r.width > 0 && r.height > 0)) return null;"
+            " const x = r.left + r.width / 2, y = r.top + r.height / 2;"
+            " return e.contains(document.elementFromPoint(x, y)) ? [x, y] : null; })()"
         )
-        x, y, w, h = box
-        assert w > 0 and h > 0, f"{selector} is not visible"
-        hit = await self.js(f"document.querySelector({sel}).contains(document.elementFromPoint({x}, {y}))")
-        assert hit, f"{selector} is covered by another element"
+        x, y = await self.until(spot, f"{selector} visible and not covered")
         for kind in ("mousePressed", "mouseReleased"):
             await self.page.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
