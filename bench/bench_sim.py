@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kfrouter.sim.erlang import erlang_c
-from kfrouter.sim.gc_policy import tune_for_replay
+from kfrouter.sim.gc_policy import replay_gc
 from kfrouter.sim.gen import GenParams, generate, header_for
 from kfrouter.sim.runner import RunConfig, groups_of, run_records, run_trace
 from kfrouter.sim.trace import write_trace
@@ -47,10 +47,12 @@ def run_kfrouter(c: int, lam: float, mu: float, n: int, seed: int, policy: str, 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "mmc.jsonl"
             write_trace(path, header_for(params), generate(params))
-            res = run_trace(str(path), cfg)
+            with replay_gc():  # as `kfrouter sim run` runs it (sim/gc_policy.py); the other tools: defaults
+                res = run_trace(str(path), cfg)
     else:
         header = header_for(params)
-        res = run_records(header, generate(params), cfg, groups=groups_of(header))
+        with replay_gc():  # as `kfrouter sim run` runs it (sim/gc_policy.py); the other tools: defaults
+            res = run_records(header, generate(params), cfg, groups=groups_of(header))
     wall = time.perf_counter() - t0
     waits = res.tally.waits  # nobody leaves: every customer is served
     assert res.customers == n == len(waits) and res.capacity_violations == 0 and res.double_assignments == 0
@@ -258,9 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--breakdown", action="store_true", help="wall-clock split of kfrouter's time")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    # every tool runs in this process with the collector tuned for replays (sim/gc_policy.py), as
-    # `kfrouter sim run` does: the same setting for Ciw and SimPy as for kfrouter
-    tune_for_replay()
     c, lam, mu, n = args.agents, args.arrivals_per_min / 60.0, args.services_per_min / 60.0, args.customers
     theory = erlang_c(lam, mu, c)
 

@@ -9,7 +9,9 @@ once; ``sim.runner`` itself never changes the process's collector.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Iterator
 
 REPLAY_THRESHOLDS = (50_000, 20, 100)
 
@@ -18,3 +20,15 @@ def tune_for_replay() -> None:
     """Raise the collector's thresholds (never lower them) for the rest of this process."""
     old = gc.get_threshold()
     gc.set_threshold(*(max(o, n) for o, n in zip(old, REPLAY_THRESHOLDS, strict=True)))
+
+
+@contextlib.contextmanager
+def replay_gc() -> Iterator[None]:
+    """``tune_for_replay()`` for the block, then the thresholds it found (a benchmark timing kfrouter as
+    ``kfrouter sim run`` runs it, beside tools that run with their defaults)."""
+    old = gc.get_threshold()
+    tune_for_replay()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
