@@ -586,6 +586,12 @@ class _Loader:
             root.used.add("wecom")
         if has_wecom and not has_wechat:
             wecom = wecom_from_section(root.table("wecom"))
+            if len(wecom.open_kfids) > 1:  # what check-config accepts, the daemon must serve
+                self.problem(
+                    "wecom.open_kfids",
+                    f"a daemon serves one kf account (one Desk per account), got {len(wecom.open_kfids)}: "
+                    "list one open_kfid and run one kfrouter per kf account",
+                )
         else:
             before = len(self.problems)
             wechat = self._wechat(root.table("wechat"))  # its secrets may all come from the environment

@@ -107,3 +107,11 @@ def test_check_config_cli(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and "wecom.aes_key" in out.stderr and "short" not in out.stderr
     assert load_config(good).wecom is not None
+
+
+def test_check_config_refuses_what_the_wecom_daemon_cannot_serve() -> None:
+    """The daemon serves one kf account per process: a config listing two is refused by the loader (so
+    check-config), naming the key, not accepted and then refused at start."""
+    two = {**WECOM, "open_kfids": ["wkA_one", "wkB_two"]}
+    with pytest.raises(ConfigError, match=r"wecom\.open_kfids: a daemon serves one kf account"):
+        load({"wecom": two})
