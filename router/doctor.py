@@ -24,33 +24,39 @@ import asyncio
 import ipaddress
 import os
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-from attrs import frozen
 
 from kfrouter.router.config import Config
 from kfrouter.router.core.model import AgentRow
+from kfrouter.router.doctor_base import (
+    Advice,
+    CheckResult,
+    Platform,
+    Status,
+    all_ok,
+    answer_or_error,
+    as_json,
+    check_aes_key_round_trip,
+    check_callback_token_format,
+    plural,
+    problem_from_error,
+    run_check_list,
+    skipped,
+)
 from kfrouter.router.edges.client import KfAccountInfo, WeChatClient
 from kfrouter.router.edges.errors import (
-    BadResponse,
     KfApiDisabled,
-    NetworkError,
     SystemBusy,
     WeChatError,
 )
 from kfrouter.router.edges.token import BASIC_TOKEN_PATH, STABLE_TOKEN_PATH
-from kfrouter.router.wechat.crypto import SafeModeCrypto, decode_aes_key
-from kfrouter.router.wechat.errors import WeChatCodecError
-from kfrouter.router.wechat.signature import check_token_format
-
-Status = Literal["ok", "warning", "problem"]
-STATUSES: tuple[Status, ...] = ("ok", "warning", "problem")
+from kfrouter.router.wechat.crypto import SafeModeCrypto
 
 # Where things live in the Official Account console. Menu names move between console versions
 # (older: 开发 → 基本配置; newer: 设置与开发 → 开发接口管理 → 基本配置), so they are kept in one place.
@@ -59,48 +65,18 @@ BASIC_CONFIG = "设置与开发 → 基本配置 (newer consoles: 设置与开�
 KF_FEATURE = "the customer-service feature (客服功能; add it from 添加功能插件 if the menu lacks it)"
 KF_CLIENT = "the customer-service client (网页版客服工具 at mpkf.weixin.qq.com, or the mobile client)"
 
+PLATFORM = Platform(
+    name="WeChat",
+    api_base_key="wechat.api_base",
+    default_api_base="https://api.weixin.qq.com",
+    unknown_errcode_fix="Look the errcode up in WeChat's global error table; run `kfrouter doctor` again afterwards.",
+)
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _IP_IN_ERRMSG = re.compile(r"invalid ip ([0-9A-Fa-f.:]+)")
 
 
-@frozen(kw_only=True)
-class CheckResult:
-    """One check's verdict. ``detail`` says what it means, ``fix`` what to do (both empty when ok)."""
-
-    name: str
-    status: Status
-    title: str
-    detail: str = ""
-    fix: str = ""
-
-    def __attrs_post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"CheckResult.status must be one of {STATUSES}, got {self.status!r}")
-
-    @property
-    def is_problem(self) -> bool:
-        return self.status == "problem"
-
-    def as_dict(self) -> dict[str, str]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "title": self.title,
-            "detail": self.detail,
-            "fix": self.fix,
-        }
-
-
 # ============================================================================ plain-words errcodes
-
-
-@frozen(kw_only=True)
-class Advice:
-    """What an errcode means for the operator: a short title, the meaning and the fix."""
-
-    title: str
-    meaning: str
-    fix: str
 
 
 _SECRET_FIX = (
@@ -269,9 +245,7 @@ def explain(errcode: int, *, token_request: bool = False) -> str | None:
     """One paragraph for an errcode met during operation (None for codes that need no operator),
     e.g. ``explain(65400)`` names 新版客服功能 and where to enable it."""
     a = advice(errcode, token_request=token_request)
-    if a is None:
-        return None
-    return f"{a.title}: {a.meaning} What to do: {a.fix}"
+    return None if a is None else a.explained()
 
 
 def ip_from_errmsg(errmsg: str) -> str | None:
@@ -326,18 +300,12 @@ class Probe:
 
     async def kf_list(self) -> list[KfAccountInfo] | WeChatError:
         if self._kf_list is None:
-            try:
-                self._kf_list = await self.client.get_kf_list()
-            except WeChatError as exc:
-                self._kf_list = exc
+            self._kf_list = await answer_or_error(self.client.get_kf_list)
         return self._kf_list
 
     async def online(self) -> list[AgentRow] | WeChatError:
         if self._online is None:
-            try:
-                self._online = await self.client.get_online_kf_list()
-            except WeChatError as exc:
-                self._online = exc
+            self._online = await answer_or_error(self.client.get_online_kf_list)
         return self._online
 
     @property
@@ -348,52 +316,9 @@ class Probe:
 Check = Callable[[Probe], Awaitable[CheckResult]]
 
 
-def _skipped(name: str, because: str) -> CheckResult:
-    """A check whose input an earlier check could not get: a warning whose title says which."""
-    return CheckResult(name=name, status="warning", title=f"not checked: {because}")
-
-
 def _from_error(name: str, exc: WeChatError, *, token_request: bool = False) -> CheckResult:
     """A problem for an error without a more specific reading."""
-    if isinstance(exc, NetworkError):
-        return CheckResult(
-            name=name,
-            status="problem",
-            title="cannot reach the WeChat API",
-            detail=f"{exc.endpoint}: {exc.errmsg}.",
-            fix=(
-                "Check that this server can reach the configured wechat.api_base over HTTPS (DNS, firewall, "
-                "outbound proxy); the default is https://api.weixin.qq.com."
-            ),
-        )
-    if isinstance(exc, BadResponse):
-        return CheckResult(
-            name=name,
-            status="problem",
-            title="the WeChat API gave an answer kfrouter cannot read",
-            detail=f"{exc.endpoint}: {exc.errmsg}.",
-            fix="Check that wechat.api_base points at WeChat's API (default https://api.weixin.qq.com).",
-        )
-    a = advice(exc.errcode, token_request=token_request)
-    if a is None:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"WeChat answered errcode {exc.errcode}",
-            detail=f"{exc.endpoint}: {exc.errmsg}",
-            fix="Look the errcode up in WeChat's global error table; run `kfrouter doctor` again afterwards.",
-        )
-    return CheckResult(
-        name=name,
-        status="problem",
-        title=a.title,
-        detail=f"{a.meaning} (WeChat said: {exc.errmsg})",
-        fix=a.fix,
-    )
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    return problem_from_error(name, exc, PLATFORM, advice(exc.errcode, token_request=token_request))
 
 
 def _accounts(names: Sequence[str], limit: int = 10) -> str:
@@ -445,13 +370,13 @@ async def check_kf_api(p: Probe) -> CheckResult:
     """2. The customer-service API answers (getkflist; 65400 or -1 everywhere = not enabled)."""
     name = "kf-api"
     if await p.token_error() is not None:
-        return _skipped(name, "no access token (see credentials)")
+        return skipped(name, "no access token (see credentials)")
     listed = await p.kf_list()
     if not isinstance(listed, WeChatError):
         return CheckResult(
             name=name,
             status="ok",
-            title=f"customer-service API available ({_count(len(listed), 'agent account')})",
+            title=f"customer-service API available ({plural(len(listed), 'agent account')})",
         )
     if isinstance(listed, KfApiDisabled):
         return _from_error(name, listed)
@@ -484,10 +409,10 @@ async def check_agents_listed(p: Probe) -> CheckResult:
     """3a. There is at least one agent account."""
     name = "agents"
     if await p.token_error() is not None:
-        return _skipped(name, "no access token (see credentials)")
+        return skipped(name, "no access token (see credentials)")
     listed = await p.kf_list()
     if isinstance(listed, WeChatError):
-        return _skipped(name, "the account list could not be read (see kf-api)")
+        return skipped(name, "the account list could not be read (see kf-api)")
     if not listed:
         return CheckResult(
             name=name,
@@ -502,7 +427,7 @@ async def check_agents_listed(p: Probe) -> CheckResult:
     return CheckResult(
         name=name,
         status="ok",
-        title=f"{_count(len(listed), 'agent account')}: {_accounts([a.kf_account for a in listed])}",
+        title=f"{plural(len(listed), 'agent account')}: {_accounts([a.kf_account for a in listed])}",
     )
 
 
@@ -525,10 +450,10 @@ async def check_agents_bound(p: Probe) -> CheckResult:
     """3b. Every agent account is bound to a WeChat user (``kf_wx`` present)."""
     name = "agents-bound"
     if await p.token_error() is not None:
-        return _skipped(name, "no access token (see credentials)")
+        return skipped(name, "no access token (see credentials)")
     listed = await p.kf_list()
     if isinstance(listed, WeChatError):
-        return _skipped(name, "the account list could not be read (see kf-api)")
+        return skipped(name, "the account list could not be read (see kf-api)")
     if not listed:
         return CheckResult(name=name, status="ok", title="no agent accounts to check (see agents)")
     unbound = [a for a in listed if not a.kf_wx]
@@ -540,7 +465,7 @@ async def check_agents_bound(p: Probe) -> CheckResult:
         name=name,
         status="problem",
         title=(
-            f"{len(unbound)} of {_count(len(listed), 'agent account')} {'is' if len(unbound) == 1 else 'are'} not bound "
+            f"{len(unbound)} of {plural(len(listed), 'agent account')} {'is' if len(unbound) == 1 else 'are'} not bound "
             f"to a WeChat user: {_accounts(states)}"
         ),
         detail=f"{ADVICE[65402].meaning} WeChat answers errcode 65402 for them.",
@@ -552,11 +477,11 @@ async def check_agents_online(p: Probe) -> CheckResult:
     """3c. Somebody is online now (getonlinekflist); none online is a warning, not a problem."""
     name = "agents-online"
     if await p.token_error() is not None:
-        return _skipped(name, "no access token (see credentials)")
+        return skipped(name, "no access token (see credentials)")
     online = await p.online()
     if isinstance(online, WeChatError):
         if isinstance(await p.kf_list(), WeChatError):  # already reported by kf-api
-            return _skipped(name, "the customer-service API is not available (see kf-api)")
+            return skipped(name, "the customer-service API is not available (see kf-api)")
         return _from_error(name, online)
     up = [r.kf_account for r in online if r.online]
     if not up:
@@ -567,7 +492,7 @@ async def check_agents_online(p: Probe) -> CheckResult:
             detail="Customers who ask for a human will wait in the queue until an agent logs in.",
             fix=f"Agents log in to {KF_CLIENT}. Nothing to change if this is outside working hours.",
         )
-    return CheckResult(name=name, status="ok", title=f"{_count(len(up), 'agent')} online: {_accounts(up)}")
+    return CheckResult(name=name, status="ok", title=f"{plural(len(up), 'agent')} online: {_accounts(up)}")
 
 
 async def check_group_agents(p: Probe) -> CheckResult:
@@ -583,10 +508,10 @@ async def check_group_agents(p: Probe) -> CheckResult:
             name=name, status="ok", title="the config names no agents (every agent serves every customer)"
         )
     if await p.token_error() is not None:
-        return _skipped(name, "no access token (see credentials)")
+        return skipped(name, "no access token (see credentials)")
     listed = await p.kf_list()
     if isinstance(listed, WeChatError):
-        return _skipped(name, "the account list could not be read (see kf-api)")
+        return skipped(name, "the account list could not be read (see kf-api)")
     existing = {a.kf_account for a in listed}
     missing: dict[str, list[str]] = {}
     for where, kf in named:
@@ -609,7 +534,7 @@ async def check_group_agents(p: Probe) -> CheckResult:
         name=name,
         status="problem",
         title=(
-            f"{_count(len(missing), 'agent')} named in the config "
+            f"{plural(len(missing), 'agent')} named in the config "
             f"{'does' if len(missing) == 1 else 'do'} not exist in WeChat: {_accounts(list(missing))}"
         ),
         detail=f"Customers routed to them could never be served: {listing}.{hint}",
@@ -626,42 +551,20 @@ async def check_aes_key(p: Probe) -> CheckResult:
     w = p.config.oa
     if w.aes_key is None:
         return CheckResult(name=name, status="ok", title=f"not used (encoding = {w.encoding!r})")
-    where = f"{CONSOLE} → {BASIC_CONFIG} → 服务器配置 (消息加解密密钥 EncodingAESKey)"
-    keys = [("wechat.aes_key", w.aes_key)]
+    keys = {"wechat.aes_key": w.aes_key}
     if w.previous_aes_key is not None:
-        keys.append(("wechat.previous_aes_key", w.previous_aes_key))
-    for key_name, key in keys:
-        try:
-            decode_aes_key(key, key_name)
-        except WeChatCodecError as exc:
-            return CheckResult(
-                name=name,
-                status="problem",
-                title=f"{key_name} is not a valid EncodingAESKey",
-                detail=f"{exc}. An EncodingAESKey is 43 letters or digits (base64 of a 32-byte AES key).",
-                fix=f"Copy the key again from {where}, or generate a new one there (随机生成) and update both sides.",
-            )
-    sample = f"<xml><Content><![CDATA[kfrouter doctor {secrets.token_hex(4)}]]></Content></xml>"
-    try:
-        crypto = SafeModeCrypto(w.token or "doctor", w.aes_key, w.appid, w.previous_aes_key)
-        back = crypto.decrypt(crypto.encrypt(sample, os.urandom(16)))
-    except WeChatCodecError as exc:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title="a test message does not survive encryption with the EncodingAESKey and AppID",
-            detail=f"{exc}.",
-            fix=f"Check wechat.appid and wechat.aes_key against {where}.",
-        )
-    if back != sample:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title="a test message came back changed after encryption and decryption",
-            detail="The safe-mode codec is not symmetric for this key and AppID.",
-            fix="Report this as a kfrouter bug, with the key's length only (never the key).",
-        )
-    return CheckResult(
+        keys["wechat.previous_aes_key"] = w.previous_aes_key
+    aes_key = w.aes_key
+    problem = check_aes_key_round_trip(
+        name,
+        keys,
+        lambda: SafeModeCrypto(w.token or "doctor", aes_key, w.appid, w.previous_aes_key),
+        where=f"{CONSOLE} → {BASIC_CONFIG} → 服务器配置 (消息加解密密钥 EncodingAESKey)",
+        id_name="AppID",
+        id_key="wechat.appid",
+        about_key="",
+    )
+    return problem or CheckResult(
         name=name,
         status="ok",
         title=(
@@ -673,17 +576,10 @@ async def check_aes_key(p: Probe) -> CheckResult:
 
 async def check_callback_token(p: Probe) -> CheckResult:
     """6. The callback Token has WeChat's format (3-32 letters or digits)."""
-    name = "callback-token"
-    reason = check_token_format(p.config.oa.token)
-    if reason is None:
-        return CheckResult(
-            name=name, status="ok", title="callback Token has WeChat's format (3-32 letters/digits)"
-        )
-    return CheckResult(
-        name=name,
-        status="problem",
-        title="the callback Token is not in WeChat's format",
-        detail=f"{reason}. WeChat signs every push with this Token; a mismatch rejects every push.",
+    return check_callback_token_format(
+        "callback-token",
+        p.config.oa.token,
+        PLATFORM,
         fix=(
             f"Set wechat.token (or KFROUTER_TOKEN) to exactly the Token (令牌) shown in {CONSOLE} → "
             f"{BASIC_CONFIG} → 服务器配置."
@@ -835,35 +731,8 @@ async def run_checks(
     http: aiohttp.ClientSession | None = None,
     checks: Sequence[Check] = CHECKS,
 ) -> list[CheckResult]:
-    """Run ``checks`` in order. A check that crashes becomes a problem naming the exception, so one bug
-    never hides the other results; cancellation propagates."""
-    probe = Probe(config, client, http=http)
-    out: list[CheckResult] = []
-    for check in checks:
-        try:
-            out.append(await check(probe))
-        except Exception as exc:
-            name = getattr(check, "__name__", "check").removeprefix("check_").replace("_", "-")
-            out.append(
-                CheckResult(
-                    name=name,
-                    status="problem",
-                    title="the check itself failed",
-                    detail=f"{type(exc).__name__}: {exc}",
-                    fix="Report this as a kfrouter bug (the message above never contains secrets).",
-                )
-            )
-    return out
-
-
-def all_ok(results: Sequence[CheckResult]) -> bool:
-    """True when no result is a problem (warnings allowed)."""
-    return not any(r.is_problem for r in results)
-
-
-def as_json(results: Sequence[CheckResult]) -> dict[str, Any]:
-    """``{"checks": [...], "ok": bool}``, the shape ``kfrouter doctor --json`` prints."""
-    return {"checks": [r.as_dict() for r in results], "ok": all_ok(results)}
+    """Run ``checks`` in order (a check that crashes becomes a problem naming the exception)."""
+    return await run_check_list(Probe(config, client, http=http), checks)
 
 
 def token_mode_for_client(config_mode: str) -> Literal["stable", "basic"]:

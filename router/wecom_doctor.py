@@ -13,34 +13,37 @@ keys are described by their length).
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Awaitable, Callable, Sequence
 
-from attrs import frozen
-
-from kfrouter.router.doctor import CheckResult
-from kfrouter.router.edges.errors import BadResponse, NetworkError, SystemBusy, WeChatError
+from kfrouter.router.doctor_base import (
+    Advice,
+    CheckResult,
+    Platform,
+    answer_or_error,
+    check_aes_key_round_trip,
+    check_callback_token_format,
+    plural,
+    problem_from_error,
+    run_check_list,
+    skipped,
+)
+from kfrouter.router.edges.errors import WeChatError
 from kfrouter.router.edges.wecom_client import KfAccount, ServicerList, WeComKfClient
-from kfrouter.router.wechat.crypto import SafeModeCrypto, decode_aes_key
-from kfrouter.router.wechat.errors import WeChatCodecError
-from kfrouter.router.wechat.signature import check_token_format
+from kfrouter.router.wechat.crypto import SafeModeCrypto
 from kfrouter.router.wecom_config import WeComConfig
 
 CONSOLE = "the WeCom admin console (企业微信管理后台, work.weixin.qq.com)"
 KF_APP = "应用管理 → 微信客服"
 API_APPS = f"{KF_APP} → API → 可调用接口的应用"
 API_ACCOUNTS = f"{KF_APP} → API → 通过API管理微信客服账号"
+PLATFORM = Platform(
+    name="WeCom",
+    api_base_key="wecom.api_base",
+    default_api_base="https://qyapi.weixin.qq.com",
+    unknown_errcode_fix="Look the errcode up at https://open.work.weixin.qq.com/devtool/query and run the doctor again.",
+    busy_fix="Run the doctor again in a few minutes.",
+)
 CALLBACK = f"{KF_APP} → API → 接收事件服务器 (URL, Token, EncodingAESKey)"
-
-
-@frozen(kw_only=True)
-class Advice:
-    """What an errcode means for the operator: a short title, the meaning and the fix."""
-
-    title: str
-    meaning: str
-    fix: str
 
 
 _SECRET_FIX = (
@@ -141,7 +144,7 @@ def advice(errcode: int) -> Advice | None:
 def explain(errcode: int) -> str | None:
     """One paragraph for an errcode met during operation (None for codes that need no operator)."""
     a = ADVICE.get(errcode)
-    return None if a is None else f"{a.title}: {a.meaning} What to do: {a.fix}"
+    return None if a is None else a.explained()
 
 
 # ============================================================================ shared answers
@@ -169,73 +172,21 @@ class WeComProbe:
 
     async def accounts(self) -> list[KfAccount] | WeChatError:
         if self._accounts is None:
-            try:
-                self._accounts = await self.client.list_all_accounts()
-            except WeChatError as exc:
-                self._accounts = exc
+            self._accounts = await answer_or_error(self.client.list_all_accounts)
         return self._accounts
 
     async def servicers(self, open_kfid: str) -> ServicerList | WeChatError:
         if open_kfid not in self._servicers:
-            try:
-                self._servicers[open_kfid] = await self.client.list_servicers(open_kfid)
-            except WeChatError as exc:
-                self._servicers[open_kfid] = exc
+            self._servicers[open_kfid] = await answer_or_error(lambda: self.client.list_servicers(open_kfid))
         return self._servicers[open_kfid]
 
 
 Check = Callable[[WeComProbe], Awaitable[CheckResult]]
 
 
-def _skipped(name: str, because: str) -> CheckResult:
-    return CheckResult(name=name, status="warning", title=f"not checked: {because}")
-
-
 def _from_error(name: str, exc: WeChatError) -> CheckResult:
-    if isinstance(exc, NetworkError):
-        return CheckResult(
-            name=name,
-            status="problem",
-            title="cannot reach the WeCom API",
-            detail=f"{exc.endpoint}: {exc.errmsg}.",
-            fix="Check that this server reaches wecom.api_base over HTTPS (DNS, firewall, proxy); the default is https://qyapi.weixin.qq.com.",
-        )
-    if isinstance(exc, BadResponse):
-        return CheckResult(
-            name=name,
-            status="problem",
-            title="the WeCom API gave an answer kfrouter cannot read",
-            detail=f"{exc.endpoint}: {exc.errmsg}.",
-            fix="Check that wecom.api_base points at WeCom's API (default https://qyapi.weixin.qq.com).",
-        )
-    if isinstance(exc, SystemBusy):
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"WeCom answered 'system busy' ({exc.errcode})",
-            detail=f"{exc.endpoint}: {exc.errmsg}",
-            fix="Run the doctor again in a few minutes.",
-        )
-    a = ADVICE.get(exc.errcode)
-    if a is None:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"WeCom answered errcode {exc.errcode}",
-            detail=f"{exc.endpoint}: {exc.errmsg}",
-            fix="Look the errcode up at https://open.work.weixin.qq.com/devtool/query and run the doctor again.",
-        )
-    return CheckResult(
-        name=name,
-        status="problem",
-        title=a.title,
-        detail=f"{a.meaning} (WeCom said: {exc.errmsg})",
-        fix=a.fix,
-    )
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    """A problem for an error without a more specific reading."""
+    return problem_from_error(name, exc, PLATFORM, ADVICE.get(exc.errcode))
 
 
 # ============================================================================ the checks
@@ -256,7 +207,7 @@ async def check_accounts(p: WeComProbe) -> CheckResult:
     """2. kf/account/list answers, and every configured open_kfid is in it and managed by this app."""
     name = "wecom-accounts"
     if await p.token_error() is not None:
-        return _skipped(name, "no access token (see wecom-credentials)")
+        return skipped(name, "no access token (see wecom-credentials)")
     listed = await p.accounts()
     if isinstance(listed, WeChatError):
         return _from_error(name, listed)
@@ -267,8 +218,8 @@ async def check_accounts(p: WeComProbe) -> CheckResult:
         return CheckResult(
             name=name,
             status="problem",
-            title=f"{_plural(len(missing), 'configured kf account')} not found: {', '.join(missing)}",
-            detail=f"kf/account/list has {_plural(len(listed), 'account')}: {known}. Customers of a missing account are never seen.",
+            title=f"{plural(len(missing), 'configured kf account')} not found: {', '.join(missing)}",
+            detail=f"kf/account/list has {plural(len(listed), 'account')}: {known}. Customers of a missing account are never seen.",
             fix=f"Correct wecom.open_kfids (kf/account/list gives the open_kfids) or create the accounts in {CONSOLE} → {KF_APP}.",
         )
     unmanaged = [k for k in p.config.open_kfids if by_id[k].manage_privilege is False]
@@ -284,7 +235,7 @@ async def check_accounts(p: WeComProbe) -> CheckResult:
     return CheckResult(
         name=name,
         status="ok",
-        title=f"all {_plural(len(p.config.open_kfids), 'configured kf account')} exist and are managed by this app",
+        title=f"all {plural(len(p.config.open_kfids), 'configured kf account')} exist and are managed by this app",
     )
 
 
@@ -292,10 +243,10 @@ async def check_servicers(p: WeComProbe) -> CheckResult:
     """3. Every configured kf account has servicers (接待人员); none receiving now is a warning."""
     name = "wecom-servicers"
     if await p.token_error() is not None:
-        return _skipped(name, "no access token (see wecom-credentials)")
+        return skipped(name, "no access token (see wecom-credentials)")
     listed = await p.accounts()
     if isinstance(listed, WeChatError):
-        return _skipped(name, "the kf account list could not be read (see wecom-accounts)")
+        return skipped(name, "the kf account list could not be read (see wecom-accounts)")
     known = {a.open_kfid for a in listed}
     empty: list[str] = []
     only_departments: list[str] = []
@@ -339,23 +290,16 @@ async def check_servicers(p: WeComProbe) -> CheckResult:
             fix="Servicers switch to 接待中 in the WeCom client; nothing to change outside working hours.",
         )
     return CheckResult(
-        name=name, status="ok", title=f"servicers bound; {_plural(receiving, 'servicer')} 接待中 now"
+        name=name, status="ok", title=f"servicers bound; {plural(receiving, 'servicer')} 接待中 now"
     )
 
 
 async def check_callback_token(p: WeComProbe) -> CheckResult:
     """4. The callback Token has WeCom's format (3-32 letters or digits)."""
-    name = "wecom-callback-token"
-    reason = check_token_format(p.config.token)
-    if reason is None:
-        return CheckResult(
-            name=name, status="ok", title="callback Token has WeCom's format (3-32 letters/digits)"
-        )
-    return CheckResult(
-        name=name,
-        status="problem",
-        title="the callback Token is not in WeCom's format",
-        detail=f"{reason}. WeCom signs every callback with this Token; a mismatch rejects every callback.",
+    return check_callback_token_format(
+        "wecom-callback-token",
+        p.config.token,
+        PLATFORM,
         fix=f"Set wecom.token to exactly the Token shown in {CONSOLE} → {CALLBACK}.",
     )
 
@@ -364,28 +308,16 @@ async def check_aes_key(p: WeComProbe) -> CheckResult:
     """5. The EncodingAESKey decodes to 32 bytes and round-trips a test message with the corp id."""
     name = "wecom-aes-key"
     c = p.config
-    try:
-        decode_aes_key(c.aes_key, "wecom.aes_key")
-        crypto = SafeModeCrypto(c.token or "doctor", c.aes_key, c.corpid, id_name="corpid")
-        sample = f"<xml><Content><![CDATA[kfrouter doctor {secrets.token_hex(4)}]]></Content></xml>"
-        back = crypto.decrypt(crypto.encrypt(sample, os.urandom(16)))
-    except WeChatCodecError as exc:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title="wecom.aes_key is not a valid EncodingAESKey",
-            detail=f"{exc}. An EncodingAESKey is 43 letters or digits (base64 of a 32-byte key); WeCom always encrypts callbacks.",
-            fix=f"Copy the EncodingAESKey again from {CONSOLE} → {CALLBACK}, or generate a new one there and update both sides.",
-        )
-    if back != sample:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title="a test message came back changed after encryption and decryption",
-            detail="The codec is not symmetric for this key and corp id.",
-            fix="Report this as a kfrouter bug, with the key's length only (never the key).",
-        )
-    return CheckResult(
+    problem = check_aes_key_round_trip(
+        name,
+        {"wecom.aes_key": c.aes_key},
+        lambda: SafeModeCrypto(c.token or "doctor", c.aes_key, c.corpid, id_name="corpid"),
+        where=f"{CONSOLE} → {CALLBACK}",
+        id_name="corp id",
+        id_key="wecom.corpid",
+        about_key="; WeCom always encrypts callbacks",
+    )
+    return problem or CheckResult(
         name=name,
         status="ok",
         title=f"EncodingAESKey is 43 characters and round-trips a test message for {c.corpid}",
@@ -405,20 +337,4 @@ async def run_wecom_checks(
     config: WeComConfig, client: WeComKfClient, *, checks: Sequence[Check] = CHECKS
 ) -> list[CheckResult]:
     """Run ``checks`` in order; a check that crashes becomes a problem naming the exception."""
-    probe = WeComProbe(config, client)
-    out: list[CheckResult] = []
-    for check in checks:
-        try:
-            out.append(await check(probe))
-        except Exception as exc:
-            name = getattr(check, "__name__", "check").removeprefix("check_").replace("_", "-")
-            out.append(
-                CheckResult(
-                    name=f"wecom-{name}",
-                    status="problem",
-                    title="the check itself failed",
-                    detail=f"{type(exc).__name__}: {exc}",
-                    fix="Report this as a kfrouter bug (the message above never contains secrets).",
-                )
-            )
-    return out
+    return await run_check_list(WeComProbe(config, client), checks, name_prefix="wecom-")

@@ -1,0 +1,251 @@
+"""What both doctors share — the Official Account one (router/doctor.py) and the WeCom 微信客服 one
+(router/wecom_doctor.py): a check's verdict, an errcode's plain-words advice, the reading of an API error
+that no check reads more specifically, the runner of a list of checks, and the two checks whose rule is
+the same on both platforms (the callback Token's format, the EncodingAESKey's round trip).
+
+Rules: the words that differ between the platforms (its name, its API base key and default, where an
+unknown errcode is looked up, where the console keeps a setting) are a ``Platform`` value or an
+argument, never a second copy of a check; every problem says what it means and what to do; secrets never
+appear (keys are described, errmsgs come redacted from the client).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+from attrs import frozen
+
+from kfrouter.router.edges.errors import BadResponse, NetworkError, SystemBusy, WeChatError
+from kfrouter.router.wechat.crypto import SafeModeCrypto, decode_aes_key
+from kfrouter.router.wechat.errors import WeChatCodecError
+from kfrouter.router.wechat.signature import check_token_format
+
+Status = Literal["ok", "warning", "problem"]
+STATUSES: tuple[Status, ...] = ("ok", "warning", "problem")
+
+BUG_FIX = "Report this as a kfrouter bug (the message above never contains secrets)."
+
+
+@frozen(kw_only=True)
+class CheckResult:
+    """One check's verdict. ``detail`` says what it means, ``fix`` what to do (both empty when ok)."""
+
+    name: str
+    status: Status
+    title: str
+    detail: str = ""
+    fix: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"CheckResult.status must be one of {STATUSES}, got {self.status!r}")
+
+    @property
+    def is_problem(self) -> bool:
+        return self.status == "problem"
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "title": self.title,
+            "detail": self.detail,
+            "fix": self.fix,
+        }
+
+
+@frozen(kw_only=True)
+class Advice:
+    """What an errcode means for the operator: a short title, the meaning and the fix."""
+
+    title: str
+    meaning: str
+    fix: str
+
+    def explained(self) -> str:
+        """One paragraph, for an errcode met during operation."""
+        return f"{self.title}: {self.meaning} What to do: {self.fix}"
+
+
+@frozen(kw_only=True)
+class Platform:
+    """How a doctor names its platform. ``busy_fix``: the fix for a 'system busy' answer that no advice
+    reads (None: the advice table has the busy errcode)."""
+
+    name: str
+    api_base_key: str
+    default_api_base: str
+    unknown_errcode_fix: str
+    busy_fix: str | None = None
+
+
+T = TypeVar("T")
+
+
+async def answer_or_error(call: Callable[[], Awaitable[T]]) -> T | WeChatError:
+    """The API's answer, or the ``WeChatError`` it raised: what a probe keeps, so each call is made once."""
+    try:
+        return await call()
+    except WeChatError as exc:
+        return exc
+
+
+def skipped(name: str, because: str) -> CheckResult:
+    """A check whose input an earlier check could not get: a warning whose title says which."""
+    return CheckResult(name=name, status="warning", title=f"not checked: {because}")
+
+
+def problem_from_error(name: str, exc: WeChatError, platform: Platform, advice: Advice | None) -> CheckResult:
+    """A problem for an API error without a more specific reading; ``advice`` is the platform's words for
+    its errcode, if any."""
+    p = platform
+    if isinstance(exc, NetworkError):
+        return CheckResult(
+            name=name,
+            status="problem",
+            title=f"cannot reach the {p.name} API",
+            detail=f"{exc.endpoint}: {exc.errmsg}.",
+            fix=(
+                f"Check that this server can reach the configured {p.api_base_key} over HTTPS (DNS, firewall, "
+                f"outbound proxy); the default is {p.default_api_base}."
+            ),
+        )
+    if isinstance(exc, BadResponse):
+        return CheckResult(
+            name=name,
+            status="problem",
+            title=f"the {p.name} API gave an answer kfrouter cannot read",
+            detail=f"{exc.endpoint}: {exc.errmsg}.",
+            fix=f"Check that {p.api_base_key} points at {p.name}'s API (default {p.default_api_base}).",
+        )
+    if advice is None and p.busy_fix is not None and isinstance(exc, SystemBusy):
+        return CheckResult(
+            name=name,
+            status="problem",
+            title=f"{p.name} answered 'system busy' ({exc.errcode})",
+            detail=f"{exc.endpoint}: {exc.errmsg}",
+            fix=p.busy_fix,
+        )
+    if advice is None:
+        return CheckResult(
+            name=name,
+            status="problem",
+            title=f"{p.name} answered errcode {exc.errcode}",
+            detail=f"{exc.endpoint}: {exc.errmsg}",
+            fix=p.unknown_errcode_fix,
+        )
+    return CheckResult(
+        name=name,
+        status="problem",
+        title=advice.title,
+        detail=f"{advice.meaning} ({p.name} said: {exc.errmsg})",
+        fix=advice.fix,
+    )
+
+
+def plural(n: int, word: str) -> str:
+    """``1 agent``, ``2 agents``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def check_callback_token_format(name: str, token: str, platform: Platform, fix: str) -> CheckResult:
+    """The callback Token has the platform's format (3-32 letters or digits): every push is signed with it."""
+    reason = check_token_format(token)
+    if reason is None:
+        return CheckResult(
+            name=name, status="ok", title=f"callback Token has {platform.name}'s format (3-32 letters/digits)"
+        )
+    return CheckResult(
+        name=name,
+        status="problem",
+        title=f"the callback Token is not in {platform.name}'s format",
+        detail=f"{reason}. {platform.name} signs every push with this Token; a mismatch rejects every push.",
+        fix=fix,
+    )
+
+
+def check_aes_key_round_trip(
+    name: str,
+    keys: Mapping[str, str],
+    crypto: Callable[[], SafeModeCrypto],
+    *,
+    where: str,
+    id_name: str,
+    id_key: str,
+    about_key: str,
+) -> CheckResult | None:
+    """Each of ``keys`` (config key → EncodingAESKey) decodes to 32 bytes, and a test message survives
+    ``crypto()``'s encryption and decryption. None when all is well (the caller words the ok result);
+    ``where`` is the console place of the key, ``id_name`` the id the codec binds (AppID, corp id) and
+    ``id_key`` its config key."""
+    for key_name, key in keys.items():
+        try:
+            decode_aes_key(key, key_name)
+        except WeChatCodecError as exc:
+            return CheckResult(
+                name=name,
+                status="problem",
+                title=f"{key_name} is not a valid EncodingAESKey",
+                detail=f"{exc}. An EncodingAESKey is 43 letters or digits (base64 of a 32-byte AES key){about_key}.",
+                fix=f"Copy the key again from {where}, or generate a new one there (随机生成) and update both sides.",
+            )
+    sample = f"<xml><Content><![CDATA[kfrouter doctor {secrets.token_hex(4)}]]></Content></xml>"
+    try:
+        codec = crypto()
+        back = codec.decrypt(codec.encrypt(sample, os.urandom(16)))
+    except WeChatCodecError as exc:
+        return CheckResult(
+            name=name,
+            status="problem",
+            title=f"a test message does not survive encryption with the EncodingAESKey and {id_name}",
+            detail=f"{exc}.",
+            fix=f"Check {id_key} and {next(iter(keys))} against {where}.",
+        )
+    if back != sample:
+        return CheckResult(
+            name=name,
+            status="problem",
+            title="a test message came back changed after encryption and decryption",
+            detail=f"The safe-mode codec is not symmetric for this key and {id_name}.",
+            fix="Report this as a kfrouter bug, with the key's length only (never the key).",
+        )
+    return None
+
+
+P = TypeVar("P")
+
+
+async def run_check_list(
+    probe: P, checks: Sequence[Callable[[P], Awaitable[CheckResult]]], *, name_prefix: str = ""
+) -> list[CheckResult]:
+    """Run ``checks`` in order on ``probe``. A check that crashes becomes a problem naming the exception,
+    so one bug never hides the other results; cancellation propagates."""
+    out: list[CheckResult] = []
+    for check in checks:
+        try:
+            out.append(await check(probe))
+        except Exception as exc:
+            name = getattr(check, "__name__", "check").removeprefix("check_").replace("_", "-")
+            out.append(
+                CheckResult(
+                    name=f"{name_prefix}{name}",
+                    status="problem",
+                    title="the check itself failed",
+                    detail=f"{type(exc).__name__}: {exc}",
+                    fix=BUG_FIX,
+                )
+            )
+    return out
+
+
+def all_ok(results: Sequence[CheckResult]) -> bool:
+    """True when no result is a problem (warnings allowed)."""
+    return not any(r.is_problem for r in results)
+
+
+def as_json(results: Sequence[CheckResult]) -> dict[str, Any]:
+    """``{"checks": [...], "ok": bool}``, the shape ``kfrouter doctor --json`` prints."""
+    return {"checks": [r.as_dict() for r in results], "ok": all_ok(results)}
