@@ -54,7 +54,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 
-import kfrouter.sim.fake_push
 from kfrouter.sim.fake_options import FakeOptions, Fault
 from kfrouter.sim.fake_server import FakeWeChat
 from kfrouter.sim.wechat_model import Push, WeChatModel
@@ -430,8 +429,6 @@ class Soak:
     async def run(self) -> SoakReport:
         p = self.p
         started = time.monotonic()
-        if 20 * p.customers > kfrouter.sim.fake_push.MAX_LOG:  # keep every delivery attempt for the report
-            kfrouter.sim.fake_push.MAX_LOG = 20 * p.customers
         self.fake = FakeWeChat(
             h.APPID,
             h.SECRET,
@@ -446,6 +443,7 @@ class Soak:
             seed=p.seed,
         )
         pusher = self.fake.pusher
+        pusher.max_log = max(pusher.max_log, 20 * p.customers)  # keep every delivery attempt for the report
         submit = pusher.submit
 
         def observed_submit(model: WeChatModel, push: Push) -> None:

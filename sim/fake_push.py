@@ -28,10 +28,10 @@ from kfrouter.router.wechat.crypto import SafeModeCrypto
 from kfrouter.router.wechat.errors import WeChatCodecError
 from kfrouter.router.wechat.reply_parser import parse_reply
 from kfrouter.router.wechat.xml import element
+from kfrouter.sim.delivery import OrderedDeliveries
 from kfrouter.sim.wechat_model import Push, WeChatModel
 
 _ALNUM = string.ascii_letters + string.digits
-MAX_LOG = 10_000  # attempts kept in the log (oldest dropped)
 
 
 def render_push(model: WeChatModel, push: Push) -> str:
@@ -68,7 +68,7 @@ def _media_message(model: WeChatModel, push: Push) -> str:
     return "\n".join(lines)
 
 
-class Deliverer:
+class Deliverer(OrderedDeliveries):
     """Delivers pushes to ``webhook`` for the fake server (see module docstring).
 
     ``token`` signs; with ``aes_key`` pushes are encrypted per appid. ``now`` is the server clock.
@@ -85,17 +85,13 @@ class Deliverer:
     ) -> None:
         if webhook is not None and not token:
             raise ValueError("a webhook needs the callback token (token=...) to sign pushes")
+        super().__init__()
         self.webhook = webhook
         self.token = token
         self.aes_key = aes_key
         self._now = now
         self._on_change = on_change
         self._crypto: dict[str, SafeModeCrypto] = {}
-        self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._last: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self.log: list[dict[str, Any]] = []
-        self.failures = 0  # pushes that exhausted their attempts ("该公众号暂时无法提供服务")
         if aes_key is not None and token:
             SafeModeCrypto(token, aes_key, "check")  # fail early on a malformed key
 
@@ -107,11 +103,6 @@ class Deliverer:
             c = self._crypto[model.appid] = SafeModeCrypto(self.token, self.aes_key, model.appid)
         return c
 
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
-
     def submit(self, model: WeChatModel, push: Push) -> None:
         """Schedule delivery of ``push`` after the previous delivery to the same customer."""
         if self.webhook is None:
@@ -120,53 +111,7 @@ class Deliverer:
             )
             return
         key = (model.appid, push.openid)
-        prev = self._last.get(key)
-        task = asyncio.get_running_loop().create_task(self._deliver(model, push, prev))
-        self._tasks.add(task)
-        self._last[key] = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            self._tasks.discard(t)
-            if self._last.get(key) is t:
-                del self._last[key]
-
-        task.add_done_callback(done)
-
-    @property
-    def pending(self) -> int:
-        return len(self._tasks)
-
-    async def settle(self, timeout: float = 30.0) -> bool:
-        """Wait until no delivery is in flight (including ones started meanwhile); False on timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._tasks:
-            left = deadline - loop.time()
-            if left <= 0:
-                return False
-            await asyncio.wait(set(self._tasks), timeout=left)
-        return True
-
-    async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def reset(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        self.log.clear()
-        self.failures = 0
-
-    def _append(self, entry: dict[str, Any]) -> None:
-        self.log.append(entry)
-        if len(self.log) > MAX_LOG:
-            del self.log[: len(self.log) - MAX_LOG]
+        self._schedule(key, lambda prev: self._deliver(model, push, prev))
 
     async def verify_url(self, model: WeChatModel, echostr: str = "") -> dict[str, Any]:
         """WeChat's GET check of the callback URL (spec §5.1): the answer must be the raw echostr."""

@@ -26,14 +26,14 @@ import aiohttp
 
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 from kfrouter.router.wechat.wecom_kf import build_kf_callback
+from kfrouter.sim.delivery import OrderedDeliveries
 from kfrouter.sim.wecom_model import CallbackPush
 from kfrouter.sim.wecom_options import WeComOptions
 
 _ALNUM = string.ascii_letters + string.digits
-MAX_LOG = 10_000
 
 
-class CallbackDeliverer:
+class CallbackDeliverer(OrderedDeliveries):
     """Delivers ``CallbackPush`` values to ``url`` (see the module docstring). ``now`` is the fake's clock."""
 
     def __init__(
@@ -50,22 +50,13 @@ class CallbackDeliverer:
             raise ValueError(
                 "a callback URL needs the callback token and EncodingAESKey (WeCom always encrypts)"
             )
+        super().__init__()
         self.url = url
         self.options = options
         self.corpid = corpid
         self._now = now
         self._rng = rng
         self._crypto = SafeModeCrypto(token, aes_key, corpid, id_name="corpid") if token and aes_key else None
-        self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._last: dict[str, asyncio.Task[None]] = {}
-        self.log: list[dict[str, Any]] = []
-        self.failures = 0  # callbacks that used up their attempts
-
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
 
     def _random16(self) -> bytes:
         return "".join(self._rng.choice(_ALNUM) for _ in range(16)).encode("ascii")
@@ -81,53 +72,7 @@ class CallbackDeliverer:
             )
             return
         key = push.open_kfid
-        prev = self._last.get(key)
-        task = asyncio.get_running_loop().create_task(self._deliver(push, prev))
-        self._tasks.add(task)
-        self._last[key] = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            self._tasks.discard(t)
-            if self._last.get(key) is t:
-                del self._last[key]
-
-        task.add_done_callback(done)
-
-    @property
-    def pending(self) -> int:
-        return len(self._tasks)
-
-    async def settle(self, timeout: float = 30.0) -> bool:
-        """Wait until no delivery is in flight (including ones started meanwhile); False on timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._tasks:
-            left = deadline - loop.time()
-            if left <= 0:
-                return False
-            await asyncio.wait(set(self._tasks), timeout=left)
-        return True
-
-    async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def reset(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        self.log.clear()
-        self.failures = 0
-
-    def _append(self, entry: dict[str, Any]) -> None:
-        self.log.append(entry)
-        if len(self.log) > MAX_LOG:
-            del self.log[: len(self.log) - MAX_LOG]
+        self._schedule(key, lambda prev: self._deliver(push, prev))
 
     def prepare(self, push: CallbackPush) -> tuple[dict[str, str], bytes]:
         """The query and encrypted body of one callback (what every attempt sends, byte for byte)."""
