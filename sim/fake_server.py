@@ -27,6 +27,7 @@ from kfrouter.router.clock import SteadyClock
 from kfrouter.sim import fake_options as fo
 from kfrouter.sim.fake_options import FakeOptions, Fault
 from kfrouter.sim.fake_push import Deliverer
+from kfrouter.sim.serving import serving
 from kfrouter.sim.wechat_model import Json, WeChatModel
 
 MAX_BODY = 8 * 1024 * 1024  # uploadheadimg allows 5 MB of media plus multipart framing
@@ -600,15 +601,5 @@ async def running_fake(
         seed=seed,
         clock=clock,
     )
-    runner = web.AppRunner(fake.app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound_port = sockets[0].getsockname()[1] if sockets else port
-        fake.base_url = f"http://{host}:{bound_port}"
+    async with serving(fake.app, host, port) as fake.base_url:
         yield fake
-    finally:
-        await runner.cleanup()

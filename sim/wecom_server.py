@@ -27,6 +27,7 @@ from kfrouter.router.clock import SteadyClock
 from kfrouter.sim import wecom_options as wo
 from kfrouter.sim.fake_options import Fault
 from kfrouter.sim.fake_server import json_response
+from kfrouter.sim.serving import serving
 from kfrouter.sim.wecom_model import Json, WeComModel
 from kfrouter.sim.wecom_options import WeComOptions
 from kfrouter.sim.wecom_push import CallbackDeliverer
@@ -446,15 +447,5 @@ async def running_fake_wecom(
         seed=seed,
         clock=clock,
     )
-    runner = web.AppRunner(fake.app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound_port = sockets[0].getsockname()[1] if sockets else port
-        fake.base_url = f"http://{host}:{bound_port}"
+    async with serving(fake.app, host, port) as fake.base_url:
         yield fake
-    finally:
-        await runner.cleanup()
