@@ -153,6 +153,8 @@ class GroupConfig:
     on_agent_offline: str = "keep"  # keep | reassign
     offline_grace_s: float = 120.0
     priority: int = 0
+    # [groups.skills]: kf_account -> proficiency in (0, 1] for this group's customers (unlisted: 1.0)
+    skills: Mapping[str, float] = field(factory=lambda: MappingProxyType({}))
 
 
 @frozen(kw_only=True)
@@ -200,11 +202,13 @@ class LogConfig:
 
 @frozen(kw_only=True)
 class AgentPlan:
-    """What the config says about one agent: its groups and an optional capacity override."""
+    """What the config says about one agent: its groups, an optional capacity override and its skills
+    ((group, proficiency) from the groups' ``skills`` tables, sorted)."""
 
     kf_account: str
     groups: frozenset[str]
     max_sessions: int | None = None
+    skills: tuple[tuple[str, float], ...] = ()
 
 
 @frozen(kw_only=True)
@@ -259,24 +263,38 @@ class Config:
 
     @property
     def agents(self) -> Mapping[str, AgentPlan]:
-        """Every agent named in a group: its groups and its capacity override (if any group gives one)."""
+        """Every agent named in a group: its groups, its capacity override (if any group gives one) and
+        its skills (the groups whose ``skills`` table names it)."""
         groups: dict[str, set[str]] = {}
         caps: dict[str, int] = {}
+        skills: dict[str, dict[str, float]] = {}
         for g in self.groups:
             for kf in g.agents:
                 groups.setdefault(kf, set()).add(g.name)
             caps.update(g.capacity)
+            for kf, p in g.skills.items():
+                skills.setdefault(kf, {})[g.name] = p
         return MappingProxyType(
             {
-                kf: AgentPlan(kf_account=kf, groups=frozenset(gs), max_sessions=caps.get(kf))
+                kf: AgentPlan(
+                    kf_account=kf,
+                    groups=frozenset(gs),
+                    max_sessions=caps.get(kf),
+                    skills=tuple(sorted(skills.get(kf, {}).items())),
+                )
                 for kf, gs in sorted(groups.items())
             }
         )
 
     def agent_events(self) -> list[AgentConfigured]:
-        """``AgentConfigured`` events that teach the engine the configured groups and capacities."""
+        """``AgentConfigured`` events that teach the engine the configured groups, capacities and skills."""
         return [
-            AgentConfigured(kf_account=p.kf_account, groups=p.groups, max_sessions=p.max_sessions)
+            AgentConfigured(
+                kf_account=p.kf_account,
+                groups=p.groups,
+                max_sessions=p.max_sessions,
+                skills=dict(p.skills) if p.skills else None,
+            )
             for p in self.agents.values()
         ]
 
@@ -772,6 +790,7 @@ class _Loader:
             own_names.append(name)
         groups: list[GroupConfig] = []
         capacity_seen: dict[str, tuple[int, str]] = {}  # kf -> (capacity, key path)
+        skill_tables: list[_Section] = []
         for s, name in zip(sections, own_names, strict=True):
             policy = s.get_str("policy", engine.default_policy)
             if not policy:
@@ -784,6 +803,8 @@ class _Loader:
             if s.raw("offline_grace_s") is not _MISSING and on_offline != "reassign":
                 s.problem("offline_grace_s", "only applies when on_agent_offline = 'reassign'")
             priority = s.get_int("priority", 0, lo=-1000, hi=1000)
+            skill_tables.append(s.table("skills"))
+            skills = self._skills(skill_tables[-1])
             s.done()
             groups.append(
                 GroupConfig(
@@ -795,9 +816,31 @@ class _Loader:
                     on_agent_offline=on_offline,
                     offline_grace_s=grace,
                     priority=priority,
+                    skills=MappingProxyType(skills),
                 )
             )
+        members = {kf for g in groups for kf in g.agents}
+        for table in skill_tables:  # an agent's skill for a group only means something for a known agent
+            for kf in table.data:
+                if KF_ACCOUNT_RE.fullmatch(kf) and kf not in members:
+                    table.problem(kf, f"{kf!r} is not in any group's agents")
         return tuple(groups)
+
+    def _skills(self, s: _Section) -> dict[str, float]:
+        """``[groups.skills]``: how well agents serve this group's customers, kf_account -> proficiency in
+        (0, 1] (best-fit reads it; a session with proficiency p is expected to take 1/p as long)."""
+        out: dict[str, float] = {}
+        for kf in list(s.data):
+            if not KF_ACCOUNT_RE.fullmatch(kf):
+                s.raw(kf)
+                s.problem(kf, f"must be a kf_account such as 'alice@shop', got {kf!r}")
+                continue
+            before = len(self.problems)
+            p = s.get_float(kf, 1.0, gt=0, hi=1)
+            if len(self.problems) == before:
+                out[kf] = p
+        s.done()
+        return out
 
     def _capacity(
         self, s: _Section, agents: tuple[str, ...], seen: dict[str, tuple[int, str]]
@@ -1018,17 +1061,40 @@ class _Loader:
         return out
 
     def _check_policies(self, engine: EngineSection, groups: tuple[GroupConfig, ...]) -> None:
+        """Every policy a route names is installed; one named with options (``NAME(key=value, ...)``, e.g.
+        ``best-fit(unlisted_skill=0.8)``) is built once here, so a bad option is reported at its key."""
         known = known_policies()
         if known is None:
             return
         listing = ", ".join(sorted(known))
-        if engine.default_policy and engine.default_policy not in known:
-            self.problem(
-                "engine.default_policy", f"unknown policy {engine.default_policy!r} (installed: {listing})"
-            )
-        for i, g in enumerate(groups):
-            if g.policy and g.policy != engine.default_policy and g.policy not in known:
-                self.problem(f"groups[{i}].policy", f"unknown policy {g.policy!r} (installed: {listing})")
+        named = [("engine.default_policy", engine.default_policy)]
+        named += [(f"groups[{i}].policy", g.policy) for i, g in enumerate(groups)]
+        checked: set[str] = set()
+        for key, spec in named:
+            if not spec or spec in checked:
+                continue
+            checked.add(spec)
+            problem = _policy_problem(spec, known, listing)
+            if problem is not None:
+                self.problem(key, problem)
+
+
+def _policy_problem(spec: str, known: frozenset[str], listing: str) -> str | None:
+    """Why the policy ``spec`` (a name, or a name with options) cannot be used, or None."""
+    from kfrouter.policies.registry import load_policy, parse_policy_spec
+
+    try:
+        name, options = parse_policy_spec(spec)
+    except ConfigError as exc:
+        return str(exc)
+    if name not in known:
+        return f"unknown policy {name!r} (installed: {listing})"
+    if options:
+        try:
+            load_policy(spec)
+        except ConfigError as exc:
+            return str(exc)
+    return None
 
 
 def _template_problem(text: str, allowed: frozenset[str]) -> str | None:

@@ -85,6 +85,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="F",
         help="a returning customer served by their previous agent needs F x service_s (default 1)",
     )
+    g.add_argument(
+        "--recontact",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="share of sessions with a fully proficient agent that do not resolve, 0 <= R <= 1; with "
+        "proficiency p the share is min(1, R/p) and the customer comes back later (default 0: off)",
+    )
+    g.add_argument(
+        "--recontact-gap",
+        type=float,
+        default=1800.0,
+        metavar="S",
+        help="mean seconds before an unresolved customer comes back (exponential; default 1800)",
+    )
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--name", default="synthetic", help="trace name in the header")
     g.add_argument("--out", default="-", help="output file ('-' = stdout; '.gz' = compressed)")
@@ -273,6 +288,8 @@ def gen_params(args: argparse.Namespace) -> GenParams:
         shifts=parse_windows(args.shifts, "--shifts", wrap=True, default=1.0) if args.shifts else (),
         cross_skill=args.cross_skill,
         same_agent_factor=args.same_agent_factor,
+        recontact=args.recontact,
+        recontact_gap=args.recontact_gap,
         seed=args.seed,
         name=args.name,
     )

@@ -1,7 +1,9 @@
 """Synthetic trace generator: agents, shifts, Poisson arrivals (optionally with a daily rate profile),
 service and patience times, groups, returning customers and preferred agents, and match-dependent
 service (``cross_skill``: every agent's proficiency for the groups other than its own; ``same_agent_factor``
-in the header; both left out of the trace when 1, so such traces are the same bytes as before).
+in the header; both left out of the trace when 1, so such traces are the same bytes as before) and
+re-contact (``recontact``, ``recontact_gap``: the header's ``recontact`` model, replayed by
+``sim/service.py``; left out when ``recontact`` is 0).
 
 Deterministic: everything random comes from one ``random.Random(seed)``, drawn in a fixed order per
 arrival, so the same parameters give the same trace byte for byte. Records are produced lazily in
@@ -59,6 +61,8 @@ class GenParams:
     shifts: tuple[Segment, ...] = ()
     cross_skill: float = 1.0  # proficiency of every agent for the groups other than its own
     same_agent_factor: float = 1.0  # a returning customer with their last agent needs this x service_s
+    recontact: float = 0.0  # share of sessions with a fully proficient agent that do not resolve
+    recontact_gap: float = 1800.0  # mean seconds before an unresolved customer comes back
     seed: int = 0
     name: str = "synthetic"
     agent_domain: str = "sim"
@@ -90,6 +94,10 @@ class GenParams:
             raise GenError(f"--cross-skill must be a number in (0, 1], got {self.cross_skill}")
         if not 0.0 < self.same_agent_factor < math.inf:
             raise GenError(f"--same-agent-factor must be a finite number > 0, got {self.same_agent_factor}")
+        if not 0.0 <= self.recontact <= 1.0:
+            raise GenError(f"--recontact must be a share between 0 and 1, got {self.recontact}")
+        if not 0.0 < self.recontact_gap < math.inf:
+            raise GenError(f"--recontact-gap must be a finite number > 0 (seconds), got {self.recontact_gap}")
         if self.return_gap < 0:
             raise GenError(f"--return-gap must be >= 0, got {self.return_gap}")
         if self.groups and len(self.groups) > self.agents:
@@ -326,6 +334,10 @@ def header_for(params: GenParams) -> Header:
             del meta[key]
     if params.same_agent_factor != 1.0:
         extra["same_agent_factor"] = params.same_agent_factor
+    if params.recontact == 0.0:  # no re-contact: the header stays as it was
+        del meta["recontact"], meta["recontact_gap"]
+    else:
+        extra["recontact"] = {"rate": params.recontact, "gap_mean_s": params.recontact_gap}
     return Header(
         name=params.name,
         seed=params.seed,
@@ -344,7 +356,8 @@ def params_from_header(header: Header, seed: int | None = None) -> GenParams:
     raw = header.meta.get("params")
     if header.created_by != GENERATED_BY or not isinstance(raw, dict):
         raise GenError(f"the trace was not made by {GENERATED_BY!r} (no 'params' in its header)")
-    optional = {"cross_skill", "same_agent_factor"}  # header_for leaves them out at their default, 1
+    # header_for leaves these out at their defaults
+    optional = {"cross_skill", "same_agent_factor", "recontact", "recontact_gap"}
     known = {f.name for f in fields(GenParams)} - {"seed", "name", "extra"}
     unknown, missing = sorted(set(raw) - known), sorted(known - optional - set(raw))
     if unknown or missing:
@@ -422,8 +435,14 @@ def params_from_header(header: Header, seed: int | None = None) -> GenParams:
         agent_domain=text("agent_domain"),
         cross_skill=number_or_one("cross_skill"),
         same_agent_factor=number_or_one("same_agent_factor"),
-        # header_for copies same_agent_factor to the top level, where the replay's service model reads it
-        extra={k: v for k, v in header.meta.items() if k not in ("params", "groups", "same_agent_factor")},
+        recontact=number("recontact") if "recontact" in raw else 0.0,
+        recontact_gap=number("recontact_gap") if "recontact_gap" in raw else 1800.0,
+        # header_for copies same_agent_factor and recontact to the top level, where the replay reads them
+        extra={
+            k: v
+            for k, v in header.meta.items()
+            if k not in ("params", "groups", "same_agent_factor", "recontact")
+        },
     )
 
 

@@ -10,6 +10,8 @@ Definitions (docs/simulator.md has the long form):
   last customer event;
 - ``handle_mean_s``: session-seconds per session that served a customer (ghost sessions excluded): with
   match-dependent service (``sim/service.py``) it shows how much agent time the routing costs;
+- ``recontact_rate`` (only when the trace models re-contact): sessions that did not resolve — the
+  customer came back — per served customer; the re-contacts are arrivals, counted in ``customers``;
 - ``load_fairness``: Jain's index (Σx)² / (n Σx²) of per-agent session-seconds over the agents that were
   online before the last customer event (agents whose shift starts later do not count);
 - hit rates are shares of *served* customers: ``affinity_hit_rate`` among those with a group,
@@ -118,6 +120,8 @@ def metrics(res: RunResult) -> dict[str, Any]:
         "wall_s": round(res.wall_s, 3),
         "customers_per_s": round(n / res.wall_s, 1) if res.wall_s > 0 else None,
     }
+    if res.header.meta.get("recontact") is not None:  # re-contact modelled (sim/service.py)
+        row["recontact_rate"] = _r(res.recontacts / served) if served else None
     if res.unrouted_groups:
         row["unrouted_groups"] = sorted(res.unrouted_groups)
     if res.config.notify:  # texts planned by the production notifier (RunConfig.notify)
@@ -280,6 +284,7 @@ _TABLE_ROWS = (
     "service_level_20s",
     "utilization",
     "handle_mean_s",
+    "recontact_rate",
     "load_fairness",
     "affinity_hit_rate",
     "sticky_hit_rate",
@@ -302,7 +307,7 @@ _TABLE_ROWS = (
 
 
 _OPTIONAL_ROWS = frozenset(
-    k for k in _TABLE_ROWS if k.startswith("eta_") or k.startswith("messages_") or k.startswith("notify_")
+    k for k in _TABLE_ROWS if k.startswith(("eta_", "messages_", "notify_")) or k == "recontact_rate"
 )
 
 

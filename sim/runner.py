@@ -2,11 +2,12 @@
 
 The clock is virtual. Trace records are streamed and merged with a heap of ``(t, priority, seq, item)``
 holding what the replay itself schedules: create answers (when a latency is injected), session ends
-(``service_s`` after the session is created), patience expiries and the engine's own deadlines
-(``Engine.next_deadline()`` → ``Engine.tick``). At equal times the order is: create answers, session ends,
-trace records, patience expiries, engine ticks. Everything the engine asks for is applied to
-``sim.wechat_model.WeChatModel`` (the same model the fake HTTP server wraps), whose answers become the
-engine's next events (``SessionCreated``/``CreateFailed``, ``SessionClosed``/``CloseFailed``); with no
+(``service_s`` after the session is created), patience expiries, the engine's own deadlines
+(``Engine.next_deadline()`` → ``Engine.tick``) and, when the trace models re-contact (``sim/service.py``),
+the arrivals of customers whose session did not resolve. At equal times the order is: create answers,
+session ends, trace records, patience expiries, engine ticks, re-contacts. Everything the engine asks for
+is applied to ``sim.wechat_model.WeChatModel`` (the same model the fake HTTP server wraps), whose answers
+become the engine's next events (``SessionCreated``/``CreateFailed``, ``SessionClosed``/``CloseFailed``); with no
 latency a create is answered at once, before the next item. docs/simulator.md describes the semantics.
 
 Resources and errors: the run owns nothing but memory; a record the engine refuses (``CoreError``) or a
@@ -44,11 +45,11 @@ from kfrouter.router.core.notify import Notifier, NotifyConfig
 from kfrouter.sim.eta import EtaTracker
 from kfrouter.sim.service import ServiceModel
 from kfrouter.sim.tally import ABANDONED, SERVED, ArrivalLog, Tally
-from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader
+from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader, new_arrival
 from kfrouter.sim.wechat_replay import ReplayWeChat
 
 # heap priorities at equal times
-P_ANSWER, P_END, P_TRACE, P_PATIENCE, P_TICK = 0, 1, 2, 3, 4
+P_ANSWER, P_END, P_TRACE, P_PATIENCE, P_TICK, P_RECONTACT = 0, 1, 2, 3, 4, 5
 
 _NO_TAGS: frozenset[str] = frozenset()
 
@@ -147,6 +148,7 @@ class RunResult:
     api_calls: int = 0
     api_failures: int = 0
     texts_sent: int = 0
+    recontacts: int = 0  # sessions that did not resolve: the customer came back (trace header's recontact)
     events: int = 0
     ticks: int = 0
     end_t: float = 0.0  # last customer event (arrival, session end, abandonment)
@@ -194,11 +196,15 @@ class _Visitor:
     ``started`` (had a session); ``sid`` (0: none; else the heap sequence number of the session's end),
     ``agent``, ``start``, ``sess_idx``: their open session and the arrival it serves (-1: a ghost session,
     opened after they left); ``outcome`` and ``last_agent``: of their last finished arrival and last
-    session (None before any); ``left``: when they last left (an arrival settled, a ghost session ended)."""
+    session (None before any); ``left``: when they last left (an arrival settled, a ghost session ended).
+    ``rec``, ``first_t``, ``attempt``: their current arrival's record, the time of the trace arrival it
+    follows up and how many re-contacts came before it (0: the trace's own arrival)."""
 
     __slots__ = (
         "agent",
         "arrived",
+        "attempt",
+        "first_t",
         "group",
         "idx",
         "last_agent",
@@ -206,6 +212,7 @@ class _Visitor:
         "openid",
         "outcome",
         "preferred",
+        "rec",
         "remaining",
         "sess_idx",
         "sid",
@@ -235,6 +242,9 @@ class _Visitor:
         self.remaining = 0.0
         self.started = False
         self.left = math.nan
+        self.rec: Arrival | None = None
+        self.first_t = 0.0
+        self.attempt = 0
 
 
 def _in_blocks(records: Iterator[Record], size: int = 2048) -> Iterator[Record]:
@@ -591,6 +601,8 @@ class Simulation:
         idx = self._end_session(v, now)
         if idx >= 0:
             self._finish_arrival(v, idx, SERVED, now)
+            if self._service.recontact is not None:
+                self._maybe_recontact(v, agent, now)
         else:
             self._idle(v, now)  # a ghost session ended: the customer is idle again
         try:
@@ -599,9 +611,36 @@ class Simulation:
             raise SimError(f"t={now:.6f}: the engine refused the end of {openid}'s session: {exc}") from exc
         self._took(cmds, now)
 
+    def _maybe_recontact(self, v: _Visitor, agent: str, now: float) -> None:
+        """``v``'s session with ``agent`` is over: if it did not resolve (``Recontact.comes_back``), their
+        next arrival is scheduled."""
+        model = self._service.recontact
+        rec = v.rec
+        assert model is not None and rec is not None
+        gap = model.comes_back(
+            self.cfg.seed, v.openid, v.first_t, v.attempt, self._service.proficiency(agent, v.group)
+        )
+        if gap is None:
+            return
+        self.res.recontacts += 1
+        again = new_arrival(
+            now + gap,
+            rec.customer,
+            rec.service_s,
+            rec.group,
+            rec.priority,
+            rec.patience_s,
+            None,
+            rec.text,
+            rec.tags,
+        )
+        self._push(again.t, P_RECONTACT, (again, v.first_t, v.attempt + 1))
+
     # ------------------------------------------------------------------------------------ trace records
 
-    def _on_arrival(self, rec: Arrival, now: float) -> None:
+    def _on_arrival(self, rec: Arrival, now: float, first_t: float | None = None, attempt: int = 0) -> None:
+        """``rec`` arrives: from the trace, or (``attempt`` > 0) a re-contact following up the trace
+        arrival at ``first_t``."""
         # once per customer: attributes read once into locals
         res = self.res
         customer = rec.customer
@@ -624,6 +663,9 @@ class Simulation:
         v.preferred = preferred
         v.remaining = rec.service_s
         v.started = False
+        v.rec = rec
+        v.first_t = now if first_t is None else first_t
+        v.attempt = attempt
         if self._log is not None:  # a returning customer: v.last_agent is set
             self._log.arrived(idx, now, group, v.last_agent is not None, preferred)
         self._waiting += 1
@@ -744,6 +786,9 @@ class Simulation:
         who: str
         visitor: _Visitor
         agent: str
+        again: Arrival
+        first: float
+        attempt: int
         while rec is not None or heap:
             if rec is not None and (
                 not heap or rec.t < heap[0][0] or (rec.t == heap[0][0] and heap[0][1] >= P_TRACE)
@@ -766,6 +811,9 @@ class Simulation:
                 elif prio == P_PATIENCE:
                     idx, visitor = item  # type: ignore[misc]
                     self._on_patience(idx, visitor, now)
+                elif prio == P_RECONTACT:
+                    again, first, attempt = item  # type: ignore[misc]
+                    self._on_arrival(again, now, first, attempt)
                 elif prio == P_ANSWER:
                     who, agent = item  # type: ignore[misc]
                     code = self._answer_create(who, agent, now)

@@ -11,7 +11,9 @@ Rules (spec/trace-format.md, additions in docs/simulator.md):
   ``service`` for ``service_s`` must not pass) unless they start with ``x-`` (ignored).
 - Optional fields take their defaults: ``group`` null, ``priority`` 0, ``patience_s`` null, ``text`` "",
   ``preferred_agent`` null, ``tags`` [], ``skills`` {} (``agent_online``: proficiency per group, each in
-  (0, 1]). The header may carry ``same_agent_factor`` (a number > 0, default 1): see ``sim/service.py``.
+  (0, 1]). The header may carry ``same_agent_factor`` (a number > 0, default 1) and ``recontact``
+  (``{"rate": R in [0, 1], "gap_mean_s": G > 0}``, default absent: every session resolves): see
+  ``sim/service.py``.
 - The writer runs every record through the reader's checks, so it never writes a line the reader
   would refuse. Files ending in ``.gz`` are read and written gzip-compressed.
 """
@@ -219,6 +221,20 @@ def _check_keys(obj: dict[str, Any], kind: str) -> None:
         raise _Bad(f"unknown field {key!r} on a {kind} line (private fields start with 'x-')")
 
 
+def recontact_of(raw: object) -> tuple[float, float] | None:
+    """The header's ``recontact`` as (rate, gap_mean_s), or None when absent; ValueError names the key."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"rate", "gap_mean_s"}:
+        raise ValueError(f"'recontact' must be an object with exactly 'rate' and 'gap_mean_s', got {raw!r}")
+    rate, gap = raw["rate"], raw["gap_mean_s"]
+    if not _is_number(rate) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"'recontact.rate' must be a number in [0, 1], got {rate!r}")
+    if not _is_number(gap) or not 0.0 < gap < math.inf:
+        raise ValueError(f"'recontact.gap_mean_s' must be a finite number > 0, got {gap!r}")
+    return float(rate), float(gap)
+
+
 def parse_header(obj: object) -> Header:
     """Validate a decoded header line. Raises ``_Bad`` (wrapped by callers)."""
     if not isinstance(obj, dict):
@@ -240,6 +256,10 @@ def parse_header(obj: object) -> Header:
     factor = obj.get("same_agent_factor", 1.0)
     if not _is_number(factor) or not 0.0 < factor < math.inf:
         raise _Bad(f"'same_agent_factor' must be a finite number > 0, got {factor!r}")
+    try:
+        recontact_of(obj.get("recontact"))
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
     meta = {k: v for k, v in obj.items() if k not in _HEADER_KNOWN}
     return Header(version=version, name=name, seed=seed, created_by=created_by, meta=meta)
 

@@ -40,6 +40,7 @@ NUMERIC_METRICS = (
     "service_level_20s",
     "utilization",
     "handle_mean_s",
+    "recontact_rate",
     "load_fairness",
     "affinity_hit_rate",
     "sticky_hit_rate",

@@ -143,6 +143,54 @@ def test_agent_events_carry_groups_and_capacity() -> None:
     )
 
 
+def test_skills_and_a_policy_with_options_reach_a_real_engine() -> None:
+    """[groups.skills] gives agents a proficiency for a group; best-fit with options routes on it."""
+    doc = base()
+    doc["engine"] = {"default_policy": "best-fit(unlisted_skill=0.8)"}
+    doc["groups"][1]["skills"] = {"alice@shop": 0.6, "carol@shop": 0.9}
+    cfg = Config.from_dict(doc, env={})
+    assert cfg.group("billing").skills == {"alice@shop": 0.6, "carol@shop": 0.9}  # type: ignore[union-attr]
+    assert cfg.agents["alice@shop"].skills == (("billing", 0.6),) and cfg.agents["bob@shop"].skills == ()
+    events = {e.kf_account: e for e in cfg.agent_events()}
+    assert events["alice@shop"].skills == (("billing", 0.6),) and events["bob@shop"].skills is None
+    from kfrouter.policies.registry import load_policies
+
+    engine = Engine(cfg.engine_config(), load_policies(sorted(cfg.policy_names())))
+    for e in cfg.agent_events():
+        engine.handle(e, 0.0)
+    engine.handle(AgentsSeen(rows=tuple(AgentRow(kf_account=kf, status=1) for kf in cfg.agents)), 0.0)  # type: ignore[arg-type]
+    alice = engine.agent("alice@shop")
+    assert alice is not None and alice.proficiency("billing") == 0.6 and alice.proficiency("general") == 1.0
+    policy = engine._policies["best-fit(unlisted_skill=0.8)"]
+    assert policy.name == "best-fit" and policy.unlisted_skill == 0.8  # type: ignore[attr-defined]
+
+
+def test_check_config_names_a_bad_skill_and_a_bad_policy_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kfrouter.router.cli import main
+
+    text = EXAMPLE.read_text(encoding="utf-8")
+    good = tmp_path / "good.toml"
+    good.write_text(
+        text.replace('default_policy = "least-load"', 'default_policy = "best-fit(slowdown_weight=2)"')
+        + '\n[groups.skills]\n"alice@shop" = 0.5\n',
+        encoding="utf-8",
+    )
+    assert main(["check-config", str(good)]) == 0
+    assert "best-fit(slowdown_weight=2)" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        text.replace('default_policy = "least-load"', 'default_policy = "best-fit(slowdown_weight=-1)"')
+        + '\n[groups.skills]\n"alice@shop" = 2\n',
+        encoding="utf-8",
+    )
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert 'groups[2].skills."alice@shop": must be <= 1, got 2' in err
+    assert "engine.default_policy: best-fit: slowdown_weight must be a number >= 0, got -1" in err
+
+
 # ---------------------------------------------------------------------------------------------- errors
 
 
@@ -188,6 +236,16 @@ ERROR_CASES: list[tuple[str, Any, str, str]] = [
     ("groups.0.capacity", {"alice@shop": 0}, 'groups[0].capacity."alice@shop"', "must be >= 1"),
     ("groups.0.on_agent_offline", "drop", "groups[0].on_agent_offline", "one of 'keep', 'reassign'"),
     ("groups.0.offline_grace_s", 10, "groups[0].offline_grace_s", "only applies when"),
+    ("groups.1.skills", {"alice@shop": 0}, 'groups[1].skills."alice@shop"', "must be > 0, got 0"),
+    ("groups.1.skills", {"alice@shop": 1.5}, 'groups[1].skills."alice@shop"', "must be <= 1"),
+    ("groups.1.skills", {"alice@shop": "x"}, 'groups[1].skills."alice@shop"', "must be a number"),
+    ("groups.1.skills", {"alice": 0.5}, "groups[1].skills.alice", "must be a kf_account"),
+    ("groups.1.skills", {"zed@shop": 0.5}, 'groups[1].skills."zed@shop"', "not in any group's agents"),
+    ("groups.1.skills", 0.5, "groups[1].skills", "must be a table"),
+    ("engine.default_policy", "best-fit(horizon=0)", "engine.default_policy", "horizon must be an integer"),
+    ("engine.default_policy", "best-fit(speed=2)", "engine.default_policy", "speed"),
+    ("engine.default_policy", "best-fit(unlisted_skill=", "engine.default_policy", "expected NAME"),
+    ("groups.1.policy", "fastest(x=1)", "groups[1].policy", "unknown policy 'fastest'"),
     ("wechat.token", "ab", "wechat.token", "3-32 letters or digits"),
     ("wechat.token", "tok-123", "wechat.token", "3-32 letters or digits"),
     ("wechat.secret", DELETE, "wechat.secret", "KFROUTER_SECRET"),
