@@ -25,8 +25,8 @@ from kfrouter.router.config import Config
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.model import CustomerState
 from kfrouter.router.daemon import DaemonOptions
-from kfrouter.router.host import Host
 from kfrouter.router.edges.store import Store
+from kfrouter.router.host import Host
 from kfrouter.sim.fake_options import FakeOptions
 from kfrouter.sim.fake_server import FakeWeChat, running_fake
 from kfrouter.sim.wechat_model import WeChatModel

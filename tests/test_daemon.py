@@ -21,8 +21,8 @@ from kfrouter.router.config import Config
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.model import CustomerState
 from kfrouter.router.daemon import DaemonOptions
-from kfrouter.router.host import Host
 from kfrouter.router.edges.store import Store, WaitingRow
+from kfrouter.router.host import Host
 from kfrouter.router.wechat import replies, signature
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 from kfrouter.router.wechat.push import UserMessage, parse_push
