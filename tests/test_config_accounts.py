@@ -196,3 +196,22 @@ def test_defaults_do_not_leak_between_accounts(tmp_path: Path) -> None:
     a, b = load(data, tmp_path).accounts
     assert a.routing.keywords == ("human",) and b.routing.keywords == ("agent",)
     assert data == before  # the parsed document is not changed by merging
+
+
+def test_check_config_summarises_each_account(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kfrouter.router.cli import main
+
+    path = tmp_path / "kf.toml"
+    path.write_text(
+        '[server]\nadmin_token = "aaaaaaaaaaaaaaaa"\n'
+        '[[accounts]]\nwechat = { appid = "wxA", secret = "s", token = "tok123" }\n'
+        '[[accounts]]\nwechat = { appid = "wxB", secret = "s", token = "tok123" }\n',
+        encoding="utf-8",
+    )
+    assert main(["check-config", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "ok: 2 accounts"
+    assert lines[1].startswith("  wxA: 0 groups") and lines[1].endswith(f"store {tmp_path / 'kfrouter-wxA.db'}")
+    assert lines[2].startswith("  wxB: ")
+    assert main(["doctor", "--config", str(path)]) == 2
+    assert "choose the account to check with --account (one of wxA, wxB)" in capsys.readouterr().err
