@@ -1,5 +1,7 @@
-"""The live supervisor page (``/supervisor``), ``/metrics``, and ``attach_observability(daemon)``, the one hook
-the daemon calls to get both plus the history charts, the notification log and the structured event log.
+"""The live supervisor page (``/supervisor``), ``/metrics``, and ``attach_observability(host, app)``, the one
+hook the composition root calls to get both plus the history charts, the notification log and the
+structured event log — per account (``AccountPages``), for every account the host routes (``?account=APPID``
+on the page's requests; ``/metrics`` covers them all, each series labelled ``appid``).
 
 Routes (docs/observability.md has the details):
 
