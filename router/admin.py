@@ -1,7 +1,10 @@
-"""The admin HTTP API under ``/api/``: agents, the queue and open sessions of a running daemon.
+"""The admin HTTP API under ``/api/``: the accounts of a running daemon, and each account's agents, queue
+and open sessions.
 
-``admin_routes(daemon)`` returns aiohttp route definitions to add to ``daemon.app`` before ``run()``;
-docs/admin-api.md lists every route with its body and answers.
+``admin_routes(host)`` returns aiohttp route definitions to add to ``host.app`` before ``run()``;
+docs/admin-api.md lists every route with its body and answers. ``/api/accounts`` lists the accounts;
+``/api/accounts/{appid}/agents`` (and every other path) is one account's; the paths without an account
+(``/api/agents``, ...) are the only account's when one runs here (a file of one account, as before).
 
 Rules of this module:
 
@@ -12,7 +15,7 @@ Rules of this module:
 - Answers are JSON. Errors are ``{"error": message, ...}``: 400 names the bad field of the body, 404
   names the unknown agent, customer or route, 502 carries WeChat's ``errcode`` (``-2``: WeChat could not be
   reached), 503 while the daemon is starting or stopping.
-- The engine is only read here; changes go through ``daemon.submit(event)`` (so they are applied in
+- The engine is only read here; changes go through the account's ``daemon.submit(event)`` (so they are applied in
   order by the engine task). Local agent settings are written to the store as well, so the daemon
   replays them after a restart.
 - Account changes (add, update, delete, avatar, invite) and closing a session call WeChat's kf API
@@ -27,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from functools import cached_property, partial
+from functools import partial
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -40,7 +43,7 @@ from kfrouter.router.doctor import explain
 from kfrouter.router.edges.client import MAX_HEADIMG_BYTES, WeChatClient
 from kfrouter.router.edges.errors import WeChatError
 from kfrouter.router.edges.store import AgentSettings
-from kfrouter.router.view import DaemonView
+from kfrouter.router.view import AccountStatus, DaemonView, HostView
 
 log = logging.getLogger("kfrouter.admin")
 
@@ -180,46 +183,32 @@ class _Fields:
 # ============================================================================================ the API
 
 
-class AdminApi:
-    """The handlers; one instance per daemon. ``routes()`` lists them, each behind the token check."""
+_TABLE: tuple[tuple[str, str, str, str | None], ...] = (
+    # method, path under the prefix (and under /accounts/{appid}), AdminApi handler, route name
+    ("GET", "/agents", "list_agents", ROUTE_NAME),
+    ("POST", "/agents", "add_agent", None),
+    ("GET", "/agents/{kf}", "get_agent", None),
+    ("PATCH", "/agents/{kf}", "update_agent", None),
+    ("DELETE", "/agents/{kf}", "delete_agent", None),
+    ("PATCH", "/agents/{kf}/settings", "set_agent", None),
+    ("POST", "/agents/{kf}/avatar", "upload_avatar", None),
+    ("POST", "/agents/{kf}/invite", "invite_worker", None),
+    ("GET", "/queue", "queue", None),
+    ("DELETE", "/queue/{openid}", "remove_waiting", None),
+    ("GET", "/sessions", "list_sessions", None),
+    ("POST", "/sessions/{openid}/close", "close_session", None),
+    ("POST", "/sessions/{openid}/reassign", "reassign", None),
+)
+ACCOUNT_PATH = "/accounts/{appid}"
 
-    def __init__(self, daemon: DaemonView) -> None:
-        self.daemon = daemon
 
-    @cached_property
-    def access(self) -> Access:
-        """Who may read and change (the config's tokens; ``router.access``)."""
-        server = self.daemon.config.server
-        return Access(server.admin_token, server.readonly_token)
+class _Guard:
+    """Every route's wrapper: who may call it (``router.access``), and errors as JSON answers."""
 
-    # ---------------------------------------------------------------- plumbing
+    def __init__(self, access: Access) -> None:
+        self.access = access
 
-    def routes(self, prefix: str = PREFIX) -> list[web.AbstractRouteDef]:
-        p = prefix.rstrip("/")
-        table: list[tuple[str, str, Handler, str | None]] = [
-            ("GET", "/agents", self.list_agents, ROUTE_NAME),
-            ("POST", "/agents", self.add_agent, None),
-            ("GET", "/agents/{kf}", self.get_agent, None),
-            ("PATCH", "/agents/{kf}", self.update_agent, None),
-            ("DELETE", "/agents/{kf}", self.delete_agent, None),
-            ("PATCH", "/agents/{kf}/settings", self.set_agent, None),
-            ("POST", "/agents/{kf}/avatar", self.upload_avatar, None),
-            ("POST", "/agents/{kf}/invite", self.invite_worker, None),
-            ("GET", "/queue", self.queue, None),
-            ("DELETE", "/queue/{openid}", self.remove_waiting, None),
-            ("GET", "/sessions", self.list_sessions, None),
-            ("POST", "/sessions/{openid}/close", self.close_session, None),
-            ("POST", "/sessions/{openid}/reassign", self.reassign, None),
-        ]
-        out: list[web.AbstractRouteDef] = []
-        for method, path, handler, name in table:
-            kw: dict[str, Any] = {"name": name} if name else {}
-            out.append(web.route(method, p + path, self._guarded(handler), **kw))
-        out.append(web.route("*", p, self._guarded(self.not_found)))
-        out.append(web.route("*", p + "/{tail:.*}", self._guarded(self.not_found)))
-        return out
-
-    def _guarded(self, handler: Handler) -> Handler:
+    def __call__(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             refused = self._refuse(request)
             if refused is not None:
@@ -273,6 +262,17 @@ class AdminApi:
             )
             return web.json_response({"error": refusal.message}, status=refusal.status)
         return None
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise ApiError(404, f"no admin route {request.method} {request.path} (see docs/admin-api.md)")
+
+
+class AdminApi:
+    """The handlers of one account (a ``DaemonView``); ``AccountsApi`` routes the requests to them."""
+
+    def __init__(self, daemon: DaemonView) -> None:
+        self.daemon = daemon
 
     def _client(self) -> WeChatClient:
         if self.daemon.stopping:
@@ -694,18 +694,101 @@ class AdminApi:
         self._audit("reassign", {"openid": openid, "from": current, "to": to})
         return _answer({"openid": openid, "from": current, "to": to, "status": "closing"}, 202)
 
-    async def not_found(self, request: web.Request) -> web.Response:
-        raise ApiError(404, f"no admin route {request.method} {request.path} (see docs/admin-api.md)")
+
+class AccountsApi:
+    """The admin API of a process (``HostView``): ``/api/accounts`` lists the accounts,
+    ``/api/accounts/{appid}/...`` reaches one account's handlers (``AdminApi``), and the paths without an
+    account (``/api/agents``, ...) reach the only account running here — with several, they answer 409
+    naming the account paths. An account's handlers live while it runs (``account_added`` /
+    ``account_removed``: an ``AccountListener``)."""
+
+    def __init__(self, host: HostView) -> None:
+        self.host = host
+        server = host.config.server
+        self.guard = _Guard(Access(server.admin_token, server.readonly_token))
+        self.apis: dict[str, AdminApi] = {}
+        host.add_listener(self)
+
+    def account_added(self, daemon: DaemonView) -> None:
+        self.apis[daemon.config.account] = AdminApi(daemon)
+
+    def account_removed(self, appid: str) -> None:
+        self.apis.pop(appid, None)
+
+    def routes(self, prefix: str = PREFIX) -> list[web.AbstractRouteDef]:
+        p = prefix.rstrip("/")
+        g = self.guard
+        out: list[web.AbstractRouteDef] = [
+            web.route("GET", p + "/accounts", g(self.list_accounts)),
+            web.route("GET", p + ACCOUNT_PATH, g(self.get_account)),
+        ]
+        for method, path, name, route_name in _TABLE:
+            kw: dict[str, Any] = {"name": route_name} if route_name else {}
+            out.append(web.route(method, p + path, g(partial(self._only, name)), **kw))
+            out.append(web.route(method, p + ACCOUNT_PATH + path, g(partial(self._of, name))))
+        out.append(web.route("*", p, g(not_found)))
+        out.append(web.route("*", p + "/{tail:.*}", g(not_found)))
+        return out
+
+    async def _only(self, name: str, request: web.Request) -> web.StreamResponse:
+        """A path without an account: the only account running here."""
+        apis = [self.apis[a] for a in self.host.runners if a in self.apis]
+        if len(apis) == 1:
+            return await getattr(apis[0], name)(request)  # type: ignore[no-any-return]
+        if not apis:
+            raise ApiError(503, "no account is routed by this daemon now; see GET /api/accounts")
+        raise ApiError(
+            409,
+            f"this daemon routes {len(apis)} accounts: name one, e.g. "
+            f"{PREFIX}{ACCOUNT_PATH.replace('{appid}', apis[0].daemon.config.account)}"
+            f"{request.path.removeprefix(PREFIX)}",
+            accounts=[api.daemon.config.account for api in apis],
+        )
+
+    async def _of(self, name: str, request: web.Request) -> web.StreamResponse:
+        return await getattr(self._api(request.match_info["appid"]), name)(request)  # type: ignore[no-any-return]
+
+    def _api(self, appid: str) -> AdminApi:
+        api = self.apis.get(appid)
+        if api is not None and appid in self.host.runners:
+            return api
+        status = next((s for s in self.host.account_status() if s.appid == appid), None)
+        if status is None:
+            raise ApiError(404, f"unknown account {appid!r}: not in this daemon's config", appid=appid)
+        raise ApiError(503, f"account {appid!r} is not routed by this daemon now", appid=appid)
+
+    async def list_accounts(self, request: web.Request) -> web.Response:
+        return _answer({"accounts": [_status_json(s) for s in self.host.account_status()]})
+
+    async def get_account(self, request: web.Request) -> web.Response:
+        appid = request.match_info["appid"]
+        for s in self.host.account_status():
+            if s.appid == appid:
+                return _answer(_status_json(s))
+        raise ApiError(404, f"unknown account {appid!r}: not in this daemon's config", appid=appid)
 
 
-def admin_routes(daemon: DaemonView, prefix: str = PREFIX) -> list[web.AbstractRouteDef]:
+def _status_json(s: AccountStatus) -> dict[str, Any]:
+    return {
+        "appid": s.appid,
+        "running": s.running,
+        "owner": s.owner,
+        "lease_epoch": s.lease_epoch,
+        "lease_expires_at": None if s.lease_expires_at is None else round(s.lease_expires_at, 3),
+        "status": s.status,
+        "waiting": s.waiting,
+        "sessions": s.sessions,
+    }
+
+
+def admin_routes(host: HostView, prefix: str = PREFIX) -> list[web.AbstractRouteDef]:
     """Route definitions of the admin API for ``app.add_routes(...)`` (before ``run()``)."""
-    return AdminApi(daemon).routes(prefix)
+    return AccountsApi(host).routes(prefix)
 
 
-def install(app: web.Application, daemon: DaemonView) -> bool:
+def install(app: web.Application, host: HostView) -> bool:
     """Add the admin routes to ``app`` unless they are there already; True when added."""
     if ROUTE_NAME in app.router.named_resources():
         return False
-    app.add_routes(admin_routes(daemon))
+    app.add_routes(admin_routes(host))
     return True

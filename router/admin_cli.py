@@ -1,4 +1,5 @@
-"""``kfrouter agents …``, ``kfrouter queue``, ``kfrouter sessions …``: the admin API of a running daemon.
+"""``kfrouter agents …``, ``kfrouter queue``, ``kfrouter sessions …``, ``kfrouter accounts list``: the admin
+API of a running daemon.
 
 Each command is one HTTP call to the daemon's ``/api/`` (docs/admin-api.md) with the standard library's
 ``urllib`` (no event loop, so it also runs beside a daemon in the same process). Where the daemon is:
@@ -8,6 +9,10 @@ Each command is one HTTP call to the daemon's ``/api/`` (docs/admin-api.md) with
 Output: a table, or the daemon's JSON answer with ``--json``. Exit codes: 0 done, 1 the daemon refused
 (the message says why: wrong token, unknown agent, a WeChat errcode, …), 2 bad usage or config, 3 the daemon
 could not be reached.
+
+A daemon routing several accounts (``[[accounts]]``): ``--account APPID`` sends a command to that account
+(``/api/accounts/APPID/...``); without it, the command reaches the only account (a daemon of several
+answers 409 and names them). ``kfrouter accounts list`` shows every account: owner, lease, waiting, sessions.
 """
 
 from __future__ import annotations
@@ -48,10 +53,17 @@ class AdminClient:
     """Calls to the admin API: ``call(method, path, body)`` returns the decoded JSON answer or raises
     ``CliError`` with a message fit for a person."""
 
-    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0, account: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.account = account  # the appid whose routes are called (None: the daemon's only account)
+
+    def path_of(self, path: str) -> str:
+        """``/api/...`` of the chosen account (``/api/accounts/APPID/...``); other paths unchanged."""
+        if self.account is None or not path.startswith("/api/") or path.startswith("/api/accounts"):
+            return path
+        return f"/api/accounts/{quote(self.account, safe='')}{path.removeprefix('/api')}"
 
     def call(
         self,
@@ -70,6 +82,7 @@ class AdminClient:
         elif body is not None:
             data = json.dumps(body, ensure_ascii=False).encode()
             headers["Content-Type"] = "application/json"
+        path = self.path_of(path)
         req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
@@ -158,7 +171,7 @@ def _connection(args: argparse.Namespace) -> AdminClient:
             f"no admin token: give --admin-token, set {TOKEN_ENV}, or --config with [server] admin_token",
             EXIT_USAGE,
         )
-    return AdminClient(url, token, timeout=args.timeout)
+    return AdminClient(url, token, timeout=args.timeout, account=getattr(args, "account", None))
 
 
 def _kf(kf: str) -> str:
@@ -380,6 +393,32 @@ def _sessions_reassign(c: AdminClient, a: argparse.Namespace) -> tuple[Any, str]
     return answer, f"closing the session of {a.openid} with {answer.get('from')}; then assigning to {target}"
 
 
+def _accounts_table(answer: Mapping[str, Any]) -> str:
+    now = time.time()
+    rows = []
+    for a in answer.get("accounts", []):
+        expires = a.get("lease_expires_at")
+        lease = "-" if expires is None else f"epoch {a.get('lease_epoch')}, {_duration(expires - now)} left"
+        rows.append(
+            [
+                a["appid"],
+                a.get("owner") or "-",
+                lease,
+                a.get("status", ""),
+                a.get("waiting", 0) if a.get("running") else "-",
+                a.get("sessions", 0) if a.get("running") else "-",
+            ]
+        )
+    if not rows:
+        return "no accounts"
+    return _table(["APPID", "OWNER", "LEASE", "STATUS", "WAITING", "SESSIONS"], rows)
+
+
+def _accounts_list(c: AdminClient, a: argparse.Namespace) -> tuple[Any, str]:
+    answer = c.call("GET", "/api/accounts")
+    return answer, _accounts_table(answer)
+
+
 def _runner(action: Action) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -412,6 +451,11 @@ def _common() -> argparse.ArgumentParser:
     g.add_argument("--config", metavar="FILE", help="a kfrouter.toml to read the address and token from")
     g.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds to wait (default 30)")
     g.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    g.add_argument(
+        "--account",
+        metavar="APPID",
+        help="the account to act on, when the daemon routes several ([[accounts]])",
+    )
     return p
 
 
@@ -483,6 +527,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="The queue of a running kfrouter daemon, through its admin API.",
     )
     p.set_defaults(func=_runner(_queue))
+
+    accounts = sub.add_parser(
+        "accounts",
+        help="the accounts of a running daemon: owner, lease, waiting, sessions",
+        description="The Official Accounts a running kfrouter daemon knows, through its admin API.",
+    )
+    acsub = accounts.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = acsub.add_parser(
+        "list", parents=[common], help="every account: owner, lease expiry, waiting, sessions"
+    )
+    p.set_defaults(func=_runner(_accounts_list))
 
     sessions = sub.add_parser(
         "sessions",

@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 from kfrouter.router.core import notify as core_notify
 from kfrouter.router.core.errors import ConfigError as ConfigError
@@ -225,6 +225,10 @@ class Config:
     store: StoreConfig = StoreConfig()
     log: LogConfig = LogConfig()
     secret_sources: Mapping[str, str] = field(factory=lambda: MappingProxyType({}))  # key -> "file" | env var
+    # An ``[[accounts]]`` file: every account's own Config (``[defaults]`` merged in, the shared
+    # ``[server]``, ``[store]`` (its path resolved per appid) and ``[log]``); this Config then names no
+    # account itself (``wechat`` is None). Empty for a file of one account (the Config is that account).
+    accounts: tuple[Config, ...] = ()
 
     @classmethod
     def from_dict(
@@ -238,6 +242,18 @@ class Config:
         """Validate an already parsed TOML document. ``env`` defaults to ``os.environ``; relative paths
         resolve against ``base_dir`` (default: the current directory)."""
         return _Loader(source, os.environ if env is None else env, base_dir or Path.cwd()).load(data)
+
+    @property
+    def every_account(self) -> tuple[Config, ...]:
+        """The account configs this file describes: its ``[[accounts]]``, or itself for one account."""
+        return self.accounts or (self,)
+
+    def for_account(self, appid: str) -> Config:
+        """The config of the account ``appid`` (its appid, or its WeCom corp id); ``KeyError`` if none."""
+        for cfg in self.every_account:
+            if cfg.account == appid:
+                return cfg
+        raise KeyError(appid)
 
     @property
     def backend(self) -> str:
@@ -255,6 +271,11 @@ class Config:
     def oa(self) -> WechatConfig:
         """The ``[wechat]`` table; raises ``ConfigError`` for a ``[wecom]`` config (the caller is OA-only)."""
         if self.wechat is None:
+            if self.accounts:
+                raise ConfigError(
+                    f"{self.source}: this file has {len(self.accounts)} [[accounts]]; choose one "
+                    "(Config.for_account) — the caller needs a single account here"
+                )
             raise ConfigError(f"{self.source}: this account is [wecom]; [wechat] is needed here")
         return self.wechat
 
@@ -359,6 +380,67 @@ def known_policies() -> frozenset[str] | None:
 # ============================================================================================ loader
 
 _MISSING: Any = object()
+_ACCOUNT_KEYS = ("wechat", "wecom", "engine", "groups", "routing", "polling", "notify")
+_DEFAULT_KEYS = ("wechat", "engine", "groups", "routing", "polling", "notify")
+APPID_PLACEHOLDER = "{appid}"
+
+
+@frozen(kw_only=True)
+class _Shared:
+    """The tables every account of a file shares."""
+
+    server: ServerConfig
+    store: StoreConfig
+    log: LogConfig
+
+
+@frozen(kw_only=True)
+class _Account:
+    """What one account's table says (``_config`` joins it with the shared tables)."""
+
+    wechat: WechatConfig | None
+    wecom: WeComConfig | None
+    engine: EngineSection
+    groups: tuple[GroupConfig, ...]
+    routing: RoutingConfig
+    polling: PollingConfig
+    notify: NotifySection
+
+
+def _config(source: str, a: _Account, shared: _Shared, secret_sources: Mapping[str, str]) -> Config:
+    account = a.wechat.appid if a.wechat is not None else (a.wecom.corpid if a.wecom is not None else "")
+    return Config(
+        source=source,
+        wechat=a.wechat,
+        wecom=a.wecom,
+        server=shared.server,
+        engine=a.engine,
+        groups=a.groups,
+        routing=a.routing,
+        polling=a.polling,
+        notify=a.notify,
+        store=_account_store(shared.store, account),
+        log=shared.log,
+        secret_sources=secret_sources,
+    )
+
+
+def _account_store(store: StoreConfig, appid: str) -> StoreConfig:
+    """``[store]`` for one account: ``{appid}`` in the path replaced, a directory given a file per
+    account; PostgreSQL keeps the URL (the store opens the account's own schema)."""
+    if store.url is not None or str(store.path) == ":memory:":
+        return store
+    raw = str(store.path)
+    if APPID_PLACEHOLDER in raw:
+        return evolve(store, path=Path(raw.replace(APPID_PLACEHOLDER, appid)))
+    if store.path.is_dir():
+        return evolve(store, path=store.path / f"{appid}.db")
+    return store
+
+
+def env_suffix(appid: str) -> str:
+    """How an appid appears in the names of its environment variables (``KFROUTER_SECRET_<SUFFIX>``)."""
+    return re.sub(r"[^A-Z0-9]", "_", appid.upper())
 
 
 def _describe(value: object) -> str:
@@ -371,9 +453,39 @@ def _describe(value: object) -> str:
     return repr(value)
 
 
+def _join(path: str, name: str) -> str:
+    """The key path of ``name`` inside the table at ``path`` (names TOML would need quoted are quoted)."""
+    shown = name if _GROUP_RE.fullmatch(name) and "@" not in name else f'"{name}"'
+    return f"{path}.{shown}" if path else shown
+
+
+class _Merged(dict[str, Any]):
+    """An account's table with ``[defaults]`` merged in: ``origin`` maps each key taken from the defaults
+    to the path of the defaults table that holds it, so a problem names the line the user wrote."""
+
+    def __init__(self, own: Mapping[str, Any]) -> None:
+        super().__init__(own)
+        self.origin: dict[str, str] = {}
+
+
+def _merge(defaults: Mapping[str, Any], own: Mapping[str, Any], defaults_path: str) -> _Merged:
+    """``own`` over ``defaults``: tables merge key by key (recursively), anything else — arrays such as
+    ``groups`` included — is taken whole from ``own`` when it has it."""
+    out = _Merged(own)
+    for key, value in defaults.items():
+        mine = own.get(key, _MISSING)
+        if mine is _MISSING:
+            out[key] = value
+            out.origin[key] = defaults_path
+        elif isinstance(mine, dict) and isinstance(value, dict):
+            out[key] = _merge(value, mine, _join(defaults_path, key))
+    return out
+
+
 class _Section:
     """One TOML table at ``path``: typed getters that record problems and return a fallback, and a check
-    for keys nobody asked for."""
+    for keys nobody asked for. Keys an account inherited from ``[defaults]`` are named by their place
+    there (``_Merged``)."""
 
     def __init__(self, loader: _Loader, path: str, data: object) -> None:
         self.loader = loader
@@ -385,10 +497,10 @@ class _Section:
             loader.problem(path, f"must be a table, got {_describe(data)}")
             data = {}
         self.data: dict[str, Any] = data
+        self.origin: Mapping[str, str] = data.origin if isinstance(data, _Merged) else {}
 
     def key(self, name: str) -> str:
-        shown = name if _GROUP_RE.fullmatch(name) and "@" not in name else f'"{name}"'
-        return f"{self.path}.{shown}" if self.path else shown
+        return _join(self.origin.get(name, self.path), name)
 
     def problem(self, name: str, reason: str) -> None:
         self.loader.problem(self.key(name), reason)
@@ -588,62 +700,156 @@ class _Loader:
         self.secret_sources: dict[str, str] = {}
 
     def problem(self, key: str, reason: str) -> None:
-        self.problems.append((key, reason))
+        if (key, reason) not in self.problems:  # a [defaults] problem is met once per account
+            self.problems.append((key, reason))
 
     def load(self, data: Mapping[str, Any]) -> Config:
         root = _Section(self, "", dict(data))
-        has_wechat, has_wecom = root.raw("wechat") is not _MISSING, root.raw("wecom") is not _MISSING
+        multi = root.raw("accounts") is not _MISSING
+        single: _Account | None = None
+        if not multi:
+            if root.raw("defaults") is not _MISSING:
+                root.problem("defaults", "only applies to [[accounts]] (a file of several accounts)")
+            single = self._account(root, per_account=False)
+        server = self._server(root.table("server"))
+        store = self._store(root.table("store"), "kfrouter-{appid}.db" if multi else "kfrouter.db")
+        log = self._log(root.table("log"))
+        shared = _Shared(server=server, store=store, log=log)
+        accounts = self._accounts(root, shared) if multi else ()
+        root.done()
+        if self.problems:
+            raise ConfigError.in_file(self.source, self.problems)
+        sources = MappingProxyType(dict(self.secret_sources))
+        if single is not None:
+            return _config(self.source, single, shared, sources)
+        return Config(
+            source=self.source,
+            wechat=None,
+            server=server,
+            store=store,
+            log=log,
+            accounts=tuple(_config(self.source, a, shared, sources) for a in accounts),
+            secret_sources=sources,
+        )
+
+    def _accounts(self, root: _Section, shared: _Shared) -> tuple[_Account, ...]:
+        """``[[accounts]]``, each over ``[defaults]``; appids (and explicit callback paths) unique."""
+        for name in _ACCOUNT_KEYS:
+            if root.raw(name) is not _MISSING:
+                root.problem(
+                    name,
+                    "with [[accounts]] this belongs inside each account (or, shared, in [defaults])",
+                )
+        defaults = root.table("defaults")
+        for name in list(defaults.data):
+            if name not in _DEFAULT_KEYS:
+                defaults.problem(name, f"cannot be a default (allowed: {', '.join(_DEFAULT_KEYS)})")
+        dwechat = defaults.data.get("wechat")
+        if isinstance(dwechat, dict):
+            for name in ("appid", "secret", "callback_path"):
+                if name in dwechat:
+                    self.problem(
+                        _join(defaults.key("wechat"), name), "is each account's own: set it in [[accounts]]"
+                    )
+        defaults.used.update(defaults.data)
+        shared_defaults = {k: v for k, v in defaults.data.items() if k in _DEFAULT_KEYS}
+        items = root.raw("accounts")
+        if not isinstance(items, list) or not items:
+            root.problem(
+                "accounts", f"must be a non-empty array of tables ([[accounts]]), got {_describe(items)}"
+            )
+            return ()
+        out: list[_Account] = []
+        appids: dict[str, str] = {}
+        paths: dict[str, str] = {}
+        for i, item in enumerate(items):
+            s = _Section(
+                self,
+                f"accounts[{i}]",
+                _merge(shared_defaults, item, "defaults") if isinstance(item, dict) else item,
+            )
+            if not isinstance(item, dict):
+                continue
+            for name in ("server", "store", "log", "accounts", "defaults"):
+                if s.raw(name) is not _MISSING:
+                    s.problem(name, "is shared by every account: set it at the top level")
+            if s.raw("wecom") is not _MISSING:
+                s.problem(
+                    "wecom",
+                    "WeCom 微信客服 runs one account per daemon: use a file with a top-level [wecom] table",
+                )
+                continue
+            cfg = self._account(s, per_account=True)
+            w = s.table("wechat")
+            appid = cfg.wechat.appid if cfg.wechat is not None else ""
+            if appid in appids:
+                w.problem("appid", f"{appid!r} is already the appid of {appids[appid]}")
+                continue
+            if appid:
+                appids[appid] = s.path
+            if cfg.wechat is not None and isinstance(w.data.get("callback_path"), str):
+                path = cfg.wechat.callback_path
+                if path in paths:
+                    w.problem("callback_path", f"{path!r} is already the callback path of {paths[path]}")
+                paths[path] = s.path
+            out.append(cfg)
+        one_file = _account_store(shared.store, "a") == _account_store(shared.store, "b")
+        if len(out) > 1 and one_file and shared.store.url is None and str(shared.store.path) != ":memory:":
+            self.problem(
+                "store.path",
+                f"{len(out)} accounts cannot share one SQLite file: put {{appid}} in it "
+                "(e.g. 'kfrouter-{appid}.db') or name a directory",
+            )
+        return tuple(out)
+
+    def _account(self, s: _Section, *, per_account: bool) -> _Account:
+        """One account from the table ``s`` (the file itself, or an ``[[accounts]]`` entry)."""
+        has_wechat, has_wecom = s.raw("wechat") is not _MISSING, s.raw("wecom") is not _MISSING
         wechat: WechatConfig | None = None
         wecom: WeComConfig | None = None
         if has_wechat and has_wecom:
-            self.problem(
+            s.problem(
                 "wecom",
                 "a config serves one account: [wechat] (an Official Account) or [wecom] (WeCom 微信客服), "
                 "not both",
             )
-            root.used.add("wecom")
+            s.used.add("wecom")
         if has_wecom and not has_wechat:
-            wecom = wecom_from_section(root.table("wecom"))
+            wecom = wecom_from_section(s.table("wecom"))
             if len(wecom.open_kfids) > 1:  # what check-config accepts, the daemon must serve
                 self.problem(
-                    "wecom.open_kfids",
+                    _join(s.key("wecom"), "open_kfids"),
                     f"a daemon serves one kf account (one Desk per account), got {len(wecom.open_kfids)}: "
                     "list one open_kfid and run one kfrouter per kf account",
                 )
         else:
             before = len(self.problems)
-            wechat = self._wechat(root.table("wechat"))  # its secrets may all come from the environment
+            # its secrets may all come from the environment
+            wechat = self._wechat(s.table("wechat"), per_account=per_account)
             if not has_wechat and len(self.problems) > before:
-                self.problem(
+                s.problem(
                     "wechat",
                     "is missing: a config needs a [wechat] table (an Official Account) or a [wecom] table "
                     "(WeCom 微信客服)",
                 )
-        server = self._server(root.table("server"))
-        engine = self._engine(root.table("engine"))
-        groups = self._groups(root.tables("groups"), engine)
-        routing = self._routing(root.table("routing"), groups)
-        polling = self._polling(root.table("polling"))
-        notify = self._notify(root.table("notify"))
-        store = self._store(root.table("store"))
-        log = self._log(root.table("log"))
-        root.done()
-        self._check_policies(engine, groups)
-        if self.problems:
-            raise ConfigError.in_file(self.source, self.problems)
-        return Config(
-            source=self.source,
+        engine_s = s.table("engine")
+        engine = self._engine(engine_s)
+        group_ss = s.tables("groups")
+        groups = self._groups(group_ss, engine)
+        routing = self._routing(s.table("routing"), groups)
+        polling = self._polling(s.table("polling"))
+        notify = self._notify(s.table("notify"))
+        if per_account:
+            s.done()
+        self._check_policies(engine_s, engine, group_ss, groups)
+        return _Account(
             wechat=wechat,
             wecom=wecom,
-            server=server,
             engine=engine,
             groups=groups,
             routing=routing,
             polling=polling,
             notify=notify,
-            store=store,
-            log=log,
-            secret_sources=MappingProxyType(dict(self.secret_sources)),
         )
 
     # ---------------------------------------------------------------- secrets
@@ -657,9 +863,10 @@ class _Loader:
         pattern: re.Pattern[str] | None = None,
         what: str = "",
         min_len: int = 1,
+        var: str | None = None,
     ) -> str | None:
         key = sec.key(name)
-        var = ENV_VARS[key]
+        var = var or ENV_VARS[key]
         from_env = self.env.get(var, "")
         in_file = sec.raw(name)
         if from_env:
@@ -687,12 +894,21 @@ class _Loader:
 
     # ---------------------------------------------------------------- sections
 
-    def _wechat(self, s: _Section) -> WechatConfig:
-        appid = self._secret(
-            s, "appid", required=True, pattern=_APPID_RE, what="an appid (letters, digits, '_' or '-')"
+    def _wechat(self, s: _Section, *, per_account: bool = False) -> WechatConfig:
+        """``[wechat]``; in an ``[[accounts]]`` entry (``per_account``) the appid must be in the file and the
+        secrets' environment variables carry it: ``KFROUTER_SECRET_<APPID>`` (``env_suffix``)."""
+        what_appid = "an appid (letters, digits, '_' or '-')"
+        if per_account:
+            appid: str | None = s.get_str("appid", required=True, pattern=_APPID_RE, what=what_appid)
+            suffix = env_suffix(appid) if appid else "<APPID>"
+            names = {n: f"{ENV_VARS['wechat.' + n]}_{suffix}" for n in ("secret", "token", "aes_key")}
+        else:
+            appid = self._secret(s, "appid", required=True, pattern=_APPID_RE, what=what_appid)
+            names = {n: ENV_VARS["wechat." + n] for n in ("secret", "token", "aes_key")}
+        secret = self._secret(s, "secret", required=True, var=names["secret"])
+        token = self._secret(
+            s, "token", required=True, pattern=_TOKEN_RE, what="3-32 letters or digits", var=names["token"]
         )
-        secret = self._secret(s, "secret", required=True)
-        token = self._secret(s, "token", required=True, pattern=_TOKEN_RE, what="3-32 letters or digits")
         encoding = s.get_str("encoding", "plain", choices=("plain", "compatible", "safe"))
         aes_key = self._secret(
             s,
@@ -700,6 +916,7 @@ class _Loader:
             required=encoding != "plain",
             pattern=_AES_KEY_RE,
             what="43 letters or digits (the EncodingAESKey)",
+            var=names["aes_key"],
         )
         previous = s.get_opt_str("previous_aes_key", pattern=_AES_KEY_RE, what="43 letters or digits")
         if previous is not None and aes_key is not None and previous == aes_key:
@@ -1043,8 +1260,8 @@ class _Loader:
             templates=MappingProxyType({k: MappingProxyType(v) for k, v in templates.items()}),
         )
 
-    def _store(self, s: _Section) -> StoreConfig:
-        raw = s.get_str("path", "kfrouter.db")
+    def _store(self, s: _Section, default_path: str) -> StoreConfig:
+        raw = s.get_str("path", default_path)
         if not raw:
             s.problem("path", "must not be empty")
         path = Path(raw)
@@ -1060,23 +1277,29 @@ class _Loader:
         s.done()
         return out
 
-    def _check_policies(self, engine: EngineSection, groups: tuple[GroupConfig, ...]) -> None:
+    def _check_policies(
+        self,
+        engine_s: _Section,
+        engine: EngineSection,
+        group_ss: list[_Section],
+        groups: tuple[GroupConfig, ...],
+    ) -> None:
         """Every policy a route names is installed; one named with options (``NAME(key=value, ...)``, e.g.
         ``best-fit(unlisted_skill=0.8)``) is built once here, so a bad option is reported at its key."""
         known = known_policies()
         if known is None:
             return
         listing = ", ".join(sorted(known))
-        named = [("engine.default_policy", engine.default_policy)]
-        named += [(f"groups[{i}].policy", g.policy) for i, g in enumerate(groups)]
+        named = [(engine_s, "default_policy", engine.default_policy)]
+        named += [(s, "policy", g.policy) for s, g in zip(group_ss, groups, strict=False)]
         checked: set[str] = set()
-        for key, spec in named:
+        for sec, key, spec in named:
             if not spec or spec in checked:
                 continue
             checked.add(spec)
             problem = _policy_problem(spec, known, listing)
             if problem is not None:
-                self.problem(key, problem)
+                sec.problem(key, problem)
 
 
 def _policy_problem(spec: str, known: frozenset[str], listing: str) -> str | None:

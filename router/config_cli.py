@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -66,10 +67,24 @@ def _check_config(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     env = sorted(origin for origin in cfg.secret_sources.values() if origin != "file")
+    from_env = f"secrets from the environment: {', '.join(env)}" if env else ""
+    if not cfg.accounts:
+        print(f"ok: {_summary(cfg)}" + (f"; {from_env}" if from_env else ""))
+        return 0
+    print(f"ok: {len(cfg.accounts)} accounts")
+    for account in cfg.accounts:
+        print(f"  {account.account}: {_summary(account)}")
+    if from_env:
+        print(f"  {from_env}")
+    return 0
+
+
+def _summary(cfg: Any) -> str:
+    """One account's line of ``check-config``."""
     policies = ", ".join(sorted(cfg.policy_names()))
     store = cfg.store.path if cfg.store.url is None else _without_password(cfg.store.url)
-    print(
-        f"ok: {len(cfg.groups)} groups, {len(cfg.agents)} agents, {len(cfg.routing.rules)} routing rules, "
+    return (
+        f"{len(cfg.groups)} groups, {len(cfg.agents)} agents, {len(cfg.routing.rules)} routing rules, "
         f"{len(cfg.routing.customers)} listed customers; mode {cfg.routing.mode}; policies: {policies}; "
         + (
             f"wecom {cfg.wecom.corpid}, {len(cfg.wecom.open_kfids)} kf account(s)"
@@ -77,9 +92,7 @@ def _check_config(args: argparse.Namespace) -> int:
             else f"encoding {cfg.oa.encoding}"
         )
         + f"; store {store}"
-        + (f"; secrets from the environment: {', '.join(env)}" if env else "")
     )
-    return 0
 
 
 def _without_password(url: str) -> str:

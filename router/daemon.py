@@ -1,24 +1,29 @@
-"""The daemon: the one place where the edges (webhook, API client, store, pollers) meet the engine.
+"""One account's routing: the place where the edges (webhook intake, API client, store, pollers) meet the
+engine. A process serves its accounts through ``router.host.Host`` (one web server, one HTTP client, one
+``AccountRunner`` per appid, started and stopped at run time).
 
 Structure (docs/daemon.md has the full picture and the public surface):
 
-- ``Daemon.run()`` owns everything under one ``asyncio.TaskGroup``: the aiohttp web server (the
-  WeChat callback at ``[wechat] callback_path``, ``/healthz``), the engine task, the pollers, the
-  command executor and housekeeping. Every background task has an owner; ``CancelledError`` is always
-  re-raised.
+- ``AccountRunner.run(http)`` owns everything of its account under one ``asyncio.TaskGroup``: the engine
+  task, the pollers, the command executor and housekeeping. Every background task has an owner;
+  ``CancelledError`` is always re-raised. The host's web server hands it the account's pushes
+  (``intake``, behind the host-owned ``PushReceiver`` that verifies and decrypts them).
 - The engine is driven from ONE task (``router.inbox.drive``): pushes, API outcomes, poll snapshots and
   ``submit()`` calls all go through the inbox and are applied in order by ``_apply``.
-- What a customer told us is committed to SQLite *before* the webhook answers WeChat (a request for a
+- What a customer told us is committed to the store *before* the webhook answers WeChat (a request for a
   human, a cancel, a kf session event, each with its push key), then handed to the inbox.
 - Start-up recovery (``_startup``) rebuilds the engine from the store and WeChat before routing: agents
   from the config and stored settings, customer history, WeChat's online agents and each agent's
   sessions, the outcome of every reservation a previous process left in flight (``getsession``, once the
   calls it may still have had in flight have timed out), WeChat's wait list, then the waiting customers.
   Nobody is created twice, nobody is lost — that is what makes ``kill -9`` safe.
-- Shutdown (``stop()``, SIGTERM/SIGINT in ``kfrouter run``): the webhook answers 503 (WeChat retries
-  later), callbacks in flight finish, pollers stop, API calls already started finish under
-  ``shutdown_timeout_s`` (queued ones are dropped: their reservations stay in the store for the next
-  start), the web server and the store are closed.
+- A lease (``lease=``, several daemons sharing PostgreSQL, docs/scale-out.md): every write of the store
+  carries its epoch, so a runner that lost its lease writes nothing.
+- Stopping (``stop(handover=True)``; SIGTERM/SIGINT in ``kfrouter run``): the account's webhook answers
+  503 (WeChat retries later), callbacks in flight finish, pollers stop, API calls already started finish
+  under ``shutdown_timeout_s`` (queued ones are dropped: their reservations stay in the store for the
+  next start), the lease (if any) is released so the next owner takes over at once, the store is closed.
+  ``stop(handover=False)`` steps down at once (the lease is lost): no drain, no further API call.
 
 Logging: ``kfrouter.daemon``, one line per input event and per command; openids yes, tokens never.
 """
@@ -34,7 +39,6 @@ from functools import partial
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from attrs import field, frozen
 
 from kfrouter.policies.registry import load_policies
@@ -52,9 +56,11 @@ from kfrouter.router.core.model import AgentRow, CustomerState
 from kfrouter.router.doctor import run_checks
 from kfrouter.router.edges.client import WaitEntry, WeChatClient
 from kfrouter.router.edges.store import Store, WaitingRow
+from kfrouter.router.edges.store_database import Database
+from kfrouter.router.edges.store_values import Lease
 from kfrouter.router.edges.token import TokenMode
 from kfrouter.router.edges.upstream import Upstream
-from kfrouter.router.edges.webhook import PushReceiver, WebhookConfig
+from kfrouter.router.edges.webhook import OnPush, PushReceiver, WebhookConfig
 from kfrouter.router.executor import Executor
 from kfrouter.router.inbox import Inbox, Intake, Item, drive
 from kfrouter.router.logs import fields_of
@@ -176,24 +182,70 @@ def build_desk(config: Config, options: DaemonOptions) -> Desk:
     )
 
 
-class Daemon:
-    """kfrouter for one Official Account. See the module docstring and docs/daemon.md.
+def account_crypto(config: Config) -> SafeModeCrypto | None:
+    """The account's safe-mode codec (``[wechat] encoding`` compatible or safe, with a key), else None."""
+    w = config.oa
+    if w.encoding == "plain" or w.aes_key is None:
+        return None
+    return SafeModeCrypto(w.token, w.aes_key, w.appid, w.previous_aes_key)
 
-    Public surface: ``desk``, ``engine``, ``config``, ``app`` (add routes before ``run()``), ``observers``
-    (router/observe.py),
-    ``started``, ``submit()``, ``stop()``, ``clock``; after start: ``store``, ``client``, ``port``.
+
+def account_receiver(config: Config, on_push: OnPush) -> PushReceiver:
+    """The push receiver of one account's callback URL (verifies, decrypts, parses, dedups; ``on_push``
+    gets what is left)."""
+    w = config.oa
+    encrypted = w.encoding != "plain" and w.aes_key is not None
+    return PushReceiver(
+        WebhookConfig(
+            token=w.token,
+            appid=w.appid,
+            encoding_aes_key=w.aes_key if encrypted else None,
+            previous_aes_key=w.previous_aes_key if encrypted else None,
+            accept_plaintext=w.encoding != "safe",
+        ),
+        on_push,
+    )
+
+
+def open_store(config: Config, database: Database | None = None) -> Store:
+    """One account's store: its SQLite file (``[store] path``, already resolved per account by the config),
+    or its schema of the PostgreSQL database — ``database`` when the process shares one among its accounts,
+    else a connection of its own to ``[store] url``."""
+    appid = config.oa.appid
+    if database is not None:
+        return Store(database, appid=appid)
+    sc = config.store
+    return Store(sc.url, appid=appid) if sc.url else Store(sc.path, appid=appid)
+
+
+class AccountRunner:
+    """kfrouter for one Official Account inside a host (router/host.py). See the module docstring and
+    docs/daemon.md.
+
+    Public surface: ``appid``, ``desk``, ``engine``, ``config``, ``observers`` (router/observe.py),
+    ``receiver`` (given by the host), ``intake``, ``opened`` (pushes are accepted), ``started``
+    (routing), ``stopped``, ``submit()``, ``stop(handover)``, ``clock``, ``lease``; after ``opened``:
+    ``store``, ``client``.
     """
 
     def __init__(
         self,
         config: Config,
         *,
+        receiver: PushReceiver,
         clock: Clock | None = None,
-        http_session: aiohttp.ClientSession | None = None,
         options: DaemonOptions | None = None,
         store: Store | None = None,
+        database: Database | None = None,
+        lease: Lease | None = None,
+        on_closing: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        self.appid = config.oa.appid
+        self.lease = lease
+        self.receiver = receiver
+        self.failure: BaseException | None = None  # why run() failed, if it did (set by the host)
+        self._on_closing = on_closing  # the host: its pages flush what they keep, the store still open
         self.options = options if options is not None else DaemonOptions()
         self.clock: Clock = clock if clock is not None else SteadyClock()
         self.desk = build_desk(config, self.options)
@@ -202,18 +254,18 @@ class Daemon:
         self.notifier: core_notify.Notifier | None = self.desk.notifier
         self.observers: list[Observer] = []
         self.problems = ProblemReporter()  # operator problems (65400, 40164, ...) told once, in plain words
+        self.opened = asyncio.Event()
         self.started = asyncio.Event()
-        self.listening = asyncio.Event()
         self.stopped = asyncio.Event()
-        self.port: int | None = None
         self.store: Store | None = store
         self._own_store = store is None
+        self._database = database
         self.client: WeChatClient | None = None
         self.upstream: Upstream | None = None
-        self._http = http_session
         self._inbox = Inbox()
         self._stop_event = asyncio.Event()
         self._stopping = False
+        self._handover = True
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._engine_running = False
@@ -222,29 +274,10 @@ class Daemon:
         self._guard = SnapshotGuard()
         self._rng = random.Random(self.options.seed)
         self._started_at = time.time()
-        w = config.oa
-        encrypted = w.encoding != "plain" and w.aes_key is not None
-        self._crypto = (
-            SafeModeCrypto(w.token, w.aes_key, w.appid, w.previous_aes_key)
-            if encrypted and w.aes_key is not None
-            else None
-        )
+        self._crypto = account_crypto(config)
         self.intake = Intake(
             config, self.desk, self._inbox, self.clock, crypto=self._crypto, observe=self._observe
         )
-        self.receiver = PushReceiver(
-            WebhookConfig(
-                token=w.token,
-                appid=w.appid,
-                encoding_aes_key=w.aes_key if encrypted else None,
-                previous_aes_key=w.previous_aes_key if encrypted else None,
-                accept_plaintext=w.encoding != "safe",
-            ),
-            self.intake.on_push,
-        )
-        self.app = web.Application(middlewares=[self.intake.gate])
-        self.app.add_routes(self.receiver.routes(w.callback_path))
-        self.app.router.add_get("/healthz", self._healthz)
         self._executor: Executor | None = None
         self._agents: AgentPoller | None = None
         self._waitlist: WaitlistPoller | None = None
@@ -258,8 +291,12 @@ class Daemon:
         self._inbox.put(event, future=fut)
         return await fut
 
-    def stop(self) -> None:
-        """Begin a graceful shutdown (idempotent; safe from a signal handler)."""
+    def stop(self, *, handover: bool = True) -> None:
+        """Begin stopping (idempotent; safe from a signal handler). ``handover``: finish the work in flight
+        and release the lease; ``False``: the lease is lost — step down at once, send and write nothing
+        more (a later ``stop(handover=False)`` turns a graceful stop into that)."""
+        if not handover:
+            self._handover = False
         self._stop_event.set()
 
     def wake(self) -> None:
@@ -270,6 +307,17 @@ class Daemon:
     def stopping(self) -> bool:
         """True from the moment a shutdown began."""
         return self._stopping
+
+    @property
+    def status(self) -> str:
+        """``starting`` (recovering), ``running`` (routing) or ``stopping``."""
+        return "stopping" if self._stopping else ("running" if self.started.is_set() else "starting")
+
+    def renewed(self, lease: Lease) -> None:
+        """The lease was renewed (or is the one to start with): later writes carry it."""
+        self.lease = lease
+        if self.store is not None:
+            self.store.use_lease(lease)
 
     @property
     def executor(self) -> Executor | None:
@@ -295,7 +343,7 @@ class Daemon:
         agents = self.engine.agents()
         ap = self._agents
         return {
-            "status": "stopping" if self._stopping else ("running" if self.started.is_set() else "starting"),
+            "status": self.status,
             "inbox": len(self._inbox),
             "queue": self.engine.queue_length(),
             "reservations": len(self.engine.reservations()),
@@ -310,33 +358,17 @@ class Daemon:
 
     # ============================================================ run
 
-    async def run(self) -> None:
-        """Serve until ``stop()``; returns after a clean shutdown."""
-        own_http = self._http is None
-        http = self._http if self._http is not None else aiohttp.ClientSession()
-        runner: web.AppRunner | None = None
+    async def run(self, http: aiohttp.ClientSession) -> None:
+        """Route the account until ``stop()`` (API calls through ``http``); returns after a clean stop."""
         try:
             if self.store is None:
-                sc = self.config.store
-                self.store = Store(sc.url, appid=self.config.oa.appid) if sc.url else Store(sc.path)
+                self.store = open_store(self.config, self._database)
+            if self.lease is not None:
+                self.store.use_lease(self.lease)
             self.intake.store = self.store
             self._build_edges(http)
-            runner = web.AppRunner(
-                self.app, access_log=None, handle_signals=False, logger=self.receiver.server_log()
-            )
-            await runner.setup()
-            site = web.TCPSite(runner, self.config.server.host, self.config.server.port)
-            await site.start()
-            sockets = getattr(site._server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1] if sockets else self.config.server.port
-            self.listening.set()
-            log.info(
-                "listening on http://%s:%s%s (appid %s)",
-                self.config.server.host,
-                self.port,
-                self.config.oa.callback_path,
-                self.config.oa.appid,
-            )
+            self.opened.set()
+            log.info("account %s: accepting pushes%s", self.appid, self._lease_words())
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 assert self._executor is not None
@@ -347,17 +379,35 @@ class Daemon:
                 tg.create_task(self._shutdown_when_asked(), name="kfrouter-shutdown")
         finally:
             self._tg = None
+            self.intake.closed = True
             for item in self._inbox.drain_pending():
                 if item.future is not None and not item.future.done():
                     item.future.set_exception(RuntimeError("kfrouter is shutting down"))
-            if runner is not None:
-                await runner.cleanup()
-            if own_http:
-                await http.close()
+            if self._on_closing is not None:
+                try:
+                    self._on_closing()
+                except Exception:
+                    log.exception("account %s: closing hook failed", self.appid)
             if self.store is not None and self._own_store:
+                self._release_lease(self.store)
                 self.store.close()
             self.stopped.set()
-            log.info("stopped")
+            log.info("account %s: stopped", self.appid)
+
+    def _lease_words(self) -> str:
+        lease = self.lease
+        return "" if lease is None else f" (lease epoch {lease.epoch}, owner {lease.owner})"
+
+    def _release_lease(self, store: Store) -> None:
+        """Handing over: the lease ends now, so the next owner takes over at once."""
+        if self.lease is None or not self._handover:
+            return
+        try:
+            store.release_lease(self.lease)
+        except Exception:
+            log.exception("account %s: the lease could not be released; it expires by itself", self.appid)
+        else:
+            log.info("account %s: lease released (epoch %d)", self.appid, self.lease.epoch)
 
     async def _self_check(self, http: aiohttp.ClientSession) -> None:
         """kfrouter doctor's read-only checks, once at start; problems are logged in its words."""
@@ -431,6 +481,13 @@ class Daemon:
         await self._stop_event.wait()
         self._stopping = True
         self.intake.closed = True
+        assert self._executor is not None
+        if not self._handover:
+            log.warning("account %s: lease lost; stepping down at once (nothing more is sent)", self.appid)
+            self._executor.stop()
+            for task in list(self._tasks):
+                task.cancel()
+            return
         timeout = self.options.shutdown_timeout_s
         log.info("stopping: webhook answers 503 from now on; finishing work in flight (up to %gs)", timeout)
         try:
@@ -446,7 +503,6 @@ class Daemon:
                 "kfrouter-housekeeping",
             ):
                 task.cancel()
-        assert self._executor is not None
         self._executor.stop()
         if not await self._executor.drain(timeout):
             log.warning(
@@ -879,12 +935,6 @@ class Daemon:
                 else:
                     if pruned:
                         log.debug("store: forgot %d processed push keys", pruned)
-
-    # ============================================================ web
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        body = self.health()
-        return web.json_response(body, status=503 if self._stopping else 200)
 
 
 def _record_outcome(store: Store, event: ev.Event, now: float) -> None:

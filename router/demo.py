@@ -4,7 +4,7 @@ Nothing leaves 127.0.0.1 and no credentials are needed. What runs:
 
 - the fake WeChat (``sim.fake_server.running_fake``) in safe mode: every push to the daemon is signed and
   AES-encrypted with a key made up for this run;
-- the ``Daemon`` with a config built here (two groups, keyword rules, SQLite in a temporary directory);
+- the daemon (``Host``) with a config built here (two groups, keyword rules, SQLite in a temporary directory);
 - agents made online in the fake through its control API (``auto_accept`` = their capacity);
 - customers arriving as a Poisson process (seeded), writing texts whose keywords route them to ``sales``
   or ``support``; some come back later (the ``support`` group's policy is ``sticky``, so a returning
@@ -36,7 +36,8 @@ from attrs import define, field, frozen
 from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.core.facts import Assigned
-from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.router.daemon import AccountRunner, DaemonOptions
+from kfrouter.router.host import Host
 from kfrouter.router.observe import Observation, Stepped
 from kfrouter.sim.fake_options import FakeOptions
 from kfrouter.sim.fake_server import running_fake
@@ -294,7 +295,7 @@ class _Run:
         self.t0 = time.monotonic()
         self.http: aiohttp.ClientSession | None = None
         self.base_url = ""
-        self.daemon: Daemon | None = None
+        self.daemon: AccountRunner | None = None
         self.active: dict[str, Visit] = {}  # openid -> the visit in progress
         self.assigned: dict[str, asyncio.Event] = {}
         self.history: dict[str, str] = {}  # openid -> last agent
@@ -456,9 +457,9 @@ async def run_demo(
             daemon = build_daemon(
                 config, options=DaemonOptions(seed=seed, create_timeout_s=5.0, api_timeout_s=5.0)
             )
-            assert isinstance(daemon, Daemon)  # the demo is an Official Account
-            run.daemon = daemon
-            daemon.observers.append(run.on_daemon)
+            assert isinstance(daemon, Host)  # the demo is an Official Account
+            run.daemon = daemon.runner
+            daemon.runner.observers.append(run.on_daemon)
             task = asyncio.create_task(daemon.run(), name="kfrouter-demo-daemon")
             try:
                 await _until(daemon.listening, task, "the daemon did not start listening")
@@ -484,7 +485,7 @@ async def run_demo(
                 for r in results:
                     if isinstance(r, Exception):
                         run.say(f"(a customer script failed: {r})")
-                summary.load_at_end = {v.kf_account: v.load for v in daemon.engine.agents()}
+                summary.load_at_end = {v.kf_account: v.load for v in daemon.runner.engine.agents()}
             finally:
                 daemon.stop()
                 try:

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--config", required=True, metavar="FILE", help="the kfrouter.toml to check")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--account", metavar="APPID", help="the account to check, in a file of several ([[accounts]])"
+    )
     p.set_defaults(func=_doctor)
 
 
@@ -59,6 +62,15 @@ def _doctor(args: argparse.Namespace) -> int:
             )
             print(json.dumps(as_json([failed]), ensure_ascii=False, indent=2))
         return 2
+    appids = [a.account for a in cfg.every_account]
+    if args.account is not None or len(appids) > 1:
+        if args.account not in appids:
+            print(
+                f"{cfg.source}: choose the account to check with --account (one of {', '.join(appids)})",
+                file=sys.stderr,
+            )
+            return 2
+        cfg = cfg.for_account(args.account)
     # The client logs each refused call; the report below explains them, so keep stderr quiet unless
     # the caller configured logging (a NullHandler stops Python's last-resort handler, nothing else).
     if not logging.getLogger().handlers:

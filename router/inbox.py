@@ -18,7 +18,7 @@ import asyncio
 import contextvars
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -53,6 +53,22 @@ log = logging.getLogger("kfrouter.daemon")
 _REQUEST_QUERY: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
     "kfrouter_request_query", default=None
 )
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def with_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``handler(request)`` with the request's query string readable by ``request_query()`` in it (and in
+    the tasks it starts)."""
+    token = _REQUEST_QUERY.set(MappingProxyType(dict(request.query)))
+    try:
+        return await handler(request)
+    finally:
+        _REQUEST_QUERY.reset(token)
+
+
+def request_query() -> Mapping[str, str] | None:
+    """The query string of the callback request being handled (``with_query``), if any."""
+    return _REQUEST_QUERY.get()
 
 
 @define
@@ -151,9 +167,9 @@ async def drive(
 class Intake:
     """WeChat's pushes in: decide (``router.rules``), persist, hand to the inbox, answer.
 
-    ``on_push`` is the push receiver's callback (its return value is the reply body); ``gate`` is an
-    aiohttp middleware for the callback path that answers 503 once ``closed`` (shutdown: WeChat retries
-    later) and remembers the request's query string for forwarding. ``store`` and ``upstream`` are set
+    ``on_push`` is the push receiver's callback (its return value is the reply body); ``admit`` lets a
+    callback request through to the receiver, or answers 503 once ``closed`` (shutdown: WeChat retries
+    later), and remembers the request's query string for forwarding. ``store`` and ``upstream`` are set
     by the daemon when it starts. The engine is only read here (``state``, ``with_agent``, ``agents``):
     it is driven by the engine task alone.
 
@@ -187,7 +203,6 @@ class Intake:
         self.engine = desk.engine
         self.inbox = inbox
         self.clock = clock
-        self.path = config.oa.callback_path
         self._crypto = crypto
         self._observe = observe
         self.store: Store | None = None
@@ -198,17 +213,12 @@ class Intake:
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
 
-    @web.middleware
-    async def gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path != self.path:
-            return await handler(request)  # type: ignore[no-any-return]
+    async def admit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A request to the account's callback URL: 503 once ``closed`` (WeChat retries later), else
+        ``handler`` (the push receiver) with the request's query remembered for forwarding."""
         if self.closed:
             return web.Response(status=503, text="kfrouter is shutting down; retry later")
-        token = _REQUEST_QUERY.set(MappingProxyType(dict(request.query)))
-        try:
-            return await handler(request)  # type: ignore[no-any-return]
-        finally:
-            _REQUEST_QUERY.reset(token)
+        return await with_query(request, handler)
 
     async def on_push(self, push: Push, raw: str) -> str | None:
         """The webhook callback: decide, persist, hand on; the return value is the reply body."""
@@ -341,7 +351,7 @@ class Intake:
         if self.upstream is None:
             return None
         try:
-            request = build_forward(_REQUEST_QUERY.get(), raw, crypto=self._crypto)
+            request = build_forward(request_query(), raw, crypto=self._crypto)
         except WeChatCodecError as exc:
             log.warning("push from %s not forwarded: %s", push.openid, exc)
             return None

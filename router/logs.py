@@ -175,14 +175,14 @@ def setup_logging(
 
 
 def config_secrets(config: Any) -> list[str]:
-    """The secret values of a ``router.config.Config`` (for ``RedactFilter``)."""
+    """The secret values of a ``router.config.Config`` — of each of its accounts — (for ``RedactFilter``)."""
     out: list[str] = []
-    wechat = getattr(config, "wechat", None)
     server = getattr(config, "server", None)
-    for obj, names in (
-        (wechat, ("secret", "token", "aes_key", "previous_aes_key")),
-        (server, ("admin_token", "readonly_token")),
-    ):
+    accounts = getattr(config, "accounts", ()) or (config,)  # every account of an [[accounts]] file
+    pairs: list[tuple[Any, tuple[str, ...]]] = [
+        (getattr(a, "wechat", None), ("secret", "token", "aes_key", "previous_aes_key")) for a in accounts
+    ]
+    for obj, names in (*pairs, (server, ("admin_token", "readonly_token"))):
         for name in names:
             value = getattr(obj, name, None)
             if isinstance(value, str) and value:
@@ -213,8 +213,9 @@ class EventLog:
 
     QUIET = frozenset({"AgentsSeen", "AgentSessionsSeen"})
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    def __init__(self, logger: logging.Logger | None = None, *, appid: str | None = None) -> None:
         self.log = logger if logger is not None else logging.getLogger("kfrouter.events")
+        self.appid = appid  # the account, in every line's fields when given (a process of several)
 
     def observe(self, observation: Observation, now: float) -> None:
         if not isinstance(observation, Stepped):
@@ -226,6 +227,8 @@ class EventLog:
 
     def _line(self, kind: str, value: object) -> None:
         fields = {"kind": kind, "type": type(value).__name__, **fields_of(value)}
+        if self.appid is not None:
+            fields["appid"] = self.appid
         level = logging.DEBUG if fields["type"] in self.QUIET else logging.INFO
         if not self.log.isEnabledFor(level):
             return

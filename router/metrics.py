@@ -1,5 +1,6 @@
-"""Prometheus metrics of one daemon, in its own ``CollectorRegistry`` (never the global one, so tests and
-several daemons in one process never collide).
+"""Prometheus metrics of each account, in its own ``CollectorRegistry`` (never the global one, so tests and
+several daemons in one process never collide), and ``AccountsMetrics``: the ``/metrics`` of a process, every
+account's series with an ``appid`` label (one family per name, however many accounts run).
 
 Two kinds of metric, on purpose:
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter as TallyCounter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -53,6 +54,7 @@ WEBHOOK_OUTCOMES = {
 
 METRIC_NAMES: tuple[str, ...] = (
     # read at scrape time
+    "kfrouter_accounts",
     "kfrouter_info",
     "kfrouter_ready",
     "kfrouter_customers_waiting",
@@ -419,3 +421,48 @@ class _LiveCollector(Collector):
         for key, n in sorted((up.stats if up is not None else {}).items()):
             forwards.add_metric([key], n)
         yield forwards
+
+
+# ============================================================================ the accounts of a process
+
+APPID_LABEL = "appid"
+
+
+class AccountsMetrics:
+    """``/metrics`` of a process: each account's ``Metrics`` (given by ``accounts()``, appid -> Metrics, read
+    at every scrape: accounts start and stop at run time), their families merged by name, every sample
+    labelled with its ``appid``; plus ``kfrouter_accounts``."""
+
+    content_type = Metrics.content_type
+
+    def __init__(self, accounts: Callable[[], Mapping[str, Metrics]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_AccountsCollector(accounts))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _AccountsCollector(Collector):
+    def __init__(self, accounts: Callable[[], Mapping[str, Metrics]]) -> None:
+        self._accounts = accounts
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        accounts = self._accounts()
+        yield GaugeMetricFamily("kfrouter_accounts", "Accounts this process routes now.", len(accounts))
+        families: dict[str, Metric] = {}
+        for appid, metrics in sorted(accounts.items()):
+            for family in metrics.registry.collect():
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                for sample in family.samples:
+                    if APPID_LABEL not in sample.labels:
+                        sample = sample._replace(labels={**sample.labels, APPID_LABEL: appid})
+                    merged.samples.append(sample)
+        yield from families.values()

@@ -1,5 +1,7 @@
-"""The live supervisor page (``/supervisor``), ``/metrics``, and ``attach_observability(daemon)``, the one hook
-the daemon calls to get both plus the history charts, the notification log and the structured event log.
+"""The live supervisor page (``/supervisor``), ``/metrics``, and ``attach_observability(host, app)``, the one
+hook the composition root calls to get both plus the history charts, the notification log and the
+structured event log — per account (``AccountPages``), for every account the host routes (``?account=APPID``
+on the page's requests; ``/metrics`` covers them all, each series labelled ``appid``).
 
 Routes (docs/observability.md has the details):
 
@@ -34,7 +36,7 @@ import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -44,10 +46,17 @@ from kfrouter.router.access import ADMIN, COOKIE, COOKIE_TTL_S, Access, Principa
 from kfrouter.router.core.errors import CoreError
 from kfrouter.router.history import HistoryCache
 from kfrouter.router.logs import EventLog
-from kfrouter.router.metrics import NO_GROUP, Assignment, Metrics, assignments, group_label
+from kfrouter.router.metrics import (
+    NO_GROUP,
+    AccountsMetrics,
+    Assignment,
+    Metrics,
+    assignments,
+    group_label,
+)
 from kfrouter.router.notice_log import NoticeLog
-from kfrouter.router.observe import Observation, Observer, Stepped
-from kfrouter.router.view import DaemonView
+from kfrouter.router.observe import Observation, Stepped
+from kfrouter.router.view import DaemonView, HostView
 
 log = logging.getLogger("kfrouter.supervisor")
 
@@ -283,6 +292,7 @@ class SupervisorHub:
         self.last_build_s = 0.0  # how long the last snapshot took to build
         self._streams: set[asyncio.Event] = set()
         self._cache: tuple[int, float, bytes] | None = None
+        self.accounts: Callable[[], list[dict[str, Any]]] | None = None  # the selector's list, if several
 
     @property
     def streams(self) -> int:
@@ -306,13 +316,15 @@ class SupervisorHub:
         open_sessions = self.daemon.engine.sessions()
         if len(self.session_starts) > 2 * len(open_sessions) + 100:  # forget sessions that ended
             self.session_starts = {o: t for o, t in self.session_starts.items() if o in open_sessions}
-        return build_snapshot(
+        snapshot = build_snapshot(
             self.daemon,
             self.recent,
             self.assigned,
             max_customers=self.max_customers,
             session_starts=self.session_starts,
         )
+        snapshot["accounts"] = self.accounts() if self.accounts is not None else []
+        return snapshot
 
     def snapshot_bytes(self) -> bytes:
         """The snapshot as JSON, shared by every stream for the same version (for up to a second)."""
@@ -371,18 +383,19 @@ class SupervisorHub:
 # ============================================================================ wiring
 
 
-class Observability:
-    """Metrics, the supervisor hub, the history, the notification log and the event log of one daemon
-    (``attach_observability`` builds it). What it reads of the daemon: the engine, the config, the clock
-    and the store (``daemon.store``, for the history and the notification log)."""
+class AccountPages:
+    """What the pages keep of one account: its metrics, the supervisor hub, the history, the notification
+    log and the event log. What it reads of the account: the engine, the config, the clock and the store
+    (``daemon.store``, for the history and the notification log)."""
 
-    def __init__(self, daemon: DaemonView) -> None:
+    def __init__(self, daemon: DaemonView, *, appid_in_events: bool = False) -> None:
         self.daemon = daemon
+        self.appid = daemon.config.account
         self.metrics = Metrics(daemon)
         self.hub = SupervisorHub(daemon)
-        self.event_log: EventLog | None = EventLog() if daemon.config.log.json else None
-        server = daemon.config.server
-        self.access = Access(server.admin_token, server.readonly_token)
+        self.event_log: EventLog | None = (
+            EventLog(appid=self.appid if appid_in_events else None) if daemon.config.log.json else None
+        )
         self.history = HistoryCache(self._store_path, daemon.clock.now)
         self.notices = NoticeLog(lambda: daemon.store, daemon.clock.now)
 
@@ -391,16 +404,79 @@ class Observability:
         path = store.path if store is not None else self.daemon.config.store.path
         return None if not path or str(path) == ":memory:" else str(path)
 
-    def _who(self, request: web.Request) -> Principal | None:
-        return self.access.identify(request, time.time())
-
     def observe(self, observation: Observation, now: float) -> None:
-        """The daemon's observer: metrics, the page's hub, the JSON event log."""
+        """The account's observer: metrics, the page's hub, the JSON event log."""
         self.metrics.observe(observation, now)
         self.hub.observe(observation, now)
         self.notices.observe(observation, now)
         if self.event_log is not None:
             self.event_log.observe(observation, now)
+
+    def close(self) -> None:
+        self.hub.close()
+        self.notices.close()
+
+
+ACCOUNT_PARAM = "account"
+
+
+class Observability:
+    """``/metrics`` and the supervisor page of a process (``HostView``); ``attach_observability`` builds it.
+    Each account has its ``AccountPages`` while it runs (an ``AccountListener``); the page's requests name
+    theirs with ``?account=APPID`` (default: the first account running here, in the config's order)."""
+
+    def __init__(self, host: HostView) -> None:
+        self.host = host
+        self.accounts: dict[str, AccountPages] = {}
+        self.metrics = AccountsMetrics(lambda: {a: p.metrics for a, p in self.accounts.items()})
+        server = host.config.server
+        self.access = Access(server.admin_token, server.readonly_token)
+        self._several = len(host.config.every_account) > 1
+        host.add_listener(self)
+
+    def account_added(self, daemon: DaemonView) -> None:
+        pages = AccountPages(daemon, appid_in_events=self._several)
+        pages.hub.accounts = self.account_list
+        old = self.accounts.get(pages.appid)
+        if old is not None:
+            old.close()
+        self.accounts[pages.appid] = pages
+        daemon.observers.append(pages.observe)
+
+    def account_removed(self, appid: str) -> None:
+        pages = self.accounts.pop(appid, None)
+        if pages is not None:
+            pages.close()
+
+    def account(self, appid: str | None = None) -> AccountPages:
+        """The pages of ``appid``, or of the first account running here; ``LookupError`` if none."""
+        if appid is not None:
+            pages = self.accounts.get(appid)
+            if pages is None:
+                raise LookupError(f"account {appid!r} is not routed by this daemon now")
+            return pages
+        for running in self.host.runners:
+            if running in self.accounts:
+                return self.accounts[running]
+        raise LookupError("no account is routed by this daemon now")
+
+    def account_list(self) -> list[dict[str, Any]]:
+        """The accounts for the page's selector."""
+        return [
+            {"appid": s.appid, "running": s.running, "status": s.status, "waiting": s.waiting}
+            for s in self.host.account_status()
+        ]
+
+    def _who(self, request: web.Request) -> Principal | None:
+        return self.access.identify(request, time.time())
+
+    def _pages(self, request: web.Request) -> AccountPages:
+        try:
+            return self.account(request.query.get(ACCOUNT_PARAM) or None)
+        except LookupError as exc:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": str(exc)}), content_type="application/json"
+            ) from None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -416,8 +492,8 @@ class Observability:
         ]
 
     async def on_shutdown(self, _app: web.Application) -> None:
-        self.hub.close()
-        self.notices.close()
+        for pages in list(self.accounts.values()):
+            pages.close()
 
     # ------------------------------------------------------------------ handlers
 
@@ -473,7 +549,7 @@ class Observability:
         if self._who(request) is None:
             return _unauthorized_json()
         return web.Response(
-            body=self.hub.snapshot_bytes(),
+            body=self._pages(request).hub.snapshot_bytes(),
             content_type="application/json",
             headers={"Cache-Control": "no-store"},
         )
@@ -481,14 +557,14 @@ class Observability:
     async def events(self, request: web.Request) -> web.StreamResponse:
         if self._who(request) is None:
             return _unauthorized_json()
-        return await self.hub.stream(request)
+        return await self._pages(request).hub.stream(request)
 
     async def history_json(self, request: web.Request) -> web.Response:
         """The last 24 hours from the store in 15-minute slots, per group (``router.history``)."""
         if self._who(request) is None:
             return _unauthorized_json()
         try:
-            data = await self.history.get()
+            data = await self._pages(request).history.get()
         except LookupError as exc:
             return web.json_response({"error": str(exc)}, status=503, headers={"Cache-Control": "no-store"})
         return web.json_response(data, headers={"Cache-Control": "no-store"})
@@ -499,7 +575,7 @@ class Observability:
             return _unauthorized_json()
         name = request.match_info["name"]
         try:
-            svg = await self.history.chart(name)
+            svg = await self._pages(request).history.chart(name)
         except KeyError:
             raise web.HTTPNotFound(text=f"no history chart {name!r}") from None
         except LookupError as exc:
@@ -561,19 +637,17 @@ class Observability:
 OBSERVABILITY_KEY: web.AppKey[Observability] = web.AppKey("kfrouter_observability", Observability)
 
 
-def attach_observability(
-    daemon: DaemonView, app: web.Application, observers: list[Observer]
-) -> Observability:
-    """Add ``/metrics`` and ``/supervisor*`` to ``app`` and subscribe to the daemon's ``observers``.
-    Call before the app runs; calling again returns the same object (idempotent)."""
+def attach_observability(host: HostView, app: web.Application) -> Observability:
+    """Add ``/metrics`` and ``/supervisor*`` to ``app`` and follow the accounts of ``host`` (each account's
+    observers get its pages). Call before the app runs; calling again returns the same object
+    (idempotent)."""
     existing = app.get(OBSERVABILITY_KEY)
     if existing is not None:
         return existing
-    obs = Observability(daemon)
+    obs = Observability(host)
     app[OBSERVABILITY_KEY] = obs
     app.add_routes(obs.routes())
     app.on_shutdown.append(obs.on_shutdown)
-    observers.append(obs.observe)
     return obs
 
 

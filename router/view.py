@@ -1,7 +1,11 @@
-"""The narrow view of a running daemon that the admin API, the metrics and the supervisor page read.
+"""The narrow views of a running process that the admin API, the metrics and the supervisor page read.
 
-They never import the daemon: they are given something that has these attributes (the daemon itself, in
-practice; a test may hand in its own), and the composition root (router/app.py) wires them in. The only
+``DaemonView`` is one account (an ``AccountRunner``, or the WeCom daemon); ``HostView`` the process with its
+accounts (``router.host.Host``, or ``OneAccount`` over a daemon that serves one account by itself). The pages
+learn of each account through ``AccountListener`` (``add_listener``): accounts start and stop at run time.
+
+They never import the daemon or the host: they are given something that has these attributes, and the
+composition root (router/app.py) wires them in. The only
 action in the view is ``submit()``: an admin request goes through the daemon's inbox like any input.
 Everything else is read: configuration, the engine's state through its read API, the store, the edges'
 counters.
@@ -10,8 +14,10 @@ counters.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+
+from attrs import frozen
 
 from kfrouter.router.clock import Clock
 from kfrouter.router.config import Config
@@ -24,6 +30,7 @@ from kfrouter.router.edges.client import WeChatClient
 from kfrouter.router.edges.store import Store
 from kfrouter.router.edges.upstream import Upstream
 from kfrouter.router.executor import Executor
+from kfrouter.router.observe import Observer
 from kfrouter.router.pollers import AgentPoller, WaitlistPoller
 
 
@@ -65,6 +72,9 @@ class DaemonView(Protocol):
     def intake(self) -> Counted: ...
 
     @property
+    def observers(self) -> list[Observer]: ...
+
+    @property
     def receiver(self) -> Counted: ...
 
     @property
@@ -87,3 +97,77 @@ class DaemonView(Protocol):
     def health(self) -> dict[str, Any]: ...
 
     async def submit(self, event: Event) -> list[Command]: ...
+
+
+LOCAL_OWNER = "local"  # the owner of an account routed by a process without leases
+
+
+@frozen(kw_only=True)
+class AccountStatus:
+    """One configured account as this process sees it (``/api/accounts``, ``kfrouter accounts list``).
+    ``owner``: who routes it — the lease's owner, or this process's name (``LOCAL_OWNER``) without a lease;
+    None when it does not run here. ``lease_expires_at``: the lease's end (database clock), None without
+    one."""
+
+    appid: str
+    running: bool
+    owner: str | None
+    lease_epoch: int | None
+    lease_expires_at: float | None
+    status: str  # starting | running | stopping | not running here
+    waiting: int
+    sessions: int
+
+
+class AccountListener(Protocol):
+    """Told of every account's runner before it starts, and of its end."""
+
+    def account_added(self, daemon: DaemonView) -> None: ...
+
+    def account_removed(self, appid: str) -> None: ...
+
+
+class HostView(Protocol):
+    """What the pages may see of the process: its config (``[server]`` tokens, ``[log]``), the accounts that
+    run here (by appid), every configured account's status, and the listener hook."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def runners(self) -> Mapping[str, DaemonView]: ...
+
+    def account_status(self) -> Sequence[AccountStatus]: ...
+
+    def add_listener(self, listener: AccountListener) -> None: ...
+
+
+def status_of(daemon: DaemonView, owner: str = LOCAL_OWNER) -> AccountStatus:
+    """A running account's status, owned by ``owner`` unless it holds a lease (``daemon.lease``)."""
+    lease = getattr(daemon, "lease", None)
+    stopping, started = daemon.stopping, daemon.started.is_set()
+    return AccountStatus(
+        appid=daemon.config.account,
+        running=True,
+        owner=owner if lease is None else lease.owner,
+        lease_epoch=None if lease is None else lease.epoch,
+        lease_expires_at=None if lease is None else lease.expires_at,
+        status="stopping" if stopping else ("running" if started else "starting"),
+        waiting=daemon.engine.queue_length(),
+        sessions=len(daemon.engine.sessions()),
+    )
+
+
+class OneAccount:
+    """A ``HostView`` over a daemon that serves one account by itself (the WeCom daemon)."""
+
+    def __init__(self, daemon: DaemonView) -> None:
+        self.daemon = daemon
+        self.config = daemon.config
+        self.runners: Mapping[str, DaemonView] = {daemon.config.account: daemon}
+
+    def account_status(self) -> Sequence[AccountStatus]:
+        return [status_of(self.daemon)]
+
+    def add_listener(self, listener: AccountListener) -> None:
+        listener.account_added(self.daemon)

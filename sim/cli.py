@@ -187,9 +187,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     r.set_defaults(func=_run)
 
-    t = simsub.add_parser(
-        "tune", help="search routing settings on a trace for the best one meeting a target"
-    )
+    t = simsub.add_parser("tune", help="search routing settings on a trace for the best one meeting a target")
     t.add_argument("trace", help="trace file (JSON Lines; .gz accepted)")
     t.add_argument(
         "--target",
@@ -208,7 +206,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     t.add_argument("--policy", default="best-fit", help="the policy when 'policy' is not varied (best-fit)")
     goal = t.add_mutually_exclusive_group()
-    goal.add_argument("--minimize", metavar="METRIC", default=None, help="best = lowest (default wait_mean_s)")
+    goal.add_argument(
+        "--minimize", metavar="METRIC", default=None, help="best = lowest (default wait_mean_s)"
+    )
     goal.add_argument("--maximize", metavar="METRIC", default=None, help="best = highest")
     t.add_argument("--jobs", type=int, default=None, help="worker processes (default: the cores)")
     t.add_argument("--seed", type=int, default=None, help="seed for injected failures (default: the trace's)")
@@ -227,7 +227,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="service_level_<N>s>=X (e.g. service_level_20s>=0.8) or abandon_rate<=X",
     )
     st.add_argument("--policy", default="best-fit", help="policy of the checking replays (default best-fit)")
-    st.add_argument("--max-sessions", type=int, default=None, help="sessions per agent (default: the trace's)")
+    st.add_argument(
+        "--max-sessions", type=int, default=None, help="sessions per agent (default: the trace's)"
+    )
     st.add_argument(
         "--patience-mean", type=float, default=None, help="mean patience in s (default: from the trace)"
     )
@@ -413,7 +415,9 @@ def _tune(args: argparse.Namespace) -> int:
         varies = [parse_vary(x, installed) for x in args.vary]
         objective = args.maximize or args.minimize or "wait_mean_s"
         if objective not in NUMERIC_METRICS:
-            raise TuneError(f"--minimize/--maximize: unknown metric {objective!r} (one of {', '.join(NUMERIC_METRICS)})")
+            raise TuneError(
+                f"--minimize/--maximize: unknown metric {objective!r} (one of {', '.join(NUMERIC_METRICS)})"
+            )
         jobs = default_jobs() if args.jobs is None else args.jobs
         if jobs < 1:
             raise TuneError(f"--jobs must be >= 1, got {jobs}")
@@ -455,7 +459,12 @@ def _tune(args: argparse.Namespace) -> int:
                     "targets": [str(t) for t in targets],
                     "objective": {"metric": objective, "maximize": args.maximize is not None},
                     "settings": [
-                        {"setting": dict(s.values), "policy": s.config.policy, "meets": all(t.holds(r) for t in targets), "metrics": r}
+                        {
+                            "setting": dict(s.values),
+                            "policy": s.config.policy,
+                            "meets": all(t.holds(r) for t in targets),
+                            "metrics": r,
+                        }
                         for s, r in zip(settings, rows, strict=True)
                     ],
                     "best": None if best is None else dict(settings[best].values),

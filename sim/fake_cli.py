@@ -26,7 +26,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--appid", required=True, help="the Official Account's appid")
     p.add_argument("--secret", required=True, help="the AppSecret the token endpoints accept")
     p.add_argument("--wxid", default="test", help="the account's WeChat ID, suffix of kf accounts")
-    p.add_argument("--webhook", help="the developer's callback URL to push messages and events to")
+    p.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="APPID:SECRET",
+        help="another Official Account served by the same fake (repeatable; its own agents and tokens)",
+    )
+    p.add_argument(
+        "--webhook",
+        help="the developer's callback URL to push messages and events to; '{appid}' in it is replaced "
+        "by each account's appid (e.g. http://127.0.0.1:8080/wechat/{appid})",
+    )
     p.add_argument("--token", help="callback token used to sign pushes (required with --webhook)")
     p.add_argument("--aes-key", help="43-character EncodingAESKey: pushes are encrypted (safe mode)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fake's random draws")
@@ -66,18 +77,26 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         options = _options(args.option)
+        extra = [_app_pair(a) for a in args.app]
     except ValueError as exc:
         print(f"fake-wechat: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(args, options))
+        asyncio.run(_serve(args, options, extra))
     except (ValueError, OSError) as exc:
         print(f"fake-wechat: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(args: argparse.Namespace, options: FakeOptions) -> None:
+def _app_pair(value: str) -> tuple[str, str]:
+    appid, sep, secret = value.partition(":")
+    if not sep or not appid or not secret:
+        raise ValueError(f"--app {value!r}: expected APPID:SECRET")
+    return appid, secret
+
+
+async def _serve(args: argparse.Namespace, options: FakeOptions, extra: list[tuple[str, str]]) -> None:
     from kfrouter.sim.fake_server import running_fake
 
     stop = asyncio.Event()
@@ -96,5 +115,7 @@ async def _serve(args: argparse.Namespace, options: FakeOptions) -> None:
         seed=args.seed,
         wxid=args.wxid,
     ) as fake:
+        for appid, secret in extra:
+            fake.add_app(appid, secret, wxid=args.wxid)
         print(fake.base_url, flush=True)
         await stop.wait()

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from attrs import frozen
 
 from kfrouter.router.wechat import replies, signature
 from kfrouter.router.wechat.crypto import SafeModeCrypto
@@ -68,11 +69,23 @@ def _media_message(model: WeChatModel, push: Push) -> str:
     return "\n".join(lines)
 
 
+@frozen
+class PushTarget:
+    """Where and how one appid's pushes go (``Deliverer.targets``): each field None means the deliverer's
+    own. A webhook URL may hold ``{appid}`` (e.g. ``http://127.0.0.1:8080/wechat/{appid}``)."""
+
+    webhook: str | None = None
+    token: str | None = None
+    aes_key: str | None = None
+
+
 class Deliverer(OrderedDeliveries):
     """Delivers pushes to ``webhook`` for the fake server (see module docstring).
 
     ``token`` signs; with ``aes_key`` pushes are encrypted per appid. ``now`` is the server clock.
     ``on_change(model)`` is called after a reply changed the model (so new pushes get scheduled).
+    Several Official Accounts: ``webhook`` may hold ``{appid}``, and ``targets[appid]`` gives an appid its
+    own webhook, token or key (``target(model)`` is what applies).
     """
 
     def __init__(
@@ -91,21 +104,34 @@ class Deliverer(OrderedDeliveries):
         self.aes_key = aes_key
         self._now = now
         self._on_change = on_change
-        self._crypto: dict[str, SafeModeCrypto] = {}
+        self._crypto: dict[tuple[str, str, str], SafeModeCrypto] = {}
+        self.targets: dict[str, PushTarget] = {}
         if aes_key is not None and token:
             SafeModeCrypto(token, aes_key, "check")  # fail early on a malformed key
 
+    def target(self, model: WeChatModel) -> PushTarget:
+        """Where ``model``'s pushes go now: its own target's fields, else the deliverer's."""
+        own = self.targets.get(model.appid, PushTarget())
+        webhook = own.webhook or self.webhook
+        return PushTarget(
+            webhook=None if webhook is None else webhook.replace("{appid}", model.appid),
+            token=own.token or self.token,
+            aes_key=own.aes_key or self.aes_key,
+        )
+
     def crypto_for(self, model: WeChatModel) -> SafeModeCrypto | None:
-        if self.aes_key is None or not self.token:
+        t = self.target(model)
+        if t.aes_key is None or not t.token:
             return None
-        c = self._crypto.get(model.appid)
+        key = (model.appid, t.token, t.aes_key)
+        c = self._crypto.get(key)
         if c is None:
-            c = self._crypto[model.appid] = SafeModeCrypto(self.token, self.aes_key, model.appid)
+            c = self._crypto[key] = SafeModeCrypto(t.token, t.aes_key, model.appid)
         return c
 
     def submit(self, model: WeChatModel, push: Push) -> None:
         """Schedule delivery of ``push`` after the previous delivery to the same customer."""
-        if self.webhook is None:
+        if self.target(model).webhook is None:
             self._append(
                 {"openid": push.openid, "push": push.to_json(), "outcome": "no_webhook", "attempt": 0}
             )
@@ -115,13 +141,14 @@ class Deliverer(OrderedDeliveries):
 
     async def verify_url(self, model: WeChatModel, echostr: str = "") -> dict[str, Any]:
         """WeChat's GET check of the callback URL (spec §5.1): the answer must be the raw echostr."""
-        if self.webhook is None or not self.token:
+        t = self.target(model)
+        if t.webhook is None or not t.token:
             return {"ok": False, "error": "no webhook configured"}
         echostr = echostr or str(model.rng.randint(10**17, 10**19))
         ts = str(int(self._now()))
         nonce = str(model.rng.randint(10**8, 10**10 - 1))
         query = {
-            "signature": signature.sign(self.token, ts, nonce),
+            "signature": signature.sign(t.token, ts, nonce),
             "timestamp": ts,
             "nonce": nonce,
             "echostr": echostr,
@@ -129,7 +156,7 @@ class Deliverer(OrderedDeliveries):
         session = await self._client()
         timeout = aiohttp.ClientTimeout(total=model.options.webhook_timeout_s)
         try:
-            async with session.get(self.webhook, params=query, timeout=timeout) as resp:
+            async with session.get(t.webhook, params=query, timeout=timeout) as resp:
                 body = (await resp.read()).decode("utf-8", "replace")
                 return {
                     "ok": resp.status == 200 and body == echostr,
@@ -140,11 +167,12 @@ class Deliverer(OrderedDeliveries):
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
     def _prepare(self, model: WeChatModel, push: Push) -> tuple[dict[str, str], bytes]:
-        assert self.token is not None
+        token = self.target(model).token
+        assert token is not None
         xml = render_push(model, push)
         ts = str(int(self._now()))
         nonce = str(model.rng.randint(10**8, 10**10 - 1))
-        query = {"signature": signature.sign(self.token, ts, nonce), "timestamp": ts, "nonce": nonce}
+        query = {"signature": signature.sign(token, ts, nonce), "timestamp": ts, "nonce": nonce}
         if model.options.push_include_openid:
             query["openid"] = push.openid
         crypto = self.crypto_for(model)
@@ -160,7 +188,8 @@ class Deliverer(OrderedDeliveries):
         if prev is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.shield(prev)
-        assert self.webhook is not None
+        webhook = self.target(model).webhook
+        assert webhook is not None
         query, body = self._prepare(model, push)
         opts = model.options
         attempts = opts.delivery_attempts
@@ -170,7 +199,7 @@ class Deliverer(OrderedDeliveries):
                 session = await self._client()
                 timeout = aiohttp.ClientTimeout(total=opts.webhook_timeout_s)
                 async with session.post(
-                    self.webhook,
+                    webhook,
                     params=query,
                     data=body,
                     headers={"Content-Type": "text/xml"},

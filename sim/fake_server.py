@@ -26,7 +26,7 @@ from aiohttp import BodyPartReader, web
 from kfrouter.router.clock import SteadyClock
 from kfrouter.sim import fake_options as fo
 from kfrouter.sim.fake_options import FakeOptions, Fault
-from kfrouter.sim.fake_push import Deliverer
+from kfrouter.sim.fake_push import Deliverer, PushTarget
 from kfrouter.sim.serving import serving
 from kfrouter.sim.wechat_model import Json, WeChatModel
 
@@ -66,19 +66,31 @@ class FakeWeChat:
         self.clock = clock if clock is not None else SteadyClock()
         self.seed = seed
         self.models: dict[str, WeChatModel] = {}
-        self.model = self.add_app(appid, secret, wxid=wxid)
         self.pusher = Deliverer(webhook, token, aes_key, self.clock.now, self.flush)
+        self.model = self.add_app(appid, secret, wxid=wxid)
         self.app = self._build_app()
         self.base_url = ""
 
     # ------------------------------------------------------------------ setup
-    def add_app(self, appid: str, secret: str, *, wxid: str = "test") -> WeChatModel:
-        """Another Official Account served by the same fake (tokens tell them apart)."""
+    def add_app(
+        self,
+        appid: str,
+        secret: str,
+        *,
+        wxid: str = "test",
+        webhook: str | None = None,
+        token: str | None = None,
+        aes_key: str | None = None,
+    ) -> WeChatModel:
+        """Another Official Account served by the same fake (access tokens tell them apart); its pushes go
+        to ``webhook`` signed with ``token`` (each None: the fake's own, whose URL may hold ``{appid}``)."""
         if appid in self.models:
             raise ValueError(f"appid {appid!r} is already served by this fake")
         rng = random.Random(f"{self.seed}:{appid}")
         model = WeChatModel(appid, secret, wxid=wxid, options=self.options, rng=rng)
         self.models[appid] = model
+        if webhook is not None or token is not None or aes_key is not None:
+            self.pusher.targets[appid] = PushTarget(webhook, token, aes_key)
         return model
 
     def _build_app(self) -> web.Application:

@@ -139,7 +139,9 @@ class RunResult:
     absorbed_arrivals: int = 0  # arrivals of customers still in the system (the engine absorbs them)
     texts: list[SentText] = field(default_factory=list)  # RunConfig.record_texts
     messages_per_customer_max: int = 0  # most texts one customer got in one waiting spell (RunConfig.notify)
-    notify_budget_violations: int = 0  # texts past the budget: outside the window, over a spell's or window's quota
+    notify_budget_violations: int = (
+        0  # texts past the budget: outside the window, over a spell's or window's quota
+    )
     ghost_sessions: int = 0  # sessions created for customers who had already left
     reassignments: int = 0  # sessions after the first for one arrival (the engine moved the customer)
     sessions_cut: int = 0  # sessions the engine closed before the service was over, not resumed

@@ -145,7 +145,10 @@ def new_arrival(
 
 _KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # kind: (required keys, optional keys); "t" and "kind" are checked apart
-    "agent_online": (frozenset({"agent", "groups", "max_sessions"}), frozenset({"tags", "skills", "nickname"})),
+    "agent_online": (
+        frozenset({"agent", "groups", "max_sessions"}),
+        frozenset({"tags", "skills", "nickname"}),
+    ),
     "agent_offline": (frozenset({"agent"}), frozenset()),
     "arrival": (
         frozenset({"customer", "service_s"}),

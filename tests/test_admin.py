@@ -17,7 +17,8 @@ from conftest import ADMIN_TOKEN, CB_TOKEN, FakeControl, config_dict, wait_until
 from kfrouter.router.admin import ROUTE_NAME, install
 from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
-from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.router.daemon import AccountRunner, DaemonOptions
+from kfrouter.router.host import Host
 from kfrouter.sim.fake_options import FakeOptions
 from kfrouter.sim.fake_server import FakeWeChat, running_fake
 
@@ -38,19 +39,23 @@ class Env:
         self.http = http
         self.store = store
         self.ctl = FakeControl(fake.base_url, http)
-        self.daemon: Daemon | None = None
+        self.daemon: Host | None = None
         self.task: asyncio.Task[None] | None = None
 
     @property
-    def d(self) -> Daemon:
+    def h(self) -> Host:
         assert self.daemon is not None
         return self.daemon
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.d.port}"
+    def d(self) -> AccountRunner:
+        return self.h.runner
 
-    async def start(self) -> Daemon:
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.h.port}"
+
+    async def start(self) -> Host:
         cfg = Config.from_dict(
             config_dict(
                 api_base=self.fake.base_url,
@@ -134,6 +139,7 @@ async def in_session(e: Env, openid: str, kf: str | None = None) -> str:
 
 
 def _fill(path: str) -> str:
+    path = path.replace("{appid}", "wx_test_app")
     return re.sub(r"\{kf\}", "a1@test", re.sub(r"\{openid\}", "nobody", re.sub(r"\{tail[^}]*\}", "x", path)))
 
 
@@ -141,11 +147,29 @@ async def test_every_route_refuses_a_missing_or_wrong_token(env: Env) -> None:
     routes = sorted(
         {
             (r.method, r.resource.canonical)
-            for r in env.d.app.router.routes()
+            for r in env.h.app.router.routes()
             if r.resource is not None and r.resource.canonical.startswith("/api") and r.method != "HEAD"
         }
     )
+    per_account = {
+        ("GET", "/agents"),
+        ("POST", "/agents"),
+        ("GET", "/agents/{kf}"),
+        ("PATCH", "/agents/{kf}"),
+        ("DELETE", "/agents/{kf}"),
+        ("PATCH", "/agents/{kf}/settings"),
+        ("POST", "/agents/{kf}/avatar"),
+        ("POST", "/agents/{kf}/invite"),
+        ("GET", "/queue"),
+        ("DELETE", "/queue/{openid}"),
+        ("GET", "/sessions"),
+        ("POST", "/sessions/{openid}/close"),
+        ("POST", "/sessions/{openid}/reassign"),
+    }
     expected = {
+        ("GET", "/api/accounts"),
+        ("GET", "/api/accounts/{appid}"),
+        *((m, "/api/accounts/{appid}" + p) for m, p in per_account),
         ("GET", "/api/agents"),
         ("POST", "/api/agents"),
         ("GET", "/api/agents/{kf}"),
@@ -187,8 +211,8 @@ async def test_every_route_refuses_a_missing_or_wrong_token(env: Env) -> None:
     async with env.http.head(env.url + "/api/queue") as resp:
         assert resp.status == 401
     # and the routes are there once: install() sees them
-    assert ROUTE_NAME in env.d.app.router.named_resources()
-    assert install(env.d.app, env.d) is False
+    assert ROUTE_NAME in env.h.app.router.named_resources()
+    assert install(env.h.app, env.h) is False
 
 
 async def test_unknown_admin_route_is_a_json_404(env: Env) -> None:

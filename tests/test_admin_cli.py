@@ -186,7 +186,7 @@ async def test_url_and_token_from_config(
         groups=GROUPS,
         routing={"default_group": "sales"},
     )
-    data["server"]["port"] = env.d.port
+    data["server"]["port"] = env.h.port
     path = tmp_path / "kfrouter.toml"
     path.write_text(toml_text(data))
     r = await kfrouter(capsys, "sessions", "list", "--config", str(path))

@@ -24,8 +24,9 @@ from kfrouter.router.cli import main as kfrouter_main
 from kfrouter.router.config import Config
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.model import CustomerState
-from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.router.daemon import DaemonOptions
 from kfrouter.router.edges.store import Store
+from kfrouter.router.host import Host
 from kfrouter.sim.fake_options import FakeOptions
 from kfrouter.sim.fake_server import FakeWeChat, running_fake
 from kfrouter.sim.wechat_model import WeChatModel
@@ -71,13 +72,14 @@ class Env:
     def __init__(
         self,
         fake: FakeWeChat,
-        daemon: Daemon,
+        host: Host,
         clock: JumpClock,
         http: aiohttp.ClientSession,
         task: asyncio.Task[None],
     ) -> None:
         self.fake = fake
-        self.daemon = daemon
+        self.host = host
+        self.daemon = daemon = host.runner
         self.clock = clock
         self.http = http
         self.task = task
@@ -189,7 +191,7 @@ async def make_env(tmp_path: Path) -> AsyncIterator[EnvFactory]:
 
     yield factory
     for cm, env in reversed(stack):
-        env.daemon.stop()
+        env.host.stop()
         try:
             await asyncio.wait_for(env.task, 15)
         finally:
@@ -493,7 +495,7 @@ async def test_reassign_by_hand_with_the_cli_and_the_admin_api(
     await env.ctl.say("m1", "human")
     first = await env.assigned("m1")
     other, third = sorted({"a1@test", "a2@test", "a3@test"} - {first})
-    url = f"http://127.0.0.1:{env.daemon.port}"
+    url = f"http://127.0.0.1:{env.host.port}"
     argv = ["sessions", "reassign", "m1", "--to", other, "--url", url, "--admin-token", ADMIN_TOKEN]
     capsys.readouterr()
     code = await asyncio.to_thread(kfrouter_main, argv)

@@ -20,8 +20,9 @@ from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.model import CustomerState
-from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.router.daemon import DaemonOptions
 from kfrouter.router.edges.store import Store, WaitingRow
+from kfrouter.router.host import Host
 from kfrouter.router.wechat import replies, signature
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 from kfrouter.router.wechat.push import UserMessage, parse_push
@@ -36,19 +37,20 @@ class Env:
     """One fake WeChat and one daemon, both in this process, talking HTTP to each other."""
 
     def __init__(
-        self, fake: FakeWeChat, daemon: Daemon, http: aiohttp.ClientSession, task: asyncio.Task[None]
+        self, fake: FakeWeChat, host: Host, http: aiohttp.ClientSession, task: asyncio.Task[None]
     ) -> None:
         self.fake = fake
-        self.daemon = daemon
+        self.host = host
+        self.daemon = host.runner
         self.http = http
         self.task = task
         self.ctl = FakeControl(fake.base_url, http)
         self.events: list[dict[str, Any]] = []
-        daemon.observers.append(recorder(self.events))
+        self.daemon.observers.append(recorder(self.events))
 
     @property
     def webhook(self) -> str:
-        return f"http://127.0.0.1:{self.daemon.port}{self.daemon.config.wechat.callback_path}"
+        return f"http://127.0.0.1:{self.host.port}{self.daemon.config.wechat.callback_path}"
 
     async def assigned(self, openid: str, timeout: float = 10.0, *, to: str | None = None) -> str:
         """Wait until the fake has ``openid`` in a session (with ``to``, if given) and the daemon has
@@ -100,7 +102,9 @@ async def make_env(tmp_path: Path) -> AsyncIterator[EnvFactory]:
             config_dict(api_base=fake.base_url, store=tmp_path / "kfrouter.db", **config), env={}
         )
         daemon = build_daemon(
-            cfg, options=options or DaemonOptions(create_timeout_s=2.0, api_timeout_s=2.0), store=store
+            cfg,
+            options=options or DaemonOptions(create_timeout_s=2.0, api_timeout_s=2.0),
+            stores=None if store is None else {APPID: store},
         )
         task = asyncio.create_task(daemon.run())
         await asyncio.wait_for(daemon.listening.wait(), 10)
@@ -112,7 +116,7 @@ async def make_env(tmp_path: Path) -> AsyncIterator[EnvFactory]:
 
     yield factory
     for cm, env in reversed(stack):
-        env.daemon.stop()
+        env.host.stop()
         try:
             await asyncio.wait_for(env.task, 15)
         finally:
@@ -476,7 +480,7 @@ async def test_start_up_recovers_waiting_customers_and_reservations(
 
 async def test_healthz_reports_the_engine(make_env: EnvFactory) -> None:
     env = await make_env()
-    async with env.http.get(f"http://127.0.0.1:{env.daemon.port}/healthz") as resp:
+    async with env.http.get(f"http://127.0.0.1:{env.host.port}/healthz") as resp:
         body = await resp.json()
     assert resp.status == 200
     assert body["status"] == "running" and body["agents_online"] == 2 and body["last_poll_ok"] is True
@@ -490,7 +494,7 @@ async def test_shutdown_refuses_new_pushes_and_keeps_calls_in_flight_for_next_st
     await env.ctl.fault("kfsession/create", delay_s=2.0)
     await env.ctl.say("z1", "human")
     await wait_until(lambda: env.daemon.health()["commands_pending"], message="a create in flight")
-    env.daemon.stop()
+    env.host.stop()
     await wait_until(lambda: env.daemon.stopping, message="stopping")
     xml = replies.build_text_message("gh_x", "z2", int(time.time()), "human", 99)
     async with env.http.post(env.webhook, params=signed_push(xml, openid="z2"), data=xml) as resp:

@@ -126,6 +126,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "router.executor",
         "router.pollers",
         "router.daemon",
+        "router.host",
         "router.wecom_daemon",
         "router.view",
     ),

@@ -14,7 +14,8 @@ from conftest import ADMIN_TOKEN, CB_TOKEN, FakeControl, config_dict, wait_until
 
 from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
-from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.router.daemon import DaemonOptions
+from kfrouter.router.host import Host
 from kfrouter.router.supervisor import Observability, attach_observability
 from kfrouter.sim.fake_options import FakeOptions
 from kfrouter.sim.fake_server import FakeWeChat, running_fake
@@ -26,17 +27,18 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 class ObsEnv:
     def __init__(
-        self, fake: FakeWeChat, daemon: Daemon, obs: Observability, http: aiohttp.ClientSession
+        self, fake: FakeWeChat, host: Host, obs: Observability, http: aiohttp.ClientSession
     ) -> None:
         self.fake = fake
-        self.daemon = daemon
+        self.host = host
+        self.daemon = host.runner
         self.obs = obs
         self.http = http
         self.ctl = FakeControl(fake.base_url, http)
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.daemon.port}"
+        return f"http://127.0.0.1:{self.host.port}"
 
     async def get(self, path: str, *, auth: bool = True, **kw: Any) -> tuple[int, str]:
         headers = {**(AUTH if auth else {}), **kw.pop("headers", {})}
@@ -81,7 +83,8 @@ async def running_env(
             data["log"] = log
         cfg = Config.from_dict(data, env={})
         daemon = build_daemon(cfg, options=options or DaemonOptions(create_timeout_s=2.0, api_timeout_s=2.0))
-        obs = attach_observability(daemon, daemon.app, daemon.observers)
+        assert isinstance(daemon, Host)
+        obs = attach_observability(daemon, daemon.app)
         task = asyncio.create_task(daemon.run())
         try:
             await asyncio.wait_for(daemon.listening.wait(), 10)

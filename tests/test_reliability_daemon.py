@@ -24,7 +24,8 @@ from conftest import CB_TOKEN, FakeControl, config_dict, successful_creates, wai
 from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.core.model import CustomerState
-from kfrouter.router.daemon import Daemon, DaemonOptions
+from kfrouter.router.daemon import DaemonOptions
+from kfrouter.router.host import Host
 from kfrouter.sim.fake_options import FakeOptions
 from kfrouter.sim.fake_server import FakeWeChat, running_fake
 
@@ -33,9 +34,10 @@ SECRET = "rel_secret"
 
 
 class Env:
-    def __init__(self, fake: FakeWeChat, daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    def __init__(self, fake: FakeWeChat, host: Host, http: aiohttp.ClientSession) -> None:
         self.fake = fake
-        self.daemon = daemon
+        self.host = host
+        self.daemon = host.runner
         self.ctl = FakeControl(fake.base_url, http)
 
     def errcodes(self) -> list[int]:
@@ -52,7 +54,7 @@ EnvFactory = Callable[..., Awaitable[Env]]
 
 @pytest.fixture
 async def make_env(tmp_path: Path) -> AsyncIterator[EnvFactory]:
-    stack: list[tuple[Any, asyncio.Task[None], Daemon, aiohttp.ClientSession]] = []
+    stack: list[tuple[Any, asyncio.Task[None], Host, aiohttp.ClientSession]] = []
 
     async def factory(*, agents: tuple[str, ...], options: DaemonOptions, **config: Any) -> Env:
         opts = FakeOptions()

@@ -179,7 +179,8 @@ async def test_event_stream_delivers_an_update_after_an_assignment(tmp_path: Pat
             stream = sse_events(resp)
             name, first = await asyncio.wait_for(anext(stream), 5)
             assert name == "snapshot" and first["recent"] == [] and first["totals"]["assigned"] == 0
-            assert env.obs.hub.streams == 1
+            hub = env.obs.account().hub
+            assert hub.streams == 1
             await env.ctl.say("s1", "human please")
 
             async def assignment_seen() -> dict[str, Any]:
@@ -196,18 +197,18 @@ async def test_event_stream_delivers_an_update_after_an_assignment(tmp_path: Pat
             kf = snap["recent"][0]["kf_account"]
             assert {a["kf_account"]: a["load"] for a in snap["agents"]}[kf] == 1
             # shutting down ends the stream (so the daemon's web server can close)
-            env.daemon.stop()
+            env.host.stop()
             rest = await asyncio.wait_for(resp.content.read(), 10)
             assert rest is not None
             await asyncio.wait_for(env.daemon.stopped.wait(), 10)
-        assert env.obs.hub.streams == 0
+        assert hub.streams == 0
 
 
 def test_snapshots_slow_down_when_they_are_expensive(tmp_path: Path) -> None:
     cfg = Config.from_dict(config_dict(api_base="http://127.0.0.1:9", store=tmp_path / "kf.db"), env={})
     obs = observability_of(build_daemon(cfg).app)
     assert obs is not None
-    hub = obs.hub
+    hub = obs.account().hub
     assert hub.pause_s() == hub.debounce_s == 0.15
     hub.last_build_s = 0.05  # a 50 ms snapshot (a very long queue): at most one every 0.5 s
     assert hub.pause_s() == 0.5

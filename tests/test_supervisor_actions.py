@@ -284,9 +284,9 @@ async def test_history_from_the_store_as_json_and_svg(tmp_path: Path) -> None:
                 assert svg.startswith("<svg") and "billing" in svg and "<script" not in svg
         async with env.http.get(f"{env.base}/supervisor/history/nope.svg", headers=READONLY) as r:
             assert r.status == 404
-        before = env.obs.history.computed
+        before = env.obs.account().history.computed
         await call(env, "GET", "/supervisor/history", headers=READONLY)
-        assert env.obs.history.computed == before  # cached: the store is not read for every viewer
+        assert env.obs.account().history.computed == before  # cached: the store is not read for every viewer
 
 
 # ---------------------------------------------------------------------------------------------- notifications
@@ -302,7 +302,7 @@ async def test_notifications_sent_are_logged_and_counted_by_the_report(tmp_path:
         )
         assert sent >= 1
         await wait_until(
-            lambda: env.obs.notices.written + len(env.obs.notices._pending) >= sent, message="logged"
+            lambda: env.obs.account().notices.written + len(env.obs.account().notices._pending) >= sent, message="logged"
         )
     traffic = read_traffic(tmp_path / "kfrouter.db")  # the daemon stopped: everything was flushed
     notes = [n for n in traffic.notices if n.openid == "oNote_1"]

@@ -94,7 +94,7 @@ async def test_an_over_long_request_line_is_refused_in_one_quiet_line(
     caplog.set_level(logging.DEBUG)
     caplog.clear()  # start-up is done; from here on only this request
     before = dict(env.daemon.receiver.stats)
-    reader, writer = await asyncio.open_connection("127.0.0.1", env.daemon.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.host.port)
     path = f"/wechat?{_query('7' * 10_000, int(time.time()))}"
     writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
     await writer.drain()

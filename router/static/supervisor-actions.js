@@ -37,10 +37,17 @@
 
   // ---------------------------------------------------------------- the API
 
+  // A daemon of several accounts: the actions go to the shown account's routes (/api/accounts/APPID/...).
+  function accountPath(path) {
+    const s = snapshot;
+    if (!s || !s.accounts || s.accounts.length < 2 || path.indexOf("/api/") !== 0) return path;
+    return "/api/accounts/" + enc(s.appid) + path.slice(4);
+  }
+
   async function api(method, path, body) {
     let resp;
     try {
-      resp = await fetch(path, {
+      resp = await fetch(accountPath(path), {
         method: method,
         credentials: "same-origin",
         headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },

@@ -90,6 +90,7 @@
   function renderTotals(s) {
     const t = s.totals;
     $("account").textContent = s.appid;
+    renderAccounts(s);
     $("t-waiting").textContent = t.waiting;
     const longest = $("t-longest");
     delete longest.dataset.since;
@@ -312,9 +313,36 @@
     $("live-text").textContent = text;
   }
 
+  // The account shown: ?account=APPID (a daemon of several accounts); the server's first one otherwise.
+  const chosen = new URLSearchParams(window.location.search).get("account");
+  function withAccount(path) {
+    if (!chosen) return path;
+    return path + (path.indexOf("?") < 0 ? "?" : "&") + "account=" + encodeURIComponent(chosen);
+  }
+
+  function renderAccounts(s) {
+    const box = $("account-select");
+    const list = s.accounts || [];
+    box.hidden = list.length < 2;
+    if (box.hidden) return;
+    const wanted = list.map((a) => a.appid + "|" + a.status + "|" + a.waiting).join(",");
+    if (box.dataset.list !== wanted) {
+      box.dataset.list = wanted;
+      box.textContent = "";
+      for (const a of list) {
+        const label = a.appid + (a.running ? " — " + a.waiting + " waiting" : " — " + a.status);
+        const opt = el("option", "", label);
+        opt.value = a.appid;
+        opt.disabled = !a.running;
+        box.appendChild(opt);
+      }
+    }
+    box.value = s.appid;
+  }
+
   function connect() {
     if (source) source.close();
-    source = new EventSource("/supervisor/events");
+    source = new EventSource(withAccount("/supervisor/events"));
     source.addEventListener("snapshot", (event) => {
       const s = JSON.parse(event.data);
       offset = s.now - Date.now() / 1000;
@@ -324,7 +352,7 @@
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) {
         // Refused (logged out, token changed) or the server is gone: find out which.
-        fetch("/supervisor/state", { credentials: "same-origin" })
+        fetch(withAccount("/supervisor/state"), { credentials: "same-origin" })
           .then((r) => {
             if (r.status === 401) {
               setLive("down", "Logged out — reload to log in");
@@ -348,7 +376,7 @@
   function loadHistory() {
     const stamp = String(Date.now());
     for (const img of document.querySelectorAll("#history img[data-chart]")) {
-      img.src = "/supervisor/history/" + img.dataset.chart + ".svg?t=" + stamp;
+      img.src = withAccount("/supervisor/history/" + img.dataset.chart + ".svg?t=" + stamp);
     }
   }
 
@@ -372,6 +400,11 @@
   document.addEventListener("DOMContentLoaded", () => {
     const role = document.querySelector('meta[name="kfrouter-role"]');
     if (role && role.content !== "admin") $("role").hidden = false;
+    $("account-select").addEventListener("change", (event) => {
+      const params = new URLSearchParams(window.location.search);
+      params.set("account", event.target.value);
+      window.location.search = params.toString();
+    });
     connect();
     watchHistory();
     setInterval(tick, 1000);
