@@ -260,6 +260,39 @@ def _in_blocks(records: Iterator[Record], size: int = 2048) -> Iterator[Record]:
         yield from block
 
 
+class _EventCalls:
+    """The Desk's three typed calls for a stand-in engine (tests) that only has ``handle``: each builds its
+    event and hands it over."""
+
+    def __init__(self, handle: Callable[[ev.Event, float], list[Command]]) -> None:
+        self._handle = handle
+
+    def customer_requested(
+        self,
+        openid: str,
+        group: str | None,
+        priority: int,
+        preferred_agent: str | None,
+        tags: frozenset[str],
+        now: float,
+    ) -> list[Command]:
+        event = ev.CustomerRequested(
+            openid=openid,
+            group=group,
+            priority=priority,
+            preferred_agent=preferred_agent,
+            tags=tags,
+            source="trace",
+        )
+        return self._handle(event, now)
+
+    def session_created(self, openid: str, kf_account: str, now: float) -> list[Command]:
+        return self._handle(ev.SessionCreated(openid=openid, kf_account=kf_account, source="api"), now)
+
+    def session_closed(self, openid: str, kf_account: str, now: float) -> list[Command]:
+        return self._handle(ev.SessionClosed(openid=openid, kf_account=kf_account), now)
+
+
 class Simulation:
     """One replay of one trace under one policy. ``run()`` consumes the records and returns the result."""
 
@@ -285,10 +318,7 @@ class Simulation:
         self._service = ServiceModel.from_header(header)  # session lengths by who serves (sim/service.py)
         self.engine: Engine | None = None
         self.desk: Desk | None = None  # drives the engine (None for a stand-in engine in tests)
-        # the engine's three calls per customer (set by _bind_engine)
-        self._requested: Callable[[str, str | None, int, str | None, frozenset[str], float], list[Command]]
-        self._created: Callable[[str, str, float], list[Command]]
-        self._closed: Callable[[str, str, float], list[Command]]
+        self._typed: Desk | _EventCalls  # the three calls every customer makes (set by _bind_engine)
         self._heap: list[tuple[float, int, int, object]] = []
         self._seq = 0
         self._ticks_at: set[float] = set()
@@ -311,9 +341,8 @@ class Simulation:
         return Engine(engine_config(self.policy, self.cfg, self._groups), {self.policy.name: self.policy})
 
     def _bind_engine(self, engine: Engine) -> None:
-        """The three calls every customer makes: the engine's typed ones (no event object built), or,
-        for a stand-in engine (tests) or while the ETA tracker watches the events, ones that build the
-        event and hand it to ``handle``."""
+        """The three calls every customer makes (``self._typed``): the Desk's typed ones (no event object
+        built), or, for a stand-in engine (tests), ones that build the event and hand it to ``handle``."""
         if isinstance(engine, Engine):
             notifier = Notifier(self.cfg.notify_config or NotifyConfig()) if self.cfg.notify else None
             estimator = self.eta.estimator if self.eta is not None else None
@@ -322,35 +351,10 @@ class Simulation:
             desk = self.desk = Desk(engine, estimator=estimator, notifier=notifier)
             if self.eta is not None:
                 self.eta.watch(engine)
-                desk.observers.append(self.eta.on_fact)
-            self._requested = desk.customer_requested
-            self._created = desk.session_created
-            self._closed = desk.session_closed
-            return
-
-        def requested(
-            openid: str,
-            group: str | None,
-            priority: int,
-            preferred: str | None,
-            tags: frozenset[str],
-            now: float,
-        ) -> list[Command]:
-            event = ev.CustomerRequested(
-                openid=openid,
-                group=group,
-                priority=priority,
-                preferred_agent=preferred,
-                tags=tags,
-                source="trace",
-            )
-            return self._handle(event, now)
-
-        self._requested = requested
-        self._created = lambda o, a, now: self._handle(
-            ev.SessionCreated(openid=o, kf_account=a, source="api"), now
-        )
-        self._closed = lambda o, a, now: self._handle(ev.SessionClosed(openid=o, kf_account=a), now)
+                desk.subscribe(self.eta.on_fact)
+            self._typed = desk
+        else:
+            self._typed = _EventCalls(engine.handle)
 
     def _handle(self, event: ev.Event, now: float) -> list[Command]:
         if self.desk is not None:
@@ -389,7 +393,7 @@ class Simulation:
         latency = self.cfg.create_latency_s
         res = self.res
         visitors = self._visitors
-        created = self._created
+        typed = self._typed
         while i < len(pending):
             cmd = pending[i]
             i += 1
@@ -411,7 +415,7 @@ class Simulation:
                     event = ev.CreateFailed(openid=openid, kf_account=agent, errcode=code)
                 else:
                     try:
-                        more = created(openid, agent, now)
+                        more = typed.session_created(openid, agent, now)
                     except CoreError as exc:
                         raise SimError(
                             f"t={now:.6f}: the engine refused {openid!r}'s session: {exc}"
@@ -608,7 +612,7 @@ class Simulation:
         else:
             self._idle(v, now)  # a ghost session ended: the customer is idle again
         try:
-            cmds = self._closed(openid, agent, now)
+            cmds = self._typed.session_closed(openid, agent, now)
         except CoreError as exc:
             raise SimError(f"t={now:.6f}: the engine refused the end of {openid}'s session: {exc}") from exc
         self._took(cmds, now)
@@ -687,7 +691,7 @@ class Simulation:
                 self.desk.on_user_message(customer, now)
         tags = rec.tags
         try:
-            cmds = self._requested(
+            cmds = self._typed.customer_requested(
                 customer, group, rec.priority, preferred, _NO_TAGS if not tags else frozenset(tags), now
             )
         except CoreError as exc:
