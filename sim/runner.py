@@ -281,7 +281,7 @@ class _EventCalls:
             group=group,
             priority=priority,
             preferred_agent=preferred_agent,
-            tags=tags,
+            tags=tags,  # type: ignore[arg-type]  # attrs' converter takes any iterable
             source="trace",
         )
         return self._handle(event, now)

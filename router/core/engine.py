@@ -267,7 +267,7 @@ class Engine:
         self._priorities = config.priorities
         self._pool = Pool(config.default_capacity)
         self._agent_map = self._pool._agents
-        self._free_counts = self._pool._free
+        self._free_agents = self._pool.everyone.by_load  # every free agent (a list the pool keeps in place)
         self._customers: dict[str, _Customer] = {}
         # Waiting customers, one queue per customer group, entries (key, openid); the global queue order
         # is the merge of these (keys are unique across groups).
@@ -383,7 +383,7 @@ class Engine:
         """After every event: close or move what is due, then route while an agent is free."""
         if self._offline_since:
             self._sweep_sessions(now, out)
-        if self._waiting_count and self._free_counts.get(None, 0) > 0:
+        if self._waiting_count:
             self._drain(now, out)
 
     def tick(self, now: float) -> list[Command]:
@@ -1064,15 +1064,15 @@ class Engine:
         if c.preferred_agent is not None and now < c.preferred_until:
             wanted = c.preferred_agent
             return wanted if wanted not in avoid and self._pool.is_free(wanted) else None
-        free = self._free_counts
         if c.anywhere:
             scope = _ANY_GROUP
-            if not free.get(None, 0):
+            if not self._free_agents:
                 return None
         else:
             scope = self._scope(c, now)
+            free_count = self._pool.free_count
             for g in scope:
-                if free.get(g, 0):
+                if free_count(g):
                     break
             else:
                 return None  # cheap skip: nobody in scope is free, so no policy could pick
@@ -1098,9 +1098,9 @@ class Engine:
             self._offer_free_agents(now, out)
             if self._only_choosers:
                 return
-        free = self._free_counts
+        free = self._free_agents
         group_queues = self._group_queues
-        while self._waiting_count and free.get(None, 0) > 0:
+        while self._waiting_count and free:
             merged: Iterable[tuple[tuple[int, int], str]]
             if len(group_queues) == 1 and None in group_queues:
                 merged = group_queues[None]  # only customers without a group: every agent reaches them
@@ -1192,7 +1192,7 @@ class Engine:
             if openids and self._pool.is_free(kf):
                 wanted.update(self._customers[o].group for o in openids)
         found = []
-        free = self._free_counts
+        free_count = self._pool.free_count
         for group, q in self._group_queues.items():
             if not q:
                 continue
@@ -1201,9 +1201,9 @@ class Engine:
                 continue
             route = self.config.routes.get(group, self.config.default_route)
             if (
-                free.get(group, 0)
+                free_count(group)
                 or self._ignores_groups.get(route.policy, False)
-                or any(free.get(t, 0) for t, _after in route.overflow)
+                or any(free_count(t) for t, _after in route.overflow)
             ):
                 found.append(q)
         return found
