@@ -319,7 +319,8 @@ class Simulation:
         self.engine: Engine | None = None
         self.desk: Desk | None = None  # drives the engine (None for a stand-in engine in tests)
         self._typed: Desk | _EventCalls  # the three calls every customer makes (set by _bind_engine)
-        self._heap: list[tuple[float, int, int, object]] = []
+        # what the replay itself scheduled: (t, priority, sequence number, item), read by unpacking
+        self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self._ticks_at: set[float] = set()
         self._visitors: dict[str, _Visitor] = {}  # customers present, and those who left lately
@@ -522,9 +523,7 @@ class Simulation:
             res.capacity_violations += 1
         # the session's id is the sequence number of its end in the heap: the end is stale if the
         # customer's session has changed since (closed through the API, maybe reopened)
-        sid = self._seq = self._seq + 1
         idx = v.idx
-        v.sid = sid
         v.agent = agent
         v.start = now
         v.sess_idx = idx
@@ -532,12 +531,12 @@ class Simulation:
             # the customer is no longer here (a create answer arrived after their patience ran out):
             # the agent finds nobody and the session ends at once
             res.ghost_sessions += 1
-            heapq.heappush(self._heap, (now, P_END, sid, v))
+            v.sid = self._push(now, P_END, v)
             return
         service = self._service
         if service.active and not v.started:  # the session's length depends on who serves it
             v.remaining = service.length(v.remaining, v.group, agent, v.last_agent)
-        heapq.heappush(self._heap, (now + v.remaining, P_END, sid, v))
+        v.sid = self._push(now + v.remaining, P_END, v)
         if v.started:
             res.reassignments += 1  # moved by the engine: the service goes on with this agent
             return
@@ -590,8 +589,11 @@ class Simulation:
         left = self._left
         visitors = self._visitors
         horizon = now - self._window
-        while left and left[0][0] < horizon:
-            t, v = left.popleft()
+        while left:
+            t, v = left[0]
+            if t >= horizon:
+                return
+            left.popleft()
             if v.left == t and v.idx < 0 and not v.sid and visitors.get(v.openid) is v:
                 del visitors[v.openid]
 
@@ -651,9 +653,7 @@ class Simulation:
         res = self.res
         customer = rec.customer
         group = rec.group
-        left = self._left
-        if left and left[0][0] < now - self._window:
-            self._forget(now)
+        self._forget(now)
         v = self._visitors.get(customer)
         if v is None:
             v = self._visitors[customer] = _Visitor(customer)
@@ -759,9 +759,11 @@ class Simulation:
 
     # ------------------------------------------------------------------------------------ the loop
 
-    def _push(self, t: float, prio: int, item: object) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (t, prio, self._seq, item))
+    def _push(self, t: float, prio: int, item: object) -> int:
+        """Schedule ``item`` at ``t``; returns its sequence number."""
+        seq = self._seq = self._seq + 1
+        heapq.heappush(self._heap, (t, prio, seq, item))
+        return seq
 
     def _mark_timeline(self, now: float) -> None:
         if self.cfg.timeline:
@@ -782,9 +784,10 @@ class Simulation:
         rec: Record | None = next(records, None)
         progress = self._progress
         step = 0
-        # The loop runs a few times per customer: locals, no tuple building to compare a record's time
-        # with the heap's head (a record goes first unless the head is earlier, or at the same time with
-        # a lower priority); after every step, a tick is queued for the engine's next deadline (once per time).
+        # The loop runs a few times per customer. A record goes first unless the heap's head is earlier, or
+        # at the same time with a lower priority: ``(rec.t, P_TRACE) < heap[0]``, compared as the heap
+        # compares its entries. After every step, a tick is queued for the engine's next deadline (once per
+        # time).
         ticks_at = self._ticks_at
         next_deadline = self.desk.next_deadline if self.desk is not None else engine.next_deadline
         inf = math.inf
@@ -796,9 +799,7 @@ class Simulation:
         first: float
         attempt: int
         while rec is not None or heap:
-            if rec is not None and (
-                not heap or rec.t < heap[0][0] or (rec.t == heap[0][0] and heap[0][1] >= P_TRACE)
-            ):
+            if rec is not None and (not heap or (rec.t, P_TRACE) < heap[0]):
                 now = rec.t
                 self.now = now
                 if type(rec) is Arrival:
