@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import TypeVar
 
-from kfrouter.sim.trace import AgentOffline, AgentOnline, Header, Record, new_arrival
+from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record
 
 DAY_S = 86400.0
 _log = math.log
@@ -592,6 +592,6 @@ def generate(params: GenParams) -> Iterator[Record]:
         if preferred_share > 0 and uniform() < preferred_share:
             pool = grouped.get(group, everyone) if group else everyone
             preferred = pool[rng.randrange(len(pool))]
-        yield new_arrival(t, customer, service, group, priority, patience, preferred)
+        yield Arrival(t, customer, service, group, priority, patience, "", preferred)
     # shifts go on for one more day so that customers still waiting at the end can be served
     yield from drain_agents(t + DAY_S)
