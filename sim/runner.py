@@ -191,7 +191,8 @@ def engine_config(policy_obj: object, cfg: RunConfig, groups: Iterable[str]) -> 
 
 
 class _Visitor:
-    """The replay's record of one customer (one table lookup per step instead of one per question), kept
+    """The replay's record of one customer (one table lookup per step instead of one per question; made by
+    ``_new_visitor``), kept
     while they are present and ``sticky_window_s`` after they left (``Simulation._forget``).
     ``idx``: index of their current arrival (-1: not in the system), with what that arrival brought:
     ``arrived``, ``group``, ``preferred`` (the agent named), ``remaining`` (service still owed) and
@@ -225,28 +226,55 @@ class _Visitor:
         "window_texts",
     )
 
-    def __init__(self, openid: str) -> None:
-        self.openid = openid
-        # texts received (RunConfig.notify): in the current waiting spell, and since their last message
-        self.texts = 0
-        self.window_start = -math.inf
-        self.window_texts = 0
-        self.idx = -1
-        self.sid = 0
-        self.agent = ""
-        self.start = 0.0
-        self.sess_idx = -1
-        self.outcome: int | None = None
-        self.last_agent: str | None = None
-        self.arrived = 0.0
-        self.group: str | None = None
-        self.preferred: str | None = None
-        self.remaining = 0.0
-        self.started = False
-        self.left = math.nan
-        self.rec: Arrival | None = None
-        self.first_t = 0.0
-        self.attempt = 0
+    openid: str
+    texts: int
+    window_start: float
+    window_texts: int
+    idx: int
+    sid: int
+    agent: str
+    start: float
+    sess_idx: int
+    outcome: int | None
+    last_agent: str | None
+    arrived: float
+    group: str | None
+    preferred: str | None
+    remaining: float
+    started: bool
+    left: float
+    rec: Arrival | None
+    first_t: float
+    attempt: int
+
+
+def _new_visitor(openid: str) -> _Visitor:
+    """A customer the replay has not seen lately. (No ``__init__``: in Python 3.11 a class whose
+    ``__init__`` is Python code runs it in a second interpreter loop, and the replay makes one per
+    customer.)"""
+    v = _Visitor()
+    v.openid = openid
+    # texts received (RunConfig.notify): in the current waiting spell, and since their last message
+    v.texts = 0
+    v.window_start = -math.inf
+    v.window_texts = 0
+    v.idx = -1
+    v.sid = 0
+    v.agent = ""
+    v.start = 0.0
+    v.sess_idx = -1
+    v.outcome = None
+    v.last_agent = None
+    v.arrived = 0.0
+    v.group = None
+    v.preferred = None
+    v.remaining = 0.0
+    v.started = False
+    v.left = math.nan
+    v.rec = None
+    v.first_t = 0.0
+    v.attempt = 0
+    return v
 
 
 def _in_blocks(records: Iterator[Record], size: int = 2048) -> Iterator[Record]:
@@ -479,7 +507,7 @@ class Simulation:
     def _visitor(self, openid: str) -> _Visitor:
         v = self._visitors.get(openid)
         if v is None:
-            v = self._visitors[openid] = _Visitor(openid)
+            v = self._visitors[openid] = _new_visitor(openid)
         return v
 
     def _close_by_api(self, openid: str, agent: str, now: float) -> ev.Event:
@@ -656,7 +684,7 @@ class Simulation:
         self._forget(now)
         v = self._visitors.get(customer)
         if v is None:
-            v = self._visitors[customer] = _Visitor(customer)
+            v = self._visitors[customer] = _new_visitor(customer)
         elif v.idx >= 0:
             res.absorbed_arrivals += 1
             return

@@ -28,7 +28,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 from attrs import field, frozen
 from sortedcontainers import SortedList
@@ -72,15 +72,33 @@ _AVOID_NOBODY: dict[str, float] = {}
 _ANY_GROUP: tuple[str | None, ...] = (None,)
 
 
-class _Past(NamedTuple):
-    """What the engine keeps of a customer who is no longer present. ``reason`` is None for history
-    loaded by ``remember()`` alone; ``written_at`` orders the forgetting (``sticky_window_s`` later)."""
+# The engine's per-customer records (_Customer, _Past) are slot classes without ``__init__``, filled by one
+# function each (_new_customer, _new_past): in Python 3.11 calling a class whose ``__init__`` (or a
+# NamedTuple's ``__new__``) is Python code runs it in a second interpreter loop, which costs several times
+# the stores themselves, and the engine makes both once per customer.
 
+
+class _Past:
+    """What the engine keeps of a customer who is no longer present (written once, by ``_new_past``, and
+    replaced, never changed). ``reason`` is None for history loaded by ``remember()`` alone;
+    ``written_at`` orders the forgetting (``sticky_window_s`` later)."""
+
+    __slots__ = ("agent", "ended_at", "openid", "reason", "written_at")
     agent: str | None  # who served them last, if anyone
     ended_at: float  # when that session ended (nan: none)
     reason: str | None  # why they left
     openid: str
     written_at: float
+
+
+def _new_past(agent: str | None, ended_at: float, reason: str | None, openid: str, written_at: float) -> _Past:
+    p = _Past()
+    p.agent = agent
+    p.ended_at = ended_at
+    p.reason = reason
+    p.openid = openid
+    p.written_at = written_at
+    return p
 
 
 def _check_overflow(_inst: object, _attr: object, value: tuple[tuple[str, float], ...]) -> None:
@@ -163,6 +181,8 @@ class EngineConfig:
 
 
 class _Customer:
+    """The engine's record of a customer present (waiting, reserved or in session); see ``_new_customer``."""
+
     __slots__ = (
         "anywhere",
         "arrived_at",
@@ -188,46 +208,73 @@ class _Customer:
         "with_agent",
     )
 
-    def __init__(
-        self,
-        openid: str,
-        route: Route,
-        policy: Policy,
-        anywhere: bool,
-        group: str | None = None,
-        priority: int = 0,
-        arrived_at: float = 0.0,
-        preferred_agent: str | None = None,
-        tags: frozenset[str] = frozenset(),
-    ) -> None:
-        self.openid = openid
-        # the customer's route and its policy (fixed by the group), and whether any agent is in scope
-        # (no group, or a policy that ignores groups)
-        self.route = route
-        self.policy = policy
-        self.anywhere = anywhere
-        self.group = group
-        self.priority = priority
-        self.arrived_at = arrived_at
-        # the customer's entry in its group's queue, built once: ((-priority or 0, arrival sequence), openid)
-        self.entry: tuple[tuple[int, int], str] = ((0, 0), openid)
-        self.preferred_agent = preferred_agent
-        self.preferred_until = -math.inf  # waits for preferred_agent alone until then
-        self.tags = tags
-        self.avoid: dict[str, float] = _AVOID_NOBODY  # kf_account -> until; a dict of its own once set
-        self.state = _WAITING
-        self.with_agent: str | None = None  # reserved with, or in session with
-        self.reservation_deadline = math.inf
-        self.session_started_at = math.nan
-        # why we sent a CloseSession, if we did: "reroute" (route again once closed) or "stale"
-        self.closing: str | None = None
-        self.reroute_to: str | None = None  # ...to this agent (a manual reassignment), if given
-        # customer history: who served them last and when that session ended (carried over from an
-        # earlier visit, see Engine._past); the sticky window is applied when it is read
-        self.last_agent: str | None = None
-        self.last_end = math.nan
-        self.had_session = False  # a session started during this visit (a moved customer waits again)
-        self.waiting_since = arrived_at  # start of the current wait: arrival, or being routed again
+    openid: str
+    route: Route
+    policy: Policy
+    anywhere: bool
+    group: str | None
+    priority: int
+    arrived_at: float
+    entry: tuple[tuple[int, int], str]
+    preferred_agent: str | None
+    preferred_until: float
+    tags: frozenset[str]
+    avoid: dict[str, float]
+    state: CustomerState
+    with_agent: str | None
+    reservation_deadline: float
+    session_started_at: float
+    closing: str | None
+    reroute_to: str | None
+    last_agent: str | None
+    last_end: float
+    had_session: bool
+    waiting_since: float
+
+
+def _new_customer(
+    openid: str,
+    route: Route,
+    policy: Policy,
+    anywhere: bool,
+    group: str | None,
+    priority: int,
+    arrived_at: float,
+    entry: tuple[tuple[int, int], str],
+    preferred_agent: str | None,
+    tags: frozenset[str],
+) -> _Customer:
+    """A customer who just asked (or whose session WeChat reported), waiting."""
+    c = _Customer()
+    c.openid = openid
+    # the customer's route and its policy (fixed by the group), and whether any agent is in scope
+    # (no group, or a policy that ignores groups)
+    c.route = route
+    c.policy = policy
+    c.anywhere = anywhere
+    c.group = group
+    c.priority = priority
+    c.arrived_at = arrived_at
+    # the customer's entry in its group's queue, built once: ((-priority or 0, arrival sequence), openid)
+    c.entry = entry
+    c.preferred_agent = preferred_agent
+    c.preferred_until = -math.inf  # waits for preferred_agent alone until then
+    c.tags = tags
+    c.avoid = _AVOID_NOBODY  # kf_account -> until; a dict of its own once set
+    c.state = _WAITING
+    c.with_agent = None  # reserved with, or in session with
+    c.reservation_deadline = math.inf
+    c.session_started_at = math.nan
+    # why we sent a CloseSession, if we did: "reroute" (route again once closed) or "stale"
+    c.closing = None
+    c.reroute_to = None  # ...to this agent (a manual reassignment), if given
+    # customer history: who served them last and when that session ended (carried over from an
+    # earlier visit, see Engine._past); the sticky window is applied when it is read
+    c.last_agent = None
+    c.last_end = math.nan
+    c.had_session = False  # a session started during this visit (a moved customer waits again)
+    c.waiting_since = arrived_at  # start of the current wait: arrival, or being routed again
+    return c
 
 
 class Engine:
@@ -437,11 +484,11 @@ class Engine:
             return
         prev = self._past.get(openid)
         if prev is None:
-            self._write_past(_Past(kf_account, at, None, openid, at))
+            self._write_past(_new_past(kf_account, at, None, openid, at))
         elif prev.agent is None or prev.ended_at <= at:
             # keeps why they left, and is forgotten no earlier than the entry it replaces (entries loaded
             # out of time order only delay tick()'s forgetting of the ones behind them)
-            self._write_past(_Past(kf_account, at, prev.reason, openid, max(prev.written_at, at)))
+            self._write_past(_new_past(kf_account, at, prev.reason, openid, max(prev.written_at, at)))
 
     # ================================================================= reading
 
@@ -562,7 +609,8 @@ class Engine:
             return  # already waiting, reserved or in session: never queued twice
         route = self._default_route if group is None else self._routes.get(group, self._default_route)
         policy = self._policies[route.policy]
-        c = _Customer(
+        self._seq += 1
+        c = _new_customer(
             openid,
             route,
             policy,
@@ -570,12 +618,10 @@ class Engine:
             group,
             priority,
             arrived_at,
+            (queue_key(priority, self._seq, self._priorities), openid),
             preferred_agent,
             tags,
         )
-        self._seq += 1
-        c.entry = (queue_key(priority, self._seq, self._priorities), openid)
-        c.waiting_since = arrived_at
         self._customers[openid] = c
         past = self._past.get(openid)
         if past is not None:
@@ -791,10 +837,9 @@ class Engine:
         queued = c is not None
         if c is None:
             route = self.config.default_route
-            c = _Customer(openid, route, self._policies[route.policy], True)
-            c.arrived_at = now
             self._seq += 1
-            c.entry = (queue_key(0, self._seq, self._priorities), openid)
+            entry = (queue_key(0, self._seq, self._priorities), openid)
+            c = _new_customer(openid, route, self._policies[route.policy], True, None, 0, now, entry, None, _NOBODY)
             self._customers[openid] = c
             past = self._past.get(openid)
             if past is not None:
@@ -1008,7 +1053,7 @@ class Engine:
         c.state = _GONE
         c.with_agent = None
         del self._customers[c.openid]
-        self._write_past(_Past(c.last_agent, c.last_end, reason, c.openid, now))
+        self._write_past(_new_past(c.last_agent, c.last_end, reason, c.openid, now))
         horizon = now - self.config.sticky_window_s
         if self._past_order[0].written_at < horizon:  # departures past the window: forgotten as we go
             self._forget_past(horizon)
