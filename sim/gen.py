@@ -26,7 +26,6 @@ from typing import TypeVar
 from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record
 
 DAY_S = 86400.0
-_log = math.log
 SERVICE_DISTS = ("exp", "lognormal", "const")
 _T = TypeVar("_T")
 
@@ -260,7 +259,7 @@ class _ArrivalClock:
     def times(self, count: int) -> Iterator[float]:
         """The next ``count`` arrival times; one Exp(1) draw from the rng per arrival, made when the
         time is asked for."""
-        uniform = self._rng.random
+        expovariate = self._rng.expovariate
         t = 0.0
         # The window (end, rate r) that the last arrival landed in, and a time a hair before its end:
         # below it, _advance would find this same window again (the same day and piece), so its first
@@ -268,7 +267,7 @@ class _ArrivalClock:
         end = r = 0.0
         fast_until = -1.0
         for _ in range(count):
-            need = -_log(1.0 - uniform())  # Random.expovariate(1.0)'s formula: the same draw, no call
+            need = expovariate(1.0)
             if t < fast_until:
                 have = (end - t) * r
                 if have >= need:
@@ -564,7 +563,7 @@ def generate(params: GenParams) -> Iterator[Record]:
         if prio_bounds:
             priority = prio_pick[bisect_right(prio_bounds, uniform())]
         if service_dist == "exp":
-            service = _round6(-_log(1.0 - uniform()) / exp_service_rate)  # rng.expovariate, inline
+            service = _round6(rng.expovariate(exp_service_rate))
             service = service if service > 1e-6 else 1e-6
         elif service_dist == "lognormal":
             service = _round6(rng.lognormvariate(mu, sigma))
@@ -573,7 +572,7 @@ def generate(params: GenParams) -> Iterator[Record]:
             service = const_service
         patience = None
         if patience_rate is not None:
-            patience = _round6(-_log(1.0 - uniform()) / patience_rate)  # rng.expovariate, inline
+            patience = _round6(rng.expovariate(patience_rate))
             patience = 1e-6 if patience < 1e-6 else patience  # max(patience, 1e-6)
         customer: str | None = None
         if returning > 0:

@@ -596,7 +596,7 @@ class Simulation:
             st.served += 1
             v.last_agent = agent
             v.remaining -= now - start
-            if now > res.end_t:  # max(), without the call
+            if now > res.end_t:  # the last customer event so far
                 res.end_t = now
         return idx
 
@@ -705,7 +705,7 @@ class Simulation:
         self._waiting += 1
         if self._timeline:
             self._mark_timeline(now)
-        if now > res.end_t:  # max(), without the call
+        if now > res.end_t:  # the last customer event so far
             res.end_t = now
         if group is not None and group not in self._groups:
             res.unrouted_groups.add(group)

@@ -101,6 +101,11 @@ def _new_past(agent: str | None, ended_at: float, reason: str | None, openid: st
     return p
 
 
+def _avoided(avoid: dict[str, float], now: float) -> frozenset[str]:
+    """The agents in ``avoid`` (kf_account -> until) still avoided at ``now``."""
+    return frozenset([kf for kf, until in avoid.items() if until > now])
+
+
 def _check_overflow(_inst: object, _attr: object, value: tuple[tuple[str, float], ...]) -> None:
     for i, item in enumerate(value):
         if (
@@ -430,7 +435,7 @@ class Engine:
         """After every event: close or move what is due, then route while an agent is free."""
         if self._offline_since:
             self._sweep_sessions(now, out)
-        if self._waiting_count:
+        if self._waiting_count and self._free_agents:  # someone waits, and some agent is free
             self._drain(now, out)
 
     def tick(self, now: float) -> list[Command]:
@@ -438,9 +443,11 @@ class Engine:
         self._recording = True
         self.facts = []
         out: list[Command] = []
-        while (head := self._reservation_head()) is not None and head[0] <= now:
-            c = self._customers[head[1]]
-            self._release(c, now, "timeout")
+        while (head := self._reservation_head()) is not None:
+            deadline, openid = head
+            if deadline > now:
+                break
+            self._release(self._customers[openid], now, "timeout")
         while self._wakeups and self._wakeups[0] <= now:
             heapq.heappop(self._wakeups)
         self._forget_past(now - self.config.sticky_window_s)
@@ -451,11 +458,11 @@ class Engine:
     def next_deadline(self) -> float:
         """The earliest time at which ``tick`` has work to do; ``inf`` when none."""
         t = math.inf
-        if self._reservation_heap:
+        if self._reservation_heap:  # any reservation pending: the earliest one
             head = self._reservation_head()
             if head is not None:
-                t = head[0]
-        if self._wakeups and self._wakeups[0] < t:  # min(), without the call
+                t, _openid = head
+        if self._wakeups and self._wakeups[0] < t:  # the earliest wake-up, if earlier
             t = self._wakeups[0]
         return t
 
@@ -465,9 +472,9 @@ class Engine:
         heap = self._reservation_heap
         live = self._reserved
         while heap:
-            head = heap[0]
-            if live.get(head[1]) == head[0]:
-                return head
+            deadline, openid = heap[0]
+            if live.get(openid) == deadline:
+                return heap[0]
             heapq.heappop(heap)
         return None
 
@@ -1007,7 +1014,7 @@ class Engine:
         assert kf is not None
         del self._reserved[c.openid]
         heap = self._reservation_heap
-        if heap[0][1] == c.openid and heap[0][0] == c.reservation_deadline:
+        if heap[0] == (c.reservation_deadline, c.openid):
             heapq.heappop(heap)  # the earliest one (with instant answers, the only one): drop its entry now
         elif len(heap) > 64 and len(heap) > 4 * len(self._reserved):  # mostly ended ones: rebuild
             self._reservation_heap = [(d, o) for o, d in self._reserved.items()]
@@ -1054,9 +1061,7 @@ class Engine:
         c.with_agent = None
         del self._customers[c.openid]
         self._write_past(_new_past(c.last_agent, c.last_end, reason, c.openid, now))
-        horizon = now - self.config.sticky_window_s
-        if self._past_order[0].written_at < horizon:  # departures past the window: forgotten as we go
-            self._forget_past(horizon)
+        self._forget_past(now - self.config.sticky_window_s)  # departures past the window: forgotten as we go
 
     # ================================================================= routing
 
@@ -1064,14 +1069,20 @@ class Engine:
         if c.anywhere:
             return _ANY_GROUP
         # compare with the wake-up time itself (arrived + after), so float rounding cannot skip a wake-up
-        return (c.group, *(g for g, after in c.route.overflow if now >= c.arrived_at + after))
+        scope = [c.group]
+        for g, after in c.route.overflow:
+            if now >= c.arrived_at + after:
+                scope.append(g)
+        return tuple(scope)
 
     def _avoid_now(self, c: _Customer, now: float) -> frozenset[str]:
         if not c.avoid:
             return _NOBODY
-        for kf in [k for k, until in c.avoid.items() if until <= now]:
-            del c.avoid[kf]
-        return frozenset(c.avoid)
+        avoid = c.avoid
+        for kf, until in list(avoid.items()):
+            if until <= now:
+                del avoid[kf]
+        return frozenset(avoid)
 
     def _waiting_view(
         self,
@@ -1084,7 +1095,7 @@ class Engine:
         if scope is None:
             scope = self._scope(c, now)
         if avoid is None:
-            avoid = frozenset(k for k, until in c.avoid.items() if until > now) if c.avoid else _NOBODY
+            avoid = _avoided(c.avoid, now) if c.avoid else _NOBODY
         last = c.last_agent
         if last is not None and now - c.last_end > self.config.sticky_window_s:
             last = None
