@@ -45,7 +45,7 @@ from kfrouter.router.core.notify import Notifier, NotifyConfig
 from kfrouter.sim.eta import EtaTracker
 from kfrouter.sim.service import ServiceModel
 from kfrouter.sim.tally import ABANDONED, SERVED, ArrivalLog, Tally
-from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader, new_arrival
+from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Arrivals, Header, Record, TraceReader
 from kfrouter.sim.wechat_replay import ReplayWeChat
 
 # heap priorities at equal times
@@ -277,15 +277,19 @@ def _new_visitor(openid: str) -> _Visitor:
     return v
 
 
-def _in_blocks(records: Iterator[Record], size: int = 2048) -> Iterator[Record]:
-    """``records``, read ``size`` at a time. The trace's source (generator or file reader) then runs for a
-    whole block at once instead of between every two engine steps, which keeps each one's code and data
-    in the CPU's caches: about 10% of a replay's time on the M/M/c benchmark."""
+TraceItem = Record | Arrivals  # what a replay reads: records, and arrivals in blocks (sim.gen.generate_blocks)
+
+
+def _read_ahead(items: Iterator[TraceItem], size: int = 2048) -> Iterator[list[TraceItem]]:
+    """``items``, ``size`` at a time. The trace's source (generator or file reader) then runs for a whole
+    run of records at once instead of between every two engine steps, which keeps each one's code and data
+    in the CPU's caches (about 10% of a replay's time on the M/M/c benchmark, before arrivals came in
+    blocks; blocks of arrivals have that by themselves)."""
     while True:
-        block = list(islice(records, size))
-        if not block:
+        chunk = list(islice(items, size))
+        if not chunk:
             return
-        yield from block
+        yield chunk
 
 
 class _EventCalls:
@@ -327,7 +331,7 @@ class Simulation:
     def __init__(
         self,
         header: Header,
-        records: Iterable[Record],
+        records: Iterable[TraceItem],
         cfg: RunConfig,
         *,
         groups: Iterable[str] = (),
@@ -335,7 +339,7 @@ class Simulation:
         skipped: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.cfg = cfg
-        self._records = _in_blocks(iter(records))
+        self._items = _read_ahead(iter(records))
         self._skipped = skipped
         self._progress = progress
         self.policy = load_policy(cfg.policy)
@@ -350,7 +354,6 @@ class Simulation:
         # what the replay itself scheduled: (t, priority, sequence number, item), read by unpacking
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
-        self._ticks_at: set[float] = set()
         self._visitors: dict[str, _Visitor] = {}  # customers present, and those who left lately
         # (when they left, visitor) in order of leaving: _forget drops visitors sticky_window_s after that
         self._left: deque[tuple[float, _Visitor]] = deque()
@@ -659,28 +662,29 @@ class Simulation:
         if gap is None:
             return
         self.res.recontacts += 1
-        again = new_arrival(
-            now + gap,
-            rec.customer,
-            rec.service_s,
-            rec.group,
-            rec.priority,
-            rec.patience_s,
-            None,
-            rec.text,
-            rec.tags,
+        again = Arrival(
+            now + gap, rec.customer, rec.service_s, rec.group, rec.priority, rec.patience_s, rec.text, None, rec.tags
         )
         self._push(again.t, P_RECONTACT, (again, v.first_t, v.attempt + 1))
 
     # ------------------------------------------------------------------------------------ trace records
 
-    def _on_arrival(self, rec: Arrival, now: float, first_t: float | None = None, attempt: int = 0) -> None:
-        """``rec`` arrives: from the trace, or (``attempt`` > 0) a re-contact following up the trace
-        arrival at ``first_t``."""
-        # once per customer: attributes read once into locals
+    def _on_arrival(
+        self,
+        now: float,
+        customer: str,
+        service_s: float,
+        group: str | None,
+        priority: int,
+        patience_s: float | None,
+        preferred: str | None,
+        tags: tuple[str, ...],
+        first_t: float | None = None,
+        attempt: int = 0,
+    ) -> None:
+        """An arrival (the fields of ``Arrival``; ``now`` is its ``t``): from the trace, or (``attempt`` > 0)
+        a re-contact following up the trace arrival at ``first_t``."""
         res = self.res
-        customer = rec.customer
-        group = rec.group
         self._forget(now)
         v = self._visitors.get(customer)
         if v is None:
@@ -690,16 +694,16 @@ class Simulation:
             return
         idx = self._n
         self._n = idx + 1
-        preferred = rec.preferred_agent
         v.idx = idx
         v.arrived = now
         v.group = group
         v.preferred = preferred
-        v.remaining = rec.service_s
+        v.remaining = service_s
         v.started = False
-        v.rec = rec
-        v.first_t = now if first_t is None else first_t
-        v.attempt = attempt
+        if self._service.recontact is not None:  # the arrival, to come back with if unresolved
+            v.rec = Arrival(now, customer, service_s, group, priority, patience_s, "", preferred, tags)
+            v.first_t = now if first_t is None else first_t
+            v.attempt = attempt
         if self._log is not None:  # a returning customer: v.last_agent is set
             self._log.arrived(idx, now, group, v.last_agent is not None, preferred)
         self._waiting += 1
@@ -709,18 +713,17 @@ class Simulation:
             res.end_t = now
         if group is not None and group not in self._groups:
             res.unrouted_groups.add(group)
-        if rec.patience_s is not None:
-            self._push(now + rec.patience_s, P_PATIENCE, (idx, v))
+        if patience_s is not None:
+            self._push(now + patience_s, P_PATIENCE, (idx, v))
         self.wechat.transfer(customer, now)
         if self.cfg.notify:  # the customer wrote: WeChat's window opens, a new visit's texts begin
             v.texts = v.window_texts = 0
             v.window_start = now
             if self.desk is not None:
                 self.desk.on_user_message(customer, now)
-        tags = rec.tags
         try:
             cmds = self._typed.customer_requested(
-                customer, group, rec.priority, preferred, _NO_TAGS if not tags else frozenset(tags), now
+                customer, group, priority, preferred, _NO_TAGS if not tags else frozenset(tags), now
             )
         except CoreError as exc:
             raise SimError(f"t={now:.6f}: the engine refused the arrival of {customer!r}: {exc}") from exc
@@ -806,51 +809,83 @@ class Simulation:
         self._bind_engine(engine)
         # visitors are kept as long as the engine remembers a customer (a stand-in engine: for the run)
         self._window = getattr(getattr(engine, "config", None), "sticky_window_s", math.inf)
+        self._next_deadline = self.desk.next_deadline if self.desk is not None else engine.next_deadline
+        progress = self._progress
+        run_until = self._run_until
+        on_arrival = self._on_arrival
+        # Each trace item in order, after what is due before it (``_run_until``): a record at ``t`` goes
+        # after what the replay scheduled for an earlier time, or for ``t`` with a lower priority.
+        for chunk in self._items:
+            for item in chunk:
+                if isinstance(item, Arrivals):
+                    for t, customer, service_s, group, priority, patience_s, _text, preferred, tags in zip(
+                        *item, strict=True
+                    ):
+                        run_until((t, P_TRACE))
+                        self.now = t
+                        on_arrival(t, customer, service_s, group, priority, patience_s, preferred, tags)
+                    continue
+                now = item.t
+                run_until((now, P_TRACE))
+                self.now = now
+                if type(item) is Arrival:
+                    on_arrival(
+                        now,
+                        item.customer,
+                        item.service_s,
+                        item.group,
+                        item.priority,
+                        item.patience_s,
+                        item.preferred_agent,
+                        item.tags,
+                    )
+                elif type(item) is AgentOnline:
+                    self._on_agent_online(item, now)
+                else:
+                    assert type(item) is AgentOffline
+                    self._on_agent_offline(item, now)
+            if progress is not None:
+                progress()
+        run_until((math.inf, P_ANSWER))  # everything left
+        self._finish()
+        self.res.wall_s = time.perf_counter() - wall0
+        return self.res
+
+    def _run_until(self, key: tuple[float, int]) -> None:
+        """Carry out, in time order, what is due before ``key`` (a trace record's ``(t, P_TRACE)``): what
+        the replay scheduled (the heap: ``(t, priority, sequence number, item)``), and the engine's timers
+        (``tick`` at its next deadline, after everything else due at that time: ``P_TICK``)."""
         heap = self._heap
         heappop = heapq.heappop
-        records = self._records
-        rec: Record | None = next(records, None)
-        progress = self._progress
-        step = 0
-        # The loop runs a few times per customer. A record goes first unless the heap's head is earlier, or
-        # at the same time with a lower priority: ``(rec.t, P_TRACE) < heap[0]``, compared as the heap
-        # compares its entries. After every step, a tick is queued for the engine's next deadline (once per
-        # time).
-        ticks_at = self._ticks_at
-        next_deadline = self.desk.next_deadline if self.desk is not None else engine.next_deadline
-        inf = math.inf
-        idx: int
-        who: str
-        visitor: _Visitor
-        agent: str
-        again: Arrival
-        first: float
-        attempt: int
-        while rec is not None or heap:
-            if rec is not None and (not heap or (rec.t, P_TRACE) < heap[0]):
-                now = rec.t
-                self.now = now
-                if type(rec) is Arrival:
-                    self._on_arrival(rec, now)
-                elif type(rec) is AgentOnline:
-                    self._on_agent_online(rec, now)
-                else:
-                    assert type(rec) is AgentOffline
-                    self._on_agent_offline(rec, now)
-                rec = next(records, None)
-            else:
+        next_deadline = self._next_deadline
+        while True:
+            deadline = next_deadline()
+            tick = (deadline, P_TICK)
+            if heap and heap[0] < key and heap[0] < tick:
                 now, prio, seq, item = heappop(heap)
                 self.now = now
                 if prio == P_END:
-                    self._on_session_end(seq, item, now)  # type: ignore[arg-type]
+                    self._on_session_end(seq, item, now)
                 elif prio == P_PATIENCE:
-                    idx, visitor = item  # type: ignore[misc]
+                    idx, visitor = item
                     self._on_patience(idx, visitor, now)
                 elif prio == P_RECONTACT:
-                    again, first, attempt = item  # type: ignore[misc]
-                    self._on_arrival(again, now, first, attempt)
-                elif prio == P_ANSWER:
-                    who, agent = item  # type: ignore[misc]
+                    again, first, attempt = item
+                    self._on_arrival(
+                        now,
+                        again.customer,
+                        again.service_s,
+                        again.group,
+                        again.priority,
+                        again.patience_s,
+                        again.preferred_agent,
+                        again.tags,
+                        first,
+                        attempt,
+                    )
+                else:
+                    assert prio == P_ANSWER
+                    who, agent = item
                     code = self._answer_create(who, agent, now)
                     answer: ev.Event = (
                         ev.CreateFailed(openid=who, kf_account=agent, errcode=code)
@@ -858,24 +893,14 @@ class Simulation:
                         else ev.SessionCreated(openid=who, kf_account=agent, source="api")
                     )
                     self._feed(answer, now, "the create answer for {!r}", who)
-                else:
-                    ticks_at.discard(now)
-                    if next_deadline() <= now:
-                        cmds = self._tick(now)
-                        self.res.ticks += 1
-                        if cmds:
-                            self._apply(cmds, now)
-            nd = next_deadline()
-            if nd != inf and nd not in ticks_at:
-                ticks_at.add(nd)
-                self._push(nd, P_TICK, None)
-            if progress is not None:
-                step += 1
-                if step & 4095 == 0:
-                    progress()
-        self._finish()
-        self.res.wall_s = time.perf_counter() - wall0
-        return self.res
+            elif tick < key:
+                self.now = deadline
+                cmds = self._tick(deadline)
+                self.res.ticks += 1
+                if cmds:
+                    self._apply(cmds, deadline)
+            else:
+                return
 
     def _finish(self) -> None:
         res = self.res
@@ -893,14 +918,15 @@ class Simulation:
 
 def run_records(
     header: Header,
-    records: Iterable[Record],
+    records: Iterable[TraceItem],
     cfg: RunConfig,
     *,
     groups: Iterable[str] = (),
     progress: Callable[[], None] | None = None,
 ) -> RunResult:
-    """Replay ``records`` (in time order) under ``cfg``. ``groups``: groups known up front (the engine
-    gets one route per group; groups first seen later fall back to the default route)."""
+    """Replay ``records`` (in time order: records, and arrivals in blocks such as
+    ``sim.gen.generate_blocks`` makes) under ``cfg``. ``groups``: groups known up front (the engine gets
+    one route per group; groups first seen later fall back to the default route)."""
     return Simulation(header, records, cfg, groups=groups, progress=progress).run()
 
 
@@ -943,7 +969,7 @@ def run_trace(
 
 def run_with_eta(
     header: Header,
-    records: Iterable[Record],
+    records: Iterable[TraceItem],
     cfg: RunConfig,
     tracker: EtaTracker,
     *,

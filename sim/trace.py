@@ -87,6 +87,27 @@ class Arrival(NamedTuple):
 Record = AgentOnline | AgentOffline | Arrival
 
 
+class Arrivals(NamedTuple):
+    """Consecutive arrivals of a trace, column by column: what ``Arrival`` records would hold, one entry
+    per arrival in trace order in every column (``Arrival``'s fields, in its order). A producer that makes
+    many arrivals (the generator's ``generate_blocks``) hands them over in blocks, one object per block
+    instead of one per customer; ``records()`` gives them one by one."""
+
+    t: list[float]
+    customer: list[str]
+    service_s: list[float]
+    group: list[str | None]
+    priority: list[int]
+    patience_s: list[float | None]
+    text: list[str]
+    preferred_agent: list[str | None]
+    tags: list[tuple[str, ...]]
+
+    def records(self) -> Iterator[Arrival]:
+        """The arrivals as ``Arrival`` records, in order."""
+        return map(Arrival, *self)
+
+
 # ---------------------------------------------------------------------------------------------- checks
 
 _KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {

@@ -195,7 +195,7 @@ class Pool:
         entries = None if share is None else share.index.get(order)
         if entries is None:  # a group nobody was ever placed in, or an order not kept yet
             return next(self.free_agents(group, order), None)
-        return _account_of(entries[0]) if entries else None  # type: ignore[no-any-return]
+        return _account_of(entries[0]) if entries else None
 
     # ----------------------------------------------------------------- mutation (engine only)
 
