@@ -591,7 +591,9 @@ def generate_blocks(params: GenParams) -> Iterator[AgentRecord | Arrivals]:
     uniform = rng.random
     shifts = bool(params.shifts)
     # group and priority: the first cumulative share above a uniform draw, else the last group / priority 0
-    last_group = params.groups[-1][0] if params.groups else None  # (name, share) pairs
+    last_group: str | None = None
+    if params.groups:
+        last_group, _share = params.groups[-1]
     group_bounds, group_pick = _picker(params.groups, fallback=last_group)
     prio_bounds, prio_pick = _picker(params.priorities, fallback=0)
     service_dist = params.service_dist

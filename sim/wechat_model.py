@@ -581,8 +581,10 @@ class WeChatModel:
             if agent is None:
                 return 65401
             return 65413 if serving is None else 65414
-        self._end_session(openid, now, push=via != "api" or self.options.push_events_on_api_actions)
-        self._auto_assign(now)
+        opts = self.options
+        self._end_session(openid, now, push=via != "api" or opts.push_events_on_api_actions)
+        if opts.wechat_auto_accept:  # WeChat's own auto-accept, when on: the freed place is taken
+            self._auto_assign(now)
         return 0
 
     def switch_session(self, openid: str, to_kf_account: str, now: float) -> Json:
@@ -839,8 +841,11 @@ class WeChatModel:
             waiting[openid] = _PinnedWaiting(now if w is None else w.arrived, kf_account)
         elif openid not in waiting:
             waiting[openid] = _Waiting(now)
-        self._auto_assign(now)
-        return "in_session" if openid in self.sessions else "waiting"
+        if self.options.wechat_auto_accept:  # WeChat's own auto-accept, when on, may take them at once
+            self._auto_assign(now)
+            if openid in self.sessions:
+                return "in_session"
+        return "waiting"
 
     def leave_queue(self, openid: str) -> Json:
         return {"result": self.leave_result(openid)}
