@@ -1,11 +1,12 @@
 """Discrete-event replay of a trace through the real routing Engine and the pure WeChat model.
 
-The clock is virtual. Trace records are streamed and merged with a heap of ``(t, priority, seq, item)``
-holding what the replay itself schedules: create answers (when a latency is injected), session ends
-(``service_s`` after the session is created), patience expiries, the engine's own deadlines
-(``Engine.next_deadline()`` → ``Engine.tick``) and, when the trace models re-contact (``sim/service.py``),
-the arrivals of customers whose session did not resolve. At equal times the order is: create answers,
-session ends, trace records, patience expiries, engine ticks, re-contacts. Everything the engine asks for
+The clock is virtual. Trace records (and arrivals in blocks, ``sim.trace.Arrivals``) are streamed; before
+each one, ``_run_until`` carries out what is due earlier: the heap of ``(t, priority, seq, item)`` holding
+what the replay itself schedules — create answers (when a latency is injected), session ends (``service_s``
+after the session is created), patience expiries and, when the trace models re-contact (``sim/service.py``),
+the arrivals of customers whose session did not resolve — and the engine's own deadlines
+(``Engine.next_deadline()`` → ``Engine.tick``, asked before every step). At equal times the order is:
+create answers, session ends, trace records, patience expiries, engine ticks, re-contacts. Everything the engine asks for
 is applied to ``sim.wechat_model.WeChatModel`` (the same model the fake HTTP server wraps), whose answers
 become the engine's next events (``SessionCreated``/``CreateFailed``, ``SessionClosed``/``CloseFailed``); with no
 latency a create is answered at once, before the next item. docs/simulator.md describes the semantics.
