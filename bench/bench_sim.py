@@ -6,7 +6,8 @@ each next to Erlang C (so a fast but wrong model shows), and with ``--profile`` 
 Method: each tool simulates the same queue (c servers, Poisson arrivals, exponential service, FIFO, no
 abandonment) until N customers are done; the clock covers building the model, running it and collecting
 per-customer waits, and excludes interpreter start-up and imports. kfrouter generates its trace lazily
-in the same process (``--via-file`` also times writing and reading a trace file). Each tool's best of
+in the same process, arrivals in blocks as ``kfrouter sim run`` does for a generated trace
+(``--via-file`` also times writing and reading a trace file). Each tool's best of
 ``--repeat`` rounds (default 3), the tools taking turns within a round.
 
     python bench/bench_sim.py                     # 10 agents, 9/min, 1/min, 200,000 customers
@@ -30,7 +31,7 @@ from typing import Any
 
 from kfrouter.sim.erlang import erlang_c
 from kfrouter.sim.gc_policy import replay_gc
-from kfrouter.sim.gen import GenParams, generate, header_for
+from kfrouter.sim.gen import GenParams, generate, generate_blocks, header_for
 from kfrouter.sim.runner import RunConfig, groups_of, run_records, run_trace
 from kfrouter.sim.trace import write_trace
 
@@ -52,7 +53,7 @@ def run_kfrouter(c: int, lam: float, mu: float, n: int, seed: int, policy: str, 
     else:
         header = header_for(params)
         with replay_gc():  # as `kfrouter sim run` runs it (sim/gc_policy.py); the other tools: defaults
-            res = run_records(header, generate(params), cfg, groups=groups_of(header))
+            res = run_records(header, generate_blocks(params), cfg, groups=groups_of(header))
     wall = time.perf_counter() - t0
     waits = res.tally.waits  # nobody leaves: every customer is served
     assert res.customers == n == len(waits) and res.capacity_violations == 0 and res.double_assignments == 0

@@ -35,7 +35,7 @@ class EtaTracker:
 
     The Desk gives every customer who joins the queue their arrival estimate (``estimate_arrival``), as
     the daemon does; the tracker counts those who still wait after the step that queued them and those of
-    them who abandon. Attach it with ``desk.observers.append(tracker.on_fact)`` and hand its
+    them who abandon. Attach it with ``desk.subscribe(tracker.on_fact)`` and hand its
     ``estimator`` to the Desk.
     """
 

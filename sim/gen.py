@@ -7,7 +7,9 @@ re-contact (``recontact``, ``recontact_gap``: the header's ``recontact`` model, 
 
 Deterministic: everything random comes from one ``random.Random(seed)``, drawn in a fixed order per
 arrival, so the same parameters give the same trace byte for byte. Records are produced lazily in
-time order, so 200,000 customers never sit in memory at once. Spec strings (``--groups``,
+time order, so 200,000 customers never sit in memory at once: ``generate_blocks`` makes the arrivals in
+blocks (``sim.trace.Arrivals``, one object per ``BLOCK`` arrivals, what a replay reads), ``generate``
+hands out the same trace record by record. Spec strings (``--groups``,
 ``--arrival-profile``, ``--shifts``, ``--priorities``) are documented in docs/simulator.md.
 """
 
@@ -23,10 +25,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import TypeVar
 
-from kfrouter.sim.trace import AgentOffline, AgentOnline, Header, Record, new_arrival
+from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrivals, Header, Record
 
 DAY_S = 86400.0
-_log = math.log
 SERVICE_DISTS = ("exp", "lognormal", "const")
 _T = TypeVar("_T")
 
@@ -260,7 +261,7 @@ class _ArrivalClock:
     def times(self, count: int) -> Iterator[float]:
         """The next ``count`` arrival times; one Exp(1) draw from the rng per arrival, made when the
         time is asked for."""
-        uniform = self._rng.random
+        expovariate = self._rng.expovariate
         t = 0.0
         # The window (end, rate r) that the last arrival landed in, and a time a hair before its end:
         # below it, _advance would find this same window again (the same day and piece), so its first
@@ -268,7 +269,7 @@ class _ArrivalClock:
         end = r = 0.0
         fast_until = -1.0
         for _ in range(count):
-            need = -_log(1.0 - uniform())  # Random.expovariate(1.0)'s formula: the same draw, no call
+            need = expovariate(1.0)
             if t < fast_until:
                 have = (end - t) * r
                 if have >= need:
@@ -446,8 +447,61 @@ def params_from_header(header: Header, seed: int | None = None) -> GenParams:
     )
 
 
+BLOCK = 2048  # arrivals per block (generate_blocks)
+AgentRecord = AgentOnline | AgentOffline
+
+
+def _due_by(agent_heap: list[tuple[float, int, int, AgentRecord]], t: float) -> bool:
+    """Whether the agents' next record (the head of their heap of (t, order, seq, record)) is due by ``t``."""
+    if not agent_heap:
+        return False
+    when, _order, _seq, _record = agent_heap[0]
+    return when <= t
+
+
+class _Columns:
+    """The arrivals of the block being made, column by column (``take`` hands them over)."""
+
+    __slots__ = ("customer", "group", "patience_s", "preferred_agent", "priority", "service_s", "t")
+
+    def __init__(self) -> None:
+        self.t: list[float] = []
+        self.customer: list[str] = []
+        self.service_s: list[float] = []
+        self.group: list[str | None] = []
+        self.priority: list[int] = []
+        self.patience_s: list[float | None] = []
+        self.preferred_agent: list[str | None] = []
+
+    def take(self) -> Arrivals:
+        """The arrivals so far, as a block (no text, no tags); the columns start empty again."""
+        n = len(self.t)
+        block = Arrivals(
+            self.t,
+            self.customer,
+            self.service_s,
+            self.group,
+            self.priority,
+            self.patience_s,
+            [""] * n,
+            self.preferred_agent,
+            [()] * n,
+        )
+        self.__init__()  # type: ignore[misc]
+        return block
+
+
 def generate(params: GenParams) -> Iterator[Record]:
     """Yield the records of the trace in time order (the header is :func:`header_for`)."""
+    for item in generate_blocks(params):
+        if type(item) is Arrivals:
+            yield from item.records()
+        else:
+            yield item  # type: ignore[misc]
+
+
+def generate_blocks(params: GenParams) -> Iterator[AgentRecord | Arrivals]:
+    """The records of the trace in time order, consecutive arrivals in blocks of up to ``BLOCK``."""
     rng = random.Random(params.seed)
     names = agent_names(params)
 
@@ -475,7 +529,7 @@ def generate(params: GenParams) -> Iterator[Record]:
     grouped = {g: m for g, m in members.items() if g is not None}
 
     # agent timeline: a heap of (t, order, seq, record); see push_day for the order at one instant
-    agent_heap: list[tuple[float, int, int, Record]] = []
+    agent_heap: list[tuple[float, int, int, AgentRecord]] = []
     seq = 0
 
     def skills_of(g: str | None) -> tuple[tuple[str, float], ...]:
@@ -518,24 +572,29 @@ def generate(params: GenParams) -> Iterator[Record]:
         for i in range(len(names)):
             yield agent_online(0.0, i)
 
-    def drain_agents(until: float) -> Iterator[Record]:
+    def drain_agents(until: float) -> Iterator[AgentRecord]:
         nonlocal next_day
         while params.shifts:
             while next_day * DAY_S <= until + DAY_S:  # keep a day of shifts ahead of the arrivals
                 for i in range(len(names)):
                     push_day(i, next_day)
                 next_day += 1
-            if not agent_heap or agent_heap[0][0] > until:
+            if not agent_heap:
                 return
-            yield heapq.heappop(agent_heap)[3]
+            when, _order, _seq, record = agent_heap[0]
+            if when > until:
+                return
+            heapq.heappop(agent_heap)
+            yield record
 
     # Everything the loop asks per arrival is read from params once, here.
     uniform = rng.random
     shifts = bool(params.shifts)
     # group and priority: the first cumulative share above a uniform draw, else the last group / priority 0
-    group_bounds, group_pick = _picker(
-        params.groups, fallback=params.groups[-1][0] if params.groups else None
-    )
+    last_group: str | None = None
+    if params.groups:
+        last_group, _share = params.groups[-1]
+    group_bounds, group_pick = _picker(params.groups, fallback=last_group)
     prio_bounds, prio_pick = _picker(params.priorities, fallback=0)
     service_dist = params.service_dist
     exp_service_rate = 1.0 / params.service_mean
@@ -551,11 +610,14 @@ def generate(params: GenParams) -> Iterator[Record]:
     new_ids = 0
     customer_id = f"u%0{max(6, len(str(params.customers)))}d"  # "u%06d" % n == f"u{n:06d}"
 
+    block = _Columns()
     t = 0.0
     for t_exact in _ArrivalClock(rng, params.arrival_rate, params.arrival_profile).times(params.customers):
         t = _round6(t_exact)
         # drain_agents(t) has something to do only when a shift change is due or a new day is to be queued
-        if shifts and ((agent_heap and agent_heap[0][0] <= t) or next_day * DAY_S <= t + DAY_S):
+        if shifts and (_due_by(agent_heap, t) or next_day * DAY_S <= t + DAY_S):
+            if block.t:
+                yield block.take()  # the arrivals so far come before the agents' records
             yield from drain_agents(t)
         group: str | None = None
         if group_bounds:
@@ -564,7 +626,7 @@ def generate(params: GenParams) -> Iterator[Record]:
         if prio_bounds:
             priority = prio_pick[bisect_right(prio_bounds, uniform())]
         if service_dist == "exp":
-            service = _round6(-_log(1.0 - uniform()) / exp_service_rate)  # rng.expovariate, inline
+            service = _round6(rng.expovariate(exp_service_rate))
             service = service if service > 1e-6 else 1e-6
         elif service_dist == "lognormal":
             service = _round6(rng.lognormvariate(mu, sigma))
@@ -573,12 +635,16 @@ def generate(params: GenParams) -> Iterator[Record]:
             service = const_service
         patience = None
         if patience_rate is not None:
-            patience = _round6(-_log(1.0 - uniform()) / patience_rate)  # rng.expovariate, inline
+            patience = _round6(rng.expovariate(patience_rate))
             patience = 1e-6 if patience < 1e-6 else patience  # max(patience, 1e-6)
         customer: str | None = None
         if returning > 0:
-            while recent and recent[0][0] <= t - return_gap:
-                eligible.append(recent.popleft()[1])
+            while recent:
+                last_t, who = recent[0]
+                if last_t > t - return_gap:
+                    break
+                recent.popleft()
+                eligible.append(who)
             if uniform() < returning and eligible:
                 j = rng.randrange(len(eligible))
                 eligible[j], eligible[-1] = eligible[-1], eligible[j]
@@ -592,6 +658,16 @@ def generate(params: GenParams) -> Iterator[Record]:
         if preferred_share > 0 and uniform() < preferred_share:
             pool = grouped.get(group, everyone) if group else everyone
             preferred = pool[rng.randrange(len(pool))]
-        yield new_arrival(t, customer, service, group, priority, patience, preferred)
+        block.t.append(t)
+        block.customer.append(customer)
+        block.service_s.append(service)
+        block.group.append(group)
+        block.priority.append(priority)
+        block.patience_s.append(patience)
+        block.preferred_agent.append(preferred)
+        if len(block.t) == BLOCK:
+            yield block.take()
+    if block.t:
+        yield block.take()
     # shifts go on for one more day so that customers still waiting at the end can be served
     yield from drain_agents(t + DAY_S)

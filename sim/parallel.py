@@ -113,14 +113,14 @@ def plan(
 def run_job(job: Job, progress: Callable[[float], None] | None = None) -> Outcome:
     """Run one job (in this process or a worker). ``progress`` gets the share of the trace file read."""
     from kfrouter.router.core.errors import ConfigError
-    from kfrouter.sim.gen import generate
+    from kfrouter.sim.gen import generate_blocks
     from kfrouter.sim.runner import SimError, groups_of, run_records, run_trace
 
     try:
         if job.params is None:
             return run_trace(job.path, job.config, progress=progress)
         header = header_for(job.params)
-        return run_records(header, generate(job.params), job.config, groups=groups_of(header))
+        return run_records(header, generate_blocks(job.params), job.config, groups=groups_of(header))
     except SimError as exc:
         return JobFailed(EXIT_FAILED, str(exc))
     except (ConfigError, ValueError) as exc:  # TraceError and GenError are ValueErrors

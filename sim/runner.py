@@ -1,11 +1,12 @@
 """Discrete-event replay of a trace through the real routing Engine and the pure WeChat model.
 
-The clock is virtual. Trace records are streamed and merged with a heap of ``(t, priority, seq, item)``
-holding what the replay itself schedules: create answers (when a latency is injected), session ends
-(``service_s`` after the session is created), patience expiries, the engine's own deadlines
-(``Engine.next_deadline()`` → ``Engine.tick``) and, when the trace models re-contact (``sim/service.py``),
-the arrivals of customers whose session did not resolve. At equal times the order is: create answers,
-session ends, trace records, patience expiries, engine ticks, re-contacts. Everything the engine asks for
+The clock is virtual. Trace records (and arrivals in blocks, ``sim.trace.Arrivals``) are streamed; before
+each one, ``_run_until`` carries out what is due earlier: the heap of ``(t, priority, seq, item)`` holding
+what the replay itself schedules — create answers (when a latency is injected), session ends (``service_s``
+after the session is created), patience expiries and, when the trace models re-contact (``sim/service.py``),
+the arrivals of customers whose session did not resolve — and the engine's own deadlines
+(``Engine.next_deadline()`` → ``Engine.tick``, asked before every step). At equal times the order is:
+create answers, session ends, trace records, patience expiries, engine ticks, re-contacts. Everything the engine asks for
 is applied to ``sim.wechat_model.WeChatModel`` (the same model the fake HTTP server wraps), whose answers
 become the engine's next events (``SessionCreated``/``CreateFailed``, ``SessionClosed``/``CloseFailed``); with no
 latency a create is answered at once, before the next item. docs/simulator.md describes the semantics.
@@ -45,7 +46,7 @@ from kfrouter.router.core.notify import Notifier, NotifyConfig
 from kfrouter.sim.eta import EtaTracker
 from kfrouter.sim.service import ServiceModel
 from kfrouter.sim.tally import ABANDONED, SERVED, ArrivalLog, Tally
-from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Header, Record, TraceReader, new_arrival
+from kfrouter.sim.trace import AgentOffline, AgentOnline, Arrival, Arrivals, Header, Record, TraceReader
 from kfrouter.sim.wechat_replay import ReplayWeChat
 
 # heap priorities at equal times
@@ -191,7 +192,8 @@ def engine_config(policy_obj: object, cfg: RunConfig, groups: Iterable[str]) -> 
 
 
 class _Visitor:
-    """The replay's record of one customer (one table lookup per step instead of one per question), kept
+    """The replay's record of one customer (one table lookup per step instead of one per question; made by
+    ``_new_visitor``), kept
     while they are present and ``sticky_window_s`` after they left (``Simulation._forget``).
     ``idx``: index of their current arrival (-1: not in the system), with what that arrival brought:
     ``arrived``, ``group``, ``preferred`` (the agent named), ``remaining`` (service still owed) and
@@ -225,39 +227,103 @@ class _Visitor:
         "window_texts",
     )
 
-    def __init__(self, openid: str) -> None:
-        self.openid = openid
-        # texts received (RunConfig.notify): in the current waiting spell, and since their last message
-        self.texts = 0
-        self.window_start = -math.inf
-        self.window_texts = 0
-        self.idx = -1
-        self.sid = 0
-        self.agent = ""
-        self.start = 0.0
-        self.sess_idx = -1
-        self.outcome: int | None = None
-        self.last_agent: str | None = None
-        self.arrived = 0.0
-        self.group: str | None = None
-        self.preferred: str | None = None
-        self.remaining = 0.0
-        self.started = False
-        self.left = math.nan
-        self.rec: Arrival | None = None
-        self.first_t = 0.0
-        self.attempt = 0
+    openid: str
+    texts: int
+    window_start: float
+    window_texts: int
+    idx: int
+    sid: int
+    agent: str
+    start: float
+    sess_idx: int
+    outcome: int | None
+    last_agent: str | None
+    arrived: float
+    group: str | None
+    preferred: str | None
+    remaining: float
+    started: bool
+    left: float
+    rec: Arrival | None
+    first_t: float
+    attempt: int
 
 
-def _in_blocks(records: Iterator[Record], size: int = 2048) -> Iterator[Record]:
-    """``records``, read ``size`` at a time. The trace's source (generator or file reader) then runs for a
-    whole block at once instead of between every two engine steps, which keeps each one's code and data
-    in the CPU's caches: about 10% of a replay's time on the M/M/c benchmark."""
+def _new_visitor(openid: str) -> _Visitor:
+    """A customer the replay has not seen lately. (No ``__init__``: in Python 3.11 a class whose
+    ``__init__`` is Python code runs it in a second interpreter loop, and the replay makes one per
+    customer.)"""
+    v = _Visitor()
+    v.openid = openid
+    # texts received (RunConfig.notify): in the current waiting spell, and since their last message
+    v.texts = 0
+    v.window_start = -math.inf
+    v.window_texts = 0
+    v.idx = -1
+    v.sid = 0
+    v.agent = ""
+    v.start = 0.0
+    v.sess_idx = -1
+    v.outcome = None
+    v.last_agent = None
+    v.arrived = 0.0
+    v.group = None
+    v.preferred = None
+    v.remaining = 0.0
+    v.started = False
+    v.left = math.nan
+    v.rec = None
+    v.first_t = 0.0
+    v.attempt = 0
+    return v
+
+
+TraceItem = Record | Arrivals  # what a replay reads: records, and arrivals in blocks (sim.gen.generate_blocks)
+
+
+def _read_ahead(items: Iterator[TraceItem], size: int = 2048) -> Iterator[list[TraceItem]]:
+    """``items``, ``size`` at a time. The trace's source (generator or file reader) then runs for a whole
+    run of records at once instead of between every two engine steps, which keeps each one's code and data
+    in the CPU's caches (about 10% of a replay's time on the M/M/c benchmark, before arrivals came in
+    blocks; blocks of arrivals have that by themselves)."""
     while True:
-        block = list(islice(records, size))
-        if not block:
+        chunk = list(islice(items, size))
+        if not chunk:
             return
-        yield from block
+        yield chunk
+
+
+class _EventCalls:
+    """The Desk's three typed calls for a stand-in engine (tests) that only has ``handle``: each builds its
+    event and hands it over."""
+
+    def __init__(self, handle: Callable[[ev.Event, float], list[Command]]) -> None:
+        self._handle = handle
+
+    def customer_requested(
+        self,
+        openid: str,
+        group: str | None,
+        priority: int,
+        preferred_agent: str | None,
+        tags: frozenset[str],
+        now: float,
+    ) -> list[Command]:
+        event = ev.CustomerRequested(
+            openid=openid,
+            group=group,
+            priority=priority,
+            preferred_agent=preferred_agent,
+            tags=tags,  # type: ignore[arg-type]  # attrs' converter takes any iterable
+            source="trace",
+        )
+        return self._handle(event, now)
+
+    def session_created(self, openid: str, kf_account: str, now: float) -> list[Command]:
+        return self._handle(ev.SessionCreated(openid=openid, kf_account=kf_account, source="api"), now)
+
+    def session_closed(self, openid: str, kf_account: str, now: float) -> list[Command]:
+        return self._handle(ev.SessionClosed(openid=openid, kf_account=kf_account), now)
 
 
 class Simulation:
@@ -266,7 +332,7 @@ class Simulation:
     def __init__(
         self,
         header: Header,
-        records: Iterable[Record],
+        records: Iterable[TraceItem],
         cfg: RunConfig,
         *,
         groups: Iterable[str] = (),
@@ -274,7 +340,7 @@ class Simulation:
         skipped: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.cfg = cfg
-        self._records = _in_blocks(iter(records))
+        self._items = _read_ahead(iter(records))
         self._skipped = skipped
         self._progress = progress
         self.policy = load_policy(cfg.policy)
@@ -285,13 +351,10 @@ class Simulation:
         self._service = ServiceModel.from_header(header)  # session lengths by who serves (sim/service.py)
         self.engine: Engine | None = None
         self.desk: Desk | None = None  # drives the engine (None for a stand-in engine in tests)
-        # the engine's three calls per customer (set by _bind_engine)
-        self._requested: Callable[[str, str | None, int, str | None, frozenset[str], float], list[Command]]
-        self._created: Callable[[str, str, float], list[Command]]
-        self._closed: Callable[[str, str, float], list[Command]]
-        self._heap: list[tuple[float, int, int, object]] = []
+        self._typed: Desk | _EventCalls  # the three calls every customer makes (set by _bind_engine)
+        # what the replay itself scheduled: (t, priority, sequence number, item), read by unpacking
+        self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
-        self._ticks_at: set[float] = set()
         self._visitors: dict[str, _Visitor] = {}  # customers present, and those who left lately
         # (when they left, visitor) in order of leaving: _forget drops visitors sticky_window_s after that
         self._left: deque[tuple[float, _Visitor]] = deque()
@@ -311,9 +374,8 @@ class Simulation:
         return Engine(engine_config(self.policy, self.cfg, self._groups), {self.policy.name: self.policy})
 
     def _bind_engine(self, engine: Engine) -> None:
-        """The three calls every customer makes: the engine's typed ones (no event object built), or,
-        for a stand-in engine (tests) or while the ETA tracker watches the events, ones that build the
-        event and hand it to ``handle``."""
+        """The three calls every customer makes (``self._typed``): the Desk's typed ones (no event object
+        built), or, for a stand-in engine (tests), ones that build the event and hand it to ``handle``."""
         if isinstance(engine, Engine):
             notifier = Notifier(self.cfg.notify_config or NotifyConfig()) if self.cfg.notify else None
             estimator = self.eta.estimator if self.eta is not None else None
@@ -322,35 +384,10 @@ class Simulation:
             desk = self.desk = Desk(engine, estimator=estimator, notifier=notifier)
             if self.eta is not None:
                 self.eta.watch(engine)
-                desk.observers.append(self.eta.on_fact)
-            self._requested = desk.customer_requested
-            self._created = desk.session_created
-            self._closed = desk.session_closed
-            return
-
-        def requested(
-            openid: str,
-            group: str | None,
-            priority: int,
-            preferred: str | None,
-            tags: frozenset[str],
-            now: float,
-        ) -> list[Command]:
-            event = ev.CustomerRequested(
-                openid=openid,
-                group=group,
-                priority=priority,
-                preferred_agent=preferred,
-                tags=tags,
-                source="trace",
-            )
-            return self._handle(event, now)
-
-        self._requested = requested
-        self._created = lambda o, a, now: self._handle(
-            ev.SessionCreated(openid=o, kf_account=a, source="api"), now
-        )
-        self._closed = lambda o, a, now: self._handle(ev.SessionClosed(openid=o, kf_account=a), now)
+                desk.subscribe(self.eta.on_fact)
+            self._typed = desk
+        else:
+            self._typed = _EventCalls(engine.handle)
 
     def _handle(self, event: ev.Event, now: float) -> list[Command]:
         if self.desk is not None:
@@ -389,7 +426,7 @@ class Simulation:
         latency = self.cfg.create_latency_s
         res = self.res
         visitors = self._visitors
-        created = self._created
+        typed = self._typed
         while i < len(pending):
             cmd = pending[i]
             i += 1
@@ -411,7 +448,7 @@ class Simulation:
                     event = ev.CreateFailed(openid=openid, kf_account=agent, errcode=code)
                 else:
                     try:
-                        more = created(openid, agent, now)
+                        more = typed.session_created(openid, agent, now)
                     except CoreError as exc:
                         raise SimError(
                             f"t={now:.6f}: the engine refused {openid!r}'s session: {exc}"
@@ -474,7 +511,7 @@ class Simulation:
     def _visitor(self, openid: str) -> _Visitor:
         v = self._visitors.get(openid)
         if v is None:
-            v = self._visitors[openid] = _Visitor(openid)
+            v = self._visitors[openid] = _new_visitor(openid)
         return v
 
     def _close_by_api(self, openid: str, agent: str, now: float) -> ev.Event:
@@ -518,9 +555,7 @@ class Simulation:
             res.capacity_violations += 1
         # the session's id is the sequence number of its end in the heap: the end is stale if the
         # customer's session has changed since (closed through the API, maybe reopened)
-        sid = self._seq = self._seq + 1
         idx = v.idx
-        v.sid = sid
         v.agent = agent
         v.start = now
         v.sess_idx = idx
@@ -528,12 +563,12 @@ class Simulation:
             # the customer is no longer here (a create answer arrived after their patience ran out):
             # the agent finds nobody and the session ends at once
             res.ghost_sessions += 1
-            heapq.heappush(self._heap, (now, P_END, sid, v))
+            v.sid = self._push(now, P_END, v)
             return
         service = self._service
         if service.active and not v.started:  # the session's length depends on who serves it
             v.remaining = service.length(v.remaining, v.group, agent, v.last_agent)
-        heapq.heappush(self._heap, (now + v.remaining, P_END, sid, v))
+        v.sid = self._push(now + v.remaining, P_END, v)
         if v.started:
             res.reassignments += 1  # moved by the engine: the service goes on with this agent
             return
@@ -565,7 +600,7 @@ class Simulation:
             st.served += 1
             v.last_agent = agent
             v.remaining -= now - start
-            if now > res.end_t:  # max(), without the call
+            if now > res.end_t:  # the last customer event so far
                 res.end_t = now
         return idx
 
@@ -586,8 +621,11 @@ class Simulation:
         left = self._left
         visitors = self._visitors
         horizon = now - self._window
-        while left and left[0][0] < horizon:
-            t, v = left.popleft()
+        while left:
+            t, v = left[0]
+            if t >= horizon:
+                return
+            left.popleft()
             if v.left == t and v.idx < 0 and not v.sid and visitors.get(v.openid) is v:
                 del visitors[v.openid]
 
@@ -608,7 +646,7 @@ class Simulation:
         else:
             self._idle(v, now)  # a ghost session ended: the customer is idle again
         try:
-            cmds = self._closed(openid, agent, now)
+            cmds = self._typed.session_closed(openid, agent, now)
         except CoreError as exc:
             raise SimError(f"t={now:.6f}: the engine refused the end of {openid}'s session: {exc}") from exc
         self._took(cmds, now)
@@ -625,70 +663,68 @@ class Simulation:
         if gap is None:
             return
         self.res.recontacts += 1
-        again = new_arrival(
-            now + gap,
-            rec.customer,
-            rec.service_s,
-            rec.group,
-            rec.priority,
-            rec.patience_s,
-            None,
-            rec.text,
-            rec.tags,
+        again = Arrival(
+            now + gap, rec.customer, rec.service_s, rec.group, rec.priority, rec.patience_s, rec.text, None, rec.tags
         )
         self._push(again.t, P_RECONTACT, (again, v.first_t, v.attempt + 1))
 
     # ------------------------------------------------------------------------------------ trace records
 
-    def _on_arrival(self, rec: Arrival, now: float, first_t: float | None = None, attempt: int = 0) -> None:
-        """``rec`` arrives: from the trace, or (``attempt`` > 0) a re-contact following up the trace
-        arrival at ``first_t``."""
-        # once per customer: attributes read once into locals
+    def _on_arrival(
+        self,
+        now: float,
+        customer: str,
+        service_s: float,
+        group: str | None,
+        priority: int,
+        patience_s: float | None,
+        preferred: str | None,
+        tags: tuple[str, ...],
+        first_t: float | None = None,
+        attempt: int = 0,
+    ) -> None:
+        """An arrival (the fields of ``Arrival``; ``now`` is its ``t``): from the trace, or (``attempt`` > 0)
+        a re-contact following up the trace arrival at ``first_t``."""
         res = self.res
-        customer = rec.customer
-        group = rec.group
-        left = self._left
-        if left and left[0][0] < now - self._window:
-            self._forget(now)
+        self._forget(now)
         v = self._visitors.get(customer)
         if v is None:
-            v = self._visitors[customer] = _Visitor(customer)
+            v = self._visitors[customer] = _new_visitor(customer)
         elif v.idx >= 0:
             res.absorbed_arrivals += 1
             return
         idx = self._n
         self._n = idx + 1
-        preferred = rec.preferred_agent
         v.idx = idx
         v.arrived = now
         v.group = group
         v.preferred = preferred
-        v.remaining = rec.service_s
+        v.remaining = service_s
         v.started = False
-        v.rec = rec
-        v.first_t = now if first_t is None else first_t
-        v.attempt = attempt
+        if self._service.recontact is not None:  # the arrival, to come back with if unresolved
+            v.rec = Arrival(now, customer, service_s, group, priority, patience_s, "", preferred, tags)
+            v.first_t = now if first_t is None else first_t
+            v.attempt = attempt
         if self._log is not None:  # a returning customer: v.last_agent is set
             self._log.arrived(idx, now, group, v.last_agent is not None, preferred)
         self._waiting += 1
         if self._timeline:
             self._mark_timeline(now)
-        if now > res.end_t:  # max(), without the call
+        if now > res.end_t:  # the last customer event so far
             res.end_t = now
         if group is not None and group not in self._groups:
             res.unrouted_groups.add(group)
-        if rec.patience_s is not None:
-            self._push(now + rec.patience_s, P_PATIENCE, (idx, v))
+        if patience_s is not None:
+            self._push(now + patience_s, P_PATIENCE, (idx, v))
         self.wechat.transfer(customer, now)
         if self.cfg.notify:  # the customer wrote: WeChat's window opens, a new visit's texts begin
             v.texts = v.window_texts = 0
             v.window_start = now
             if self.desk is not None:
                 self.desk.on_user_message(customer, now)
-        tags = rec.tags
         try:
-            cmds = self._requested(
-                customer, group, rec.priority, preferred, _NO_TAGS if not tags else frozenset(tags), now
+            cmds = self._typed.customer_requested(
+                customer, group, priority, preferred, _NO_TAGS if not tags else frozenset(tags), now
             )
         except CoreError as exc:
             raise SimError(f"t={now:.6f}: the engine refused the arrival of {customer!r}: {exc}") from exc
@@ -755,9 +791,11 @@ class Simulation:
 
     # ------------------------------------------------------------------------------------ the loop
 
-    def _push(self, t: float, prio: int, item: object) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (t, prio, self._seq, item))
+    def _push(self, t: float, prio: int, item: object) -> int:
+        """Schedule ``item`` at ``t``; returns its sequence number."""
+        seq = self._seq = self._seq + 1
+        heapq.heappush(self._heap, (t, prio, seq, item))
+        return seq
 
     def _mark_timeline(self, now: float) -> None:
         if self.cfg.timeline:
@@ -772,52 +810,83 @@ class Simulation:
         self._bind_engine(engine)
         # visitors are kept as long as the engine remembers a customer (a stand-in engine: for the run)
         self._window = getattr(getattr(engine, "config", None), "sticky_window_s", math.inf)
+        self._next_deadline = self.desk.next_deadline if self.desk is not None else engine.next_deadline
+        progress = self._progress
+        run_until = self._run_until
+        on_arrival = self._on_arrival
+        # Each trace item in order, after what is due before it (``_run_until``): a record at ``t`` goes
+        # after what the replay scheduled for an earlier time, or for ``t`` with a lower priority.
+        for chunk in self._items:
+            for item in chunk:
+                if isinstance(item, Arrivals):
+                    for t, customer, service_s, group, priority, patience_s, _text, preferred, tags in zip(
+                        *item, strict=True
+                    ):
+                        run_until((t, P_TRACE))
+                        self.now = t
+                        on_arrival(t, customer, service_s, group, priority, patience_s, preferred, tags)
+                    continue
+                now = item.t
+                run_until((now, P_TRACE))
+                self.now = now
+                if type(item) is Arrival:
+                    on_arrival(
+                        now,
+                        item.customer,
+                        item.service_s,
+                        item.group,
+                        item.priority,
+                        item.patience_s,
+                        item.preferred_agent,
+                        item.tags,
+                    )
+                elif type(item) is AgentOnline:
+                    self._on_agent_online(item, now)
+                else:
+                    assert type(item) is AgentOffline
+                    self._on_agent_offline(item, now)
+            if progress is not None:
+                progress()
+        run_until((math.inf, P_ANSWER))  # everything left
+        self._finish()
+        self.res.wall_s = time.perf_counter() - wall0
+        return self.res
+
+    def _run_until(self, key: tuple[float, int]) -> None:
+        """Carry out, in time order, what is due before ``key`` (a trace record's ``(t, P_TRACE)``): what
+        the replay scheduled (the heap: ``(t, priority, sequence number, item)``), and the engine's timers
+        (``tick`` at its next deadline, after everything else due at that time: ``P_TICK``)."""
         heap = self._heap
         heappop = heapq.heappop
-        records = self._records
-        rec: Record | None = next(records, None)
-        progress = self._progress
-        step = 0
-        # The loop runs a few times per customer: locals, no tuple building to compare a record's time
-        # with the heap's head (a record goes first unless the head is earlier, or at the same time with
-        # a lower priority); after every step, a tick is queued for the engine's next deadline (once per time).
-        ticks_at = self._ticks_at
-        next_deadline = self.desk.next_deadline if self.desk is not None else engine.next_deadline
-        inf = math.inf
-        idx: int
-        who: str
-        visitor: _Visitor
-        agent: str
-        again: Arrival
-        first: float
-        attempt: int
-        while rec is not None or heap:
-            if rec is not None and (
-                not heap or rec.t < heap[0][0] or (rec.t == heap[0][0] and heap[0][1] >= P_TRACE)
-            ):
-                now = rec.t
-                self.now = now
-                if type(rec) is Arrival:
-                    self._on_arrival(rec, now)
-                elif type(rec) is AgentOnline:
-                    self._on_agent_online(rec, now)
-                else:
-                    assert type(rec) is AgentOffline
-                    self._on_agent_offline(rec, now)
-                rec = next(records, None)
-            else:
+        next_deadline = self._next_deadline
+        while True:
+            deadline = next_deadline()
+            tick = (deadline, P_TICK)
+            if heap and heap[0] < key and heap[0] < tick:
                 now, prio, seq, item = heappop(heap)
                 self.now = now
                 if prio == P_END:
-                    self._on_session_end(seq, item, now)  # type: ignore[arg-type]
+                    self._on_session_end(seq, item, now)
                 elif prio == P_PATIENCE:
-                    idx, visitor = item  # type: ignore[misc]
+                    idx, visitor = item
                     self._on_patience(idx, visitor, now)
                 elif prio == P_RECONTACT:
-                    again, first, attempt = item  # type: ignore[misc]
-                    self._on_arrival(again, now, first, attempt)
-                elif prio == P_ANSWER:
-                    who, agent = item  # type: ignore[misc]
+                    again, first, attempt = item
+                    self._on_arrival(
+                        now,
+                        again.customer,
+                        again.service_s,
+                        again.group,
+                        again.priority,
+                        again.patience_s,
+                        again.preferred_agent,
+                        again.tags,
+                        first,
+                        attempt,
+                    )
+                else:
+                    assert prio == P_ANSWER
+                    who, agent = item
                     code = self._answer_create(who, agent, now)
                     answer: ev.Event = (
                         ev.CreateFailed(openid=who, kf_account=agent, errcode=code)
@@ -825,24 +894,14 @@ class Simulation:
                         else ev.SessionCreated(openid=who, kf_account=agent, source="api")
                     )
                     self._feed(answer, now, "the create answer for {!r}", who)
-                else:
-                    ticks_at.discard(now)
-                    if next_deadline() <= now:
-                        cmds = self._tick(now)
-                        self.res.ticks += 1
-                        if cmds:
-                            self._apply(cmds, now)
-            nd = next_deadline()
-            if nd != inf and nd not in ticks_at:
-                ticks_at.add(nd)
-                self._push(nd, P_TICK, None)
-            if progress is not None:
-                step += 1
-                if step & 4095 == 0:
-                    progress()
-        self._finish()
-        self.res.wall_s = time.perf_counter() - wall0
-        return self.res
+            elif tick < key:
+                self.now = deadline
+                cmds = self._tick(deadline)
+                self.res.ticks += 1
+                if cmds:
+                    self._apply(cmds, deadline)
+            else:
+                return
 
     def _finish(self) -> None:
         res = self.res
@@ -860,14 +919,15 @@ class Simulation:
 
 def run_records(
     header: Header,
-    records: Iterable[Record],
+    records: Iterable[TraceItem],
     cfg: RunConfig,
     *,
     groups: Iterable[str] = (),
     progress: Callable[[], None] | None = None,
 ) -> RunResult:
-    """Replay ``records`` (in time order) under ``cfg``. ``groups``: groups known up front (the engine
-    gets one route per group; groups first seen later fall back to the default route)."""
+    """Replay ``records`` (in time order: records, and arrivals in blocks such as
+    ``sim.gen.generate_blocks`` makes) under ``cfg``. ``groups``: groups known up front (the engine gets
+    one route per group; groups first seen later fall back to the default route)."""
     return Simulation(header, records, cfg, groups=groups, progress=progress).run()
 
 
@@ -910,7 +970,7 @@ def run_trace(
 
 def run_with_eta(
     header: Header,
-    records: Iterable[Record],
+    records: Iterable[TraceItem],
     cfg: RunConfig,
     tracker: EtaTracker,
     *,

@@ -505,9 +505,14 @@ class WeChatModel:
 
     # ------------------------------------------------------------------ sessions (spec §2.8-2.12)
     def _unknown_openid(self, openid: object) -> bool:
+        """40003's test: not a non-empty string, or (``check_openid``) an openid the account never saw.
+        Everyone on the wait list, and everyone in a session begun while known (not in ``_strangers``),
+        has been seen: the big ``known`` set is read only for the others."""
         if not isinstance(openid, str) or not openid:
             return True
-        return self.options.check_openid and openid not in self.known
+        if not self.options.check_openid or openid in self.waiting:
+            return False
+        return (openid not in self.sessions or openid in self._strangers) and openid not in self.known
 
     def create_session(self, kf_account: object, openid: object, now: float, *, via: str = "api") -> Json:
         """``kfsession/create`` (``via='api'``, logged in ``create_log``) or an agent accepting in
@@ -518,34 +523,24 @@ class WeChatModel:
     def create_errcode(self, kf_account: object, openid: object, now: float, via: str = "api") -> int:
         """``create_session``'s decision as a bare errcode (0 = the session exists), with the same
         effects: the rules live here, ``create_session`` only wraps the answer in JSON."""
-        # The simulator's hot path (once per customer): _unknown_openid, _bound and _start_session inline;
-        # WeChat has seen everyone on its wait list, so the big ``known`` set is read only for others.
         opts = self.options
         agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
-        waiting = self.waiting
-        if (
-            not isinstance(openid, str)
-            or not openid
-            or (opts.check_openid and openid not in waiting and openid not in self.known)
-        ):
+        if self._unknown_openid(openid):
             code = 40003
         elif agent is None:
             code = 65401
-        elif agent.kf_wx is None or opts.agents_unbound:
+        elif not self._bound(agent):
             code = 65402
         elif agent.status == 0 and opts.create_offline_error:
             code = opts.create_offline_error
         else:
+            assert isinstance(openid, str)
             serving = self.sessions.get(openid)
             if serving is None:
                 code = 0
-                waiting.pop(openid, None)
                 if not opts.check_openid and self.remember_openids and openid not in self.known:
                     self._strangers.add(openid)
-                self.sessions[openid] = agent
-                agent.sessions[openid] = now
-                if via != "api" or opts.push_events_on_api_actions:
-                    self._push_event(openid, now, "kf_create_session", kf_account=agent.kf_account)
+                self._start_session(agent, openid, now, push=via != "api" or opts.push_events_on_api_actions)
             else:
                 code = 0 if serving is agent else 65414
         if self.history and via == "api":
@@ -553,7 +548,7 @@ class WeChatModel:
         return code
 
     def _start_session(self, agent: _Agent, openid: str, now: float, push: bool) -> None:
-        """``openid`` (on the wait list, so known) begins a session with ``agent``."""
+        """``openid`` begins a session with ``agent`` (and leaves the wait list, if on it)."""
         self.waiting.pop(openid, None)
         self.sessions[openid] = agent
         agent.sessions[openid] = now
@@ -577,30 +572,18 @@ class WeChatModel:
 
     def close_errcode(self, kf_account: object, openid: object, now: float, via: str = "api") -> int:
         """``close_session``'s decision as a bare errcode (0 = closed), with the same effects."""
-        # The simulator's hot path (once per customer): the helpers' checks inline; ``known`` is read only
-        # for openids in no session or in one begun while unknown (see _strangers); the agent serving the
-        # session is the one asked for (an account in ``agents``) unless the close is refused.
-        opts = self.options
-        if not isinstance(openid, str) or not openid:
+        if self._unknown_openid(openid):
             return 40003
+        assert isinstance(openid, str)
         serving = self.sessions.get(openid)
-        if opts.check_openid and (serving is None or openid in self._strangers) and openid not in self.known:
-            return 40003
         if serving is None or serving.kf_account != kf_account:  # the refusals, in WeChat's order
             agent = self.agents.get(kf_account) if isinstance(kf_account, str) else None
             if agent is None:
                 return 65401
             return 65413 if serving is None else 65414
-        if via != "api" or opts.push_events_on_api_actions:
-            self._end_session(openid, now, push=True)
-        else:  # _end_session without a push, inline
-            del self.sessions[openid]
-            del serving.sessions[openid]
-            if self._last_activity:
-                self._last_activity.pop(openid, None)
-            if self._strangers:
-                self._strangers.discard(openid)
-        if opts.wechat_auto_accept and self.waiting:
+        opts = self.options
+        self._end_session(openid, now, push=via != "api" or opts.push_events_on_api_actions)
+        if opts.wechat_auto_accept:  # WeChat's own auto-accept, when on: the freed place is taken
             self._auto_assign(now)
         return 0
 
@@ -844,9 +827,8 @@ class WeChatModel:
 
     def transfer_result(self, openid: str, now: float, kf_account: str | None = None) -> str:
         """``transfer``'s outcome as a bare string: ``in_session`` or ``waiting``."""
-        # The simulator's hot path (once per customer): the openid only becomes known (no _Customer
-        # until it has window state, see _customer); an unpinned waiter's record is a float (_Waiting);
-        # _auto_assign's test inline.
+        # Once per customer in the simulator: the openid only becomes known (no _Customer until it has
+        # window state, see _customer); an unpinned waiter's record is a float (_Waiting).
         if openid in self.sessions:
             return "in_session"
         seen = self._seen_lately
@@ -859,7 +841,7 @@ class WeChatModel:
             waiting[openid] = _PinnedWaiting(now if w is None else w.arrived, kf_account)
         elif openid not in waiting:
             waiting[openid] = _Waiting(now)
-        if self.options.wechat_auto_accept:
+        if self.options.wechat_auto_accept:  # WeChat's own auto-accept, when on, may take them at once
             self._auto_assign(now)
             if openid in self.sessions:
                 return "in_session"
@@ -954,26 +936,29 @@ class WeChatModel:
     def _auto_assign(self, now: float) -> None:
         """WeChat's own auto-accept (``wechat_auto_accept``): the oldest waiting customers go to online,
         bound agents below their ``auto_accept`` limit (pinned ones only to their agent), least loaded
-        first. O(waiting × agents) when on; a no-op when off."""
+        first. O(waiting × agents) when on; a no-op when off. (No closure here: a function whose locals an
+        inner function reads makes their cells at every call, and this one runs at every transfer and close.)"""
         if not self.options.wechat_auto_accept or not self.waiting:
             return
-
-        def room(a: _Agent) -> bool:
-            return a.status != 0 and self._bound(a) and len(a.sessions) < a.auto_accept
-
         for openid, w in list(self.waiting.items()):
             if w.pinned is not None:
                 pinned = self.agents.get(w.pinned)
-                target = pinned if pinned is not None and room(pinned) else None
+                target = pinned if pinned is not None and self._has_room(pinned) else None
             else:
-                free = [a for a in self.agents.values() if room(a)]
-                if not free:
+                target = self._least_loaded_with_room()
+                if target is None:
                     if not any(w2.pinned for w2 in self.waiting.values()):
                         return
                     continue
-                target = min(free, key=lambda a: (len(a.sessions), a.kf_id))
             if target is not None:
                 self._start_session(target, openid, now, push=True)
+
+    def _has_room(self, a: _Agent) -> bool:
+        return a.status != 0 and self._bound(a) and len(a.sessions) < a.auto_accept
+
+    def _least_loaded_with_room(self) -> _Agent | None:
+        free = [a for a in self.agents.values() if self._has_room(a)]
+        return min(free, key=lambda a: (len(a.sessions), a.kf_id)) if free else None
 
     # ------------------------------------------------------------------ inspection
     def snapshot(self, now: float) -> Json:

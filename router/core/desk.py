@@ -105,13 +105,14 @@ class Desk:
             if intake is not None
             else None
         )
-        # called with every fact, in order, after the Desk itself followed it (metrics, pages, trackers)
-        self.observers: list[FactObserver] = []
+        self._observers: list[FactObserver] = []  # see subscribe()
         self._requests: dict[str, ev.CustomerRequested] = {}  # customers present: their request
         self._cancelled: dict[str, float] = {}  # openid -> when they cancelled
         # openid -> agent: they cancelled while a kfsession/create to this agent was in flight
         self._cancelled_creates: dict[str, str] = {}
         self._recent_closes: dict[tuple[str, str], float] = {}
+        self._bound_quiet: bool | None = None  # the state the typed calls are bound for (_bind)
+        self._bind()
 
     # ================================================================= inputs
 
@@ -122,7 +123,9 @@ class Desk:
         commands = self.engine.handle(event, now)
         if isinstance(event, ev.CustomerRequested | ev.CreateFailed):
             self._cancelled_creates.pop(event.openid, None)  # asked again, or the late create failed
-        return self._follow(commands, now, event)
+        step = self._follow(commands, now, event)
+        self._bind()
+        return step
 
     def tick(self, now: float) -> Step:
         """The engine's timers (reservations, overflow, stale sessions), followed through; then the
@@ -133,6 +136,7 @@ class Desk:
             self._next_sweep = math.inf
             step = Step(step.commands + self.sweep_estimates(now), step.facts)
             self._schedule_sweep(now)
+        self._bind()
         return step
 
     def _deadline_with_sweeps(self) -> float:
@@ -144,14 +148,51 @@ class Desk:
 
     # The simulator's typed calls: ``handle`` for the three events every customer brings, without building
     # the event (the engine's typed calls), followed through the same way. They return the commands alone;
-    # the step's facts are ``facts`` until the next call (none recorded while nothing reads them: _quiet).
+    # the step's facts are ``facts`` until the next call. While nothing could read a typed call's facts
+    # (``quiet``), the three names are bound to the engine's own calls and the engine records no facts for
+    # them: the choice is made when the Desk's state changes (``_bind``), not at every call.
+
+    customer_requested: Callable[[str, str | None, int, str | None, frozenset[str], float], list[Command]]
+    session_created: Callable[[str, str, float], list[Command]]
+    session_closed: Callable[[str, str, float], list[Command]]
 
     @property
     def facts(self) -> list[Fact]:
         """The facts of the last call."""
         return self.engine.facts
 
-    def customer_requested(
+    @property
+    def quiet(self) -> bool:
+        """Whether a typed call's facts could change nothing: no estimator, notifier or observer reads them,
+        and no cancel or request is remembered (those calls bring no cancel)."""
+        return (
+            self.estimator is None
+            and self.notifier is None
+            and not self._observers
+            and not self._cancelled_creates
+            and not self._requests
+        )
+
+    def _bind(self) -> None:
+        """Bind the typed calls for the Desk's current state: straight to the engine's (which then records
+        no facts for them) while ``quiet``, else to the ones that follow the facts through. Called whenever
+        what ``quiet`` reads may have changed."""
+        quiet = self.quiet
+        if quiet == self._bound_quiet:
+            return
+        self._bound_quiet = quiet
+        engine = self.engine
+        engine.typed_facts = not quiet
+        if quiet:
+            self.customer_requested = engine.customer_requested
+            self.session_created = engine.session_created
+            self.session_closed = engine.session_closed
+        else:
+            self.customer_requested = self._requested_followed
+            self.session_created = self._created_followed
+            self.session_closed = self._closed_followed
+
+    def _requested_followed(
         self,
         openid: str,
         group: str | None,
@@ -160,11 +201,8 @@ class Desk:
         tags: frozenset[str],
         now: float,
     ) -> list[Command]:
-        quiet = self._quiet()
         commands = self.engine.customer_requested(openid, group, priority, preferred_agent, tags, now)
         self._cancelled_creates.pop(openid, None)
-        if quiet:
-            return commands
         request = ev.CustomerRequested(
             openid=openid,
             group=group,
@@ -173,31 +211,30 @@ class Desk:
             tags=tags,  # type: ignore[arg-type]  # attrs' converter takes any iterable
             arrived_at=now,
         )
-        return self._follow(commands, now, request).commands
+        commands = self._follow(commands, now, request).commands
+        self._bind()
+        return commands
 
-    def session_created(self, openid: str, kf_account: str, now: float) -> list[Command]:
-        quiet = self._quiet()
-        commands = self.engine.session_created(openid, kf_account, now)
-        return commands if quiet else self._follow(commands, now, None).commands
+    def _created_followed(self, openid: str, kf_account: str, now: float) -> list[Command]:
+        commands = self._follow(self.engine.session_created(openid, kf_account, now), now, None).commands
+        self._bind()
+        return commands
 
-    def session_closed(self, openid: str, kf_account: str, now: float) -> list[Command]:
-        quiet = self._quiet()
-        commands = self.engine.session_closed(openid, kf_account, now)
-        return commands if quiet else self._follow(commands, now, None).commands
+    def _closed_followed(self, openid: str, kf_account: str, now: float) -> list[Command]:
+        commands = self._follow(self.engine.session_closed(openid, kf_account, now), now, None).commands
+        self._bind()
+        return commands
 
-    def _quiet(self) -> bool:
-        """Whether a typed call's facts could change nothing (no estimator, notifier or observer reads
-        them, no cancel or request is remembered: those calls bring no cancel). Then the engine does not
-        even record them (``Engine.typed_facts``) and the Desk does not follow them."""
-        quiet = (
-            self.estimator is None
-            and self.notifier is None
-            and not self.observers
-            and not self._cancelled_creates
-            and not self._requests
-        )
-        self.engine.typed_facts = not quiet
-        return quiet
+    def subscribe(self, observer: FactObserver) -> None:
+        """Call ``observer(fact, now)`` with every fact from now on, in order, after the Desk itself
+        followed it (metrics, pages, trackers)."""
+        self._observers.append(observer)
+        self._bind()
+
+    @property
+    def observers(self) -> tuple[FactObserver, ...]:
+        """The observers subscribed (``subscribe``)."""
+        return tuple(self._observers)
 
     def consider(self, inbound: Inbound, now: float) -> Answer:
         """What the customer's message means and what to do (router/core/intake.py). Reads the engine and
@@ -290,7 +327,7 @@ class Desk:
                 self._left(fact, now)
         if self._sweeps and self._next_sweep == math.inf:
             self._schedule_sweep(now)
-        for observer in self.observers:
+        for observer in self._observers:
             for fact in facts:
                 observer(fact, now)
         return Step(out, facts)

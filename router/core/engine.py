@@ -28,7 +28,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 from attrs import field, frozen
 from sortedcontainers import SortedList
@@ -72,15 +72,38 @@ _AVOID_NOBODY: dict[str, float] = {}
 _ANY_GROUP: tuple[str | None, ...] = (None,)
 
 
-class _Past(NamedTuple):
-    """What the engine keeps of a customer who is no longer present. ``reason`` is None for history
-    loaded by ``remember()`` alone; ``written_at`` orders the forgetting (``sticky_window_s`` later)."""
+# The engine's per-customer records (_Customer, _Past) are slot classes without ``__init__``, filled by one
+# function each (_new_customer, _new_past): in Python 3.11 calling a class whose ``__init__`` (or a
+# NamedTuple's ``__new__``) is Python code runs it in a second interpreter loop, which costs several times
+# the stores themselves, and the engine makes both once per customer.
 
+
+class _Past:
+    """What the engine keeps of a customer who is no longer present (written once, by ``_new_past``, and
+    replaced, never changed). ``reason`` is None for history loaded by ``remember()`` alone;
+    ``written_at`` orders the forgetting (``sticky_window_s`` later)."""
+
+    __slots__ = ("agent", "ended_at", "openid", "reason", "written_at")
     agent: str | None  # who served them last, if anyone
     ended_at: float  # when that session ended (nan: none)
     reason: str | None  # why they left
     openid: str
     written_at: float
+
+
+def _new_past(agent: str | None, ended_at: float, reason: str | None, openid: str, written_at: float) -> _Past:
+    p = _Past()
+    p.agent = agent
+    p.ended_at = ended_at
+    p.reason = reason
+    p.openid = openid
+    p.written_at = written_at
+    return p
+
+
+def _avoided(avoid: dict[str, float], now: float) -> frozenset[str]:
+    """The agents in ``avoid`` (kf_account -> until) still avoided at ``now``."""
+    return frozenset([kf for kf, until in avoid.items() if until > now])
 
 
 def _check_overflow(_inst: object, _attr: object, value: tuple[tuple[str, float], ...]) -> None:
@@ -163,6 +186,8 @@ class EngineConfig:
 
 
 class _Customer:
+    """The engine's record of a customer present (waiting, reserved or in session); see ``_new_customer``."""
+
     __slots__ = (
         "anywhere",
         "arrived_at",
@@ -188,46 +213,73 @@ class _Customer:
         "with_agent",
     )
 
-    def __init__(
-        self,
-        openid: str,
-        route: Route,
-        policy: Policy,
-        anywhere: bool,
-        group: str | None = None,
-        priority: int = 0,
-        arrived_at: float = 0.0,
-        preferred_agent: str | None = None,
-        tags: frozenset[str] = frozenset(),
-    ) -> None:
-        self.openid = openid
-        # the customer's route and its policy (fixed by the group), and whether any agent is in scope
-        # (no group, or a policy that ignores groups)
-        self.route = route
-        self.policy = policy
-        self.anywhere = anywhere
-        self.group = group
-        self.priority = priority
-        self.arrived_at = arrived_at
-        # the customer's entry in its group's queue, built once: ((-priority or 0, arrival sequence), openid)
-        self.entry: tuple[tuple[int, int], str] = ((0, 0), openid)
-        self.preferred_agent = preferred_agent
-        self.preferred_until = -math.inf  # waits for preferred_agent alone until then
-        self.tags = tags
-        self.avoid: dict[str, float] = _AVOID_NOBODY  # kf_account -> until; a dict of its own once set
-        self.state = _WAITING
-        self.with_agent: str | None = None  # reserved with, or in session with
-        self.reservation_deadline = math.inf
-        self.session_started_at = math.nan
-        # why we sent a CloseSession, if we did: "reroute" (route again once closed) or "stale"
-        self.closing: str | None = None
-        self.reroute_to: str | None = None  # ...to this agent (a manual reassignment), if given
-        # customer history: who served them last and when that session ended (carried over from an
-        # earlier visit, see Engine._past); the sticky window is applied when it is read
-        self.last_agent: str | None = None
-        self.last_end = math.nan
-        self.had_session = False  # a session started during this visit (a moved customer waits again)
-        self.waiting_since = arrived_at  # start of the current wait: arrival, or being routed again
+    openid: str
+    route: Route
+    policy: Policy
+    anywhere: bool
+    group: str | None
+    priority: int
+    arrived_at: float
+    entry: tuple[tuple[int, int], str]
+    preferred_agent: str | None
+    preferred_until: float
+    tags: frozenset[str]
+    avoid: dict[str, float]
+    state: CustomerState
+    with_agent: str | None
+    reservation_deadline: float
+    session_started_at: float
+    closing: str | None
+    reroute_to: str | None
+    last_agent: str | None
+    last_end: float
+    had_session: bool
+    waiting_since: float
+
+
+def _new_customer(
+    openid: str,
+    route: Route,
+    policy: Policy,
+    anywhere: bool,
+    group: str | None,
+    priority: int,
+    arrived_at: float,
+    entry: tuple[tuple[int, int], str],
+    preferred_agent: str | None,
+    tags: frozenset[str],
+) -> _Customer:
+    """A customer who just asked (or whose session WeChat reported), waiting."""
+    c = _Customer()
+    c.openid = openid
+    # the customer's route and its policy (fixed by the group), and whether any agent is in scope
+    # (no group, or a policy that ignores groups)
+    c.route = route
+    c.policy = policy
+    c.anywhere = anywhere
+    c.group = group
+    c.priority = priority
+    c.arrived_at = arrived_at
+    # the customer's entry in its group's queue, built once: ((-priority or 0, arrival sequence), openid)
+    c.entry = entry
+    c.preferred_agent = preferred_agent
+    c.preferred_until = -math.inf  # waits for preferred_agent alone until then
+    c.tags = tags
+    c.avoid = _AVOID_NOBODY  # kf_account -> until; a dict of its own once set
+    c.state = _WAITING
+    c.with_agent = None  # reserved with, or in session with
+    c.reservation_deadline = math.inf
+    c.session_started_at = math.nan
+    # why we sent a CloseSession, if we did: "reroute" (route again once closed) or "stale"
+    c.closing = None
+    c.reroute_to = None  # ...to this agent (a manual reassignment), if given
+    # customer history: who served them last and when that session ended (carried over from an
+    # earlier visit, see Engine._past); the sticky window is applied when it is read
+    c.last_agent = None
+    c.last_end = math.nan
+    c.had_session = False  # a session started during this visit (a moved customer waits again)
+    c.waiting_since = arrived_at  # start of the current wait: arrival, or being routed again
+    return c
 
 
 class Engine:
@@ -267,7 +319,7 @@ class Engine:
         self._priorities = config.priorities
         self._pool = Pool(config.default_capacity)
         self._agent_map = self._pool._agents
-        self._free_counts = self._pool._free
+        self._free_agents = self._pool.everyone.by_load  # every free agent (a list the pool keeps in place)
         self._customers: dict[str, _Customer] = {}
         # Waiting customers, one queue per customer group, entries (key, openid); the global queue order
         # is the merge of these (keys are unique across groups).
@@ -383,7 +435,7 @@ class Engine:
         """After every event: close or move what is due, then route while an agent is free."""
         if self._offline_since:
             self._sweep_sessions(now, out)
-        if self._waiting_count and self._free_counts.get(None, 0) > 0:
+        if self._waiting_count and self._free_agents:  # someone waits, and some agent is free
             self._drain(now, out)
 
     def tick(self, now: float) -> list[Command]:
@@ -391,9 +443,11 @@ class Engine:
         self._recording = True
         self.facts = []
         out: list[Command] = []
-        while (head := self._reservation_head()) is not None and head[0] <= now:
-            c = self._customers[head[1]]
-            self._release(c, now, "timeout")
+        while (head := self._reservation_head()) is not None:
+            deadline, openid = head
+            if deadline > now:
+                break
+            self._release(self._customers[openid], now, "timeout")
         while self._wakeups and self._wakeups[0] <= now:
             heapq.heappop(self._wakeups)
         self._forget_past(now - self.config.sticky_window_s)
@@ -404,11 +458,11 @@ class Engine:
     def next_deadline(self) -> float:
         """The earliest time at which ``tick`` has work to do; ``inf`` when none."""
         t = math.inf
-        if self._reservation_heap:
+        if self._reservation_heap:  # any reservation pending: the earliest one
             head = self._reservation_head()
             if head is not None:
-                t = head[0]
-        if self._wakeups and self._wakeups[0] < t:  # min(), without the call
+                t, _openid = head
+        if self._wakeups and self._wakeups[0] < t:  # the earliest wake-up, if earlier
             t = self._wakeups[0]
         return t
 
@@ -418,9 +472,9 @@ class Engine:
         heap = self._reservation_heap
         live = self._reserved
         while heap:
-            head = heap[0]
-            if live.get(head[1]) == head[0]:
-                return head
+            deadline, openid = heap[0]
+            if live.get(openid) == deadline:
+                return heap[0]
             heapq.heappop(heap)
         return None
 
@@ -437,11 +491,11 @@ class Engine:
             return
         prev = self._past.get(openid)
         if prev is None:
-            self._write_past(_Past(kf_account, at, None, openid, at))
+            self._write_past(_new_past(kf_account, at, None, openid, at))
         elif prev.agent is None or prev.ended_at <= at:
             # keeps why they left, and is forgotten no earlier than the entry it replaces (entries loaded
             # out of time order only delay tick()'s forgetting of the ones behind them)
-            self._write_past(_Past(kf_account, at, prev.reason, openid, max(prev.written_at, at)))
+            self._write_past(_new_past(kf_account, at, prev.reason, openid, max(prev.written_at, at)))
 
     # ================================================================= reading
 
@@ -562,7 +616,8 @@ class Engine:
             return  # already waiting, reserved or in session: never queued twice
         route = self._default_route if group is None else self._routes.get(group, self._default_route)
         policy = self._policies[route.policy]
-        c = _Customer(
+        self._seq += 1
+        c = _new_customer(
             openid,
             route,
             policy,
@@ -570,12 +625,10 @@ class Engine:
             group,
             priority,
             arrived_at,
+            (queue_key(priority, self._seq, self._priorities), openid),
             preferred_agent,
             tags,
         )
-        self._seq += 1
-        c.entry = (queue_key(priority, self._seq, self._priorities), openid)
-        c.waiting_since = arrived_at
         self._customers[openid] = c
         past = self._past.get(openid)
         if past is not None:
@@ -791,10 +844,9 @@ class Engine:
         queued = c is not None
         if c is None:
             route = self.config.default_route
-            c = _Customer(openid, route, self._policies[route.policy], True)
-            c.arrived_at = now
             self._seq += 1
-            c.entry = (queue_key(0, self._seq, self._priorities), openid)
+            entry = (queue_key(0, self._seq, self._priorities), openid)
+            c = _new_customer(openid, route, self._policies[route.policy], True, None, 0, now, entry, None, _NOBODY)
             self._customers[openid] = c
             past = self._past.get(openid)
             if past is not None:
@@ -962,7 +1014,7 @@ class Engine:
         assert kf is not None
         del self._reserved[c.openid]
         heap = self._reservation_heap
-        if heap[0][1] == c.openid and heap[0][0] == c.reservation_deadline:
+        if heap[0] == (c.reservation_deadline, c.openid):
             heapq.heappop(heap)  # the earliest one (with instant answers, the only one): drop its entry now
         elif len(heap) > 64 and len(heap) > 4 * len(self._reserved):  # mostly ended ones: rebuild
             self._reservation_heap = [(d, o) for o, d in self._reserved.items()]
@@ -1008,10 +1060,8 @@ class Engine:
         c.state = _GONE
         c.with_agent = None
         del self._customers[c.openid]
-        self._write_past(_Past(c.last_agent, c.last_end, reason, c.openid, now))
-        horizon = now - self.config.sticky_window_s
-        if self._past_order[0].written_at < horizon:  # departures past the window: forgotten as we go
-            self._forget_past(horizon)
+        self._write_past(_new_past(c.last_agent, c.last_end, reason, c.openid, now))
+        self._forget_past(now - self.config.sticky_window_s)  # departures past the window: forgotten as we go
 
     # ================================================================= routing
 
@@ -1019,14 +1069,20 @@ class Engine:
         if c.anywhere:
             return _ANY_GROUP
         # compare with the wake-up time itself (arrived + after), so float rounding cannot skip a wake-up
-        return (c.group, *(g for g, after in c.route.overflow if now >= c.arrived_at + after))
+        scope = [c.group]
+        for g, after in c.route.overflow:
+            if now >= c.arrived_at + after:
+                scope.append(g)
+        return tuple(scope)
 
     def _avoid_now(self, c: _Customer, now: float) -> frozenset[str]:
         if not c.avoid:
             return _NOBODY
-        for kf in [k for k, until in c.avoid.items() if until <= now]:
-            del c.avoid[kf]
-        return frozenset(c.avoid)
+        avoid = c.avoid
+        for kf, until in list(avoid.items()):
+            if until <= now:
+                del avoid[kf]
+        return frozenset(avoid)
 
     def _waiting_view(
         self,
@@ -1039,7 +1095,7 @@ class Engine:
         if scope is None:
             scope = self._scope(c, now)
         if avoid is None:
-            avoid = frozenset(k for k, until in c.avoid.items() if until > now) if c.avoid else _NOBODY
+            avoid = _avoided(c.avoid, now) if c.avoid else _NOBODY
         last = c.last_agent
         if last is not None and now - c.last_end > self.config.sticky_window_s:
             last = None
@@ -1064,15 +1120,15 @@ class Engine:
         if c.preferred_agent is not None and now < c.preferred_until:
             wanted = c.preferred_agent
             return wanted if wanted not in avoid and self._pool.is_free(wanted) else None
-        free = self._free_counts
         if c.anywhere:
             scope = _ANY_GROUP
-            if not free.get(None, 0):
+            if not self._free_agents:
                 return None
         else:
             scope = self._scope(c, now)
+            free_count = self._pool.free_count
             for g in scope:
-                if free.get(g, 0):
+                if free_count(g):
                     break
             else:
                 return None  # cheap skip: nobody in scope is free, so no policy could pick
@@ -1098,9 +1154,9 @@ class Engine:
             self._offer_free_agents(now, out)
             if self._only_choosers:
                 return
-        free = self._free_counts
+        free = self._free_agents
         group_queues = self._group_queues
-        while self._waiting_count and free.get(None, 0) > 0:
+        while self._waiting_count and free:
             merged: Iterable[tuple[tuple[int, int], str]]
             if len(group_queues) == 1 and None in group_queues:
                 merged = group_queues[None]  # only customers without a group: every agent reaches them
@@ -1192,7 +1248,7 @@ class Engine:
             if openids and self._pool.is_free(kf):
                 wanted.update(self._customers[o].group for o in openids)
         found = []
-        free = self._free_counts
+        free_count = self._pool.free_count
         for group, q in self._group_queues.items():
             if not q:
                 continue
@@ -1201,9 +1257,9 @@ class Engine:
                 continue
             route = self.config.routes.get(group, self.config.default_route)
             if (
-                free.get(group, 0)
+                free_count(group)
                 or self._ignores_groups.get(route.policy, False)
-                or any(free.get(t, 0) for t, _after in route.overflow)
+                or any(free_count(t) for t, _after in route.overflow)
             ):
                 found.append(q)
         return found

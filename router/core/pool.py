@@ -2,26 +2,29 @@
 
 Rules:
 - load = open sessions + pending reservations, never a running total of assignments;
-- capacity: a locally set ``max_sessions`` wins; else WeChat's ``auto_accept`` when > 0; else the default;
+- capacity: a locally set ``max_sessions`` wins; else WeChat's ``auto_accept`` when > 0; else the default
+  (``_capacity``, the one place);
 - an agent is *free* when online, not paused and ``load < capacity``; only free agents are indexed;
 - every group an agent belongs to (plus ``None``, meaning "all agents") has one sorted index per order, so
   a policy's pick is O(log n) plus the agents it skips, never a scan of all agents.
 
-Index entries are plain tuples (sort key..., kf_account). Each agent remembers the tuples it was indexed
-under (one per kept order, in the pool's order list) and the groups it was counted in, so removal never
+Each group's share of the pool (``_Share``: its indices, its capacity and free capacity) is one object, and
+each agent holds the shares it is counted in (``where``), so a change walks a short tuple of objects
+instead of looking its groups up in tables. The least-load index (``by_load``) is always kept: it *is* the
+set of free agents (its length is how many are free); the indices of the other orders (``idle``,
+``name``) are kept from the first time a policy asks for them. Index entries are plain tuples (sort
+key..., kf_account), made by ``_load_key`` and ``_other_keys``, the one place for each order's key. Each
+agent remembers the keys it was indexed under and what it added to its shares' totals, so removal never
 depends on the agent's current (already changed) fields, and a change that leaves every key as it was costs
-no index work at all (a reservation confirmed into a session does not even look). An order's indices are
-built the first time a policy asks for that order, so a deployment that only uses least-load keeps one
-sorted list per group, not three. With least-load's index the only one kept, the two changes of nearly
-every customer (an agent takes its last free unit; a full agent gets one unit back) are applied inline by
-``reserve`` and ``add_sessions`` from the capacity and free capacity recorded for the agent; every other
-change goes through ``_update``, the one place that works out what an agent's fields mean.
+no index work at all. Two steps keep everything in line: ``_update`` after a change of status,
+configuration or groups (capacity, membership), ``_load_changed`` after a change of load alone (every
+reservation and session end), measured against the capacity recorded by ``_update`` (``cap_in``).
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, insort
+from bisect import insort
 from collections.abc import Iterator
 from operator import itemgetter
 
@@ -35,12 +38,13 @@ IndexKey = tuple[float | int | str, ...]
 _account_of = itemgetter(-1)  # an index key's last item is the agent's kf_account
 
 
-def _remove(lst: list[IndexKey], key: IndexKey) -> None:
-    """Remove ``key`` from the sorted ``lst``; ValueError when it is not there."""
-    i = bisect_left(lst, key)
-    if i == len(lst) or lst[i] != key:
-        raise ValueError(f"{key!r} not in index")
-    del lst[i]
+class _Agents(dict[str, "_Agent"]):
+    """The pool's agents by kf_account; looking up an unknown one raises ``UnknownAgentError``."""
+
+    __slots__ = ()
+
+    def __missing__(self, kf_account: str) -> _Agent:
+        raise UnknownAgentError(kf_account, "agent pool")
 
 
 class _Agent:
@@ -55,6 +59,7 @@ class _Agent:
         "last_assigned_at",
         "local_max",
         "nickname",
+        "others",
         "paused",
         "placed",
         "reserved",
@@ -79,16 +84,39 @@ class _Agent:
         self.sessions = 0
         self.reserved = 0
         self.last_assigned_at = -math.inf
-        # keys it is indexed under when free, one per order of Pool._orders (same positions)
-        self.indexed: tuple[IndexKey, ...] | None = None
-        self.cap_in = 0  # capacity this agent adds to its groups' totals
+        # while free: its least-load key (None while not free), and its keys for the other kept orders
+        # (Pool._others' positions)
+        self.indexed: IndexKey | None = None
+        self.others: tuple[IndexKey, ...] = ()
+        self.cap_in = 0  # capacity this agent adds to its groups' totals (0 while offline or paused)
         self.spare_in = 0  # free capacity this agent adds to its groups' totals
         self.placed: frozenset[str] = frozenset()  # the groups ``indexed`` and the totals were applied to
-        self.where: tuple[str | None, ...] = (None,)  # None (all agents) and the groups in ``placed``
+        self.where: tuple[_Share, ...] = ()  # the shares of all agents and of the groups in ``placed``
+
+
+class _Share:
+    """One group's share of the pool (or all agents'): the sorted indices of its free agents, and the
+    capacity and free capacity of its serving agents. Only the pool changes it."""
+
+    __slots__ = ("by_load", "capacity", "index", "others", "spare")
+
+    def __init__(self, others: list[Order]) -> None:
+        self.by_load: list[IndexKey] = []  # the free agents, least loaded first
+        self.others: list[list[IndexKey]] = [[] for _ in others]  # the other kept orders (Pool._others)
+        self.index: dict[Order, list[IndexKey]] = {
+            "load": self.by_load,
+            **dict(zip(others, self.others, strict=True)),
+        }
+        self.capacity = 0  # sessions, of the online unpaused agents
+        self.spare = 0  # free sessions, of the same
 
 
 class Pool:
-    """All agents, keyed by kf_account. Mutated only by the engine; read by policies via PoolView."""
+    """All agents, keyed by kf_account. Mutated only by the engine; read by policies via PoolView.
+
+    ``everyone`` (the share of all agents: ``everyone.by_load`` lists the free agents) and ``shares``
+    (group -> share; None and every group an agent was ever placed in) are there for the engine to read
+    without a call; nothing outside the pool changes them."""
 
     def __init__(self, default_capacity: int) -> None:
         if (
@@ -98,17 +126,13 @@ class Pool:
         ):
             raise ConfigError(f"default_capacity must be an integer >= 1, got {default_capacity!r}")
         self._default_capacity = default_capacity
-        self._agents: dict[str, _Agent] = {}
-        self._orders: list[Order] = []  # the orders some policy has asked for (their indices are kept)
-        self._load_only = False  # _orders == ["load"]: _update makes the one key itself
-        # group -> order -> sorted list of index keys. Plain lists kept sorted with bisect: an index holds
-        # only free agents (WeChat allows 100 kf accounts per account), so inserting into or deleting from
-        # a list costs less than a SortedList's bookkeeping.
-        self._index: dict[str | None, dict[Order, list[IndexKey]]] = {None: {}}
-        self._free: dict[str | None, int] = {None: 0}  # group -> number of free agents
-        self._totals: dict[str | None, list[int]] = {None: [0, 0]}  # group -> [capacity, free capacity]
-        # (of the serving agents). None and every group an agent was ever placed in have their entry in all
-        # three from then on (made by _place), so the hot paths index them directly.
+        self._agents = _Agents()
+        # the orders kept besides least-load's (their indices): those some policy asked for. Plain lists kept
+        # sorted with bisect: an index holds only free agents (WeChat allows 100 kf accounts per account),
+        # so inserting into or deleting from a list costs less than a SortedList's bookkeeping.
+        self._others: list[Order] = []
+        self.everyone = _Share(self._others)
+        self.shares: dict[str | None, _Share] = {None: self.everyone}
 
     # ----------------------------------------------------------------- reading (the PoolView protocol)
 
@@ -122,7 +146,7 @@ class Pool:
         return sorted(self._agents)
 
     def capacity(self, kf_account: str) -> int:
-        return self._capacity(self._require(kf_account, "capacity"))
+        return self._capacity(self._agents[kf_account])
 
     def agent(self, kf_account: str) -> AgentView | None:
         a = self._agents.get(kf_account)
@@ -133,39 +157,32 @@ class Pool:
 
     def is_free(self, kf_account: str) -> bool:
         a = self._agents.get(kf_account)
-        if a is None:
-            return False
-        # _is_free and _capacity inline: the engine asks after every pick
-        if a.status == 0 or a.paused:
-            return False
-        cap = a.local_max
-        if cap is None:
-            cap = a.auto_accept if a.auto_accept > 0 else self._default_capacity
-        return a.sessions + a.reserved < cap
+        return a is not None and a.indexed is not None  # exactly the free agents are indexed
 
     def free_count(self, group: str | None = None) -> int:
         """Number of free agents in ``group`` (``None``: all groups). O(1)."""
-        return self._free.get(group, 0)
+        share = self.shares.get(group)
+        return 0 if share is None else len(share.by_load)
 
     def capacity_of(self, group: str | None = None) -> tuple[int, int]:
         """(capacity, free capacity), in sessions, of the online unpaused agents of ``group`` (``None``:
         all agents). Kept up to date on every change, so O(1)."""
-        t = self._totals.get(group)
-        return (0, 0) if t is None else (t[0], t[1])
+        share = self.shares.get(group)
+        return (0, 0) if share is None else (share.capacity, share.spare)
 
     def free_agents(
         self, group: str | None = None, order: Order = "load", exclude: frozenset[str] = frozenset()
     ) -> Iterator[str]:
         """Free agents of ``group`` (``None``: any), best first by ``order``, skipping ``exclude``. Lazy:
         taking the first costs O(log n + len(exclude))."""
-        if order not in self._orders:
+        if order != "load" and order not in self._others:
             self._add_order(order)
-        idx = self._index.get(group)
-        if idx is None:
+        share = self.shares.get(group)
+        if share is None:
             return iter(())
         if not exclude:  # every policy pick: a C-level iterator over the index, no generator frame
-            return map(_account_of, idx[order])
-        return (kf for kf in map(_account_of, idx[order]) if kf not in exclude)
+            return map(_account_of, share.index[order])
+        return (kf for kf in map(_account_of, share.index[order]) if kf not in exclude)
 
     def first_free(
         self, group: str | None = None, order: Order = "load", exclude: frozenset[str] = frozenset()
@@ -174,11 +191,11 @@ class Pool:
         ``free_agents`` without making an iterator when nobody is excluded (every least-load pick)."""
         if exclude:
             return next(self.free_agents(group, order, exclude), None)
-        try:
-            entries = self._index[group][order]
-        except KeyError:  # a group nobody was ever placed in, or an order not kept yet
+        share = self.shares.get(group)
+        entries = None if share is None else share.index.get(order)
+        if entries is None:  # a group nobody was ever placed in, or an order not kept yet
             return next(self.free_agents(group, order), None)
-        return entries[0][-1] if entries else None  # type: ignore[return-value]
+        return _account_of(entries[0]) if entries else None
 
     # ----------------------------------------------------------------- mutation (engine only)
 
@@ -186,7 +203,8 @@ class Pool:
         """Create the agent (offline) if unknown; return True when it was created."""
         if kf_account in self._agents:
             return False
-        self._agents[kf_account] = _Agent(kf_account)
+        a = self._agents[kf_account] = _Agent(kf_account)
+        a.where = (self.everyone,)
         return True
 
     def update_from_wechat(self, kf_account: str, status: int, accepted_case: int, auto_accept: int) -> None:
@@ -197,7 +215,7 @@ class Pool:
         self._update(a)
 
     def set_status(self, kf_account: str, status: int) -> None:
-        a = self._require(kf_account, "set_status")
+        a = self._agents[kf_account]
         a.status = status
         self._update(a)
 
@@ -213,7 +231,7 @@ class Pool:
         tags: frozenset[str] | None = None,
         skills: tuple[tuple[str, float], ...] | None = None,
     ) -> None:
-        a = self._require(kf_account, "configure")
+        a = self._agents[kf_account]
         if skills is not None:
             a.skills = skills
         if groups is not None:
@@ -231,55 +249,21 @@ class Pool:
         self._update(a)
 
     def add_sessions(self, kf_account: str, delta: int) -> None:
-        a = self._agents.get(kf_account)  # _require without the call: once per session end
-        if a is None:
-            raise UnknownAgentError(kf_account, "add_sessions")
+        a = self._agents[kf_account]
         n = a.sessions + delta
-        if n < 0:
-            n = 0
-        a.sessions = n
-        cap = a.cap_in
-        if a.spare_in or n + a.reserved != cap - 1 or not self._load_only:
-            self._update(a)
-            return
-        # A full agent is left with exactly one free unit (a session ended) and least-load's is the only index
-        # kept: what _update would do, inline (see _update's note on cap_in and spare_in).
-        load = cap - 1
-        key = (load / cap, load, a.last_assigned_at, a.kf_account)
-        a.indexed = (key,)
-        a.spare_in = 1
-        for group in a.where:
-            self._totals[group][1] += 1
-            self._free[group] += 1
-            insort(self._index[group]["load"], key)
+        a.sessions = n if n > 0 else 0
+        self._load_changed(a)
 
     def set_sessions(self, kf_account: str, count: int) -> None:
-        a = self._require(kf_account, "set_sessions")
+        a = self._agents[kf_account]
         a.sessions = max(0, count)
-        self._update(a)
+        self._load_changed(a)
 
     def reserve(self, kf_account: str, now: float) -> None:
-        a = self._agents.get(kf_account)  # _require without the call: once per routed customer
-        if a is None:
-            raise UnknownAgentError(kf_account, "reserve")
+        a = self._agents[kf_account]
         a.reserved += 1
         a.last_assigned_at = now
-        if a.spare_in != 1 or not self._load_only:
-            self._update(a)
-            return
-        # It took its last free unit and least-load's is the only index kept: what _update would do, inline
-        # (see _update's note on spare_in).
-        key = a.indexed[0]  # type: ignore[index]
-        a.indexed = None
-        a.spare_in = 0
-        for group in a.where:
-            self._totals[group][1] -= 1
-            self._free[group] -= 1
-            lst = self._index[group]["load"]
-            if lst[0] is key:  # least-load reserves the head it picked (the index holds this very tuple)
-                del lst[0]
-            else:
-                _remove(lst, key)
+        self._load_changed(a)
 
     def unreserve(self, kf_account: str, *, confirmed: bool) -> None:
         """End one reservation; when ``confirmed`` it turns into an open session."""
@@ -292,23 +276,17 @@ class Pool:
             a.reserved = reserved - 1
             a.sessions += 1
             return
-        a.reserved = a.reserved - 1 if a.reserved > 0 else 0
+        a.reserved = reserved - 1 if reserved > 0 else 0
         if confirmed:
             a.sessions += 1
-        self._update(a)
+        self._load_changed(a)
 
     def remove(self, kf_account: str) -> None:
-        a = self._require(kf_account, "remove")
+        a = self._agents[kf_account]
         self._take_out(a)
         del self._agents[kf_account]
 
     # ----------------------------------------------------------------- internals
-
-    def _require(self, kf_account: str, where: str) -> _Agent:
-        a = self._agents.get(kf_account)
-        if a is None:
-            raise UnknownAgentError(kf_account, where)
-        return a
 
     def _capacity(self, a: _Agent) -> int:
         if a.local_max is not None:
@@ -320,122 +298,104 @@ class Pool:
     def _is_free(self, a: _Agent) -> bool:
         return a.status != 0 and not a.paused and a.sessions + a.reserved < self._capacity(a)
 
-    def _keys(self, a: _Agent) -> tuple[IndexKey, ...]:
-        """The index keys of ``a`` for every kept order, in ``self._orders``' positions."""
-        keys: list[IndexKey] = []
-        for order in self._orders:
-            if order == "load":
-                load = a.sessions + a.reserved
-                keys.append((load / self._capacity(a), load, a.last_assigned_at, a.kf_account))
-            elif order == "idle":
-                keys.append((a.last_assigned_at, a.kf_account))
-            else:
-                keys.append((a.kf_account,))
-        return tuple(keys)
+    @staticmethod
+    def _load_key(a: _Agent) -> IndexKey:
+        """The least-load key of the free agent ``a``: load/capacity, load, longest since last assigned,
+        account (a free agent serves, so ``cap_in`` is its capacity)."""
+        load = a.sessions + a.reserved
+        return (load / a.cap_in, load, a.last_assigned_at, a.kf_account)
+
+    def _other_keys(self, a: _Agent) -> tuple[IndexKey, ...]:
+        """The keys of the free agent ``a`` for the other kept orders, in ``self._others``' positions."""
+        return tuple(
+            (a.last_assigned_at, a.kf_account) if o == "idle" else (a.kf_account,) for o in self._others
+        )
 
     def _add_order(self, order: Order) -> None:
         """Start keeping the indices of ``order``: built once from the free agents, O(n log n)."""
-        self._orders.append(order)
-        self._load_only = self._orders == ["load"]
-        for idx in self._index.values():
-            idx[order] = []
+        self._others.append(order)
+        for share in self.shares.values():
+            share.others.append([])
+            share.index[order] = share.others[-1]
         for a in self._agents.values():
             if a.indexed is not None:
-                a.indexed = self._keys(a)
-                key = a.indexed[-1]
-                for group in a.where:
-                    insort(self._index[group][order], key)
+                a.others = self._other_keys(a)
+                key = a.others[-1]
+                for share in a.where:
+                    insort(share.others[-1], key)
 
     def _update(self, a: _Agent) -> None:
-        """Bring the indices and totals in line with ``a``'s current fields, touching only what changed.
-        Runs on every change the fast paths of reserve and add_sessions do not cover, hence _capacity and
-        (least-load alone) _keys inline.
-
-        What it leaves behind, and those fast paths rely on: ``cap_in`` is ``a``'s capacity while it serves
-        (0 otherwise), ``spare_in`` its free capacity, and ``spare_in > 0`` exactly when it is indexed. Only
-        configure and update_from_wechat change capacity, status or groups, and both call _update, so a
-        change of load alone can be applied from ``cap_in`` and ``spare_in`` without recomputing anything."""
-        if a.status != 0 and not a.paused:
-            cap = a.local_max
-            if cap is None:
-                cap = a.auto_accept if a.auto_accept > 0 else self._default_capacity
-            load = a.sessions + a.reserved
-            spare = cap - load if load < cap else 0
-        else:
-            cap = spare = 0
+        """After a change of ``a``'s status, configuration or groups: its groups (taken out and put back
+        when they changed), the capacity it serves with (``cap_in``: 0 while offline or paused) in its
+        shares' totals, then what its load means (``_load_changed``)."""
+        cap = self._capacity(a) if a.status != 0 and not a.paused else 0
         if a.placed is not a.groups and a.placed != a.groups:
-            # group membership changed: take everything out, put it back
             self._take_out(a)
             self._place(a)
-        if cap != a.cap_in or spare != a.spare_in:
-            totals = self._totals
-            for group in a.where:
-                t = totals[group]
-                t[0] += cap - a.cap_in
-                t[1] += spare - a.spare_in
+        if cap != a.cap_in:
+            for share in a.where:
+                share.capacity += cap - a.cap_in
             a.cap_in = cap
-            a.spare_in = spare
-        keys: tuple[IndexKey, ...] | None
-        if not spare:
-            keys = None
-        elif self._load_only:
-            keys = ((load / cap, load, a.last_assigned_at, a.kf_account),)
-        else:
-            keys = self._keys(a)
+        self._load_changed(a)
+
+    def _load_changed(self, a: _Agent) -> None:
+        """Bring ``a``'s free capacity (``spare_in``) and index entries in line with its load, measured
+        against the capacity it serves with (``cap_in``, kept by ``_update``); touches only what changed:
+        an agent is indexed exactly while it has free capacity. (When its least-load key stays the same,
+        so do the others: they are made of the same fields.)"""
+        cap = a.cap_in
+        load = a.sessions + a.reserved
+        spare = cap - load if load < cap else 0
+        gained = spare - a.spare_in
+        key = self._load_key(a) if spare else None
         old = a.indexed
-        if keys == old:
+        if not gained and key == old:
             return
-        free = self._free
-        load_only = self._load_only
-        for group in a.where:
-            idx = self._index[group]
-            if old is None:
-                free[group] += 1
-            elif keys is None:
-                free[group] -= 1
-            if load_only:  # the loop below, for the one order least-load keeps, _remove inline
-                lst = idx["load"]
-                if old is not None:
-                    i = bisect_left(lst, old[0])
-                    if i == len(lst) or lst[i] != old[0]:
-                        raise ValueError(f"{old[0]!r} not in index")
-                    del lst[i]
-                if keys is not None:
-                    insort(lst, keys[0])
-                continue
-            for i, order in enumerate(self._orders):
-                lst = idx[order]
-                if old is not None:
-                    _remove(lst, old[i])
-                if keys is not None:
-                    insort(lst, keys[i])
-        a.indexed = keys
+        a.spare_in = spare
+        a.indexed = key
+        for share in a.where:
+            share.spare += gained
+            if old is not None:
+                share.by_load.remove(old)  # the very tuple inserted: found by identity
+            if key is not None:
+                insort(share.by_load, key)
+        if self._others:
+            self._reindex_others(a, old is not None)
+
+    def _reindex_others(self, a: _Agent, was_indexed: bool) -> None:
+        """``_load_changed`` for the indices of the other kept orders."""
+        old = a.others
+        now_indexed = a.indexed is not None
+        keys = a.others = self._other_keys(a) if now_indexed else ()
+        for share in a.where:
+            if was_indexed:
+                for entries, key in zip(share.others, old, strict=True):
+                    entries.remove(key)
+            if now_indexed:
+                for entries, key in zip(share.others, keys, strict=True):
+                    insort(entries, key)
 
     def _place(self, a: _Agent) -> None:
-        """Count ``a`` (taken out) in its current groups from now on; make their entries if they are new."""
+        """Count ``a`` (taken out) in its current groups from now on; make their shares if they are new."""
         a.placed = a.groups
-        a.where = (None, *a.groups)
+        shares = self.shares
         for group in a.groups:
-            if group not in self._index:
-                self._index[group] = {order: [] for order in self._orders}
-                self._free[group] = 0
-                self._totals[group] = [0, 0]
+            if group not in shares:
+                shares[group] = _Share(self._others)
+        a.where = (self.everyone, *(shares[group] for group in a.groups))
 
     def _take_out(self, a: _Agent) -> None:
         """Remove what ``a`` added to the indices and totals (as recorded when it was added)."""
-        if a.cap_in or a.spare_in:
-            for group in a.where:
-                t = self._totals[group]
-                t[0] -= a.cap_in
-                t[1] -= a.spare_in
-            a.cap_in = a.spare_in = 0
-        if a.indexed is not None:
-            for group in a.where:
-                self._free[group] -= 1
-                idx = self._index[group]
-                for order, key in zip(self._orders, a.indexed, strict=True):
-                    _remove(idx[order], key)
-            a.indexed = None
+        for share in a.where:
+            share.capacity -= a.cap_in
+            share.spare -= a.spare_in
+            if a.indexed is not None:
+                share.by_load.remove(a.indexed)
+                for entries, key in zip(share.others, a.others, strict=True):
+                    entries.remove(key)
+        a.cap_in = a.spare_in = 0
+        a.indexed = None
+        a.others = ()
 
     def _view(self, a: _Agent) -> AgentView:
         return AgentView(
@@ -458,34 +418,44 @@ class Pool:
         for every kept order, in every group they belong to; counts and totals match a recount."""
         free_count: dict[str | None, int] = {}
         totals: dict[str | None, list[int]] = {}
+        shares = self.shares
+        orders: list[Order] = ["load", *self._others]
         for a in self._agents.values():
             free = self._is_free(a)
             assert (a.indexed is not None) == free, a.kf_account
-            # (equal groups may iterate in another order than those ``where`` was made from)
-            assert a.placed == a.groups and a.where[0] is None and set(a.where[1:]) == a.groups, a.kf_account
+            assert a.placed == a.groups, a.kf_account
+            assert a.where == (self.everyone, *(shares[g] for g in a.placed)), a.kf_account
             if free:
-                assert a.indexed == self._keys(a), a.kf_account
+                assert a.indexed == self._load_key(a) and a.others == self._other_keys(a), a.kf_account
                 for group in (None, *a.groups):
                     free_count[group] = free_count.get(group, 0) + 1
-                    for i, order in enumerate(self._orders):
-                        assert a.indexed[i] in self._index[group][order]
+                    for order, key in zip(orders, (a.indexed, *a.others), strict=True):
+                        assert key in shares[group].index[order]
+            else:
+                assert a.others == (), a.kf_account
             if a.status != 0 and not a.paused:
                 cap = self._capacity(a)
+                assert a.cap_in == cap, a.kf_account
                 for group in (None, *a.groups):
                     t = totals.setdefault(group, [0, 0])
                     t[0] += cap
                     t[1] += max(0, cap - a.sessions - a.reserved)
-        for group, t in self._totals.items():
-            assert t == totals.get(group, [0, 0]), (group, t, totals.get(group))
-        for group, n in self._free.items():
-            assert n == free_count.get(group, 0), (group, n)
-        for group, idx in self._index.items():
-            assert set(idx) == set(self._orders), group
-            for order, entries in idx.items():
-                assert len(entries) == self._free.get(group, 0), (group, order)
+            else:
+                assert a.cap_in == 0, a.kf_account
+        assert shares[None] is self.everyone
+        for group, share in shares.items():
+            assert [share.capacity, share.spare] == totals.get(group, [0, 0]), (group, share.capacity)
+            assert list(share.index) == orders, group
+            assert share.index["load"] is share.by_load, group
+            assert all(x is y for x, y in zip(list(share.index.values())[1:], share.others, strict=True)), (
+                group
+            )
+            for order, entries in share.index.items():
+                assert len(entries) == free_count.get(group, 0), (group, order)
+                assert entries == sorted(entries), (group, order)
                 for entry in entries:
                     kf = entry[-1]
                     assert isinstance(kf, str)
                     a = self._agents[kf]
-                    assert a.indexed is not None and a.indexed[self._orders.index(order)] == entry
+                    assert a.indexed is not None and (a.indexed, *a.others)[orders.index(order)] == entry
                     assert group is None or group in a.groups
