@@ -77,7 +77,10 @@ def parse_xml_root(body: bytes | str, *, max_bytes: int = MAX_BODY_BYTES, what: 
         if only_cdata_markup(stripped):
             root = _c_fromstring(stripped)  # no "<!" but CDATA: no DTD, nothing for defusedxml to refuse
         else:
-            root = DET.fromstring(stripped, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+            root = cast(
+                Element,
+                DET.fromstring(stripped, forbid_dtd=True, forbid_entities=True, forbid_external=True),
+            )
     except DefusedXmlException as exc:
         raise XmlRejected(
             f"{what} uses forbidden XML features ({type(exc).__name__}): DTDs, entity "
@@ -87,7 +90,6 @@ def parse_xml_root(body: bytes | str, *, max_bytes: int = MAX_BODY_BYTES, what: 
         raise XmlRejected(f"{what} is not well-formed XML: {exc}") from None
     except (ValueError, LookupError) as exc:
         raise XmlRejected(f"{what} could not be parsed as XML: {exc}") from None
-    root = cast(Element, root)
     if root.tag != "xml":
         raise XmlRejected(f"{what} has root element <{root.tag}>, expected <xml>")
     return root
