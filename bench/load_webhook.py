@@ -16,9 +16,12 @@ Method (docs/reliability.md has the reasoning):
   alone). ``--chatter`` adds a ladder of texts not for kfrouter (nothing committed). ``--pg`` /
   ``--store-url`` put the daemons' store on PostgreSQL; ``--profile FILE`` runs them under cProfile.
 - Open loop: request *i* of a step is due at ``t0 + i / rate`` whatever happened to the others
-  (aiohttp client, at most ``--connections`` connections; a request waiting for a connection is late,
-  and that lateness counts). Latency is measured from the due time to the end of the answer, so a
-  server that falls behind is not flattered (no coordinated omission).
+  (bench/http_load.py: requests built as bytes before the step, a few microseconds of client CPU each —
+  ``--client aiohttp`` for aiohttp's client, ~0.25 ms each; at most ``--connections`` connections; a
+  request waiting for a connection is late, and that lateness counts). Latency is measured from the due
+  time to the end of the answer, so a server that falls behind is not flattered (no coordinated
+  omission). Each row prints the generator's share of a core and the server's CPU per request (its event
+  loop's thread and the rest), for the reference as for the daemon.
 - Steps of ``--step-s`` seconds at rising rates (``--rates``, then doubling up to ``--cap``) until p99
   crosses 1 s, more than 1 % of requests fail, or the cap. Between daemon steps the daemon is given
   time to route its backlog (``/healthz`` settled), and that drain time is reported.
