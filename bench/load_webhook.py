@@ -16,9 +16,12 @@ Method (docs/reliability.md has the reasoning):
   alone). ``--chatter`` adds a ladder of texts not for kfrouter (nothing committed). ``--pg`` /
   ``--store-url`` put the daemons' store on PostgreSQL; ``--profile FILE`` runs them under cProfile.
 - Open loop: request *i* of a step is due at ``t0 + i / rate`` whatever happened to the others
-  (aiohttp client, at most ``--connections`` connections; a request waiting for a connection is late,
-  and that lateness counts). Latency is measured from the due time to the end of the answer, so a
-  server that falls behind is not flattered (no coordinated omission).
+  (bench/http_load.py: requests built as bytes before the step, a few microseconds of client CPU each —
+  ``--client aiohttp`` for aiohttp's client, ~0.25 ms each; at most ``--connections`` connections; a
+  request waiting for a connection is late, and that lateness counts). Latency is measured from the due
+  time to the end of the answer, so a server that falls behind is not flattered (no coordinated
+  omission). Each row prints the generator's share of a core and the server's CPU per request (its event
+  loop's thread and the rest), for the reference as for the daemon.
 - Steps of ``--step-s`` seconds at rising rates (``--rates``, then doubling up to ``--cap``) until p99
   crosses 1 s, more than 1 % of requests fail, or the cap. Between daemon steps the daemon is given
   time to route its backlog (``/healthz`` settled), and that drain time is reported.
@@ -49,6 +52,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
+import http_load
 
 from kfrouter.router.wechat import replies
 from kfrouter.router.wechat.crypto import SafeModeCrypto
@@ -87,11 +91,55 @@ async def run_step(
     rate: float,
     *,
     timeout_s: float,
+    client: str = "raw",
+    connections: int = 512,
 ) -> dict[str, Any]:
-    """Fire ``requests`` open-loop at ``rate`` per second; latencies and outcomes."""
-    loop = asyncio.get_running_loop()
+    """Fire ``requests`` open-loop at ``rate`` per second with ``client`` (``raw``: bench/http_load.py,
+    ``aiohttp``: aiohttp's client); latencies, outcomes and the generator's CPU."""
+    if client == "raw":
+        wire = [http_load.build_post(url, params, body) for params, body in requests]
+        result = await http_load.run_open_loop(url, wire, rate, connections=connections, timeout_s=timeout_s)
+    else:
+        result = await _aiohttp_step(http, url, requests, rate, timeout_s=timeout_s)
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    for o in result.outcomes:
+        if o.latency_s is None:
+            errors[o.error] = errors.get(o.error, 0) + 1
+        elif o.status != 200 or o.body.strip() not in (b"success", b""):
+            errors[f"http_{o.status}"] = errors.get(f"http_{o.status}", 0) + 1
+        else:
+            latencies.append(o.latency_s)
+    n = len(requests)
+    duration = result.duration_s if latencies else n / rate
+    ok = len(latencies)
+    return {
+        "offered_rps": rate,
+        "sent": n,
+        "ok": ok,
+        "achieved_rps": round(ok / duration, 1),
+        "p50_ms": round(h.percentile(latencies, 50) * 1000, 1),
+        "p99_ms": round(h.percentile(latencies, 99) * 1000, 1),
+        "max_ms": round(max(latencies, default=math.nan) * 1000, 1),
+        "over_5s": sum(1 for x in latencies if x > WECHAT_TIMEOUT_S),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "generator_cpu_s": round(result.client_cpu_s, 2),
+        "generator_core_share": round(result.client_cpu_s / duration, 2),
+    }
+
+
+async def _aiohttp_step(
+    http: aiohttp.ClientSession,
+    url: str,
+    requests: Sequence[tuple[dict[str, str], bytes]],
+    rate: float,
+    *,
+    timeout_s: float,
+) -> http_load.StepResult:
+    """The same open loop with aiohttp's client (``--client aiohttp``: ~0.25 ms of client CPU a request)."""
+    loop = asyncio.get_running_loop()
+    outcomes: list[http_load.Outcome] = []
     client_timeout = aiohttp.ClientTimeout(total=timeout_s)
     last_done = 0.0
 
@@ -100,20 +148,16 @@ async def run_step(
         try:
             async with http.post(url, params=params, data=body, timeout=client_timeout) as resp:
                 text = await resp.read()
-                if resp.status != 200 or text.strip() not in (b"success", b""):
-                    key = f"http_{resp.status}"
-                    errors[key] = errors.get(key, 0) + 1
-                    return
+                status = resp.status
         except TimeoutError:
-            errors["timeout"] = errors.get("timeout", 0) + 1
+            outcomes.append(http_load.Outcome(None, 0, b"", "timeout"))
             return
         except aiohttp.ClientError as exc:
-            key = type(exc).__name__
-            errors[key] = errors.get(key, 0) + 1
+            outcomes.append(http_load.Outcome(None, 0, b"", type(exc).__name__))
             return
         done = loop.time()
         last_done = max(last_done, done)
-        latencies.append(done - due)
+        outcomes.append(http_load.Outcome(done - due, status, text, ""))
 
     cpu0 = os.times()
     t0 = loop.time() + 0.05
@@ -130,21 +174,28 @@ async def run_step(
             await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
     await asyncio.gather(*tasks)
     cpu1 = os.times()
-    duration = max(n / rate, (last_done - t0) if latencies else n / rate)
-    ok = len(latencies)
-    return {
-        "offered_rps": rate,
-        "sent": n,
-        "ok": ok,
-        "achieved_rps": round(ok / duration, 1),
-        "p50_ms": round(h.percentile(latencies, 50) * 1000, 1),
-        "p99_ms": round(h.percentile(latencies, 99) * 1000, 1),
-        "max_ms": round(max(latencies, default=math.nan) * 1000, 1),
-        "over_5s": sum(1 for x in latencies if x > WECHAT_TIMEOUT_S),
-        "errors": sum(errors.values()),
-        "error_kinds": errors,
-        "generator_cpu_s": round((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), 2),
-    }
+    duration = max(n / rate, last_done - t0)
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    return http_load.StepResult(outcomes, duration, cpu)
+
+
+def thread_cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """CPU seconds so far of ``pid``'s main thread (the event loop) and of its other threads together
+    (the store's writer, the resolver...), or None when the process is gone."""
+    main = others = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / tick
+            if int(tid) == pid:
+                main = cpu
+            else:
+                others += cpu
+    except (OSError, ValueError, IndexError):
+        return None
+    return main, others
 
 
 def step_ok(step: dict[str, Any]) -> bool:
@@ -172,25 +223,36 @@ async def run_ladder(
     *,
     rng: random.Random,
     daemon: h.Child | None = None,
+    server: h.Child | None = None,
     settle_s: float = 120.0,
     text: str = "human please",
+    client: str = "raw",
+    connections: int = 512,
 ) -> list[dict[str, Any]]:
-    """Steps at rising rates until p99 > 1 s, errors > 1 % or the last rate."""
+    """Steps at rising rates until p99 > 1 s, errors > 1 % or the last rate. ``daemon``: wait for it to
+    route its backlog after each step; ``server`` (the daemon or the reference): its CPU is reported."""
     steps: list[dict[str, Any]] = []
+    server = server or daemon
     for k, rate in enumerate(rates):
         n = max(1, round(rate * step_s))
         requests = build_requests(f"{name}{k}", n, int(time.time()), rng, text)
-        cpu_before = h.cpu_seconds(daemon.pid) if daemon else None
-        step = await run_step(http, url, requests, rate, timeout_s=15.0)
+        cpu_before = thread_cpu_seconds(server.pid) if server else None
+        step = await run_step(
+            http, url, requests, rate, timeout_s=15.0, client=client, connections=connections
+        )
         if daemon is not None:
             base = daemon.url
             t = time.monotonic()
             settled = await h.wait_for(http, base, h.settled, timeout=settle_s, interval=0.2)
             step["drain_s"] = round(time.monotonic() - t, 1) if settled else None
-            cpu_after = h.cpu_seconds(daemon.pid)
-            if cpu_before is not None and cpu_after is not None:
-                step["daemon_cpu_s"] = round(cpu_after - cpu_before, 2)
             step["daemon_rss_mib"] = h.mib(h.rss_bytes(daemon.pid) or 0)
+        cpu_after = thread_cpu_seconds(server.pid) if server else None
+        if cpu_before is not None and cpu_after is not None:
+            main = cpu_after[0] - cpu_before[0]
+            others = cpu_after[1] - cpu_before[1]
+            step["server_cpu_s"] = round(main + others, 2)
+            step["server_cpu_main_s"] = round(main, 2)  # the event loop's thread
+            step["server_cpu_ms_per_request"] = round((main + others) * 1000 / n, 3)
         steps.append(step)
         print(f"  {name:9} {_row(step)}", flush=True)
         if step["p99_ms"] > LATENCY_LIMIT_S * 1000 or step["errors"] > MAX_ERROR_RATE * step["sent"]:
@@ -202,9 +264,11 @@ async def run_ladder(
 
 
 def _row(s: dict[str, Any]) -> str:
-    extra = ""
+    extra = f"  generator {s['generator_core_share']:.0%} of a core"
+    if "server_cpu_s" in s:
+        extra += f"  server {s['server_cpu_ms_per_request']:.3f} ms CPU/req (loop {s['server_cpu_main_s']}s)"
     if "drain_s" in s:
-        extra = f"  drain {s['drain_s']}s  daemon cpu {s.get('daemon_cpu_s')}s  rss {s['daemon_rss_mib']} MiB"
+        extra += f"  drain {s['drain_s']}s  rss {s['daemon_rss_mib']} MiB"
     return (
         f"offered {s['offered_rps']:>6g}/s  achieved {s['achieved_rps']:>7.1f}/s  "
         f"p50 {s['p50_ms']:>7.1f} ms  p99 {s['p99_ms']:>7.1f} ms  errors {s['errors']}" + extra
@@ -307,7 +371,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             children.append(reference)
             print(f"reference: bare aiohttp 'success' handler at {reference.url}", flush=True)
             result["reference"] = summarize(
-                await run_ladder("reference", http, f"{reference.url}/wechat", rates, args.step_s, rng=rng)
+                await run_ladder(
+                    "reference",
+                    http,
+                    f"{reference.url}/wechat",
+                    rates,
+                    args.step_s,
+                    rng=rng,
+                    server=reference,
+                    client=args.client,
+                    connections=args.connections,
+                )
             )
             await reference.terminate()
 
@@ -319,7 +393,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 children.append(daemon)
                 print(f"daemon: kfrouter run at {daemon.url} ({args.agents} agents online)", flush=True)
                 daemon_steps = await run_ladder(
-                    "daemon", http, f"{daemon.url}/wechat", rates, args.step_s, rng=rng, daemon=daemon
+                    "daemon",
+                    http,
+                    f"{daemon.url}/wechat",
+                    rates,
+                    args.step_s,
+                    rng=rng,
+                    daemon=daemon,
+                    client=args.client,
+                    connections=args.connections,
                 )
                 if args.chatter:
                     print(
@@ -334,6 +416,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         rng=rng,
                         daemon=daemon,
                         text="what time do you open?",
+                        client=args.client,
+                        connections=args.connections,
                     )
                     result["daemon_chatter"] = summarize(chatter_steps)
                 async with http.get(f"{fake.url}/_fake/state") as resp:
@@ -355,7 +439,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     f"intake: kfrouter run at {daemon.url} (nobody online: customers are queued)", flush=True
                 )
                 intake_steps = await run_ladder(
-                    "intake", http, f"{daemon.url}/wechat", rates, args.step_s, rng=rng, daemon=daemon
+                    "intake",
+                    http,
+                    f"{daemon.url}/wechat",
+                    rates,
+                    args.step_s,
+                    rng=rng,
+                    daemon=daemon,
+                    client=args.client,
+                    connections=args.connections,
                 )
                 health = await h.health(http, daemon.url)
                 result["intake"] = summarize(intake_steps)
@@ -406,6 +498,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--agents", type=int, default=20, help="agents online at the fake (routed ladder)")
     p.add_argument("--capacity", type=int, default=1000, help="sessions per agent (1..1000)")
     p.add_argument("--connections", type=int, default=512, help="client connection limit")
+    p.add_argument(
+        "--client",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="the load generator: raw (bench/http_load.py, little client CPU; default) or aiohttp's client",
+    )
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workdir", help="where the store and logs go (default: a new temp dir)")

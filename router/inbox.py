@@ -59,7 +59,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def with_query(request: web.Request, handler: Handler) -> web.StreamResponse:
     """``handler(request)`` with the request's query string readable by ``request_query()`` in it (and in
     the tasks it starts)."""
-    token = _REQUEST_QUERY.set(MappingProxyType(dict(request.query)))
+    token = _REQUEST_QUERY.set(request.query)  # read-only already; copied only when asked for
     try:
         return await handler(request)
     finally:
@@ -67,8 +67,10 @@ async def with_query(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 def request_query() -> Mapping[str, str] | None:
-    """The query string of the callback request being handled (``with_query``), if any."""
-    return _REQUEST_QUERY.get()
+    """The query string of the callback request being handled (``with_query``), if any: a copy (asked for
+    only when a push is forwarded, not for every push)."""
+    query = _REQUEST_QUERY.get()
+    return None if query is None else MappingProxyType(dict(query))
 
 
 @define
@@ -81,6 +83,12 @@ class Item:
     attempt: int = 0
     meta: dict[str, Any] = field(factory=dict)
 
+
+# the counter of each kind of push, made once (on_push counts every push)
+_PUSH_COUNTERS = {
+    t.__name__: f"push:{t.__name__}"
+    for t in (UserMessage, MenuClick, KfCreateSession, KfCloseSession, KfSwitchSession, GenericEvent)
+}
 
 _WAKE = object()  # a no-op item: makes the loop re-check deadlines at once
 
@@ -223,8 +231,9 @@ class Intake:
     async def on_push(self, push: Push, raw: str) -> str | None:
         """The webhook callback: decide, persist, hand on; the return value is the reply body."""
         now = self.clock.now()
-        self._count(f"push:{type(push).__name__}")
-        self._observe(PushReceived(type(push).__name__, push.openid), now)
+        kind = type(push).__name__
+        self._count(_PUSH_COUNTERS.get(kind) or f"push:{kind}")
+        self._observe(PushReceived(kind, push.openid), now)
         if isinstance(push, KfCreateSession):
             event: ev.Event = ev.SessionCreated(openid=push.openid, kf_account=push.kf_account, source="push")
             return await self._kf_event(push, event, now)

@@ -138,6 +138,31 @@ def test_a_failing_job_rolls_back_alone(stores: Callable[[], Store]) -> None:
         bad.result(10)
     assert {w.openid for w in s.load_state().waiting} == {"good1", "good2"}
     assert s.commit_stats.batches == 2  # the three shared one transaction
+    assert s.database.commits.reruns == 1  # run without savepoints first, then again with them
+
+
+def test_a_batch_of_refused_jobs_gives_each_its_own_refusal(stores: Callable[[], Store]) -> None:
+    """Jobs refused when they enter their write unit (a stale lease), in one batch: each gets the
+    refusal, nothing of theirs is written, and the writer goes on."""
+    a, b = stores(), stores()
+    la = a.acquire_lease("daemon-a", 0.3)
+    assert la is not None
+    a.use_lease(la)
+    expire(a, la)
+    lb = b.acquire_lease("daemon-b", 30)
+    assert lb is not None
+    gate = Gate()
+    a.submit(gate)
+    assert gate.entered.wait(10)
+    refused = [a.submit(push_step(f"stale{i}", float(i))) for i in range(3)]
+    gate.release.set()
+    for f in refused:
+        with pytest.raises(StaleLease):
+            f.result(10)
+    assert a.database.commits.reruns == 1  # one batch of three, run again with a savepoint each
+    assert not any(b.is_processed(f"msg:stale{i}") for i in range(3))
+    b.use_lease(lb)
+    assert b.add_waiting(row("by-b"))
 
 
 def test_jobs_commit_in_order_and_direct_writes_do_not_overtake_them(stores: Callable[[], Store]) -> None:

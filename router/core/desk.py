@@ -22,7 +22,8 @@ What the Desk adds to the engine, all driven by facts (never by diffing the engi
   is dropped before it reaches the engine;
 - the intake's rules (router/core/intake.py): ``consider(inbound, now)`` says what a customer's message
   means — a request for a human, a cancel, the list of agents to choose from, or not for kfrouter — and
-  keeps the lists of agents it sent.
+  keeps the lists of agents it sent; an event that can change the agents' names (``ROSTER_EVENTS``)
+  tells the rules to build them again.
 
 Rules: pure (no I/O, no clock: ``now`` is an argument); not thread-safe — one task drives it.
 """
@@ -40,7 +41,7 @@ from kfrouter.router.core.engine import Engine
 from kfrouter.router.core.errors import CoreError
 from kfrouter.router.core.estimate import Estimate, WaitEstimator
 from kfrouter.router.core.facts import Assigned, Fact, Left, Queued, Released, Requeued
-from kfrouter.router.core.intake import Answer, IntakeRules
+from kfrouter.router.core.intake import ROSTER_EVENTS, Answer, IntakeRules
 from kfrouter.router.core.model import CustomerState
 from kfrouter.router.core.notify import Notifier, NotifyConfig
 from kfrouter.router.core.rules import Inbound, RoutingConfig
@@ -120,6 +121,8 @@ class Desk:
         """Apply ``event``; raises what the engine raises (``CoreError``) with nothing changed by the Desk."""
         if isinstance(event, ev.SessionClosed) and self._duplicate_close(event, now):
             return _NOTHING
+        if self.intake is not None and isinstance(event, ROSTER_EVENTS):
+            self.intake.roster_changed()  # the names customers use for agents are built again
         commands = self.engine.handle(event, now)
         if isinstance(event, ev.CustomerRequested | ev.CreateFailed):
             self._cancelled_creates.pop(event.openid, None)  # asked again, or the late create failed

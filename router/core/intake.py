@@ -12,18 +12,28 @@ may be chosen?), classifies the message (router/core/rules.py) and answers with 
 - ``Ignore``: a repeated request from a customer already waiting.
 
 The agent list a customer was sent is kept for ``choice_ttl_s`` (an ``Offer``), so that a number in their
-answer names an agent; ``forget(now)`` drops the old ones. Rules: no I/O, no clock (``now`` is an
-argument); the intake calls ``consider`` on the daemon's event loop, between the engine task's steps.
+answer names an agent; ``forget(now)`` drops the old ones.
+
+The names customers may use for agents (``rules.make_directory``: every agent's kf_account, its prefix,
+its nickname, the configured aliases) are built once and kept until the roster changes: the Desk calls
+``roster_changed()`` before it applies an event that can add or remove an agent or change a nickname
+(``ROSTER_EVENTS``: a poll of who is online, an agent's settings, a removed agent). Building them costs
+as much as the rest of a push's decision together, so not on every push.
+
+Rules: no I/O, no clock (``now`` is an argument); the intake calls ``consider`` on the daemon's event
+loop, between the engine task's steps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 from kfrouter.router.core import choice, rules
 from kfrouter.router.core.engine import Engine
 from kfrouter.router.core.estimate import WaitEstimator
-from kfrouter.router.core.events import CustomerRequested
+from kfrouter.router.core.events import AgentConfigured, AgentRemoved, AgentsSeen, CustomerRequested
 from kfrouter.router.core.model import CustomerState
 from kfrouter.router.core.notify import NotifyConfig
 
@@ -67,6 +77,9 @@ Answer = Forward | Request | Leave | Reply | Ignore
 
 _WAITING = (CustomerState.WAITING, CustomerState.RESERVED)
 
+# The events after which the agents' names may differ (an agent added or removed, a nickname set).
+ROSTER_EVENTS = (AgentsSeen, AgentConfigured, AgentRemoved)
+
 
 class IntakeRules:
     """The intake's decisions for one account (see the module docstring)."""
@@ -86,6 +99,7 @@ class IntakeRules:
         self.estimator = estimator
         self.choice_ttl_s = choice_ttl_s
         self.offers: dict[str, choice.Offer] = {}  # openid -> the list of agents we sent them
+        self._directory: Mapping[str, str] | None = None  # built on first use after a roster change
 
     def consider(self, inbound: rules.Inbound, now: float) -> Answer:
         openid = inbound.openid
@@ -96,9 +110,9 @@ class IntakeRules:
         if offer is not None and offer.until <= now:
             del self.offers[openid]
             offer = None
-        directory = self._directory()
-        if offer is not None:
-            directory.update(offer.directory())  # "2" names the second agent of the list we sent
+        directory: Mapping[str, str] = self.directory()
+        if offer is not None:  # "2" names the second agent of the list we sent
+            directory = {**directory, **offer.directory()}
         decision = rules.classify(
             self.routing, inbound, directory=directory, awaiting_choice=offer is not None
         )
@@ -159,7 +173,16 @@ class IntakeRules:
         cancel = self.routing.cancel_keywords
         return choice.already_waiting_text(cancel[0] if cancel else "", self.texts.language)
 
-    def _directory(self) -> dict[str, str]:
-        views = self.engine.agents()
-        names = {a.nickname: a.kf_account for a in views if a.nickname}
-        return rules.make_directory(self.routing, [a.kf_account for a in views], names)
+    def roster_changed(self) -> None:
+        """The agents or their nicknames may have changed: build the names again when next needed."""
+        self._directory = None
+
+    def directory(self) -> Mapping[str, str]:
+        """The names customers may use for the engine's agents (read-only: shared by every push until
+        ``roster_changed()``)."""
+        if self._directory is None:
+            views = self.engine.agents()
+            names = {a.nickname: a.kf_account for a in views if a.nickname}
+            built = rules.make_directory(self.routing, [a.kf_account for a in views], names)
+            self._directory = MappingProxyType(built)
+        return self._directory

@@ -22,8 +22,8 @@ Rules of this module:
   writes keep their order and a read sees every write submitted before it.
 - **One transaction per logical step.** Each public write is one transaction on its own; inside an
   enclosing one (``with store.transaction():``, a ``commit`` job) it is part of that one — an exception
-  from it must end the enclosing block, which rolls back (nested ``transaction()`` blocks and commit
-  jobs are savepoints). Do not hold ``transaction()`` across an ``await``.
+  from it must end the enclosing block, which rolls back (nested ``transaction()`` blocks are
+  savepoints; a commit job that raises rolls back alone, see ``router.edges.store_commit``). Do not hold ``transaction()`` across an ``await``.
 - **One SQL text for both backends**: ``?`` placeholders, ``ON CONFLICT`` upserts, ``RETURNING``; a
   PostgreSQL account's tables are named like a SQLite file's (its schema is the ``search_path``).
 - **Leases and fencing.** ``acquire_lease`` / ``renew_lease`` / ``release_lease`` run in their own
