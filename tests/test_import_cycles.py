@@ -117,6 +117,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "router.rules",
         "router.doctor",
         "router.problems",
+        "router.cluster_settings",
+        "router.lease_plan",
         "router",
     ),
     "app": (
@@ -124,6 +126,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "router.logs",
         "router.inbox",
         "router.executor",
+        "router.ownership",
+        "router.shared_inbox",
         "router.pollers",
         "router.daemon",
         "router.host",

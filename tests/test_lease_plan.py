@@ -130,7 +130,7 @@ def test_accounts_no_longer_configured_are_given_up_first() -> None:
 
 
 def test_a_view_is_checked() -> None:
-    with pytest.raises(ValueError, match="LeaseView.accounts: must be a frozenset"):
+    with pytest.raises(ValueError, match=r"LeaseView\.accounts: must be a frozenset"):
         LeaseView(me="a", accounts={"x"}, owners={}, members=frozenset(), mine=frozenset())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="LeaseView.owners"):
+    with pytest.raises(ValueError, match=r"LeaseView\.owners"):
         LeaseView(me="a", accounts=frozenset(), owners={"x": 1}, members=frozenset(), mine=frozenset())  # type: ignore[dict-item]
