@@ -183,7 +183,7 @@ class FakeWeChat:
             logged = len(model.create_log)
             result = await self._handlers[ep](self, model, request, now)
             if ep == fo.SESSION_CREATE:
-                self._note_port(model, logged, request)
+                self._annotate_creates(model, logged, request)
         except _Answer as ans:
             result = ans.payload
             if ep == fo.SESSION_CREATE:  # refused before the model saw it: still one logged call
@@ -195,14 +195,18 @@ class FakeWeChat:
         return json_response(result)
 
     @staticmethod
-    def _note_port(model: WeChatModel, since: int, request: web.Request) -> None:
-        """Mark the creates logged from ``since`` on with the port the call came in on: a fake serving
-        several ports (one per daemon under test) tells who sent each create."""
+    def _annotate_creates(model: WeChatModel, since: int, request: web.Request) -> None:
+        """Mark the creates logged from ``since`` on with the port the call came in on (a fake serving
+        several ports, one per daemon under test, tells who sent each create) and, for a success, how
+        many sessions the agent has right after it (capacity checks)."""
         transport = request.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
-        if isinstance(sockname, tuple) and len(sockname) >= 2:
-            for entry in model.create_log[since:]:
+        for entry in model.create_log[since:]:
+            if isinstance(sockname, tuple) and len(sockname) >= 2:
                 entry["port"] = sockname[1]
+            agent = model.agents.get(entry["kf_account"]) if entry.get("errcode") == 0 else None
+            if agent is not None:
+                entry["agent_sessions"] = len(agent.sessions)
 
     async def _apply_fault(
         self, model: WeChatModel, ep: str, request: web.Request, fault: Fault, now: float

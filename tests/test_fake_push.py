@@ -391,9 +391,9 @@ async def test_a_fake_on_several_ports_tells_which_port_each_create_came_in_on(
                 json={"kf_account": "a1@test", "openid": openid},
             ) as resp:
                 assert (await resp.json())["errcode"] == 0
-        assert [(e["openid"], e["port"]) for e in fake.model.create_log] == [
-            ("u1", ports[0]),
-            ("u2", ports[1]),
+        assert [(e["openid"], e["port"], e["agent_sessions"]) for e in fake.model.create_log] == [
+            ("u1", ports[0], 1),
+            ("u2", ports[1], 2),  # the agent's sessions right after the create (capacity checks)
         ]
     finally:
         await runner.cleanup()
