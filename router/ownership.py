@@ -4,7 +4,7 @@ PostgreSQL (docs/scale-out.md). One per daemon process.
 Every ``renew_every_s`` the keeper beats (``Store.heartbeat``: this daemon is a live member), renews the
 leases it holds, looks at the lease table and the members, and carries out ``router.lease_plan.plan``:
 gives extras up, takes free accounts. What runs an account is not the keeper's business: it calls an
-``AccountRunner`` — ``start_account(appid, lease)`` once it holds a lease, ``stop_account(appid,
+``Accounts`` — ``start_account(appid, lease)`` once it holds a lease, ``stop_account(appid,
 handover)`` when it gives one up (``handover=True``: still held, finish work in flight, the lease is
 released after the stop returns) or lost it (``handover=False``: stop at once, send nothing, write
 nothing — the database refuses the writes anyway).
@@ -50,13 +50,13 @@ from kfrouter.router.lease_plan import LeaseView, Plan, plan
 log = logging.getLogger("kfrouter.ownership")
 
 
-class AccountRunner(Protocol):
+class Accounts(Protocol):
     """What serves accounts in this process (the daemon's host; tests pass simple ones)."""
 
-    async def start_account(self, appid: str, lease: Lease) -> None:
-        """Serve ``appid`` under ``lease`` (its writes carry the lease's epoch)."""
+    async def start_account(self, appid: str, lease: Lease) -> object:
+        """Serve ``appid`` under ``lease`` (its writes carry the lease's epoch); returns once it does."""
 
-    async def stop_account(self, appid: str, handover: bool) -> None:
+    async def stop_account(self, appid: str, *, handover: bool) -> None:
         """Stop serving ``appid``: with ``handover`` finish what is in flight (the lease is still held);
         without, stop at once (the lease is lost)."""
 
@@ -106,7 +106,7 @@ class LeaseKeeper:
         database: Database,
         appids: Iterable[str],
         settings: ClusterSettings,
-        runner: AccountRunner,
+        runner: Accounts,
         *,
         owner: str | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -123,6 +123,7 @@ class LeaseKeeper:
         self._clock = clock
         self._on_change = on_change
         self._held: dict[str, _Held] = {}
+        self._winding_down: set[str] = set()  # lost, their runner still stopping
         self._looks = 0
         self._seen_members = False
         self._looking_lock = asyncio.Lock()  # one look at a time; hand_over waits for the one running
@@ -240,7 +241,7 @@ class LeaseKeeper:
                 await task
         held = list(self._held.items())
         results = await asyncio.gather(
-            *(self._runner.stop_account(appid, True) for appid, _ in held), return_exceptions=True
+            *(self._runner.stop_account(appid, handover=True) for appid, _ in held), return_exceptions=True
         )
         for (appid, _), result in zip(held, results, strict=True):
             if isinstance(result, BaseException):
@@ -293,7 +294,7 @@ class LeaseKeeper:
         for appid in decided.acquire:
             if sum(1 for h in self._held.values() if not h.releasing) >= decided.acquire_up_to:
                 return
-            if appid in self._held:
+            if appid in self._held or appid in self._winding_down:
                 continue
             try:
                 lease = await asyncio.to_thread(
@@ -346,7 +347,7 @@ class LeaseKeeper:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await previous
         try:
-            await self._runner.stop_account(appid, True)
+            await self._runner.stop_account(appid, handover=True)
         except Exception:
             log.exception("lease keeper: stopping %s for hand-over failed", appid)
         held = self._held.pop(appid, None)
@@ -365,15 +366,19 @@ class LeaseKeeper:
         if held is None:
             return
         log.warning("lease keeper: lost %s (epoch %d, %s); stopping it now", appid, held.lease.epoch, why)
-        task = held.task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._winding_down.add(appid)  # not taken again before its runner stopped
         try:
-            await self._runner.stop_account(appid, False)
-        except Exception:
-            log.exception("lease keeper: stopping %s failed", appid)
+            task = held.task
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            try:
+                await self._runner.stop_account(appid, handover=False)
+            except Exception:
+                log.exception("lease keeper: stopping %s failed", appid)
+        finally:
+            self._winding_down.discard(appid)
         self._tell(LeaseLost(appid, held.lease.epoch, why))
 
     async def _stop_overdue(self) -> None:

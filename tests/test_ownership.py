@@ -37,7 +37,7 @@ class Runner:
         self.log.append(("start", appid, lease.epoch))
         self.running[appid] = lease.epoch
 
-    async def stop_account(self, appid: str, handover: bool) -> None:
+    async def stop_account(self, appid: str, *, handover: bool) -> None:
         self.log.append(("stop", appid, handover))
         self.running.pop(appid, None)
         self.stopped_at[appid] = time.monotonic()
