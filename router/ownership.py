@@ -145,6 +145,11 @@ class LeaseKeeper:
         """The leases this daemon holds, by appid."""
         return {a: h.lease for a, h in sorted(self._held.items())}
 
+    def give_up(self, appid: str) -> None:
+        """Stop ``appid`` with hand-over and release its lease (its runner failed, an operator's move);
+        another daemon takes it at its next look."""
+        self._release(appid)
+
     @property
     def looks(self) -> int:
         """How many times the keeper looked at the lease table."""
