@@ -12,8 +12,11 @@ Interface (what the multi-daemon ownership work, router/ownership.py, builds on;
 - ``await host.start_account(appid, lease=None) -> AccountRunner``: build (or take the runner made for
   ``start``) and start the account; returns once it accepts pushes (its store is open; recovery and
   routing go on in the background: ``runner.started``). With a ``Lease`` every write of its store carries
-  the lease's epoch (``runner.renewed(lease)`` after a renewal). ``ValueError`` for an appid the config
-  does not list or one already running.
+  the lease's epoch (``runner.renewed(lease)`` after a renewal). ``gate`` (several daemons,
+  router/cluster.py): asked right before each of the account's API requests, and the access token is
+  shared through the store (``AccountRunner.gate``); ``before_startup(runner)`` is awaited before its
+  start-up recovery reads the store. ``ValueError`` for an appid the config does not list
+  or one already running.
 - ``await host.stop_account(appid, handover=True)``: ``handover=True`` finishes the work in flight and
   releases the lease (the next owner takes over at once); ``handover=False`` steps down at once (the lease
   is lost: nothing more is sent or written). Returns once the runner stopped. A stopped account may be
@@ -140,7 +143,14 @@ class Host:
         for runner in list(self.runners.values()):
             listener.account_added(runner)
 
-    async def start_account(self, appid: str, lease: Lease | None = None) -> AccountRunner:
+    async def start_account(
+        self,
+        appid: str,
+        lease: Lease | None = None,
+        *,
+        gate: Callable[[], bool] | None = None,
+        before_startup: Callable[[AccountRunner], Awaitable[None]] | None = None,
+    ) -> AccountRunner:
         """Start routing ``appid`` (see the module docstring); returns once its pushes are accepted."""
         self._need_configured(appid)
         if self.http is None:
@@ -148,8 +158,8 @@ class Host:
         if appid in self._tasks:
             raise ValueError(f"account {appid!r} is already running here")
         runner = self.runners.get(appid)
-        if runner is None or runner.stopped.is_set():
-            runner = self._make_runner(appid, lease)
+        if runner is None or runner.stopped.is_set() or gate is not None or before_startup is not None:
+            runner = self._make_runner(appid, lease, gate, before_startup)
         elif lease is not None:
             runner.renewed(lease)
         task = asyncio.create_task(self._run_account(runner, self.http), name=f"kfrouter-account-{appid}")
@@ -302,7 +312,13 @@ class Host:
             except Exception:
                 log.exception("listener %r failed on account %s's end", listener, appid)
 
-    def _make_runner(self, appid: str, lease: Lease | None) -> AccountRunner:
+    def _make_runner(
+        self,
+        appid: str,
+        lease: Lease | None,
+        gate: Callable[[], bool] | None = None,
+        before_startup: Callable[[AccountRunner], Awaitable[None]] | None = None,
+    ) -> AccountRunner:
         cfg = self.configs[appid]
         runner = AccountRunner(
             cfg,
@@ -312,6 +328,8 @@ class Host:
             store=self._stores.get(appid),
             database=self._shared_database(cfg),
             lease=lease,
+            gate=gate,
+            before_startup=before_startup,
             on_closing=partial(self._closing, appid),
         )
         self.runners[appid] = runner

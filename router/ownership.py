@@ -27,7 +27,9 @@ Rules:
   the accounts (otherwise the first one would take them all and give most back).
 - ``hand_over()`` (SIGTERM): stop every account with hand-over, release its lease, leave the members —
   the other daemons take the accounts at their next look.
-- Database calls run in a worker thread (``asyncio.to_thread``); the event loop never blocks on them.
+- Database calls run in the keeper's own worker thread: the event loop never blocks on them, and they
+  never queue behind the daemon's other threads. Give the keeper a ``Database`` of its own (its own
+  connections): a renewal must not wait for the daemon's group commit to drain.
 - Times of leases are the database's clock; deadlines here are ``time.monotonic()`` (injectable).
 """
 
@@ -38,7 +40,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Protocol, TypeVar
 
 from attrs import define, frozen
 
@@ -48,6 +52,7 @@ from kfrouter.router.edges.store_database import Database
 from kfrouter.router.lease_plan import LeaseView, Plan, plan
 
 log = logging.getLogger("kfrouter.ownership")
+T = TypeVar("T")
 
 
 class Accounts(Protocol):
@@ -124,6 +129,7 @@ class LeaseKeeper:
         self._on_change = on_change
         self._held: dict[str, _Held] = {}
         self._winding_down: set[str] = set()  # lost, their runner still stopping
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="kfrouter-leases")
         self._looks = 0
         self._seen_members = False
         self._looking_lock = asyncio.Lock()  # one look at a time; hand_over waits for the one running
@@ -198,7 +204,7 @@ class LeaseKeeper:
         sent = self._clock()
         self._looks += 1
         try:
-            look = await asyncio.to_thread(self._read, tuple(h.lease for h in self._held.values()))
+            look = await self._db_call(self._read, tuple(h.lease for h in self._held.values()))
         except StoreError as exc:
             log.warning(
                 "lease keeper: the database cannot be reached (%s); accounts kept until their deadline", exc
@@ -254,10 +260,11 @@ class LeaseKeeper:
         leases = [h.lease for _, h in held]
         self._held.clear()
         try:
-            await asyncio.to_thread(self._release_all, leases)
-        except StoreError as exc:
+            async with asyncio.timeout(self.settings.lease_s):
+                await self._db_call(self._release_all, leases)
+        except (StoreError, TimeoutError) as exc:
             log.warning(
-                "lease keeper: releasing the leases failed (%s); they expire in %gs",
+                "lease keeper: releasing the leases failed (%r); they expire in %gs",
                 exc,
                 self.settings.lease_s,
             )
@@ -266,6 +273,13 @@ class LeaseKeeper:
         log.info("lease keeper: %d account(s) handed over; %s left", len(leases), self.owner)
 
     # ------------------------------------------------------------------ database (worker thread)
+
+    async def _db_call(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, partial(fn, *args))
+
+    def close(self) -> None:
+        """Stop the keeper's worker thread (after ``run()`` and ``hand_over()``)."""
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
     def _read(self, held: tuple[Lease, ...]) -> _Look:
         store = self._any
@@ -302,7 +316,7 @@ class LeaseKeeper:
             if appid in self._held or appid in self._winding_down:
                 continue
             try:
-                lease = await asyncio.to_thread(
+                lease = await self._db_call(
                     self._stores[appid].acquire_lease, self.owner, self.settings.lease_s
                 )
             except StoreError as exc:
@@ -359,7 +373,7 @@ class LeaseKeeper:
         if held is None:
             return
         try:
-            await asyncio.to_thread(self._stores[appid].release_lease, held.lease)
+            await self._db_call(self._stores[appid].release_lease, held.lease)
         except StoreError as exc:
             log.warning("lease keeper: releasing %s failed (%s); it expires by itself", appid, exc)
         log.info("lease keeper: gave %s up (epoch %d)", appid, held.lease.epoch)

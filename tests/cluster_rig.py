@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from aiohttp import web
@@ -93,7 +93,7 @@ def config_text(
                 "online_slow_s": 2.0,
                 "waitcase_fast_s": 2.0,
                 "waitcase_slow_s": 5.0,
-                "max_backoff_s": 2.0,
+                "max_backoff_s": 5.0,
                 "jitter": 0.0,
             }
         ),
@@ -118,6 +118,15 @@ def config_text(
             "",
         ]
     return "\n".join(lines)
+
+
+class LeaseSeen(NamedTuple):
+    """A lease row: ``granted_at`` is when it was granted or last renewed (the database's clock)."""
+
+    owner: str
+    epoch: int
+    live: bool
+    granted_at: float
 
 
 class Daemon:
@@ -340,13 +349,47 @@ class ClusterRig:
     def everyone_served(self) -> bool:
         return len(self.served()) == len(self.customers)
 
+    def unserved(self) -> list[tuple[str, str]]:
+        """(appid, openid) of the customers no successful create reached yet."""
+        served = self.served()
+        return sorted((a, o) for o, a in self.customers.items() if (a, o) not in served)
+
+    def explain(self, limit: int = 5) -> str:
+        """What happened to the first customers not served (for a failure's message)."""
+        lines = []
+        for appid, openid in self.unserved()[:limit]:
+            model = self.fake.models[appid]
+            pushes = [
+                (d.get("attempt"), d.get("outcome"), d.get("url", "")[-30:], d["push"].get("event") or "msg")
+                for d in self.fake.pusher.log
+                if d.get("openid") == openid
+            ]
+            creates = [c for c in model.create_log if c["openid"] == openid]
+            lines.append(
+                f"{appid} {openid}: waiting at WeChat {openid in model.waiting}, session "
+                f"{model.sessions.get(openid).kf_account if openid in model.sessions else None}, "
+                f"creates {creates}, deliveries {pushes}"
+            )
+        with psycopg.connect(self.store_url, autocommit=True) as c:
+            waiting = c.execute(
+                "SELECT appid, dedup_key, received_by FROM kfrouter.shared_pushes ORDER BY id LIMIT 20"
+            ).fetchall()
+        return (
+            f"{len(self.unserved())} not served; deliveries failed {self.fake.pusher.failures}; "
+            f"shared inbox {waiting}; leases {self.leases()}\n" + "\n".join(lines)
+        )
+
     def leases(self) -> dict[str, tuple[str, int, bool]]:
         """appid -> (owner, epoch, live), read from the database."""
+        return {a: (r.owner, r.epoch, r.live) for a, r in self.lease_rows().items()}
+
+    def lease_rows(self) -> dict[str, LeaseSeen]:
+        """appid -> its lease row as the database has it now."""
         with psycopg.connect(self.store_url, autocommit=True) as c:
             rows = c.execute(
-                "SELECT appid, owner, epoch, expires_at > kfrouter.db_now() FROM kfrouter.leases"
+                "SELECT appid, owner, epoch, expires_at > kfrouter.db_now(), granted_at FROM kfrouter.leases"
             ).fetchall()
-        return {r[0]: (r[1], int(r[2]), bool(r[3])) for r in rows}
+        return {r[0]: LeaseSeen(r[1], int(r[2]), bool(r[3]), float(r[4])) for r in rows}
 
     def owners_by_daemon(self) -> dict[str, list[str]]:
         """daemon name -> appids whose live lease it holds (owner ids start with the daemon id)."""
@@ -361,14 +404,24 @@ class ClusterRig:
         return list(self.fake.pusher.log)
 
 
-async def until(predicate: Callable[[], Any], timeout: float, what: str, *, every: float = 0.05) -> Any:
+async def until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    *,
+    every: float = 0.05,
+    explain: Callable[[], str] | None = None,
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value {value!r}")
+            more = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(
+                f"timed out after {timeout:g}s waiting for {what}; last value {value!r}{more}"
+            )
         await asyncio.sleep(every)
 
 

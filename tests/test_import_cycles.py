@@ -131,6 +131,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "router.pollers",
         "router.daemon",
         "router.host",
+        "router.cluster",
         "router.wecom_daemon",
         "router.view",
     ),
