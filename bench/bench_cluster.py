@@ -4,7 +4,7 @@ What it runs (``tests/cluster_rig.py``): a throw-away PostgreSQL cluster with th
 defaults, ``--daemons`` ``kfrouter run`` subprocesses sharing it with ``[cluster]``, the fake WeChat in
 this process serving every account — pushes to the daemons in turn, as a load balancer does (so about
 half of them reach a daemon that does not own the account and go through the shared inbox) — and agents
-closing each session 0.3–1.5 s after it began.
+closing each session 1–3 s after it began.
 
 What it prints, for the cluster and for the **reference measured in the same run** (one daemon holding
 every account, the same load):

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 from urllib.parse import urlencode
@@ -67,12 +68,19 @@ class Cluster:
             leases if leases is not None else database, host.configs, settings, self, owner=self.owner
         )
         self._stores = {appid: Store(database, appid=appid) for appid in host.configs}
+        # the pickups read the inbox through the keeper's connections (never behind the group commit),
+        # in threads of their own, and wait for its NOTIFY there
+        reads = leases if leases is not None else database
+        self._readers = {appid: Store(reads, appid=appid) for appid in host.configs}
+        self._read_threads = ThreadPoolExecutor(2, thread_name_prefix="kfrouter-inbox")
         self._poll_s = poll_s
         self._pickups: dict[str, asyncio.Task[None]] = {}
         self._stopping_here: set[str] = set()
         self._stop = asyncio.Event()
         self.kept = 0  # pushes of accounts served elsewhere, kept for their owner
         host.on_foreign_push = self._keep_foreign
+        host.before_local_push = self._in_order
+        self._pickup_of: dict[str, Pickup] = {}
         host.add_listener(self)
 
     # ------------------------------------------------------------------ lifecycle
@@ -107,12 +115,17 @@ class Cluster:
                 self.host.stop()
         finally:
             self.keeper.close()
+            self._read_threads.shutdown(wait=False, cancel_futures=True)
             stop_listening = getattr(self.database, "stop_listening", None)
             if stop_listening is not None:
                 with contextlib.suppress(Exception):
                     await stop_listening()
             await asyncio.to_thread(self.database.close)
             if self.leases_database is not None:
+                stop_listening = getattr(self.leases_database, "stop_listening", None)
+                if stop_listening is not None:
+                    with contextlib.suppress(Exception):
+                        await stop_listening()
                 await asyncio.to_thread(self.leases_database.close)
 
     # ------------------------------------------------------------------ the keeper's runner interface
@@ -123,13 +136,15 @@ class Cluster:
         )
         store = runner.store
         assert store is not None
-        pickup = Pickup(store, partial(self._apply, runner), poll_s=self._poll_s)
+        pickup = self._pickup(runner)
+        self._pickup_of[appid] = pickup
         task = asyncio.get_running_loop().create_task(pickup.run(), name=f"kfrouter-pickup-{appid}")
         task.add_done_callback(partial(_pickup_ended, appid))
         self._pickups[appid] = task
         return runner
 
     async def stop_account(self, appid: str, *, handover: bool) -> None:
+        self._pickup_of.pop(appid, None)
         task = self._pickups.pop(appid, None)
         if task is not None:
             task.cancel()
@@ -169,13 +184,19 @@ class Cluster:
         self.kept += 1
         return None
 
+    async def _in_order(self, appid: str) -> None:
+        """Before a push that came here directly: what other daemons kept for the account first (a
+        customer's kf_create_session kept elsewhere must not come after their kf_close_session)."""
+        pickup = self._pickup_of.get(appid)
+        if pickup is not None:
+            while await pickup.pick_up():
+                pass
+
     async def _catch_up(self, runner: AccountRunner) -> None:
         """Before a new owner's start-up recovery: apply what the other daemons kept for the account while
         it had no owner (a session its old owner created, and maybe closed since), so recovery does not
         route that customer again."""
-        store = runner.store
-        assert store is not None
-        pickup = Pickup(store, partial(self._apply, runner), poll_s=self._poll_s)
+        pickup = self._pickup(runner)
         while await pickup.pick_up():
             pass
         if pickup.handled:
@@ -184,6 +205,17 @@ class Cluster:
                 runner.appid,
                 pickup.handled,
             )
+
+    def _pickup(self, runner: AccountRunner) -> Pickup:
+        store = runner.store
+        assert store is not None
+        return Pickup(
+            store,
+            partial(self._apply, runner),
+            poll_s=self._poll_s,
+            reader=self._readers[runner.appid],
+            executor=self._read_threads,
+        )
 
     async def _apply(self, runner: AccountRunner, shared: SharedPush) -> bool:
         """A push another daemon kept for this account: through the runner's intake, as if it had come

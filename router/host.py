@@ -27,7 +27,8 @@ Interface (what the multi-daemon ownership work, router/ownership.py, builds on;
   decrypt, dedup). A push for an account that runs here goes to its runner's intake; one for a
   configured account that does not run here goes to ``host.on_foreign_push(appid, push, raw, query)``
   (the ownership work commits it to the shared inbox and answers "success"); without that hook it is
-  answered 503 (WeChat retries). An appid the config does not list: 404 naming it.
+  answered 503 (WeChat retries). ``host.before_local_push(appid)``, when set, is awaited before a push
+  of an account running here is applied (several daemons: what others kept for it comes first). An appid the config does not list: 404 naming it.
 - ``host.runners``: the accounts running here, by appid; ``host.runner``: the only one (a file of one
   account, tests); ``host.account_status()``: every configured account with its owner, lease and
   counts (``kfrouter accounts list``).
@@ -93,6 +94,9 @@ class Host:
         self.name = name
         self.fail_fast = fail_fast
         self.on_foreign_push = on_foreign_push
+        # several daemons (router/cluster.py): awaited before a push of an account running here is applied —
+        # the pushes other daemons kept for it come first, so a customer's pushes keep WeChat's order
+        self.before_local_push: Callable[[str], Awaitable[None]] | None = None
         self.configs: dict[str, Config] = {c.oa.appid: c for c in config.every_account}
         self.runners: dict[str, AccountRunner] = {}
         self.listening = asyncio.Event()
@@ -391,6 +395,8 @@ class Host:
         """A verified push of ``appid``: its runner's intake, or the foreign-push hook."""
         runner = self.runners.get(appid) if appid in self._tasks else None
         if runner is not None and runner.opened.is_set() and not runner.intake.closed:
+            if self.before_local_push is not None:
+                await self.before_local_push(appid)
             return await runner.intake.on_push(push, raw)
         if self.on_foreign_push is None:
             raise RuntimeError(f"account {appid!r} is not served here now")  # answered 424: WeChat retries

@@ -7,6 +7,9 @@ does not serve has verified and decrypted it (it knows every account's credentia
 answers WeChat ``success`` — within WeChat's 5-second deadline, whoever owns the account and whatever it
 is doing. The owner runs one ``Pickup`` per account it serves:
 
+- **order**: a customer's pushes may reach different daemons (a create at one, the close at another);
+  the owner applies what waits in the inbox before each push that comes to it directly (``pick_up``),
+  so they are applied in the order WeChat sent them;
 - it reads what waits (oldest first), hands each push to ``handle`` and acknowledges it; it then waits
   for ``NOTIFY kfrouter_push`` (one LISTEN connection per process, ``Store.wait_shared_pushes``) or at most
   ``poll_s`` — the polling fallback for a notification lost while that connection was down;
@@ -29,6 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from functools import partial
 
 from kfrouter.router.edges.store import SharedPush, StaleLease, Store, StoreError
@@ -69,17 +73,24 @@ class Pickup:
         poll_s: float = 2.0,
         batch: int = 100,
         max_attempts: int = 5,
+        reader: Store | None = None,
+        executor: Executor | None = None,
     ) -> None:
         if not poll_s > 0:
             raise ValueError(f"poll_s must be > 0, got {poll_s!r}")
         if batch < 1 or max_attempts < 1:
             raise ValueError(f"batch and max_attempts must be >= 1, got {batch!r}, {max_attempts!r}")
         self.store = store
+        # what the inbox is read through: ``store`` by default; a store of a database object of its own
+        # lets a read skip the daemon's group-commit queue (a store's read first commits what is queued)
+        self.reader = reader if reader is not None else store
+        self._executor = executor  # the threads that read (None: asyncio's default)
         self._handle = handle
         self._poll_s = poll_s
         self._batch = batch
         self._max_attempts = max_attempts
         self._failures: dict[int, int] = {}
+        self._lock = asyncio.Lock()  # one pick-up at a time: the task's and a direct push's (``pick_up``)
         self.handled = 0  # pushes applied and acknowledged by this pickup
         self.woken = 0  # waits ended by a notification (not the poll timeout)
 
@@ -88,7 +99,7 @@ class Pickup:
         try:
             while True:
                 full = await self.pick_up()
-                if not full and await self.store.wait_shared_pushes(self._poll_s):
+                if not full and await self.reader.wait_shared_pushes(self._poll_s):
                     self.woken += 1
         except StaleLease as exc:
             log.warning(
@@ -96,9 +107,18 @@ class Pickup:
             )
 
     async def pick_up(self) -> bool:
-        """Handle what waits now; True if a whole batch was read (more may wait)."""
+        """Handle what waits now; True if a whole batch was read (more may wait). The owner also calls it
+        before it applies a push that came to it directly: a customer's earlier pushes that went to
+        another daemon are applied first (WeChat sends a customer's next push only once the previous one
+        was answered, so those are in the inbox by then)."""
+        async with self._lock:
+            return await self._pick_up()
+
+    async def _pick_up(self) -> bool:
         try:
-            pushes = await asyncio.to_thread(self.store.shared_pushes, self._batch)
+            pushes = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.reader.shared_pushes, self._batch
+            )
         except StaleLease:
             raise
         except StoreError as exc:

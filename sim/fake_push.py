@@ -88,7 +88,7 @@ class Deliverer(OrderedDeliveries):
     Several Official Accounts: ``webhook`` may hold ``{appid}``, and ``targets[appid]`` gives an appid its
     own webhook, token or key (``target(model)`` is what applies). Several daemons behind a load
     balancer: ``webhook`` may be a list of URLs — each delivery attempt goes to the next one in turn
-    (``attempt_url``), so a retry reaches another daemon.
+    (``attempt_url``): deliveries start at the next URL in turn and each retry goes to the next one.
     """
 
     def __init__(
@@ -127,17 +127,14 @@ class Deliverer(OrderedDeliveries):
             aes_key=own.aes_key or self.aes_key,
         )
 
-    def attempt_url(self, model: WeChatModel) -> str | None:
-        """The URL of the next delivery attempt: the account's own webhook, else the next of ``webhooks``
-        in turn, ``{appid}`` filled in."""
-        if (
-            model.appid in self.targets
-            and self.targets[model.appid].webhook is not None
-            or len(self.webhooks) < 2
-        ):
+    def attempt_url(self, model: WeChatModel, first: int, attempt: int) -> str | None:
+        """The URL of attempt ``attempt`` (1, 2, ...) of a delivery that began with URL number ``first``:
+        the account's own webhook, else the next of ``webhooks`` at each attempt (a retry never goes to the
+        daemon that just failed, as a load balancer's health check would have it), ``{appid}`` filled in."""
+        own = self.targets.get(model.appid)
+        if (own is not None and own.webhook is not None) or len(self.webhooks) < 2:
             return self.target(model).webhook
-        url = self.webhooks[self._turn % len(self.webhooks)]
-        self._turn += 1
+        url = self.webhooks[(first + attempt - 1) % len(self.webhooks)]
         return url.replace("{appid}", model.appid)
 
     def crypto_for(self, model: WeChatModel) -> SafeModeCrypto | None:
@@ -214,8 +211,10 @@ class Deliverer(OrderedDeliveries):
         query, body = self._prepare(model, push)
         opts = model.options
         attempts = opts.delivery_attempts
+        first = self._turn  # deliveries start at the next URL in turn
+        self._turn += 1
         for attempt in range(1, attempts + 1):
-            url = self.attempt_url(model) or webhook
+            url = self.attempt_url(model, first, attempt) or webhook
             entry: dict[str, Any] = {"openid": push.openid, "push": push.to_json(), "attempt": attempt}
             if len(self.webhooks) > 1:
                 entry["url"] = url

@@ -89,8 +89,8 @@ def config_text(
         "polling = "
         + toml_value(
             {
-                "online_fast_s": 1.0,
-                "online_slow_s": 2.0,
+                "online_fast_s": 2.0,
+                "online_slow_s": 5.0,
                 "waitcase_fast_s": 2.0,
                 "waitcase_slow_s": 5.0,
                 "max_backoff_s": 5.0,
@@ -172,7 +172,7 @@ class ClusterRig:
         accounts: int,
         lease_s: float,
         renew_every_s: float,
-        hold_s: tuple[float, float] = (0.3, 1.5),
+        hold_s: tuple[float, float] = (1.0, 3.0),
         seed: int = 17,
     ) -> None:
         self.workdir = workdir

@@ -13,6 +13,7 @@ a condition (the fake's model, the lease table) with a bound.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from pathlib import Path
@@ -21,6 +22,17 @@ import pytest
 from cluster_rig import ClusterRig, agents_over_capacity, until
 
 pytestmark = pytest.mark.usefixtures("pg_cluster")
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """The daemons' folder (configs, logs); ``KFR_CLUSTER_LOGS=DIR`` keeps it under DIR for a look later."""
+    keep = os.environ.get("KFR_CLUSTER_LOGS")
+    if not keep:
+        return tmp_path
+    out = Path(keep) / f"{tmp_path.name}-{int(time.time())}"
+    out.mkdir(parents=True)
+    return out
 
 LEASE_S = 5.0
 RENEW_S = 1.0
@@ -54,7 +66,7 @@ async def test_three_daemons_twenty_accounts_one_killed_midway(tmp_path: Path, p
                 watcher.append(asyncio.get_running_loop().create_task(watch_takeover()))
 
         watcher: list[asyncio.Task[None]] = []
-        await rig.arrivals(2000, rate_per_s=80.0, at=midway)
+        await rig.arrivals(2000, rate_per_s=40.0, at=midway)
         await watcher[0]
         takeover_s = killed["taken"] - killed["at"]
         await until(rig.everyone_served, 120, "every customer to be served", every=0.25, explain=rig.explain)
