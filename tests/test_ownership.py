@@ -9,6 +9,7 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -258,3 +259,28 @@ async def test_the_tightest_settings_that_validate_work(cluster: Callable[..., D
     looks = a.keeper.looks
     await until(lambda: a.keeper.looks >= looks + 6, 10, "six more looks")
     assert len(a.runner.running) == 3 and not any(kind == "stop" for kind, *_ in a.runner.log)
+
+
+def test_the_config_file_takes_cluster_and_names_its_keys(tmp_path: Path) -> None:
+    from kfrouter.router.config import Config
+
+    def load(**top: Any) -> Config:
+        account = {"wechat": {"appid": "wxA", "secret": "s", "token": "tok123"}}
+        doc = {"server": {"admin_token": "a" * 16}, "accounts": [account], **top}
+        return Config.from_dict(doc, source="k.toml", base_dir=tmp_path, env={})
+
+    url = {"url": "postgresql://kfrouter@db.internal/kf"}
+    cfg = load(store=url, cluster={"daemon_id": "kf-1", "lease_s": 10, "renew_every_s": 2})
+    assert cfg.cluster == ClusterSettings(daemon_id="kf-1", lease_s=10, renew_every_s=2)
+    assert all(a.cluster == cfg.cluster for a in cfg.accounts)
+    assert load(store=url).cluster is None
+    with pytest.raises(ConfigError) as err:
+        load(store=url, cluster={"lease_s": 10, "renew_every_s": 5})
+    assert err.value.problems == (
+        (
+            "cluster.renew_every_s",
+            "must be below lease_s / 2 = 5 (two renewals may fail before a lease is lost), got 5",
+        ),
+    )
+    with pytest.raises(ConfigError, match=r"k\.toml: cluster: needs \[store\] url"):
+        load(cluster={})
