@@ -6,7 +6,8 @@ admin API (``/api/``, docs/admin-api.md) and the observability pages (``/metrics
 docs/observability.md) to its web app. They see the process through ``HostView`` and each account through
 ``DaemonView`` (router/view.py), and learn of accounts as they start and stop. The host imports none of
 them, and they import no host or daemon: the layers stay one-way (docs/architecture.md). ``kfrouter run``
-and the demo build their daemon here.
+and the demo build their daemon here; with ``[cluster]`` ``kfrouter run`` builds ``build_cluster(config)``:
+the host under the lease keeper (router/cluster.py, docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -14,11 +15,38 @@ from __future__ import annotations
 from typing import Any
 
 from kfrouter.router.admin import admin_routes
+from kfrouter.router.cluster import Cluster
 from kfrouter.router.config import Config
+from kfrouter.router.edges.store import Store, open_database
+from kfrouter.router.edges.store_database import Database
 from kfrouter.router.host import Host
 from kfrouter.router.supervisor import attach_observability
 from kfrouter.router.view import HostView, OneAccount
 from kfrouter.router.wecom_daemon import WeComDaemon
+
+
+def build_cluster(config: Config, **kwargs: Any) -> Cluster:
+    """A daemon for ``config`` with ``[cluster]`` (docs/scale-out.md): its host starts no account by itself —
+    the lease keeper starts those this daemon owns — and every account's store is a schema of the one
+    PostgreSQL database, opened once for the process (``kwargs`` go to the host)."""
+    settings = config.cluster
+    if settings is None or config.store.url is None or config.wecom is not None:
+        raise ValueError("build_cluster needs a config of Official Accounts with [cluster] and [store] url")
+    owner = settings.owner_id()
+    database = open_database(config.store.url)
+    leases: Database | None = None
+    try:
+        leases = open_database(config.store.url)  # the lease keeper's own connections
+        stores = {c.oa.appid: Store(database, appid=c.oa.appid) for c in config.every_account}
+        host = Host(config, start=(), stores=stores, name=owner, fail_fast=False, **kwargs)
+        host.app.add_routes(admin_routes(host))
+        attach_observability(host, host.app)
+        return Cluster(host, settings, database, leases=leases, owner=owner)
+    except BaseException:
+        database.close()
+        if leases is not None:
+            leases.close()
+        raise
 
 
 def build_daemon(config: Config, **kwargs: Any) -> Host | WeComDaemon:

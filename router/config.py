@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from attrs import evolve, field, frozen
 
+from kfrouter.router.cluster_settings import ClusterSettings, parse_cluster
 from kfrouter.router.core import notify as core_notify
 from kfrouter.router.core.errors import ConfigError as ConfigError
 from kfrouter.router.core.events import AgentConfigured
@@ -224,6 +225,9 @@ class Config:
     notify: NotifySection = NotifySection()
     store: StoreConfig = StoreConfig()
     log: LogConfig = LogConfig()
+    # ``[cluster]``: several daemons sharing the PostgreSQL of ``[store] url``, accounts owned through leases
+    # (router/cluster_settings.py, docs/scale-out.md); None: this daemon serves every account itself
+    cluster: ClusterSettings | None = None
     secret_sources: Mapping[str, str] = field(factory=lambda: MappingProxyType({}))  # key -> "file" | env var
     # An ``[[accounts]]`` file: every account's own Config (``[defaults]`` merged in, the shared
     # ``[server]``, ``[store]`` (its path resolved per appid) and ``[log]``); this Config then names no
@@ -392,6 +396,7 @@ class _Shared:
     server: ServerConfig
     store: StoreConfig
     log: LogConfig
+    cluster: ClusterSettings | None = None
 
 
 @frozen(kw_only=True)
@@ -421,6 +426,7 @@ def _config(source: str, a: _Account, shared: _Shared, secret_sources: Mapping[s
         notify=a.notify,
         store=_account_store(shared.store, account),
         log=shared.log,
+        cluster=shared.cluster,
         secret_sources=secret_sources,
     )
 
@@ -714,7 +720,8 @@ class _Loader:
         server = self._server(root.table("server"))
         store = self._store(root.table("store"), "kfrouter-{appid}.db" if multi else "kfrouter.db")
         log = self._log(root.table("log"))
-        shared = _Shared(server=server, store=store, log=log)
+        cluster = self._cluster(root, store)
+        shared = _Shared(server=server, store=store, log=log, cluster=cluster)
         accounts = self._accounts(root, shared) if multi else ()
         root.done()
         if self.problems:
@@ -728,6 +735,7 @@ class _Loader:
             server=server,
             store=store,
             log=log,
+            cluster=cluster,
             accounts=tuple(_config(self.source, a, shared, sources) for a in accounts),
             secret_sources=sources,
         )
@@ -770,7 +778,7 @@ class _Loader:
             )
             if not isinstance(item, dict):
                 continue
-            for name in ("server", "store", "log", "accounts", "defaults"):
+            for name in ("server", "store", "log", "cluster", "accounts", "defaults"):
                 if s.raw(name) is not _MISSING:
                     s.problem(name, "is shared by every account: set it at the top level")
             if s.raw("wecom") is not _MISSING:
@@ -1271,6 +1279,26 @@ class _Loader:
         url = self._secret(s, "url", required=False, pattern=_STORE_URL_RE, what="a postgresql:// URL")
         s.done()
         return StoreConfig(path=path, dedup_keep_s=keep, url=url)
+
+    def _cluster(self, root: _Section, store: StoreConfig) -> ClusterSettings | None:
+        """``[cluster]`` (router/cluster_settings.py checks it); it needs the shared PostgreSQL."""
+        raw = root.raw("cluster")
+        if raw is _MISSING:
+            return None
+        if not isinstance(raw, dict):
+            root.problem("cluster", f"must be a table, got {_describe(raw)}")
+            return None
+        if store.url is None:
+            root.problem(
+                "cluster",
+                'needs [store] url = "postgresql://..." (or KFROUTER_STORE_URL): the daemons share one database',
+            )
+        try:
+            return parse_cluster(raw, self.source)
+        except ConfigError as exc:
+            for key, reason in exc.problems:
+                self.problem(key, reason)
+            return None
 
     def _log(self, s: _Section) -> LogConfig:
         out = LogConfig(level=s.get_str("level", "info", choices=_LEVELS), json=s.get_bool("json", False))

@@ -34,7 +34,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -239,10 +239,20 @@ class AccountRunner:
         database: Database | None = None,
         lease: Lease | None = None,
         on_closing: Callable[[], None] | None = None,
+        gate: Callable[[], bool] | None = None,
+        before_startup: Callable[[AccountRunner], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.appid = config.oa.appid
         self.lease = lease
+        # several daemons (router/cluster.py): asked right before every API request — False once this
+        # daemon no longer holds the account's lease (router/ownership.py); with it the access token is
+        # the one stored in the database, fetched by the owner only (router/edges/token.py SharedTokens)
+        self.gate = gate
+        # awaited once pushes are accepted and before start-up recovery reads the store: several daemons
+        # apply the pushes other daemons kept for this account meanwhile (router/cluster.py), so recovery
+        # sees a session that began — and maybe ended — while the account had no owner
+        self._before_startup = before_startup
         self.receiver = receiver
         self.failure: BaseException | None = None  # why run() failed, if it did (set by the host)
         self._on_closing = on_closing  # the host: its pages flush what they keep, the store still open
@@ -427,6 +437,10 @@ class AccountRunner:
         self.client = WeChatClient(
             http, w.appid, w.secret, w.api_base, mode, retries=o.api_retries, timeout_s=o.api_timeout_s
         )
+        if self.gate is not None:
+            assert self.store is not None
+            self.client.gate = self.gate
+            self.client.share_tokens(self.store, owner=self.gate)
         create_client = WeChatClient(
             http,
             w.appid,
@@ -438,6 +452,7 @@ class AccountRunner:
             tokens=self.client.tokens,
         )
         self.client.on_error = create_client.on_error = self.problems.on_error
+        create_client.gate = self.gate
         self.upstream = Upstream(
             http, self.config.server.upstream_url, self.config.server.upstream_timeout_s, crypto=self._crypto
         )
@@ -529,6 +544,8 @@ class AccountRunner:
     async def _startup(self) -> None:
         store = self.store
         assert store is not None and self._agents is not None and self._waitlist is not None
+        if self._before_startup is not None:
+            await self._before_startup(self)
         now = self.clock.now()
         state = store.load_state(history_since=now - self.engine.config.sticky_window_s)
         log.info(

@@ -12,8 +12,11 @@ Interface (what the multi-daemon ownership work, router/ownership.py, builds on;
 - ``await host.start_account(appid, lease=None) -> AccountRunner``: build (or take the runner made for
   ``start``) and start the account; returns once it accepts pushes (its store is open; recovery and
   routing go on in the background: ``runner.started``). With a ``Lease`` every write of its store carries
-  the lease's epoch (``runner.renewed(lease)`` after a renewal). ``ValueError`` for an appid the config
-  does not list or one already running.
+  the lease's epoch (``runner.renewed(lease)`` after a renewal). ``gate`` (several daemons,
+  router/cluster.py): asked right before each of the account's API requests, and the access token is
+  shared through the store (``AccountRunner.gate``); ``before_startup(runner)`` is awaited before its
+  start-up recovery reads the store. ``ValueError`` for an appid the config does not list
+  or one already running.
 - ``await host.stop_account(appid, handover=True)``: ``handover=True`` finishes the work in flight and
   releases the lease (the next owner takes over at once); ``handover=False`` steps down at once (the lease
   is lost: nothing more is sent or written). Returns once the runner stopped. A stopped account may be
@@ -24,7 +27,8 @@ Interface (what the multi-daemon ownership work, router/ownership.py, builds on;
   decrypt, dedup). A push for an account that runs here goes to its runner's intake; one for a
   configured account that does not run here goes to ``host.on_foreign_push(appid, push, raw, query)``
   (the ownership work commits it to the shared inbox and answers "success"); without that hook it is
-  answered 503 (WeChat retries). An appid the config does not list: 404 naming it.
+  answered 503 (WeChat retries). ``host.before_local_push(appid)``, when set, is awaited before a push
+  of an account running here is applied (several daemons: what others kept for it comes first). An appid the config does not list: 404 naming it.
 - ``host.runners``: the accounts running here, by appid; ``host.runner``: the only one (a file of one
   account, tests); ``host.account_status()``: every configured account with its owner, lease and
   counts (``kfrouter accounts list``).
@@ -90,6 +94,9 @@ class Host:
         self.name = name
         self.fail_fast = fail_fast
         self.on_foreign_push = on_foreign_push
+        # several daemons (router/cluster.py): awaited before a push of an account running here is applied —
+        # the pushes other daemons kept for it come first, so a customer's pushes keep WeChat's order
+        self.before_local_push: Callable[[str], Awaitable[None]] | None = None
         self.configs: dict[str, Config] = {c.oa.appid: c for c in config.every_account}
         self.runners: dict[str, AccountRunner] = {}
         self.listening = asyncio.Event()
@@ -140,7 +147,14 @@ class Host:
         for runner in list(self.runners.values()):
             listener.account_added(runner)
 
-    async def start_account(self, appid: str, lease: Lease | None = None) -> AccountRunner:
+    async def start_account(
+        self,
+        appid: str,
+        lease: Lease | None = None,
+        *,
+        gate: Callable[[], bool] | None = None,
+        before_startup: Callable[[AccountRunner], Awaitable[None]] | None = None,
+    ) -> AccountRunner:
         """Start routing ``appid`` (see the module docstring); returns once its pushes are accepted."""
         self._need_configured(appid)
         if self.http is None:
@@ -148,8 +162,8 @@ class Host:
         if appid in self._tasks:
             raise ValueError(f"account {appid!r} is already running here")
         runner = self.runners.get(appid)
-        if runner is None or runner.stopped.is_set():
-            runner = self._make_runner(appid, lease)
+        if runner is None or runner.stopped.is_set() or gate is not None or before_startup is not None:
+            runner = self._make_runner(appid, lease, gate, before_startup)
         elif lease is not None:
             runner.renewed(lease)
         task = asyncio.create_task(self._run_account(runner, self.http), name=f"kfrouter-account-{appid}")
@@ -302,7 +316,13 @@ class Host:
             except Exception:
                 log.exception("listener %r failed on account %s's end", listener, appid)
 
-    def _make_runner(self, appid: str, lease: Lease | None) -> AccountRunner:
+    def _make_runner(
+        self,
+        appid: str,
+        lease: Lease | None,
+        gate: Callable[[], bool] | None = None,
+        before_startup: Callable[[AccountRunner], Awaitable[None]] | None = None,
+    ) -> AccountRunner:
         cfg = self.configs[appid]
         runner = AccountRunner(
             cfg,
@@ -312,6 +332,8 @@ class Host:
             store=self._stores.get(appid),
             database=self._shared_database(cfg),
             lease=lease,
+            gate=gate,
+            before_startup=before_startup,
             on_closing=partial(self._closing, appid),
         )
         self.runners[appid] = runner
@@ -373,6 +395,8 @@ class Host:
         """A verified push of ``appid``: its runner's intake, or the foreign-push hook."""
         runner = self.runners.get(appid) if appid in self._tasks else None
         if runner is not None and runner.opened.is_set() and not runner.intake.closed:
+            if self.before_local_push is not None:
+                await self.before_local_push(appid)
             return await runner.intake.on_push(push, raw)
         if self.on_foreign_push is None:
             raise RuntimeError(f"account {appid!r} is not served here now")  # answered 424: WeChat retries

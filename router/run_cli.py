@@ -100,11 +100,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: Any, options: Any) -> int:
-    from kfrouter.router.app import build_daemon
+    from kfrouter.router.app import build_cluster, build_daemon
 
     log = logging.getLogger("kfrouter.daemon")
     try:
-        daemon = build_daemon(config, options=options)
+        if config.cluster is not None:
+            daemon: Any = build_cluster(config, options=options)
+        else:
+            daemon = build_daemon(config, options=options)
     except (ValueError, OSError) as exc:
         print(f"kfrouter: {exc}", file=sys.stderr)
         return 2

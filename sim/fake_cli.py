@@ -35,8 +35,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--webhook",
+        action="append",
+        default=[],
         help="the developer's callback URL to push messages and events to; '{appid}' in it is replaced "
-        "by each account's appid (e.g. http://127.0.0.1:8080/wechat/{appid})",
+        "by each account's appid (e.g. http://127.0.0.1:8080/wechat/{appid}); repeat it for several "
+        "daemons: each delivery attempt goes to the next in turn, as a load balancer would send it",
     )
     p.add_argument("--token", help="callback token used to sign pushes (required with --webhook)")
     p.add_argument("--aes-key", help="43-character EncodingAESKey: pushes are encrypted (safe mode)")
@@ -106,7 +109,7 @@ async def _serve(args: argparse.Namespace, options: FakeOptions, extra: list[tup
     async with running_fake(
         args.appid,
         args.secret,
-        webhook=args.webhook,
+        webhook=args.webhook or None,
         token=args.token,
         aes_key=args.aes_key,
         options=options,

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import string
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -85,21 +86,28 @@ class Deliverer(OrderedDeliveries):
     ``token`` signs; with ``aes_key`` pushes are encrypted per appid. ``now`` is the server clock.
     ``on_change(model)`` is called after a reply changed the model (so new pushes get scheduled).
     Several Official Accounts: ``webhook`` may hold ``{appid}``, and ``targets[appid]`` gives an appid its
-    own webhook, token or key (``target(model)`` is what applies).
+    own webhook, token or key (``target(model)`` is what applies). Several daemons behind a load
+    balancer: ``webhook`` may be a list of URLs — each delivery attempt goes to the next one in turn
+    (``attempt_url``): deliveries start at the next URL in turn and each retry goes to the next one.
     """
 
     def __init__(
         self,
-        webhook: str | None,
+        webhook: str | Sequence[str] | None,
         token: str | None,
         aes_key: str | None,
         now: Callable[[], float],
         on_change: Callable[[WeChatModel], None],
     ) -> None:
-        if webhook is not None and not token:
+        hooks = (webhook,) if isinstance(webhook, str) else tuple(webhook or ())
+        if any(not isinstance(h, str) or not h for h in hooks):
+            raise ValueError(f"webhook must be a URL or a list of URLs, got {webhook!r}")
+        if hooks and not token:
             raise ValueError("a webhook needs the callback token (token=...) to sign pushes")
         super().__init__()
-        self.webhook = webhook
+        self.webhooks = hooks
+        self.webhook = hooks[0] if hooks else None
+        self._turn = 0  # the next of ``webhooks`` (round robin)
         self.token = token
         self.aes_key = aes_key
         self._now = now
@@ -118,6 +126,16 @@ class Deliverer(OrderedDeliveries):
             token=own.token or self.token,
             aes_key=own.aes_key or self.aes_key,
         )
+
+    def attempt_url(self, model: WeChatModel, first: int, attempt: int) -> str | None:
+        """The URL of attempt ``attempt`` (1, 2, ...) of a delivery that began with URL number ``first``:
+        the account's own webhook, else the next of ``webhooks`` at each attempt (a retry never goes to the
+        daemon that just failed, as a load balancer's health check would have it), ``{appid}`` filled in."""
+        own = self.targets.get(model.appid)
+        if (own is not None and own.webhook is not None) or len(self.webhooks) < 2:
+            return self.target(model).webhook
+        url = self.webhooks[(first + attempt - 1) % len(self.webhooks)]
+        return url.replace("{appid}", model.appid)
 
     def crypto_for(self, model: WeChatModel) -> SafeModeCrypto | None:
         t = self.target(model)
@@ -193,13 +211,19 @@ class Deliverer(OrderedDeliveries):
         query, body = self._prepare(model, push)
         opts = model.options
         attempts = opts.delivery_attempts
+        first = self._turn  # deliveries start at the next URL in turn
+        self._turn += 1
         for attempt in range(1, attempts + 1):
+            url = self.attempt_url(model, first, attempt) or webhook
             entry: dict[str, Any] = {"openid": push.openid, "push": push.to_json(), "attempt": attempt}
+            if len(self.webhooks) > 1:
+                entry["url"] = url
+            sent = time.perf_counter()
             try:
                 session = await self._client()
                 timeout = aiohttp.ClientTimeout(total=opts.webhook_timeout_s)
                 async with session.post(
-                    webhook,
+                    url,
                     params=query,
                     data=body,
                     headers={"Content-Type": "text/xml"},
@@ -213,6 +237,7 @@ class Deliverer(OrderedDeliveries):
                 entry.update(outcome="connection_error", error=f"{type(exc).__name__}: {exc}")
             else:
                 entry["status"] = status
+                entry["elapsed_s"] = round(time.perf_counter() - sent, 6)  # the webhook's answer time
                 if status != 200:
                     entry.update(outcome="http_error")
                 else:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -53,7 +53,7 @@ class FakeWeChat:
         appid: str = "wx_fake_appid",
         secret: str = "fake_secret",
         *,
-        webhook: str | None = None,
+        webhook: str | Sequence[str] | None = None,
         token: str | None = None,
         aes_key: str | None = None,
         options: FakeOptions | None = None,
@@ -180,7 +180,10 @@ class FakeWeChat:
             bad = model.check_call(ep, request.query.get("access_token"), now)
             if bad is not None:
                 raise _Answer(bad)
+            logged = len(model.create_log)
             result = await self._handlers[ep](self, model, request, now)
+            if ep == fo.SESSION_CREATE:
+                self._annotate_creates(model, logged, request)
         except _Answer as ans:
             result = ans.payload
             if ep == fo.SESSION_CREATE:  # refused before the model saw it: still one logged call
@@ -190,6 +193,20 @@ class FakeWeChat:
         for m in self.models.values():
             self.flush(m)
         return json_response(result)
+
+    @staticmethod
+    def _annotate_creates(model: WeChatModel, since: int, request: web.Request) -> None:
+        """Mark the creates logged from ``since`` on with the port the call came in on (a fake serving
+        several ports, one per daemon under test, tells who sent each create) and, for a success, how
+        many sessions the agent has right after it (capacity checks)."""
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        for entry in model.create_log[since:]:
+            if isinstance(sockname, tuple) and len(sockname) >= 2:
+                entry["port"] = sockname[1]
+            agent = model.agents.get(entry["kf_account"]) if entry.get("errcode") == 0 else None
+            if agent is not None:
+                entry["agent_sessions"] = len(agent.sessions)
 
     async def _apply_fault(
         self, model: WeChatModel, ep: str, request: web.Request, fault: Fault, now: float
@@ -591,7 +608,7 @@ async def running_fake(
     appid: str = "wx_fake_appid",
     secret: str = "fake_secret",
     *,
-    webhook: str | None = None,
+    webhook: str | Sequence[str] | None = None,
     token: str | None = None,
     aes_key: str | None = None,
     options: FakeOptions | None = None,

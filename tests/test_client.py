@@ -37,6 +37,7 @@ from kfrouter.router.edges.errors import (
     InvalidKfAccount,
     NetworkError,
     NoSession,
+    NotSent,
     RateLimited,
     ServedByOther,
     SystemBusy,
@@ -452,3 +453,24 @@ async def test_connection_refused_is_network_error() -> None:
         with pytest.raises(NetworkError) as err:
             await c.get_wait_case()
         assert "stable_token" in str(err.value) and len(sleeps.delays) == 1
+
+
+async def test_the_gate_stops_every_request_before_it_is_sent(env: Env) -> None:
+    """A daemon that lost the account's lease sends nothing: not the call, not a token fetch, no retry."""
+    c = env.client(retries=3)
+    await env.agents({"kf_account": "a1@test", "online": True})
+    await env.customer_waits("oGate")
+    holds = [True]
+    c.gate = lambda: holds[0]
+    await c.get_wait_case()  # the lease is held: calls go out (token fetched)
+    before = (await env.ctl("GET", "state"))["calls"]
+    holds[0] = False
+    with pytest.raises(NotSent) as err:
+        await c.create_session("oGate", "a1@test")
+    assert err.value.errcode == -4 and not err.value.retryable and env.sleeps.delays == []
+    c.tokens.invalidate(c.tokens.current or "")
+    with pytest.raises(NotSent):
+        await c.get_wait_case()  # no token fetch either (a basic-mode fetch would kill the owner's)
+    assert (await env.ctl("GET", "state"))["calls"] == before
+    holds[0] = True
+    await c.create_session("oGate", "a1@test")

@@ -198,6 +198,22 @@ def test_sessions_seen_adopts_and_closes() -> None:
     assert view is not None and view.sessions == 1
 
 
+def test_a_close_older_than_the_session_list_does_not_drop_the_count() -> None:
+    """A delayed kf_close_session of a session that had ended before the agent's sessions were listed (a
+    new owner's start-up): the listed sessions stay counted; a close of a session counted but not known by
+    name (accepted_case) still drops the count."""
+    e = make_engine(default_capacity=3)
+    online(e, "a@x")
+    e.handle(AgentSessionsSeen(kf_account="a@x", openids=("s1", "s2")), 1.0)
+    e.handle(SessionClosed(openid="ended-before", kf_account="a@x"), 2.0)
+    view = e.agent("a@x")
+    assert view is not None and view.sessions == 2
+    online(e, "a@x", accepted=3)  # one more session, accepted in the agent's own client
+    e.handle(SessionClosed(openid="unknown-but-counted", kf_account="a@x"), 3.0)
+    view = e.agent("a@x")
+    assert view is not None and view.sessions == 2
+
+
 def test_switch_moves_the_session() -> None:
     e = make_engine()
     online(e, "a@x", "b@x")

@@ -319,3 +319,81 @@ async def test_unreachable_webhook_counts_connection_errors(http: aiohttp.Client
 def test_webhook_needs_token() -> None:
     with pytest.raises(ValueError, match="token"):
         FakeWeChat(webhook="http://127.0.0.1:9/hook")
+
+
+async def test_several_webhooks_take_turns_a_retry_goes_to_the_next_and_appid_is_filled_in(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Several daemons behind a load balancer: the first one fails, its retry reaches the second; a
+    second account's pushes go to /wechat/<its appid>."""
+    hooks = [Hook(), Hook()]
+    paths: list[list[str]] = [[], []]
+
+    def route(i: int) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            paths[i].append(request.path)
+            return await hooks[i].handle(request)
+
+        return handle
+
+    async def boom(q: dict[str, str], body: bytes, n: int) -> web.StreamResponse:
+        return web.Response(status=503)
+
+    hooks[0].responder = boom
+    servers = []
+    for i in range(2):
+        app = web.Application()
+        app.router.add_route("*", "/wechat/{appid}", route(i))
+        servers.append(TestServer(app, host="127.0.0.1"))
+    async with servers[0] as s0, servers[1] as s1:
+        urls = [str(s.make_url("/wechat/{appid}")).replace("%7B", "{").replace("%7D", "}") for s in (s0, s1)]
+        async with running_fake(
+            APPID, "SECRET", webhook=urls, token=TOKEN, clock=SteadyClock(T0, frozen=True)
+        ) as fake:
+            fake.add_app("wxOTHER", "S2")
+            await ctl(http, fake, "customer/message", {"openid": "u1", "text": "hi", "wait": True})
+            await ctl(
+                http,
+                fake,
+                "customer/message",
+                {"appid": "wxOTHER", "openid": "u2", "text": "hi", "wait": True},
+            )
+    outcomes = [(d["outcome"], d["url"].split("/")[2] == urls[1].split("/")[2]) for d in fake.pusher.log]
+    assert outcomes[:2] == [("http_error", False), ("handled", True)]  # the retry went to the other one
+    assert paths[0][0] == f"/wechat/{APPID}" and "/wechat/wxOTHER" in paths[0] + paths[1]
+
+
+async def test_a_fake_on_several_ports_tells_which_port_each_create_came_in_on(
+    http: aiohttp.ClientSession,
+) -> None:
+    fake = FakeWeChat(APPID, "SECRET")
+    runner = web.AppRunner(fake.app)
+    await runner.setup()
+    ports = []
+    try:
+        for _ in range(2):
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        fake.base_url = f"http://127.0.0.1:{ports[0]}"
+        await ctl(http, fake, "agents", {"agents": [{"kf_account": "a1@test", "online": True}]})
+        for openid in ("u1", "u2"):
+            await ctl(http, fake, "customer/message", {"openid": openid, "text": "hi"})
+        for port, openid in zip(ports, ("u1", "u2"), strict=True):
+            base = f"http://127.0.0.1:{port}"
+            async with http.get(
+                f"{base}/cgi-bin/token",
+                params={"grant_type": "client_credential", "appid": APPID, "secret": "SECRET"},
+            ) as resp:
+                token = (await resp.json())["access_token"]
+            async with http.post(
+                f"{base}/customservice/kfsession/create?access_token={token}",
+                json={"kf_account": "a1@test", "openid": openid},
+            ) as resp:
+                assert (await resp.json())["errcode"] == 0
+        assert [(e["openid"], e["port"], e["agent_sessions"]) for e in fake.model.create_log] == [
+            ("u1", ports[0], 1),
+            ("u2", ports[1], 2),  # the agent's sessions right after the create (capacity checks)
+        ]
+    finally:
+        await runner.cleanup()

@@ -303,6 +303,26 @@ def test_a_takeover_waits_for_writes_already_checked(stores: Callable[[], Store]
     assert "written-by-a" in {w.openid for w in b.load_state().waiting}
 
 
+def test_members_beat_expire_and_leave(stores: Callable[[], Store]) -> None:
+    a, b = stores(), stores()
+    first = a.heartbeat("daemon-a", 30)
+    assert first.daemon_id == "daemon-a" and abs(first.expires_at - first.started_at - 30) < 1e-6
+    again = a.heartbeat("daemon-a", 60)  # a live member keeps its start time
+    assert again.started_at == first.started_at and again.expires_at > first.expires_at
+    short = b.heartbeat("daemon-b", 0.3)
+    assert [m.daemon_id for m in a.members()] == ["daemon-a", "daemon-b"]
+    wait_for(lambda: b.db_now() > short.expires_at, timeout=10, message="b's heartbeat to expire")
+    assert [m.daemon_id for m in b.members()] == ["daemon-a"]
+    back = b.heartbeat("daemon-b", 30)  # back after expiry: a new start
+    assert back.started_at > short.started_at
+    assert a.leave("daemon-a") and not a.leave("daemon-a")
+    assert [m.daemon_id for m in b.members()] == ["daemon-b"]
+    with pytest.raises(StoreError, match="ttl_s must be > 0"):
+        a.heartbeat("daemon-a", 0)
+    with pytest.raises(StoreError, match="daemon_id must be a non-empty string"):
+        a.heartbeat("", 1)
+
+
 def test_lease_operations_are_checked(stores: Callable[[], Store], tmp_path: Path) -> None:
     s = stores()
     with pytest.raises(StoreError, match="ttl_s must be > 0"):

@@ -716,8 +716,13 @@ class Engine:
         if c is not None and c.state is _IN_SESSION and c.with_agent == kf:
             self._session_ended(c, kf, now, count=True)
         elif c is None or c.with_agent != kf:
-            # A session we never saw open (started before we did): WeChat's count still drops.
-            self._pool.add_sessions(kf, -1)
+            # A session we never saw open (started before we did): WeChat's count still drops — if the
+            # count holds any session we do not know by name. Otherwise the close is older than the list
+            # we took the count from (AgentSessionsSeen at start-up or a takeover, the push delayed): the
+            # session was not counted, and dropping the count would put the agent over capacity.
+            view = self._pool.agent(kf)
+            if view is not None and view.sessions > len(self._sessions_by_agent.get(kf, ())):
+                self._pool.add_sessions(kf, -1)
 
     def _on_switched(self, e: ev.SessionSwitched, now: float, out: list[Command]) -> None:
         src = self._need_agent(e.from_account, "SessionSwitched")

@@ -10,7 +10,9 @@ per endpoint, say how a token is fetched (``_fetch_token``) and which errcode ta
 * on ``retryable`` errors (-1 / -1000, timeouts, connection errors, 5xx): bounded exponential backoff
   with full jitter (``retries`` extra attempts, delay ``uniform(0, min(cap, base * 2**n))``, rng and
   sleep injectable);
-* every other errcode: raised at once as the family's typed exception.
+* every other errcode: raised at once as the family's typed exception;
+* ``gate`` (when set) is asked right before every HTTP request: ``False`` raises ``NotSent`` (-4) and
+  nothing is sent — a daemon that lost the account's lease (or was paused past it) sends nothing.
 
 Per-endpoint counters and latencies live in ``client.stats``. Logs go to ``kfrouter.client`` with
 ``access_token=`` / ``secret=`` redacted. Answers above ``MAX_RESPONSE_BYTES`` are refused.
@@ -25,7 +27,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
@@ -36,12 +38,16 @@ from kfrouter.router.edges.errors import (
     BadResponse,
     Families,
     NetworkError,
+    NotSent,
     TokenError,
     WeChatError,
     raise_for_response,
     redact,
 )
-from kfrouter.router.edges.token import TokenHolder
+from kfrouter.router.edges.token import SharedTokens, TokenHolder
+
+if TYPE_CHECKING:
+    from kfrouter.router.edges.store import Store
 
 log = logging.getLogger("kfrouter.client")
 
@@ -142,8 +148,12 @@ class ApiClientBase:
         self._timeout = aiohttp.ClientTimeout(total=float(timeout_s))
         self._sleep = sleep
         self.stats = ClientStats()
+        self._token_clock = clock
         # told about every error a call finally ends with (the daemon explains operator problems once)
         self.on_error: Callable[[WeChatError], None] | None = None
+        # asked right before every HTTP request (token fetches too): False means this daemon no longer
+        # holds the account's lease (router/ownership.py, may_act) and the request is not made (NotSent)
+        self.gate: Callable[[], bool] | None = None
         self.tokens = (
             tokens
             if tokens is not None
@@ -152,6 +162,23 @@ class ApiClientBase:
 
     async def _fetch_token(self, force_refresh: bool) -> tuple[str, float]:
         raise NotImplementedError
+
+    def share_tokens(
+        self,
+        store: Store,
+        *,
+        owner: Callable[[], bool],
+        margin_s: float = 120.0,
+        clock: Callable[[], float] = time.time,
+    ) -> SharedTokens:
+        """Take this account's token from ``store`` and fetch one only while ``owner()`` (this daemon
+        holds the lease), storing it there (``router.edges.token.SharedTokens``): the client gets a new
+        ``TokenHolder``; give it to the clients that share it (``tokens=``)."""
+        shared = SharedTokens(store, self._fetch_token, owner=owner, margin_s=margin_s, clock=clock)
+        self.tokens = TokenHolder(
+            shared, margin_s=margin_s, clock=self._token_clock, on_invalidated=shared.rejected
+        )
+        return shared
 
     async def _token_call(
         self,
@@ -264,6 +291,8 @@ class ApiClientBase:
         if query:
             url = f"{url}?{query_string(query)}"
         headers = {"Content-Type": content_type} if content_type else None
+        if self.gate is not None and not self.gate():
+            raise NotSent("this daemon no longer holds the account's lease", path)
         stats.requests += 1
         started = time.perf_counter()
         status = 0

@@ -2,7 +2,8 @@
 
 WeChat answers HTTP 200 with ``{"errcode": N, "errmsg": "..."}``; ``from_response`` turns such an
 answer into the matching exception. Local failures use negative codes WeChat never sends:
-``-2`` (network: timeout, connection error, 5xx) and ``-3`` (a malformed answer). Every message names
+``-2`` (network: timeout, connection error, 5xx), ``-3`` (a malformed answer) and ``-4`` (not sent: this
+daemon lost the account's lease). Every message names
 the endpoint and the errcode and passes through ``redact`` so it never carries an access token or the
 AppSecret, whatever WeChat or aiohttp put in the text.
 
@@ -137,6 +138,17 @@ class NetworkError(WeChatError):
 
     def __init__(self, errmsg: str, endpoint: str) -> None:
         super().__init__(NETWORK_ERRCODE, errmsg, endpoint)
+
+
+NOT_SENT_ERRCODE = -4
+
+
+class NotSent(WeChatError):
+    """The call was not made: this daemon no longer holds the account's lease (``ApiClientBase.gate``
+    said no, right before the request). errcode -4; never retried — the new owner serves the account."""
+
+    def __init__(self, errmsg: str, endpoint: str) -> None:
+        super().__init__(NOT_SENT_ERRCODE, errmsg, endpoint)
 
 
 class BadResponse(WeChatError):

@@ -1,6 +1,7 @@
 """The durable state of an Official Account: waiting customers, reservations, agent settings, customer
 history, the session log, the input event log and processed-push keys — plus, for several daemons
-sharing a database, the account's lease, the shared push inbox and the shared access token.
+sharing a database, the account's lease, the daemons alive (members), the shared push inbox and the shared
+access token.
 
 ``Store`` is the one interface; the database behind it is a backend (``router.edges.store_db``):
 
@@ -62,6 +63,7 @@ from kfrouter.router.edges.store_values import (
     HistoryRow,
     Lease,
     LeaseRow,
+    Member,
     Reservation,
     SessionRow,
     SharedPush,
@@ -89,6 +91,7 @@ __all__ = [
     "HistoryRow",
     "Lease",
     "LeaseRow",
+    "Member",
     "Reservation",
     "SessionRow",
     "SharedPush",
@@ -621,6 +624,44 @@ class Store:
                 "SELECT appid, owner, epoch, expires_at, expires_at > db_now() FROM leases ORDER BY appid"
             ).fetchall()
         return [LeaseRow(r[0], r[1], int(r[2]), float(r[3]), bool(r[4])) for r in rows]
+
+    # ---------------------------------------------------------------- members (the daemons sharing the database)
+
+    def heartbeat(self, daemon_id: str, ttl_s: float) -> Member:
+        """``daemon_id`` is alive for ``ttl_s`` more seconds (database clock); the lease keeper counts the
+        live members to share the accounts out. Not fenced, not tied to an account."""
+        check_text("daemon_id", daemon_id)
+        ttl = check_positive("ttl_s", ttl_s)
+        with self._lease_tx() as c:
+            r = c.execute(
+                "INSERT INTO members(daemon_id, expires_at, started_at) "
+                "SELECT ?, clock.t + ?, clock.t FROM (SELECT db_now() AS t) AS clock WHERE true "
+                "ON CONFLICT(daemon_id) DO UPDATE SET expires_at = excluded.expires_at, "
+                "started_at = CASE WHEN members.expires_at > excluded.started_at THEN members.started_at "
+                "ELSE excluded.started_at END "
+                "RETURNING daemon_id, expires_at, started_at",
+                (daemon_id, ttl),
+            ).fetchone()
+        return Member(r[0], float(r[1]), float(r[2]))
+
+    def members(self) -> list[Member]:
+        """The live members (their heartbeat has not expired), by daemon id."""
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT daemon_id, expires_at, started_at FROM members WHERE expires_at > db_now() "
+                "ORDER BY daemon_id"
+            ).fetchall()
+        return [Member(r[0], float(r[1]), float(r[2])) for r in rows]
+
+    def leave(self, daemon_id: str) -> bool:
+        """``daemon_id`` is gone now (SIGTERM); ``False`` if it was not a live member."""
+        check_text("daemon_id", daemon_id)
+        with self._lease_tx() as c:
+            cur = c.execute(
+                "UPDATE members SET expires_at = db_now() WHERE daemon_id = ? AND expires_at > db_now()",
+                (daemon_id,),
+            )
+            return bool(cur.rowcount == 1)
 
     def use_lease(self, lease: Lease | None) -> None:
         """Carry ``lease``'s epoch on every later write of this store (``None``: carry none)."""

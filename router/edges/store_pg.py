@@ -27,6 +27,8 @@ Layout (schema ``kfrouter`` holds what is shared, one schema per account holds i
   notifies channel ``kfrouter_push`` with the appid (delivered at commit). Owners LISTEN through an
   ``AsyncConnection`` and poll as well (a notification is lost while that connection is down).
 - ``kfrouter.tokens``: one access token per account, written by the lease owner only.
+- ``kfrouter.members(daemon_id, expires_at, started_at)``: the daemons sharing the database, each alive
+  while it beats (``Store.heartbeat``); the lease keeper balances accounts over the live ones.
 
 A connection that broke (the server restarted) is replaced when the next transaction begins; the
 transaction it broke fails with ``StoreError`` (its writes were not committed).
@@ -151,6 +153,14 @@ SHARED_MIGRATIONS: tuple[str, ...] = (
     END $$;
     CREATE TRIGGER notify AFTER INSERT ON kfrouter.shared_pushes
         FOR EACH ROW EXECUTE FUNCTION kfrouter.notify_push();
+    """,
+    # 1 -> 2: the daemons sharing the database, each alive while it beats (balancing counts them)
+    """
+    CREATE TABLE kfrouter.members (
+        daemon_id  text PRIMARY KEY,
+        expires_at double precision NOT NULL,
+        started_at double precision NOT NULL
+    );
     """,
 )
 

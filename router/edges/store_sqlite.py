@@ -115,6 +115,14 @@ MIGRATIONS: tuple[str, ...] = (
         epoch        INTEGER NOT NULL
     );
     """,
+    # 2 -> 3: the daemons sharing the database, each alive while it beats (balancing counts them)
+    """
+    CREATE TABLE members (
+        daemon_id  TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL,       -- db_now() seconds
+        started_at REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 SYNCHRONOUS = ("FULL", "NORMAL")

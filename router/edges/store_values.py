@@ -136,6 +136,15 @@ class LeaseRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Member:
+    """A daemon sharing the database, alive until ``expires_at`` (database clock) unless it beats again."""
+
+    daemon_id: str
+    expires_at: float
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class SharedPush:
     """A push received by a daemon that does not own the account, kept for the owner (shared inbox).
     ``raw`` is the verified, decrypted push XML; ``query`` the callback's query string (forwarding)."""

@@ -13,6 +13,11 @@ Rules kept here:
   next attempt waits ``failure_cooldown_s`` (the token endpoint is never hammered).
 * The holder does no I/O itself: ``fetch(force_refresh) -> (token, expires_in)`` is injected (the
   client builds it from ``token_request`` / ``parse_token_response``), and so is the clock.
+* Several daemons, one account (docs/scale-out.md): ``SharedTokens`` is such a ``fetch`` backed by the
+  store — every daemon reads the account's stored token first; only the lease owner fetches a new one
+  from WeChat (when the stored one is missing, inside the margin or rejected) and stores it, fenced by its
+  lease (a stale owner's save is refused, and its token is not used). WeChat's central-token rule:
+  ``cgi-bin/token`` invalidates the previous token, so two daemons fetching would break each other.
 """
 
 from __future__ import annotations
@@ -23,17 +28,21 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kfrouter.router.edges.errors import (
     OA_FAMILIES,
     BadResponse,
     CredentialError,
     Families,
+    NotSent,
     TokenError,
     WeChatError,
     from_response,
 )
+
+if TYPE_CHECKING:
+    from kfrouter.router.edges.store import Store
 
 log = logging.getLogger("kfrouter.client")
 
@@ -115,12 +124,14 @@ class TokenHolder:
         margin_s: float = 120.0,
         failure_cooldown_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        on_invalidated: Callable[[str], None] | None = None,
     ) -> None:
         if not margin_s >= 0:
             raise ValueError(f"margin_s must be >= 0, got {margin_s!r}")
         if not failure_cooldown_s >= 0:
             raise ValueError(f"failure_cooldown_s must be >= 0, got {failure_cooldown_s!r}")
         self._fetch = fetch
+        self._on_invalidated = on_invalidated  # told of a token WeChat rejected (SharedTokens.rejected)
         self._margin = float(margin_s)
         self._cooldown = float(failure_cooldown_s)
         self._clock = clock
@@ -171,6 +182,8 @@ class TokenHolder:
         if self._token is not None and token == self._token:
             self._token = None
             self._expires_at = self._refresh_at = -math.inf
+            if self._on_invalidated is not None:
+                self._on_invalidated(token)
             return True
         return False
 
@@ -212,3 +225,58 @@ class TokenHolder:
             int(expires_in - margin),
         )
         return token
+
+
+class SharedTokens:
+    """A ``TokenFetch`` for several daemons serving one account through a shared store (see the module
+    docstring). ``fetch``: the client's own (WeChat's token endpoint); ``owner()``: whether this daemon
+    holds the account's lease now; ``margin_s``: a stored token this close to its expiry is refreshed by
+    the owner (the others still use it until it expires); ``clock``: wall-clock seconds (stored expiry
+    times are wall-clock). Hand ``rejected`` to ``TokenHolder(on_invalidated=...)``."""
+
+    def __init__(
+        self,
+        store: Store,
+        fetch: TokenFetch,
+        *,
+        owner: Callable[[], bool],
+        margin_s: float = 120.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not margin_s >= 0:
+            raise ValueError(f"margin_s must be >= 0, got {margin_s!r}")
+        self._store = store
+        self._fetch = fetch
+        self._owner = owner
+        self._margin = float(margin_s)
+        self._clock = clock
+        self._rejected: set[str] = set()
+        self.fetched = 0  # tokens this daemon fetched from WeChat (and stored)
+        self.read = 0  # tokens taken from the store
+
+    def rejected(self, token: str) -> None:
+        """WeChat rejected ``token``: never hand it out again from the store."""
+        self._rejected.add(token)
+
+    async def __call__(self, force_refresh: bool) -> tuple[str, float]:
+        stored = await asyncio.to_thread(self._store.token)
+        now = self._clock()
+        if (
+            stored is not None
+            and not force_refresh
+            and stored.access_token not in self._rejected
+            and stored.expires_at > now
+            and (stored.expires_at - now > self._margin or not self._owner())
+        ):
+            self.read += 1
+            return stored.access_token, stored.expires_at - now
+        if not self._owner():
+            raise NotSent(
+                "no valid stored access token, and only the account's lease owner fetches one", "token"
+            )
+        token, expires_in = await self._fetch(force_refresh)
+        await self._store.commit(
+            lambda s: s.save_token(token, now + expires_in, now)
+        )  # fenced: a stale owner's save (and its token) are refused
+        self.fetched += 1
+        return token, expires_in

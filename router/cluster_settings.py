@@ -1,0 +1,106 @@
+"""``[cluster]``: several daemons sharing one PostgreSQL, each account owned through a lease
+(docs/scale-out.md). The validated, frozen settings and the checked way in from a TOML table.
+
+Keys (all optional; the table's presence turns the lease keeper on):
+
+- ``daemon_id``: this daemon's name in the lease table (letters, digits, ``_ - . :``; default the host
+  name). A process adds its pid and a random suffix (``Lease owner``): a restarted daemon is a new owner,
+  never one that could share an epoch with a paused predecessor.
+- ``lease_s`` (15): how long a lease lasts without renewal — a dead daemon's accounts are taken over
+  within about ``lease_s + renew_every_s``. 1..300.
+- ``renew_every_s`` (3): how often leases are renewed and the table looked at; must be below
+  ``lease_s / 2`` (two renewals may fail before a lease is lost), or the file is refused naming the key.
+
+Rules: every problem is reported with its key (``cluster.lease_s: ...``), as ``router.config`` does; a
+value that validates works.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import field, frozen
+
+from kfrouter.router.core.errors import ConfigError
+
+DAEMON_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+KEYS = ("daemon_id", "lease_s", "renew_every_s")
+LEASE_RANGE_S = (1.0, 300.0)
+
+
+def _daemon_id(_inst: object, _attr: object, value: str) -> None:
+    if not isinstance(value, str) or not DAEMON_ID_RE.fullmatch(value):
+        raise ValueError(
+            f"cluster.daemon_id: must be 1-64 letters, digits, '_', '-', '.' or ':', got {value!r}"
+        )
+
+
+def _lease_s(_inst: object, _attr: object, value: float) -> None:
+    lo, hi = LEASE_RANGE_S
+    if not _number(value) or not lo <= value <= hi:
+        raise ValueError(f"cluster.lease_s: must be a number from {lo:g} to {hi:g} seconds, got {value!r}")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def default_daemon_id() -> str:
+    """The host name, cut to what ``daemon_id`` allows."""
+    name = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:40]
+    return name or "kfrouter"
+
+
+@frozen(kw_only=True)
+class ClusterSettings:
+    """See the module docstring."""
+
+    daemon_id: str = field(factory=default_daemon_id, validator=_daemon_id)
+    lease_s: float = field(default=15.0, validator=_lease_s)
+    renew_every_s: float = field(default=3.0)
+
+    @renew_every_s.validator
+    def _renew(self, _attr: object, value: float) -> None:
+        if not _number(value) or value <= 0:
+            raise ValueError(f"cluster.renew_every_s: must be a number > 0 seconds, got {value!r}")
+        if not value < self.lease_s / 2:
+            raise ValueError(
+                f"cluster.renew_every_s: must be below lease_s / 2 = {self.lease_s / 2:g} "
+                f"(two renewals may fail before a lease is lost), got {value!r}"
+            )
+
+    @property
+    def stop_margin_s(self) -> float:
+        """How long before a lease could expire (the last renewal that succeeded, plus ``lease_s``) this
+        daemon stops the account on its own when it cannot renew: one renewal period."""
+        return self.renew_every_s
+
+    def owner_id(self) -> str:
+        """This process's name in the lease table: ``daemon_id``, the pid and a random suffix."""
+        return f"{self.daemon_id}:{os.getpid()}:{secrets.token_hex(2)}"
+
+
+def parse_cluster(table: Mapping[str, Any], source: str = "[cluster]") -> ClusterSettings:
+    """``[cluster]`` from a TOML table; ``ConfigError`` naming every bad key (``cluster.<key>``)."""
+    if not isinstance(table, Mapping):
+        raise ConfigError.in_file(source, [("cluster", f"must be a table, got {type(table).__name__}")])
+    problems: list[tuple[str, str]] = [
+        (f"cluster.{k}", f"unknown key (known: {', '.join(KEYS)})") for k in table if k not in KEYS
+    ]
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        if key in table:
+            values[key] = table[key]
+    if problems:
+        raise ConfigError.in_file(source, problems)
+    try:
+        return ClusterSettings(**values)
+    except (ValueError, TypeError) as exc:
+        key, _, reason = str(exc).partition(": ")
+        raise ConfigError.in_file(source, [(key, reason or str(exc))]) from None
