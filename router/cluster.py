@@ -80,6 +80,7 @@ class Cluster:
         self.kept = 0  # pushes of accounts served elsewhere, kept for their owner
         host.on_foreign_push = self._keep_foreign
         host.before_local_push = self._in_order
+        host.lease_rows = lambda: self.keeper.lease_rows
         self._pickup_of: dict[str, Pickup] = {}
         host.add_listener(self)
 

@@ -31,7 +31,8 @@ Interface (what the multi-daemon ownership work, router/ownership.py, builds on;
   of an account running here is applied (several daemons: what others kept for it comes first). An appid the config does not list: 404 naming it.
 - ``host.runners``: the accounts running here, by appid; ``host.runner``: the only one (a file of one
   account, tests); ``host.account_status()``: every configured account with its owner, lease and
-  counts (``kfrouter accounts list``).
+  counts (``kfrouter accounts list``); with several daemons ``host.lease_rows()`` (set by router/cluster.py)
+  gives the lease rows the keeper last saw, so an account served elsewhere shows its owner and lease.
 - ``host.add_listener(listener)``: the pages (admin API, metrics, supervisor) learn of each runner
   before it starts (``account_added``) and when it stops, before its store closes (``account_removed``);
   they never import the host (``router.view.HostView``).
@@ -58,7 +59,7 @@ from kfrouter.router.config import Config
 from kfrouter.router.daemon import AccountRunner, DaemonOptions, account_receiver
 from kfrouter.router.edges.store import Store, open_database
 from kfrouter.router.edges.store_database import Database
-from kfrouter.router.edges.store_values import Lease
+from kfrouter.router.edges.store_values import Lease, LeaseRow
 from kfrouter.router.edges.webhook import PushReceiver
 from kfrouter.router.inbox import request_query, with_query
 from kfrouter.router.view import LOCAL_OWNER, AccountListener, AccountStatus, status_of
@@ -97,6 +98,8 @@ class Host:
         # several daemons (router/cluster.py): awaited before a push of an account running here is applied —
         # the pushes other daemons kept for it come first, so a customer's pushes keep WeChat's order
         self.before_local_push: Callable[[str], Awaitable[None]] | None = None
+        # several daemons (router/cluster.py): every account's lease row as last seen, for accounts list
+        self.lease_rows: Callable[[], Mapping[str, LeaseRow]] | None = None
         self.configs: dict[str, Config] = {c.oa.appid: c for c in config.every_account}
         self.runners: dict[str, AccountRunner] = {}
         self.listening = asyncio.Event()
@@ -187,19 +190,23 @@ class Host:
         await asyncio.shield(task)
 
     def account_status(self) -> list[AccountStatus]:
-        """Every configured account, in the config's order (``kfrouter accounts list``)."""
+        """Every configured account, in the config's order (``kfrouter accounts list``); one another daemon
+        serves shows that daemon and its lease as the lease keeper last saw them (``lease_rows``)."""
+        rows = self.lease_rows() if self.lease_rows is not None else {}
         out = []
         for appid in self.configs:
             runner = self.runners.get(appid) if appid in self._tasks else None
             if runner is None:
+                row = rows.get(appid)
+                live = row is not None and row.live
                 out.append(
                     AccountStatus(
                         appid=appid,
                         running=False,
-                        owner=None,
-                        lease_epoch=None,
-                        lease_expires_at=None,
-                        status="not running here",
+                        owner=row.owner if row is not None and live else None,
+                        lease_epoch=row.epoch if row is not None and live else None,
+                        lease_expires_at=row.expires_at if row is not None and live else None,
+                        status=f"served by {row.owner}" if row is not None and live else "not running here",
                         waiting=0,
                         sessions=0,
                     )

@@ -131,6 +131,7 @@ class LeaseKeeper:
         self._winding_down: set[str] = set()  # lost, their runner still stopping
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="kfrouter-leases")
         self._looks = 0
+        self.lease_rows: dict[str, LeaseRow] = {}  # every lease row as the last look saw it (accounts list)
         self._seen_members = False
         self._looking_lock = asyncio.Lock()  # one look at a time; hand_over waits for the one running
         self._stopping = False
@@ -219,6 +220,7 @@ class LeaseKeeper:
             elif lease.epoch == held.lease.epoch:
                 held.lease, held.deadline = lease, sent + lease.ttl_s - self.settings.stop_margin_s
         self._deadlines.set()
+        self.lease_rows = {r.appid: r for r in look.rows}
         view = self._view(look)
         if not self._seen_members:  # the first look: see the other daemons' heartbeats before taking
             self._seen_members = True

@@ -24,6 +24,7 @@ from kfrouter.router.app import build_daemon
 from kfrouter.router.cli import main as kfrouter_main
 from kfrouter.router.config import Config
 from kfrouter.router.daemon import DaemonOptions
+from kfrouter.router.edges.store_values import LeaseRow
 from kfrouter.router.host import Host
 from kfrouter.router.wechat import replies, signature
 from kfrouter.router.wechat.push import Push
@@ -230,6 +231,15 @@ async def test_accounts_stop_and_start_at_run_time_and_foreign_pushes(tmp_path: 
         assert "wxCharlie" not in env.host.runners
         status, body = await env.get("/api/accounts/wxCharlie")
         assert status == 200 and body["running"] is False and body["owner"] is None
+        # served by another daemon (router/cluster.py tells the host the lease rows it last saw)
+        rows = {"wxCharlie": LeaseRow("wxCharlie", "daemon-b", 7, time.time() + 12.0, True)}
+        env.host.lease_rows = lambda: rows
+        status, body = await env.get("/api/accounts/wxCharlie")
+        assert body["owner"] == "daemon-b" and body["lease_epoch"] == 7 and body["status"] == "served by daemon-b"
+        rows["wxCharlie"] = LeaseRow("wxCharlie", "daemon-b", 7, time.time() - 1.0, False)  # expired: nobody's
+        status, body = await env.get("/api/accounts/wxCharlie")
+        assert body["owner"] is None and body["status"] == "not running here"
+        env.host.lease_rows = None
         assert (await env.get("/api/accounts/wxCharlie/queue"))[0] == 503
         # not served here and no hook: WeChat is asked to retry
         async with env.http.post(url, params=signed(token, xml, "oX"), data=xml) as resp:
