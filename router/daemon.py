@@ -731,8 +731,9 @@ class AccountRunner:
         if isinstance(event, ev.AgentsSeen):
             log.debug("event AgentsSeen: %d online", sum(1 for r in event.rows if r.online))
             return
-        parts = [f"{k}={v}" for k, v in fields_of(event).items()]
-        log.info("event %s %s", type(event).__name__, " ".join(parts))
+        if log.isEnabledFor(logging.INFO):  # the line is formatted only when it is written
+            parts = [f"{k}={v}" for k, v in fields_of(event).items()]
+            log.info("event %s %s", type(event).__name__, " ".join(parts))
 
     def _dispatch(self, commands: Iterable[Command], now: float) -> None:
         assert self._executor is not None
