@@ -98,51 +98,51 @@ def skipped(name: str, because: str) -> CheckResult:
     return CheckResult(name=name, status="warning", title=f"not checked: {because}")
 
 
+def problem(name: str, title: str, detail: str, fix: str) -> CheckResult:
+    """A check's problem: what is wrong (``title``), what it means (``detail``) and what to do (``fix``)."""
+    return CheckResult(name=name, status="problem", title=title, detail=detail, fix=fix)
+
+
 def problem_from_error(name: str, exc: WeChatError, platform: Platform, advice: Advice | None) -> CheckResult:
     """A problem for an API error without a more specific reading; ``advice`` is the platform's words for
     its errcode, if any."""
     p = platform
     if isinstance(exc, NetworkError):
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"cannot reach the {p.name} API",
-            detail=f"{exc.endpoint}: {exc.errmsg}.",
-            fix=(
+        return problem(
+            name,
+            f"cannot reach the {p.name} API",
+            f"{exc.endpoint}: {exc.errmsg}.",
+            (
                 f"Check that this server can reach the configured {p.api_base_key} over HTTPS (DNS, firewall, "
                 f"outbound proxy); the default is {p.default_api_base}."
             ),
         )
     if isinstance(exc, BadResponse):
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"the {p.name} API gave an answer kfrouter cannot read",
-            detail=f"{exc.endpoint}: {exc.errmsg}.",
-            fix=f"Check that {p.api_base_key} points at {p.name}'s API (default {p.default_api_base}).",
+        return problem(
+            name,
+            f"the {p.name} API gave an answer kfrouter cannot read",
+            f"{exc.endpoint}: {exc.errmsg}.",
+            f"Check that {p.api_base_key} points at {p.name}'s API (default {p.default_api_base}).",
         )
     if advice is None and p.busy_fix is not None and isinstance(exc, SystemBusy):
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"{p.name} answered 'system busy' ({exc.errcode})",
-            detail=f"{exc.endpoint}: {exc.errmsg}",
-            fix=p.busy_fix,
+        return problem(
+            name,
+            f"{p.name} answered 'system busy' ({exc.errcode})",
+            f"{exc.endpoint}: {exc.errmsg}",
+            p.busy_fix,
         )
     if advice is None:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"{p.name} answered errcode {exc.errcode}",
-            detail=f"{exc.endpoint}: {exc.errmsg}",
-            fix=p.unknown_errcode_fix,
+        return problem(
+            name,
+            f"{p.name} answered errcode {exc.errcode}",
+            f"{exc.endpoint}: {exc.errmsg}",
+            p.unknown_errcode_fix,
         )
-    return CheckResult(
-        name=name,
-        status="problem",
-        title=advice.title,
-        detail=f"{advice.meaning} ({p.name} said: {exc.errmsg})",
-        fix=advice.fix,
+    return problem(
+        name,
+        advice.title,
+        f"{advice.meaning} ({p.name} said: {exc.errmsg})",
+        advice.fix,
     )
 
 
@@ -158,12 +158,11 @@ def check_callback_token_format(name: str, token: str, platform: Platform, fix: 
         return CheckResult(
             name=name, status="ok", title=f"callback Token has {platform.name}'s format (3-32 letters/digits)"
         )
-    return CheckResult(
-        name=name,
-        status="problem",
-        title=f"the callback Token is not in {platform.name}'s format",
-        detail=f"{reason}. {platform.name} signs every push with this Token; a mismatch rejects every push.",
-        fix=fix,
+    return problem(
+        name,
+        f"the callback Token is not in {platform.name}'s format",
+        f"{reason}. {platform.name} signs every push with this Token; a mismatch rejects every push.",
+        fix,
     )
 
 
@@ -185,32 +184,29 @@ def check_aes_key_round_trip(
         try:
             decode_aes_key(key, key_name)
         except WeChatCodecError as exc:
-            return CheckResult(
-                name=name,
-                status="problem",
-                title=f"{key_name} is not a valid EncodingAESKey",
-                detail=f"{exc}. An EncodingAESKey is 43 letters or digits (base64 of a 32-byte AES key){about_key}.",
-                fix=f"Copy the key again from {where}, or generate a new one there (随机生成) and update both sides.",
+            return problem(
+                name,
+                f"{key_name} is not a valid EncodingAESKey",
+                f"{exc}. An EncodingAESKey is 43 letters or digits (base64 of a 32-byte AES key){about_key}.",
+                f"Copy the key again from {where}, or generate a new one there (随机生成) and update both sides.",
             )
     sample = f"<xml><Content><![CDATA[kfrouter doctor {secrets.token_hex(4)}]]></Content></xml>"
     try:
         codec = crypto()
         back = codec.decrypt(codec.encrypt(sample, os.urandom(16)))
     except WeChatCodecError as exc:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"a test message does not survive encryption with the EncodingAESKey and {id_name}",
-            detail=f"{exc}.",
-            fix=f"Check {id_key} and {next(iter(keys))} against {where}.",
+        return problem(
+            name,
+            f"a test message does not survive encryption with the EncodingAESKey and {id_name}",
+            f"{exc}.",
+            f"Check {id_key} and {next(iter(keys))} against {where}.",
         )
     if back != sample:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title="a test message came back changed after encryption and decryption",
-            detail=f"The safe-mode codec is not symmetric for this key and {id_name}.",
-            fix="Report this as a kfrouter bug, with the key's length only (never the key).",
+        return problem(
+            name,
+            "a test message came back changed after encryption and decryption",
+            f"The safe-mode codec is not symmetric for this key and {id_name}.",
+            "Report this as a kfrouter bug, with the key's length only (never the key).",
         )
     return None
 

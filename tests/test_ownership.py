@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import wait_until
 
 from kfrouter.router.cluster_settings import ClusterSettings, parse_cluster
 from kfrouter.router.core.errors import ConfigError
@@ -79,14 +80,7 @@ class Daemon:
 
 
 async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}; last value {value!r}")
-        await asyncio.sleep(0.02)
+    return await wait_until(predicate, timeout=timeout, message=what)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import wait_until
 
 from kfrouter.router.edges.store import SharedPush, Store
 from kfrouter.router.edges.store_pg import PgDatabase
@@ -22,14 +23,7 @@ APPID = "wx_pickup_test"
 
 
 async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}; last value {value!r}")
-        await asyncio.sleep(0.02)
+    return await wait_until(predicate, timeout=timeout, message=what)
 
 
 class Owner:

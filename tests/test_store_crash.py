@@ -43,6 +43,17 @@ WRITER = textwrap.dedent(
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Kill the writer if it still runs, wait for it and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
 def test_committed_steps_survive_kill_9(tmp_path: Path) -> None:
     db = tmp_path / "crash.db"
     proc = subprocess.Popen(
@@ -58,12 +69,7 @@ def test_committed_steps_survive_kill_9(tmp_path: Path) -> None:
             acknowledged.append(int(line))
         os.kill(proc.pid, signal.SIGKILL)  # no atexit, no close, no checkpoint
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        proc.stdout.close()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        _reap(proc)
     assert proc.returncode == -signal.SIGKILL
     assert Path(f"{db}-wal").exists()  # the data lives in the WAL the killed process left behind
 
@@ -138,12 +144,7 @@ def test_group_commit_loses_nothing_answered_under_kill_9(crash_target: str) -> 
             acknowledged.append(i)
         os.kill(proc.pid, signal.SIGKILL)  # no atexit, no close, jobs queued and a batch in flight
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        proc.stdout.close()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        _reap(proc)
     assert proc.returncode == -signal.SIGKILL
     assert batches < len(acknowledged)  # answers shared commits (one fsync each with SQLite)
 
