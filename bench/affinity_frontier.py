@@ -11,11 +11,14 @@ Replays the trace (deterministic) under
 - a wider family of work-conserving rules, defined here only: a freed agent serves its own group's
   oldest customer first, and another group's customer only while that group has at least ``k[g]``
   customers waiting (per-group backlog thresholds; k = 1 everywhere is best-fit's default);
+- the optimal rules of the two-group Markov model the trace is drawn from (bench/crossing_bound.py: for a
+  price per crossing, the rule that minimises waiting + price × crossings), replayed on the trace;
 - wechat-native;
 
-prints every point, the Erlang A figures for one pooled queue and two separate ones, and whether one
-point dominates every least-load point (as high an affinity at no more mean wait); writes a PNG (needs
-matplotlib). Not a test: the figure and table of docs/simulator.md.
+prints every point, the Erlang A figures for one pooled queue and two separate ones, the model's frontier
+(the least mean wait any rule can have at the affinity least-load reaches at 60 s), and whether one point
+dominates every least-load point (as high an affinity at no more mean wait); writes a PNG (needs
+matplotlib, and so numpy). Not a test: the figure and table of docs/simulator.md.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from __future__ import annotations
 import argparse
 import itertools
 from collections.abc import Sequence
+
+import numpy as np
+from crossing_bound import Chain, Model, frontier, least_wait_at
 
 from kfrouter.policies.bestfit import BestFit
 from kfrouter.router.core.model import WaitingView
@@ -37,6 +43,7 @@ from kfrouter.sim.trace import Header, Record, read_trace
 OVERFLOWS: tuple[float | None, ...] = (0.0, 5.0, 10.0, 20.0, 30.0, 60.0, None)
 BELIEFS = (1.0, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.4)
 THRESHOLDS = (1, 2, 3, 5, 8, 100)  # k per group; 100: never served by the other group
+PRICES = (10.0, 20.0, 40.0, 80.0, 100.0, 120.0)  # s of waiting per crossing (bench/crossing_bound.py)
 
 
 class BacklogThreshold(BestFit):
@@ -51,6 +58,28 @@ class BacklogThreshold(BestFit):
         if not rank[1] or customer.group is None or self._reader is None:
             return True  # their own group's agent (or no group): always
         return self._reader.waiting_in_group(customer.group) >= self.k.get(customer.group, 1)
+
+
+class PricedCrossing(BestFit):
+    """best-fit without skills, except that a customer goes to another group's agent only where the optimal
+    rule of the two-group Markov model crosses (bench/crossing_bound.py, at a price of ``eta`` seconds of
+    waiting per crossing): it reads the sessions held by each group's agents and the customers of each
+    group waiting, as the model's rule does."""
+
+    def __init__(self, groups: tuple[str, str], table: np.ndarray) -> None:
+        super().__init__()
+        self.groups, self.table = groups, table
+
+    def _worth_now(self, pool: PoolView, customer: WaitingView, rank: tuple[float, bool, bool]) -> bool:
+        if not rank[1] or customer.group is None or self._reader is None:
+            return True  # their own group's agent (or no group): always
+        state = []
+        for g in self.groups:
+            capacity, spare = pool.capacity_of(g)  # type: ignore[attr-defined]
+            state.append(capacity - spare)
+        state += [self._reader.waiting_in_group(g) for g in self.groups]
+        index = tuple(min(v, n - 1) for v, n in zip(state, self.table.shape, strict=True))
+        return bool(self.table[index] >= 1)
 
 
 class Point:
@@ -75,15 +104,11 @@ def replay(
     return metrics(sim.run())
 
 
-def erlang_figures(header: Header) -> list[str]:
-    """Mean wait (all arrivals) of one pooled M/M/c+M queue and of one per group, from the trace's params."""
+def group_model(header: Header) -> tuple[list[tuple[str, float, int]], Model]:
+    """Per group of the trace's params (name, arrival rate, sessions its agents hold), and the two-group
+    Markov model of bench/crossing_bound.py."""
     p = params_from_header(header)
-    mu = 1.0 / p.service_mean
-    theta = 1.0 / p.patience_mean if p.patience_mean else 1e-9
     lam = p.arrival_rate or 0.0
-    servers = p.agents * p.max_sessions
-    pooled = erlang_a(lam, mu, servers, theta)
-    lines = [f"Erlang A, one queue of {servers} servers: mean wait {pooled.mean_wait:.2f} s"]
     # the generator's split of agents: largest remainder, at least one each (sim/gen.py)
     shares = [w for _, w in p.groups]
     total = sum(shares)
@@ -93,13 +118,25 @@ def erlang_figures(header: Header) -> list[str]:
         : p.agents - sum(counts)
     ]:
         counts[i] += 1
+    groups = [(g, lam * w / total, n * p.max_sessions) for (g, w), n in zip(p.groups, counts, strict=True)]
+    (_, rate_a, slots_a), (_, rate_b, slots_b) = groups  # the README's trace has two groups
+    return groups, Model(rate_a, rate_b, slots_a, slots_b, p.service_mean, p.patience_mean or 1e9)
+
+
+def erlang_figures(header: Header) -> list[str]:
+    """Mean wait (all arrivals) of one pooled M/M/c+M queue and of one per group, from the trace's params."""
+    p = params_from_header(header)
+    mu = 1.0 / p.service_mean
+    theta = 1.0 / p.patience_mean if p.patience_mean else 1e-9
+    lam = p.arrival_rate or 0.0
+    servers = p.agents * p.max_sessions
+    pooled = erlang_a(lam, mu, servers, theta)
+    lines = [f"Erlang A, one queue of {servers} servers: mean wait {pooled.mean_wait:.2f} s"]
     waits = []
-    for (g, w), n in zip(p.groups, counts, strict=True):
-        r = erlang_a(lam * w / total, mu, n * p.max_sessions, theta)
-        waits.append(r.mean_wait * w / total)
-        lines.append(
-            f"  {g}: {n * p.max_sessions} servers, load {r.utilization:.3f}, mean wait {r.mean_wait:.2f} s"
-        )
+    for g, rate, slots in group_model(header)[0]:
+        r = erlang_a(rate, mu, slots, theta)
+        waits.append(r.mean_wait * rate / lam)
+        lines.append(f"  {g}: {slots} servers, load {r.utilization:.3f}, mean wait {r.mean_wait:.2f} s")
     lines.append(f"Erlang A, separate queues (affinity 1): mean wait {sum(waits):.2f} s")
     return lines
 
@@ -125,8 +162,24 @@ def main() -> None:
         k = dict(zip(groups, ks, strict=True))
         label = ",".join(f"{g}>={n}" for g, n in k.items())
         th.append(Point("thresholds", label, replay(header, records, "best-fit", 10.0, BacklogThreshold(k))))
+    names, model = group_model(header)
+    chain = Chain(model)
+    pr = [
+        Point(
+            "model-optimal",
+            f"{eta:g}",
+            replay(
+                header,
+                records,
+                "best-fit",
+                10.0,
+                PricedCrossing((names[0][0], names[1][0]), chain.crossings_on_grid(eta)),
+            ),
+        )
+        for eta in PRICES
+    ]
     native = Point("wechat-native", "", replay(header, records, "wechat-native", 10.0))
-    for p in (*ll, *bf, native):
+    for p in (*ll, *bf, *pr, native):
         print(
             f"{p.family:14s} {p.label:6s} mean wait {p.wait:6.3f} s  affinity {p.affinity:.4f}  abandoned {p.abandoned}"
         )
@@ -137,7 +190,14 @@ def main() -> None:
         print(line)
     need_wait = min(p.wait for p in targets)
     need_aff = max(p.affinity for p in targets)
-    every = [*bf, *th]
+    bound = frontier(model, [0.0, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0, 160.0, 1e9])
+    least = least_wait_at(bound, need_aff, model.rate_a + model.rate_b)
+    print(
+        f"the model's frontier (bench/crossing_bound.py): any rule at affinity >= {need_aff:.4f} waits "
+        f">= {least:.3f} s on average, {least / bound[0].mean_wait:.2f} x what one pooled queue waits "
+        f"({bound[0].mean_wait:.3f} s, all arrivals)"
+    )
+    every = [*bf, *th, *pr]
     winners = [p for p in every if all(p.dominates(t) for t in targets)]
     print(
         f"to dominate every least-load point: mean wait <= {need_wait:.3f} s and affinity >= {need_aff:.4f}"
@@ -170,6 +230,12 @@ def main() -> None:
     ax.plot([p.wait for p in bf], [p.affinity for p in bf], "s-", label="best-fit, unlisted_skill 1-0.4")
     for p in bf:
         ax.annotate(p.label, (p.wait, p.affinity), textcoords="offset points", xytext=(-22, 4), fontsize=8)
+    ax.plot(
+        [p.wait for p in pr],
+        [p.affinity for p in pr],
+        "d-",
+        label="optimal rules of the Markov model, replayed",
+    )
     ax.plot([native.wait], [native.affinity], "k^", label="wechat-native")
     ax.axvline(need_wait, color="r", lw=0.8, ls=":")
     ax.axhline(need_aff, color="r", lw=0.8, ls=":")
