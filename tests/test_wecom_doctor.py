@@ -103,6 +103,9 @@ async def test_doctor_all_ok(fake: FakeWeCom, http: aiohttp.ClientSession) -> No
         "wecom-aes-key": "ok",
     }
     assert fake.model.calls["cgi-bin/kf/service_state/trans"] == 0  # read-only
+    # each answer is fetched once in a run, however many checks read it
+    assert fake.model.calls[wo.GETTOKEN] == fake.model.calls[wo.ACCOUNT_LIST] == 1
+    assert fake.model.calls[wo.SERVICER_LIST] == 2  # one per configured kf account
 
 
 async def test_doctor_credentials(fake: FakeWeCom, http: aiohttp.ClientSession) -> None:
