@@ -345,24 +345,36 @@ async def upstream() -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{server.port}"
 
 
-async def test_upstream_server_error_is_a_warning(tmp_path: Path, upstream: str) -> None:
-    r = await check_upstream(probe(make_config(tmp_path, upstream=f"{upstream}/broken")))
-    assert (r.status, r.title, r.detail, r.fix) == (
-        "warning",
-        f"the upstream {upstream}/broken answered HTTP 502",
-        "It is reachable but reports a server error; forwarded pushes may fail.",
-        "Check the upstream service's logs.",
-    )
-
-
-async def test_upstream_that_does_not_answer_in_time(tmp_path: Path, upstream: str) -> None:
-    r = await check_upstream(probe(make_config(tmp_path, upstream=f"{upstream}/stuck")))
-    assert (r.status, r.title, r.detail, r.fix) == (
-        "problem",
-        f"the upstream {upstream}/stuck did not answer within 0.2 s",
-        "Pushes that are not for kfrouter are forwarded there; WeChat gives up after 5 s.",
-        "Start or speed up the upstream service, or fix server.upstream_url / upstream_timeout_s.",
-    )
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (
+            "/broken",
+            (
+                "warning",
+                "the upstream {url} answered HTTP 502",
+                "It is reachable but reports a server error; forwarded pushes may fail.",
+                "Check the upstream service's logs.",
+            ),
+        ),
+        (
+            "/stuck",
+            (
+                "problem",
+                "the upstream {url} did not answer within 0.2 s",
+                "Pushes that are not for kfrouter are forwarded there; WeChat gives up after 5 s.",
+                "Start or speed up the upstream service, or fix server.upstream_url / upstream_timeout_s.",
+            ),
+        ),
+    ],
+)
+async def test_upstream_that_errs_or_does_not_answer_in_time(
+    tmp_path: Path, upstream: str, path: str, expected: tuple[str, str, str, str]
+) -> None:
+    url = upstream + path
+    r = await check_upstream(probe(make_config(tmp_path, upstream=url)))
+    status, title, detail, fix = expected
+    assert (r.status, r.title, r.detail, r.fix) == (status, title.format(url=url), detail, fix)
 
 
 # ------------------------------------------------------------------------------------ run_checks
