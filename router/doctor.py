@@ -3,8 +3,9 @@
 Each check is an ``async`` function ``check_x(probe) -> CheckResult`` with one job. ``Probe`` holds the
 config, the API client and the answers already fetched (one token fetch, one ``getkflist``, one
 ``getonlinekflist`` per run), so checks that need the same answer share it and a check whose input is
-missing (no token, no account list) reports "not checked" instead of failing again. ``run_checks``
-runs them in order; the daemon calls it at start, the CLI (``router.doctor_cli``) prints the results.
+missing (no token, no account list) reports "not checked" instead of failing again (the memory is
+``router.doctor_base.ProbeBase``). ``run_checks`` runs them in order; the daemon calls it at start, the
+CLI (``router.doctor_cli``) prints the results.
 
 Rules of this module:
 
@@ -38,23 +39,22 @@ from kfrouter.router.doctor_base import (
     Advice,
     CheckResult,
     Platform,
+    ProbeBase,
     Status,
     all_ok,
-    answer_or_error,
     as_json,
     check_aes_key_round_trip,
     check_callback_token_format,
+    ok,
     plural,
+    problem,
     problem_from_error,
     run_check_list,
     skipped,
+    warning,
 )
 from kfrouter.router.edges.client import KfAccountInfo, WeChatClient
-from kfrouter.router.edges.errors import (
-    KfApiDisabled,
-    SystemBusy,
-    WeChatError,
-)
+from kfrouter.router.edges.errors import SystemBusy, WeChatError
 from kfrouter.router.edges.token import BASIC_TOKEN_PATH, STABLE_TOKEN_PATH
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 
@@ -265,48 +265,46 @@ def ip_from_errmsg(errmsg: str) -> str | None:
 # ============================================================================ shared answers
 
 
-class Probe:
+class Probe(ProbeBase):
     """One doctor run's inputs and the WeChat answers fetched so far (each fetched at most once).
 
     ``http``: the session used to probe the upstream URL (a short-lived one is made when None).
     """
 
+    credentials_check = "credentials"
+
     def __init__(self, config: Config, client: WeChatClient, *, http: aiohttp.ClientSession | None = None):
+        super().__init__()
         self.config = config
         self.client = client
         self.http = http
-        self._token_error: WeChatError | None = None
-        self._token_done = False
-        self._kf_list: list[KfAccountInfo] | WeChatError | None = None
-        self._online: list[AgentRow] | WeChatError | None = None
 
-    async def token_error(self) -> WeChatError | None:
-        """None when an access token could be had; otherwise the error that stopped it. A busy answer
-        or a network error is tried again like any API call (``client.retries`` times, backing off)."""
-        if not self._token_done:
-            c = self.client
-            for attempt in range(c.retries + 1):
-                try:
-                    await c.tokens.get()
-                    self._token_error = None
-                    break
-                except WeChatError as exc:
-                    self._token_error = exc
-                    if not exc.retryable or attempt >= c.retries:
-                        break
-                    await asyncio.sleep(min(c.backoff_cap, c.backoff_base * 2**attempt))
-            self._token_done = True
-        return self._token_error
+    async def _get_token(self) -> WeChatError | None:
+        """A busy answer or a network error is tried again like any API call (``client.retries`` times,
+        backing off)."""
+        c = self.client
+        attempt = 0
+        while True:
+            try:
+                await c.tokens.get()
+                return None
+            except WeChatError as exc:
+                if not exc.retryable or attempt >= c.retries:
+                    return exc
+            await asyncio.sleep(min(c.backoff_cap, c.backoff_base * 2**attempt))
+            attempt += 1
 
     async def kf_list(self) -> list[KfAccountInfo] | WeChatError:
-        if self._kf_list is None:
-            self._kf_list = await answer_or_error(self.client.get_kf_list)
-        return self._kf_list
+        return await self.answer("getkflist", self.client.get_kf_list)
+
+    async def kf_list_or_skipped(self, name: str) -> list[KfAccountInfo] | CheckResult:
+        """The account list for check ``name``, or its "not checked" result (no token, or no list)."""
+        return await self.answer_or_skipped(
+            name, self.kf_list, unread="the account list could not be read (see kf-api)"
+        )
 
     async def online(self) -> list[AgentRow] | WeChatError:
-        if self._online is None:
-            self._online = await answer_or_error(self.client.get_online_kf_list)
-        return self._online
+        return await self.answer("getonlinekflist", self.client.get_online_kf_list)
 
     @property
     def token_endpoint(self) -> str:
@@ -335,72 +333,55 @@ async def check_credentials(p: Probe) -> CheckResult:
     endpoint = p.token_endpoint
     exc = await p.token_error()
     if exc is None:
-        return CheckResult(
-            name=name, status="ok", title=f"AppID and AppSecret accepted (access token from {endpoint})"
-        )
+        return ok(name, f"AppID and AppSecret accepted (access token from {endpoint})")
     if isinstance(exc, SystemBusy):
-        return CheckResult(
-            name=name,
-            status="problem",
-            title="WeChat answered 'system busy' to the token request",
-            detail=(
+        return problem(
+            name,
+            "WeChat answered 'system busy' to the token request",
+            (
                 f"{endpoint} answered {exc.errcode} ({exc.errmsg}) on every attempt, so the credentials "
                 "could not be checked and kfrouter could not work right now."
             ),
-            fix="Run `kfrouter doctor` again in a few minutes; if it persists, check WeChat's status notices.",
+            "Run `kfrouter doctor` again in a few minutes; if it persists, check WeChat's status notices.",
         )
-    result = _from_error(name, exc, token_request=True)
-    if exc.errcode == 40164:
-        ip = ip_from_errmsg(exc.errmsg)
-        if ip is not None:
-            result = CheckResult(
-                name=name,
-                status="problem",
-                title=f"this server's IP address {ip} is not on the IP whitelist (40164)",
-                detail=f"WeChat saw the request come from {ip}. {ADVICE[40164].meaning}",
-                fix=(
-                    f"Add {ip} to IP白名单 in {CONSOLE} → {BASIC_CONFIG}; an administrator confirms by "
-                    "scanning a QR code."
-                ),
-            )
-    return result
+    ip = ip_from_errmsg(exc.errmsg) if exc.errcode == 40164 else None
+    if ip is not None:
+        return problem(
+            name,
+            f"this server's IP address {ip} is not on the IP whitelist (40164)",
+            f"WeChat saw the request come from {ip}. {ADVICE[40164].meaning}",
+            f"Add {ip} to IP白名单 in {CONSOLE} → {BASIC_CONFIG}; an administrator confirms by scanning a QR code.",
+        )
+    return _from_error(name, exc, token_request=True)
 
 
 async def check_kf_api(p: Probe) -> CheckResult:
     """2. The customer-service API answers (getkflist; 65400 or -1 everywhere = not enabled)."""
     name = "kf-api"
-    if await p.token_error() is not None:
-        return skipped(name, "no access token (see credentials)")
+    no_token = await p.skipped_without_token(name)
+    if no_token is not None:
+        return no_token
     listed = await p.kf_list()
     if not isinstance(listed, WeChatError):
-        return CheckResult(
-            name=name,
-            status="ok",
-            title=f"customer-service API available ({plural(len(listed), 'agent account')})",
-        )
-    if isinstance(listed, KfApiDisabled):
-        return _from_error(name, listed)
+        return ok(name, f"customer-service API available ({plural(len(listed), 'agent account')})")
     if isinstance(listed, SystemBusy):
-        online = await p.online()
-        if isinstance(online, SystemBusy):
-            return CheckResult(
-                name=name,
-                status="problem",
-                title="every customer-service call answers 'system busy' (-1)",
-                detail=(
+        if isinstance(await p.online(), SystemBusy):
+            return problem(
+                name,
+                "every customer-service call answers 'system busy' (-1)",
+                (
                     "getkflist and getonlinekflist both answered -1 after retries while the access token "
                     "works. On a healthy account -1 is rare; on every call it usually means the new "
                     "customer service (新版客服功能) is not enabled."
                 ),
-                fix=_KF_ENABLE_FIX
+                _KF_ENABLE_FIX
                 + " If it is enabled, WeChat may really be busy: run `kfrouter doctor` again later.",
             )
-        return CheckResult(
-            name=name,
-            status="warning",
-            title="getkflist answered 'system busy' (-1)",
-            detail="Other customer-service calls work, so WeChat was probably briefly busy.",
-            fix="Run `kfrouter doctor` again in a minute.",
+        return warning(
+            name,
+            "getkflist answered 'system busy' (-1)",
+            "Other customer-service calls work, so WeChat was probably briefly busy.",
+            "Run `kfrouter doctor` again in a minute.",
         )
     return _from_error(name, listed)
 
@@ -408,27 +389,20 @@ async def check_kf_api(p: Probe) -> CheckResult:
 async def check_agents_listed(p: Probe) -> CheckResult:
     """3a. There is at least one agent account."""
     name = "agents"
-    if await p.token_error() is not None:
-        return skipped(name, "no access token (see credentials)")
-    listed = await p.kf_list()
-    if isinstance(listed, WeChatError):
-        return skipped(name, "the account list could not be read (see kf-api)")
+    listed = await p.kf_list_or_skipped(name)
+    if isinstance(listed, CheckResult):
+        return listed
     if not listed:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title="the Official Account has no customer-service (agent) accounts",
-            detail="getkflist is empty: there is nobody kfrouter could route a customer to.",
-            fix=(
+        return problem(
+            name,
+            "the Official Account has no customer-service (agent) accounts",
+            "getkflist is empty: there is nobody kfrouter could route a customer to.",
+            (
                 f"Add agent accounts in {KF_FEATURE} (or with kfaccount/add; the account is "
                 "prefix@the account's WeChat ID), then bind each to the agent's WeChat user."
             ),
         )
-    return CheckResult(
-        name=name,
-        status="ok",
-        title=f"{plural(len(listed), 'agent account')}: {_accounts([a.kf_account for a in listed])}",
-    )
+    return ok(name, f"{plural(len(listed), 'agent account')}: {_accounts([a.kf_account for a in listed])}")
 
 
 def _binding_state(a: KfAccountInfo) -> str:
@@ -439,9 +413,7 @@ def _binding_state(a: KfAccountInfo) -> str:
             when = datetime.fromtimestamp(a.invite_expire_time, UTC).strftime("%Y-%m-%d %H:%M UTC")
             until = f" until {when}"
         return f"invitation{who} waiting to be accepted{until}"
-    if a.invite_status in ("rejected", "expired"):
-        return f"invitation {a.invite_status}"
-    if a.invite_status:
+    if a.invite_status:  # "rejected", "expired", or a state WeChat may add
         return f"invitation {a.invite_status}"
     return "never invited"
 
@@ -449,35 +421,33 @@ def _binding_state(a: KfAccountInfo) -> str:
 async def check_agents_bound(p: Probe) -> CheckResult:
     """3b. Every agent account is bound to a WeChat user (``kf_wx`` present)."""
     name = "agents-bound"
-    if await p.token_error() is not None:
-        return skipped(name, "no access token (see credentials)")
-    listed = await p.kf_list()
-    if isinstance(listed, WeChatError):
-        return skipped(name, "the account list could not be read (see kf-api)")
+    listed = await p.kf_list_or_skipped(name)
+    if isinstance(listed, CheckResult):
+        return listed
     if not listed:
-        return CheckResult(name=name, status="ok", title="no agent accounts to check (see agents)")
+        return ok(name, "no agent accounts to check (see agents)")
     unbound = [a for a in listed if not a.kf_wx]
     if not unbound:
         every = "the only agent account is" if len(listed) == 1 else f"all {len(listed)} agent accounts are"
-        return CheckResult(name=name, status="ok", title=f"{every} bound to a WeChat user")
+        return ok(name, f"{every} bound to a WeChat user")
     states = [f"{a.kf_account} ({_binding_state(a)})" for a in unbound]
-    return CheckResult(
-        name=name,
-        status="problem",
-        title=(
+    return problem(
+        name,
+        (
             f"{len(unbound)} of {plural(len(listed), 'agent account')} {'is' if len(unbound) == 1 else 'are'} not bound "
             f"to a WeChat user: {_accounts(states)}"
         ),
-        detail=f"{ADVICE[65402].meaning} WeChat answers errcode 65402 for them.",
-        fix=_BIND_FIX,
+        f"{ADVICE[65402].meaning} WeChat answers errcode 65402 for them.",
+        _BIND_FIX,
     )
 
 
 async def check_agents_online(p: Probe) -> CheckResult:
     """3c. Somebody is online now (getonlinekflist); none online is a warning, not a problem."""
     name = "agents-online"
-    if await p.token_error() is not None:
-        return skipped(name, "no access token (see credentials)")
+    no_token = await p.skipped_without_token(name)
+    if no_token is not None:
+        return no_token
     online = await p.online()
     if isinstance(online, WeChatError):
         if isinstance(await p.kf_list(), WeChatError):  # already reported by kf-api
@@ -485,14 +455,13 @@ async def check_agents_online(p: Probe) -> CheckResult:
         return _from_error(name, online)
     up = [r.kf_account for r in online if r.online]
     if not up:
-        return CheckResult(
-            name=name,
-            status="warning",
-            title="no agent is online right now",
-            detail="Customers who ask for a human will wait in the queue until an agent logs in.",
-            fix=f"Agents log in to {KF_CLIENT}. Nothing to change if this is outside working hours.",
+        return warning(
+            name,
+            "no agent is online right now",
+            "Customers who ask for a human will wait in the queue until an agent logs in.",
+            f"Agents log in to {KF_CLIENT}. Nothing to change if this is outside working hours.",
         )
-    return CheckResult(name=name, status="ok", title=f"{plural(len(up), 'agent')} online: {_accounts(up)}")
+    return ok(name, f"{plural(len(up), 'agent')} online: {_accounts(up)}")
 
 
 async def check_group_agents(p: Probe) -> CheckResult:
@@ -504,14 +473,10 @@ async def check_group_agents(p: Probe) -> CheckResult:
         named.extend((f"groups[{i}] {g.name!r}", kf) for kf in g.agents)
     named.extend((f"routing.aliases {alias!r}", kf) for alias, kf in cfg.routing.aliases.items())
     if not named:
-        return CheckResult(
-            name=name, status="ok", title="the config names no agents (every agent serves every customer)"
-        )
-    if await p.token_error() is not None:
-        return skipped(name, "no access token (see credentials)")
-    listed = await p.kf_list()
-    if isinstance(listed, WeChatError):
-        return skipped(name, "the account list could not be read (see kf-api)")
+        return ok(name, "the config names no agents (every agent serves every customer)")
+    listed = await p.kf_list_or_skipped(name)
+    if isinstance(listed, CheckResult):
+        return listed
     existing = {a.kf_account for a in listed}
     missing: dict[str, list[str]] = {}
     for where, kf in named:
@@ -524,21 +489,20 @@ async def check_group_agents(p: Probe) -> CheckResult:
             if n == 1
             else f"all {n} agents named in the config exist"
         )
-        return CheckResult(name=name, status="ok", title=every)
+        return ok(name, every)
     listing = "; ".join(f"{kf} (in {', '.join(where)})" for kf, where in missing.items())
     suffixes = sorted({a.kf_account.partition("@")[2] for a in listed if "@" in a.kf_account})
     hint = ""
     if suffixes and any(kf.partition("@")[2] not in suffixes for kf in missing):
         hint = f" This account's agents end in {', '.join('@' + s for s in suffixes)}."
-    return CheckResult(
-        name=name,
-        status="problem",
-        title=(
+    return problem(
+        name,
+        (
             f"{plural(len(missing), 'agent')} named in the config "
             f"{'does' if len(missing) == 1 else 'do'} not exist in WeChat: {_accounts(list(missing))}"
         ),
-        detail=f"Customers routed to them could never be served: {listing}.{hint}",
-        fix=(
+        f"Customers routed to them could never be served: {listing}.{hint}",
+        (
             f"Correct the names in {cfg.source}, or create the accounts in {KF_FEATURE} "
             "(kf_account is prefix@the account's WeChat ID) and bind them."
         ),
@@ -550,12 +514,12 @@ async def check_aes_key(p: Probe) -> CheckResult:
     name = "aes-key"
     w = p.config.oa
     if w.aes_key is None:
-        return CheckResult(name=name, status="ok", title=f"not used (encoding = {w.encoding!r})")
+        return ok(name, f"not used (encoding = {w.encoding!r})")
     keys = {"wechat.aes_key": w.aes_key}
     if w.previous_aes_key is not None:
         keys["wechat.previous_aes_key"] = w.previous_aes_key
     aes_key = w.aes_key
-    problem = check_aes_key_round_trip(
+    return check_aes_key_round_trip(
         name,
         keys,
         lambda: SafeModeCrypto(w.token or "doctor", aes_key, w.appid, w.previous_aes_key),
@@ -563,11 +527,7 @@ async def check_aes_key(p: Probe) -> CheckResult:
         id_name="AppID",
         id_key="wechat.appid",
         about_key="",
-    )
-    return problem or CheckResult(
-        name=name,
-        status="ok",
-        title=(
+        ok_title=(
             f"EncodingAESKey is 43 characters (32-byte key) and round-trips a test message for "
             f"{w.appid} (encoding = {w.encoding!r})"
         ),
@@ -587,67 +547,70 @@ async def check_callback_token(p: Probe) -> CheckResult:
     )
 
 
-def _store_problem(title: str, detail: str, fix: str) -> CheckResult:
-    return CheckResult(name="store", status="problem", title=title, detail=detail, fix=fix)
-
-
 async def check_store_path(p: Probe) -> CheckResult:
     """7. The SQLite store path is writable (nothing is created: a missing directory is reported)."""
+    name = "store"
     path = p.config.store.path
     if str(path) == ":memory:":
-        return CheckResult(
-            name="store",
-            status="warning",
-            title="the store is in memory (:memory:)",
-            detail="Queued customers and the dedup log are lost when kfrouter restarts.",
-            fix="Set [store] path to a file for production.",
+        return warning(
+            name,
+            "the store is in memory (:memory:)",
+            "Queued customers and the dedup log are lost when kfrouter restarts.",
+            "Set [store] path to a file for production.",
         )
     fix = f"Fix the permissions or set [store] path in {p.config.source} to a writable location."
     parent = path.parent
     if path.exists():
         if not path.is_file():
-            return _store_problem(
+            return problem(
+                name,
                 f"the store path {path} is not a regular file",
                 "SQLite needs a file there.",
                 f"Set [store] path in {p.config.source} to a file name, e.g. {path / 'kfrouter.db'}.",
             )
         if not os.access(path, os.R_OK | os.W_OK):
-            return _store_problem(
-                f"the store file {path} is not writable", "kfrouter could not save anything.", fix
+            return problem(
+                name, f"the store file {path} is not writable", "kfrouter could not save anything.", fix
             )
         try:
             with path.open("rb") as f:
                 head = f.read(len(SQLITE_MAGIC))
         except OSError as exc:
-            return _store_problem(f"the store file {path} cannot be read", f"{exc.strerror or exc}.", fix)
+            return problem(name, f"the store file {path} cannot be read", f"{exc.strerror or exc}.", fix)
         if head and head != SQLITE_MAGIC:
-            return _store_problem(
+            return problem(
+                name,
                 f"the store file {path} is not a SQLite database",
                 "kfrouter would refuse to open it (or the path points at another file by mistake).",
                 f"Point [store] path in {p.config.source} at a new or existing kfrouter database.",
             )
         if not os.access(parent, os.W_OK | os.X_OK):
-            return _store_problem(
+            return problem(
+                name,
                 f"the directory {parent} is not writable",
                 "SQLite in WAL mode creates its -wal and -shm files next to the database.",
                 fix,
             )
-        return CheckResult(name="store", status="ok", title=f"store {path} exists and is writable")
+        return ok(name, f"store {path} exists and is writable")
     if not parent.exists():
-        return _store_problem(
+        return problem(
+            name,
             f"the store directory {parent} does not exist",
             "kfrouter creates the database file but not its directory.",
             f"Create it (mkdir -p {parent}) with the service user as owner, or change [store] path.",
         )
     if not parent.is_dir():
-        return _store_problem(
-            f"{parent} is not a directory", "The store path's parent must be a directory.", fix
+        return problem(
+            name, f"{parent} is not a directory", "The store path's parent must be a directory.", fix
         )
     if not os.access(parent, os.W_OK | os.X_OK):
-        return _store_problem(
-            f"the directory {parent} is not writable", "kfrouter could not create the database there.", fix
+        return problem(
+            name,
+            f"the directory {parent} is not writable",
+            "kfrouter could not create the database there.",
+            fix,
         )
-    return CheckResult(name="store", status="ok", title=f"store {path} will be created (directory writable)")
+    return ok(name, f"store {path} will be created (directory writable)")
 
 
 def _safe_url(url: str) -> str:
@@ -665,7 +628,7 @@ async def check_upstream(p: Probe) -> CheckResult:
     name = "upstream"
     srv = p.config.server
     if srv.upstream_url is None:
-        return CheckResult(name=name, status="ok", title="no upstream configured")
+        return ok(name, "no upstream configured")
     shown = _safe_url(srv.upstream_url)
     timeout = aiohttp.ClientTimeout(total=srv.upstream_timeout_s)
     started = time.perf_counter()
@@ -676,33 +639,28 @@ async def check_upstream(p: Probe) -> CheckResult:
             async with aiohttp.ClientSession() as http:
                 status = await _head(http, srv.upstream_url, timeout)
     except TimeoutError:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"the upstream {shown} did not answer within {srv.upstream_timeout_s:g} s",
-            detail="Pushes that are not for kfrouter are forwarded there; WeChat gives up after 5 s.",
-            fix="Start or speed up the upstream service, or fix server.upstream_url / upstream_timeout_s.",
+        return problem(
+            name,
+            f"the upstream {shown} did not answer within {srv.upstream_timeout_s:g} s",
+            "Pushes that are not for kfrouter are forwarded there; WeChat gives up after 5 s.",
+            "Start or speed up the upstream service, or fix server.upstream_url / upstream_timeout_s.",
         )
     except (aiohttp.ClientError, OSError, ValueError) as exc:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"the upstream {shown} cannot be reached",
-            detail=f"{type(exc).__name__}: {exc}. Pushes that are not for kfrouter are forwarded there.",
-            fix="Start the upstream service, or fix server.upstream_url (host, port, scheme).",
+        return problem(
+            name,
+            f"the upstream {shown} cannot be reached",
+            f"{type(exc).__name__}: {exc}. Pushes that are not for kfrouter are forwarded there.",
+            "Start the upstream service, or fix server.upstream_url (host, port, scheme).",
         )
     ms = (time.perf_counter() - started) * 1000
     if status >= 500:
-        return CheckResult(
-            name=name,
-            status="warning",
-            title=f"the upstream {shown} answered HTTP {status}",
-            detail="It is reachable but reports a server error; forwarded pushes may fail.",
-            fix="Check the upstream service's logs.",
+        return warning(
+            name,
+            f"the upstream {shown} answered HTTP {status}",
+            "It is reachable but reports a server error; forwarded pushes may fail.",
+            "Check the upstream service's logs.",
         )
-    return CheckResult(
-        name=name, status="ok", title=f"upstream {shown} reachable (HTTP {status} in {ms:.0f} ms)"
-    )
+    return ok(name, f"upstream {shown} reachable (HTTP {status} in {ms:.0f} ms)")
 
 
 async def _head(http: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout) -> int:

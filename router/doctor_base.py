@@ -1,7 +1,9 @@
 """What both doctors share — the Official Account one (router/doctor.py) and the WeCom 微信客服 one
-(router/wecom_doctor.py): a check's verdict, an errcode's plain-words advice, the reading of an API error
-that no check reads more specifically, the runner of a list of checks, and the two checks whose rule is
-the same on both platforms (the callback Token's format, the EncodingAESKey's round trip).
+(router/wecom_doctor.py): a check's verdict and its ``ok``/``warning``/``problem``/``skipped`` forms, an
+errcode's plain-words advice, the reading of an API error that no check reads more specifically, the
+probe's memory of a run (``ProbeBase``: the token and each answer fetched once, "not checked" when a
+check's input is missing), the runner of a list of checks, and the two checks whose rule is the same on
+both platforms (the callback Token's format, the EncodingAESKey's round trip).
 
 Rules: the words that differ between the platforms (its name, its API base key and default, where an
 unknown errcode is looked up, where the console keeps a setting) are a ``Platform`` value or an
@@ -11,10 +13,11 @@ appear (keys are described, errmsgs come redacted from the client).
 
 from __future__ import annotations
 
+import abc
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 from attrs import frozen
 
@@ -93,14 +96,71 @@ async def answer_or_error(call: Callable[[], Awaitable[T]]) -> T | WeChatError:
         return exc
 
 
-def skipped(name: str, because: str) -> CheckResult:
-    """A check whose input an earlier check could not get: a warning whose title says which."""
-    return CheckResult(name=name, status="warning", title=f"not checked: {because}")
+def ok(name: str, title: str) -> CheckResult:
+    """A check that passed: ``title`` says what was found."""
+    return CheckResult(name=name, status="ok", title=title)
+
+
+def warning(name: str, title: str, detail: str, fix: str) -> CheckResult:
+    """Something to look at that does not fail the run: what was found, what it means, what to do."""
+    return CheckResult(name=name, status="warning", title=title, detail=detail, fix=fix)
 
 
 def problem(name: str, title: str, detail: str, fix: str) -> CheckResult:
     """A check's problem: what is wrong (``title``), what it means (``detail``) and what to do (``fix``)."""
     return CheckResult(name=name, status="problem", title=title, detail=detail, fix=fix)
+
+
+def skipped(name: str, because: str) -> CheckResult:
+    """A check whose input an earlier check could not get: a warning whose title says which."""
+    return CheckResult(name=name, status="warning", title=f"not checked: {because}")
+
+
+class ProbeBase(abc.ABC):
+    """One doctor run's memory: the access token is asked for once (``_get_token`` says how), each API
+    answer is fetched once (``answer``), and a check whose input is missing gets its "not checked" result
+    from here. ``credentials_check`` names the check that reports a missing token."""
+
+    credentials_check: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._token_done = False
+        self._token_error: WeChatError | None = None
+        self._answers: dict[Hashable, object] = {}
+
+    @abc.abstractmethod
+    async def _get_token(self) -> WeChatError | None:
+        """Ask for an access token: None when one could be had, else the error that stopped it."""
+
+    async def token_error(self) -> WeChatError | None:
+        """None when an access token could be had; otherwise the error that stopped it (asked once)."""
+        if not self._token_done:
+            self._token_error = await self._get_token()
+            self._token_done = True
+        return self._token_error
+
+    async def answer(self, key: Hashable, call: Callable[[], Awaitable[T]]) -> T | WeChatError:
+        """``call()``'s answer or the ``WeChatError`` it raised, fetched once per ``key`` in a run."""
+        if key not in self._answers:
+            self._answers[key] = await answer_or_error(call)
+        return cast("T | WeChatError", self._answers[key])
+
+    async def skipped_without_token(self, name: str) -> CheckResult | None:
+        """Check ``name``'s "not checked" result when no access token could be had, else None."""
+        if await self.token_error() is None:
+            return None
+        return skipped(name, f"no access token (see {self.credentials_check})")
+
+    async def answer_or_skipped(
+        self, name: str, answer: Callable[[], Awaitable[T | WeChatError]], *, unread: str
+    ) -> T | CheckResult:
+        """``answer()`` for check ``name``, or its "not checked" result when there is no access token or
+        the answer is an error (``unread`` says so, naming the check that reports it)."""
+        no_token = await self.skipped_without_token(name)
+        if no_token is not None:
+            return no_token
+        got = await answer()
+        return skipped(name, unread) if isinstance(got, WeChatError) else got
 
 
 def problem_from_error(name: str, exc: WeChatError, platform: Platform, advice: Advice | None) -> CheckResult:
@@ -155,9 +215,7 @@ def check_callback_token_format(name: str, token: str, platform: Platform, fix: 
     """The callback Token has the platform's format (3-32 letters or digits): every push is signed with it."""
     reason = check_token_format(token)
     if reason is None:
-        return CheckResult(
-            name=name, status="ok", title=f"callback Token has {platform.name}'s format (3-32 letters/digits)"
-        )
+        return ok(name, f"callback Token has {platform.name}'s format (3-32 letters/digits)")
     return problem(
         name,
         f"the callback Token is not in {platform.name}'s format",
@@ -175,11 +233,12 @@ def check_aes_key_round_trip(
     id_name: str,
     id_key: str,
     about_key: str,
-) -> CheckResult | None:
+    ok_title: str,
+) -> CheckResult:
     """Each of ``keys`` (config key → EncodingAESKey) decodes to 32 bytes, and a test message survives
-    ``crypto()``'s encryption and decryption. None when all is well (the caller words the ok result);
-    ``where`` is the console place of the key, ``id_name`` the id the codec binds (AppID, corp id) and
-    ``id_key`` its config key."""
+    ``crypto()``'s encryption and decryption (then the result is ok, titled ``ok_title``). ``where`` is
+    the console place of the key, ``id_name`` the id the codec binds (AppID, corp id) and ``id_key`` its
+    config key."""
     for key_name, key in keys.items():
         try:
             decode_aes_key(key, key_name)
@@ -208,7 +267,7 @@ def check_aes_key_round_trip(
             f"The safe-mode codec is not symmetric for this key and {id_name}.",
             "Report this as a kfrouter bug, with the key's length only (never the key).",
         )
-    return None
+    return ok(name, ok_title)
 
 
 P = TypeVar("P")
@@ -226,12 +285,8 @@ async def run_check_list(
         except Exception as exc:
             name = getattr(check, "__name__", "check").removeprefix("check_").replace("_", "-")
             out.append(
-                CheckResult(
-                    name=f"{name_prefix}{name}",
-                    status="problem",
-                    title="the check itself failed",
-                    detail=f"{type(exc).__name__}: {exc}",
-                    fix=BUG_FIX,
+                problem(
+                    f"{name_prefix}{name}", "the check itself failed", f"{type(exc).__name__}: {exc}", BUG_FIX
                 )
             )
     return out

@@ -2,7 +2,8 @@
 
 Each check is ``async check_x(probe) -> CheckResult`` (the doctor's own result type) with one job;
 ``WeComProbe`` fetches each answer once (one token, one ``kf/account/list``, one ``kf/servicer/list``
-per configured account) and a check whose input is missing says "not checked" instead of failing again.
+per configured account) and a check whose input is missing says "not checked" instead of failing again
+(``router.doctor_base.ProbeBase``).
 
 Rules (as ``router.doctor``): read-only towards WeCom — only ``gettoken``, ``kf/account/list`` and
 ``kf/servicer/list`` are called; every problem says what it means and what to do, naming the place in
@@ -19,13 +20,16 @@ from kfrouter.router.doctor_base import (
     Advice,
     CheckResult,
     Platform,
+    ProbeBase,
     answer_or_error,
     check_aes_key_round_trip,
     check_callback_token_format,
+    ok,
     plural,
+    problem,
     problem_from_error,
     run_check_list,
-    skipped,
+    warning,
 )
 from kfrouter.router.edges.errors import WeChatError
 from kfrouter.router.edges.wecom_client import KfAccount, ServicerList, WeComKfClient
@@ -89,16 +93,14 @@ ADVICE: dict[int, Advice] = {
             "API by this app; then restart kfrouter so it fetches a new token."
         ),
     ),
-    95011: Advice(
-        title="the access token comes from the wrong secret for this 微信客服 setup (95011)",
-        meaning="WeCom expects a token of another app for these calls.",
-        fix=_MODE_FIX,
-    ),
-    95012: Advice(
-        title="the access token comes from the wrong secret for this 微信客服 setup (95012)",
-        meaning="WeCom expects a token of another app for these calls.",
-        fix=_MODE_FIX,
-    ),
+    **{
+        code: Advice(
+            title=f"the access token comes from the wrong secret for this 微信客服 setup ({code})",
+            meaning="WeCom expects a token of another app for these calls.",
+            fix=_MODE_FIX,
+        )
+        for code in (95011, 95012)
+    },
     95017: Advice(
         title="the 微信客服 API is switched off (95017)",
         meaning="The API switch of 微信客服 is off, so every kf call is refused.",
@@ -138,47 +140,39 @@ ADVICE: dict[int, Advice] = {
 
 
 def advice(errcode: int) -> Advice | None:
+    """The plain-words advice for ``errcode`` (None for codes that need no operator)."""
     return ADVICE.get(errcode)
 
 
 def explain(errcode: int) -> str | None:
     """One paragraph for an errcode met during operation (None for codes that need no operator)."""
-    a = ADVICE.get(errcode)
+    a = advice(errcode)
     return None if a is None else a.explained()
 
 
 # ============================================================================ shared answers
 
 
-class WeComProbe:
+class WeComProbe(ProbeBase):
     """One doctor run's inputs and the WeCom answers fetched so far (each fetched at most once)."""
 
+    credentials_check = "wecom-credentials"
+
     def __init__(self, config: WeComConfig, client: WeComKfClient) -> None:
+        super().__init__()
         self.config = config
         self.client = client
-        self._token_done = False
-        self._token_error: WeChatError | None = None
-        self._accounts: list[KfAccount] | WeChatError | None = None
-        self._servicers: dict[str, ServicerList | WeChatError] = {}
 
-    async def token_error(self) -> WeChatError | None:
-        if not self._token_done:
-            try:
-                await self.client.tokens.get()
-            except WeChatError as exc:
-                self._token_error = exc
-            self._token_done = True
-        return self._token_error
+    async def _get_token(self) -> WeChatError | None:
+        """One gettoken call (not retried)."""
+        got = await answer_or_error(self.client.tokens.get)
+        return got if isinstance(got, WeChatError) else None
 
     async def accounts(self) -> list[KfAccount] | WeChatError:
-        if self._accounts is None:
-            self._accounts = await answer_or_error(self.client.list_all_accounts)
-        return self._accounts
+        return await self.answer("accounts", self.client.list_all_accounts)
 
     async def servicers(self, open_kfid: str) -> ServicerList | WeChatError:
-        if open_kfid not in self._servicers:
-            self._servicers[open_kfid] = await answer_or_error(lambda: self.client.list_servicers(open_kfid))
-        return self._servicers[open_kfid]
+        return await self.answer(("servicers", open_kfid), lambda: self.client.list_servicers(open_kfid))
 
 
 Check = Callable[[WeComProbe], Awaitable[CheckResult]]
@@ -197,17 +191,16 @@ async def check_credentials(p: WeComProbe) -> CheckResult:
     name = "wecom-credentials"
     exc = await p.token_error()
     if exc is None:
-        return CheckResult(
-            name=name, status="ok", title="corp id and secret accepted (access token from gettoken)"
-        )
+        return ok(name, "corp id and secret accepted (access token from gettoken)")
     return _from_error(name, exc)
 
 
 async def check_accounts(p: WeComProbe) -> CheckResult:
     """2. kf/account/list answers, and every configured open_kfid is in it and managed by this app."""
     name = "wecom-accounts"
-    if await p.token_error() is not None:
-        return skipped(name, "no access token (see wecom-credentials)")
+    no_token = await p.skipped_without_token(name)
+    if no_token is not None:
+        return no_token
     listed = await p.accounts()
     if isinstance(listed, WeChatError):
         return _from_error(name, listed)
@@ -215,38 +208,35 @@ async def check_accounts(p: WeComProbe) -> CheckResult:
     missing = [k for k in p.config.open_kfids if k not in by_id]
     if missing:
         known = ", ".join(f"{a.open_kfid} ({a.name})" for a in listed[:10]) or "none"
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"{plural(len(missing), 'configured kf account')} not found: {', '.join(missing)}",
-            detail=f"kf/account/list has {plural(len(listed), 'account')}: {known}. Customers of a missing account are never seen.",
-            fix=f"Correct wecom.open_kfids (kf/account/list gives the open_kfids) or create the accounts in {CONSOLE} → {KF_APP}.",
+        return problem(
+            name,
+            f"{plural(len(missing), 'configured kf account')} not found: {', '.join(missing)}",
+            f"kf/account/list has {plural(len(listed), 'account')}: {known}. Customers of a missing account are never seen.",
+            f"Correct wecom.open_kfids (kf/account/list gives the open_kfids) or create the accounts in {CONSOLE} → {KF_APP}.",
         )
     unmanaged = [k for k in p.config.open_kfids if by_id[k].manage_privilege is False]
     if unmanaged:
         a = ADVICE[48002]
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"this app may not manage {', '.join(unmanaged)} (manage_privilege false)",
-            detail=f"{a.meaning} kf/service_state/trans and sync_msg would answer 48002.",
-            fix=a.fix,
+        return problem(
+            name,
+            f"this app may not manage {', '.join(unmanaged)} (manage_privilege false)",
+            f"{a.meaning} kf/service_state/trans and sync_msg would answer 48002.",
+            a.fix,
         )
-    return CheckResult(
-        name=name,
-        status="ok",
-        title=f"all {plural(len(p.config.open_kfids), 'configured kf account')} exist and are managed by this app",
+    return ok(
+        name,
+        f"all {plural(len(p.config.open_kfids), 'configured kf account')} exist and are managed by this app",
     )
 
 
 async def check_servicers(p: WeComProbe) -> CheckResult:
     """3. Every configured kf account has servicers (接待人员); none receiving now is a warning."""
     name = "wecom-servicers"
-    if await p.token_error() is not None:
-        return skipped(name, "no access token (see wecom-credentials)")
-    listed = await p.accounts()
-    if isinstance(listed, WeChatError):
-        return skipped(name, "the kf account list could not be read (see wecom-accounts)")
+    listed = await p.answer_or_skipped(
+        name, p.accounts, unread="the kf account list could not be read (see wecom-accounts)"
+    )
+    if isinstance(listed, CheckResult):
+        return listed
     known = {a.open_kfid for a in listed}
     empty: list[str] = []
     only_departments: list[str] = []
@@ -266,32 +256,27 @@ async def check_servicers(p: WeComProbe) -> CheckResult:
             idle.append(kfid)
         receiving += sum(1 for s in got.servicers if s.receiving)
     if empty:
-        return CheckResult(
-            name=name,
-            status="problem",
-            title=f"no servicers bound to {', '.join(empty)}",
-            detail="A kf account without 接待人员 has nobody kfrouter could assign a customer to (trans to state 3 needs one).",
-            fix=f"Add 接待人员 to the account in {CONSOLE} → {KF_APP} → the account → 接待人员 (or kf/servicer/add).",
+        return problem(
+            name,
+            f"no servicers bound to {', '.join(empty)}",
+            "A kf account without 接待人员 has nobody kfrouter could assign a customer to (trans to state 3 needs one).",
+            f"Add 接待人员 to the account in {CONSOLE} → {KF_APP} → the account → 接待人员 (or kf/servicer/add).",
         )
     if only_departments:
-        return CheckResult(
-            name=name,
-            status="warning",
-            title=f"{', '.join(only_departments)} have only departments as servicers",
-            detail="kf/servicer/list names departments, not people, so kfrouter cannot see who is 接待中.",
-            fix="Add the people as 接待人员 individually so kfrouter can route to them.",
+        return warning(
+            name,
+            f"{', '.join(only_departments)} have only departments as servicers",
+            "kf/servicer/list names departments, not people, so kfrouter cannot see who is 接待中.",
+            "Add the people as 接待人员 individually so kfrouter can route to them.",
         )
     if idle:
-        return CheckResult(
-            name=name,
-            status="warning",
-            title=f"no servicer is 接待中 right now for {', '.join(idle)}",
-            detail="Customers asking for a human wait in the pool (state 2) until someone switches to 接待中.",
-            fix="Servicers switch to 接待中 in the WeCom client; nothing to change outside working hours.",
+        return warning(
+            name,
+            f"no servicer is 接待中 right now for {', '.join(idle)}",
+            "Customers asking for a human wait in the pool (state 2) until someone switches to 接待中.",
+            "Servicers switch to 接待中 in the WeCom client; nothing to change outside working hours.",
         )
-    return CheckResult(
-        name=name, status="ok", title=f"servicers bound; {plural(receiving, 'servicer')} 接待中 now"
-    )
+    return ok(name, f"servicers bound; {plural(receiving, 'servicer')} 接待中 now")
 
 
 async def check_callback_token(p: WeComProbe) -> CheckResult:
@@ -306,21 +291,16 @@ async def check_callback_token(p: WeComProbe) -> CheckResult:
 
 async def check_aes_key(p: WeComProbe) -> CheckResult:
     """5. The EncodingAESKey decodes to 32 bytes and round-trips a test message with the corp id."""
-    name = "wecom-aes-key"
     c = p.config
-    problem = check_aes_key_round_trip(
-        name,
+    return check_aes_key_round_trip(
+        "wecom-aes-key",
         {"wecom.aes_key": c.aes_key},
         lambda: SafeModeCrypto(c.token or "doctor", c.aes_key, c.corpid, id_name="corpid"),
         where=f"{CONSOLE} → {CALLBACK}",
         id_name="corp id",
         id_key="wecom.corpid",
         about_key="; WeCom always encrypts callbacks",
-    )
-    return problem or CheckResult(
-        name=name,
-        status="ok",
-        title=f"EncodingAESKey is 43 characters and round-trips a test message for {c.corpid}",
+        ok_title=f"EncodingAESKey is 43 characters and round-trips a test message for {c.corpid}",
     )
 
 

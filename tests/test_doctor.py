@@ -146,6 +146,8 @@ async def test_doctor_is_read_only(
     called = {ep for ep, n in fake.model.calls.items() if n}
     assert called <= {fo.STABLE_TOKEN, fo.KF_LIST, fo.KF_ONLINE}, called
     assert fake.model.calls[fo.STABLE_TOKEN] == 1
+    # each answer is fetched once in a run, however many checks read it
+    assert fake.model.calls[fo.KF_LIST] == fake.model.calls[fo.KF_ONLINE] == 1
     assert not store.exists()  # the store is checked, never created
 
 

@@ -5,14 +5,18 @@ text rendering. The checks that talk to WeChat are covered end to end in tests/t
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
 import attrs
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,25 +31,39 @@ from kfrouter.router.doctor import (
     check_aes_key,
     check_callback_token,
     check_store_path,
+    check_upstream,
     explain,
     ip_from_errmsg,
     run_checks,
 )
 from kfrouter.router.doctor_cli import render_text
 from kfrouter.router.edges.client import WeChatClient
-from kfrouter.sim.fake_server import running_fake
+from kfrouter.sim import fake_options as fo
+from kfrouter.sim.fake_options import Fault
+from kfrouter.sim.fake_server import FakeWeChat, running_fake
+from kfrouter.sim.wechat_model import INVITE_TTL_S
 
 APPID = "wx_doctor_unit"
 SECRET = "unit_secret_value"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
-def make_config(tmp_path: Path, **wechat: object) -> Config:
-    data = {
+def make_config(
+    tmp_path: Path,
+    *,
+    groups: list[dict[str, Any]] | None = None,
+    upstream: str | None = None,
+    **wechat: object,
+) -> Config:
+    data: dict[str, Any] = {
         "wechat": {"appid": APPID, "secret": SECRET, "token": "goodToken1", **wechat},
         "server": {"admin_token": "admin-token-0123456789"},
         "store": {"path": str(tmp_path / "kf.db")},
     }
+    if groups is not None:
+        data["groups"] = groups
+    if upstream is not None:
+        data["server"].update(upstream_url=upstream, upstream_timeout_s=0.2)
     return Config.from_dict(data, source="unit.toml", base_dir=tmp_path, env={})
 
 
@@ -228,6 +246,135 @@ async def test_store_directory_not_writable(tmp_path: Path) -> None:
     finally:
         ro.chmod(0o755)
     assert r.status == "problem" and "not writable" in r.title
+
+
+# ------------------------------------------------------------------------------------ texts against the fake
+
+ALICE_AND_BOB = [{"name": "general", "agents": ["alice@test", "bob@test"]}]
+
+
+def alice_online_bob_offline(fake: FakeWeChat) -> None:
+    fake.model.set_agent("alice@test", fake.clock.now(), status=1)
+    fake.model.set_agent("bob@test", fake.clock.now(), status=0)
+
+
+async def texts(
+    tmp_path: Path, setup: Callable[[FakeWeChat], None], **config: Any
+) -> dict[str, tuple[str, str, str, str]]:
+    """Each check's (status, title, detail, fix) against a fake WeChat that ``setup`` prepared."""
+    async with running_fake(APPID, SECRET) as fake:
+        setup(fake)
+        cfg = make_config(tmp_path, api_base=fake.base_url, **config)
+        async with aiohttp.ClientSession() as http:
+            client = WeChatClient(http, APPID, SECRET, base_url=fake.base_url, retries=0)
+            results = await run_checks(cfg, client)
+    return {r.name: (r.status, r.title, r.detail, r.fix) for r in results}
+
+
+async def test_texts_of_a_clean_run(tmp_path: Path) -> None:
+    got = await texts(tmp_path, alice_online_bob_offline, groups=ALICE_AND_BOB)
+    talking_to_wechat = ("credentials", "kf-api", "agents", "agents-bound", "group-agents")
+    assert {name: got[name] for name in talking_to_wechat} == {
+        "credentials": (
+            "ok",
+            "AppID and AppSecret accepted (access token from /cgi-bin/stable_token)",
+            "",
+            "",
+        ),
+        "kf-api": ("ok", "customer-service API available (2 agent accounts)", "", ""),
+        "agents": ("ok", "2 agent accounts: alice@test, bob@test", "", ""),
+        "agents-bound": ("ok", "all 2 agent accounts are bound to a WeChat user", "", ""),
+        "group-agents": ("ok", "all 2 agents named in the config exist", "", ""),
+    }
+    one = await texts(tmp_path, alice_online_bob_offline, groups=[{"name": "g", "agents": ["bob@test"]}])
+    assert one["group-agents"] == ("ok", "the only agent named in the config exists", "", "")
+
+
+async def test_texts_without_agent_accounts_or_named_agents(tmp_path: Path) -> None:
+    got = await texts(tmp_path, lambda _fake: None)
+    assert got["agents-bound"] == ("ok", "no agent accounts to check (see agents)", "", "")
+    assert got["group-agents"] == (
+        "ok",
+        "the config names no agents (every agent serves every customer)",
+        "",
+        "",
+    )
+
+
+def rejected_and_expired_invitations(fake: FakeWeChat) -> None:
+    alice_online_bob_offline(fake)
+    now = fake.clock.now()
+    for kf, wx in (("carol@test", "carol_wx"), ("dave@test", "dave_wx")):
+        fake.model.set_agent(kf, now, bound=False)
+        assert fake.model.invite_worker(kf, wx, now)["errcode"] == 0
+    assert fake.model.answer_invite("carol@test", False, now)["errcode"] == 0
+    fake.clock.advance(INVITE_TTL_S)
+    fake.model.set_fault(fo.KF_ONLINE, Fault(errcode=48001))
+
+
+async def test_texts_of_rejected_and_expired_invitations_and_an_online_list_error(tmp_path: Path) -> None:
+    got = await texts(tmp_path, rejected_and_expired_invitations)
+    status, title, _detail, _fix = got["agents-bound"]
+    assert status == "problem"
+    assert title == (
+        "2 of 4 agent accounts are not bound to a WeChat user: carol@test (invitation rejected), "
+        "dave@test (invitation expired)"
+    )
+    # getkflist answered, getonlinekflist did not: agents-online reads the error itself.
+    status, title, detail, fix = got["agents-online"]
+    assert (status, title) == ("problem", "this account is not authorised for the API (48001)")
+    assert detail.startswith(f"{ADVICE[48001].meaning} (WeChat said: ") and fix == ADVICE[48001].fix
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[str]:
+    """An upstream that answers /broken with HTTP 502 and never answers /stuck."""
+    never = asyncio.Event()
+
+    async def broken(_request: web.Request) -> web.Response:
+        return web.Response(status=502)
+
+    async def stuck(_request: web.Request) -> web.Response:
+        await never.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("HEAD", "/broken", broken)
+    app.router.add_route("HEAD", "/stuck", stuck)
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        yield f"http://127.0.0.1:{server.port}"
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (
+            "/broken",
+            (
+                "warning",
+                "the upstream {url} answered HTTP 502",
+                "It is reachable but reports a server error; forwarded pushes may fail.",
+                "Check the upstream service's logs.",
+            ),
+        ),
+        (
+            "/stuck",
+            (
+                "problem",
+                "the upstream {url} did not answer within 0.2 s",
+                "Pushes that are not for kfrouter are forwarded there; WeChat gives up after 5 s.",
+                "Start or speed up the upstream service, or fix server.upstream_url / upstream_timeout_s.",
+            ),
+        ),
+    ],
+)
+async def test_upstream_that_errs_or_does_not_answer_in_time(
+    tmp_path: Path, upstream: str, path: str, expected: tuple[str, str, str, str]
+) -> None:
+    url = upstream + path
+    r = await check_upstream(probe(make_config(tmp_path, upstream=url)))
+    status, title, detail, fix = expected
+    assert (r.status, r.title, r.detail, r.fix) == (status, title.format(url=url), detail, fix)
 
 
 # ------------------------------------------------------------------------------------ run_checks

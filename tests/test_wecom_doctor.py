@@ -16,6 +16,8 @@ from kfrouter.router.clock import SteadyClock
 from kfrouter.router.edges.wecom_client import WeComKfClient
 from kfrouter.router.wecom_config import WeComConfig, load_wecom
 from kfrouter.router.wecom_doctor import run_wecom_checks
+from kfrouter.sim import wecom_options as wo
+from kfrouter.sim.fake_options import Fault
 from kfrouter.sim.wecom_server import FakeWeCom, running_fake_wecom
 
 GOOD = f"""
@@ -101,6 +103,9 @@ async def test_doctor_all_ok(fake: FakeWeCom, http: aiohttp.ClientSession) -> No
         "wecom-aes-key": "ok",
     }
     assert fake.model.calls["cgi-bin/kf/service_state/trans"] == 0  # read-only
+    # each answer is fetched once in a run, however many checks read it
+    assert fake.model.calls[wo.GETTOKEN] == fake.model.calls[wo.ACCOUNT_LIST] == 1
+    assert fake.model.calls[wo.SERVICER_LIST] == 2  # one per configured kf account
 
 
 async def test_doctor_credentials(fake: FakeWeCom, http: aiohttp.ClientSession) -> None:
@@ -143,3 +148,104 @@ async def test_doctor_callback_settings(fake: FakeWeCom, http: aiohttp.ClientSes
     assert results["wecom-callback-token"][0] == "problem"
     assert results["wecom-aes-key"][0] == "problem" and "43" in results["wecom-aes-key"][1]
     assert "x" * 42 not in str(results)
+
+
+# The words of every check, pinned: the checks share their code with the Official Account doctor
+# (router/doctor_base.py), and a change there must not change what a WeCom operator reads.
+
+NO_TOKEN = ("warning", "not checked: no access token (see wecom-credentials) |  | ")
+ADMIN = "the WeCom admin console (企业微信管理后台, work.weixin.qq.com)"
+CALLBACK = f"{ADMIN} → 应用管理 → 微信客服 → API → 接收事件服务器 (URL, Token, EncodingAESKey)"
+SWITCH_ON = (
+    f"Switch the API on in {ADMIN} → 应用管理 → 微信客服 → API, and list kfrouter's app in "
+    "应用管理 → 微信客服 → API → 可调用接口的应用."
+)
+
+
+def said(text: str) -> tuple[str, str, str]:
+    """(title, the detail up to WeCom's own errmsg, fix) of a 'title | detail | fix' text."""
+    title, detail, fix = text.split(" | ")
+    return title, detail.partition(": ")[0], fix
+
+
+async def test_doctor_texts_when_all_is_well(fake: FakeWeCom, http: aiohttp.ClientSession) -> None:
+    assert await doctor(fake, http) == {
+        "wecom-credentials": ("ok", "corp id and secret accepted (access token from gettoken) |  | "),
+        "wecom-accounts": ("ok", "all 2 configured kf accounts exist and are managed by this app |  | "),
+        "wecom-servicers": ("ok", "servicers bound; 2 servicers 接待中 now |  | "),
+        "wecom-callback-token": ("ok", "callback Token has WeCom's format (3-32 letters/digits) |  | "),
+        "wecom-aes-key": (
+            "ok",
+            f"EncodingAESKey is 43 characters and round-trips a test message for {CORPID} |  | ",
+        ),
+    }
+
+
+async def test_doctor_texts_of_a_busy_or_unknown_token_answer(
+    fake: FakeWeCom, http: aiohttp.ClientSession
+) -> None:
+    fake.model.set_fault(wo.GETTOKEN, Fault(errcode=-1))
+    results = await doctor(fake, http)
+    status, text = results["wecom-credentials"]
+    assert status == "problem"
+    assert said(text) == (
+        "WeCom answered 'system busy' (-1)",
+        "/cgi-bin/gettoken",
+        "Run the doctor again in a few minutes.",
+    )
+    assert results["wecom-accounts"] == results["wecom-servicers"] == NO_TOKEN
+    fake.model.set_fault(wo.GETTOKEN, Fault(errcode=40999))
+    status, text = (await doctor(fake, http))["wecom-credentials"]
+    assert status == "problem"
+    assert said(text) == (
+        "WeCom answered errcode 40999",
+        "/cgi-bin/gettoken",
+        "Look the errcode up at https://open.work.weixin.qq.com/devtool/query and run the doctor again.",
+    )
+
+
+async def test_doctor_texts_when_the_kf_api_is_off(fake: FakeWeCom, http: aiohttp.ClientSession) -> None:
+    fake.options.refuse_kf_calls = 95017
+    results = await doctor(fake, http)
+    status, text = results["wecom-accounts"]
+    title, detail, fix = text.split(" | ")
+    assert status == "problem" and title == "the 微信客服 API is switched off (95017)" and fix == SWITCH_ON
+    assert detail.startswith("The API switch of 微信客服 is off, so every kf call is refused. (WeCom said: ")
+    assert results["wecom-servicers"] == (
+        "warning",
+        "not checked: the kf account list could not be read (see wecom-accounts) |  | ",
+    )
+
+
+async def test_doctor_texts_of_servicer_list_answers(fake: FakeWeCom, http: aiohttp.ClientSession) -> None:
+    fake.model.set_fault(wo.SERVICER_LIST, Fault(errcode=95017))
+    status, text = (await doctor(fake, http))["wecom-servicers"]
+    assert status == "problem" and text.startswith("the 微信客服 API is switched off (95017) | ")
+    assert text.endswith(f" | {SWITCH_ON}")
+    fake.model.set_fault(wo.SERVICER_LIST, None)
+    fake.model.add_account("departments", open_kfid="wkD")
+    fake.model.add_department("wkD", 5)
+    assert (await doctor(fake, http, open_kfids=("wkD",)))["wecom-servicers"] == (
+        "warning",
+        "wkD have only departments as servicers"
+        " | kf/servicer/list names departments, not people, so kfrouter cannot see who is 接待中."
+        " | Add the people as 接待人员 individually so kfrouter can route to them.",
+    )
+
+
+async def test_doctor_texts_of_bad_callback_settings(fake: FakeWeCom, http: aiohttp.ClientSession) -> None:
+    results = await doctor(fake, http, token="t!", aes_key="x" * 42)
+    assert results["wecom-callback-token"] == (
+        "problem",
+        "the callback Token is not in WeCom's format"
+        " | token has 2 characters; WeChat requires 3 to 32. WeCom signs every push with this Token; a"
+        " mismatch rejects every push."
+        f" | Set wecom.token to exactly the Token shown in {CALLBACK}.",
+    )
+    assert results["wecom-aes-key"] == (
+        "problem",
+        "wecom.aes_key is not a valid EncodingAESKey"
+        " | wecom.aes_key must be 43 characters, got 42 characters. An EncodingAESKey is 43 letters or"
+        " digits (base64 of a 32-byte AES key); WeCom always encrypts callbacks."
+        f" | Copy the key again from {CALLBACK}, or generate a new one there (随机生成) and update both sides.",
+    )
