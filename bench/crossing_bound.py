@@ -249,7 +249,7 @@ def main() -> None:
     ap.add_argument("--service-mean", type=float, default=60.0)
     ap.add_argument("--patience-mean", type=float, default=240.0)
     ap.add_argument("--queue-cap", type=int, default=40)
-    ap.add_argument("--etas", default="0,5,10,20,40,80,150,300,600,1200,2500,5000,1e9")
+    ap.add_argument("--etas", default="0,5,10,20,40,60,80,90,100,110,120,140,160,1e9")
     ap.add_argument("--affinity", type=float, default=0.9936, help="print the least wait at this affinity")
     args = ap.parse_args()
     sa, sb = (float(x) for x in args.shares.split(","))
