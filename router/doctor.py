@@ -45,12 +45,14 @@ from kfrouter.router.doctor_base import (
     as_json,
     check_aes_key_round_trip,
     check_callback_token_format,
+    every,
     ok,
     plural,
     problem,
     problem_from_error,
     run_check_list,
     skipped,
+    verb,
     warning,
 )
 from kfrouter.router.edges.client import KfAccountInfo, WeChatClient
@@ -428,13 +430,13 @@ async def check_agents_bound(p: Probe) -> CheckResult:
         return ok(name, "no agent accounts to check (see agents)")
     unbound = [a for a in listed if not a.kf_wx]
     if not unbound:
-        every = "the only agent account is" if len(listed) == 1 else f"all {len(listed)} agent accounts are"
-        return ok(name, f"{every} bound to a WeChat user")
+        n = len(listed)
+        return ok(name, f"{every(n, 'agent account')} {verb(n, 'is', 'are')} bound to a WeChat user")
     states = [f"{a.kf_account} ({_binding_state(a)})" for a in unbound]
     return problem(
         name,
         (
-            f"{len(unbound)} of {plural(len(listed), 'agent account')} {'is' if len(unbound) == 1 else 'are'} not bound "
+            f"{len(unbound)} of {plural(len(listed), 'agent account')} {verb(len(unbound), 'is', 'are')} not bound "
             f"to a WeChat user: {_accounts(states)}"
         ),
         f"{ADVICE[65402].meaning} WeChat answers errcode 65402 for them.",
@@ -484,12 +486,7 @@ async def check_group_agents(p: Probe) -> CheckResult:
             missing.setdefault(kf, []).append(where)
     if not missing:
         n = len({kf for _w, kf in named})
-        every = (
-            "the only agent named in the config exists"
-            if n == 1
-            else f"all {n} agents named in the config exist"
-        )
-        return ok(name, every)
+        return ok(name, f"{every(n, 'agent')} named in the config {verb(n, 'exists', 'exist')}")
     listing = "; ".join(f"{kf} (in {', '.join(where)})" for kf, where in missing.items())
     suffixes = sorted({a.kf_account.partition("@")[2] for a in listed if "@" in a.kf_account})
     hint = ""
@@ -499,7 +496,7 @@ async def check_group_agents(p: Probe) -> CheckResult:
         name,
         (
             f"{plural(len(missing), 'agent')} named in the config "
-            f"{'does' if len(missing) == 1 else 'do'} not exist in WeChat: {_accounts(list(missing))}"
+            f"{verb(len(missing), 'does', 'do')} not exist in WeChat: {_accounts(list(missing))}"
         ),
         f"Customers routed to them could never be served: {listing}.{hint}",
         (

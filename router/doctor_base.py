@@ -2,8 +2,9 @@
 (router/wecom_doctor.py): a check's verdict and its ``ok``/``warning``/``problem``/``skipped`` forms, an
 errcode's plain-words advice, the reading of an API error that no check reads more specifically, the
 probe's memory of a run (``ProbeBase``: the token and each answer fetched once, "not checked" when a
-check's input is missing), the runner of a list of checks, and the two checks whose rule is the same on
-both platforms (the callback Token's format, the EncodingAESKey's round trip).
+check's input is missing), the runner of a list of checks, the words for counts (``plural``, ``every``,
+``verb``), and the two checks whose rule is the same on both platforms (the callback Token's format, the
+EncodingAESKey's round trip).
 
 Rules: the words that differ between the platforms (its name, its API base key and default, where an
 unknown errcode is looked up, where the console keeps a setting) are a ``Platform`` value or an
@@ -209,6 +210,16 @@ def problem_from_error(name: str, exc: WeChatError, platform: Platform, advice: 
 def plural(n: int, word: str) -> str:
     """``1 agent``, ``2 agents``."""
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def every(n: int, word: str) -> str:
+    """The subject of a sentence about each of ``n`` things: ``the only agent``, ``all 2 agents``."""
+    return f"the only {word}" if n == 1 else f"all {plural(n, word)}"
+
+
+def verb(n: int, one: str, many: str) -> str:
+    """The verb agreeing with ``n`` subjects: ``verb(1, "is", "are")`` is ``is``, ``verb(2, ...)`` ``are``."""
+    return one if n == 1 else many
 
 
 def check_callback_token_format(name: str, token: str, platform: Platform, fix: str) -> CheckResult:

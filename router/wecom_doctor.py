@@ -24,11 +24,13 @@ from kfrouter.router.doctor_base import (
     answer_or_error,
     check_aes_key_round_trip,
     check_callback_token_format,
+    every,
     ok,
     plural,
     problem,
     problem_from_error,
     run_check_list,
+    verb,
     warning,
 )
 from kfrouter.router.edges.errors import WeChatError
@@ -223,14 +225,16 @@ async def check_accounts(p: WeComProbe) -> CheckResult:
             f"{a.meaning} kf/service_state/trans and sync_msg would answer 48002.",
             a.fix,
         )
+    n = len(p.config.open_kfids)
     return ok(
         name,
-        f"all {plural(len(p.config.open_kfids), 'configured kf account')} exist and are managed by this app",
+        f"{every(n, 'configured kf account')} {verb(n, 'exists and is', 'exist and are')} managed by this app",
     )
 
 
 async def check_servicers(p: WeComProbe) -> CheckResult:
-    """3. Every configured kf account has servicers (接待人员); none receiving now is a warning."""
+    """3. Every configured kf account has servicers (接待人员); none receiving now is a warning. The ok
+    title counts the people 接待中 (one serving two accounts counts once)."""
     name = "wecom-servicers"
     listed = await p.answer_or_skipped(
         name, p.accounts, unread="the kf account list could not be read (see wecom-accounts)"
@@ -241,7 +245,7 @@ async def check_servicers(p: WeComProbe) -> CheckResult:
     empty: list[str] = []
     only_departments: list[str] = []
     idle: list[str] = []
-    receiving = 0
+    receiving: set[str] = set()
     for kfid in p.config.open_kfids:
         if kfid not in known:
             continue
@@ -254,7 +258,7 @@ async def check_servicers(p: WeComProbe) -> CheckResult:
             only_departments.append(kfid)
         elif not any(s.receiving for s in got.servicers):
             idle.append(kfid)
-        receiving += sum(1 for s in got.servicers if s.receiving)
+        receiving.update(s.userid for s in got.servicers if s.receiving)
     if empty:
         return problem(
             name,
@@ -265,7 +269,7 @@ async def check_servicers(p: WeComProbe) -> CheckResult:
     if only_departments:
         return warning(
             name,
-            f"{', '.join(only_departments)} have only departments as servicers",
+            f"{', '.join(only_departments)} {verb(len(only_departments), 'has', 'have')} only departments as servicers",
             "kf/servicer/list names departments, not people, so kfrouter cannot see who is 接待中.",
             "Add the people as 接待人员 individually so kfrouter can route to them.",
         )
@@ -276,7 +280,7 @@ async def check_servicers(p: WeComProbe) -> CheckResult:
             "Customers asking for a human wait in the pool (state 2) until someone switches to 接待中.",
             "Servicers switch to 接待中 in the WeCom client; nothing to change outside working hours.",
         )
-    return ok(name, f"servicers bound; {plural(receiving, 'servicer')} 接待中 now")
+    return ok(name, f"servicers bound; {plural(len(receiving), 'servicer')} 接待中 now")
 
 
 async def check_callback_token(p: WeComProbe) -> CheckResult:

@@ -143,6 +143,20 @@ async def test_doctor_servicers(fake: FakeWeCom, http: aiohttp.ClientSession) ->
     assert status == "warning" and "接待中" in text
 
 
+async def test_doctor_counts_each_servicer_once(fake: FakeWeCom, http: aiohttp.ClientSession) -> None:
+    # alice serves both wkA and wkB: one person 接待中
+    assert (await doctor(fake, http))["wecom-servicers"] == (
+        "ok",
+        "servicers bound; 1 servicer 接待中 now |  | ",
+    )
+    fake.model.add_servicer("wkB", "bob")
+    fake.model.add_servicer("wkB", "carol", status=1)  # 停止接待: bound but not counted
+    assert (await doctor(fake, http))["wecom-servicers"] == (
+        "ok",
+        "servicers bound; 2 servicers 接待中 now |  | ",
+    )
+
+
 async def test_doctor_callback_settings(fake: FakeWeCom, http: aiohttp.ClientSession) -> None:
     results = await doctor(fake, http, token="t!", aes_key="x" * 42)
     assert results["wecom-callback-token"][0] == "problem"
@@ -172,13 +186,17 @@ async def test_doctor_texts_when_all_is_well(fake: FakeWeCom, http: aiohttp.Clie
     assert await doctor(fake, http) == {
         "wecom-credentials": ("ok", "corp id and secret accepted (access token from gettoken) |  | "),
         "wecom-accounts": ("ok", "all 2 configured kf accounts exist and are managed by this app |  | "),
-        "wecom-servicers": ("ok", "servicers bound; 2 servicers 接待中 now |  | "),
+        "wecom-servicers": ("ok", "servicers bound; 1 servicer 接待中 now |  | "),
         "wecom-callback-token": ("ok", "callback Token has WeCom's format (3-32 letters/digits) |  | "),
         "wecom-aes-key": (
             "ok",
             f"EncodingAESKey is 43 characters and round-trips a test message for {CORPID} |  | ",
         ),
     }
+    assert (await doctor(fake, http, open_kfids=("wkA",)))["wecom-accounts"] == (
+        "ok",
+        "the only configured kf account exists and is managed by this app |  | ",
+    )
 
 
 async def test_doctor_texts_of_a_busy_or_unknown_token_answer(
@@ -223,13 +241,20 @@ async def test_doctor_texts_of_servicer_list_answers(fake: FakeWeCom, http: aioh
     assert status == "problem" and text.startswith("the 微信客服 API is switched off (95017) | ")
     assert text.endswith(f" | {SWITCH_ON}")
     fake.model.set_fault(wo.SERVICER_LIST, None)
-    fake.model.add_account("departments", open_kfid="wkD")
-    fake.model.add_department("wkD", 5)
+    for kfid in ("wkD", "wkE"):
+        fake.model.add_account(kfid, open_kfid=kfid)
+        fake.model.add_department(kfid, 5)
+    means = (
+        " | kf/servicer/list names departments, not people, so kfrouter cannot see who is 接待中."
+        " | Add the people as 接待人员 individually so kfrouter can route to them."
+    )
     assert (await doctor(fake, http, open_kfids=("wkD",)))["wecom-servicers"] == (
         "warning",
-        "wkD have only departments as servicers"
-        " | kf/servicer/list names departments, not people, so kfrouter cannot see who is 接待中."
-        " | Add the people as 接待人员 individually so kfrouter can route to them.",
+        "wkD has only departments as servicers" + means,
+    )
+    assert (await doctor(fake, http, open_kfids=("wkD", "wkE")))["wecom-servicers"] == (
+        "warning",
+        "wkD, wkE have only departments as servicers" + means,
     )
 
 
