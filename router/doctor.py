@@ -21,7 +21,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import re
@@ -267,7 +266,7 @@ def ip_from_errmsg(errmsg: str) -> str | None:
 # ============================================================================ shared answers
 
 
-class Probe(ProbeBase):
+class Probe(ProbeBase[WeChatClient]):
     """One doctor run's inputs and the WeChat answers fetched so far (each fetched at most once).
 
     ``http``: the session used to probe the upstream URL (a short-lived one is made when None).
@@ -276,25 +275,9 @@ class Probe(ProbeBase):
     credentials_check = "credentials"
 
     def __init__(self, config: Config, client: WeChatClient, *, http: aiohttp.ClientSession | None = None):
-        super().__init__()
+        super().__init__(client)
         self.config = config
-        self.client = client
         self.http = http
-
-    async def _get_token(self) -> WeChatError | None:
-        """A busy answer or a network error is tried again like any API call (``client.retries`` times,
-        backing off)."""
-        c = self.client
-        attempt = 0
-        while True:
-            try:
-                await c.tokens.get()
-                return None
-            except WeChatError as exc:
-                if not exc.retryable or attempt >= c.retries:
-                    return exc
-            await asyncio.sleep(min(c.backoff_cap, c.backoff_base * 2**attempt))
-            attempt += 1
 
     async def kf_list(self) -> list[KfAccountInfo] | WeChatError:
         return await self.answer("getkflist", self.client.get_kf_list)

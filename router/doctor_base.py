@@ -1,10 +1,11 @@
 """What both doctors share — the Official Account one (router/doctor.py) and the WeCom 微信客服 one
 (router/wecom_doctor.py): a check's verdict and its ``ok``/``warning``/``problem``/``skipped`` forms, an
 errcode's plain-words advice, the reading of an API error that no check reads more specifically, the
-probe's memory of a run (``ProbeBase``: the token and each answer fetched once, "not checked" when a
-check's input is missing), the runner of a list of checks, the words for counts (``plural``, ``every``,
-``verb``), and the two checks whose rule is the same on both platforms (the callback Token's format, the
-EncodingAESKey's round trip).
+probe's memory of a run (``ProbeBase``: the token asked for once, a busy answer or a network error tried
+again with the client's retry settings, each answer fetched once, "not checked" when a check's input is
+missing), the runner of a list of checks, the words for counts (``plural``, ``every``, ``verb``), and the
+two checks whose rule is the same on both platforms (the callback Token's format, the EncodingAESKey's
+round trip).
 
 Rules: the words that differ between the platforms (its name, its API base key and default, where an
 unknown errcode is looked up, where the console keeps a setting) are a ``Platform`` value or an
@@ -14,14 +15,14 @@ appear (keys are described, errmsgs come redacted from the client).
 
 from __future__ import annotations
 
-import abc
 import os
 import secrets
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from typing import Any, ClassVar, Literal, TypeVar, cast
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from attrs import frozen
 
+from kfrouter.router.edges.api_base import ApiClientBase
 from kfrouter.router.edges.errors import BadResponse, NetworkError, SystemBusy, WeChatError
 from kfrouter.router.wechat.crypto import SafeModeCrypto, decode_aes_key
 from kfrouter.router.wechat.errors import WeChatCodecError
@@ -117,21 +118,38 @@ def skipped(name: str, because: str) -> CheckResult:
     return CheckResult(name=name, status="warning", title=f"not checked: {because}")
 
 
-class ProbeBase(abc.ABC):
+C = TypeVar("C", bound=ApiClientBase)
+
+
+class ProbeBase(Generic[C]):
     """One doctor run's memory: the access token is asked for once (``_get_token`` says how), each API
     answer is fetched once (``answer``), and a check whose input is missing gets its "not checked" result
-    from here. ``credentials_check`` names the check that reports a missing token."""
+    from here. ``client``: the platform's API client; ``credentials_check`` names the check that reports a
+    missing token."""
 
     credentials_check: ClassVar[str]
 
-    def __init__(self) -> None:
+    def __init__(self, client: C) -> None:
+        self.client = client
         self._token_done = False
         self._token_error: WeChatError | None = None
         self._answers: dict[Hashable, object] = {}
 
-    @abc.abstractmethod
     async def _get_token(self) -> WeChatError | None:
-        """Ask for an access token: None when one could be had, else the error that stopped it."""
+        """Ask for an access token: None when one could be had, else the last error. A busy answer or a
+        network error (``retryable``) is tried again like any API call: ``client.retries`` more times,
+        after a pause of ``min(client.backoff_cap, client.backoff_base * 2**attempt)`` seconds."""
+        c = self.client
+        attempt = 0
+        while True:
+            try:
+                await c.tokens.get()
+                return None
+            except WeChatError as exc:
+                if not exc.retryable or attempt >= c.retries:
+                    return exc
+            await c.pause(min(c.backoff_cap, c.backoff_base * 2**attempt))
+            attempt += 1
 
     async def token_error(self) -> WeChatError | None:
         """None when an access token could be had; otherwise the error that stopped it (asked once)."""

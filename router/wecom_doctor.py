@@ -2,8 +2,9 @@
 
 Each check is ``async check_x(probe) -> CheckResult`` (the doctor's own result type) with one job;
 ``WeComProbe`` fetches each answer once (one token, one ``kf/account/list``, one ``kf/servicer/list``
-per configured account) and a check whose input is missing says "not checked" instead of failing again
-(``router.doctor_base.ProbeBase``).
+per configured account; a busy or unreachable gettoken is tried again with the client's retry settings,
+as the Official Account doctor does) and a check whose input is missing says "not checked" instead of
+failing again (``router.doctor_base.ProbeBase``).
 
 Rules (as ``router.doctor``): read-only towards WeCom — only ``gettoken``, ``kf/account/list`` and
 ``kf/servicer/list`` are called; every problem says what it means and what to do, naming the place in
@@ -21,7 +22,6 @@ from kfrouter.router.doctor_base import (
     CheckResult,
     Platform,
     ProbeBase,
-    answer_or_error,
     check_aes_key_round_trip,
     check_callback_token_format,
     every,
@@ -155,20 +155,14 @@ def explain(errcode: int) -> str | None:
 # ============================================================================ shared answers
 
 
-class WeComProbe(ProbeBase):
+class WeComProbe(ProbeBase[WeComKfClient]):
     """One doctor run's inputs and the WeCom answers fetched so far (each fetched at most once)."""
 
     credentials_check = "wecom-credentials"
 
     def __init__(self, config: WeComConfig, client: WeComKfClient) -> None:
-        super().__init__()
+        super().__init__(client)
         self.config = config
-        self.client = client
-
-    async def _get_token(self) -> WeChatError | None:
-        """One gettoken call (not retried)."""
-        got = await answer_or_error(self.client.tokens.get)
-        return got if isinstance(got, WeChatError) else None
 
     async def accounts(self) -> list[KfAccount] | WeChatError:
         return await self.answer("accounts", self.client.list_all_accounts)

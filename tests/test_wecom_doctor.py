@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import MappingProxyType
+from typing import Any
 
 import aiohttp
 import attrs
@@ -83,10 +85,18 @@ async def fake() -> AsyncIterator[FakeWeCom]:
 
 
 async def doctor(
-    fake: FakeWeCom, http: aiohttp.ClientSession, **changes: object
+    fake: FakeWeCom,
+    http: aiohttp.ClientSession,
+    *,
+    retries: int = 0,
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    **changes: object,
 ) -> dict[str, tuple[str, str]]:
+    """Each check's (status, 'title | detail | fix'); ``retries`` and ``pause`` (its sleep): the client's."""
     config = attrs.evolve(load_wecom(tomllib.loads(GOOD), env={}), api_base=fake.base_url, **changes)
-    client = WeComKfClient(http, config.corpid, config.secret, base_url=config.api_base, retries=0)
+    client = WeComKfClient(
+        http, config.corpid, config.secret, base_url=config.api_base, retries=retries, sleep=pause
+    )
     return {
         r.name: (r.status, f"{r.title} | {r.detail} | {r.fix}")
         for r in await run_wecom_checks(config, client)
@@ -118,6 +128,67 @@ async def test_doctor_credentials(fake: FakeWeCom, http: aiohttp.ClientSession) 
     fake.options.ip_allowed = False
     results = await doctor(fake, http)
     assert "企业可信IP" in results["wecom-credentials"][1]
+
+
+class GettokenAfterPause:
+    """The client's sleep for a test: records each pause (no waiting) and then sets gettoken's fault to
+    ``then``, so the fake answers the doctor's next ask differently."""
+
+    def __init__(self, fake: FakeWeCom, then: Fault | None) -> None:
+        self.fake, self.then = fake, then
+        self.pauses: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.fake.model.set_fault(wo.GETTOKEN, self.then)
+
+
+# aiohttp itself sends an idempotent GET again once when the connection drops, so the dropped gettoken
+# fails until the doctor pauses (then the fake answers normally).
+@pytest.mark.parametrize("fault", [{"errcode": -1}, {"drop_connection": True}], ids=["busy", "network"])
+async def test_doctor_asks_for_the_token_again_after_a_busy_or_network_failure(
+    fake: FakeWeCom, http: aiohttp.ClientSession, fault: dict[str, Any]
+) -> None:
+    fake.model.set_fault(wo.GETTOKEN, Fault(**fault))
+    pause = GettokenAfterPause(fake, None)
+    results = await doctor(fake, http, retries=2, pause=pause)
+    assert results["wecom-credentials"] == (
+        "ok",
+        "corp id and secret accepted (access token from gettoken) |  | ",
+    )
+    assert {status for status, _text in results.values()} == {"ok"}
+    assert pause.pauses == [0.2]  # one more ask, after the client's backoff_base
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "title"),
+    [
+        ({"drop_connection": True}, {"errcode": -1}, "WeCom answered 'system busy' (-1)"),
+        ({"errcode": -1}, {"drop_connection": True}, "cannot reach the WeCom API"),
+    ],
+    ids=["network-then-busy", "busy-then-network"],
+)
+async def test_doctor_gives_up_on_the_token_naming_the_last_error(
+    fake: FakeWeCom, http: aiohttp.ClientSession, first: dict[str, Any], then: dict[str, Any], title: str
+) -> None:
+    fake.model.set_fault(wo.GETTOKEN, Fault(**first))
+    pause = GettokenAfterPause(fake, Fault(**then))
+    results = await doctor(fake, http, retries=2, pause=pause)
+    status, text = results["wecom-credentials"]
+    assert status == "problem" and said(text)[0] == title
+    assert pause.pauses == [0.2, 0.4]  # client.retries more asks, backing off from client.backoff_base
+    assert results["wecom-accounts"] == results["wecom-servicers"] == NO_TOKEN
+
+
+async def test_doctor_does_not_ask_again_after_an_answer_a_retry_cannot_change(
+    fake: FakeWeCom, http: aiohttp.ClientSession
+) -> None:
+    fake.model.set_fault(wo.GETTOKEN, Fault(errcode=-1, times=1))  # busy once, then the IP is refused
+    fake.options.ip_allowed = False
+    pause = GettokenAfterPause(fake, None)
+    status, text = (await doctor(fake, http, retries=2, pause=pause))["wecom-credentials"]
+    assert status == "problem" and said(text)[0] == ADVICE_60020 and "企业可信IP" in text
+    assert pause.pauses == [0.2] and fake.model.calls[wo.GETTOKEN] == 2
 
 
 async def test_doctor_accounts(fake: FakeWeCom, http: aiohttp.ClientSession) -> None:
@@ -168,6 +239,7 @@ async def test_doctor_callback_settings(fake: FakeWeCom, http: aiohttp.ClientSes
 # (router/doctor_base.py), and a change there must not change what a WeCom operator reads.
 
 NO_TOKEN = ("warning", "not checked: no access token (see wecom-credentials) |  | ")
+ADVICE_60020 = "this server's IP address is not a trusted IP of the app (60020)"
 ADMIN = "the WeCom admin console (企业微信管理后台, work.weixin.qq.com)"
 CALLBACK = f"{ADMIN} → 应用管理 → 微信客服 → API → 接收事件服务器 (URL, Token, EncodingAESKey)"
 SWITCH_ON = (

@@ -163,6 +163,11 @@ class ApiClientBase:
     async def _fetch_token(self, force_refresh: bool) -> tuple[str, float]:
         raise NotImplementedError
 
+    async def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` with the client's sleep (the one its backoff uses; tests inject it), for a
+        caller that retries on its own."""
+        await self._sleep(seconds)
+
     def share_tokens(
         self,
         store: Store,
