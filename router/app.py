@@ -33,10 +33,12 @@ def build_cluster(config: Config, **kwargs: Any) -> Cluster:
     if settings is None or config.store.url is None or config.wecom is not None:
         raise ValueError("build_cluster needs a config of Official Accounts with [cluster] and [store] url")
     owner = settings.owner_id()
-    database = open_database(config.store.url)
+    database = open_database(config.store.url, keepalive=settings.keepalive())
     leases: Database | None = None
     try:
-        leases = open_database(config.store.url)  # the lease keeper's own connections
+        leases = open_database(
+            config.store.url, keepalive=settings.keepalive()
+        )  # the keeper's own connections
         stores = {c.oa.appid: Store(database, appid=c.oa.appid) for c in config.every_account}
         host = Host(config, start=(), stores=stores, name=owner, fail_fast=False, **kwargs)
         host.app.add_routes(admin_routes(host))

@@ -11,6 +11,14 @@ Keys (all optional; the table's presence turns the lease keeper on):
 - ``renew_every_s`` (3): how often leases are renewed and the table looked at; must be below
   ``lease_s / 2`` (two renewals may fail before a lease is lost), or the file is refused naming the key.
 
+``settings.keepalive()``: the TCP keepalive and user timeout of every connection to the database (libpq
+parameters, router/edges/store_pg.py), derived from the lease settings — a half-open connection to a
+dead database host fails within ``lease_s - 3 * renew_every_s`` (at least 1 s), early enough that the lease
+keeper's next look, on a new connection, still renews before its local deadline (``lease_s -
+renew_every_s`` after the last renewal: one renewal period is left for reconnecting); an idle one (the
+LISTEN connection) is probed every ``renew_every_s`` (at least 1 s). A daemon without ``[cluster]`` uses
+what the defaults give.
+
 Rules: every problem is reported with its key (``cluster.lease_s: ...``), as ``router.config`` does; a
 value that validates works.
 """
@@ -32,6 +40,7 @@ from kfrouter.router.core.errors import ConfigError
 DAEMON_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 KEYS = ("daemon_id", "lease_s", "renew_every_s")
 LEASE_RANGE_S = (1.0, 300.0)
+KEEPALIVE_PROBES = 3  # unanswered probes that drop an idle connection (where tcp_user_timeout is unknown)
 
 
 def _daemon_id(_inst: object, _attr: object, value: str) -> None:
@@ -80,6 +89,19 @@ class ClusterSettings:
         """How long before a lease could expire (the last renewal that succeeded, plus ``lease_s``) this
         daemon stops the account on its own when it cannot renew: one renewal period."""
         return self.renew_every_s
+
+    def keepalive(self) -> dict[str, str]:
+        """libpq's keepalive parameters for every connection to the shared database (see the module
+        docstring; a value the store URL sets itself wins, router/edges/store_pg.py)."""
+        probe_s = max(1, math.ceil(self.renew_every_s))
+        give_up_ms = max(1000, round((self.lease_s - 3 * self.renew_every_s) * 1000))
+        return {
+            "keepalives": "1",
+            "keepalives_idle": str(probe_s),
+            "keepalives_interval": str(probe_s),
+            "keepalives_count": str(KEEPALIVE_PROBES),
+            "tcp_user_timeout": str(give_up_ms),
+        }
 
     def owner_id(self) -> str:
         """This process's name in the lease table: ``daemon_id``, the pid and a random suffix."""

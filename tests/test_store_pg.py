@@ -1,13 +1,16 @@
 """router.edges.store_pg against a throw-away PostgreSQL cluster: the database itself refuses stale writes
 (SQL that bypasses the store), migrations run once when daemons start together and a newer schema is
-refused, and a connection the server dropped is replaced."""
+refused, a connection the server dropped is replaced, and every connection carries TCP keepalives and a
+user timeout (read back from the socket itself) derived from the lease settings, unless the URL sets them."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import pytest
 
@@ -18,7 +21,8 @@ except ImportError:  # CI must run these: there, a missing driver is a failure
         raise
     pytest.skip("no PostgreSQL: psycopg is not installed (pip install -e '.[dev]')", allow_module_level=True)
 
-from kfrouter.router.edges.store import Store, StoreError, WaitingRow
+from kfrouter.router.cluster_settings import ClusterSettings
+from kfrouter.router.edges.store import Store, StoreError, WaitingRow, open_database
 from kfrouter.router.edges.store_pg import ACCOUNT_MIGRATIONS, SHARED_MIGRATIONS, STALE_SQLSTATE, PgDatabase
 
 APPID = "wx_pg_test"
@@ -114,6 +118,86 @@ def test_a_connection_the_server_dropped_is_replaced(pg_url: str) -> None:
         assert {w.openid for w in s.load_state().waiting} == {"before", "after"}
     finally:
         database.close()
+
+
+def tcp_options(conn: Any) -> dict[str, int]:
+    """What the kernel applies to a psycopg connection's socket (not what was asked for)."""
+    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        tcp = {
+            name: sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, option))
+            for name, option in (
+                ("keepalives_idle", "TCP_KEEPIDLE"),
+                ("keepalives_interval", "TCP_KEEPINTVL"),
+                ("keepalives_count", "TCP_KEEPCNT"),
+                ("tcp_user_timeout", "TCP_USER_TIMEOUT"),
+            )
+        }
+        return {"keepalives": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), **tcp}
+
+
+needs_linux_tcp = pytest.mark.skipif(
+    not hasattr(socket, "TCP_USER_TIMEOUT"), reason="reads TCP_KEEPIDLE / TCP_USER_TIMEOUT back: Linux only"
+)
+
+
+def test_keepalive_follows_the_lease_settings() -> None:
+    """A dead database host is given up on in time for the keeper's next look to renew on a new
+    connection before its local deadline: lease_s - 3 * renew_every_s (at least 1 s)."""
+    assert ClusterSettings().keepalive() == {
+        "keepalives": "1",
+        "keepalives_idle": "3",
+        "keepalives_interval": "3",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "6000",
+    }
+    slow = ClusterSettings(lease_s=60, renew_every_s=5).keepalive()
+    assert (slow["keepalives_idle"], slow["tcp_user_timeout"]) == ("5", "45000")
+    tight = ClusterSettings(lease_s=2, renew_every_s=0.4).keepalive()  # the tightest settings that validate
+    assert (tight["keepalives_idle"], tight["keepalives_interval"], tight["tcp_user_timeout"]) == (
+        "1",
+        "1",
+        "1000",
+    )
+
+
+@needs_linux_tcp
+async def test_every_connection_carries_the_keepalive_and_the_url_wins(pg_url: str) -> None:
+    settings = ClusterSettings(lease_s=20, renew_every_s=2)  # idle 2 s, give up after 14 s
+    wanted = {
+        "keepalives": 1,
+        "keepalives_idle": 2,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 14000,
+    }
+    database = PgDatabase(pg_url, keepalive=settings.keepalive())
+    try:
+        s = Store(database, appid=APPID)
+        assert tcp_options(database.writes.conn.raw) == wanted  # type: ignore[attr-defined]
+        assert tcp_options(database.reads.conn.raw) == wanted  # type: ignore[attr-defined]
+        listen = await database._listen_connection()  # what the LISTEN task connects with
+        async with listen:
+            assert tcp_options(listen) == wanted
+        with psycopg.connect(pg_url, autocommit=True) as raw:  # the server drops them: replaced alike
+            raw.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'kfrouter' AND datname = current_database()"
+            )
+        assert s.add_waiting(row("after")) and s.load_state().waiting
+        assert tcp_options(database.writes.conn.raw) == wanted  # type: ignore[attr-defined]
+        assert tcp_options(database.reads.conn.raw) == wanted  # type: ignore[attr-defined]
+    finally:
+        database.close()
+    # a value the URL sets itself wins; without [cluster], the defaults
+    own = open_database(f"{pg_url}?keepalives_idle=7&tcp_user_timeout=2500")
+    try:
+        got = tcp_options(own.writes.conn.raw)  # type: ignore[attr-defined]
+        assert (got["keepalives"], got["keepalives_idle"], got["tcp_user_timeout"]) == (1, 7, 2500)
+        assert got["keepalives_interval"] == 3  # ClusterSettings().keepalive()
+    finally:
+        own.close()
+    with pytest.raises(StoreError, match="keepalive applies to PostgreSQL only"):
+        open_database(":memory:", keepalive=settings.keepalive())
 
 
 def test_bad_urls_need_no_server() -> None:

@@ -110,14 +110,20 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _LEASE_COLUMNS = "owner, epoch, expires_at, granted_at"
 
 
-def open_database(target: str | Path, *, synchronous: str = "FULL") -> Database:
-    """The database at ``target``: a ``postgresql://`` URL or a SQLite path (``:memory:`` too)."""
+def open_database(
+    target: str | Path, *, synchronous: str = "FULL", keepalive: Mapping[str, str] | None = None
+) -> Database:
+    """The database at ``target``: a ``postgresql://`` URL or a SQLite path (``:memory:`` too).
+    ``keepalive``: PostgreSQL's TCP keepalive parameters (``ClusterSettings.keepalive()``; None: their
+    defaults)."""
     if isinstance(target, str) and target.startswith(POSTGRES_SCHEMES):
         if synchronous != "FULL":
             raise StoreError("synchronous applies to SQLite only; PostgreSQL commits are durable")
         from kfrouter.router.edges.store_pg import PgDatabase
 
-        return PgDatabase(target)
+        return PgDatabase(target, keepalive=keepalive)
+    if keepalive is not None:
+        raise StoreError(f"keepalive applies to PostgreSQL only; the store {str(target)!r} is SQLite")
     return SqliteDatabase(target, synchronous=synchronous)
 
 

@@ -31,7 +31,11 @@ Layout (schema ``kfrouter`` holds what is shared, one schema per account holds i
   while it beats (``Store.heartbeat``); the lease keeper balances accounts over the live ones.
 
 A connection that broke (the server restarted) is replaced when the next transaction begins; the
-transaction it broke fails with ``StoreError`` (its writes were not committed).
+transaction it broke fails with ``StoreError`` (its writes were not committed). Every connection opened
+here (writes, reads, LISTEN; ``conninfo()`` for others) carries TCP keepalives and a TCP user timeout
+(``keepalive``: libpq parameters, from ``[cluster]``'s lease settings, ``ClusterSettings.keepalive()``; its
+defaults without it), so a half-open connection to a dead database host fails instead of hanging; a
+parameter the URL sets itself wins.
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from kfrouter.router.cluster_settings import ClusterSettings
 from kfrouter.router.edges.store_database import Database
 from kfrouter.router.edges.store_db import Account, Conn, Cursor, Session
 from kfrouter.router.edges.store_values import StaleLease, StoreError, check_appid
@@ -237,7 +242,8 @@ ACCOUNT_MIGRATIONS: tuple[str, ...] = (
 )
 
 
-def _psycopg() -> Any:
+def driver() -> Any:
+    """The psycopg module, or a ``StoreError`` saying how to install it."""
     try:
         import psycopg
     except ImportError:
@@ -249,7 +255,7 @@ def _psycopg() -> Any:
 
 def describe(url: str) -> str:
     """The URL without its password (for messages and logs)."""
-    psycopg = _psycopg()
+    psycopg = driver()
     try:
         info = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
@@ -257,6 +263,18 @@ def describe(url: str) -> str:
     user = f"{info['user']}@" if info.get("user") else ""
     port = f":{info['port']}" if info.get("port") else ""
     return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
+
+
+def conninfo(url: str, keepalive: Mapping[str, str] | None = None) -> str:
+    """``url`` as a libpq connection string with the ``keepalive`` parameters it does not set itself
+    (None: the defaults of ``[cluster]``, ``ClusterSettings().keepalive()``)."""
+    psycopg = driver()
+    params = ClusterSettings().keepalive() if keepalive is None else keepalive
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+        return str(psycopg.conninfo.make_conninfo(url, **{k: v for k, v in params.items() if k not in given}))
+    except psycopg.ProgrammingError as exc:
+        raise StoreError(f"store url is not a valid PostgreSQL URL: {exc}") from None
 
 
 def _mapped(exc: Exception, where: str) -> StoreError:
@@ -276,7 +294,7 @@ class PgConn:
     def __init__(self, raw: Any, where: str) -> None:
         self.raw = raw
         self._where = where
-        self._errors = _psycopg().Error
+        self._errors = driver().Error
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor:
         query = _PLACEHOLDERS.get(sql)
@@ -326,12 +344,15 @@ class PgDatabase(Database):
 
     kind = "postgresql"
 
-    def __init__(self, url: str, *, connect_timeout_s: float = 10.0) -> None:
-        self._psycopg = _psycopg()
+    def __init__(
+        self, url: str, *, connect_timeout_s: float = 10.0, keepalive: Mapping[str, str] | None = None
+    ) -> None:
+        self._psycopg = driver()
         if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
             raise StoreError(f"store url must start with postgresql://, got {url!r}")
         self.url = url
         self.location = describe(url)
+        self._conninfo = conninfo(url, keepalive)
         self._timeout = max(1, round(connect_timeout_s))
         dialect = PgDialect(self._connect)
         write = self._connect()
@@ -351,7 +372,7 @@ class PgDatabase(Database):
     def _connect(self) -> PgConn:
         try:
             raw = self._psycopg.connect(
-                self.url, autocommit=True, connect_timeout=self._timeout, application_name="kfrouter"
+                self._conninfo, autocommit=True, connect_timeout=self._timeout, application_name="kfrouter"
             )
         except self._psycopg.Error as exc:
             raise StoreError(f"{self.location}: cannot connect: {str(exc).strip()}") from None
@@ -450,12 +471,7 @@ class PgDatabase(Database):
         pause, most = _LISTEN_BACKOFF_S
         while not self.closed:
             try:
-                conn = await self._psycopg.AsyncConnection.connect(
-                    self.url,
-                    autocommit=True,
-                    connect_timeout=self._timeout,
-                    application_name="kfrouter-listen",
-                )
+                conn = await self._listen_connection()
                 async with conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self.listening = True
@@ -468,6 +484,11 @@ class PgDatabase(Database):
                 self.listening = False
             await asyncio.sleep(pause)
             pause = min(pause * 2, most)
+
+    async def _listen_connection(self) -> Any:
+        return await self._psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, connect_timeout=self._timeout, application_name="kfrouter-listen"
+        )
 
     def _stop_listening(self) -> None:
         task, self._listener = self._listener, None
