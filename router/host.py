@@ -337,7 +337,7 @@ class Host:
             clock=self.clock,
             options=self.options,
             store=self._stores.get(appid),
-            database=self._shared_database(cfg),
+            database=None if appid in self._stores else self._shared_database(cfg),
             lease=lease,
             gate=gate,
             before_startup=before_startup,
