@@ -758,11 +758,11 @@ class AccountsApi:
         raise ApiError(503, f"account {appid!r} is not routed by this daemon now", appid=appid)
 
     async def list_accounts(self, request: web.Request) -> web.Response:
-        return _answer({"accounts": [_status_json(s) for s in self.host.account_status()]})
+        return _answer({"accounts": [_status_json(s) for s in await self.host.read_account_status()]})
 
     async def get_account(self, request: web.Request) -> web.Response:
         appid = request.match_info["appid"]
-        for s in self.host.account_status():
+        for s in await self.host.read_account_status():
             if s.appid == appid:
                 return _answer(_status_json(s))
         raise ApiError(404, f"unknown account {appid!r}: not in this daemon's config", appid=appid)
@@ -778,6 +778,7 @@ def _status_json(s: AccountStatus) -> dict[str, Any]:
         "status": s.status,
         "waiting": s.waiting,
         "sessions": s.sessions,
+        "counts_error": s.counts_error,
     }
 
 

@@ -399,19 +399,37 @@ def _accounts_table(answer: Mapping[str, Any]) -> str:
     for a in answer.get("accounts", []):
         expires = a.get("lease_expires_at")
         lease = "-" if expires is None else f"epoch {a.get('lease_epoch')}, {_duration(expires - now)} left"
+        error = a.get("counts_error")
         rows.append(
             [
                 a["appid"],
                 a.get("owner") or "-",
                 lease,
                 a.get("status", ""),
-                a.get("waiting", 0) if a.get("running") else "-",
-                a.get("sessions", 0) if a.get("running") else "-",
+                _count(a, "waiting"),
+                _count(a, "sessions"),
+                f"counts not read: {error}" if error else "",
             ]
         )
     if not rows:
         return "no accounts"
-    return _table(["APPID", "OWNER", "LEASE", "STATUS", "WAITING", "SESSIONS"], rows)
+    headers = ["APPID", "OWNER", "LEASE", "STATUS", "WAITING", "SESSIONS", "NOTE"]
+    if not any(r[-1] for r in rows):  # the NOTE column only when a row has something to say
+        headers.pop()
+        rows = [r[:-1] for r in rows]
+    return _table(headers, rows)
+
+
+def _count(account: Mapping[str, Any], key: str) -> Any:
+    """``waiting`` / ``sessions`` of an account row: the number; ``?`` when it could not be read (the NOTE
+    says why); ``-`` when there is none (not running here, no shared store — or a daemon from before
+    ``counts_error``, whose 0 for such an account meant nothing)."""
+    value = account.get(key)
+    if account.get("counts_error"):
+        return "?"
+    if value is None or not (account.get("running") or "counts_error" in account):
+        return "-"
+    return value
 
 
 def _accounts_list(c: AdminClient, a: argparse.Namespace) -> tuple[Any, str]:

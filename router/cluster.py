@@ -12,7 +12,10 @@ keeper, so a renewal never waits behind the daemon's group commit):
   served here (``keep_for_owner``) and answers ``success``; each account served here runs a ``Pickup``
   that hands what waits to the runner's intake, exactly as if the push had come to this daemon — and a
   new owner applies that backlog *before* its start-up recovery reads the store, so a session the old
-  owner created (and an agent maybe closed) while the account had no owner is known, not routed again.
+  owner created (and an agent maybe closed) while the account had no owner is known, not routed again;
+- ``kfrouter accounts list``: the host shows each account's lease as the keeper last saw it, and reads
+  the counts of the accounts served elsewhere from their stores (``router.edges.store_counts``: a
+  connection of its own, read-only, in a worker thread).
 
 Rules: ``run()`` owns the host, the keeper and the pickups; ``stop()`` (SIGTERM) hands every account over
 first (stop with hand-over, release the leases, leave the members), then stops the host. A runner that
@@ -26,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -34,7 +37,8 @@ from urllib.parse import urlencode
 
 from kfrouter.router.cluster_settings import ClusterSettings
 from kfrouter.router.daemon import AccountRunner
-from kfrouter.router.edges.store import Lease, SharedPush, Store
+from kfrouter.router.edges.store import Lease, SharedPush, Store, StoredCounts
+from kfrouter.router.edges.store_counts import CountsReader
 from kfrouter.router.edges.store_database import Database
 from kfrouter.router.host import Host
 from kfrouter.router.ownership import LeaseKeeper
@@ -81,6 +85,10 @@ class Cluster:
         host.on_foreign_push = self._keep_foreign
         host.before_local_push = self._in_order
         host.lease_rows = lambda: self.keeper.lease_rows
+        url = host.config.store.url
+        self._counts = CountsReader(url, keepalive=settings.keepalive()) if url is not None else None
+        if self._counts is not None:
+            host.stored_counts = self._stored_counts
         self._pickup_of: dict[str, Pickup] = {}
         host.add_listener(self)
 
@@ -117,6 +125,8 @@ class Cluster:
         finally:
             self.keeper.close()
             self._read_threads.shutdown(wait=False, cancel_futures=True)
+            if self._counts is not None:
+                await asyncio.to_thread(self._counts.close)
             stop_listening = getattr(self.database, "stop_listening", None)
             if stop_listening is not None:
                 with contextlib.suppress(Exception):
@@ -174,6 +184,10 @@ class Cluster:
         if appid in self.keeper.held():
             log.error("cluster: account %s stopped on its own; giving its lease up", appid)
             self.keeper.give_up(appid)
+
+    async def _stored_counts(self, appids: Sequence[str]) -> Mapping[str, StoredCounts | str]:
+        assert self._counts is not None
+        return await asyncio.to_thread(self._counts.read, appids)
 
     # ------------------------------------------------------------------ pushes
 

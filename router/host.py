@@ -31,8 +31,10 @@ Interface (what the multi-daemon ownership work, router/ownership.py, builds on;
   of an account running here is applied (several daemons: what others kept for it comes first). An appid the config does not list: 404 naming it.
 - ``host.runners``: the accounts running here, by appid; ``host.runner``: the only one (a file of one
   account, tests); ``host.account_status()``: every configured account with its owner, lease and
-  counts (``kfrouter accounts list``); with several daemons ``host.lease_rows()`` (set by router/cluster.py)
-  gives the lease rows the keeper last saw, so an account served elsewhere shows its owner and lease.
+  counts (the pages); with several daemons ``host.lease_rows()`` (set by router/cluster.py) gives the
+  lease rows the keeper last saw, so an account served elsewhere shows its owner and lease, and
+  ``await host.read_account_status()`` (``kfrouter accounts list``) adds the counts of the accounts not
+  running here, read from the shared store through ``host.stored_counts`` (set by router/cluster.py).
 - ``host.add_listener(listener)``: the pages (admin API, metrics, supervisor) learn of each runner
   before it starts (``account_added``) and when it stops, before its store closes (``account_removed``);
   they never import the host (``router.view.HostView``).
@@ -47,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -59,13 +61,16 @@ from kfrouter.router.config import Config
 from kfrouter.router.daemon import AccountRunner, DaemonOptions, account_receiver
 from kfrouter.router.edges.store import Store, open_database
 from kfrouter.router.edges.store_database import Database
-from kfrouter.router.edges.store_values import Lease, LeaseRow
+from kfrouter.router.edges.store_values import Lease, LeaseRow, StoredCounts
 from kfrouter.router.edges.webhook import PushReceiver
 from kfrouter.router.inbox import request_query, with_query
-from kfrouter.router.view import LOCAL_OWNER, AccountListener, AccountStatus, status_of
+from kfrouter.router.view import LOCAL_OWNER, AccountListener, AccountStatus, status_of, with_stored
 from kfrouter.router.wechat.push import Push
 
 log = logging.getLogger("kfrouter.daemon")
+
+# appids -> each one's stored counts, or why they could not be read (router/edges/store_counts.py)
+ReadCounts = Callable[[Sequence[str]], Awaitable[Mapping[str, StoredCounts | str]]]
 
 CALLBACK_PREFIX = "/wechat"
 
@@ -100,6 +105,8 @@ class Host:
         self.before_local_push: Callable[[str], Awaitable[None]] | None = None
         # several daemons (router/cluster.py): every account's lease row as last seen, for accounts list
         self.lease_rows: Callable[[], Mapping[str, LeaseRow]] | None = None
+        # several daemons (router/cluster.py): reads the stored counts of accounts not running here, or why not
+        self.stored_counts: ReadCounts | None = None
         self.configs: dict[str, Config] = {c.oa.appid: c for c in config.every_account}
         self.runners: dict[str, AccountRunner] = {}
         self.listening = asyncio.Event()
@@ -207,13 +214,23 @@ class Host:
                         lease_epoch=row.epoch if row is not None and live else None,
                         lease_expires_at=row.expires_at if row is not None and live else None,
                         status=f"served by {row.owner}" if row is not None and live else "not running here",
-                        waiting=0,
-                        sessions=0,
+                        waiting=None,
+                        sessions=None,
                     )
                 )
                 continue
             out.append(status_of(runner, self.name))
         return out
+
+    async def read_account_status(self) -> list[AccountStatus]:
+        """``account_status()`` with the counts of the accounts not running here as the shared store has
+        them (``stored_counts``, several daemons) — or, in their row, why they could not be read."""
+        out = self.account_status()
+        elsewhere = [s.appid for s in out if not s.running]
+        if self.stored_counts is None or not elsewhere:
+            return out
+        counts = await self.stored_counts(elsewhere)
+        return [s if s.running else with_stored(s, counts.get(s.appid, "not read")) for s in out]
 
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` answers: the accounts' counts summed, and each account's own."""

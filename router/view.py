@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from kfrouter.router.clock import Clock
 from kfrouter.router.config import Config
@@ -27,7 +27,7 @@ from kfrouter.router.core.engine import Engine
 from kfrouter.router.core.estimate import WaitEstimator
 from kfrouter.router.core.events import Event
 from kfrouter.router.edges.client import WeChatClient
-from kfrouter.router.edges.store import Store
+from kfrouter.router.edges.store import Store, StoredCounts
 from kfrouter.router.edges.upstream import Upstream
 from kfrouter.router.executor import Executor
 from kfrouter.router.observe import Observer
@@ -107,16 +107,19 @@ class AccountStatus:
     """One configured account as this process sees it (``/api/accounts``, ``kfrouter accounts list``).
     ``owner``: who routes it — the lease's owner, or this process's name (``LOCAL_OWNER``) without a lease;
     None when it does not run here. ``lease_expires_at``: the lease's end (database clock), None without
-    one."""
+    one. ``waiting`` / ``sessions``: the engine's counts of an account running here; of one that does not,
+    its stored counts when they were read (several daemons: ``HostView.read_account_status``), else None —
+    and ``counts_error`` says why they could not be read."""
 
     appid: str
     running: bool
     owner: str | None
     lease_epoch: int | None
     lease_expires_at: float | None
-    status: str  # starting | running | stopping | not running here
-    waiting: int
-    sessions: int
+    status: str  # starting | running | stopping | served by OWNER | not running here
+    waiting: int | None
+    sessions: int | None
+    counts_error: str | None = None
 
 
 class AccountListener(Protocol):
@@ -129,7 +132,8 @@ class AccountListener(Protocol):
 
 class HostView(Protocol):
     """What the pages may see of the process: its config (``[server]`` tokens, ``[log]``), the accounts that
-    run here (by appid), every configured account's status, and the listener hook."""
+    run here (by appid), every configured account's status (as this process knows it, or with what the
+    shared store holds of the others), and the listener hook."""
 
     @property
     def config(self) -> Config: ...
@@ -138,6 +142,11 @@ class HostView(Protocol):
     def runners(self) -> Mapping[str, DaemonView]: ...
 
     def account_status(self) -> Sequence[AccountStatus]: ...
+
+    async def read_account_status(self) -> Sequence[AccountStatus]:
+        """``account_status()`` with the stored counts of the accounts that do not run here, read from the
+        shared store (several daemons; the others as they are)."""
+        ...
 
     def add_listener(self, listener: AccountListener) -> None: ...
 
@@ -158,6 +167,13 @@ def status_of(daemon: DaemonView, owner: str = LOCAL_OWNER) -> AccountStatus:
     )
 
 
+def with_stored(status: AccountStatus, counts: StoredCounts | str) -> AccountStatus:
+    """``status`` of an account not running here with its stored counts, or why they were not read."""
+    if isinstance(counts, str):
+        return evolve(status, waiting=None, sessions=None, counts_error=counts)
+    return evolve(status, waiting=counts.waiting, sessions=counts.sessions, counts_error=None)
+
+
 class OneAccount:
     """A ``HostView`` over a daemon that serves one account by itself (the WeCom daemon)."""
 
@@ -168,6 +184,9 @@ class OneAccount:
 
     def account_status(self) -> Sequence[AccountStatus]:
         return [status_of(self.daemon)]
+
+    async def read_account_status(self) -> Sequence[AccountStatus]:
+        return self.account_status()
 
     def add_listener(self, listener: AccountListener) -> None:
         listener.account_added(self.daemon)

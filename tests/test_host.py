@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from kfrouter.router.app import build_daemon
 from kfrouter.router.cli import main as kfrouter_main
 from kfrouter.router.config import Config
 from kfrouter.router.daemon import DaemonOptions
-from kfrouter.router.edges.store_values import LeaseRow
+from kfrouter.router.edges.store_values import LeaseRow, StoredCounts
 from kfrouter.router.host import Host
 from kfrouter.router.wechat import replies, signature
 from kfrouter.router.wechat.push import Push
@@ -184,6 +184,7 @@ async def test_three_accounts_route_their_own_customers_with_their_own_tokens(tm
             "status": "running",
             "waiting": 0,
             "sessions": 2,
+            "counts_error": None,
         }
         status, body = await env.get("/api/accounts/wxBravo/sessions")
         assert status == 200 and sorted(s["openid"] for s in body["sessions"]) == ["oB1", "oB2"]
@@ -231,15 +232,40 @@ async def test_accounts_stop_and_start_at_run_time_and_foreign_pushes(tmp_path: 
         assert "wxCharlie" not in env.host.runners
         status, body = await env.get("/api/accounts/wxCharlie")
         assert status == 200 and body["running"] is False and body["owner"] is None
-        # served by another daemon (router/cluster.py tells the host the lease rows it last saw)
+        assert (body["waiting"], body["sessions"], body["counts_error"]) == (None, None, None)  # not known
+        assert (await asyncio.to_thread(accounts_list, env.base)).splitlines()[3].split()[-2:] == ["-", "-"]
+        # served by another daemon (router/cluster.py tells the host the lease rows it last saw, and reads
+        # the counts of the accounts not running here from the shared store: tests/test_cluster_accounts.py)
         rows = {"wxCharlie": LeaseRow("wxCharlie", "daemon-b", 7, time.time() + 12.0, True)}
         env.host.lease_rows = lambda: rows
+        stored: dict[str, StoredCounts | str] = {"wxCharlie": StoredCounts(waiting=4, sessions=9)}
+        asked: list[list[str]] = []
+
+        async def stored_counts(appids: Sequence[str]) -> dict[str, StoredCounts | str]:
+            asked.append(list(appids))
+            return stored
+
+        env.host.stored_counts = stored_counts
         status, body = await env.get("/api/accounts/wxCharlie")
         assert body["owner"] == "daemon-b" and body["lease_epoch"] == 7 and body["status"] == "served by daemon-b"
-        rows["wxCharlie"] = LeaseRow("wxCharlie", "daemon-b", 7, time.time() - 1.0, False)  # expired: nobody's
+        assert (body["waiting"], body["sessions"], body["counts_error"]) == (4, 9, None)
+        assert asked == [["wxCharlie"]]  # only the accounts not running here are read
+        line = (await asyncio.to_thread(accounts_list, env.base)).splitlines()[3].split()
+        assert line[:2] == ["wxCharlie", "daemon-b"] and line[-4:] == ["by", "daemon-b", "4", "9"]
+        why = "canceling statement due to statement timeout"
+        stored["wxCharlie"] = why  # a count not read: why, in its row
         status, body = await env.get("/api/accounts/wxCharlie")
-        assert body["owner"] is None and body["status"] == "not running here"
+        assert body["waiting"] is None and body["counts_error"] == why
+        listing = (await asyncio.to_thread(accounts_list, env.base)).splitlines()
+        cells = [[c.strip() for c in line.split("  ") if c.strip()] for line in listing]
+        assert cells[0][-3:] == ["WAITING", "SESSIONS", "NOTE"] and cells[1][-2:] == ["0", "0"]  # no note
+        assert cells[3][-4:] == ["served by daemon-b", "?", "?", f"counts not read: {why}"]
+        rows["wxCharlie"] = LeaseRow("wxCharlie", "daemon-b", 7, time.time() - 1.0, False)  # expired: nobody's
+        stored["wxCharlie"] = StoredCounts(waiting=4, sessions=0)  # what waits for the next owner
+        status, body = await env.get("/api/accounts/wxCharlie")
+        assert body["owner"] is None and body["status"] == "not running here" and body["waiting"] == 4
         env.host.lease_rows = None
+        env.host.stored_counts = None
         assert (await env.get("/api/accounts/wxCharlie/queue"))[0] == 503
         # not served here and no hook: WeChat is asked to retry
         async with env.http.post(url, params=signed(token, xml, "oX"), data=xml) as resp:

@@ -22,7 +22,8 @@ except ImportError:  # CI must run these: there, a missing driver is a failure
     pytest.skip("no PostgreSQL: psycopg is not installed (pip install -e '.[dev]')", allow_module_level=True)
 
 from kfrouter.router.cluster_settings import ClusterSettings
-from kfrouter.router.edges.store import Store, StoreError, WaitingRow, open_database
+from kfrouter.router.edges.store import Store, StoredCounts, StoreError, WaitingRow, open_database
+from kfrouter.router.edges.store_counts import CountsReader
 from kfrouter.router.edges.store_pg import ACCOUNT_MIGRATIONS, SHARED_MIGRATIONS, STALE_SQLSTATE, PgDatabase
 
 APPID = "wx_pg_test"
@@ -188,6 +189,14 @@ async def test_every_connection_carries_the_keepalive_and_the_url_wins(pg_url: s
         assert tcp_options(database.reads.conn.raw) == wanted  # type: ignore[attr-defined]
     finally:
         database.close()
+    reader = CountsReader(pg_url, keepalive=settings.keepalive())  # accounts list's reads (store_counts)
+    try:
+        assert (
+            reader.read([APPID]) == {APPID: StoredCounts(waiting=1, sessions=0)} and reader._conn is not None
+        )
+        assert tcp_options(reader._conn) == wanted
+    finally:
+        reader.close()
     # a value the URL sets itself wins; without [cluster], the defaults
     own = open_database(f"{pg_url}?keepalives_idle=7&tcp_user_timeout=2500")
     try:

@@ -68,6 +68,7 @@ from kfrouter.router.edges.store_values import (
     SessionRow,
     SharedPush,
     StaleLease,
+    StoredCounts,
     StoredState,
     StoredToken,
     StoreError,
@@ -98,6 +99,7 @@ __all__ = [
     "StaleLease",
     "Store",
     "StoreError",
+    "StoredCounts",
     "StoredState",
     "StoredToken",
     "WaitingRow",
@@ -108,6 +110,7 @@ T = TypeVar("T")
 log = logging.getLogger("kfrouter.store")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _LEASE_COLUMNS = "owner, epoch, expires_at, granted_at"
+IN_SESSION = "outcome IS NULL AND started_at IS NOT NULL"  # a row of ``sessions`` that is a session now
 
 
 def open_database(
@@ -535,10 +538,7 @@ class Store:
             }
             in_session = {
                 r[0]: (r[1], r[2])
-                for r in c.execute(
-                    "SELECT openid, kf_account, started_at FROM sessions "
-                    "WHERE outcome IS NULL AND started_at IS NOT NULL"
-                )
+                for r in c.execute(f"SELECT openid, kf_account, started_at FROM sessions WHERE {IN_SESSION}")
             }
         return StoredState(agents, waiting, reservations, history, in_session)
 

@@ -171,6 +171,16 @@ class StoredToken:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredCounts:
+    """An account's customers as its store has them (``router.edges.store_counts``): ``waiting`` in the
+    queue (not being assigned: no reservation), ``sessions`` open with an agent — what its owner's engine
+    counts, as far as it has committed."""
+
+    waiting: int
+    sessions: int
+
+
+@dataclass(frozen=True, slots=True)
 class CommitStats:
     """What the group-commit writer did so far: ``jobs`` committed or refused in ``batches`` transactions
     (one fsync each with SQLite ``synchronous=FULL``); ``largest`` batch."""
