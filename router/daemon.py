@@ -731,6 +731,8 @@ class AccountRunner:
         if isinstance(event, ev.AgentsSeen):
             log.debug("event AgentsSeen: %d online", sum(1 for r in event.rows if r.online))
             return
+        if isinstance(event, ev.CustomerRequested) and event.source == "push":
+            return  # the intake wrote the push's line, with what matched (router/inbox.py)
         if log.isEnabledFor(logging.INFO):  # the line is formatted only when it is written
             parts = [f"{k}={v}" for k, v in fields_of(event).items()]
             log.info("event %s %s", type(event).__name__, " ".join(parts))

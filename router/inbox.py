@@ -33,8 +33,8 @@ from kfrouter.router.core.desk import Desk
 from kfrouter.router.core.intake import Ignore, Leave, Reply, Request
 from kfrouter.router.edges.store import Store, WaitingRow
 from kfrouter.router.edges.upstream import Upstream, build_forward
-from kfrouter.router.logs import fields_of
-from kfrouter.router.observe import Observation, PushReceived
+from kfrouter.router.logs import fields_of, words
+from kfrouter.router.observe import HumanAsked, Observation, PushReceived
 from kfrouter.router.wechat import replies
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 from kfrouter.router.wechat.errors import WeChatCodecError
@@ -323,13 +323,11 @@ class Intake:
         if not await store.commit(work):
             log.info("push %s already handled before a restart", push.dedup_key)
             return
-        log.info(
-            "push from %s asks for a human (%s): group %s, priority %d",
-            push.openid,
-            answer.matched,
-            e.group,
-            e.priority,
-        )
+        # the push's one line: the event's, with what matched (the daemon does not log this event again;
+        # in JSON mode the event log writes it, from HumanAsked)
+        if log.isEnabledFor(logging.INFO):
+            log.info("event %s %s", "CustomerRequested", words(e, matched=answer.matched))
+        self._observe(HumanAsked(e, answer.matched), now)
         self.inbox.put(e)
 
     async def _cancel(self, push: UserMessage | MenuClick, answer: Leave, now: float) -> str | None:

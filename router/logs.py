@@ -11,7 +11,9 @@
 - ``EventLog``: a daemon observer writing one structured line per input event and per command to
   ``kfrouter.events`` (type, openid, agent, group, errcode ...; never message texts). In JSON mode it
   replaces the daemon's own free-text ``event ...`` / ``command ...`` lines (``DuplicateFilter``), so
-  each event is one line.
+  each event is one line. A push that asks for a human is one line too: the intake's (router/inbox.py,
+  ``event CustomerRequested ... matched=...``; in JSON mode EventLog's, from ``HumanAsked``, with
+  ``matched``) — the daemon does not log that event again when it applies it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
-from kfrouter.router.core.events import AgentSessionsSeen, AgentsSeen
+from kfrouter.router.core.events import AgentSessionsSeen, AgentsSeen, CustomerRequested
 from kfrouter.router.edges.errors import redact
-from kfrouter.router.observe import Observation, Stepped
+from kfrouter.router.observe import HumanAsked, Observation, Stepped
 
 REDACTED = "[redacted]"
 _MIN_SECRET_LEN = 4  # shorter "secrets" would redact ordinary words; config enforces longer ones
@@ -206,27 +208,53 @@ def fields_of(value: object) -> dict[str, Any]:
     return out
 
 
+def words(value: object, **more: Any) -> str:
+    """``key=value ...`` of ``fields_of(value)`` and ``more``: the free-text form of an event's line."""
+    return " ".join(f"{k}={v}" for k, v in {**fields_of(value), **more}.items())
+
+
 class EventLog:
     """Daemon observer: one structured ``kfrouter.events`` line per input event and per command.
 
-    Poll snapshots (``AgentsSeen``, ``AgentSessionsSeen``) are logged at DEBUG, everything else at INFO."""
+    Poll snapshots (``AgentsSeen``, ``AgentSessionsSeen``) are logged at DEBUG, everything else at INFO.
+    A request the intake announced (``HumanAsked``) is written then, with ``matched``, and not again when
+    its step comes (the announced ones wait in ``_announced``, at most ``ANNOUNCED_MAX``: past that the
+    oldest is forgotten — its step would be logged as well, never lost)."""
 
     QUIET = frozenset({"AgentsSeen", "AgentSessionsSeen"})
+    ANNOUNCED_MAX = 4096
 
     def __init__(self, logger: logging.Logger | None = None, *, appid: str | None = None) -> None:
         self.log = logger if logger is not None else logging.getLogger("kfrouter.events")
         self.appid = appid  # the account, in every line's fields when given (a process of several)
+        self._announced: dict[CustomerRequested, None] = {}  # in arrival order
 
     def observe(self, observation: Observation, now: float) -> None:
+        if isinstance(observation, HumanAsked):
+            self._announce(observation)
+            return
         if not isinstance(observation, Stepped):
             return
-        if observation.cause is not None:
-            self._line("event", observation.cause)
+        cause = observation.cause
+        if cause is not None and not self._was_announced(cause):
+            self._line("event", cause)
         for cmd in observation.commands:
             self._line("command", cmd)
 
-    def _line(self, kind: str, value: object) -> None:
-        fields = {"kind": kind, "type": type(value).__name__, **fields_of(value)}
+    def _announce(self, asked: HumanAsked) -> None:
+        self._announced[asked.event] = None
+        if len(self._announced) > self.ANNOUNCED_MAX:
+            del self._announced[next(iter(self._announced))]
+        self._line("event", asked.event, matched=asked.matched)
+
+    def _was_announced(self, cause: object) -> bool:
+        if not isinstance(cause, CustomerRequested) or cause not in self._announced:
+            return False
+        del self._announced[cause]
+        return True
+
+    def _line(self, kind: str, value: object, **more: Any) -> None:
+        fields = {"kind": kind, "type": type(value).__name__, **fields_of(value), **more}
         if self.appid is not None:
             fields["appid"] = self.appid
         level = logging.DEBUG if fields["type"] in self.QUIET else logging.INFO

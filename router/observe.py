@@ -11,6 +11,9 @@ raise: an exception is logged and the others still run.
   reads it here instead of keeping its own record of each customer.
 - ``ApiCalled``: one call of the command executor to WeChat (retries included), with its outcome.
 - ``PushReceived``: a push from WeChat passed the webhook's checks and reached the intake.
+- ``HumanAsked``: a push asked for a human; the intake committed the request and hands its event to the
+  Desk next (its ``Stepped`` follows): the event and what in the push matched — the event log writes the
+  push's one line from it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Callable
 from attrs import frozen
 
 from kfrouter.router.core.commands import Command
-from kfrouter.router.core.events import Event
+from kfrouter.router.core.events import CustomerRequested, Event
 from kfrouter.router.core.facts import Fact
 
 
@@ -54,5 +57,14 @@ class PushReceived:
     openid: str
 
 
-Observation = Stepped | ApiCalled | PushReceived
+@frozen
+class HumanAsked:
+    """A push asked for a human: the request's event (``source='push'``) and why (``matched``:
+    ``keyword:…``, ``rule:…``, ``menu:…``, ``always``, …; router/core/rules.py)."""
+
+    event: CustomerRequested
+    matched: str
+
+
+Observation = Stepped | ApiCalled | PushReceived | HumanAsked
 Observer = Callable[[Observation, float], None]

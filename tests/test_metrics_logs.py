@@ -1,8 +1,10 @@
 """Structured logs: JSON lines that parse, one line per input event and per command with the openid, never a
-token or a secret (the redaction filter as a unit, as a property, in-process and through ``kfrouter run``)."""
+token or a secret (the redaction filter as a unit, as a property, in-process and through ``kfrouter run``);
+a push that asks for a human is one line, in text and in JSON, with what matched."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -30,7 +32,7 @@ from kfrouter.router.core.commands import SendText
 from kfrouter.router.core.events import AgentsSeen, CustomerRequested
 from kfrouter.router.core.model import AgentRow
 from kfrouter.router.logs import REDACTED, EventLog, JsonFormatter, RedactFilter, scrub, setup_logging
-from kfrouter.router.observe import PushReceived, Stepped
+from kfrouter.router.observe import HumanAsked, PushReceived, Stepped
 
 
 @pytest.fixture
@@ -122,15 +124,24 @@ def test_property_a_secret_never_survives_scrubbing(
     assert scrub(f"x?access_token={secret}&y=1") == "x?access_token=***&y=1"
 
 
-def test_event_log_writes_ids_never_texts() -> None:
+@contextlib.contextmanager
+def json_lines(level: int = logging.DEBUG) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger of its own writing JSON lines to the stream it yields with it."""
     stream = io.StringIO()
     logger = logging.getLogger("kfrouter.test.events")
     logger.propagate = False
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     logger.handlers[:] = [handler]
-    logger.setLevel(logging.DEBUG)
+    logger.setLevel(level)
     try:
+        yield logger, stream
+    finally:
+        logger.handlers[:] = []
+
+
+def test_event_log_writes_ids_never_texts() -> None:
+    with json_lines() as (logger, stream):
         events = EventLog(logger)
         requested = CustomerRequested(openid="o1", group="g", text="my phone is 555")
         told = SendText(openid="o1", text="you are third", kind="queued")
@@ -140,8 +151,6 @@ def test_event_log_writes_ids_never_texts() -> None:
         )
         events.observe(Stepped(seen, (), ()), 0.0)
         events.observe(PushReceived("UserMessage", "o1"), 0.0)  # not an event or command: no line
-    finally:
-        logger.handlers[:] = []
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(x["kind"], x["type"]) for x in lines] == [
         ("event", "CustomerRequested"),
@@ -154,7 +163,80 @@ def test_event_log_writes_ids_never_texts() -> None:
     assert "555" not in stream.getvalue() and "third" not in stream.getvalue()
 
 
+def test_a_request_the_intake_announced_is_one_line_with_what_matched() -> None:
+    with json_lines(logging.INFO) as (logger, stream):
+        events = EventLog(logger, appid="wx1")
+        pushed = CustomerRequested(openid="o1", group="g", text="my phone is 555", arrived_at=5.0)
+        events.observe(HumanAsked(pushed, "keyword:human"), 5.0)
+        events.observe(Stepped(pushed, (), ()), 5.1)  # applied: not logged again
+        waitlist = CustomerRequested(openid="o2", source="waitlist")
+        events.observe(Stepped(waitlist, (), ()), 6.0)  # not announced: logged
+        events.observe(Stepped(pushed, (), ()), 7.0)  # the same again (not announced again): logged
+        events.ANNOUNCED_MAX = 1  # more announced than applied: the oldest is forgotten, never lost
+        events.observe(HumanAsked(CustomerRequested(openid="o3"), "always"), 8.0)
+        events.observe(HumanAsked(CustomerRequested(openid="o4"), "always"), 8.0)
+        events.observe(Stepped(CustomerRequested(openid="o3"), (), ()), 9.0)
+        events.observe(Stepped(CustomerRequested(openid="o4"), (), ()), 9.0)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(x["openid"], x.get("matched")) for x in lines] == [
+        ("o1", "keyword:human"),
+        ("o2", None),
+        ("o1", None),
+        ("o3", "always"),
+        ("o4", "always"),
+        ("o3", None),
+    ]
+    assert lines[0] | {"t": 0, "time": ""} == {
+        "t": 0,
+        "time": "",
+        "level": "info",
+        "logger": "kfrouter.test.events",
+        "msg": "event CustomerRequested openid=o1 group=g",
+        "kind": "event",
+        "type": "CustomerRequested",
+        "openid": "o1",
+        "group": "g",
+        "priority": 0,
+        "source": "push",
+        "matched": "keyword:human",
+        "appid": "wx1",
+    }
+    assert "555" not in stream.getvalue()
+
+
 # ------------------------------------------------------------------------------------ in-process
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+async def test_a_push_asking_for_a_human_is_one_line_at_info(
+    tmp_path: Path, restore_logging: None, as_json: bool
+) -> None:
+    """The intake's line and the daemon's event line were the same facts twice (~10 % CPU under load):
+    one line now, with the event's fields and what matched."""
+    stream = io.StringIO()
+    async with running_env(tmp_path, log={"level": "info", "json": as_json}) as env:
+        setup_logging("info", as_json, stream=stream)
+        await env.ctl.say("c1", "human please")
+        await env.assigned("c1")
+    lines = stream.getvalue().splitlines()
+    asked = [line for line in lines if "CustomerRequested" in line or "asks for a human" in line]
+    assert len(asked) == 1, asked
+    if as_json:
+        x = json.loads(asked[0])
+        assert (x["logger"], x["type"], x["openid"], x["group"], x["source"]) == (
+            "kfrouter.events",
+            "CustomerRequested",
+            "c1",
+            "general",
+            "push",
+        )
+        assert x["matched"] and x["priority"] == 0
+    else:
+        assert (
+            "kfrouter.daemon: event CustomerRequested openid=c1 group=general priority=0 source=push matched="
+            in (asked[0])
+        )
+    assert any("CreateSession" in line and "c1" in line for line in lines)  # the rest is still told
 
 
 async def test_daemon_json_lines_parse_and_carry_no_secret(tmp_path: Path, restore_logging: None) -> None:
