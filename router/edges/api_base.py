@@ -2,7 +2,9 @@
 
 ``ApiClientBase`` holds one ``aiohttp.ClientSession`` and one ``TokenHolder``; subclasses add one method
 per endpoint, say how a token is fetched (``_fetch_token``) and which errcode table applies
-(``families``). What every call goes through (``_call``):
+(``families``), and pass the call options every client takes (``CallOptions``: retries, backoff, timeout,
+sleep, clock, token margin, a shared ``TokenHolder``) on to ``ApiClientBase.__init__``, which holds their
+defaults. What every call goes through (``_call``):
 
 * the access_token from the ``TokenHolder`` (single-flight, compare-and-swap), in the query string;
 * on a ``TokenError`` (the family's token codes): invalidate that token, refresh, retry **once** — a
@@ -20,6 +22,7 @@ Per-endpoint counters and latencies live in ``client.stats``. Logs go to ``kfrou
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -27,7 +30,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import quote
 
 import aiohttp
@@ -108,28 +111,43 @@ def query_string(query: Mapping[str, str]) -> str:
     return "&".join(f"{quote(k, safe='')}={quote(v, safe='@')}" for k, v in query.items())
 
 
+class CallOptions(TypedDict, total=False):
+    """The keyword arguments every API client passes on to ``ApiClientBase`` (which has their defaults)."""
+
+    retries: int
+    backoff_base: float
+    backoff_cap: float
+    rng: random.Random | None
+    timeout_s: float
+    sleep: Sleep
+    clock: Callable[[], float]
+    token_margin_s: float
+    tokens: TokenHolder | None
+
+
 class ApiClientBase:
     """Token, retry and stats machinery for one API credential; see the module docstring.
 
-    Subclasses call ``_init_base(...)`` from their ``__init__`` and implement ``_fetch_token``.
+    Subclasses take their credentials, then ``**options: Unpack[CallOptions]`` for ``super().__init__``, and
+    implement ``_fetch_token``.
     """
 
     families: Families = OA_FAMILIES
 
-    def _init_base(
+    def __init__(
         self,
         session: aiohttp.ClientSession,
         base_url: str,
         *,
-        retries: int,
-        backoff_base: float,
-        backoff_cap: float,
-        rng: random.Random | None,
-        timeout_s: float,
-        sleep: Sleep,
-        clock: Callable[[], float],
-        token_margin_s: float,
-        tokens: TokenHolder | None,
+        retries: int = 3,
+        backoff_base: float = 0.2,
+        backoff_cap: float = 5.0,
+        rng: random.Random | None = None,
+        timeout_s: float = 10,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        token_margin_s: float = 120.0,
+        tokens: TokenHolder | None = None,
     ) -> None:
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
@@ -217,24 +235,8 @@ class ApiClientBase:
         json_body: Any = None,
         form: Callable[[], aiohttp.FormData] | None = None,
     ) -> dict[str, Any]:
-        """``_attempts``, telling ``on_error`` (when set) about the error a call finally ends with."""
-        try:
-            return await self._attempts(path, method, query=query, json_body=json_body, form=form)
-        except WeChatError as exc:
-            if self.on_error is not None:
-                self.on_error(exc)
-            raise
-
-    async def _attempts(
-        self,
-        path: str,
-        method: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        json_body: Any = None,
-        form: Callable[[], aiohttp.FormData] | None = None,
-    ) -> dict[str, Any]:
-        """Call ``path`` with token, one token retry and bounded backoff; the parsed JSON on success."""
+        """Call ``path`` with token, one token retry and bounded backoff; the parsed JSON on success. The
+        error a call finally ends with is told to ``on_error`` (when set)."""
         stats = self.stats.endpoint(path)
         stats.calls += 1
         body_factory: Callable[[], Any] | None
@@ -247,6 +249,23 @@ class ApiClientBase:
             content_type = "application/json; charset=utf-8"
         else:
             body_factory = None
+        try:
+            return await self._attempts(stats, path, method, query, body_factory, content_type)
+        except WeChatError as exc:
+            if self.on_error is not None:
+                self.on_error(exc)
+            raise
+
+    async def _attempts(
+        self,
+        stats: EndpointStats,
+        path: str,
+        method: str,
+        query: Mapping[str, str] | None,
+        body_factory: Callable[[], Any] | None,
+        content_type: str | None,
+    ) -> dict[str, Any]:
+        """The attempts of one call (see the module docstring): the parsed JSON of the one that worked."""
         token_retry_used = False
         attempt = 0
         while True:

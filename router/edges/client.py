@@ -19,12 +19,9 @@ live in ``client.stats``. Logs go to ``kfrouter.client`` with ``access_token=`` 
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Unpack
 
 import aiohttp
 from attrs import frozen
@@ -44,12 +41,12 @@ from kfrouter.router.edges.answers import (
 from kfrouter.router.edges.api_base import (
     MAX_RESPONSE_BYTES,
     ApiClientBase,
+    CallOptions,
     ClientStats,
     EndpointStats,
-    Sleep,
 )
 from kfrouter.router.edges.errors import BadResponse
-from kfrouter.router.edges.token import TokenHolder, TokenMode, parse_token_response, token_request
+from kfrouter.router.edges.token import TokenMode, parse_token_response, token_request
 
 log = logging.getLogger("kfrouter.client")
 
@@ -164,16 +161,7 @@ class WeChatClient(ApiClientBase):
         secret: str,
         base_url: str = DEFAULT_BASE_URL,
         token_mode: TokenMode = "stable",
-        retries: int = 3,
-        backoff_base: float = 0.2,
-        backoff_cap: float = 5.0,
-        rng: random.Random | None = None,
-        timeout_s: float = 10,
-        *,
-        sleep: Sleep = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        token_margin_s: float = 120.0,
-        tokens: TokenHolder | None = None,
+        **options: Unpack[CallOptions],
     ) -> None:
         require_text("appid", appid)
         require_text("secret", secret)
@@ -182,19 +170,7 @@ class WeChatClient(ApiClientBase):
         self.appid = appid
         self._secret = secret
         self.token_mode: TokenMode = token_mode
-        self._init_base(
-            session,
-            base_url,
-            retries=retries,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
-            rng=rng,
-            timeout_s=timeout_s,
-            sleep=sleep,
-            clock=clock,
-            token_margin_s=token_margin_s,
-            tokens=tokens,
-        )
+        super().__init__(session, base_url, **options)
 
     def __repr__(self) -> str:  # never show the secret
         return (
@@ -457,8 +433,6 @@ class WeChatClient(ApiClientBase):
         """``message/custom/typing`` (§6.2): ``Typing`` or ``CancelTyping``."""
         body = {"touser": require_text("openid", openid), "command": "Typing" if typing else "CancelTyping"}
         await self._call(CUSTOM_TYPING, "POST", json_body=body)
-
-    # ---------------------------------------------------------------------------------- machinery
 
     # ---------------------------------------------------------------------------------- machinery
 

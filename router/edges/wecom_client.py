@@ -20,13 +20,10 @@ Arguments are checked before any request (``ValueError`` naming the argument); a
 
 from __future__ import annotations
 
-import asyncio
-import random
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Unpack
 
 import aiohttp
 from attrs import field, frozen
@@ -42,8 +39,8 @@ from kfrouter.router.edges.answers import (
     rows,
     where,
 )
-from kfrouter.router.edges.api_base import ApiClientBase, Sleep
-from kfrouter.router.edges.token import TokenHolder, parse_token_response
+from kfrouter.router.edges.api_base import ApiClientBase, CallOptions
+from kfrouter.router.edges.token import parse_token_response
 from kfrouter.router.edges.wecom_errors import WECOM_FAMILIES
 from kfrouter.router.wechat import wecom_kf
 
@@ -320,34 +317,13 @@ class WeComKfClient(ApiClientBase):
         corpid: str,
         secret: str,
         base_url: str = DEFAULT_BASE_URL,
-        retries: int = 3,
-        backoff_base: float = 0.2,
-        backoff_cap: float = 5.0,
-        rng: random.Random | None = None,
-        timeout_s: float = 10,
-        *,
-        sleep: Sleep = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        token_margin_s: float = 120.0,
-        tokens: TokenHolder | None = None,
+        **options: Unpack[CallOptions],
     ) -> None:
         require_text("corpid", corpid)
         require_text("secret", secret)
         self.corpid = corpid
         self._secret = secret
-        self._init_base(
-            session,
-            base_url,
-            retries=retries,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
-            rng=rng,
-            timeout_s=timeout_s,
-            sleep=sleep,
-            clock=clock,
-            token_margin_s=token_margin_s,
-            tokens=tokens,
-        )
+        super().__init__(session, base_url, **options)
 
     def __repr__(self) -> str:  # never show the secret
         return f"WeComKfClient(corpid={self.corpid!r}, base_url={self.base_url!r})"

@@ -30,11 +30,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
-from typing import Protocol
 
 from attrs import define
 
-from kfrouter.router.edges.wecom_client import SYNC_LIMIT_MAX, KfMessage, SyncPage
+from kfrouter.router.edges.wecom_client import SYNC_LIMIT_MAX, KfMessage, SyncPage, WeComKfClient
 from kfrouter.router.edges.wecom_cursor import CursorStore
 from kfrouter.router.edges.wecom_errors import MsgTokenInvalid
 from kfrouter.router.wechat.wecom_kf import KfCallback
@@ -45,20 +44,6 @@ SINCE_PREFIX = "!since:"  # a first start's saved cut-off (WeCom's cursors are l
 
 OnMessage = Callable[[KfMessage], Awaitable[None]]
 Commit = Callable[[str], Awaitable[None]]
-
-
-class SyncSource(Protocol):
-    """What the puller needs from the API client (``WeComKfClient.sync_msg``)."""
-
-    async def sync_msg(
-        self,
-        open_kfid: str,
-        *,
-        cursor: str | None = None,
-        token: str | None = None,
-        limit: int = SYNC_LIMIT_MAX,
-        voice_format: int | None = None,
-    ) -> SyncPage: ...
 
 
 @define
@@ -74,6 +59,10 @@ class PullResult:
 
 @define
 class SyncStats:
+    """The puller's counters over its life (``puller.stats``): pulls, pages read, messages handed on and
+    skipped, failed pulls, callbacks of accounts not served, pulls that went on without the callback's
+    token."""
+
     pulls: int = 0
     pages: int = 0
     handed: int = 0
@@ -86,14 +75,15 @@ class SyncStats:
 class KfSyncPuller:
     """Pulls ``kf/sync_msg`` per kf account on callbacks; see the module docstring.
 
-    ``source``: the API client; ``cursors``: where cursors live; ``on_message``: awaited for every new
-    message; ``commit(open_kfid)``: awaited after each batch, before its cursor is saved; ``open_kfids``:
-    the accounts served (None: any); ``clock``: unix seconds (for ``history_before``).
+    ``source``: the API client (its ``sync_msg``); ``cursors``: where cursors live; ``on_message``:
+    awaited for every new message; ``commit(open_kfid)``: awaited after each batch, before its cursor is
+    saved; ``open_kfids``: the accounts served (None: any); ``clock``: unix seconds (for
+    ``history_before``).
     """
 
     def __init__(
         self,
-        source: SyncSource,
+        source: WeComKfClient,
         cursors: CursorStore,
         on_message: OnMessage,
         *,
