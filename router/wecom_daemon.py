@@ -24,9 +24,10 @@ one engine task (``router.inbox.drive``), the store and the observers are the sa
   a complete ``AgentsSeen``), and ``servicer_status_change`` events (1 / 2) update one servicer at once.
   ``session_status_change``: 1 (taken from the pool) / 4 (re-joined) → ``SessionCreated``, 2 (transfer) →
   ``SessionSwitched``, 3 (ended) → ``SessionClosed``.
-- **Restart** (kill -9 safe): the store's waiting customers, open sessions and reservations are read back;
-  each reservation and session is checked with ``service_state/get``; then routing starts and the account is
-  pulled once from the saved cursor (what customers wrote while the daemon was down).
+- **Restart** (kill -9 safe): the store's waiting customers, open sessions, reservations and the servicers'
+  local settings (the admin API's) are read back; each reservation and session is checked with
+  ``service_state/get``; then routing starts and the account is pulled once from the saved cursor (what
+  customers wrote while the daemon was down).
 
 Commands of one customer run in order (a per-customer chain of tasks), so the move to the pool happens
 before their queue notice. One open_kfid per daemon (one Desk per account): a config listing several is
@@ -284,6 +285,18 @@ class WeComDaemon:
         )
         for event in self.config.agent_events():
             self._apply(event, now)
+        for s in state.agents.values():  # local settings (the admin API), as for an Official Account
+            self._apply(
+                ev.AgentConfigured(
+                    kf_account=s.kf_account,
+                    groups=frozenset(s.groups) if s.groups is not None else None,
+                    max_sessions=s.max_sessions,
+                    paused=s.paused,
+                    nickname=s.nickname,
+                    tags=frozenset(s.tags) if s.tags is not None else None,
+                ),
+                now,
+            )
         for h in state.history.values():
             self.engine.remember(h.openid, h.kf_account, h.at)
         delay = 0.5

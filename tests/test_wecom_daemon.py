@@ -20,6 +20,7 @@ from wecom_support import AES_KEY, CB_TOKEN, CORPID, SECRET
 from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.daemon import DaemonOptions
+from kfrouter.router.edges.store import Store
 from kfrouter.router.wecom_daemon import WeComDaemon
 from kfrouter.sim.wecom_server import FakeWeCom, running_fake_wecom
 
@@ -155,6 +156,28 @@ async def test_wecom_account_served_end_to_end(fake: FakeWeCom, tmp_path: Path) 
                 len([s for s in st["sent"] if s["external_userid"] == "wmC2" and s.get("kind") == "pool"])
                 <= 1
             )
+        finally:
+            daemon.stop()
+            await asyncio.wait_for(task, 20)
+
+
+async def test_agent_settings_saved_in_the_store_are_applied_at_start(fake: FakeWeCom, tmp_path: Path) -> None:
+    """Local settings (the admin API's PATCH /agents/{kf}/settings saves them) survive a restart, as for an
+    Official Account."""
+    db = tmp_path / "k.db"
+    with Store(db) as store:
+        store.set_agent("s1", 1.0, paused=True, max_sessions=4, tags=["vip"])
+    async with aiohttp.ClientSession() as http:
+        await control(http, fake.base_url, "servicers", {"open_kfid": KF, "servicers": [{"userid": "s1"}]})
+        config = Config.from_dict(wecom_config(fake.base_url, db), source="k.toml", env={})
+        daemon = build_daemon(config, options=DaemonOptions(self_check=False, sweep_s=0.2))
+        assert isinstance(daemon, WeComDaemon)
+        task = asyncio.create_task(daemon.run())
+        try:
+            await wait_until(lambda: daemon.started.is_set(), timeout=15, message="daemon started")
+            s1 = daemon.engine.agent("s1")
+            assert s1 is not None and s1.online
+            assert (s1.paused, s1.capacity, s1.tags) == (True, 4, frozenset({"vip"}))
         finally:
             daemon.stop()
             await asyncio.wait_for(task, 20)
