@@ -9,7 +9,9 @@ Structure (docs/daemon.md has the full picture and the public surface):
   ``CancelledError`` is always re-raised. The host's web server hands it the account's pushes
   (``intake``, behind the host-owned ``PushReceiver`` that verifies and decrypts them).
 - The engine is driven from ONE task (``router.inbox.drive``): pushes, API outcomes, poll snapshots and
-  ``submit()`` calls all go through the inbox and are applied in order by ``_apply``.
+  ``submit()`` calls all go through the inbox and are applied in order by ``_apply``. That machinery —
+  inbox, engine task, logging each event and command, start-up's first step — is ``DeskDriver``
+  (router/desk_driver.py), shared with the WeCom daemon; this module adds what is the Official Account's.
 - What a customer told us is committed to the store *before* the webhook answers WeChat (a request for a
   human, a cancel, a kf session event, each with its push key), then handed to the inbox.
 - Start-up recovery (``_startup``) rebuilds the engine from the store and WeChat before routing: agents
@@ -32,27 +34,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
 import aiohttp
-from attrs import field, frozen
+from attrs import frozen
 
-from kfrouter.policies.registry import load_policies
-from kfrouter.router.clock import Clock, SteadyClock
-from kfrouter.router.config import DEFAULT_TEMPLATES, Config
+from kfrouter.router.clock import Clock
+from kfrouter.router.config import Config
 from kfrouter.router.core import events as ev
-from kfrouter.router.core import notify as core_notify
-from kfrouter.router.core.commands import CloseSession, Command, CreateSession, SendText
-from kfrouter.router.core.desk import Desk, IntakeSettings
-from kfrouter.router.core.engine import Engine
-from kfrouter.router.core.errors import CoreError, UnknownAgentError
-from kfrouter.router.core.estimate import WaitEstimator
+from kfrouter.router.core.commands import Command, CreateSession
+from kfrouter.router.core.errors import UnknownAgentError
 from kfrouter.router.core.facts import AgentOffline, AgentOnline, Assigned, Fact, Requeued
 from kfrouter.router.core.model import AgentRow, CustomerState
+from kfrouter.router.desk_driver import DeskDriver
+from kfrouter.router.desk_setup import DaemonOptions as DaemonOptions  # its public home: docs/daemon.md
 from kfrouter.router.doctor import run_checks
 from kfrouter.router.edges.client import WaitEntry, WeChatClient
 from kfrouter.router.edges.store import Store, WaitingRow
@@ -62,9 +59,8 @@ from kfrouter.router.edges.token import TokenMode
 from kfrouter.router.edges.upstream import Upstream
 from kfrouter.router.edges.webhook import OnPush, PushReceiver, WebhookConfig
 from kfrouter.router.executor import Executor
-from kfrouter.router.inbox import Inbox, Intake, Item, drive
-from kfrouter.router.logs import fields_of
-from kfrouter.router.observe import ApiCalled, Observation, Observer, Stepped
+from kfrouter.router.inbox import Intake, Item, record_session_event
+from kfrouter.router.observe import ApiCalled
 from kfrouter.router.pollers import (
     AgentPoller,
     PollSchedule,
@@ -77,40 +73,6 @@ from kfrouter.router.problems import ProblemReporter, log_check_results
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 
 log = logging.getLogger("kfrouter.daemon")
-
-
-def _positive(_inst: object, attr: Any, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"DaemonOptions.{attr.name} must be a number > 0, got {value!r}")
-
-
-def _count(_inst: object, attr: Any, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"DaemonOptions.{attr.name} must be an integer >= 1, got {value!r}")
-
-
-def _non_negative_int(_inst: object, attr: Any, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"DaemonOptions.{attr.name} must be an integer >= 0, got {value!r}")
-
-
-@frozen(kw_only=True)
-class DaemonOptions:
-    """Operational knobs not in ``kfrouter.toml`` (``kfrouter run`` exposes the timeouts as flags)."""
-
-    api_timeout_s: float = field(default=10.0, validator=_positive)  # one HTTP attempt, read APIs
-    api_retries: int = field(default=3, validator=_non_negative_int)  # extra attempts, read APIs
-    create_timeout_s: float = field(default=10.0, validator=_positive)  # kfsession/create, one attempt
-    create_concurrency: int = field(default=8, validator=_count)
-    shutdown_timeout_s: float = field(default=10.0, validator=_positive)
-    sweep_s: float = field(default=5.0, validator=_positive)  # engine tick at least this often
-    eta_every_s: float = field(default=30.0, validator=_positive)  # wait estimates refreshed
-    housekeeping_s: float = field(default=60.0, validator=_positive)
-    nickname_refresh_s: float = field(default=600.0, validator=_positive)
-    choice_ttl_s: float = field(default=300.0, validator=_positive)  # after we listed the agents
-    startup_backoff_max_s: float = field(default=30.0, validator=_positive)
-    self_check: bool = True  # run kfrouter doctor's read-only checks at start and log what they find
-    seed: int | None = None  # poll jitter
 
 
 @frozen
@@ -128,58 +90,6 @@ class _Snapshot:
 
     rows: tuple[AgentRow, ...]
     mark: int | None  # None: trusted as is (start-up)
-
-
-def notify_config(config: Config) -> core_notify.NotifyConfig | None:
-    """The notification planner's settings from ``[notify]`` (``None`` when disabled)."""
-    return notify_texts(config) if config.notify.enabled else None
-
-
-def notify_texts(config: Config) -> core_notify.NotifyConfig:
-    """The settings and texts of ``[notify]`` whatever ``enabled`` says: passive replies (the cancel
-    confirmation) cost nothing from WeChat's message budget and use them even when notifications are off.
-
-    ``[notify.templates]`` use the planner's own kinds and placeholders (``router.core.notify.FIELDS``,
-    checked when the config is loaded), so overrides pass unchanged; ``{cancel}`` is the first of
-    ``[routing] cancel_keywords``. A language the planner has no built-in texts for (the config may define
-    one) is rendered with its templates and Chinese wait phrases."""
-    n = config.notify
-    language = n.language if n.language in core_notify.TEMPLATES else "zh"
-    cancel = config.routing.cancel_keywords[0] if config.routing.cancel_keywords else ""
-    defaults = DEFAULT_TEMPLATES.get(n.language, {})
-    templates = {
-        kind: text
-        for kind, text in n.templates.get(n.language, {}).items()
-        if kind in core_notify.KINDS and text != defaults.get(kind)
-    }
-
-    def build(templates: Mapping[str, str]) -> core_notify.NotifyConfig:
-        return core_notify.NotifyConfig(
-            language=language,
-            templates=templates,
-            max_per_customer=n.max_per_customer,
-            eta_change_s=n.eta_change_min_s,
-            cancel_word=cancel,
-        )
-
-    try:
-        return build(templates)
-    except CoreError as exc:
-        log.warning("notify: %s; built-in templates used", exc)
-        return build({})
-
-
-def build_desk(config: Config, options: DaemonOptions) -> Desk:
-    """The application core of one account (engine, estimator, notifier and the rules that join them,
-    router/core/desk.py) as ``config`` and ``options`` say; the OA and the WeCom daemons both use it."""
-    texts = notify_texts(config)
-    return Desk(
-        Engine(config.engine_config(), load_policies(sorted(config.policy_names()))),
-        estimator=WaitEstimator(),
-        notifier=core_notify.Notifier(texts) if config.notify.enabled else None,
-        sweep_every_s=options.eta_every_s,
-        intake=IntakeSettings(routing=config.routing, texts=texts, choice_ttl_s=options.choice_ttl_s),
-    )
 
 
 def account_crypto(config: Config) -> SafeModeCrypto | None:
@@ -218,9 +128,9 @@ def open_store(config: Config, database: Database | None = None) -> Store:
     return Store(sc.url, appid=appid) if sc.url else Store(sc.path, appid=appid)
 
 
-class AccountRunner:
-    """kfrouter for one Official Account inside a host (router/host.py). See the module docstring and
-    docs/daemon.md.
+class AccountRunner(DeskDriver):
+    """kfrouter for one Official Account inside a host (router/host.py), on the Desk driver both daemons
+    share (router/desk_driver.py). See the module docstring and docs/daemon.md.
 
     Public surface: ``appid``, ``desk``, ``engine``, ``config``, ``observers`` (router/observe.py),
     ``receiver`` (given by the host), ``intake``, ``opened`` (pushes are accepted), ``started``
@@ -242,7 +152,7 @@ class AccountRunner:
         gate: Callable[[], bool] | None = None,
         before_startup: Callable[[AccountRunner], Awaitable[None]] | None = None,
     ) -> None:
-        self.config = config
+        super().__init__(config, clock=clock, options=options, store=store)
         self.appid = config.oa.appid
         self.lease = lease
         # several daemons (router/cluster.py): asked right before every API request — False once this
@@ -256,34 +166,15 @@ class AccountRunner:
         self.receiver = receiver
         self.failure: BaseException | None = None  # why run() failed, if it did (set by the host)
         self._on_closing = on_closing  # the host: its pages flush what they keep, the store still open
-        self.options = options if options is not None else DaemonOptions()
-        self.clock: Clock = clock if clock is not None else SteadyClock()
-        self.desk = build_desk(config, self.options)
-        self.engine = self.desk.engine
-        self.estimator: WaitEstimator | None = self.desk.estimator
-        self.notifier: core_notify.Notifier | None = self.desk.notifier
-        self.observers: list[Observer] = []
         self.problems = ProblemReporter()  # operator problems (65400, 40164, ...) told once, in plain words
         self.opened = asyncio.Event()
-        self.started = asyncio.Event()
-        self.stopped = asyncio.Event()
-        self.store: Store | None = store
-        self._own_store = store is None
         self._database = database
         self.client: WeChatClient | None = None
         self.upstream: Upstream | None = None
-        self._inbox = Inbox()
-        self._stop_event = asyncio.Event()
-        self._stopping = False
         self._handover = True
-        self._tg: asyncio.TaskGroup | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._engine_running = False
         self._epoch = 0
         self._touched: dict[str, int] = {}
         self._guard = SnapshotGuard()
-        self._rng = random.Random(self.options.seed)
-        self._started_at = time.time()
         self._crypto = account_crypto(config)
         self.intake = Intake(
             config, self.desk, self._inbox, self.clock, crypto=self._crypto, observe=self._observe
@@ -294,13 +185,6 @@ class AccountRunner:
 
     # ============================================================ public surface
 
-    async def submit(self, event: ev.Event) -> list[Command]:
-        """Apply ``event`` through the inbox (after everything queued before it) and return the commands
-        the engine emitted (they are executed as usual). Raises what the engine raised."""
-        fut: asyncio.Future[list[Command]] = asyncio.get_running_loop().create_future()
-        self._inbox.put(event, future=fut)
-        return await fut
-
     def stop(self, *, handover: bool = True) -> None:
         """Begin stopping (idempotent; safe from a signal handler). ``handover``: finish the work in flight
         and release the lease; ``False``: the lease is lost — step down at once, send and write nothing
@@ -308,20 +192,6 @@ class AccountRunner:
         if not handover:
             self._handover = False
         self._stop_event.set()
-
-    def wake(self) -> None:
-        """Make the engine task check its timers now (after a test moved the clock)."""
-        self._inbox.wake()
-
-    @property
-    def stopping(self) -> bool:
-        """True from the moment a shutdown began."""
-        return self._stopping
-
-    @property
-    def status(self) -> str:
-        """``starting`` (recovering), ``running`` (routing) or ``stopping``."""
-        return "stopping" if self._stopping else ("running" if self.started.is_set() else "starting")
 
     def renewed(self, lease: Lease) -> None:
         """The lease was renewed (or is the one to start with): later writes carry it."""
@@ -344,26 +214,12 @@ class AccountRunner:
         """The ``getwaitcase`` poller (``count``: WeChat's own queue length), once started."""
         return self._waitlist
 
-    def inbox_length(self) -> int:
-        """Inputs queued for the engine task."""
-        return len(self._inbox)
-
-    def health(self) -> dict[str, Any]:
-        """What ``/healthz`` answers."""
-        agents = self.engine.agents()
+    def _health_more(self) -> dict[str, Any]:
         ap = self._agents
         return {
-            "status": self.status,
-            "inbox": len(self._inbox),
-            "queue": self.engine.queue_length(),
-            "reservations": len(self.engine.reservations()),
-            "sessions": len(self.engine.sessions()),
-            "agents_online": sum(1 for a in agents if a.online),
-            "agents_free": sum(1 for a in agents if a.free),
             "last_poll_ok": None if ap is None else ap.last_ok,
             "last_poll_at": None if ap is None else ap.last_at,
             "commands_pending": 0 if self._executor is None else self._executor.pending,
-            "uptime_s": round(time.time() - self._started_at, 3),
         }
 
     # ============================================================ run
@@ -390,9 +246,7 @@ class AccountRunner:
         finally:
             self._tg = None
             self.intake.closed = True
-            for item in self._inbox.drain_pending():
-                if item.future is not None and not item.future.done():
-                    item.future.set_exception(RuntimeError("kfrouter is shutting down"))
+            self._fail_pending()
             if self._on_closing is not None:
                 try:
                     self._on_closing()
@@ -485,13 +339,6 @@ class AccountRunner:
         )
         self._agents.told = self._waitlist.told = self.problems.known
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        assert self._tg is not None, "background tasks are only started while run() is running"
-        task = self._tg.create_task(coro, name=f"kfrouter-{name}")
-        self._tasks.append(task)
-        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
-        return task
-
     async def _shutdown_when_asked(self) -> None:
         await self._stop_event.wait()
         self._stopping = True
@@ -546,30 +393,7 @@ class AccountRunner:
         assert store is not None and self._agents is not None and self._waitlist is not None
         if self._before_startup is not None:
             await self._before_startup(self)
-        now = self.clock.now()
-        state = store.load_state(history_since=now - self.engine.config.sticky_window_s)
-        log.info(
-            "start-up: store has %d waiting, %d reservations, %d open sessions, %d agents with local settings",
-            len(state.waiting),
-            len(state.reservations),
-            len(state.in_session),
-            len(state.agents),
-        )
-        for event in self.config.agent_events():
-            self._apply_direct(event)
-        for s in state.agents.values():
-            self._apply_direct(
-                ev.AgentConfigured(
-                    kf_account=s.kf_account,
-                    groups=frozenset(s.groups) if s.groups is not None else None,
-                    max_sessions=s.max_sessions,
-                    paused=s.paused,
-                    nickname=s.nickname,
-                    tags=frozenset(s.tags) if s.tags is not None else None,
-                )
-            )
-        for h in state.history.values():
-            self.engine.remember(h.openid, h.kf_account, h.at)
+        state = self._restore(store)
         await self._until_ok(self._agents.poll_once, "getonlinekflist")
         assert self.client is not None
         recovery = Recovery(
@@ -586,19 +410,7 @@ class AccountRunner:
         if not await self._waitlist.poll_once():
             log.warning("start-up: getwaitcase failed; WeChat's wait list is read at the next poll")
         restored = recovery.waiting(state)
-        self._engine_running = True
-        self._spawn(
-            drive(
-                self._inbox,
-                step=self._step,
-                tick=self._tick,
-                next_deadline=self.desk.next_deadline,
-                now=self.clock.now,
-                on_error=self._on_step_error,
-                sweep_s=self.options.sweep_s,
-            ),
-            "engine",
-        )
+        self._start_engine()
         polling = self.config.polling
         self._spawn(self._agents.run(first_delay=polling.online_fast_s), "agents")
         self._spawn(self._waitlist.run(first_delay=polling.waitcase_fast_s), "waitcase")
@@ -611,28 +423,10 @@ class AccountRunner:
             len(self.engine.sessions()),
         )
 
-    async def _until_ok(self, attempt: Callable[[], Any], what: str) -> None:
-        delay = 0.5
-        while not await attempt():
-            log.warning("start-up: %s failed; retrying in %.1fs before routing starts", what, delay)
-            await asyncio.sleep(delay)
-            delay = min(self.options.startup_backoff_max_s, delay * 2)
-
     # ============================================================ the engine task
-
-    def _apply_direct(self, event: ev.Event) -> list[Command]:
-        """Apply an event from the start-up task (before the engine task runs)."""
-        assert not self._engine_running
-        try:
-            return self._apply(event, self.clock.now())
-        except CoreError as exc:
-            log.error("start-up: %s refused: %s", type(event).__name__, exc)
-            return []
 
     def _step(self, item: Item, now: float) -> Any:
         payload = item.payload
-        if payload is None:
-            return None  # a barrier
         if isinstance(payload, _Recheck):
             again = self._requested_again(payload.openid)
             return None if again is None else self._apply(again, now)
@@ -643,26 +437,14 @@ class AccountRunner:
                 mark = payload.mark
                 rows = self._guard.apply(rows, views, lambda kf: self._touched.get(kf, -1) > mark)
             return self._apply(ev.AgentsSeen(rows=rows, complete=True), now)  # type: ignore[arg-type]
-        return self._apply(payload, now)
-
-    def _tick(self, now: float) -> None:
-        step = self.desk.tick(now)
-        self._on_facts(step.facts, now)
-        if step.facts or step.commands:
-            self._observe(Stepped(None, tuple(step.facts), tuple(step.commands)), now)
-        self._dispatch(step.commands, now)
+        return super()._step(item, now)
 
     def _apply(self, event: ev.Event, now: float) -> list[Command]:
-        """Apply one input through the Desk, write what its facts say to the store and the listeners, run
-        the commands."""
+        """``DeskDriver._apply``, counted (``_epoch``), the agents it names marked for the snapshot guard."""
         self._epoch += 1
-        step = self.desk.handle(event, now)
-        self._log_event(event)
+        commands = super()._apply(event, now)
         self._touch(event)
-        self._on_facts(step.facts, now)
-        self._observe(Stepped(event, tuple(step.facts), tuple(step.commands)), now)
-        self._dispatch(step.commands, now)
-        return step.commands
+        return commands
 
     def _on_facts(self, facts: Iterable[Fact], now: float) -> None:
         """I/O that follows from what happened: the store and the log."""
@@ -727,45 +509,17 @@ class AccountRunner:
             if isinstance(kf, str):
                 self._touched[kf] = self._epoch
 
-    def _log_event(self, event: ev.Event) -> None:
-        if isinstance(event, ev.AgentsSeen):
-            log.debug("event AgentsSeen: %d online", sum(1 for r in event.rows if r.online))
-            return
-        if isinstance(event, ev.CustomerRequested) and event.source == "push":
-            return  # the intake wrote the push's line, with what matched (router/inbox.py)
-        if log.isEnabledFor(logging.INFO):  # the line is formatted only when it is written
-            parts = [f"{k}={v}" for k, v in fields_of(event).items()]
-            log.info("event %s %s", type(event).__name__, " ".join(parts))
-
-    def _dispatch(self, commands: Iterable[Command], now: float) -> None:
+    def _carry_out(self, cmd: Command, now: float) -> None:
+        """Through the executor; a create once its reservation is durable (the next group commit)."""
         assert self._executor is not None
-        for cmd in commands:
-            if isinstance(cmd, CreateSession):
-                if self._stopping:
-                    log.info(
-                        "command CreateSession %s -> %s not started: shutting down",
-                        cmd.openid,
-                        cmd.kf_account,
-                    )
-                    continue
-                log.info("command CreateSession %s -> %s", cmd.openid, cmd.kf_account)
-                if self.store is not None:  # sent once its reservation is durable (next group commit)
-                    self.store.defer(
-                        partial(
-                            Store.add_reservation,
-                            openid=cmd.openid,
-                            kf_account=cmd.kf_account,
-                            created_at=now,
-                        ),
-                        f"reservation {cmd.openid} -> {cmd.kf_account}",
-                        then=partial(self._submit_command, cmd, now),
-                    )
-                    continue
-            elif isinstance(cmd, CloseSession):
-                log.info("command CloseSession %s (%s)", cmd.openid, cmd.kf_account)
-            elif isinstance(cmd, SendText):
-                log.info("command SendText %s (%s)", cmd.openid, cmd.kind)
-            self._submit_command(cmd, now)
+        if isinstance(cmd, CreateSession) and self.store is not None:
+            self.store.defer(
+                partial(Store.add_reservation, openid=cmd.openid, kf_account=cmd.kf_account, created_at=now),
+                f"reservation {cmd.openid} -> {cmd.kf_account}",
+                then=partial(self._submit_command, cmd, now),
+            )
+            return
+        self._submit_command(cmd, now)
 
     def _submit_command(self, cmd: Command, at: float, _stored: BaseException | None = None) -> None:
         """Hand ``cmd`` (made at ``at``) to the executor; a create comes here once its reservation is
@@ -775,20 +529,16 @@ class AccountRunner:
             log.info("command %s for %s dropped: shutting down", type(cmd).__name__, cmd.openid)
 
     def _on_step_error(self, item: Item, exc: Exception) -> None:
-        name = type(item.payload).__name__
         if isinstance(exc, UnknownAgentError) and item.attempt == 0 and not self._stopping and self._agents:
             log.info(
-                "event %s names unknown agent %s: polling agents, then retrying once", name, exc.kf_account
+                "event %s names unknown agent %s: polling agents, then retrying once",
+                type(item.payload).__name__,
+                exc.kf_account,
             )
             item.attempt = 1
             self._spawn(self._retry_after_poll(item), "unknown-agent")
             return
-        if isinstance(exc, CoreError):
-            log.error("event %s refused: %s", name, exc)
-        else:
-            log.error("event %s failed", name, exc_info=exc)
-        if item.future is not None and not item.future.done():
-            item.future.set_exception(exc)
+        super()._on_step_error(item, exc)
 
     async def _retry_after_poll(self, item: Item) -> None:
         assert self._agents is not None
@@ -808,7 +558,7 @@ class AccountRunner:
             self._inbox.put(payload)
             return
         store.defer(  # every outcome in order through the next group commit, then to the engine
-            partial(_record_outcome, event=event, now=now),
+            partial(record_session_event, event=event, now=now),
             f"outcome {type(event).__name__}",
             then=partial(self._stored_outcome, payload),
         )
@@ -879,9 +629,6 @@ class AccountRunner:
         self._inbox.put(snapshot, future=fut)
         await fut
 
-    def _busy(self) -> bool:
-        return self.engine.queue_length() > 0 or bool(self.engine.reservations())
-
     def _known(self, openid: str) -> bool:
         return self.engine.state(openid) in (
             CustomerState.WAITING,
@@ -930,17 +677,7 @@ class AccountRunner:
             arrived_at=arrived,
         )
         log.info("waitlist: %s found in WeChat's queue (group %s)", entry.openid, req.group)
-        if self._engine_running:
-            self._inbox.put(event)
-        else:
-            self._apply_direct(event)
-
-    def _observe(self, observation: Observation, now: float) -> None:
-        for observer in list(self.observers):
-            try:
-                observer(observation, now)
-            except Exception:
-                log.exception("observer %r failed on %s", observer, type(observation).__name__)
+        self._put(event)
 
     async def _housekeeping(self) -> None:
         every = self.options.housekeeping_s
@@ -955,13 +692,3 @@ class AccountRunner:
                 else:
                     if pruned:
                         log.debug("store: forgot %d processed push keys", pruned)
-
-
-def _record_outcome(store: Store, event: ev.Event, now: float) -> None:
-    """An API result as the store keeps it (a job of the store's group commit; nothing for the others)."""
-    if isinstance(event, ev.SessionCreated):
-        store.record_session_start(event.openid, event.kf_account, now)
-    elif isinstance(event, ev.CreateFailed):
-        store.end_reservation(event.openid)
-    elif isinstance(event, ev.SessionClosed):
-        store.record_session_end(event.openid, event.kf_account, now)

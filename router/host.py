@@ -38,6 +38,8 @@ Interface (what the multi-daemon ownership work, router/ownership.py, builds on;
 - ``host.add_listener(listener)``: the pages (admin API, metrics, supervisor) learn of each runner
   before it starts (``account_added``) and when it stops, before its store closes (``account_removed``);
   they never import the host (``router.view.HostView``).
+- ``listen(runner, server)``: a set-up ``web.AppRunner`` served on ``[server]`` host and port, and the port
+  it got (the WeCom daemon's web server starts the same way).
 
 Rules: the host owns no routing state — a runner owns its account's; every runner task has an owner
 (``_tasks``); a runner that fails ends the host when ``fail_fast`` (one account: as before, ``kfrouter run``
@@ -57,8 +59,9 @@ import aiohttp
 from aiohttp import web
 
 from kfrouter.router.clock import Clock, SteadyClock
-from kfrouter.router.config import Config
+from kfrouter.router.config import Config, ServerConfig
 from kfrouter.router.daemon import AccountRunner, DaemonOptions, account_receiver
+from kfrouter.router.desk_driver import COUNTS, run_status
 from kfrouter.router.edges.store import Store, open_database
 from kfrouter.router.edges.store_database import Database
 from kfrouter.router.edges.store_values import Lease, LeaseRow, StoredCounts
@@ -76,6 +79,15 @@ CALLBACK_PREFIX = "/wechat"
 
 ForeignPush = Callable[[str, Push, str, Mapping[str, str]], Awaitable[str | None]]
 """``(appid, push, raw_xml, query) -> reply body`` for a verified push of an account not running here."""
+
+
+async def listen(runner: web.AppRunner, server: ServerConfig) -> int:
+    """Serve ``runner`` (set up) on ``[server] host`` and ``port``; the port it listens on (the one the
+    system chose when ``port`` is 0)."""
+    site = web.TCPSite(runner, server.host, server.port)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else server.port
 
 
 class Host:
@@ -235,14 +247,11 @@ class Host:
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` answers: the accounts' counts summed, and each account's own."""
         each = {appid: r.health() for appid, r in self.runners.items() if appid in self._tasks}
-        total = {
-            key: sum(h[key] for h in each.values())
-            for key in ("inbox", "queue", "reservations", "sessions", "agents_online", "agents_free")
-        }
+        total = {key: sum(h[key] for h in each.values()) for key in COUNTS}
         polls = [h["last_poll_ok"] for h in each.values()]
         seen = [h["last_poll_at"] for h in each.values() if h["last_poll_at"] is not None]
         return {
-            "status": "stopping" if self._stopping else ("running" if self.started.is_set() else "starting"),
+            "status": run_status(stopping=self._stopping, started=self.started.is_set()),
             **total,
             "last_poll_ok": None if not polls or None in polls else all(polls),
             "last_poll_at": min(seen) if seen else None,
@@ -267,10 +276,7 @@ class Host:
             )
             await site_runner.setup()
             server = self.config.server
-            site = web.TCPSite(site_runner, server.host, server.port)
-            await site.start()
-            sockets = getattr(site._server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1] if sockets else server.port
+            self.port = await listen(site_runner, server)
             self.listening.set()
             log.info(
                 "listening on http://%s:%s%s/{appid} (%d account(s) configured: %s)",

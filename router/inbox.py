@@ -1,8 +1,10 @@
 """Inputs in: the webhook intake, the engine's inbox, and the one task that drives the engine.
 
-``Intake`` turns WeChat's pushes into persisted inputs (see its docstring). Everything that happens to the routing state — pushes, API outcomes, poll snapshots, admin actions —
-is put into one ``asyncio.Queue`` and applied by one task, so the engine (which is not thread-safe and
-not re-entrant) has a single thread of control and every input is applied in arrival order.
+``Intake`` turns WeChat's pushes into persisted inputs (see its docstring); ``record_session_event`` is
+what a session event writes to the store, however it came in. Everything that happens to the routing state
+— pushes, API outcomes, poll snapshots, admin actions — is put into one ``asyncio.Queue`` and applied by one
+task, so the engine (which is not thread-safe and not re-entrant) has a single thread of control and every
+input is applied in arrival order.
 
 ``drive()`` is that task's loop. It waits on the inbox with a timeout until the engine's next deadline
 (``next_deadline()``, ``inf`` when none) or ``sweep_s`` (a periodic sweep, Chatwoot #10583), whichever
@@ -172,6 +174,20 @@ async def drive(
                 log.exception("engine tick failed; routing goes on")
 
 
+def record_session_event(store: Store, event: ev.Event, now: float) -> None:
+    """What a session event — pushed, pulled from WeCom, or an API call's outcome — changes in the store: a
+    session began, ended or moved to another agent, or a reservation came to nothing (``CreateFailed``).
+    Other events change nothing here."""
+    if isinstance(event, ev.SessionCreated):
+        store.record_session_start(event.openid, event.kf_account, now)
+    elif isinstance(event, ev.SessionClosed):
+        store.record_session_end(event.openid, event.kf_account, now)
+    elif isinstance(event, ev.SessionSwitched):
+        store.record_session_switch(event.openid, event.to_account, now)
+    elif isinstance(event, ev.CreateFailed):
+        store.end_reservation(event.openid)
+
+
 class Intake:
     """WeChat's pushes in: decide (``router.rules``), persist, hand to the inbox, answer.
 
@@ -261,12 +277,7 @@ class Intake:
             if not s.claim_push(push.dedup_key, now):
                 return False
             s.append_event(now, push.event, fields_of(event))
-            if isinstance(event, ev.SessionCreated):
-                s.record_session_start(event.openid, event.kf_account, now)
-            elif isinstance(event, ev.SessionClosed):
-                s.record_session_end(event.openid, event.kf_account, now)
-            elif isinstance(event, ev.SessionSwitched):
-                s.record_session_switch(event.openid, event.to_account, now)
+            record_session_event(s, event, now)
             return True
 
         # WeChat's record of what happened: handed on in arrival order (an API outcome or an admin action

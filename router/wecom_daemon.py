@@ -1,8 +1,9 @@
 """The WeCom 微信客服 daemon: one kf account (open_kfid) served by the same Desk as an Official Account.
 
-It is the OA daemon's counterpart (router/daemon.py) for ``[wecom]`` configs; the Desk, the inbox and its
-one engine task (``router.inbox.drive``), the store and the observers are the same; what differs is the edge
-(docs/wecom.md has the mapping):
+It is the OA daemon's counterpart (router/daemon.py) for ``[wecom]`` configs, on the same ``DeskDriver``
+(router/desk_driver.py): the Desk, the inbox and its one engine task (``router.inbox.drive``), the event and
+command log lines, start-up's first step, the store and the observers are the same; what differs is the
+edge (docs/wecom.md has the mapping):
 
 - **In.** WeCom's callback (``[wecom] callback_path``; its encrypted URL check on GET) carries no message:
   it makes ``KfSyncPuller`` pull ``kf/sync_msg`` for the account (a lock per open_kfid; the cursor is saved
@@ -39,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Iterable
@@ -48,17 +48,17 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from kfrouter.router.clock import Clock, SteadyClock
+from kfrouter.router.clock import Clock
 from kfrouter.router.config import Config, ConfigError
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.commands import CloseSession, Command, CreateSession, SendText
 from kfrouter.router.core.engine import ERR_AGENT_UNAVAILABLE
-from kfrouter.router.core.errors import CoreError
 from kfrouter.router.core.facts import AgentOffline, AgentOnline, Fact, Queued, Released
 from kfrouter.router.core.intake import Leave, Reply, Request
 from kfrouter.router.core.model import AgentRow, CustomerState
 from kfrouter.router.core.rules import Inbound
-from kfrouter.router.daemon import DaemonOptions, build_desk
+from kfrouter.router.desk_driver import DeskDriver
+from kfrouter.router.desk_setup import DaemonOptions
 from kfrouter.router.edges.errors import WeChatError
 from kfrouter.router.edges.store import Store, WaitingRow
 from kfrouter.router.edges.wecom_client import (
@@ -71,9 +71,10 @@ from kfrouter.router.edges.wecom_client import (
 from kfrouter.router.edges.wecom_cursor import SqliteCursorStore
 from kfrouter.router.edges.wecom_errors import ServicerUnavailable, StateConflict
 from kfrouter.router.edges.wecom_sync import KfSyncPuller
-from kfrouter.router.inbox import Inbox, Item, drive
+from kfrouter.router.host import listen
+from kfrouter.router.inbox import record_session_event
 from kfrouter.router.logs import fields_of
-from kfrouter.router.observe import ApiCalled, Observation, Observer, PushReceived, Stepped
+from kfrouter.router.observe import ApiCalled, PushReceived
 from kfrouter.router.wechat import wecom_kf
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 from kfrouter.router.wechat.errors import WeChatCodecError
@@ -90,8 +91,9 @@ class _Stats:
         self.stats: Counter[str] = Counter()
 
 
-class WeComDaemon:
-    """kfrouter for one WeCom kf account. See the module docstring.
+class WeComDaemon(DeskDriver):
+    """kfrouter for one WeCom kf account, on the Desk driver both daemons share (router/desk_driver.py).
+    See the module docstring.
 
     Public surface (the ``DaemonView`` of router/view.py, like the OA daemon): ``desk``, ``engine``,
     ``config``, ``app``, ``observers``, ``started``, ``submit()``, ``stop()``, ``wake()``, ``clock``,
@@ -99,6 +101,8 @@ class WeComDaemon:
     """
 
     backend = "wecom"
+    log = log  # the DeskDriver's lines go to this module's logger
+    task_prefix = "kfrouter-wecom-"
 
     def __init__(
         self,
@@ -117,21 +121,11 @@ class WeComDaemon:
                 f"{config.source}: wecom.open_kfids: the daemon serves one kf account per process "
                 f"(one Desk per account), got {len(w.open_kfids)}; run one kfrouter per open_kfid"
             )
-        self.config = config
+        super().__init__(config, clock=clock, options=options, store=store)
         self.wecom = w
         self.open_kfid = w.open_kfids[0]
-        self.options = options if options is not None else DaemonOptions()
-        self.clock: Clock = clock if clock is not None else SteadyClock()
-        self.desk = build_desk(config, self.options)
-        self.engine = self.desk.engine
-        self.estimator = self.desk.estimator
-        self.observers: list[Observer] = []
-        self.started = asyncio.Event()
         self.listening = asyncio.Event()
-        self.stopped = asyncio.Event()
         self.port: int | None = None
-        self.store: Store | None = store
-        self._own_store = store is None
         self.kf: WeComKfClient | None = None
         self.puller: KfSyncPuller | None = None
         self.cursors: SqliteCursorStore | None = None
@@ -145,17 +139,10 @@ class WeComDaemon:
         self.intake = _Stats()
         self.servicers_seen_at: float | None = None
         self._http = http_session
-        self._inbox = Inbox()
-        self._stop_event = asyncio.Event()
-        self._stopping = False
-        self._engine_running = False
         self._crypto = SafeModeCrypto(w.token, w.aes_key, w.corpid, id_name="corpid")
         self._codes: dict[str, str] = {}  # external_userid -> unused msg_code (one message each)
         self._pooled: set[str] = set()  # moved to 待接入池 by us in this visit
         self._chains: dict[str, asyncio.Task[None]] = {}  # external_userid -> their last command
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._rng = random.Random(self.options.seed)
-        self._started_at = time.time()
         self.app = web.Application()
         self.app.router.add_get(w.callback_path, self._verify_url)
         self.app.router.add_post(w.callback_path, self._callback)
@@ -163,41 +150,16 @@ class WeComDaemon:
 
     # ============================================================ public surface
 
-    async def submit(self, event: ev.Event) -> list[Command]:
-        """Apply ``event`` through the inbox and return the commands it produced (they are carried out)."""
-        fut: asyncio.Future[list[Command]] = asyncio.get_running_loop().create_future()
-        self._inbox.put(event, future=fut)
-        return await fut
-
     def stop(self) -> None:
         """Begin a graceful shutdown (idempotent; safe from a signal handler)."""
         self._stop_event.set()
 
-    def wake(self) -> None:
-        self._inbox.wake()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    def inbox_length(self) -> int:
-        return len(self._inbox)
-
-    def health(self) -> dict[str, Any]:
-        agents = self.engine.agents()
+    def _health_more(self) -> dict[str, Any]:
         return {
-            "status": "stopping" if self._stopping else ("running" if self.started.is_set() else "starting"),
             "backend": "wecom",
             "open_kfid": self.open_kfid,
-            "inbox": len(self._inbox),
-            "queue": self.engine.queue_length(),
-            "reservations": len(self.engine.reservations()),
-            "sessions": len(self.engine.sessions()),
-            "agents_online": sum(1 for a in agents if a.online),
-            "agents_free": sum(1 for a in agents if a.free),
             "last_poll_at": self.servicers_seen_at,
             "commands_pending": sum(1 for t in self._chains.values() if not t.done()),
-            "uptime_s": round(time.time() - self._started_at, 3),
         }
 
     # ============================================================ run
@@ -225,10 +187,7 @@ class WeComDaemon:
             )
             runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
             await runner.setup()
-            site = web.TCPSite(runner, self.config.server.host, self.config.server.port)
-            await site.start()
-            sockets = getattr(site._server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1] if sockets else self.config.server.port
+            self.port = await listen(runner, self.config.server)
             self.listening.set()
             log.info(
                 "listening on http://%s:%s%s (WeCom corp %s, kf account %s)",
@@ -239,15 +198,15 @@ class WeComDaemon:
                 self.open_kfid,
             )
             async with asyncio.TaskGroup() as tg:
-                self._spawn(tg, self._startup(tg), "startup")
+                self._tg = tg
+                self._spawn(self._startup(), "startup")
                 await self._stop_event.wait()
                 await self._shutdown()
                 for task in list(self._tasks):
                     task.cancel()
         finally:
-            for item in self._inbox.drain_pending():
-                if item.future is not None and not item.future.done():
-                    item.future.set_exception(RuntimeError("kfrouter is shutting down"))
+            self._tg = None
+            self._fail_pending()
             if runner is not None:
                 await runner.cleanup()
             if own_http:
@@ -271,39 +230,12 @@ class WeComDaemon:
             for t in pending:
                 t.cancel()
 
-    async def _startup(self, tg: asyncio.TaskGroup) -> None:
+    async def _startup(self) -> None:
         """Rebuild from the store and WeCom, then route (see the module docstring)."""
         store, kf, puller = self.store, self.kf, self.puller
         assert store is not None and kf is not None and puller is not None
-        now = self.clock.now()
-        state = store.load_state(history_since=now - self.engine.config.sticky_window_s)
-        log.info(
-            "start-up: store has %d waiting, %d reservations, %d open sessions",
-            len(state.waiting),
-            len(state.reservations),
-            len(state.in_session),
-        )
-        for event in self.config.agent_events():
-            self._apply(event, now)
-        for s in state.agents.values():  # local settings (the admin API), as for an Official Account
-            self._apply(
-                ev.AgentConfigured(
-                    kf_account=s.kf_account,
-                    groups=frozenset(s.groups) if s.groups is not None else None,
-                    max_sessions=s.max_sessions,
-                    paused=s.paused,
-                    nickname=s.nickname,
-                    tags=frozenset(s.tags) if s.tags is not None else None,
-                ),
-                now,
-            )
-        for h in state.history.values():
-            self.engine.remember(h.openid, h.kf_account, h.at)
-        delay = 0.5
-        while not await self._poll_servicers():
-            log.warning("start-up: kf/servicer/list failed; retrying in %.1fs before routing starts", delay)
-            await asyncio.sleep(delay)
-            delay = min(self.options.startup_backoff_max_s, delay * 2)
+        state = self._restore(store)
+        await self._until_ok(self._poll_servicers, "kf/servicer/list")
         # open sessions and reservations a previous process left: what does WeCom say now?
         for openid, kf_account in [(o, kf) for o, (kf, _at) in state.in_session.items()] + [
             (r.openid, r.kf_account) for r in state.reservations
@@ -313,7 +245,7 @@ class WeComDaemon:
         for row in store.load_state(history_since=self.clock.now()).waiting:
             if self.engine.state(row.openid) in (CustomerState.IN_SESSION, CustomerState.RESERVED):
                 continue
-            self._apply(
+            self._apply_direct(
                 ev.CustomerRequested(
                     openid=row.openid,
                     group=row.group,
@@ -323,36 +255,17 @@ class WeComDaemon:
                     preferred_agent=row.preferred if row.preferred in self.engine.pool else None,
                     tags=frozenset(row.tags),  # type: ignore[arg-type]
                     arrived_at=row.arrived_at,
-                ),
-                self.clock.now(),
+                )
             )
             restored += 1
-        self._engine_running = True
-        self._spawn(
-            tg,
-            drive(
-                self._inbox,
-                step=self._step,
-                tick=self._tick,
-                next_deadline=self.desk.next_deadline,
-                now=self.clock.now,
-                on_error=self._on_step_error,
-                sweep_s=self.options.sweep_s,
-            ),
-            "engine",
-        )
-        self._spawn(tg, self._poll_loop(), "servicers")
+        self._start_engine()
+        self._spawn(self._poll_loop(), "servicers")
         self.started.set()
         log.info("routing: %d waiting restored; pulling %s from the saved cursor", restored, self.open_kfid)
         try:
             await puller.pull(self.open_kfid)  # what customers wrote while kfrouter was down
         except WeChatError as exc:
             log.warning("start-up: sync_msg failed (%s); the next callback pulls again", exc)
-
-    def _spawn(self, tg: asyncio.TaskGroup, coro: Any, name: str) -> None:
-        task = tg.create_task(coro, name=f"kfrouter-wecom-{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _recover_session(self, openid: str, kf_account: str) -> None:
         assert self.kf is not None and self.store is not None
@@ -367,7 +280,7 @@ class WeComDaemon:
         now = self.clock.now()
         if st.service_state == wecom_kf.SERVICER and st.servicer_userid:
             self.store.record_session_start(openid, st.servicer_userid, now)
-            self._apply(ev.SessionCreated(openid=openid, kf_account=st.servicer_userid, source="poll"), now)
+            self._apply_direct(ev.SessionCreated(openid=openid, kf_account=st.servicer_userid, source="poll"))
         else:
             self.store.end_reservation(openid)
             if not self.store.record_session_end(openid, kf_account, now):
@@ -375,36 +288,7 @@ class WeComDaemon:
 
     # ============================================================ the engine task
 
-    def _step(self, item: Item, now: float) -> Any:
-        if item.payload is None:
-            return None
-        return self._apply(item.payload, now)
-
-    def _tick(self, now: float) -> None:
-        step = self.desk.tick(now)
-        self._on_facts(step.facts)
-        if step.facts or step.commands:
-            self._observe(Stepped(None, tuple(step.facts), tuple(step.commands)), now)
-        self._dispatch(step.commands, now)
-
-    def _apply(self, event: ev.Event, now: float) -> list[Command]:
-        try:
-            step = self.desk.handle(event, now)
-        except CoreError as exc:
-            if self._engine_running:
-                raise
-            log.error("start-up: %s refused: %s", type(event).__name__, exc)
-            return []
-        if not isinstance(event, ev.AgentsSeen):
-            log.info(
-                "event %s %s", type(event).__name__, " ".join(f"{k}={v}" for k, v in fields_of(event).items())
-            )
-        self._on_facts(step.facts)
-        self._observe(Stepped(event, tuple(step.facts), tuple(step.commands)), now)
-        self._dispatch(step.commands, now)
-        return step.commands
-
-    def _on_facts(self, facts: Iterable[Fact]) -> None:
+    def _on_facts(self, facts: Iterable[Fact], now: float) -> None:
         """Customers who now wait in kfrouter's queue go to WeCom's 待接入池 (once per visit); agent
         changes are logged."""
         for fact in facts:
@@ -417,41 +301,16 @@ class WeComDaemon:
             elif isinstance(fact, AgentOffline):
                 log.info("servicer %s offline", fact.kf_account)
 
-    def _dispatch(self, commands: Iterable[Command], now: float) -> None:
-        for cmd in commands:
-            if isinstance(cmd, CreateSession):
-                if self._stopping:
-                    log.info(
-                        "command CreateSession %s -> %s not started: shutting down",
-                        cmd.openid,
-                        cmd.kf_account,
-                    )
-                    continue
-                if self.store is not None:
-                    self.store.add_reservation(cmd.openid, cmd.kf_account, now)
-                log.info("command CreateSession %s -> %s", cmd.openid, cmd.kf_account)
-                self._chain(cmd.openid, self._create(cmd))
-            elif isinstance(cmd, CloseSession):
-                log.info("command CloseSession %s (%s)", cmd.openid, cmd.kf_account)
-                self._chain(cmd.openid, self._close(cmd))
-            elif isinstance(cmd, SendText):
-                log.info("command SendText %s (%s)", cmd.openid, cmd.kind)
-                self._chain(cmd.openid, self._send(cmd))
-
-    def _on_step_error(self, item: Item, exc: Exception) -> None:
-        name = type(item.payload).__name__
-        if isinstance(exc, CoreError):
-            log.error("event %s refused: %s", name, exc)
-        else:
-            log.error("event %s failed", name, exc_info=exc)
-        if item.future is not None and not item.future.done():
-            item.future.set_exception(exc)
-
-    def _put(self, event: ev.Event) -> None:
-        if self._engine_running:
-            self._inbox.put(event)
-        else:
-            self._apply(event, self.clock.now())
+    def _carry_out(self, cmd: Command, now: float) -> None:
+        """A WeCom call in the customer's chain of commands; a create's reservation is stored first."""
+        if isinstance(cmd, CreateSession):
+            if self.store is not None:
+                self.store.add_reservation(cmd.openid, cmd.kf_account, now)
+            self._chain(cmd.openid, self._create(cmd))
+        elif isinstance(cmd, CloseSession):
+            self._chain(cmd.openid, self._close(cmd))
+        elif isinstance(cmd, SendText):
+            self._chain(cmd.openid, self._send(cmd))
 
     # ============================================================ commands (WeCom calls)
 
@@ -587,14 +446,8 @@ class WeComDaemon:
 
     def _outcome(self, event: ev.Event) -> None:
         """An API result: persisted, then handed to the engine."""
-        store, now = self.store, self.clock.now()
-        if store is not None:
-            if isinstance(event, ev.SessionCreated):
-                store.record_session_start(event.openid, event.kf_account, now)
-            elif isinstance(event, ev.CreateFailed):
-                store.end_reservation(event.openid)
-            elif isinstance(event, ev.SessionClosed):
-                store.record_session_end(event.openid, event.kf_account, now)
+        if self.store is not None:
+            record_session_event(self.store, event, self.clock.now())
         self._put(event)
 
     # ============================================================ servicers
@@ -608,20 +461,20 @@ class WeComDaemon:
             return False
         rows = tuple(AgentRow(kf_account=s.userid, status=1 if s.receiving else 0) for s in listed.servicers)
         self.servicers_seen_at = self.clock.now()
+        seen = ev.AgentsSeen(rows=rows, complete=True)  # type: ignore[arg-type]
         if self._engine_running:
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._inbox.put(ev.AgentsSeen(rows=rows, complete=True), future=fut)  # type: ignore[arg-type]
+            self._inbox.put(seen, future=fut)
             with contextlib.suppress(Exception):
                 await fut
         else:
-            self._apply(ev.AgentsSeen(rows=rows, complete=True), self.clock.now())  # type: ignore[arg-type]
+            self._apply_direct(seen)
         return True
 
     async def _poll_loop(self) -> None:
         polling = self.config.polling
         while True:
-            busy = self.engine.queue_length() > 0 or bool(self.engine.reservations())
-            every = polling.online_fast_s if busy else polling.online_slow_s
+            every = polling.online_fast_s if self._busy() else polling.online_slow_s
             await asyncio.sleep(every * (0.9 + 0.2 * self._rng.random()))
             await self._poll_servicers()
 
@@ -674,12 +527,7 @@ class WeComDaemon:
                 return
             if event is not None:
                 store.append_event(now, "wecom_event", fields_of(event))
-                if isinstance(event, ev.SessionCreated):
-                    store.record_session_start(event.openid, event.kf_account, now)
-                elif isinstance(event, ev.SessionClosed):
-                    store.record_session_end(event.openid, event.kf_account, now)
-                elif isinstance(event, ev.SessionSwitched):
-                    store.record_session_switch(event.openid, event.to_account, now)
+                record_session_event(store, event, now)
         if isinstance(msg.event, MsgSendFail):
             self.desk.on_send_failed(msg.external_userid, msg.event.fail_type)
         if event is not None:
@@ -755,14 +603,7 @@ class WeComDaemon:
         """A passive reply has no WeCom equivalent: it is a ``kf/send_msg`` (or the customer's code)."""
         await self._send(SendText(openid=openid, text=text, kind="reply"))
 
-    # ============================================================ observers, web
-
-    def _observe(self, observation: Observation, now: float) -> None:
-        for observer in list(self.observers):
-            try:
-                observer(observation, now)
-            except Exception:
-                log.exception("observer %r failed on %s", observer, type(observation).__name__)
+    # ============================================================ web
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response(self.health(), status=503 if self._stopping else 200)

@@ -560,7 +560,7 @@ async def test_the_daemon_and_the_simulator_send_the_same_texts_for_the_same_arr
     makes the simulator's Desk send the very same texts to the same customers in the same order."""
     import io
 
-    from kfrouter.router.daemon import notify_config
+    from kfrouter.router.desk_setup import notify_config
     from kfrouter.sim.runner import RunConfig, run_trace
 
     group = {"name": "general", "agents": ["a1@test"], "capacity": {"a1@test": 1}}

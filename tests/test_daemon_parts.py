@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from kfrouter.router.cli import main
 from kfrouter.router.config import Config
 from kfrouter.router.core.model import AgentRow, AgentView
-from kfrouter.router.daemon import DaemonOptions, notify_config
+from kfrouter.router.daemon import DaemonOptions
+from kfrouter.router.desk_setup import notify_config
 from kfrouter.router.edges.upstream import build_forward
 from kfrouter.router.inbox import Inbox, Item, drive
 from kfrouter.router.pollers import PollSchedule, SnapshotGuard, waitlist_request

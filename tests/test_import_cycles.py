@@ -129,6 +129,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "router.ownership",
         "router.shared_inbox",
         "router.pollers",
+        "router.desk_setup",
+        "router.desk_driver",
         "router.daemon",
         "router.host",
         "router.cluster",
