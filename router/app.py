@@ -16,7 +16,8 @@ from typing import Any
 
 from kfrouter.router.admin import admin_routes
 from kfrouter.router.cluster import Cluster
-from kfrouter.router.config import Config
+from kfrouter.router.cluster_settings import cluster_problems
+from kfrouter.router.config import Config, ConfigError
 from kfrouter.router.edges.store import Store, open_database
 from kfrouter.router.edges.store_database import Database
 from kfrouter.router.host import Host
@@ -29,16 +30,17 @@ def build_cluster(config: Config, **kwargs: Any) -> Cluster:
     """A daemon for ``config`` with ``[cluster]`` (docs/scale-out.md): its host starts no account by itself —
     the lease keeper starts those this daemon owns — and every account's store is a schema of the one
     PostgreSQL database, opened once for the process (``kwargs`` go to the host)."""
-    settings = config.cluster
-    if settings is None or config.store.url is None or config.wecom is not None:
-        raise ValueError("build_cluster needs a config of Official Accounts with [cluster] and [store] url")
+    settings, url = config.cluster, config.store.url
+    if settings is None:
+        raise ValueError(f"{config.source}: build_cluster needs a config with [cluster]")
+    problems = cluster_problems(store_url=url, wecom=config.wecom is not None)  # what the loader refuses
+    if problems or url is None:  # (a missing url is one of the problems)
+        raise ConfigError.in_file(config.source, problems)
     owner = settings.owner_id()
-    database = open_database(config.store.url, keepalive=settings.keepalive())
+    database = open_database(url, keepalive=settings.keepalive())
     leases: Database | None = None
     try:
-        leases = open_database(
-            config.store.url, keepalive=settings.keepalive()
-        )  # the keeper's own connections
+        leases = open_database(url, keepalive=settings.keepalive())  # the keeper's own connections
         stores = {c.oa.appid: Store(database, appid=c.oa.appid) for c in config.every_account}
         host = Host(config, start=(), stores=stores, name=owner, fail_fast=False, **kwargs)
         host.app.add_routes(admin_routes(host))

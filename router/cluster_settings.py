@@ -19,6 +19,11 @@ renew_every_s`` after the last renewal: one renewal period is left for reconnect
 LISTEN connection) is probed every ``renew_every_s`` (at least 1 s). A daemon without ``[cluster]`` uses
 what the defaults give.
 
+Where ``[cluster]`` applies (``cluster_problems``): a file of Official Accounts with ``[store] url`` — the
+daemons share one PostgreSQL, and a WeCom 微信客服 account (``[wecom]``) runs in one daemon, without leases.
+One rule, asked by the config loader (so ``kfrouter check-config`` refuses such a file, naming ``cluster``)
+and by ``router.app.build_cluster`` (a config made some other way).
+
 Rules: every problem is reported with its key (``cluster.lease_s: ...``), as ``router.config`` does; a
 value that validates works.
 """
@@ -106,6 +111,28 @@ class ClusterSettings:
     def owner_id(self) -> str:
         """This process's name in the lease table: ``daemon_id``, the pid and a random suffix."""
         return f"{self.daemon_id}:{os.getpid()}:{secrets.token_hex(2)}"
+
+
+def cluster_problems(*, store_url: str | None, wecom: bool) -> list[tuple[str, str]]:
+    """Why ``[cluster]`` cannot apply to a file with this ``[store] url`` (None: none) that is (or is not) a
+    ``[wecom]`` account, as ``(key, reason)`` pairs; empty when it can."""
+    problems = []
+    if store_url is None:
+        problems.append(
+            (
+                "cluster",
+                'needs [store] url = "postgresql://..." (or KFROUTER_STORE_URL): the daemons share one database',
+            )
+        )
+    if wecom:
+        problems.append(
+            (
+                "cluster",
+                "is not supported with [wecom]: several daemons share Official Accounts only; a WeCom 微信客服 "
+                "account runs in one daemon (one per kf account): remove [cluster]",
+            )
+        )
+    return problems
 
 
 def parse_cluster(table: Mapping[str, Any], source: str = "[cluster]") -> ClusterSettings:

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from attrs import evolve, field, frozen
 
-from kfrouter.router.cluster_settings import ClusterSettings, parse_cluster
+from kfrouter.router.cluster_settings import ClusterSettings, cluster_problems, parse_cluster
 from kfrouter.router.core import notify as core_notify
 from kfrouter.router.core.errors import ConfigError as ConfigError
 from kfrouter.router.core.events import AgentConfigured
@@ -720,7 +720,7 @@ class _Loader:
         server = self._server(root.table("server"))
         store = self._store(root.table("store"), "kfrouter-{appid}.db" if multi else "kfrouter.db")
         log = self._log(root.table("log"))
-        cluster = self._cluster(root, store)
+        cluster = self._cluster(root, store, wecom=single is not None and single.wecom is not None)
         shared = _Shared(server=server, store=store, log=log, cluster=cluster)
         accounts = self._accounts(root, shared) if multi else ()
         root.done()
@@ -1280,19 +1280,17 @@ class _Loader:
         s.done()
         return StoreConfig(path=path, dedup_keep_s=keep, url=url)
 
-    def _cluster(self, root: _Section, store: StoreConfig) -> ClusterSettings | None:
-        """``[cluster]`` (router/cluster_settings.py checks it); it needs the shared PostgreSQL."""
+    def _cluster(self, root: _Section, store: StoreConfig, *, wecom: bool) -> ClusterSettings | None:
+        """``[cluster]`` (router/cluster_settings.py checks it and where it applies: the shared PostgreSQL,
+        Official Accounts only)."""
         raw = root.raw("cluster")
         if raw is _MISSING:
             return None
         if not isinstance(raw, dict):
             root.problem("cluster", f"must be a table, got {_describe(raw)}")
             return None
-        if store.url is None:
-            root.problem(
-                "cluster",
-                'needs [store] url = "postgresql://..." (or KFROUTER_STORE_URL): the daemons share one database',
-            )
+        for key, reason in cluster_problems(store_url=store.url, wecom=wecom):
+            root.problem(key, reason)
         try:
             return parse_cluster(raw, self.source)
         except ConfigError as exc:

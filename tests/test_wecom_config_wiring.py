@@ -1,5 +1,6 @@
 """``[wecom]`` inside ``kfrouter.toml``: a config is an Official Account or a WeCom account, never both or
-neither; ``kfrouter check-config`` validates ``[wecom]`` naming the key; OA configs are unchanged."""
+neither; ``kfrouter check-config`` validates ``[wecom]`` naming the key (and refuses ``[cluster]`` with it);
+OA configs are unchanged."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
+from kfrouter.router.app import build_cluster
+from kfrouter.router.cli import main
+from kfrouter.router.cluster_settings import ClusterSettings, cluster_problems
 from kfrouter.router.config import Config, ConfigError, load_config
 
 ADMIN = "admin-token-0123456789"
@@ -115,3 +120,39 @@ def test_check_config_refuses_what_the_wecom_daemon_cannot_serve() -> None:
     two = {**WECOM, "open_kfids": ["wkA_one", "wkB_two"]}
     with pytest.raises(ConfigError, match=r"wecom\.open_kfids: a daemon serves one kf account"):
         load({"wecom": two})
+
+
+def test_check_config_refuses_cluster_with_wecom(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several daemons share Official Accounts only: ``[cluster]`` with ``[wecom]`` is refused by
+    check-config in one line naming the key — the rule ``build_cluster`` asks too, word for word."""
+    monkeypatch.delenv("KFROUTER_STORE_URL", raising=False)
+    tables = {
+        "server": {"admin_token": ADMIN},
+        "wecom": WECOM,
+        "store": {"url": "postgresql://kf:pw@127.0.0.1:5432/kf"},
+    }
+    good = tmp_path / "good.toml"
+    good.write_text(_toml(tables), encoding="utf-8")
+    assert main(["check-config", str(good)]) == 0
+    assert capsys.readouterr().out.startswith("ok: ")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(_toml({**tables, "cluster": {"daemon_id": "d1"}}), encoding="utf-8")
+    assert main(["check-config", str(bad)]) == 2
+    captured = capsys.readouterr()
+    line = f"{bad}: cluster: is not supported with [wecom]: several daemons share Official Accounts only"
+    assert captured.out == "" and captured.err.startswith(line) and captured.err.count("\n") == 1
+    # a config made without the loader meets the same rule when the daemon is built
+    config = attrs.evolve(load_config(good), cluster=ClusterSettings(daemon_id="d1"))
+    with pytest.raises(ConfigError) as refused:
+        build_cluster(config)
+    assert refused.value.problems == (("cluster", captured.err.strip().split(": cluster: ", 1)[1]),)
+
+
+def test_cluster_problems_names_each_reason() -> None:
+    assert cluster_problems(store_url="postgresql://h/db", wecom=False) == []
+    assert [k for k, _ in cluster_problems(store_url=None, wecom=True)] == ["cluster", "cluster"]
+    with pytest.raises(ConfigError, match=r"cluster: needs \[store\] url") as info:
+        load({"wecom": WECOM, "cluster": {}})
+    assert "cluster: is not supported with [wecom]" in str(info.value)

@@ -161,7 +161,9 @@ async def test_wecom_account_served_end_to_end(fake: FakeWeCom, tmp_path: Path) 
             await asyncio.wait_for(task, 20)
 
 
-async def test_agent_settings_saved_in_the_store_are_applied_at_start(fake: FakeWeCom, tmp_path: Path) -> None:
+async def test_agent_settings_saved_in_the_store_are_applied_at_start(
+    fake: FakeWeCom, tmp_path: Path
+) -> None:
     """Local settings (the admin API's PATCH /agents/{kf}/settings saves them) survive a restart, as for an
     Official Account."""
     db = tmp_path / "k.db"
