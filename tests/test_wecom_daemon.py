@@ -7,6 +7,7 @@ no customer and re-reads from the saved cursor. No sleeps: every wait is on a co
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -72,7 +73,10 @@ async def fake() -> AsyncIterator[FakeWeCom]:
         yield f
 
 
-async def test_wecom_account_served_end_to_end(fake: FakeWeCom, tmp_path: Path) -> None:
+async def test_wecom_account_served_end_to_end(
+    fake: FakeWeCom, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kfrouter.wecom")
     base = fake.base_url
     async with aiohttp.ClientSession() as http:
         await control(
@@ -107,6 +111,12 @@ async def test_wecom_account_served_end_to_end(fake: FakeWeCom, tmp_path: Path) 
                 )
 
             await wait_until(lambda: served("wmC1", "s1"), timeout=10, message="wmC1 served by s1")
+            # the request is one line at INFO (the intake's), as for an Official Account; its session's too
+            lines = [r.getMessage() for r in caplog.records if "wmC1" in r.getMessage()]
+            assert [x for x in lines if "asks for a human" in x or "CustomerRequested" in x] == [
+                "wmC1 asks for a human (keyword:human): group None"
+            ], lines
+            assert any(x.startswith("event SessionCreated openid=wmC1 ") for x in lines), lines
             # c2 asks too: s1 is full, s2 stopped (停止接待): c2 waits in 待接入池 and is told once, on the code
             await control(
                 http, base, "customer/message", {"open_kfid": KF, "external_userid": "wmC2", "text": "human"}
