@@ -116,23 +116,22 @@ class ClusterSettings:
 def cluster_problems(*, store_url: str | None, wecom: bool) -> list[tuple[str, str]]:
     """Why ``[cluster]`` cannot apply to a file with this ``[store] url`` (None: none) that is (or is not) a
     ``[wecom]`` account, as ``(key, reason)`` pairs; empty when it can."""
-    problems = []
-    if store_url is None:
-        problems.append(
-            (
-                "cluster",
-                'needs [store] url = "postgresql://..." (or KFROUTER_STORE_URL): the daemons share one database',
-            )
-        )
-    if wecom:
-        problems.append(
+    if wecom:  # whatever the store, this is the one thing to change
+        return [
             (
                 "cluster",
                 "is not supported with [wecom]: several daemons share Official Accounts only; a WeCom 微信客服 "
                 "account runs in one daemon (one per kf account): remove [cluster]",
             )
-        )
-    return problems
+        ]
+    if store_url is None:
+        return [
+            (
+                "cluster",
+                'needs [store] url = "postgresql://..." (or KFROUTER_STORE_URL): the daemons share one database',
+            )
+        ]
+    return []
 
 
 def parse_cluster(table: Mapping[str, Any], source: str = "[cluster]") -> ClusterSettings:

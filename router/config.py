@@ -718,9 +718,12 @@ class _Loader:
                 root.problem("defaults", "only applies to [[accounts]] (a file of several accounts)")
             single = self._account(root, per_account=False)
         server = self._server(root.table("server"))
-        store = self._store(root.table("store"), "kfrouter-{appid}.db" if multi else "kfrouter.db")
+        wecom = single is not None and single.wecom is not None
+        store = self._store(
+            root.table("store"), "kfrouter-{appid}.db" if multi else "kfrouter.db", wecom=wecom
+        )
         log = self._log(root.table("log"))
-        cluster = self._cluster(root, store, wecom=single is not None and single.wecom is not None)
+        cluster = self._cluster(root, store, wecom=wecom)
         shared = _Shared(server=server, store=store, log=log, cluster=cluster)
         accounts = self._accounts(root, shared) if multi else ()
         root.done()
@@ -1268,7 +1271,7 @@ class _Loader:
             templates=MappingProxyType({k: MappingProxyType(v) for k, v in templates.items()}),
         )
 
-    def _store(self, s: _Section, default_path: str) -> StoreConfig:
+    def _store(self, s: _Section, default_path: str, *, wecom: bool) -> StoreConfig:
         raw = s.get_str("path", default_path)
         if not raw:
             s.problem("path", "must not be empty")
@@ -1277,6 +1280,12 @@ class _Loader:
             path = self.base_dir / path
         keep = s.get_float("dedup_keep_s", 600.0, lo=20)  # WeChat retries for ~15 s (3 x 5 s); keep more
         url = self._secret(s, "url", required=False, pattern=_STORE_URL_RE, what="a postgresql:// URL")
+        if wecom and url is not None:  # what check-config accepts, the daemon must use
+            s.problem(
+                "url",
+                "is not used by a [wecom] account: its store and sync cursors are SQLite at [store] path; "
+                "remove url (and KFROUTER_STORE_URL)",
+            )
         s.done()
         return StoreConfig(path=path, dedup_keep_s=keep, url=url)
 

@@ -128,11 +128,7 @@ def test_check_config_refuses_cluster_with_wecom(
     """Several daemons share Official Accounts only: ``[cluster]`` with ``[wecom]`` is refused by
     check-config in one line naming the key — the rule ``build_cluster`` asks too, word for word."""
     monkeypatch.delenv("KFROUTER_STORE_URL", raising=False)
-    tables = {
-        "server": {"admin_token": ADMIN},
-        "wecom": WECOM,
-        "store": {"url": "postgresql://kf:pw@127.0.0.1:5432/kf"},
-    }
+    tables = {"server": {"admin_token": ADMIN}, "wecom": WECOM}
     good = tmp_path / "good.toml"
     good.write_text(_toml(tables), encoding="utf-8")
     assert main(["check-config", str(good)]) == 0
@@ -152,7 +148,24 @@ def test_check_config_refuses_cluster_with_wecom(
 
 def test_cluster_problems_names_each_reason() -> None:
     assert cluster_problems(store_url="postgresql://h/db", wecom=False) == []
-    assert [k for k, _ in cluster_problems(store_url=None, wecom=True)] == ["cluster", "cluster"]
-    with pytest.raises(ConfigError, match=r"cluster: needs \[store\] url") as info:
+    assert [k for k, _ in cluster_problems(store_url=None, wecom=False)] == ["cluster"]
+    # with [wecom], whatever the store, the one thing to change is [cluster]
+    assert cluster_problems(store_url=None, wecom=True) == cluster_problems(
+        store_url="postgresql://h/db", wecom=True
+    )
+    with pytest.raises(ConfigError, match=r"cluster: is not supported with \[wecom\]") as info:
         load({"wecom": WECOM, "cluster": {}})
-    assert "cluster: is not supported with [wecom]" in str(info.value)
+    assert "needs [store] url" not in str(info.value)
+
+
+def test_a_wecom_account_refuses_a_store_url_it_would_not_use() -> None:
+    """The WeCom daemon keeps its store and cursors in SQLite at [store] path: a url that validated would be
+    silently ignored, so check-config refuses it, from the file or from the environment."""
+    url = "postgresql://kf:pw@127.0.0.1:5432/kf"
+    with pytest.raises(ConfigError, match=r"store\.url: is not used by a \[wecom\] account") as info:
+        load({"wecom": WECOM, "store": {"url": url}})
+    assert len(info.value.problems) == 1
+    with pytest.raises(ConfigError, match=r"store\.url: is not used by a \[wecom\] account"):
+        load({"wecom": WECOM}, env={"KFROUTER_STORE_URL": url})
+    assert load({"wecom": WECOM}).store.url is None
+    assert load({"wechat": WECHAT, "store": {"url": url}}).store.url == url  # an Official Account uses it
