@@ -26,6 +26,7 @@ from kfrouter.router.core.desk import Desk
 from kfrouter.router.core.engine import Engine
 from kfrouter.router.core.estimate import WaitEstimator
 from kfrouter.router.core.events import Event
+from kfrouter.router.desk_driver import run_status
 from kfrouter.router.edges.client import WeChatClient
 from kfrouter.router.edges.store import Store, StoredCounts
 from kfrouter.router.edges.upstream import Upstream
@@ -161,7 +162,7 @@ def status_of(daemon: DaemonView, owner: str = LOCAL_OWNER) -> AccountStatus:
         owner=owner if lease is None else lease.owner,
         lease_epoch=None if lease is None else lease.epoch,
         lease_expires_at=None if lease is None else lease.expires_at,
-        status="stopping" if stopping else ("running" if started else "starting"),
+        status=run_status(stopping=stopping, started=started),
         waiting=daemon.engine.queue_length(),
         sessions=len(daemon.engine.sessions()),
     )
