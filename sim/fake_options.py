@@ -3,7 +3,9 @@
 Every uncertain behaviour of WeChat listed in spec §11 is a field of ``FakeOptions``; the defaults are the
 spec's recommendations. Options are mutable attrs objects whose converters and validators also run on
 assignment, so ``setattr(options, name, value)`` from the control API is checked the same way as the
-constructor. Nothing here does I/O.
+constructor. What the fake WeCom's options (``sim.wecom_options``) share with these is written here once:
+the validators, ``Fault``, ``resolve_endpoint``, the errmsg overrides and ``SwitchesBase`` (``errmsg``,
+all-or-nothing ``update``, ``to_json``). Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 from attrs import define, field
@@ -201,7 +203,8 @@ def _methods(value: object) -> frozenset[str]:
     return out
 
 
-def _errmsgs(value: object) -> dict[int, str]:
+def errcode_texts(value: object) -> dict[int, str]:
+    """Converter of ``errmsg_overrides``: a mapping errcode (an int or its digits) -> text."""
     if not isinstance(value, Mapping):
         raise ValueError(f"errmsg_overrides must be a mapping errcode -> text, got {value!r}")
     out: dict[int, str] = {}
@@ -305,9 +308,31 @@ class Fault:
             raise ValueError(f"{where}: {exc}") from None
 
 
+class SwitchesBase:
+    """What the options of both fakes do alike: an errcode's text (``errmsg_overrides`` first, then the
+    class's ``ERRMSG`` table), ``update`` all or nothing, ``to_json``. A subclass is an attrs class with an
+    ``errmsg_overrides`` field (converter ``errcode_texts``)."""
+
+    __slots__ = ()
+    ERRMSG: ClassVar[Mapping[int, str]]
+    errmsg_overrides: dict[int, str]
+
+    def errmsg(self, code: int) -> str:
+        return self.errmsg_overrides.get(code) or self.ERRMSG.get(code, "error")
+
+    def update(self, changes: Mapping[str, Any]) -> list[str]:
+        """Apply ``changes`` (JSON from the control API) all or nothing; returns the names changed."""
+        return update_options(self, changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return options_json(self)
+
+
 @define
-class FakeOptions:
+class FakeOptions(SwitchesBase):
     """Every switch of the fake (spec §10, §11). Defaults follow the spec's recommendations."""
+
+    ERRMSG = ERRMSG
 
     # §11 #1: getonlinekflist `status` style and whether `auto_accept` appears
     online_status_style: str = field(default="new", validator=one_of("new", "legacy"))
@@ -338,7 +363,7 @@ class FakeOptions:
     event_window_quota: int = field(default=3, validator=number(0, integer=True))
     reopen_on_user_message: bool = field(default=True, validator=boolean)
     # §11 #11: errmsg texts
-    errmsg_overrides: dict[int, str] = field(factory=dict, converter=_errmsgs)
+    errmsg_overrides: dict[int, str] = field(factory=dict, converter=errcode_texts)
     errmsg_rid: bool = field(default=True, validator=boolean)  # append " rid: xxxxxxxx-xxxxxxxx-xxxxxxxx"
     # §11 #12: every access_token is refused with 40001 (SDK retry loops must stop)
     token_always_invalid: bool = field(default=False, validator=boolean)
@@ -369,18 +394,8 @@ class FakeOptions:
     reject_secret: bool = field(default=False, validator=boolean)  # True: every secret is wrong
     agents_unbound: bool = field(default=False, validator=boolean)  # True: every agent counts as unbound
 
-    def errmsg(self, code: int) -> str:
-        return self.errmsg_overrides.get(code) or ERRMSG.get(code, "error")
-
     def code(self, case: str) -> int:
         return self.error_codes.get(case, DEFAULT_ERROR_CODES[case])
-
-    def update(self, changes: Mapping[str, Any]) -> list[str]:
-        """Apply ``changes`` (JSON from the control API) all or nothing; returns the names changed."""
-        return update_options(self, changes)
-
-    def to_json(self) -> dict[str, Any]:
-        return options_json(self)
 
 
 def update_options(options: Any, changes: Mapping[str, Any]) -> list[str]:

@@ -22,17 +22,14 @@ import hashlib
 import itertools
 import math
 import random
-from collections import Counter
-from typing import Any
 
 import attrs
 from attrs import define, field, frozen
 
 from kfrouter.sim import fake_options as fo
-from kfrouter.sim.fake_options import FakeOptions, Fault
+from kfrouter.sim.fake_options import FakeOptions
+from kfrouter.sim.model_base import Json, ModelBase
 from kfrouter.sim.wechat_tokens import TokenBook
-
-Json = dict[str, Any]
 
 MAX_ACCOUNTS = 100  # spec §2.1
 MAX_WAITCASE = 100  # spec §2.12
@@ -131,7 +128,7 @@ class _Customer:
     typing_until: float = -math.inf
 
 
-class WeChatModel:
+class WeChatModel(ModelBase[Push]):
     """WeChat's state for one Official Account: tokens, kf accounts, sessions, wait list, windows.
 
     ``appid``/``secret``: credentials the token endpoints accept; ``wxid``: the account's WeChat ID,
@@ -141,6 +138,8 @@ class WeChatModel:
     ever seen (``known`` stays empty), for a driver that only names openids it put on the wait list (the
     simulator's replay, where the set would grow with every customer); needs ``check_openid`` off.
     """
+
+    ENDPOINTS = fo.ENDPOINTS
 
     def __init__(
         self,
@@ -187,9 +186,7 @@ class WeChatModel:
         self.records: list[Json] = []  # getmsglist records; msgid = index + 1
         self.sent: dict[str, list[Json]] = {}  # custom/send and passive replies per openid
         self.create_log: list[Json] = []  # every kfsession/create call and its errcode
-        self.calls: Counter[str] = Counter()
-        self.faults: dict[str, Fault] = {}
-        self.outbox: list[Push] = []
+        self._reset_gate()
         self._next_kf_id = 1001
         self._next_msg_id = 24_000_000_000_000_001
         self.tokens = TokenBook(self.options, self.rng, self.err)
@@ -207,10 +204,6 @@ class WeChatModel:
             self._known.update(self._seen_lately)
         self._seen_lately.clear()
 
-    def reset(self) -> None:
-        """Forget everything (accounts, sessions, tokens, counters, faults); keep options and credentials."""
-        self._reset_state()
-
     # ------------------------------------------------------------------ envelopes
     def err(self, code: int, hint: str = "") -> Json:
         """``{"errcode", "errmsg"}`` with WeChat's text, an optional hint and a random ``rid``."""
@@ -225,10 +218,6 @@ class WeChatModel:
     @staticmethod
     def ok() -> Json:
         return {"errcode": 0, "errmsg": "ok"}
-
-    def drain_outbox(self) -> list[Push]:
-        out, self.outbox = self.outbox, []
-        return out
 
     def _push_event(
         self,
@@ -327,20 +316,6 @@ class WeChatModel:
             return self.err(45011)
         self._rate[key] = (minute, mn + 1, day, dn + 1)
         return None
-
-    def set_fault(self, endpoint: str, fault: Fault | None) -> str:
-        """Install (or with None remove) the fault rule of ``endpoint`` (a canonical name or suffix)."""
-        ep = fo.resolve_endpoint(endpoint)
-        if fault is None:
-            self.faults.pop(ep, None)
-        else:
-            self.faults[ep] = fault
-        return ep
-
-    def draw_fault(self, endpoint: str) -> Fault | None:
-        """The fault to apply to this call of ``endpoint``, if the draw says so."""
-        rule = self.faults.get(endpoint)
-        return rule if rule is not None and rule.fires(self.rng) else None
 
     # ------------------------------------------------------------------ kf accounts (spec §2.1-2.7)
     def _bad_account_format(self, kf_account: object) -> bool:

@@ -31,17 +31,14 @@ import math
 import random
 import re
 import string
-from collections import Counter
 from typing import Any
 
 from attrs import define, field, frozen
 
 from kfrouter.router.wechat import wecom_kf as kf
 from kfrouter.sim import wecom_options as wo
-from kfrouter.sim.fake_options import Fault
+from kfrouter.sim.model_base import Json, ModelBase
 from kfrouter.sim.wecom_options import WeComOptions
-
-Json = dict[str, Any]
 
 _ALNUM = string.ascii_letters + string.digits
 _MSGID = re.compile(r"[0-9A-Za-z_-]{1,32}")
@@ -104,8 +101,10 @@ class _Code:
     used: bool = False
 
 
-class WeComModel:
+class WeComModel(ModelBase[CallbackPush]):
     """WeCom's 微信客服 state for one corp. ``corpid`` / ``secret`` are what ``gettoken`` accepts."""
+
+    ENDPOINTS = wo.ENDPOINTS
 
     def __init__(
         self,
@@ -133,9 +132,7 @@ class WeComModel:
         self.streams: dict[str, list[Json]] = {}
         self.sent: list[Json] = []  # send_msg / send_msg_on_event deliveries, in order
         self.trans_log: list[Json] = []  # every trans call and its errcode
-        self.calls: Counter[str] = Counter()
-        self.faults: dict[str, Fault] = {}
-        self.outbox: list[CallbackPush] = []
+        self._reset_gate()
         self._msgids: dict[str, set[str]] = {}
         self._cursors: dict[str, tuple[str, int]] = {}
         self._sync_tokens: dict[str, tuple[str, float]] = {}
@@ -145,10 +142,6 @@ class WeComModel:
         self._token_expires = -math.inf
         self._retired_tokens: set[str] = set()
         self._seq = 0
-
-    def reset(self) -> None:
-        """Forget everything (accounts, servicers, sessions, tokens, streams, faults); keep the options."""
-        self._reset_state()
 
     # ------------------------------------------------------------------ envelopes and ids
     def err(self, code: int, hint: str = "") -> Json:
@@ -166,22 +159,6 @@ class WeComModel:
 
     def _rand(self, n: int, prefix: str = "") -> str:
         return prefix + "".join(self.rng.choice(_ALNUM) for _ in range(n))
-
-    def drain_outbox(self) -> list[CallbackPush]:
-        out, self.outbox = self.outbox, []
-        return out
-
-    def draw_fault(self, endpoint: str) -> Fault | None:
-        rule = self.faults.get(endpoint)
-        return rule if rule is not None and rule.fires(self.rng) else None
-
-    def set_fault(self, endpoint: str, fault: Fault | None) -> str:
-        ep = wo.resolve(endpoint)
-        if fault is None:
-            self.faults.pop(ep, None)
-        else:
-            self.faults[ep] = fault
-        return ep
 
     # ------------------------------------------------------------------ access token (gettoken)
     def gettoken(self, corpid: object, corpsecret: object, now: float) -> Json:
@@ -309,6 +286,27 @@ class WeComModel:
             {"origin": kf.ORIGIN_EVENT, "msgtype": "event", "event": {"open_kfid": open_kfid, **event}},
             now,
         )
+
+    def _status_change(
+        self,
+        open_kfid: str,
+        now: float,
+        external_userid: str,
+        change_type: int,
+        *,
+        old: str | None = None,
+        new: str | None = None,
+        code: str | None = None,
+    ) -> Json:
+        """A ``session_status_change`` event; the old / new servicer and the msg_code only when given."""
+        given = {"old_servicer_userid": old, "new_servicer_userid": new, "msg_code": code}
+        event: Json = {
+            "event_type": "session_status_change",
+            "external_userid": external_userid,
+            "change_type": change_type,
+            **{k: v for k, v in given.items() if v is not None},
+        }
+        return self._event(open_kfid, now, event)
 
     def _session(self, open_kfid: str, external_userid: str, now: float) -> _Session:
         s = self.sessions.get((open_kfid, external_userid))
@@ -450,15 +448,9 @@ class WeComModel:
                 f"{external_userid!r} is not in the pool (state {s.state} {kf.STATE_NAMES[s.state]})"
             )
         code = self._enter(s, open_kfid, external_userid, kf.SERVICER, userid, now)
-        event: Json = {
-            "event_type": "session_status_change",
-            "external_userid": external_userid,
-            "change_type": kf.CHANGE_FROM_POOL,
-            "new_servicer_userid": userid,
-        }
-        if code is not None:
-            event["msg_code"] = code
-        return self._event(open_kfid, now, event)
+        return self._status_change(
+            open_kfid, now, external_userid, kf.CHANGE_FROM_POOL, new=userid, code=code
+        )
 
     def servicer_transfer(self, open_kfid: str, external_userid: str, to_userid: str, now: float) -> Json:
         """The serving servicer hands the customer to ``to_userid``: 3 → 3, change_type 2."""
@@ -468,16 +460,8 @@ class WeComModel:
             raise ValueError(f"{external_userid!r} is not served by anyone (state {s.state})")
         old = s.servicer
         s.servicer = to_userid
-        return self._event(
-            open_kfid,
-            now,
-            {
-                "event_type": "session_status_change",
-                "external_userid": external_userid,
-                "change_type": kf.CHANGE_TRANSFER,
-                "old_servicer_userid": old,
-                "new_servicer_userid": to_userid,
-            },
+        return self._status_change(
+            open_kfid, now, external_userid, kf.CHANGE_TRANSFER, old=old, new=to_userid
         )
 
     def servicer_end(self, open_kfid: str, external_userid: str, now: float) -> Json:
@@ -487,15 +471,7 @@ class WeComModel:
             raise ValueError(f"{external_userid!r} is not served by anyone (state {s.state})")
         old = s.servicer
         code = self._enter(s, open_kfid, external_userid, kf.ENDED, None, now)
-        event: Json = {
-            "event_type": "session_status_change",
-            "external_userid": external_userid,
-            "change_type": kf.CHANGE_END,
-            "old_servicer_userid": old,
-        }
-        if code is not None:
-            event["msg_code"] = code
-        return self._event(open_kfid, now, event)
+        return self._status_change(open_kfid, now, external_userid, kf.CHANGE_END, old=old, code=code)
 
     def servicer_reply(
         self, open_kfid: str, external_userid: str, userid: str, text: str, now: float
@@ -506,16 +482,7 @@ class WeComModel:
         s = self._session(open_kfid, external_userid, now)
         if s.state == kf.ENDED:
             s.state, s.servicer, s.started, s.entered = kf.SERVICER, userid, now, {kf.SERVICER}
-            self._event(
-                open_kfid,
-                now,
-                {
-                    "event_type": "session_status_change",
-                    "external_userid": external_userid,
-                    "change_type": kf.CHANGE_REJOIN,
-                    "new_servicer_userid": userid,
-                },
-            )
+            self._status_change(open_kfid, now, external_userid, kf.CHANGE_REJOIN, new=userid)
         elif s.state != kf.SERVICER or s.servicer != userid:
             raise ValueError(
                 f"{userid!r} does not serve {external_userid!r} (state {s.state}, servicer {s.servicer})"
@@ -560,6 +527,14 @@ class WeComModel:
             return self.err(40096)
         return external_userid
 
+    def _api_session(self, open_kfid: object, external_userid: object) -> tuple[_Account, str] | Json:
+        """The account (managed through the API) and the customer a session call names, or the error."""
+        acc = self._api_account(open_kfid, privileged=True)
+        if isinstance(acc, dict):
+            return acc
+        ext = self._api_customer(external_userid)
+        return ext if isinstance(ext, dict) else (acc, ext)
+
     def list_accounts(self, offset: object, limit: object) -> Json:
         """``kf/account/list``: ``offset`` >= 0 (default 0), ``limit`` 1..100 (default 100)."""
         off = 0 if offset is None else offset
@@ -598,12 +573,10 @@ class WeComModel:
 
     # ------------------------------------------------------------------ API: sessions
     def get_state(self, open_kfid: object, external_userid: object, now: float) -> Json:
-        acc = self._api_account(open_kfid, privileged=True)
-        if isinstance(acc, dict):
-            return acc
-        ext = self._api_customer(external_userid)
-        if isinstance(ext, dict):
-            return ext
+        found = self._api_session(open_kfid, external_userid)
+        if isinstance(found, dict):
+            return found
+        acc, ext = found
         s = self._session(acc.open_kfid, ext, now)
         out = self.ok(service_state=s.state)
         if s.state == kf.SERVICER and s.servicer is not None:
@@ -636,12 +609,10 @@ class WeComModel:
     def _trans(
         self, open_kfid: object, external_userid: object, target: object, servicer: object, now: float
     ) -> Json:
-        acc = self._api_account(open_kfid, privileged=True)
-        if isinstance(acc, dict):
-            return acc
-        ext = self._api_customer(external_userid)
-        if isinstance(ext, dict):
-            return ext
+        found = self._api_session(open_kfid, external_userid)
+        if isinstance(found, dict):
+            return found
+        acc, ext = found
         if isinstance(target, bool) or target not in kf.STATES:
             return self.err(40058, f"service_state {target!r}")
         assert isinstance(target, int)
@@ -665,16 +636,7 @@ class WeComModel:
         code = self._enter(s, acc.open_kfid, ext, target, new, now)
         if self.options.events_on_api_trans and (target == kf.ENDED or old is not None):
             change = kf.CHANGE_END if target == kf.ENDED else kf.CHANGE_TRANSFER
-            event: Json = {
-                "event_type": "session_status_change",
-                "external_userid": ext,
-                "change_type": change,
-            }
-            if old is not None:
-                event["old_servicer_userid"] = old
-            if new is not None:
-                event["new_servicer_userid"] = new
-            self._event(acc.open_kfid, now, event)
+            self._status_change(acc.open_kfid, now, ext, change, old=old, new=new)
         return self.ok(msg_code=code) if code is not None else self.ok()
 
     def _enter(
@@ -734,12 +696,10 @@ class WeComModel:
         self, touser: object, open_kfid: object, msgid: object, msgtype: object, payload: object, now: float
     ) -> Json:
         """``kf/send_msg`` (see the module docstring for the rules)."""
-        acc = self._api_account(open_kfid, privileged=True)
-        if isinstance(acc, dict):
-            return acc
-        ext = self._api_customer(touser)
-        if isinstance(ext, dict):
-            return ext
+        found = self._api_session(open_kfid, touser)
+        if isinstance(found, dict):
+            return found
+        acc, ext = found
         bad = self._payload(msgtype, payload, SEND_MSGTYPES)
         if bad:
             return bad

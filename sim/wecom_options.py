@@ -8,12 +8,9 @@ Options are mutable attrs objects whose validators also run on assignment, so th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from attrs import define, field
 
-from kfrouter.sim.fake_options import boolean, number, one_of, options_json, resolve_endpoint, update_options
+from kfrouter.sim.fake_options import SwitchesBase, boolean, errcode_texts, number, one_of
 
 # --- endpoints (canonical names: the real path without the leading slash) ---------------------------------
 GETTOKEN = "cgi-bin/gettoken"
@@ -40,11 +37,6 @@ ENDPOINTS: dict[str, tuple[str, ...]] = {
 JSON_BODY_ENDPOINTS: frozenset[str] = frozenset(
     {ACCOUNT_LIST, STATE_GET, STATE_TRANS, SYNC_MSG, SEND_MSG, SEND_ON_EVENT}
 )
-
-
-def resolve(name: str) -> str:
-    """Canonical WeCom endpoint for a path or unique suffix (``sync_msg``, ``service_state/trans``)."""
-    return resolve_endpoint(name, ENDPOINTS)
 
 
 # --- error texts (the fake's own English; WeCom appends ", hint: [...]"; clients match errcode only) ------
@@ -86,24 +78,11 @@ DAY = 86_400.0
 HOUR = 3_600.0
 
 
-def _errmsgs(value: object) -> dict[int, str]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"errmsg_overrides must be a mapping errcode -> text, got {value!r}")
-    out: dict[int, str] = {}
-    for k, v in value.items():
-        try:
-            code = int(k)
-        except (TypeError, ValueError):
-            raise ValueError(f"errmsg_overrides: key {k!r} is not an integer errcode") from None
-        if not isinstance(v, str):
-            raise ValueError(f"errmsg_overrides[{k!r}] must be a string, got {v!r}")
-        out[code] = v
-    return out
-
-
 @define
-class WeComOptions:
+class WeComOptions(SwitchesBase):
     """Every switch of the fake WeCom; see docs/wecom.md for each default's source or reason."""
+
+    ERRMSG = ERRMSG
 
     # access_token (gettoken): lifetime; the errcode for an expired one (42001, or 40014 as reported)
     token_expires_in: int = field(default=7200, validator=number(1, integer=True))
@@ -149,15 +128,5 @@ class WeComOptions:
     ip_allowed: bool = field(default=True, validator=boolean)
     reject_secret: bool = field(default=False, validator=boolean)
     # errmsg texts
-    errmsg_overrides: dict[int, str] = field(factory=dict, converter=_errmsgs)
+    errmsg_overrides: dict[int, str] = field(factory=dict, converter=errcode_texts)
     errmsg_hint: bool = field(default=True, validator=boolean)
-
-    def errmsg(self, code: int) -> str:
-        return self.errmsg_overrides.get(code) or ERRMSG.get(code, "error")
-
-    def update(self, changes: Mapping[str, Any]) -> list[str]:
-        """Apply ``changes`` (JSON from the control API) all or nothing; returns the names changed."""
-        return update_options(self, changes)
-
-    def to_json(self) -> dict[str, Any]:
-        return options_json(self)
