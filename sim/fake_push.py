@@ -10,19 +10,17 @@ wait list (pinned with TransInfo), another message = delivered to the customer.
 
 Deliveries for one customer run one after another (so a customer's events arrive in order); different
 customers are delivered concurrently. Every attempt is logged in ``Deliverer.log``. Tasks are owned by
-the ``Deliverer``: ``settle()`` waits for them and ``close()`` cancels what is left.
+the ``Deliverer``: ``settle()`` waits for them and ``close()`` cancels what is left (``sim.delivery``, which
+the fake WeCom's callbacks share).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import string
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import aiohttp
 from attrs import frozen
 
 from kfrouter.router.wechat import replies, signature
@@ -30,10 +28,8 @@ from kfrouter.router.wechat.crypto import SafeModeCrypto
 from kfrouter.router.wechat.errors import WeChatCodecError
 from kfrouter.router.wechat.reply_parser import parse_reply
 from kfrouter.router.wechat.xml import element
-from kfrouter.sim.delivery import OrderedDeliveries
+from kfrouter.sim.delivery import OrderedDeliveries, random16, random_echostr, random_nonce
 from kfrouter.sim.wechat_model import Push, WeChatModel
-
-_ALNUM = string.ascii_letters + string.digits
 
 
 def render_push(model: WeChatModel, push: Push) -> str:
@@ -90,6 +86,8 @@ class Deliverer(OrderedDeliveries):
     balancer: ``webhook`` may be a list of URLs — each delivery attempt goes to the next one in turn
     (``attempt_url``): deliveries start at the next URL in turn and each retry goes to the next one.
     """
+
+    DONE = frozenset({"handled", "transfer", "reply", "transfer_ignored"})
 
     def __init__(
         self,
@@ -162,95 +160,60 @@ class Deliverer(OrderedDeliveries):
         t = self.target(model)
         if t.webhook is None or not t.token:
             return {"ok": False, "error": "no webhook configured"}
-        echostr = echostr or str(model.rng.randint(10**17, 10**19))
+        echostr = echostr or random_echostr(model.rng)
         ts = str(int(self._now()))
-        nonce = str(model.rng.randint(10**8, 10**10 - 1))
+        nonce = random_nonce(model.rng)
         query = {
             "signature": signature.sign(t.token, ts, nonce),
             "timestamp": ts,
             "nonce": nonce,
             "echostr": echostr,
         }
-        session = await self._client()
-        timeout = aiohttp.ClientTimeout(total=model.options.webhook_timeout_s)
-        try:
-            async with session.get(t.webhook, params=query, timeout=timeout) as resp:
-                body = (await resp.read()).decode("utf-8", "replace")
-                return {
-                    "ok": resp.status == 200 and body == echostr,
-                    "status": resp.status,
-                    "body": body[:200],
-                }
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return await self._check_url(t.webhook, query, echostr, model.options.webhook_timeout_s)
 
     def _prepare(self, model: WeChatModel, push: Push) -> tuple[dict[str, str], bytes]:
         token = self.target(model).token
         assert token is not None
         xml = render_push(model, push)
         ts = str(int(self._now()))
-        nonce = str(model.rng.randint(10**8, 10**10 - 1))
+        nonce = random_nonce(model.rng)
         query = {"signature": signature.sign(token, ts, nonce), "timestamp": ts, "nonce": nonce}
         if model.options.push_include_openid:
             query["openid"] = push.openid
         crypto = self.crypto_for(model)
         if crypto is None:
             return query, xml.encode("utf-8")
-        random16 = "".join(model.rng.choice(_ALNUM) for _ in range(16)).encode("ascii")
-        body, msg_sig = crypto.encrypt_push(xml, ts, nonce, random16, to_user=model.original_id)
+        body, msg_sig = crypto.encrypt_push(xml, ts, nonce, random16(model.rng), to_user=model.original_id)
         query["encrypt_type"] = "aes"
         query["msg_signature"] = msg_sig
         return query, body.encode("utf-8")
 
     async def _deliver(self, model: WeChatModel, push: Push, prev: asyncio.Task[None] | None) -> None:
-        if prev is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.shield(prev)
+        await self._after(prev)
         webhook = self.target(model).webhook
         assert webhook is not None
         query, body = self._prepare(model, push)
         opts = model.options
-        attempts = opts.delivery_attempts
         first = self._turn  # deliveries start at the next URL in turn
         self._turn += 1
-        for attempt in range(1, attempts + 1):
-            url = self.attempt_url(model, first, attempt) or webhook
-            entry: dict[str, Any] = {"openid": push.openid, "push": push.to_json(), "attempt": attempt}
+        about = {"openid": push.openid, "push": push.to_json()}
+
+        async def attempt(n: int) -> dict[str, Any]:
+            url = self.attempt_url(model, first, n) or webhook
+            entry: dict[str, Any] = {**about, "attempt": n}
             if len(self.webhooks) > 1:
                 entry["url"] = url
             sent = time.perf_counter()
-            try:
-                session = await self._client()
-                timeout = aiohttp.ClientTimeout(total=opts.webhook_timeout_s)
-                async with session.post(
-                    url,
-                    params=query,
-                    data=body,
-                    headers={"Content-Type": "text/xml"},
-                    timeout=timeout,
-                ) as resp:
-                    status = resp.status
-                    answer = await resp.read()
-            except TimeoutError:
-                entry.update(outcome="timeout")
-            except aiohttp.ClientError as exc:
-                entry.update(outcome="connection_error", error=f"{type(exc).__name__}: {exc}")
-            else:
-                entry["status"] = status
+            answer = await self._post(url, query, body, opts.webhook_timeout_s, entry)
+            if answer is not None:
                 entry["elapsed_s"] = round(time.perf_counter() - sent, 6)  # the webhook's answer time
-                if status != 200:
+                if entry["status"] != 200:
                     entry.update(outcome="http_error")
                 else:
                     entry.update(self._apply_reply(model, push, answer))
-            self._append(entry)
-            if entry["outcome"] in ("handled", "transfer", "reply", "transfer_ignored"):
-                return
-            if attempt < attempts and opts.retry_interval_s > 0:
-                await asyncio.sleep(opts.retry_interval_s)
-        self.failures += 1
-        self._append(
-            {"openid": push.openid, "push": push.to_json(), "outcome": "failed", "attempt": attempts}
-        )
+            return entry
+
+        await self._attempts(opts.delivery_attempts, attempt, lambda: opts.retry_interval_s, about)
 
     def _apply_reply(self, model: WeChatModel, push: Push, answer: bytes) -> dict[str, Any]:
         crypto = self.crypto_for(model)

@@ -10,31 +10,27 @@ in the query. A delivery counts as done when the URL answers HTTP 200 within ``c
 ``verify_url`` is WeCom's URL check (GET with an encrypted ``echostr``; the answer must be its
 plaintext). Deliveries for one kf account run one after another, in order; accounts run concurrently.
 Tasks are owned here: ``settle()`` waits for them, ``close()`` cancels what is left. Every attempt is in
-``log``.
+``log`` (``sim.delivery``, which the fake WeChat's pushes share).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import string
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 from kfrouter.router.wechat.wecom_kf import build_kf_callback
-from kfrouter.sim.delivery import OrderedDeliveries
+from kfrouter.sim.delivery import OrderedDeliveries, random16, random_echostr, random_nonce
 from kfrouter.sim.wecom_model import CallbackPush
 from kfrouter.sim.wecom_options import WeComOptions
-
-_ALNUM = string.ascii_letters + string.digits
 
 
 class CallbackDeliverer(OrderedDeliveries):
     """Delivers ``CallbackPush`` values to ``url`` (see the module docstring). ``now`` is the fake's clock."""
+
+    DONE = frozenset({"delivered"})
 
     def __init__(
         self,
@@ -58,12 +54,6 @@ class CallbackDeliverer(OrderedDeliveries):
         self._rng = rng
         self._crypto = SafeModeCrypto(token, aes_key, corpid, id_name="corpid") if token and aes_key else None
 
-    def _random16(self) -> bytes:
-        return "".join(self._rng.choice(_ALNUM) for _ in range(16)).encode("ascii")
-
-    def _nonce(self) -> str:
-        return str(self._rng.randint(10**8, 10**10 - 1))
-
     def submit(self, push: CallbackPush) -> None:
         """Schedule delivery of ``push`` after the previous one for the same account."""
         if self.url is None:
@@ -78,41 +68,26 @@ class CallbackDeliverer(OrderedDeliveries):
         """The query and encrypted body of one callback (what every attempt sends, byte for byte)."""
         assert self._crypto is not None
         ts = str(int(self._now()))
-        nonce = self._nonce()
+        nonce = random_nonce(self._rng)
         xml = build_kf_callback(self.corpid, push.create_time, push.token, push.open_kfid)
-        body, msg_sig = self._crypto.encrypt_push(xml, ts, nonce, self._random16(), to_user=self.corpid)
+        body, msg_sig = self._crypto.encrypt_push(xml, ts, nonce, random16(self._rng), to_user=self.corpid)
         return {"msg_signature": msg_sig, "timestamp": ts, "nonce": nonce}, body.encode("utf-8")
 
     async def _deliver(self, push: CallbackPush, prev: asyncio.Task[None] | None) -> None:
-        if prev is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.shield(prev)
-        assert self.url is not None
+        await self._after(prev)
+        url = self.url
+        assert url is not None
         query, body = self.prepare(push)
-        attempts = self.options.callback_attempts
-        for attempt in range(1, attempts + 1):
-            entry: dict[str, Any] = {"open_kfid": push.open_kfid, "token": push.token, "attempt": attempt}
-            try:
-                session = await self._client()
-                timeout = aiohttp.ClientTimeout(total=self.options.callback_timeout_s)
-                async with session.post(
-                    self.url, params=query, data=body, headers={"Content-Type": "text/xml"}, timeout=timeout
-                ) as resp:
-                    entry["status"] = resp.status
-                    await resp.read()
-                entry["outcome"] = "delivered" if resp.status == 200 else "http_error"
-            except TimeoutError:
-                entry["outcome"] = "timeout"
-            except aiohttp.ClientError as exc:
-                entry.update(outcome="connection_error", error=f"{type(exc).__name__}: {exc}")
-            self._append(entry)
-            if entry["outcome"] == "delivered":
-                return
-            if attempt < attempts and self.options.retry_interval_s > 0:
-                await asyncio.sleep(self.options.retry_interval_s)
-        self.failures += 1
-        self._append(
-            {"open_kfid": push.open_kfid, "token": push.token, "outcome": "failed", "attempt": attempts}
+        about = {"open_kfid": push.open_kfid, "token": push.token}
+
+        async def attempt(n: int) -> dict[str, Any]:
+            entry: dict[str, Any] = {**about, "attempt": n}
+            if await self._post(url, query, body, self.options.callback_timeout_s, entry) is not None:
+                entry["outcome"] = "delivered" if entry["status"] == 200 else "http_error"
+            return entry
+
+        await self._attempts(
+            self.options.callback_attempts, attempt, lambda: self.options.retry_interval_s, about
         )
 
     async def verify_url(self, echostr: str = "") -> dict[str, Any]:
@@ -120,21 +95,14 @@ class CallbackDeliverer(OrderedDeliveries):
         ``echostr``; the URL must answer the plaintext."""
         if self.url is None or self._crypto is None:
             return {"ok": False, "error": "no callback URL configured"}
-        plain = echostr or str(self._rng.randint(10**17, 10**19))
+        plain = echostr or random_echostr(self._rng)
         ts = str(int(self._now()))
-        nonce = self._nonce()
-        encrypted = self._crypto.encrypt(plain, self._random16())
+        nonce = random_nonce(self._rng)
+        encrypted = self._crypto.encrypt(plain, random16(self._rng))
         query = {
             "msg_signature": self._crypto.msg_signature(ts, nonce, encrypted),
             "timestamp": ts,
             "nonce": nonce,
             "echostr": encrypted,
         }
-        session = await self._client()
-        timeout = aiohttp.ClientTimeout(total=self.options.callback_timeout_s)
-        try:
-            async with session.get(self.url, params=query, timeout=timeout) as resp:
-                text = (await resp.read()).decode("utf-8", "replace")
-                return {"ok": resp.status == 200 and text == plain, "status": resp.status, "body": text[:200]}
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return await self._check_url(self.url, query, plain, self.options.callback_timeout_s)
