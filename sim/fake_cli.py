@@ -1,28 +1,27 @@
 """``kfrouter fake-wechat``: run the fake WeChat server in the foreground until SIGINT/SIGTERM.
 
 Prints the base URL (one line, flushed) so scripts can read it, then serves until a signal arrives and
-exits 0. Options map to ``FakeOptions`` switches with ``--option NAME=JSON`` (repeatable).
+exits 0. Options map to ``FakeOptions`` switches with ``--option NAME=JSON`` (repeatable). What this
+command shares with ``kfrouter fake-wecom`` (arguments, exit codes) is ``sim.fake_commands``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import signal
-import sys
+from collections.abc import Coroutine
+from typing import Any
 
+from kfrouter.sim import fake_commands as fc
 from kfrouter.sim.fake_options import FakeOptions
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
+    p = fc.add_command(
+        sub,
         "fake-wechat",
         help="run a fake WeChat kf API server (for tests and demos)",
         description="Serve the WeChat customer-service API, token endpoints and a /_fake/ control API.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="port (default 0 = any free port)")
     p.add_argument("--appid", required=True, help="the Official Account's appid")
     p.add_argument("--secret", required=True, help="the AppSecret the token endpoints accept")
     p.add_argument("--wxid", default="test", help="the account's WeChat ID, suffix of kf accounts")
@@ -43,53 +42,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--token", help="callback token used to sign pushes (required with --webhook)")
     p.add_argument("--aes-key", help="43-character EncodingAESKey: pushes are encrypted (safe mode)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fake's random draws")
-    p.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="NAME=JSON",
-        help="set a FakeOptions switch, e.g. --option wechat_auto_accept=true (repeatable)",
-    )
+    fc.add_tuning_arguments(p, "FakeOptions", "wechat_auto_accept=true")
     p.set_defaults(func=run)
 
 
-def parse_option_pairs(pairs: list[str]) -> dict[str, object]:
-    """``--option NAME=JSON`` values as a dict (a value that is not JSON is taken as a bare word)."""
-    changes: dict[str, object] = {}
-    for pair in pairs:
-        name, sep, raw = pair.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--option {pair!r}: expected NAME=JSON")
-        try:
-            changes[name.strip()] = json.loads(raw)
-        except ValueError:
-            changes[name.strip()] = raw  # a bare word such as legacy
-    return changes
-
-
-def _options(pairs: list[str]) -> FakeOptions:
-    options = FakeOptions()
-    options.update(parse_option_pairs(pairs))
-    return options
-
-
 def run(args: argparse.Namespace) -> int:
+    return fc.run("fake-wechat", lambda: _prepare(args))
+
+
+def _prepare(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
     if args.webhook and not args.token:
-        print("fake-wechat: --webhook needs --token (pushes are signed with it)", file=sys.stderr)
-        return 2
-    try:
-        options = _options(args.option)
-        extra = [_app_pair(a) for a in args.app]
-    except ValueError as exc:
-        print(f"fake-wechat: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(_serve(args, options, extra))
-    except (ValueError, OSError) as exc:
-        print(f"fake-wechat: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        raise ValueError("--webhook needs --token (pushes are signed with it)")
+    options = fc.options_from(args.option, FakeOptions)
+    extra = [_app_pair(a) for a in args.app]
+    return _serve(args, options, extra)
 
 
 def _app_pair(value: str) -> tuple[str, str]:
@@ -100,25 +66,22 @@ def _app_pair(value: str) -> tuple[str, str]:
 
 
 async def _serve(args: argparse.Namespace, options: FakeOptions, extra: list[tuple[str, str]]) -> None:
-    from kfrouter.sim.fake_server import running_fake
+    from kfrouter.sim.fake_server import FakeWeChat
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with running_fake(
+    fake = FakeWeChat(
         args.appid,
         args.secret,
         webhook=args.webhook or None,
         token=args.token,
         aes_key=args.aes_key,
         options=options,
-        host=args.host,
-        port=args.port,
         seed=args.seed,
         wxid=args.wxid,
-    ) as fake:
+    )
+
+    def add_apps() -> list[str]:
         for appid, secret in extra:
             fake.add_app(appid, secret, wxid=args.wxid)
-        print(fake.base_url, flush=True)
-        await stop.wait()
+        return []
+
+    await fc.serve_until_signal(fake, args.host, args.port, add_apps)

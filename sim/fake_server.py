@@ -7,17 +7,15 @@ from the query, and every answer is HTTP 200 with WeChat's JSON. Faults (errcode
 connection) are drawn per endpoint before the model sees the call. Pushes the model queues are handed
 to ``sim.fake_push.Deliverer``.
 
-The control API lives under ``/_fake/`` (see docs/fake-wechat.md). ``running_fake(...)`` starts the
-server in-process on 127.0.0.1 (port 0 by default) for tests.
+The control API lives under ``/_fake/`` (see docs/fake-wechat.md; its plumbing, shared with the fake
+WeCom, is ``sim.fake_server_base``): a request may name another account with ``appid`` in the body or
+the query. ``running_fake(...)`` starts the server in-process on 127.0.0.1 (port 0 by default) for tests.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -25,28 +23,20 @@ from aiohttp import BodyPartReader, web
 
 from kfrouter.router.clock import SteadyClock
 from kfrouter.sim import fake_options as fo
-from kfrouter.sim.fake_options import FakeOptions, Fault
+from kfrouter.sim.fake_control import ControlCall, ControlError, check_keys, need_str
+from kfrouter.sim.fake_http import Answer, NotJsonObject, apply_fault, json_object, json_response
+from kfrouter.sim.fake_options import FakeOptions
 from kfrouter.sim.fake_push import Deliverer, PushTarget
-from kfrouter.sim.serving import serving
-from kfrouter.sim.wechat_model import Json, WeChatModel
-
-MAX_BODY = 8 * 1024 * 1024  # uploadheadimg allows 5 MB of media plus multipart framing
-
-
-class _Answer(Exception):
-    """Raised inside a handler to answer at once with WeChat JSON."""
-
-    def __init__(self, payload: Json) -> None:
-        super().__init__(payload.get("errmsg", ""))
-        self.payload = payload
+from kfrouter.sim.fake_server_base import ControlHandler, FakeServerBase, running
+from kfrouter.sim.model_base import Json
+from kfrouter.sim.wechat_model import WeChatModel
 
 
-class _ControlError(Exception):
-    """A bad control-API request: answered with HTTP 400 and ``{"error": message}``."""
-
-
-class FakeWeChat:
+class FakeWeChat(FakeServerBase[FakeOptions]):
     """One fake WeChat: models per appid (``model`` is the first), the aiohttp ``app``, the pusher."""
+
+    MAX_BODY = 8 * 1024 * 1024  # uploadheadimg allows 5 MB of media plus multipart framing
+    pusher: Deliverer
 
     def __init__(
         self,
@@ -61,15 +51,12 @@ class FakeWeChat:
         seed: int = 0,
         clock: SteadyClock | None = None,
     ) -> None:
-        self.options = options if options is not None else FakeOptions()
-        self._initial_options = attrs.evolve(self.options)
-        self.clock = clock if clock is not None else SteadyClock()
+        super().__init__(options if options is not None else FakeOptions(), clock)
         self.seed = seed
         self.models: dict[str, WeChatModel] = {}
         self.pusher = Deliverer(webhook, token, aes_key, self.clock.now, self.flush)
         self.model = self.add_app(appid, secret, wxid=wxid)
-        self.app = self._build_app()
-        self.base_url = ""
+        self.app = self._build_app(FAKE_KEY)
 
     # ------------------------------------------------------------------ setup
     def add_app(
@@ -93,12 +80,9 @@ class FakeWeChat:
             self.pusher.targets[appid] = PushTarget(webhook, token, aes_key)
         return model
 
-    def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
-        app[FAKE_KEY] = self
-        control: dict[str, Callable[[web.Request], Awaitable[Json]]] = {
+    def _routes(self) -> dict[str, ControlHandler]:
+        return {
             "GET state": self._c_state,
-            "POST reset": self._c_reset,
             "POST agents": self._c_agents,
             "POST customer/message": self._c_message,
             "POST customer/click": self._c_click,
@@ -110,37 +94,20 @@ class FakeWeChat:
             "POST session/close": self._c_close,
             "POST session/switch": self._c_switch,
             "POST faults": self._c_faults,
-            "DELETE faults": self._c_faults_clear,
-            "POST clock/advance": self._c_advance,
-            "POST options": self._c_options,
-            "POST settle": self._c_settle,
             "POST verify_webhook": self._c_verify,
         }
-        self._control = control
-        app.router.add_route("*", "/_fake/{name:.*}", self._control_entry)
-        app.router.add_route("*", "/{tail:.*}", self._api_entry)
-        app.on_cleanup.append(self._on_cleanup)
-        return app
 
-    async def _on_cleanup(self, _app: web.Application) -> None:
-        await self.pusher.close()
+    def _models(self) -> Iterable[WeChatModel]:
+        return self.models.values()
 
     def flush(self, model: WeChatModel) -> None:
         """Hand the model's queued pushes to the deliverer."""
         for push in model.drain_outbox():
             self.pusher.submit(model, push)
 
-    async def settle(self, timeout: float = 30.0) -> bool:
-        """Wait for in-flight push deliveries (and any they trigger)."""
-        return await self.pusher.settle(timeout)
-
-    def reset(self) -> None:
-        """Forget all state, faults and logs; options go back to the ones given at construction."""
+    def flush_all(self) -> None:
         for model in self.models.values():
-            model.reset()
-        self.pusher.reset()
-        for a in attrs.fields(FakeOptions):
-            setattr(self.options, a.name, getattr(attrs.evolve(self._initial_options), a.name))
+            self.flush(model)
 
     def _model_for_token(self, token: object) -> WeChatModel:
         if isinstance(token, str):
@@ -174,24 +141,23 @@ class FakeWeChat:
             model.calls[ep] += 1
             fault = model.draw_fault(ep)
             if fault is not None:
-                dropped = await self._apply_fault(model, ep, request, fault, now)
+                dropped = await apply_fault(fault, request, model)
                 if dropped is not None:
                     return dropped
             bad = model.check_call(ep, request.query.get("access_token"), now)
             if bad is not None:
-                raise _Answer(bad)
+                raise Answer(bad)
             logged = len(model.create_log)
             result = await self._handlers[ep](self, model, request, now)
             if ep == fo.SESSION_CREATE:
                 self._annotate_creates(model, logged, request)
-        except _Answer as ans:
+        except Answer as ans:
             result = ans.payload
             if ep == fo.SESSION_CREATE:  # refused before the model saw it: still one logged call
                 model.create_log.append(
                     {"time": now, "kf_account": None, "openid": None, "errcode": result.get("errcode")}
                 )
-        for m in self.models.values():
-            self.flush(m)
+        self.flush_all()
         return json_response(result)
 
     @staticmethod
@@ -207,20 +173,6 @@ class FakeWeChat:
             agent = model.agents.get(entry["kf_account"]) if entry.get("errcode") == 0 else None
             if agent is not None:
                 entry["agent_sessions"] = len(agent.sessions)
-
-    async def _apply_fault(
-        self, model: WeChatModel, ep: str, request: web.Request, fault: Fault, now: float
-    ) -> web.StreamResponse | None:
-        if fault.delay_s > 0:
-            await asyncio.sleep(fault.delay_s)
-        if fault.drop_connection:
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
-            return web.Response(status=500)
-        if fault.errcode is not None:
-            raise _Answer(model.err(fault.errcode, "injected") if fault.errcode else model.ok())
-        return None
 
     # ------------------------------------------------------------------ API handlers
     async def _h_token(self, model: WeChatModel, request: web.Request, now: float) -> Json:
@@ -255,7 +207,7 @@ class FakeWeChat:
                 body = _parse_json(model, raw)
                 account = body.get("kf_account", account)
             elif account is None:
-                raise _Answer(model.err(44002))
+                raise Answer(model.err(44002))
         return model.delete_account(account, now)
 
     async def _h_upload(self, model: WeChatModel, request: web.Request, now: float) -> Json:
@@ -275,11 +227,11 @@ class FakeWeChat:
                     size = len(data)
                     break
             except (ValueError, AssertionError) as exc:
-                raise _Answer(model.err(47001, f"multipart: {exc}")) from None
+                raise Answer(model.err(47001, f"multipart: {exc}")) from None
         elif not (await request.read()).strip():
-            raise _Answer(model.err(44002))
+            raise Answer(model.err(44002))
         else:
-            raise _Answer(model.err(41005, "expected multipart/form-data with field media"))
+            raise Answer(model.err(41005, "expected multipart/form-data with field media"))
         return model.upload_headimg(account, filename, ctype, size)
 
     async def _h_invite(self, model: WeChatModel, request: web.Request, now: float) -> Json:
@@ -352,58 +304,17 @@ class FakeWeChat:
     }
 
     # ------------------------------------------------------------------ control API
-    async def _control_entry(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"].strip("/")
-        handler = self._control.get(f"{request.method} {name}")
-        if handler is None:
-            known = sorted(self._control)
-            if any(k.split(" ", 1)[1] == name for k in known):
-                return json_response(
-                    {"error": f"/_fake/{name}: method {request.method} not allowed"}, status=405
-                )
-            return json_response(
-                {"error": f"unknown control endpoint /_fake/{name}; known: {known}"}, status=404
-            )
-        try:
-            result = await handler(request)
-        except (_ControlError, ValueError) as exc:
-            return json_response({"error": f"/_fake/{name}: {exc}"}, status=400)
-        for model in self.models.values():
-            self.flush(model)
-        if isinstance(result, dict) and result.pop("_settle", False):
-            await self.settle()
-        return json_response(result)
-
-    async def _cbody(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
-        if not raw.strip():
-            return {}
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise _ControlError(f"body is not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise _ControlError(f"body must be a JSON object, got {type(data).__name__}")
-        return data
-
-    def _cmodel(self, body: dict[str, Any], request: web.Request) -> WeChatModel:
-        appid = body.get("appid", request.query.get("appid"))
+    def _cmodel(self, c: ControlCall) -> WeChatModel:
+        """The account a control request is about: ``appid`` in the body or the query, else the first."""
+        appid = c.body.get("appid", c.query.get("appid"))
         if appid is None:
             return self.model
         if appid not in self.models:
-            raise _ControlError(f"unknown appid {appid!r}; served: {sorted(self.models)}")
+            raise ControlError(f"unknown appid {appid!r}; served: {sorted(self.models)}")
         return self.models[appid]
 
-    @staticmethod
-    def _need_str(body: dict[str, Any], key: str) -> str:
-        v = body.get(key)
-        if not isinstance(v, str) or not v:
-            raise _ControlError(f"field {key!r} must be a non-empty string, got {v!r}")
-        return v
-
-    async def _c_state(self, request: web.Request) -> Json:
-        model = self._cmodel({}, request)
-        state = model.snapshot(self.clock.now())
+    async def _c_state(self, c: ControlCall) -> Json:
+        state = self._cmodel(c).snapshot(self.clock.now())
         state["deliveries"] = list(self.pusher.log)
         state["delivery_failures"] = self.pusher.failures
         state["deliveries_pending"] = self.pusher.pending
@@ -411,36 +322,23 @@ class FakeWeChat:
         state["apps"] = sorted(self.models)
         return state
 
-    async def _c_reset(self, request: web.Request) -> Json:
-        self.reset()
-        return {"ok": True}
-
-    async def _c_agents(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        model = self._cmodel(body, request)
-        rows = body.get("agents")
-        if not isinstance(rows, list):
-            raise _ControlError(
-                "field 'agents' must be a list of {kf_account, nickname?, bound?, online?|status?, "
-                "auto_accept?}"
-            )
-        known = {"kf_account", "nickname", "bound", "online", "status", "auto_accept"}
+    async def _c_agents(self, c: ControlCall) -> Json:
+        model = self._cmodel(c)
+        shape = "{kf_account, nickname?, bound?, online?|status?, auto_accept?}"
         out = []
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise _ControlError(f"agents[{i}] must be an object")
-            extra = set(row) - known
-            if extra:
-                raise _ControlError(f"agents[{i}]: unknown keys {sorted(extra)}")
+        for i, row in enumerate(c.rows("agents", shape)):
+            check_keys(
+                row, f"agents[{i}]", ("kf_account", "nickname", "bound", "online", "status", "auto_accept")
+            )
             status = row.get("status")
             if "online" in row:
                 if not isinstance(row["online"], bool):
-                    raise _ControlError(f"agents[{i}].online must be true or false")
+                    raise ControlError(f"agents[{i}].online must be true or false")
                 status = 1 if row["online"] else 0
             try:
                 out.append(
                     model.set_agent(
-                        self._need_str(row, "kf_account"),
+                        need_str(row, "kf_account"),
                         self.clock.now(),
                         nickname=row.get("nickname"),
                         bound=row.get("bound"),
@@ -449,67 +347,44 @@ class FakeWeChat:
                     )
                 )
             except ValueError as exc:
-                raise _ControlError(f"agents[{i}]: {exc}") from None
+                raise ControlError(f"agents[{i}]: {exc}") from None
         return {"agents": out}
 
-    async def _c_message(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        model = self._cmodel(body, request)
-        text = body.get("text", "")
-        msgtype = body.get("msgtype", "text")
+    async def _c_message(self, c: ControlCall) -> Json:
+        model = self._cmodel(c)
+        text = c.body.get("text", "")
+        msgtype = c.body.get("msgtype", "text")
         if not isinstance(text, str) or not isinstance(msgtype, str) or not msgtype:
-            raise _ControlError("text and msgtype must be strings")
-        result = model.customer_message(
-            self._need_str(body, "openid"), self.clock.now(), text, msgtype=msgtype
-        )
-        return {**result, "_settle": bool(body.get("wait"))}
+            raise ControlError("text and msgtype must be strings")
+        return model.customer_message(c.need_str("openid"), self.clock.now(), text, msgtype=msgtype)
 
-    async def _c_click(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        model = self._cmodel(body, request)
-        key = body.get("key", "")
-        if not isinstance(key, str):
-            raise _ControlError("key must be a string")
-        return {
-            **model.menu_click(self._need_str(body, "openid"), key, self.clock.now()),
-            "_settle": bool(body.get("wait")),
-        }
+    async def _c_click(self, c: ControlCall) -> Json:
+        model = self._cmodel(c)
+        return model.menu_click(c.need_str("openid"), c.opt_str("key"), self.clock.now())
 
-    async def _c_follow(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        return self._cmodel(body, request).follow(self._need_str(body, "openid"), self.clock.now())
+    async def _c_follow(self, c: ControlCall) -> Json:
+        return self._cmodel(c).follow(c.need_str("openid"), self.clock.now())
 
-    async def _c_unfollow(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        return self._cmodel(body, request).unfollow(self._need_str(body, "openid"), self.clock.now())
+    async def _c_unfollow(self, c: ControlCall) -> Json:
+        return self._cmodel(c).unfollow(c.need_str("openid"), self.clock.now())
 
-    async def _c_leave(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        return self._cmodel(body, request).leave_queue(self._need_str(body, "openid"))
+    async def _c_leave(self, c: ControlCall) -> Json:
+        return self._cmodel(c).leave_queue(c.need_str("openid"))
 
-    async def _c_accept(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        openid = body.get("openid")
-        if openid is not None and not isinstance(openid, str):
-            raise _ControlError("openid must be a string")
-        return self._cmodel(body, request).agent_accept(
-            self._need_str(body, "kf_account"), self.clock.now(), openid
-        )
+    async def _c_accept(self, c: ControlCall) -> Json:
+        openid = c.str_or_none("openid")
+        return self._cmodel(c).agent_accept(c.need_str("kf_account"), self.clock.now(), openid)
 
-    async def _c_invite(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        accept = body.get("accept", True)
+    async def _c_invite(self, c: ControlCall) -> Json:
+        accept = c.body.get("accept", True)
         if not isinstance(accept, bool):
-            raise _ControlError("accept must be true or false")
-        return self._cmodel(body, request).answer_invite(
-            self._need_str(body, "kf_account"), accept, self.clock.now()
-        )
+            raise ControlError("accept must be true or false")
+        return self._cmodel(c).answer_invite(c.need_str("kf_account"), accept, self.clock.now())
 
-    async def _c_close(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        model = self._cmodel(body, request)
-        openid = self._need_str(body, "openid")
-        kf = body.get("kf_account")
+    async def _c_close(self, c: ControlCall) -> Json:
+        model = self._cmodel(c)
+        openid = c.need_str("openid")
+        kf = c.body.get("kf_account")
         if kf is None:
             sess = model.sessions.get(openid)
             if sess is None:
@@ -517,118 +392,40 @@ class FakeWeChat:
             kf = sess.kf_account
         return model.close_session(kf, openid, self.clock.now(), via="agent")
 
-    async def _c_switch(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        return self._cmodel(body, request).switch_session(
-            self._need_str(body, "openid"), self._need_str(body, "to_kf_account"), self.clock.now()
+    async def _c_switch(self, c: ControlCall) -> Json:
+        return self._cmodel(c).switch_session(
+            c.need_str("openid"), c.need_str("to_kf_account"), self.clock.now()
         )
 
-    async def _c_faults(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        model = self._cmodel(body, request)
-        rules = body.get("faults")
-        if rules is None:
-            ep = self._need_str(body, "endpoint")
-            rule = {k: v for k, v in body.items() if k not in ("endpoint", "appid", "clear")}
-            rules = {ep: None if body.get("clear") else rule}
-        if not isinstance(rules, dict):
-            raise _ControlError("faults must be an object endpoint -> rule (or null to clear)")
-        parsed = {
-            ep: (None if rule is None else Fault.from_json(rule, f"faults[{ep!r}]"))
-            for ep, rule in rules.items()
-        }
-        for ep in parsed:
-            fo.resolve_endpoint(ep)
-        installed = {model.set_fault(ep, rule): rule is not None for ep, rule in parsed.items()}
-        return {"faults": {ep: attrs.asdict(f) for ep, f in model.faults.items()}, "changed": installed}
+    async def _c_faults(self, c: ControlCall) -> Json:
+        model = self._cmodel(c)
+        changed = model.set_faults(c.fault_rules(not_rule=("appid", "wait")))
+        return {"faults": {ep: attrs.asdict(f) for ep, f in model.faults.items()}, "changed": changed}
 
-    async def _c_faults_clear(self, request: web.Request) -> Json:
-        for model in self.models.values():
-            model.faults.clear()
-        return {"faults": {}}
-
-    async def _c_advance(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        return {"now": self.clock.advance(body.get("seconds"))}
-
-    async def _c_options(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        changed = self.options.update(body)
-        return {"changed": changed, "options": self.options.to_json()}
-
-    async def _c_settle(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        timeout = body.get("timeout", 30.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise _ControlError(f"timeout must be a positive number, got {timeout!r}")
-        return {"settled": await self.settle(float(timeout)), "pending": self.pusher.pending}
-
-    async def _c_verify(self, request: web.Request) -> Json:
-        body = await self._cbody(request)
-        echostr = body.get("echostr", "")
-        if not isinstance(echostr, str):
-            raise _ControlError("echostr must be a string")
-        return await self.pusher.verify_url(self._cmodel(body, request), echostr)
+    async def _c_verify(self, c: ControlCall) -> Json:
+        return await self.pusher.verify_url(self._cmodel(c), c.opt_str("echostr"))
 
 
 FAKE_KEY = web.AppKey("fake", FakeWeChat)
 
 
 # ---------------------------------------------------------------------- helpers
-def json_response(payload: Json, status: int = 200) -> web.Response:
-    """HTTP ``status`` with ``payload`` as UTF-8 JSON (no ASCII escapes), the way WeChat and WeCom answer."""
-    return web.Response(
-        status=status,
-        body=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
-        content_type="application/json",
-        charset="utf-8",
-    )
-
-
 def _parse_json(model: WeChatModel, raw: bytes) -> dict[str, Any]:
+    """A non-empty body as a JSON object: 47001 when it is not one."""
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise _Answer(model.err(47001)) from None
-    if not isinstance(data, dict):
-        raise _Answer(model.err(47001, "expected a JSON object"))
-    return data
+        return json_object(raw)
+    except NotJsonObject as exc:
+        raise Answer(model.err(47001, "expected a JSON object" if exc.parsed else "")) from None
 
 
 async def _json_body(model: WeChatModel, request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, whatever the Content-Type: 44002 empty, 47001 bad."""
     raw = await request.read()
     if not raw.strip():
-        raise _Answer(model.err(44002))
+        raise Answer(model.err(44002))
     return _parse_json(model, raw)
 
 
-@contextlib.asynccontextmanager
-async def running_fake(
-    appid: str = "wx_fake_appid",
-    secret: str = "fake_secret",
-    *,
-    webhook: str | Sequence[str] | None = None,
-    token: str | None = None,
-    aes_key: str | None = None,
-    options: FakeOptions | None = None,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    seed: int = 0,
-    clock: SteadyClock | None = None,
-    wxid: str = "test",
-) -> AsyncIterator[FakeWeChat]:
-    """Start a ``FakeWeChat`` on ``host:port`` (0 = any free port); ``fake.base_url`` is its root."""
-    fake = FakeWeChat(
-        appid,
-        secret,
-        webhook=webhook,
-        token=token,
-        aes_key=aes_key,
-        options=options,
-        wxid=wxid,
-        seed=seed,
-        clock=clock,
-    )
-    async with serving(fake.app, host, port) as fake.base_url:
-        yield fake
+#: ``async with running_fake(appid, secret, ...) as fake``: a ``FakeWeChat(...)`` (the same arguments)
+#: served on 127.0.0.1 on a free port; ``fake.base_url`` is its root.
+running_fake = running(FakeWeChat)

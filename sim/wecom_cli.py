@@ -3,28 +3,26 @@
 Prints the base URL (one line, flushed) so scripts can read it, then one line per kf account created
 with ``--account`` (``open_kfid name``), then serves until a signal arrives and exits 0. Options map to
 ``WeComOptions`` switches with ``--option NAME=JSON`` (repeatable). Bad arguments exit 2 with a message
-naming the argument.
+naming the argument. What this command shares with ``kfrouter fake-wechat`` is ``sim.fake_commands``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
-import sys
+from collections.abc import Coroutine
+from typing import Any
 
-from kfrouter.sim.fake_cli import parse_option_pairs
+from kfrouter.sim import fake_commands as fc
 from kfrouter.sim.wecom_options import WeComOptions
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
+    p = fc.add_command(
+        sub,
         "fake-wecom",
         help="run a fake WeCom 微信客服 API server (for tests and demos)",
         description="Serve gettoken and the cgi-bin/kf/ API of WeCom 微信客服, callbacks and a /_fake/ control API.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="port (default 0 = any free port)")
     p.add_argument("--corpid", required=True, help="the corp id (企业ID) gettoken accepts")
     p.add_argument("--secret", required=True, help="the 微信客服 app's secret gettoken accepts")
     p.add_argument("--callback-url", help="the app's callback URL (接收事件服务器) to notify of new messages")
@@ -44,55 +42,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="USERID",
         help="bind a servicer (接待中) to every --account (repeatable)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the fake's random draws")
-    p.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="NAME=JSON",
-        help="set a WeComOptions switch, e.g. --option trans_same_servicer_errcode=95016 (repeatable)",
-    )
+    fc.add_tuning_arguments(p, "WeComOptions", "trans_same_servicer_errcode=95016")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    return fc.run("fake-wecom", lambda: _prepare(args))
+
+
+def _prepare(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
     if args.callback_url and not (args.token and args.aes_key):
-        print(
-            "fake-wecom: --callback-url needs --token and --aes-key (WeCom always encrypts)", file=sys.stderr
-        )
-        return 2
-    try:
-        options = WeComOptions()
-        options.update(parse_option_pairs(args.option))
-    except ValueError as exc:
-        print(f"fake-wecom: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(_serve(args, options))
-    except (ValueError, OSError) as exc:
-        print(f"fake-wecom: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        raise ValueError("--callback-url needs --token and --aes-key (WeCom always encrypts)")
+    return _serve(args, fc.options_from(args.option, WeComOptions))
 
 
 async def _serve(args: argparse.Namespace, options: WeComOptions) -> None:
-    from kfrouter.sim.wecom_server import running_fake_wecom
+    from kfrouter.sim.wecom_server import FakeWeCom
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with running_fake_wecom(
+    fake = FakeWeCom(
         args.corpid,
         args.secret,
         callback_url=args.callback_url,
         token=args.token,
         aes_key=args.aes_key,
         options=options,
-        host=args.host,
-        port=args.port,
         seed=args.seed,
-    ) as fake:
+    )
+
+    def add_accounts() -> list[str]:
         created = []
         for spec in args.account:
             name, _sep, kfid = spec.partition("=")
@@ -106,7 +83,6 @@ async def _serve(args: argparse.Namespace, options: WeComOptions) -> None:
                     fake.model.add_servicer(kfid, userid)
                 except ValueError as exc:
                     raise ValueError(f"--servicer {userid!r}: {exc}") from None
-        print(fake.base_url, flush=True)
-        for kfid, name in created:
-            print(f"{kfid} {name}", flush=True)
-        await stop.wait()
+        return [f"{kfid} {name}" for kfid, name in created]
+
+    await fc.serve_until_signal(fake, args.host, args.port, add_accounts)

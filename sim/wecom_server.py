@@ -7,17 +7,15 @@ JSON error — a client pointed at the wrong path fails loudly); a POST endpoint
 API answer is HTTP 200 with WeCom's JSON. Faults (errcode, delay, dropped connection) are drawn per
 endpoint before the model sees the call. Callbacks the model queues go to ``sim.wecom_push``.
 
-The control API lives under ``/_fake/`` (docs/wecom.md). ``running_fake_wecom(...)`` starts the server
-in-process on 127.0.0.1 (port 0 by default) for tests.
+The control API lives under ``/_fake/`` (docs/wecom.md; its plumbing, shared with the fake WeChat, is
+``sim.fake_server_base``). ``running_fake_wecom(...)`` starts the server in-process on 127.0.0.1 (port 0
+by default) for tests.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -25,30 +23,20 @@ from aiohttp import web
 
 from kfrouter.router.clock import SteadyClock
 from kfrouter.sim import wecom_options as wo
-from kfrouter.sim.fake_options import Fault
-from kfrouter.sim.fake_server import json_response
-from kfrouter.sim.serving import serving
-from kfrouter.sim.wecom_model import Json, WeComModel
+from kfrouter.sim.fake_control import ControlCall, ControlError, check_keys, need_str
+from kfrouter.sim.fake_http import Answer, NotJsonObject, apply_fault, json_object, json_response
+from kfrouter.sim.fake_server_base import ControlHandler, FakeServerBase, running
+from kfrouter.sim.model_base import Json
+from kfrouter.sim.wecom_model import WeComModel
 from kfrouter.sim.wecom_options import WeComOptions
 from kfrouter.sim.wecom_push import CallbackDeliverer
 
-MAX_BODY = 1024 * 1024
 
-
-class _Answer(Exception):
-    """Raised inside a handler to answer at once with WeCom JSON."""
-
-    def __init__(self, payload: Json) -> None:
-        super().__init__(payload.get("errmsg", ""))
-        self.payload = payload
-
-
-class _ControlError(Exception):
-    """A bad control-API request: HTTP 400 with ``{"error": message}``."""
-
-
-class FakeWeCom:
+class FakeWeCom(FakeServerBase[WeComOptions]):
     """One fake WeCom corp: the model, the aiohttp ``app``, the callback deliverer."""
+
+    MAX_BODY = 1024 * 1024
+    pusher: CallbackDeliverer
 
     def __init__(
         self,
@@ -62,22 +50,16 @@ class FakeWeCom:
         seed: int = 0,
         clock: SteadyClock | None = None,
     ) -> None:
-        self.options = options if options is not None else WeComOptions()
-        self._initial_options = attrs.evolve(self.options)
-        self.clock = clock if clock is not None else SteadyClock()
+        super().__init__(options if options is not None else WeComOptions(), clock)
         self.model = WeComModel(corpid, secret, options=self.options, rng=random.Random(f"{seed}:{corpid}"))
         self.pusher = CallbackDeliverer(
             callback_url, token, aes_key, corpid, self.options, self.clock.now, random.Random(f"{seed}:push")
         )
-        self.app = self._build_app()
-        self.base_url = ""
+        self.app = self._build_app(FAKE_WECOM_KEY)
 
-    def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
-        app[FAKE_WECOM_KEY] = self
-        self._control: dict[str, Callable[[dict[str, Any]], Awaitable[Json]]] = {
+    def _routes(self) -> dict[str, ControlHandler]:
+        return {
             "GET state": self._c_state,
-            "POST reset": self._c_reset,
             "POST accounts": self._c_accounts,
             "POST servicers": self._c_servicers,
             "POST servicer/status": self._c_servicer_status,
@@ -89,34 +71,19 @@ class FakeWeCom:
             "POST customer/message": self._c_message,
             "POST token/revoke": self._c_revoke,
             "POST faults": self._c_faults,
-            "DELETE faults": self._c_faults_clear,
-            "POST clock/advance": self._c_advance,
-            "POST options": self._c_options,
-            "POST settle": self._c_settle,
             "POST verify_callback": self._c_verify,
         }
-        app.router.add_route("*", "/_fake/{name:.*}", self._control_entry)
-        app.router.add_route("*", "/{tail:.*}", self._api_entry)
-        app.on_cleanup.append(self._on_cleanup)
-        return app
 
-    async def _on_cleanup(self, _app: web.Application) -> None:
-        await self.pusher.close()
+    def _models(self) -> Iterable[WeComModel]:
+        return (self.model,)
 
     def flush(self) -> None:
         """Hand the model's queued callbacks to the deliverer."""
         for push in self.model.drain_outbox():
             self.pusher.submit(push)
 
-    async def settle(self, timeout: float = 30.0) -> bool:
-        """Wait for in-flight callback deliveries."""
-        return await self.pusher.settle(timeout)
-
-    def reset(self) -> None:
-        """Forget all state, faults and logs; options go back to the ones given at construction."""
-        self.model.reset()
-        self.pusher.reset()
-        self.options.update(self._initial_options.to_json())
+    def flush_all(self) -> None:
+        self.flush()
 
     # ------------------------------------------------------------------ API entry
     async def _api_entry(self, request: web.Request) -> web.StreamResponse:
@@ -129,23 +96,23 @@ class FakeWeCom:
         try:
             fault = model.draw_fault(ep)
             if fault is not None:
-                dropped = await self._apply_fault(ep, request, fault)
+                dropped = await apply_fault(fault, request, model)
                 if dropped is not None:
                     return dropped
             if request.method not in wo.ENDPOINTS[ep]:
-                raise _Answer(
+                raise Answer(
                     model.err(40058, f"{request.method} {request.path}: expected POST with a JSON body")
                 )
             bad = model.check_call(ep, request.query.get("access_token"), now)
             if bad is not None:
-                raise _Answer(bad)
+                raise Answer(bad)
             body = (
                 await _json_body(model, request)
                 if ep in wo.JSON_BODY_ENDPOINTS and request.method == "POST"
                 else {}
             )
             result = self._dispatch(ep, request, body, now)
-        except _Answer as ans:
+        except Answer as ans:
             result = ans.payload
         self.flush()
         return json_response(result)
@@ -186,45 +153,11 @@ class FakeWeCom:
         assert ep == wo.SEND_ON_EVENT
         return m.send_on_event(b.get("code"), b.get("msgid"), msgtype, payload, now)
 
-    async def _apply_fault(self, ep: str, request: web.Request, fault: Fault) -> web.StreamResponse | None:
-        if fault.delay_s > 0:
-            await asyncio.sleep(fault.delay_s)
-        if fault.drop_connection:
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
-            return web.Response(status=500)
-        if fault.errcode is not None:
-            raise _Answer(self.model.err(fault.errcode, "injected") if fault.errcode else self.model.ok())
-        return None
-
     # ------------------------------------------------------------------ control API
-    async def _control_entry(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"].strip("/")
-        handler = self._control.get(f"{request.method} {name}")
-        if handler is None:
-            known = sorted(self._control)
-            if any(k.split(" ", 1)[1] == name for k in known):
-                return json_response(
-                    {"error": f"/_fake/{name}: method {request.method} not allowed"}, status=405
-                )
-            return json_response(
-                {"error": f"unknown control endpoint /_fake/{name}; known: {known}"}, status=404
-            )
-        try:
-            body = await _control_body(request)
-            result = await handler(body)
-        except (_ControlError, ValueError) as exc:
-            return json_response({"error": f"/_fake/{name}: {exc}"}, status=400)
-        self.flush()
-        if body.get("wait"):
-            await self.settle()
-        return json_response(result)
-
     def _now(self) -> float:
         return self.clock.now()
 
-    async def _c_state(self, body: dict[str, Any]) -> Json:
+    async def _c_state(self, c: ControlCall) -> Json:
         state = self.model.snapshot(self._now())
         state["callbacks"] = list(self.pusher.log)
         state["callback_failures"] = self.pusher.failures
@@ -232,15 +165,10 @@ class FakeWeCom:
         state["options"] = self.options.to_json()
         return state
 
-    async def _c_reset(self, body: dict[str, Any]) -> Json:
-        self.reset()
-        return {"ok": True}
-
-    async def _c_accounts(self, body: dict[str, Any]) -> Json:
-        rows = _list(body, "accounts", "{name, open_kfid?, manage_privilege?}")
+    async def _c_accounts(self, c: ControlCall) -> Json:
         out = []
-        for i, row in enumerate(rows):
-            _keys(row, f"accounts[{i}]", {"name", "open_kfid", "manage_privilege"})
+        for i, row in enumerate(c.rows("accounts", "{name, open_kfid?, manage_privilege?}")):
+            check_keys(row, f"accounts[{i}]", ("name", "open_kfid", "manage_privilege"))
             try:
                 if row.get("open_kfid") in self.model.accounts and "manage_privilege" in row:
                     self.model.set_manage_privilege(row["open_kfid"], row["manage_privilege"])
@@ -248,120 +176,93 @@ class FakeWeCom:
                     continue
                 out.append(
                     self.model.add_account(
-                        _str(row, "name"),
+                        need_str(row, "name"),
                         open_kfid=row.get("open_kfid"),
                         manage_privilege=row.get("manage_privilege", True),
                     )
                 )
             except ValueError as exc:
-                raise _ControlError(f"accounts[{i}]: {exc}") from None
+                raise ControlError(f"accounts[{i}]: {exc}") from None
         return {"open_kfids": out}
 
-    async def _c_servicers(self, body: dict[str, Any]) -> Json:
-        kfid = _str(body, "open_kfid")
-        rows = _list(body, "servicers", "{userid, status?, stop_type?}")
+    async def _c_servicers(self, c: ControlCall) -> Json:
+        kfid = c.need_str("open_kfid")
         out = []
-        for i, row in enumerate(rows):
-            _keys(row, f"servicers[{i}]", {"userid", "status", "stop_type"})
+        for i, row in enumerate(c.rows("servicers", "{userid, status?, stop_type?}")):
+            check_keys(row, f"servicers[{i}]", ("userid", "status", "stop_type"))
             try:
                 out.append(
                     self.model.add_servicer(
-                        kfid, _str(row, "userid"), status=row.get("status"), stop_type=row.get("stop_type", 0)
+                        kfid,
+                        need_str(row, "userid"),
+                        status=row.get("status"),
+                        stop_type=row.get("stop_type", 0),
                     )
                 )
             except ValueError as exc:
-                raise _ControlError(f"servicers[{i}]: {exc}") from None
-        departments = body.get("departments", [])
+                raise ControlError(f"servicers[{i}]: {exc}") from None
+        departments = c.body.get("departments", [])
         if not isinstance(departments, list):
-            raise _ControlError("departments must be a list of department ids")
+            raise ControlError("departments must be a list of department ids")
         for d in departments:
             self.model.add_department(kfid, d)
         return {"servicers": out}
 
-    async def _c_servicer_status(self, body: dict[str, Any]) -> Json:
+    async def _c_servicer_status(self, c: ControlCall) -> Json:
         events = self.model.set_servicer_status(
-            _str(body, "userid"), body.get("status"), self._now(), stop_type=body.get("stop_type", 0)
+            c.need_str("userid"), c.body.get("status"), self._now(), stop_type=c.body.get("stop_type", 0)
         )
         return {"events": events}
 
-    async def _c_accept(self, body: dict[str, Any]) -> Json:
-        ext = body.get("external_userid")
-        if ext is not None and not isinstance(ext, str):
-            raise _ControlError("external_userid must be a string")
-        return self.model.servicer_accept(_str(body, "open_kfid"), _str(body, "userid"), self._now(), ext)
+    async def _c_accept(self, c: ControlCall) -> Json:
+        ext = c.str_or_none("external_userid")
+        return self.model.servicer_accept(c.need_str("open_kfid"), c.need_str("userid"), self._now(), ext)
 
-    async def _c_transfer(self, body: dict[str, Any]) -> Json:
+    async def _c_transfer(self, c: ControlCall) -> Json:
         return self.model.servicer_transfer(
-            _str(body, "open_kfid"), _str(body, "external_userid"), _str(body, "to_userid"), self._now()
+            c.need_str("open_kfid"), c.need_str("external_userid"), c.need_str("to_userid"), self._now()
         )
 
-    async def _c_end(self, body: dict[str, Any]) -> Json:
-        return self.model.servicer_end(_str(body, "open_kfid"), _str(body, "external_userid"), self._now())
+    async def _c_end(self, c: ControlCall) -> Json:
+        return self.model.servicer_end(c.need_str("open_kfid"), c.need_str("external_userid"), self._now())
 
-    async def _c_reply(self, body: dict[str, Any]) -> Json:
+    async def _c_reply(self, c: ControlCall) -> Json:
         return self.model.servicer_reply(
-            _str(body, "open_kfid"),
-            _str(body, "external_userid"),
-            _str(body, "userid"),
-            _str(body, "text"),
+            c.need_str("open_kfid"),
+            c.need_str("external_userid"),
+            c.need_str("userid"),
+            c.need_str("text"),
             self._now(),
         )
 
-    async def _c_enter(self, body: dict[str, Any]) -> Json:
+    async def _c_enter(self, c: ControlCall) -> Json:
         return self.model.customer_enter(
-            _str(body, "open_kfid"),
-            _str(body, "external_userid"),
+            c.need_str("open_kfid"),
+            c.need_str("external_userid"),
             self._now(),
-            scene=_opt_str(body, "scene"),
-            scene_param=_opt_str(body, "scene_param"),
+            scene=c.opt_str("scene"),
+            scene_param=c.opt_str("scene_param"),
         )
 
-    async def _c_message(self, body: dict[str, Any]) -> Json:
+    async def _c_message(self, c: ControlCall) -> Json:
         return self.model.customer_message(
-            _str(body, "open_kfid"),
-            _str(body, "external_userid"),
+            c.need_str("open_kfid"),
+            c.need_str("external_userid"),
             self._now(),
-            _opt_str(body, "text"),
-            msgtype=body.get("msgtype", "text"),
+            c.opt_str("text"),
+            msgtype=c.body.get("msgtype", "text"),
         )
 
-    async def _c_revoke(self, body: dict[str, Any]) -> Json:
+    async def _c_revoke(self, c: ControlCall) -> Json:
         return {"revoked": self.model.revoke_token()}
 
-    async def _c_faults(self, body: dict[str, Any]) -> Json:
-        rules = body.get("faults")
-        if rules is None:
-            ep = _str(body, "endpoint")
-            rule = {k: v for k, v in body.items() if k not in ("endpoint", "clear", "wait")}
-            rules = {ep: None if body.get("clear") else rule}
-        if not isinstance(rules, dict):
-            raise _ControlError("faults must be an object endpoint -> rule (or null to clear)")
-        parsed = {
-            ep: (None if rule is None else Fault.from_json(rule, f"faults[{ep!r}]"))
-            for ep, rule in rules.items()
-        }
-        changed = [self.model.set_fault(ep, rule) for ep, rule in parsed.items()]
-        return {"faults": {ep: attrs.asdict(f) for ep, f in self.model.faults.items()}, "changed": changed}
+    async def _c_faults(self, c: ControlCall) -> Json:
+        changed = self.model.set_faults(c.fault_rules(not_rule=("wait",)))
+        faults = {ep: attrs.asdict(f) for ep, f in self.model.faults.items()}
+        return {"faults": faults, "changed": list(changed)}
 
-    async def _c_faults_clear(self, body: dict[str, Any]) -> Json:
-        self.model.faults.clear()
-        return {"faults": {}}
-
-    async def _c_advance(self, body: dict[str, Any]) -> Json:
-        return {"now": self.clock.advance(body.get("seconds"))}
-
-    async def _c_options(self, body: dict[str, Any]) -> Json:
-        changed = self.options.update({k: v for k, v in body.items() if k != "wait"})
-        return {"changed": changed, "options": self.options.to_json()}
-
-    async def _c_settle(self, body: dict[str, Any]) -> Json:
-        timeout = body.get("timeout", 30.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise _ControlError(f"timeout must be a positive number, got {timeout!r}")
-        return {"settled": await self.settle(float(timeout)), "pending": self.pusher.pending}
-
-    async def _c_verify(self, body: dict[str, Any]) -> Json:
-        return await self.pusher.verify_url(_opt_str(body, "echostr"))
+    async def _c_verify(self, c: ControlCall) -> Json:
+        return await self.pusher.verify_url(c.opt_str("echostr"))
 
 
 FAKE_WECOM_KEY = web.AppKey("fake_wecom", FakeWeCom)
@@ -372,80 +273,14 @@ async def _json_body(model: WeComModel, request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, whatever the Content-Type: empty or bad → 40058."""
     raw = await request.read()
     if not raw.strip():
-        raise _Answer(model.err(40058, "empty request body"))
+        raise Answer(model.err(40058, "empty request body"))
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise _Answer(model.err(40058, "the request body is not JSON")) from None
-    if not isinstance(data, dict):
-        raise _Answer(model.err(40058, "the request body must be a JSON object"))
-    return data
+        return json_object(raw)
+    except NotJsonObject as exc:
+        problem = "the request body must be a JSON object" if exc.parsed else "the request body is not JSON"
+        raise Answer(model.err(40058, problem)) from None
 
 
-async def _control_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _ControlError(f"body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise _ControlError(f"body must be a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _str(body: dict[str, Any], key: str) -> str:
-    v = body.get(key)
-    if not isinstance(v, str) or not v:
-        raise _ControlError(f"field {key!r} must be a non-empty string, got {v!r}")
-    return v
-
-
-def _opt_str(body: dict[str, Any], key: str) -> str:
-    v = body.get(key, "")
-    if not isinstance(v, str):
-        raise _ControlError(f"field {key!r} must be a string, got {v!r}")
-    return v
-
-
-def _list(body: dict[str, Any], key: str, shape: str) -> list[dict[str, Any]]:
-    rows = body.get(key)
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise _ControlError(f"field {key!r} must be a list of {shape}")
-    return rows
-
-
-def _keys(row: dict[str, Any], where: str, known: set[str]) -> None:
-    extra = set(row) - known
-    if extra:
-        raise _ControlError(f"{where}: unknown keys {sorted(extra)}; known: {sorted(known)}")
-
-
-@contextlib.asynccontextmanager
-async def running_fake_wecom(
-    corpid: str = "wwfakecorp0001",
-    secret: str = "fake_kf_secret",
-    *,
-    callback_url: str | None = None,
-    token: str | None = None,
-    aes_key: str | None = None,
-    options: WeComOptions | None = None,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    seed: int = 0,
-    clock: SteadyClock | None = None,
-) -> AsyncIterator[FakeWeCom]:
-    """Start a ``FakeWeCom`` on ``host:port`` (0 = any free port); ``fake.base_url`` is its root."""
-    fake = FakeWeCom(
-        corpid,
-        secret,
-        callback_url=callback_url,
-        token=token,
-        aes_key=aes_key,
-        options=options,
-        seed=seed,
-        clock=clock,
-    )
-    async with serving(fake.app, host, port) as fake.base_url:
-        yield fake
+#: ``async with running_fake_wecom(corpid, secret, ...) as fake``: a ``FakeWeCom(...)`` (the same arguments)
+#: served on 127.0.0.1 on a free port; ``fake.base_url`` is its root.
+running_fake_wecom = running(FakeWeCom)

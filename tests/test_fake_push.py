@@ -41,6 +41,9 @@ class Hook:
     async def success(self, q: dict[str, str], body: bytes, n: int) -> web.StreamResponse:
         return web.Response(text="success")
 
+    async def unavailable_once(self, q: dict[str, str], body: bytes, n: int) -> web.StreamResponse:
+        return web.Response(status=503) if n == 1 else await self.success(q, body, n)
+
     async def hang(self, q: dict[str, str], body: bytes, n: int) -> web.StreamResponse:
         await asyncio.wait_for(self.release.wait(), timeout=5)  # released at teardown
         return web.Response(text="success")
@@ -295,6 +298,19 @@ async def test_transfer_in_reply_to_an_event_is_ignored(
         await ctl(http, fake, "customer/click", {"openid": "u1", "key": "K", "wait": True})
         assert fake.model.waiting == {}
         assert [d["outcome"] for d in fake.pusher.log] == ["transfer_ignored"]
+
+
+async def test_wait_on_any_control_request_answers_after_its_pushes(
+    hook_server: tuple[Hook, str], http: aiohttp.ClientSession
+) -> None:
+    hook, url = hook_server
+    async with fake_for(url, retry_interval_s=0.05) as fake:
+        hook.responder = hook.unavailable_once
+        await ctl(http, fake, "customer/follow", {"openid": "u1", "wait": True})
+        assert [d["outcome"] for d in fake.pusher.log] == ["http_error", "handled"]  # the retry too
+        assert (await ctl(http, fake, "options", {"retry_interval_s": 0.0, "wait": True}))["changed"] == [
+            "retry_interval_s"
+        ]
 
 
 async def test_verify_webhook_echostr(hook_server: tuple[Hook, str], http: aiohttp.ClientSession) -> None:

@@ -497,6 +497,29 @@ async def test_control_errors(fake: FakeWeChat, http: aiohttp.ClientSession) -> 
     assert "openid" in r["error"]
 
 
+async def test_control_bodies_must_be_json_objects(fake: FakeWeChat, http: aiohttp.ClientSession) -> None:
+    for method, path in (("GET", "state"), ("POST", "reset"), ("DELETE", "faults"), ("POST", "agents")):
+        async with http.request(method, f"{fake.base_url}/_fake/{path}", data=b"{oops") as resp:
+            assert resp.status == 400 and "body is not JSON" in (await resp.json())["error"], path
+    r = await control(http, fake, "agents", ["not", "an", "object"], status=400)
+    assert "must be a JSON object, got list" in r["error"]
+
+
+async def test_fault_rules_are_installed_all_or_nothing(
+    fake: FakeWeChat, http: aiohttp.ClientSession
+) -> None:
+    rules = {"getwaitcase": {"errcode": -1}, "nowhere": {"errcode": -1}}
+    r = await control(http, fake, "faults", {"faults": rules}, status=400)
+    assert "nowhere" in r["error"] and fake.model.faults == {}
+    r = await control(
+        http, fake, "faults", {"faults": {"getwaitcase": {"errcode": -1}, "kfsession/create": None}}
+    )
+    assert r["changed"] == {
+        "customservice/kfsession/getwaitcase": True,
+        "customservice/kfsession/create": False,
+    }
+
+
 async def test_reset_and_state(fake: FakeWeChat, http: aiohttp.ClientSession) -> None:
     t = await get_token(http, fake)
     await setup_agents(http, fake, "a1@test")

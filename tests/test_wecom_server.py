@@ -182,6 +182,16 @@ async def test_faults_and_reset(http: aiohttp.ClientSession, fake: FakeWeCom) ->
     ] == 40014  # tokens forgotten
 
 
+async def test_fault_rules_are_installed_all_or_nothing(http: aiohttp.ClientSession, fake: FakeWeCom) -> None:
+    rules = {"sync_msg": {"errcode": -1}, "nowhere": {"errcode": -1}}
+    status, data = await control(http, fake, "POST", "faults", {"faults": rules})
+    assert status == 400 and "nowhere" in data["error"] and fake.model.faults == {}
+    status, data = await control(http, fake, "POST", "faults", {"faults": {"sync_msg": {"errcode": -1}}})
+    assert (status, data["changed"]) == (200, ["cgi-bin/kf/sync_msg"])
+    async with http.post(f"{fake.base_url}/_fake/accounts", data=b"{oops") as resp:
+        assert resp.status == 400 and "body is not JSON" in (await resp.json())["error"]
+
+
 async def test_callbacks_are_encrypted_signed_and_retried_identically(http: aiohttp.ClientSession) -> None:
     async with running_receiver() as rec:
         options = WeComOptions(callback_timeout_s=0.3, callback_attempts=3)
