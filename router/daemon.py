@@ -587,17 +587,7 @@ class AccountRunner(DeskDriver):
         if row is None:
             log.info("%s: no longer waiting in the store; not routed again", openid)
             return None
-        preferred = row.preferred if row.preferred and row.preferred in self.engine.pool else None
-        return ev.CustomerRequested(
-            openid=openid,
-            group=row.group,
-            priority=row.priority,
-            text=row.text,
-            source="recheck",
-            preferred_agent=preferred,
-            tags=frozenset(row.tags),  # type: ignore[arg-type]
-            arrived_at=row.arrived_at,
-        )
+        return row.request("recheck", self.engine.pool)
 
     def _on_api_call(self, info: Mapping[str, Any]) -> None:
         openid = info.get("openid")

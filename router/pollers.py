@@ -20,6 +20,7 @@ Each poller's ``run()`` loops until cancelled: poll, sleep the scheduled interva
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import random
@@ -440,26 +441,13 @@ class Recovery:
         for row in state.waiting:
             if self._engine.state(row.openid) not in (CustomerState.UNKNOWN, CustomerState.GONE):
                 continue
-            group = row.group
-            if group is not None and group not in groups:
+            if row.group is not None and row.group not in groups:
                 log.warning(
                     "start-up: %s waited for group %r, which is no longer configured; default group used",
                     row.openid,
-                    group,
+                    row.group,
                 )
-                group = self._default_group
-            preferred = row.preferred if row.preferred and row.preferred in self._engine.pool else None
-            self._apply(
-                ev.CustomerRequested(
-                    openid=row.openid,
-                    group=group,
-                    priority=row.priority,
-                    text=row.text,
-                    source="restore",
-                    preferred_agent=preferred,
-                    tags=frozenset(row.tags),  # type: ignore[arg-type]
-                    arrived_at=row.arrived_at,
-                )
-            )
+                row = dataclasses.replace(row, group=self._default_group)
+            self._apply(row.request("restore", self._engine.pool))
             n += 1
         return n

@@ -245,18 +245,7 @@ class WeComDaemon(DeskDriver):
         for row in store.load_state(history_since=self.clock.now()).waiting:
             if self.engine.state(row.openid) in (CustomerState.IN_SESSION, CustomerState.RESERVED):
                 continue
-            self._apply_direct(
-                ev.CustomerRequested(
-                    openid=row.openid,
-                    group=row.group,
-                    priority=row.priority,
-                    text=row.text,
-                    source="recovery",
-                    preferred_agent=row.preferred if row.preferred in self.engine.pool else None,
-                    tags=frozenset(row.tags),  # type: ignore[arg-type]
-                    arrived_at=row.arrived_at,
-                )
-            )
+            self._apply_direct(row.request("recovery", self.engine.pool))
             restored += 1
         self._start_engine()
         self._spawn(self._poll_loop(), "servicers")

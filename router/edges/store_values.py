@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
+
+from kfrouter.router.core import events as ev
 
 # Account ids (appids) key lease rows and name PostgreSQL schemas: the config's rule (letters, digits,
 # "_" or "-", at most 64). WeChat appids are "wx" and 16 hex digits; WeCom corp ids "ww" and 16.
@@ -39,6 +41,20 @@ class WaitingRow:
     text: str = ""
     preferred: str | None = None
     tags: tuple[str, ...] = ()
+
+    def request(self, source: str, agents: Container[str]) -> ev.CustomerRequested:
+        """The customer's request as kept here, handed to the engine again (``source``: why); the agent they
+        asked for is dropped unless the engine still knows it (``agents``: its pool)."""
+        return ev.CustomerRequested(
+            openid=self.openid,
+            group=self.group,
+            priority=self.priority,
+            text=self.text,
+            source=source,
+            preferred_agent=self.preferred if self.preferred and self.preferred in agents else None,
+            tags=frozenset(self.tags),  # type: ignore[arg-type]  # (the event converts any iterable)
+            arrived_at=self.arrived_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
