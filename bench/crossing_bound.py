@@ -16,8 +16,8 @@ Rules of this module:
   with exponential times and customers alike within a group, the counts are the whole state, so the
   optimum over counts is the optimum over rules that look at anything else the daemon knows (who waited
   longest, who came back).
-- A group's own free session always takes its own waiting customer (``own_first``); ``check_own_first``
-  solves a small instance with idling allowed as well and finds the same optimum (tests).
+- A group's own free session always takes its own waiting customer (``own_first``); ``Chain(model,
+  own_first=False)`` also lets a rule keep sessions idle, and finds the same optimum on small models (tests).
 - For a price ``eta`` (seconds of waiting one crossing is worth) relative value iteration on the
   uniformised chain finds the rule minimising E[customers waiting] + eta × crossing rate; its stationary
   distribution gives its mean wait (all arrivals, Little's law: E[waiting] / arrival rate) and affinity.
@@ -109,9 +109,8 @@ class Chain:
         steps = [(r[states] / self.uniform, n[states]) for r, n in events]
         steps.append((1.0 - total / self.uniform, states))
         self.steps = [(p, [(x, pos[t[n]], ok[n]) for x, t, ok in choices]) for p, n in steps]
-        assert all(
-            ((i >= 0) | ~ok).all() for _, cs in self.steps for _, i, ok in cs
-        )  # choices lead to states
+        # every allowed choice leads to one of the states
+        assert all(((i >= 0) | ~ok).all() for _, cs in self.steps for _, i, ok in cs)
 
     def index(self, ba: np.ndarray, bb: np.ndarray, qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
         return np.ravel_multi_index((ba, bb, qa, qb), self.shape)
