@@ -63,6 +63,7 @@ from kfrouter.router.inbox import Intake, Item, record_session_event
 from kfrouter.router.observe import ApiCalled
 from kfrouter.router.pollers import (
     AgentPoller,
+    LastSnapshot,
     PollSchedule,
     Recovery,
     SnapshotGuard,
@@ -175,6 +176,7 @@ class AccountRunner(DeskDriver):
         self._epoch = 0
         self._touched: dict[str, int] = {}
         self._guard = SnapshotGuard()
+        self._last_snapshot = LastSnapshot()
         self._crypto = account_crypto(config)
         self.intake = Intake(
             config, self.desk, self._inbox, self.clock, crypto=self._crypto, observe=self._observe
@@ -431,13 +433,24 @@ class AccountRunner(DeskDriver):
             again = self._requested_again(payload.openid)
             return None if again is None else self._apply(again, now)
         if isinstance(payload, _Snapshot):
-            rows = payload.rows
-            if payload.mark is not None:
-                views = {v.kf_account: v for v in self.engine.agents()}
-                mark = payload.mark
-                rows = self._guard.apply(rows, views, lambda kf: self._touched.get(kf, -1) > mark)
-            return self._apply(ev.AgentsSeen(rows=rows, complete=True), now)  # type: ignore[arg-type]
+            return self._apply_snapshot(payload, now)
         return super()._step(item, now)
+
+    def _apply_snapshot(self, snapshot: _Snapshot, now: float) -> list[Command]:
+        """An agents poll, through ``SnapshotGuard``; not applied when it repeats the last one applied and
+        the engine is idle (``LastSnapshot``)."""
+        rows = snapshot.rows
+        if snapshot.mark is not None:
+            views = self.engine.agents()
+            mark = snapshot.mark
+            rows = self._guard.apply(
+                rows, {v.kf_account: v for v in views}, lambda kf: self._touched.get(kf, -1) > mark
+            )
+            if not self._busy() and self._last_snapshot.repeats(rows, views):
+                return []
+        commands = self._apply(ev.AgentsSeen(rows=rows, complete=True), now)  # type: ignore[arg-type]
+        self._last_snapshot.applied(rows, self.engine.agents())
+        return commands
 
     def _apply(self, event: ev.Event, now: float) -> list[Command]:
         """``DeskDriver._apply``, counted (``_epoch``), the agents it names marked for the snapshot guard."""

@@ -11,6 +11,8 @@ and — once, at start-up — what a previous process left unfinished).
   ``slow`` when idle; after an error (45009 / 45011 rate limits included) it doubles each time up to
   ``max_backoff``, and one success brings it back to normal. Every interval gets ±``jitter``.
 - ``SnapshotGuard``: keeps a snapshot's session counts from undoing inputs applied while it was in flight.
+- ``LastSnapshot``: tells a snapshot that would change nothing in the engine (WeChat answered what was
+  applied last, and the engine's agents are still as that left them), so it is not applied again.
 - ``Recovery``: the start-up steps (sessions, reservations in flight, stored waiting customers).
 
 Each poller's ``run()`` loops until cancelled: poll, sleep the scheduled interval (or until
@@ -25,7 +27,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import attrs
 
@@ -187,7 +189,9 @@ class AgentPoller(_Loop):
         self._clock = clock
         self._nicknames: dict[str, str] = {}
         self._nicknames_at = -math.inf
-        self.rows: tuple[AgentRow, ...] = ()
+        self.rows: tuple[AgentRow, ...] = ()  # the last answer, named
+        self._answered: tuple[AgentRow, ...] | None = None  # the last answer as WeChat gave it
+        self._named_with: Mapping[str, str] | None = None  # the nicknames ``rows`` were named with
 
     @property
     def nicknames(self) -> Mapping[str, str]:
@@ -205,14 +209,17 @@ class AgentPoller(_Loop):
             else:
                 self._nicknames = {a.kf_account: a.nickname for a in accounts if a.nickname}
                 self._nicknames_at = self._clock()
-        named = tuple(
-            attrs.evolve(r, nickname=self._nicknames[r.kf_account])
-            if not r.nickname and r.kf_account in self._nicknames
-            else r
-            for r in rows
-        )
-        self.rows = named
-        await self._publish(named, mark)
+        answered = tuple(rows)
+        if answered != self._answered or self._named_with is not self._nicknames:
+            # the rows are named again only when WeChat's answer or the nicknames changed
+            self.rows = tuple(
+                attrs.evolve(r, nickname=self._nicknames[r.kf_account])
+                if not r.nickname and r.kf_account in self._nicknames
+                else r
+                for r in answered
+            )
+            self._answered, self._named_with = answered, self._nicknames
+        await self._publish(self.rows, mark)
 
 
 class WaitlistPoller(_Loop):
@@ -316,6 +323,35 @@ class SnapshotGuard:
                 self._suspect[kf] = seen
             out.append(attrs.evolve(row, accepted_case=view.sessions))
         return tuple(out)
+
+
+class LastSnapshot:
+    """The agents snapshot applied last and the engine's agents right after it: a snapshot that repeats
+    it would write nothing new, so the daemon need not apply it again.
+
+    ``repeats(rows, views)`` is true when ``rows`` (as ``SnapshotGuard`` passed them) are the rows applied
+    last and ``views`` (the engine's agents now) are the views ``applied()`` recorded right after that
+    application: every status, session count, ``auto_accept`` and nickname the rows carry is already the
+    engine's, and nothing the engine holds about its agents changed since (a push, an API outcome, a
+    timer or a configuration change shows in the views, and the next snapshot is applied). The
+    comparison is on the raw values, nothing is skipped on a guess.
+
+    Skipping changes nothing but the work done: the poll still counts as a success (``_Loop.poll_once``),
+    ``SnapshotGuard`` still sees every snapshot (its two-poll rule is unchanged: a snapshot it corrects
+    differs from the views, so it is applied), and the caller applies every snapshot while the engine is
+    busy (someone waits or a reservation is pending: the drain that follows each input may route).
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[AgentRow, ...], tuple[AgentView, ...]] | None = None
+
+    def repeats(self, rows: tuple[AgentRow, ...], views: Iterable[AgentView]) -> bool:
+        last = self._last
+        return last is not None and last[0] == rows and last[1] == tuple(views)
+
+    def applied(self, rows: tuple[AgentRow, ...], views: Iterable[AgentView]) -> None:
+        """``rows`` were just applied; ``views`` are the engine's agents right after."""
+        self._last = (rows, tuple(views))
 
 
 class Recovery:

@@ -19,7 +19,7 @@ from conftest import AES_KEY, CB_TOKEN, FakeControl, config_dict, recorder, succ
 from kfrouter.router.app import build_daemon
 from kfrouter.router.config import Config
 from kfrouter.router.core import events as ev
-from kfrouter.router.core.model import CustomerState
+from kfrouter.router.core.model import AgentRow, CustomerState
 from kfrouter.router.daemon import DaemonOptions
 from kfrouter.router.edges.store import Store, WaitingRow
 from kfrouter.router.host import Host
@@ -514,6 +514,61 @@ async def test_submit_returns_the_commands_and_observers_see_them(make_env: EnvF
     assert commands == []  # nobody online
     seen = [e for e in env.events if e["kind"] == "event" and e["type"] == "CustomerRequested"]
     assert seen and seen[-1]["openid"] == "x1" and seen[-1]["tags"] == frozenset()
+
+
+# ------------------------------------------------------------------------------ agents polls
+
+
+async def test_an_agents_poll_repeating_the_last_one_is_a_success_but_not_applied_again(
+    make_env: EnvFactory,
+) -> None:
+    # polls only when the test asks (the background pollers wait a minute)
+    env = await make_env(polling={"online_fast_s": 60.0, "online_slow_s": 60.0, "max_backoff_s": 60.0})
+    runner = env.daemon
+    poller = runner.agent_poller
+    assert poller is not None
+    seen: list[dict[str, Any]] = []
+    runner.observers.append(recorder(seen))
+
+    def applied() -> int:
+        return sum(1 for e in seen if e["kind"] == "event" and e["type"] == "AgentsSeen")
+
+    assert await poller.poll_once() is True  # the first poll after start-up is applied
+    assert applied() == 1
+    polls, at = poller.polls, poller.last_at
+    for _ in range(3):  # WeChat answers the same, the engine holds it already
+        assert await poller.poll_once() is True
+    assert applied() == 1
+    assert (poller.polls, poller.last_ok) == (polls + 3, True)  # still successful polls (health, metrics)
+    assert poller.last_at is not None and at is not None and poller.last_at >= at
+    assert runner.health()["last_poll_ok"] is True
+
+    # WeChat's answer changed: applied
+    await env.ctl.agents("a2@test", online=False)
+    assert await poller.poll_once() is True
+    assert applied() == 2
+    a2 = runner.engine.agent("a2@test")
+    assert a2 is not None and not a2.online
+
+    # the same answer, but the engine was changed meanwhile (here: told a1 went offline): applied again,
+    # and WeChat's truth is back
+    await runner.submit(ev.AgentsSeen(rows=[AgentRow(kf_account="a1@test", status=0)], complete=False))
+    assert await poller.poll_once() is True
+    assert applied() == 4  # the test's own event, then the poll
+    a1 = runner.engine.agent("a1@test")
+    assert a1 is not None and a1.online
+
+    # someone waits (nobody online): every poll is applied, the same answer too (the routing that follows
+    # an input may assign them)
+    await env.ctl.agents("a1@test", online=False)
+    assert await poller.poll_once() is True
+    assert await poller.poll_once() is True
+    assert applied() == 5
+    await runner.submit(ev.CustomerRequested(openid="w1", group="general"))
+    assert runner.engine.queue_length() == 1
+    for _ in range(2):
+        assert await poller.poll_once() is True
+    assert applied() == 7  # both
 
 
 # ------------------------------------------------------------------------------ operator problems

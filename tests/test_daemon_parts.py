@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,7 +22,7 @@ from kfrouter.router.daemon import DaemonOptions
 from kfrouter.router.desk_setup import notify_config
 from kfrouter.router.edges.upstream import build_forward
 from kfrouter.router.inbox import Inbox, Item, drive
-from kfrouter.router.pollers import PollSchedule, SnapshotGuard, waitlist_request
+from kfrouter.router.pollers import AgentPoller, LastSnapshot, PollSchedule, SnapshotGuard, waitlist_request
 from kfrouter.router.wechat import replies, signature
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 
@@ -111,6 +112,19 @@ def test_guard_takes_a_difference_seen_in_two_polls_in_a_row() -> None:
     # a difference that changes between polls is not confirmed
     assert g.apply((_row("a@x", 0),), views, lambda kf: False)[0].accepted_case == 2
     assert g.apply((_row("a@x", 3),), views, lambda kf: False)[0].accepted_case == 2
+
+
+def test_last_snapshot_repeats_only_the_same_rows_over_the_same_agents() -> None:
+    last = LastSnapshot()
+    rows = (_row("a@x", 1), _row("b@x", 0, status=0))
+    views = [_view("a@x", 1), _view("b@x", 0)]
+    assert not last.repeats(rows, views)  # nothing applied yet
+    last.applied(rows, views)
+    assert last.repeats(rows, list(views))
+    assert not last.repeats((_row("a@x", 2), rows[1]), views)  # WeChat's answer changed
+    assert not last.repeats(rows[:1], views)  # an agent left WeChat's list
+    assert not last.repeats(rows, [_view("a@x", 1, reserved=1), views[1]])  # the engine changed
+    assert not last.repeats(rows, views[:1])  # an agent the engine no longer has
 
 
 # ------------------------------------------------------------------------------------------ wait list
@@ -301,8 +315,6 @@ def test_run_refuses_a_bad_option(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 async def test_a_poll_failing_outside_wechat_is_recorded_not_raised() -> None:
-    from kfrouter.router.pollers import AgentPoller
-
     class Client:
         async def get_online_kf_list(self) -> list[AgentRow]:
             return [_row("a@x", 0)]
@@ -316,3 +328,53 @@ async def test_a_poll_failing_outside_wechat_is_recorded_not_raised() -> None:
     poller = AgentPoller(Client(), PollSchedule(1.0, 1.0, 2.0), publish=publish, busy=lambda: False)  # type: ignore[arg-type]
     assert await poller.poll_once() is False
     assert (poller.last_ok, poller.last_error, poller.polls) == (False, "OSError", 1)
+
+
+async def test_agent_rows_are_named_again_when_the_answer_or_the_nicknames_change() -> None:
+    clock = [0.0]
+
+    class Client:
+        def __init__(self) -> None:
+            self.answer = [_row("a@x", 0), AgentRow(kf_account="b@x", status=1, nickname="Bee")]
+            self.kf_list = [("a@x", "Ann"), ("b@x", "B")]
+
+        async def get_online_kf_list(self) -> list[AgentRow]:
+            return list(self.answer)
+
+        async def get_kf_list(self) -> list[Any]:
+            return [attrs.make_class("Kf", ["kf_account", "nickname"])(k, n) for k, n in self.kf_list]
+
+    published: list[tuple[AgentRow, ...]] = []
+
+    async def publish(rows: tuple[AgentRow, ...], mark: object) -> None:
+        published.append(rows)
+
+    client = Client()
+    poller = AgentPoller(
+        client,  # type: ignore[arg-type]
+        PollSchedule(1.0, 1.0, 2.0),
+        publish=publish,
+        busy=lambda: False,
+        nickname_refresh_s=10.0,
+        clock=lambda: clock[0],
+    )
+
+    def names() -> list[str]:
+        return [r.nickname for r in published[-1]]
+
+    assert await poller.poll_once()
+    assert names() == ["Ann", "Bee"]  # the answer's own nickname is kept
+    assert await poller.poll_once()
+    assert published[-1] == published[-2] and poller.rows == published[-1]
+    client.answer = [_row("a@x", 1), _row("c@x", 0)]  # the answer changed
+    assert await poller.poll_once()
+    assert [(r.kf_account, r.accepted_case, r.nickname) for r in published[-1]] == [
+        ("a@x", 1, "Ann"),
+        ("c@x", 0, ""),
+    ]
+    client.kf_list = [("a@x", "Anna"), ("c@x", "Cy")]
+    assert await poller.poll_once()
+    assert names() == ["Ann", ""]  # nicknames are refreshed every 10 s only
+    clock[0] = 10.0
+    assert await poller.poll_once()
+    assert names() == ["Anna", "Cy"]  # the same answer, named with the new nicknames
