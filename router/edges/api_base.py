@@ -339,7 +339,8 @@ class ApiClientBase:
             elapsed = time.perf_counter() - started
             stats.latency_sum_s += elapsed
             stats.latency_max_s = max(stats.latency_max_s, elapsed)
-            log.debug("%s %s -> HTTP %s in %.1f ms", method, redact(url), status, elapsed * 1000)
+            if log.isEnabledFor(logging.DEBUG):  # redacting the URL is most of the line's cost
+                log.debug("%s %s -> HTTP %s in %.1f ms", method, redact(url), status, elapsed * 1000)
         if status >= 500:
             raise NetworkError(f"HTTP {status}", path)
         if status != 200:
