@@ -15,7 +15,8 @@ the daemon of another source tree too (before/after a change, in the same run), 
     python bench/bench_polling.py                          # 100 accounts, polls every 1 s, 20 s window
     python bench/bench_polling.py --accounts 40 --seconds 10   # a quick look
     python bench/bench_polling.py --profile /tmp/poll.prof     # the daemon under cProfile
-    python bench/bench_polling.py --baseline /tmp/base --rounds 3  # against another tree, in turn
+    python bench/bench_polling.py --baseline /tmp/base --rounds 4  # against another tree, in turn
+    python bench/bench_polling.py --in-process [--profile /tmp/poll.prof]   # the host in this process
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ from kfrouter.sim.fake_options import KF_ONLINE, TOKEN, WAITCASE, FakeOptions
 from kfrouter.sim.fake_server import FakeWeChat
 
 REFERENCE_READY = "reference polling:"
+FAKE_READY = "http://"  # `kfrouter fake-wechat` prints its base URL first
 POLLED = (KF_ONLINE, WAITCASE)
 
 
@@ -94,11 +98,11 @@ def polls(fake: FakeWeChat) -> int:
     return sum(m.calls[ep] for m in fake.models.values() for ep in POLLED)
 
 
-async def window(fake: FakeWeChat, pid: int, seconds: float) -> dict[str, Any]:
-    """CPU of ``pid`` and the polls answered over ``seconds``."""
-    cpu0, n0, t0 = h.cpu_seconds(pid) or 0.0, polls(fake), time.monotonic()
-    await asyncio.sleep(seconds)  # the measured window: the process under test runs on its own
-    cpu1, n1, t1 = h.cpu_seconds(pid) or 0.0, polls(fake), time.monotonic()
+async def window(cpu: Callable[[], float], polls: Callable[[], int], seconds: float) -> dict[str, Any]:
+    """CPU seconds (``cpu()``) and polls (``polls()``) over ``seconds``."""
+    cpu0, n0, t0 = cpu(), polls(), time.monotonic()
+    await asyncio.sleep(seconds)  # the measured window
+    cpu1, n1, t1 = cpu(), polls(), time.monotonic()
     n = max(1, n1 - n0)
     return {
         "polls": n1 - n0,
@@ -107,6 +111,10 @@ async def window(fake: FakeWeChat, pid: int, seconds: float) -> dict[str, Any]:
         "cpu_s_per_s": round((cpu1 - cpu0) / (t1 - t0), 3),
         "cpu_ms_per_poll": round(1000 * (cpu1 - cpu0) / n, 3),
     }
+
+
+def of_process(pid: int) -> Callable[[], float]:
+    return lambda: h.cpu_seconds(pid) or 0.0
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -135,8 +143,8 @@ async def main(args: argparse.Namespace) -> int:
             profile = Path(args.profile) if args.profile else None
             trees = [("daemon", None)] + ([("baseline", args.baseline)] if args.baseline else [])
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _src in trees}
-            for _round in range(args.rounds):
-                for name, src in trees:
+            for round_ in range(args.rounds):
+                for name, src in trees if round_ % 2 == 0 else trees[::-1]:  # who goes first alternates
                     with source_tree(src):
                         daemon = await h.start_daemon(
                             config,
@@ -146,7 +154,9 @@ async def main(args: argparse.Namespace) -> int:
                         )
                     try:
                         await asyncio.sleep(args.warmup)  # start-up recovery of every account, first polls
-                        runs[name].append(await window(fake, daemon.pid, args.seconds))
+                        runs[name].append(
+                            await window(of_process(daemon.pid), partial(polls, fake), args.seconds)
+                        )
                     finally:
                         await daemon.terminate()
             for name, results in runs.items():
@@ -163,7 +173,7 @@ async def main(args: argparse.Namespace) -> int:
             )
             try:
                 await asyncio.sleep(args.warmup)
-                out["reference"] = await window(fake, ref.pid, args.seconds)
+                out["reference"] = await window(of_process(ref.pid), partial(polls, fake), args.seconds)
             finally:
                 await ref.kill()
     finally:
@@ -205,6 +215,68 @@ def source_tree(src: str | None) -> Iterator[None]:
             os.environ["PYTHONPATH"] = before
 
 
+async def in_process(args: argparse.Namespace) -> int:
+    """The host in this process (the fake WeChat in a subprocess): this process's CPU per poll, and with
+    ``--profile`` cProfile over the window only (the steady state, no start-up)."""
+    from kfrouter.router.app import build_daemon
+    from kfrouter.router.config import load_config
+    from kfrouter.router.host import Host
+
+    accounts = cr.appids(args.accounts)
+    argv = ["-m", "kfrouter.router.cli", "fake-wechat", "--appid", accounts[0], "--secret", cr.SECRET]
+    for appid in accounts[1:]:
+        argv += ["--app", f"{appid}:{cr.SECRET}"]
+    with tempfile.TemporaryDirectory(prefix="kfr-bench-polling-") as tmp:
+        base = Path(tmp)
+        fake = await h.Child.start("fake", argv, ready_prefix=FAKE_READY, log_path=base / "fake.log")
+        api_base = FAKE_READY + fake.url
+        try:
+            async with aiohttp.ClientSession() as http:
+                for appid in accounts:
+                    agents = [
+                        {"kf_account": f"{appid[-3:]}a{j}@test", "online": True}
+                        for j in range(cr.AGENTS_PER_ACCOUNT)
+                    ]
+                    body = {"appid": appid, "agents": agents}
+                    async with http.post(f"{api_base}/_fake/agents", json=body) as resp:
+                        resp.raise_for_status()
+            config = base / "kfrouter.toml"
+            config.write_text(
+                config_text(accounts=accounts, api_base=api_base, store=base, interval=args.interval)
+            )
+            host = build_daemon(load_config(config))
+            assert isinstance(host, Host)
+            task = asyncio.create_task(host.run())
+            try:
+                await asyncio.wait_for(host.started.wait(), 120)
+                await asyncio.sleep(args.warmup)
+
+                def polled() -> int:
+                    return sum(
+                        p.polls
+                        for r in host.runners.values()
+                        for p in (r.agent_poller, r.waitlist_poller)
+                        if p is not None
+                    )
+
+                profile = cProfile.Profile() if args.profile else None
+                if profile is not None:
+                    profile.enable()
+                result = await window(time.process_time, polled, args.seconds)
+                if profile is not None:
+                    profile.disable()
+                    profile.dump_stats(args.profile)
+            finally:
+                host.stop()
+                await asyncio.wait_for(task, 60)
+        finally:
+            await fake.kill()
+    print(
+        json.dumps({"accounts": args.accounts, "interval_s": args.interval, "in_process": result}, indent=2)
+    )
+    return 0
+
+
 async def reference(api_base: str, interval: float, accounts: list[str]) -> None:
     """The floor: per account, GET both polled endpoints and parse the JSON, every ``interval`` s."""
     async with aiohttp.ClientSession() as http:
@@ -238,6 +310,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="also measure the daemon of another source tree (git archive main | tar -x -C DIR), in turn",
     )
     p.add_argument("--rounds", type=int, default=1, help="windows per daemon (the best is kept)")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="the host in this process instead (the fake in a subprocess); no reference, no baseline "
+        "(run it again with PYTHONPATH=DIR for another tree); --profile covers the window only",
+    )
     return p.parse_args(argv)
 
 
@@ -246,4 +324,5 @@ if __name__ == "__main__":
         api, every, *appids = sys.argv[2:]
         asyncio.run(reference(api, float(every), appids))
         sys.exit(0)
-    sys.exit(asyncio.run(main(parse())))
+    options = parse()
+    sys.exit(asyncio.run(in_process(options) if options.in_process else main(options)))
