@@ -337,9 +337,10 @@ class LastSnapshot:
     comparison is on the raw values, nothing is skipped on a guess.
 
     Skipping changes nothing but the work done: the poll still counts as a success (``_Loop.poll_once``),
-    ``SnapshotGuard`` still sees every snapshot (its two-poll rule is unchanged: a snapshot it corrects
-    differs from the views, so it is applied), and the caller applies every snapshot while the engine is
-    busy (someone waits or a reservation is pending: the drain that follows each input may route).
+    ``SnapshotGuard`` still sees every snapshot first (its two-poll rule is unchanged: a row it corrects
+    carries the engine's own count, and the poll where it takes WeChat's count differs from the rows
+    applied last, so it is applied), and the caller applies every snapshot while the engine is busy
+    (someone waits or a reservation is pending: the drain that follows each input may route).
     """
 
     def __init__(self) -> None:

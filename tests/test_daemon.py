@@ -571,6 +571,29 @@ async def test_an_agents_poll_repeating_the_last_one_is_a_success_but_not_applie
     assert applied() == 7  # both
 
 
+async def test_a_session_count_drifting_from_wechat_heals_in_two_polls_with_repeats_skipped(
+    make_env: EnvFactory,
+) -> None:
+    env = await make_env(polling={"online_fast_s": 60.0, "online_slow_s": 60.0, "max_backoff_s": 60.0})
+    runner = env.daemon
+    poller = runner.agent_poller
+    assert poller is not None
+    assert await poller.poll_once() and await poller.poll_once()  # applied, then a repeat
+    # the engine learns of a session WeChat does not list (as when the close push was lost)
+    await runner.submit(ev.SessionCreated(openid="d1", kf_account="a1@test", source="push"))
+
+    def count() -> int:
+        a1 = runner.engine.agent("a1@test")
+        assert a1 is not None
+        return a1.sessions
+
+    assert count() == 1
+    assert await poller.poll_once()  # one poll may be a race: the engine's count is kept
+    assert count() == 1
+    assert await poller.poll_once()  # the same difference twice: WeChat's count is taken
+    assert count() == 0
+
+
 # ------------------------------------------------------------------------------ operator problems
 
 
