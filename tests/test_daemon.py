@@ -23,6 +23,7 @@ from kfrouter.router.core.model import AgentRow, CustomerState
 from kfrouter.router.daemon import DaemonOptions
 from kfrouter.router.edges.store import Store, WaitingRow
 from kfrouter.router.host import Host
+from kfrouter.router.pollers import AgentPoller
 from kfrouter.router.wechat import replies, signature
 from kfrouter.router.wechat.crypto import SafeModeCrypto
 from kfrouter.router.wechat.push import UserMessage, parse_push
@@ -519,14 +520,20 @@ async def test_submit_returns_the_commands_and_observers_see_them(make_env: EnvF
 # ------------------------------------------------------------------------------ agents polls
 
 
+async def polled_by_hand(make_env: EnvFactory) -> tuple[Env, AgentPoller]:
+    """A daemon whose agents are polled when the test asks (the background pollers wait a minute), and
+    its agents poller."""
+    env = await make_env(polling={"online_fast_s": 60.0, "online_slow_s": 60.0, "max_backoff_s": 60.0})
+    poller = env.daemon.agent_poller
+    assert poller is not None
+    return env, poller
+
+
 async def test_an_agents_poll_repeating_the_last_one_is_a_success_but_not_applied_again(
     make_env: EnvFactory,
 ) -> None:
-    # polls only when the test asks (the background pollers wait a minute)
-    env = await make_env(polling={"online_fast_s": 60.0, "online_slow_s": 60.0, "max_backoff_s": 60.0})
+    env, poller = await polled_by_hand(make_env)
     runner = env.daemon
-    poller = runner.agent_poller
-    assert poller is not None
     seen: list[dict[str, Any]] = []
     runner.observers.append(recorder(seen))
 
@@ -574,10 +581,8 @@ async def test_an_agents_poll_repeating_the_last_one_is_a_success_but_not_applie
 async def test_a_session_count_drifting_from_wechat_heals_in_two_polls_with_repeats_skipped(
     make_env: EnvFactory,
 ) -> None:
-    env = await make_env(polling={"online_fast_s": 60.0, "online_slow_s": 60.0, "max_backoff_s": 60.0})
+    env, poller = await polled_by_hand(make_env)
     runner = env.daemon
-    poller = runner.agent_poller
-    assert poller is not None
     assert await poller.poll_once() and await poller.poll_once()  # applied, then a repeat
     # the engine learns of a session WeChat does not list (as when the close push was lost)
     await runner.submit(ev.SessionCreated(openid="d1", kf_account="a1@test", source="push"))
