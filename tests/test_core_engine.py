@@ -214,6 +214,33 @@ def test_a_close_older_than_the_session_list_does_not_drop_the_count() -> None:
     assert view is not None and view.sessions == 2
 
 
+def test_closes_on_their_way_when_wechat_counted_fewer_do_not_drop_the_count_again() -> None:
+    """WeChat's count taken while kf_close_session pushes are still on their way (the daemon's snapshot
+    guard takes it after two polls; pushes may take seconds on a busy host): the engine still holds those
+    sessions by name, WeChat no longer counts them. When the closes arrive, the count must not drop again,
+    or the agent is given more customers than their capacity."""
+    e = make_engine(default_capacity=3)
+    online(e, "a@x")
+    for o in ("s1", "s2", "s3"):
+        e.handle(CustomerRequested(openid=o), 0.0)
+        e.handle(SessionCreated(openid=o, kf_account="a@x", source="api"), 0.1)
+    online(e, "a@x", accepted=0, now=1.0)  # all three ended at WeChat; their closes are delayed
+    assert creates(e.handle(CustomerRequested(openid="n1"), 2.0)) == [("n1", "a@x")]
+    assert creates(e.handle(CustomerRequested(openid="n2"), 2.0)) == [("n2", "a@x")]
+    e.handle(SessionCreated(openid="n1", kf_account="a@x", source="api"), 2.1)
+    e.handle(SessionClosed(openid="s1", kf_account="a@x"), 3.0)  # delayed
+    e.handle(CloseFailed(openid="s2", kf_account="a@x", errcode=65413), 3.0)  # same as a close
+    out = e.handle(CustomerRequested(openid="n3"), 3.0)
+    assert creates(out) == [("n3", "a@x")]  # n1, n2, n3: the agent's three places
+    e.handle(SessionClosed(openid="s3", kf_account="a@x"), 4.0)
+    assert creates(e.handle(CustomerRequested(openid="n4"), 4.0)) == []  # full: n4 waits
+    view = e.agent("a@x")
+    assert view is not None and (view.sessions, view.reserved) == (1, 2)
+    e.handle(SessionClosed(openid="n1", kf_account="a@x"), 5.0)  # one WeChat counted: a place frees
+    assert e.state("n4") is CustomerState.RESERVED
+    e.check()
+
+
 def test_switch_moves_the_session() -> None:
     e = make_engine()
     online(e, "a@x", "b@x")

@@ -714,15 +714,19 @@ class Engine:
         self._need_agent(kf, "SessionClosed")
         c = self._customers.get(openid)
         if c is not None and c.state is _IN_SESSION and c.with_agent == kf:
-            self._session_ended(c, kf, now, count=True)
-        elif c is None or c.with_agent != kf:
-            # A session we never saw open (started before we did): WeChat's count still drops — if the
-            # count holds any session we do not know by name. Otherwise the close is older than the list
-            # we took the count from (AgentSessionsSeen at start-up or a takeover, the push delayed): the
-            # session was not counted, and dropping the count would put the agent over capacity.
-            view = self._pool.agent(kf)
-            if view is not None and view.sessions > len(self._sessions_by_agent.get(kf, ())):
-                self._pool.add_sessions(kf, -1)
+            self._session_ended(c, kf, now, count=self._count_holds(kf, known=True))
+        elif (c is None or c.with_agent != kf) and self._count_holds(kf, known=False):
+            self._pool.add_sessions(kf, -1)  # a session we never saw open (started before we did)
+
+    def _count_holds(self, kf: str, *, known: bool) -> bool:
+        """Whether ``kf``'s session count still holds a session that just closed (``known``: one the engine
+        holds by name), so the close drops it: only while the count is above the agent's *other* sessions
+        known by name. The count is WeChat's as last taken (``accepted_case``, ``AgentSessionsSeen``), moved
+        by what happened since; a close older than that reading (its push delayed, or kept by another
+        daemon) was not counted, and dropping the count for it would put the agent over capacity."""
+        view = self._pool.agent(kf)
+        others = len(self._sessions_by_agent.get(kf, ())) - (1 if known else 0)
+        return view is not None and view.sessions > others
 
     def _on_switched(self, e: ev.SessionSwitched, now: float, out: list[Command]) -> None:
         src = self._need_agent(e.from_account, "SessionSwitched")
@@ -774,7 +778,7 @@ class Engine:
         if c is None or c.state is not _IN_SESSION or c.with_agent != kf:
             return
         if e.errcode == ERR_NO_SESSION:  # it was already closed: same as a close
-            self._session_ended(c, kf, now, count=True)
+            self._session_ended(c, kf, now, count=self._count_holds(kf, known=True))
             return
         c.closing = None  # try again at the next check (stale or offline agent), not in a loop
         c.reroute_to = None
