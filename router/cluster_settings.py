@@ -16,8 +16,12 @@ parameters, router/edges/store_pg.py), derived from the lease settings — a hal
 dead database host fails within ``lease_s - 3 * renew_every_s`` (at least 1 s), early enough that the lease
 keeper's next look, on a new connection, still renews before its local deadline (``lease_s -
 renew_every_s`` after the last renewal: one renewal period is left for reconnecting); an idle one (the
-LISTEN connection) is probed every ``renew_every_s`` (at least 1 s). A daemon without ``[cluster]`` uses
-what the defaults give.
+LISTEN connection) is probed every ``renew_every_s`` (at least 1 s). And the other way round: the server
+ends a session left idle inside a transaction for ``lease_s - 2 * renew_every_s`` (at least 1 s;
+``idle_in_transaction_session_timeout``) — a daemon paused (SIGSTOP, a long GC) in the middle of a write
+holds the lease row's fence lock, and the daemon taking the account over when the lease expires would
+wait for it as long as the pause lasts; so the lock is gone before the lease expires. A daemon without
+``[cluster]`` uses what the defaults give.
 
 Where ``[cluster]`` applies (``cluster_problems``): a file of Official Accounts with ``[store] url`` — the
 daemons share one PostgreSQL, and a WeCom 微信客服 account (``[wecom]``) runs in one daemon, without leases.
@@ -96,16 +100,19 @@ class ClusterSettings:
         return self.renew_every_s
 
     def keepalive(self) -> dict[str, str]:
-        """libpq's keepalive parameters for every connection to the shared database (see the module
-        docstring; a value the store URL sets itself wins, router/edges/store_pg.py)."""
+        """libpq's keepalive parameters for every connection to the shared database, and the server's
+        ``idle_in_transaction_session_timeout`` (``options``; see the module docstring; a value the store
+        URL sets itself wins, router/edges/store_pg.py)."""
         probe_s = max(1, math.ceil(self.renew_every_s))
         give_up_ms = max(1000, round((self.lease_s - 3 * self.renew_every_s) * 1000))
+        idle_ms = max(1000, round((self.lease_s - 2 * self.renew_every_s) * 1000))
         return {
             "keepalives": "1",
             "keepalives_idle": str(probe_s),
             "keepalives_interval": str(probe_s),
             "keepalives_count": str(KEEPALIVE_PROBES),
             "tcp_user_timeout": str(give_up_ms),
+            "options": f"-c idle_in_transaction_session_timeout={idle_ms}",
         }
 
     def owner_id(self) -> str:

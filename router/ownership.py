@@ -230,7 +230,7 @@ class LeaseKeeper:
         for appid in decided.release:
             self._release(appid)
         if decided.acquire:
-            await self._acquire(decided, {r.appid: r for r in look.rows}, sent)
+            await self._acquire(decided, {r.appid: r for r in look.rows})
 
     async def hand_over(self) -> None:
         """SIGTERM: stop every account with hand-over, release the leases, leave (see the module
@@ -311,12 +311,13 @@ class LeaseKeeper:
             mine=mine,
         )
 
-    async def _acquire(self, decided: Plan, rows: dict[str, LeaseRow], sent: float) -> None:
+    async def _acquire(self, decided: Plan, rows: dict[str, LeaseRow]) -> None:
         for appid in decided.acquire:
             if sum(1 for h in self._held.values() if not h.releasing) >= decided.acquire_up_to:
                 return
             if appid in self._held or appid in self._winding_down:
                 continue
+            sent = self._clock()  # the lease runs from when the database granted it, after this
             try:
                 lease = await self._db_call(
                     self._stores[appid].acquire_lease, self.owner, self.settings.lease_s

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from conftest import wait_until
 
 from kfrouter.router.cluster_settings import ClusterSettings, parse_cluster
 from kfrouter.router.core.errors import ConfigError
-from kfrouter.router.edges.store import Lease, Store
+from kfrouter.router.edges.store import Lease, Store, StoreError, WaitingRow
 from kfrouter.router.edges.store_pg import PgDatabase
 from kfrouter.router.ownership import LeaseKeeper, LeaseLost, LeaseTaken
 
@@ -214,6 +215,59 @@ async def test_an_unreachable_database_stops_accounts_before_their_lease_could_e
     await until(
         lambda: len(a.runner.running) == 1, 10, "a to take its account back once the database answers"
     )
+
+
+async def test_a_daemon_paused_in_the_middle_of_a_write_holds_up_neither_the_takeover_nor_the_others(
+    cluster: Callable[..., Daemon], pg_url: str
+) -> None:
+    """A daemon stopped (SIGSTOP, a long GC) while one of its writes is open keeps the lease row's fence
+    lock: the server ends that session once it has been idle in its transaction for lease_s - 2 *
+    renew_every_s, so the other daemon takes the account when the lease expires — and its own accounts,
+    renewed by the same keeper, are never stopped meanwhile. The paused write is not committed."""
+    appids = APPIDS[:4]
+    a, b = cluster("a", appids=appids), cluster("b", appids=appids)
+    a.start()
+    b.start()
+    await until(lambda: spread([a, b]) == [2, 2], 20, "two accounts each")
+    theirs, own = set(a.runner.running), set(b.runner.running)
+    target = sorted(theirs)[0]
+    writer = PgDatabase(pg_url, keepalive=FAST.keepalive())  # a's writes, made as a daemon makes them
+    store = Store(writer, appid=target)
+    store.use_lease(a.keeper.held()[target])
+    inside, wake, outcome = threading.Event(), threading.Event(), []
+
+    def paused_write() -> None:
+        try:
+            with store.transaction():
+                store.add_waiting(WaitingRow(openid="paused", group=None, priority=0, arrived_at=1.0))
+                inside.set()
+                wake.wait(30)  # the process is stopped here, its transaction open
+        except StoreError as exc:
+            outcome.append(exc)
+        else:
+            outcome.append("committed")
+
+    thread = threading.Thread(target=paused_write)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(inside.wait, 10)
+        assert a.task is not None
+        a.task.cancel()  # a is stopped too: nothing renews its leases
+        with contextlib.suppress(asyncio.CancelledError):
+            await a.task
+        paused_at = time.monotonic()
+        await until(lambda: set(b.runner.running) == set(appids), 15, "b to take a's accounts")
+        took = time.monotonic() - paused_at
+        assert took <= FAST.lease_s + 2 * FAST.renew_every_s + 1.0, took
+        assert not [x for kind, x, _ in b.runner.log if kind == "stop"], b.runner.log  # own ones kept
+        assert own <= set(b.runner.running)
+    finally:
+        wake.set()
+        await asyncio.to_thread(thread.join, 10)
+        await asyncio.to_thread(writer.close)
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreError), outcome  # the paused write is lost
+    with Store(pg_url, appid=target) as s:
+        assert "paused" not in {w.openid for w in s.load_state().waiting}
 
 
 async def test_a_late_joiner_gets_its_share(cluster: Callable[..., Daemon]) -> None:

@@ -136,6 +136,11 @@ def tcp_options(conn: Any) -> dict[str, int]:
         return {"keepalives": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), **tcp}
 
 
+def idle_timeout(raw: Any) -> str:
+    """The server's idle_in_transaction_session_timeout of a psycopg connection, as SHOW gives it."""
+    return str(raw.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0])
+
+
 needs_linux_tcp = pytest.mark.skipif(
     not hasattr(socket, "TCP_USER_TIMEOUT"), reason="reads TCP_KEEPIDLE / TCP_USER_TIMEOUT back: Linux only"
 )
@@ -150,15 +155,18 @@ def test_keepalive_follows_the_lease_settings() -> None:
         "keepalives_interval": "3",
         "keepalives_count": "3",
         "tcp_user_timeout": "6000",
+        "options": "-c idle_in_transaction_session_timeout=9000",  # lease_s - 2 * renew_every_s
     }
     slow = ClusterSettings(lease_s=60, renew_every_s=5).keepalive()
     assert (slow["keepalives_idle"], slow["tcp_user_timeout"]) == ("5", "45000")
+    assert slow["options"] == "-c idle_in_transaction_session_timeout=50000"
     tight = ClusterSettings(lease_s=2, renew_every_s=0.4).keepalive()  # the tightest settings that validate
     assert (tight["keepalives_idle"], tight["keepalives_interval"], tight["tcp_user_timeout"]) == (
         "1",
         "1",
         "1000",
     )
+    assert tight["options"] == "-c idle_in_transaction_session_timeout=1200"
 
 
 @needs_linux_tcp
@@ -175,6 +183,8 @@ async def test_every_connection_carries_the_keepalive_and_the_url_wins(pg_url: s
     try:
         s = Store(database, appid=APPID)
         assert tcp_options(database.writes.conn.raw) == wanted  # type: ignore[attr-defined]
+        assert idle_timeout(database.writes.conn.raw) == "16s"  # type: ignore[attr-defined]
+        assert idle_timeout(database.reads.conn.raw) == "16s"  # type: ignore[attr-defined]
         assert tcp_options(database.reads.conn.raw) == wanted  # type: ignore[attr-defined]
         listen = await database._listen_connection()  # what the LISTEN task connects with
         async with listen:
@@ -197,12 +207,22 @@ async def test_every_connection_carries_the_keepalive_and_the_url_wins(pg_url: s
         assert tcp_options(reader._conn) == wanted
     finally:
         reader.close()
-    # a value the URL sets itself wins; without [cluster], the defaults
-    own = open_database(f"{pg_url}?keepalives_idle=7&tcp_user_timeout=2500")
+    # a value the URL sets itself wins (server settings: both, the URL's win); without [cluster], the defaults
+    own = open_database(
+        f"{pg_url}?keepalives_idle=7&tcp_user_timeout=2500"
+        "&options=-c%20application_name%3Dmine%20-c%20idle_in_transaction_session_timeout%3D4321"
+    )
     try:
         got = tcp_options(own.writes.conn.raw)  # type: ignore[attr-defined]
         assert (got["keepalives"], got["keepalives_idle"], got["tcp_user_timeout"]) == (1, 7, 2500)
         assert got["keepalives_interval"] == 3  # ClusterSettings().keepalive()
+        assert idle_timeout(own.writes.conn.raw) == "4321ms"  # type: ignore[attr-defined]
+    finally:
+        own.close()
+    own = open_database(f"{pg_url}?options=-c%20work_mem%3D8MB")
+    try:
+        assert idle_timeout(own.writes.conn.raw) == "9s"  # type: ignore[attr-defined]
+        assert own.writes.conn.raw.execute("SHOW work_mem").fetchone()[0] == "8MB"  # type: ignore[attr-defined]
     finally:
         own.close()
     with pytest.raises(StoreError, match="keepalive applies to PostgreSQL only"):

@@ -34,8 +34,9 @@ A connection that broke (the server restarted) is replaced when the next transac
 transaction it broke fails with ``StoreError`` (its writes were not committed). Every connection opened
 here (writes, reads, LISTEN; ``conninfo()`` for others) carries TCP keepalives and a TCP user timeout
 (``keepalive``: libpq parameters, from ``[cluster]``'s lease settings, ``ClusterSettings.keepalive()``; its
-defaults without it), so a half-open connection to a dead database host fails instead of hanging; a
-parameter the URL sets itself wins.
+defaults without it), so a half-open connection to a dead database host fails instead of hanging, and
+the server's ``idle_in_transaction_session_timeout``, so a daemon paused in the middle of a write does not
+keep the lease row locked past its lease; a parameter the URL sets itself wins.
 """
 
 from __future__ import annotations
@@ -267,12 +268,16 @@ def describe(url: str) -> str:
 
 def conninfo(url: str, keepalive: Mapping[str, str] | None = None) -> str:
     """``url`` as a libpq connection string with the ``keepalive`` parameters it does not set itself
-    (None: the defaults of ``[cluster]``, ``ClusterSettings().keepalive()``)."""
+    (None: the defaults of ``[cluster]``, ``ClusterSettings().keepalive()``); server settings (``options``)
+    of both, the URL's after (so they win)."""
     psycopg = driver()
     params = ClusterSettings().keepalive() if keepalive is None else keepalive
     try:
         given = psycopg.conninfo.conninfo_to_dict(url)
-        return str(psycopg.conninfo.make_conninfo(url, **{k: v for k, v in params.items() if k not in given}))
+        extra = {k: v for k, v in params.items() if k not in given}
+        if "options" in given and "options" in params:  # server settings: both, the URL's last (it wins)
+            extra["options"] = f"{params['options']} {given['options']}"
+        return str(psycopg.conninfo.make_conninfo(url, **extra))
     except psycopg.ProgrammingError as exc:
         raise StoreError(f"store url is not a valid PostgreSQL URL: {exc}") from None
 
