@@ -208,17 +208,20 @@ class Cluster:
                 pass
 
     async def _catch_up(self, runner: AccountRunner) -> None:
-        """Before a new owner's start-up recovery: apply what the other daemons kept for the account while
-        it had no owner (a session its old owner created, and maybe closed since), so recovery does not
-        route that customer again."""
-        pickup = self._pickup(runner)
+        """Before a new owner's start-up recovery reads the store, and again before it decides what became
+        of the creates the old owner left in flight: apply what the other daemons kept for the account
+        while it had no owner (a session its old owner created, and maybe closed since), so recovery does
+        not route that customer again. Through the account's pickup once it runs (one pick-up at a time:
+        a push is not applied twice at once)."""
+        pickup = self._pickup_of.get(runner.appid) or self._pickup(runner)
+        before = pickup.handled
         while await pickup.pick_up():
             pass
-        if pickup.handled:
+        if pickup.handled > before:
             log.info(
                 "cluster: %s: %d push(es) kept by other daemons applied before recovery",
                 runner.appid,
-                pickup.handled,
+                pickup.handled - before,
             )
 
     def _pickup(self, runner: AccountRunner) -> Pickup:

@@ -160,9 +160,10 @@ class AccountRunner(DeskDriver):
         # daemon no longer holds the account's lease (router/ownership.py); with it the access token is
         # the one stored in the database, fetched by the owner only (router/edges/token.py SharedTokens)
         self.gate = gate
-        # awaited once pushes are accepted and before start-up recovery reads the store: several daemons
-        # apply the pushes other daemons kept for this account meanwhile (router/cluster.py), so recovery
-        # sees a session that began — and maybe ended — while the account had no owner
+        # awaited once pushes are accepted and before start-up recovery reads the store (and again before
+        # it decides what became of the creates a previous owner left in flight): several daemons apply the
+        # pushes other daemons kept for this account meanwhile (router/cluster.py), so recovery sees a
+        # session that began — and maybe ended — while the account had no owner
         self._before_startup = before_startup
         self.receiver = receiver
         self.failure: BaseException | None = None  # why run() failed, if it did (set by the host)
@@ -393,8 +394,7 @@ class AccountRunner(DeskDriver):
     async def _startup(self) -> None:
         store = self.store
         assert store is not None and self._agents is not None and self._waitlist is not None
-        if self._before_startup is not None:
-            await self._before_startup(self)
+        await self._catch_up()
         state = self._restore(store)
         await self._until_ok(self._agents.poll_once, "getonlinekflist")
         assert self.client is not None
@@ -406,12 +406,13 @@ class AccountRunner(DeskDriver):
             clock=self.clock.now,
             apply=self._apply_direct,
             create_timeout_s=self.options.create_timeout_s,
+            settle=self._catch_up,
         )
         listed = await recovery.sessions(state)
         await recovery.reservations(state.reservations, listed)
         if not await self._waitlist.poll_once():
             log.warning("start-up: getwaitcase failed; WeChat's wait list is read at the next poll")
-        restored = recovery.waiting(state)
+        restored = recovery.waiting()
         self._start_engine()
         polling = self.config.polling
         self._spawn(self._agents.run(first_delay=polling.online_fast_s), "agents")
@@ -424,6 +425,13 @@ class AccountRunner(DeskDriver):
             sum(1 for a in self.engine.agents() if a.online),
             len(self.engine.sessions()),
         )
+
+    async def _catch_up(self) -> None:
+        """What reached the account while start-up recovery had not read the store yet (``before_startup``:
+        the pushes other daemons kept for it) is applied first — before the store is read, and again
+        before the outcomes of the creates a previous owner left in flight are decided."""
+        if self._before_startup is not None:
+            await self._before_startup(self)
 
     # ============================================================ the engine task
 

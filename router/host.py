@@ -15,7 +15,7 @@ Interface (what the multi-daemon ownership work, router/ownership.py, builds on;
   the lease's epoch (``runner.renewed(lease)`` after a renewal). ``gate`` (several daemons,
   router/cluster.py): asked right before each of the account's API requests, and the access token is
   shared through the store (``AccountRunner.gate``); ``before_startup(runner)`` is awaited before its
-  start-up recovery reads the store. ``ValueError`` for an appid the config does not list
+  start-up recovery reads the store (and again before it decides the creates left in flight). ``ValueError`` for an appid the config does not list
   or one already running.
 - ``await host.stop_account(appid, handover=True)``: ``handover=True`` finishes the work in flight and
   releases the lease (the next owner takes over at once); ``handover=False`` steps down at once (the lease

@@ -364,10 +364,15 @@ class Recovery:
        the store's session log follows (sessions started or closed while kfrouter was away).
     2. ``reservations(...)``: for each ``kfsession/create`` the previous process left in flight, wait
        until that call would have timed out (``create_timeout_s`` after it started, at most that long
-       from now), then ask ``getsession``: in a session → ``SessionCreated(source='poll')``, else the
-       customer waits again. A create is never re-issued blindly, so nobody is created twice.
-    3. ``waiting(state)``: every stored waiting customer the engine does not know yet →
-       ``CustomerRequested(source='restore', arrived_at=stored)`` (their place in the queue is kept).
+       from now), apply what reached the account meanwhile (``settle``: the pushes other daemons kept),
+       then ask ``getsession``: in a session → ``SessionCreated(source='poll')``, else the customer waits
+       again — unless the store no longer holds the reservation by then: a push of its session (the
+       create had succeeded; the session may have ended since, which ``getsession`` cannot tell) or of
+       its failure settled it, and that push is on its way to the engine. A create is never re-issued
+       blindly, so nobody is created twice.
+    3. ``waiting()``: every customer waiting in the store *now* (a push may have served one since the
+       state was read) that the engine does not know yet → ``CustomerRequested(source='restore',
+       arrived_at=stored)`` (their place in the queue is kept).
 
     ``apply(event)`` hands an event to the engine (the daemon applies it directly: the engine task
     starts after recovery). WeChat errors are logged; a step never raises them.
@@ -383,8 +388,10 @@ class Recovery:
         clock: Callable[[], float],
         apply: Callable[[ev.Event], object],
         create_timeout_s: float,
+        settle: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._engine = engine
+        self._settle = settle
         self._client = client
         self._store = store
         self._groups_config = config.groups
@@ -437,10 +444,16 @@ class Recovery:
                 wait,
             )
             await asyncio.sleep(wait)
+        if self._settle is not None:
+            await self._settle()
         for r in open_:
             info = await self._get_session(r.openid)
             now = self._now()
-            if info is None:
+            if self._store.reservation(r.openid) != r:
+                log.info(
+                    "start-up: reservation %s -> %s was settled by a push meanwhile", r.openid, r.kf_account
+                )
+            elif info is None:
                 log.warning(
                     "start-up: outcome of the reservation %s -> %s unknown; the customer waits again",
                     r.openid,
@@ -472,10 +485,10 @@ class Recovery:
                 await asyncio.sleep(0.5 * 2**attempt)
         return None
 
-    def waiting(self, state: StoredState) -> int:
+    def waiting(self) -> int:
         groups = {g.name for g in self._groups_config}
         n = 0
-        for row in state.waiting:
+        for row in self._store.load_state(history_since=self._now()).waiting:
             if self._engine.state(row.openid) not in (CustomerState.UNKNOWN, CustomerState.GONE):
                 continue
             if row.group is not None and row.group not in groups:

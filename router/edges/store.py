@@ -367,6 +367,15 @@ class Store:
                 row,
             )
 
+    def reservation(self, openid: str) -> Reservation | None:
+        """``openid``'s ``CreateSession`` in flight, if any (a session start or a failed create ends it)."""
+        with self._read() as c:
+            row = c.execute(
+                "SELECT openid, kf_account, created_at FROM reservations WHERE openid = ?",
+                (check_text("openid", openid),),
+            ).fetchone()
+        return None if row is None else Reservation(*row)
+
     def end_reservation(self, openid: str) -> bool:
         """The reservation ended without a session (failed, timed out); the customer stays waiting."""
         with self._write() as c:
