@@ -247,9 +247,21 @@ class ClusterRig:
             if d.proc is not None:
                 with contextlib.suppress(Exception):
                     await d.proc.wait()
+        self.save_fake_log()
         await self.fake.pusher.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    def save_fake_log(self) -> None:
+        """Write what the fake saw to ``fake.json`` in the workdir, next to the daemons' logs (kept with
+        ``KFR_CLUSTER_LOGS``): every create with its port and the agent's sessions, every delivery."""
+        daemons = {d.api_port: d.name for d in self.daemons}
+        creates = [{**c, "daemon": daemons.get(c.get("port"))} for c in self.creates()]
+        deliveries = [{k: v for k, v in d.items() if k != "raw"} for d in self.deliveries()]
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            (self.workdir / "fake.json").write_text(
+                json.dumps({"creates": creates, "deliveries": deliveries}, default=repr)
+            )
 
     async def start(self, d: Daemon, timeout: float = 60.0) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KFROUTER_")}

@@ -38,15 +38,20 @@ LEASE_S = 5.0
 RENEW_S = 1.0
 
 
+def shared_out(rig: ClusterRig, accounts: int) -> bool:
+    """Every account leased and no daemon above its share, ceil(accounts / daemons): what the keepers
+    reach once every daemon beats (one that started first takes all, then gives its extras up)."""
+    held = [len(v) for v in rig.owners_by_daemon().values()]
+    return sum(held) == accounts and max(held) <= -(-accounts // len(rig.daemons))
+
+
 async def test_three_daemons_twenty_accounts_one_killed_midway(tmp_path: Path, pg_url: str) -> None:
     async with ClusterRig(
         tmp_path, pg_url, daemons=3, accounts=20, lease_s=LEASE_S, renew_every_s=RENEW_S
     ) as rig:
-        await until(
-            lambda: sum(map(len, rig.owners_by_daemon().values())) == 20, 60, "all 20 accounts leased"
-        )
+        # a daemon that started first may hold more until the others beat: wait for the shares
+        await until(lambda: shared_out(rig, 20), 60, "all 20 accounts leased, ceil(20 / 3) = 7 at most each")
         spread = {k: len(v) for k, v in rig.owners_by_daemon().items()}
-        assert max(spread.values()) <= 7 + 1, spread  # ceil(20 / 3) + 1
         victim = max(rig.daemons, key=lambda d: len(rig.owners_by_daemon()[d.name]))
         theirs = set(rig.owners_by_daemon()[victim.name])
         killed: dict[str, float] = {}
@@ -88,7 +93,7 @@ async def test_a_daemon_paused_past_its_lease_sends_nothing_and_steps_down(
     async with ClusterRig(
         tmp_path, pg_url, daemons=2, accounts=4, lease_s=LEASE_S, renew_every_s=RENEW_S
     ) as rig:
-        await until(lambda: sum(map(len, rig.owners_by_daemon().values())) == 4, 60, "all 4 accounts leased")
+        await until(lambda: shared_out(rig, 4), 60, "all 4 accounts leased, 2 each")
         paused, other = rig.daemons
         theirs = set(rig.owners_by_daemon()[paused.name])
         assert theirs, rig.owners_by_daemon()
