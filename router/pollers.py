@@ -284,7 +284,9 @@ class SnapshotGuard:
       (``touched_after``), the engine's count is kept: the snapshot cannot be trusted;
     - otherwise the difference must be seen in two consecutive snapshots (same WeChat count, same
       engine count) before WeChat's count is taken: real drift (a session closed in the agent's own
-      client while a push was lost) heals one poll later, a race never gets in.
+      client while a push was lost) heals one poll later. Pushes may still be on their way after two
+      polls (a busy host, the shared inbox): a late close of a session WeChat no longer counted does not
+      drop the count again (the engine's ``_count_holds``).
 
     Status, auto_accept and nickname are always taken. Agents the engine does not know pass unchanged.
     """

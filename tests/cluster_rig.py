@@ -192,7 +192,9 @@ class ClusterRig:
             SECRET,
             webhook=[f"{d.url}/wechat/{{appid}}" for d in self.daemons],
             token=CB_TOKEN,
-            options=FakeOptions(delivery_attempts=6, webhook_timeout_s=3.0),
+            # WeChat's own deadline for an answer (5 s; a shorter one failed pushes a busy machine answered
+            # in time for WeChat); twice its tries, spread over the daemons as a load balancer would
+            options=FakeOptions(delivery_attempts=6, webhook_timeout_s=5.0),
         )
         for appid in self.accounts[1:]:
             self.fake.add_app(appid, SECRET)
