@@ -14,7 +14,7 @@ from kfrouter.router.config import Config
 from kfrouter.router.core import events as ev
 from kfrouter.router.core.engine import Engine
 from kfrouter.router.core.model import AgentRow
-from kfrouter.router.edges.store import StoredState, WaitingRow
+from kfrouter.router.edges.store import Store, WaitingRow
 from kfrouter.router.pollers import Recovery
 
 ROW = WaitingRow(
@@ -62,20 +62,23 @@ def test_start_up_restores_a_customer_of_a_removed_group_into_the_default_group(
     for e in cfg.agent_events():
         apply(e)
     apply(ev.AgentsSeen(rows=(AgentRow(kf_account="a1@test", status=1),)))  # type: ignore[arg-type]
+    kept = WaitingRow("o_carol", "general", 0, 1_500.0, preferred="a1@test")
+    store = Store(tmp_path / "k.db")
+    for row in (ROW, kept):
+        assert store.add_waiting(row)
     recovery = Recovery(
         engine=engine,
         client=None,  # type: ignore[arg-type]  # waiting() asks WeChat nothing
-        store=None,  # type: ignore[arg-type]
+        store=store,
         config=cfg,
         clock=lambda: 2_000.0,
         apply=apply,
         create_timeout_s=5.0,
     )
-    kept = WaitingRow("o_carol", "general", 0, 1_500.0, preferred="a1@test")
-    state = StoredState(agents={}, waiting=[ROW, kept], reservations=[], history={}, in_session={})
-    assert recovery.waiting(state) == 2
+    assert recovery.waiting() == 2
     restored = {e.openid: e for e in applied if isinstance(e, ev.CustomerRequested)}
     assert restored["o_alice"].group == "support" and restored["o_alice"].source == "restore"
     assert restored["o_alice"].arrived_at == 1_000.5 and restored["o_alice"].preferred_agent is None
     assert restored["o_carol"].group == "general" and restored["o_carol"].preferred_agent == "a1@test"
-    assert recovery.waiting(state) == 0  # the engine knows them now: nobody is asked twice
+    assert recovery.waiting() == 0  # the engine knows them now: nobody is asked twice
+    store.close()
