@@ -248,7 +248,8 @@ class DeskDriver:
 
     def _log_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.AgentsSeen):
-            self.log.debug("event AgentsSeen: %d online", sum(1 for r in event.rows if r.online))
+            if self.log.isEnabledFor(logging.DEBUG):  # counted only when the line is written
+                self.log.debug("event AgentsSeen: %d online", sum(1 for r in event.rows if r.online))
             return
         if isinstance(event, ev.CustomerRequested) and event.source == "push":
             # the intake wrote the push's line, with what matched (router/inbox.py; the WeCom daemon's
